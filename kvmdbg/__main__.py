@@ -1,0 +1,3 @@
+from kvmdbg.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,50 @@
+"""Pure bit helpers shared by every layer (imports nothing from kvmdbg)."""
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+PAGE_MASK = PAGE_SIZE - 1
+
+M8 = 0xFF
+M16 = 0xFFFF
+M32 = 0xFFFF_FFFF
+M64 = 0xFFFF_FFFF_FFFF_FFFF
+
+MASKS = {1: M8, 2: M16, 4: M32, 8: M64}
+
+
+def bit(n: int) -> int:
+    return 1 << n
+
+
+def mask(hi: int, lo: int) -> int:
+    """Bits hi..lo inclusive, like the kernel's GENMASK_ULL(hi, lo)."""
+    return ((1 << (hi - lo + 1)) - 1) << lo
+
+
+def sign_extend(value: int, bits: int) -> int:
+    """Interpret the low `bits` of value as two's complement."""
+    value &= (1 << bits) - 1
+    return value - (1 << bits) if value >> (bits - 1) else value
+
+
+def canonical(va: int) -> bool:
+    """48-bit canonical address check (bits 63:47 all equal)."""
+    top = va >> 47
+    return top == 0 or top == 0x1FFFF
+
+
+def parse_size(text: str) -> int:
+    """'16M', '1G', '4096', '0x1000' -> bytes. Raises ValueError with a clear message."""
+    t = text.strip().upper()
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    mult = 1
+    if t and t[-1] in units:
+        mult = units[t[-1]]
+        t = t[:-1]
+    elif t.endswith(("KB", "MB", "GB")):
+        mult = units[t[-2]]
+        t = t[:-2]
+    try:
+        return int(t, 0) * mult
+    except ValueError:
+        raise ValueError(f"invalid size '{text}' (use e.g. 16M, 1G)") from None

@@ -1,0 +1,239 @@
+"""One logical processor: registers, memory access through the TLB, instruction fetch.
+
+Memory access has a fast path per access kind: dicts from guest page number to
+host page, valid for the current mode only (CPL, CR0/CR3/CR4, EFER, AC, PKRU,
+the EPT root). Anything that changes the mode or flushes the TLB clears them
+(``flush_fast``). A miss goes to the TLB, then the page walker.
+"""
+
+from __future__ import annotations
+
+from kvmdbg.bits import M64, canonical
+from kvmdbg.cpu import flags as _flags
+from kvmdbg.cpu.decoder import Decoder
+from kvmdbg.cpu.faults import (GP, PF, PFERR_FETCH, PFERR_USER, PFERR_WRITE, UD,
+                               GuestFault)
+from kvmdbg.cpu.regs import CR0_ET, CR0_PE, CR0_PG, CR4_PCIDE, CR4_PGE, RFLAGS_FIXED
+from kvmdbg.cpu.tlb import Tlb
+from kvmdbg.cpu.walker import access_error, walk
+
+_materialize = _flags.materialize
+
+
+class Cpu:
+    def __init__(self, ops, decode_cache, index: int = 0, vpid: int = 1, translator=None):
+        self.ops = ops
+        self.index = index
+        self.vpid = vpid
+        self.r = [0] * 16
+        self.rip = 0
+        self.rflags = RFLAGS_FIXED
+        self.lf = None                 # lazy arithmetic flags (cpu/flags.py)
+        self.cr0 = CR0_ET | CR0_PE
+        self.cr2 = 0
+        self.cr3 = 0
+        self.cr4 = 0
+        self.cr8 = 0
+        self.efer = 0
+        self.cs = 0x08
+        self.ss = 0x10
+        self.ds = self.es = self.fs = self.gs = 0x10
+        self.fs_base = self.gs_base = self.kernel_gs_base = 0
+        self.gdtr = (0, 0)             # (base, limit)
+        self.idtr = (0, 0)
+        self.tss_rsp0 = None           # stack for CPL3 -> CPL0 delivery (no TSS modelled)
+        self.pkru = 0
+        self.pat = 0x0007040600070406
+        self.tsc_aux = 0
+        self.steps = 0                 # instructions retired (and exceptions taken)
+        self.extra_cycles = 0          # simulated cycles spent outside guest instructions
+        self.halted = False
+        self.shutdown = ""             # non-empty once the guest triple-faulted
+        self.pending = False           # set by anything that must end the run loop
+        self.stop_reason = None
+        self.delivering = None         # vector being delivered (double-fault rules)
+        self.tlb = Tlb()
+        self.decode_cache = decode_cache
+        self.translator = translator
+        self.decoder = Decoder()
+        self.icache: dict[int, object] = {}     # rip -> handler, valid in the current mode
+        self.fast_r: dict[int, bytearray] = {}
+        self.fast_w: dict[int, bytearray] = {}
+        decode_cache.attach(self)
+
+    # --- registers ---
+
+    @property
+    def cpl(self) -> int:
+        return self.cs & 3
+
+    @property
+    def pcid(self) -> int:
+        return self.cr3 & 0xFFF if self.cr4 & CR4_PCIDE else 0
+
+    @property
+    def cycles(self) -> int:
+        return self.steps + self.extra_cycles
+
+    def get_rflags(self) -> int:
+        return _materialize(self)
+
+    def set_rflags(self, value: int) -> None:
+        self.lf = None
+        self.rflags = value | RFLAGS_FIXED
+
+    # --- fast paths ---
+
+    def flush_fast(self) -> None:
+        """Forget everything derived from the current mode (not the TLB itself)."""
+        self.fast_r.clear()
+        self.fast_w.clear()
+        self.icache.clear()
+
+    def drop_fast_write(self) -> None:
+        self.fast_w.clear()
+
+    # --- translation ---
+
+    def _acc(self, kind_bits: int) -> int:
+        return kind_bits | PFERR_USER if self.cs & 3 == 3 else kind_bits
+
+    def translate(self, va: int, acc: int):
+        """The TLB entry for va, checked for this access; fills the TLB on a miss."""
+        if not canonical(va):
+            raise GuestFault(GP, 0)
+        vpn = va >> 12
+        tlb = self.tlb
+        pcid = self.cr3 & 0xFFF if self.cr4 & CR4_PCIDE else 0
+        ep4ta = self.ops.ep4ta
+        e = tlb.lookup(self.vpid, pcid, ep4ta, vpn, bool(self.cr4 & CR4_PGE))
+        if e is not None and self.cr0 & CR0_PG:
+            code = access_error(self, e.user, e.writable, e.nx, e.pkey, acc)
+            if code:
+                # A #PF invalidates the TLB entries for the faulting address (SDM 4.10.4.2).
+                tlb.flush_page(self.vpid, pcid, vpn, True)
+                self.flush_fast()
+                raise GuestFault(PF, code, va)
+            if acc & PFERR_WRITE and not (e.dirty and e.ept_w):
+                e = None
+            elif acc & PFERR_FETCH and not e.ept_x:
+                e = None
+        if e is None:
+            try:
+                e = walk(self, va, acc)
+            except GuestFault as f:
+                if f.vector == PF:
+                    tlb.flush_page(self.vpid, pcid, vpn, True)
+                    self.flush_fast()
+                raise
+            tlb.fill(self.vpid, pcid, ep4ta, e)
+        return e
+
+    # --- data access ---
+
+    def rd(self, va: int, size: int) -> int:
+        off = va & 0xFFF
+        page = self.fast_r.get(va >> 12)
+        if page is not None and off <= 4096 - size:
+            return int.from_bytes(page[off:off + size], "little")
+        return self._read_slow(va, size, 0)
+
+    def wr(self, va: int, size: int, value: int) -> None:
+        off = va & 0xFFF
+        page = self.fast_w.get(va >> 12)
+        if page is not None and off <= 4096 - size:
+            page[off:off + size] = value.to_bytes(size, "little")
+            return
+        self._write_slow(va, size, value, 0)
+
+    def rd_implicit(self, va: int, size: int) -> int:
+        """A supervisor-mode implicit access (GDT/IDT/TSS), whatever the CPL."""
+        from kvmdbg.cpu.faults import ACC_IMPLICIT
+        return self._read_slow(va, size, ACC_IMPLICIT, implicit=True)
+
+    def _pieces(self, va: int, size: int):
+        first = 4096 - (va & 0xFFF)
+        if size <= first:
+            return ((va, size),)
+        return ((va, first), ((va + first) & M64, size - first))
+
+    def _read_slow(self, va: int, size: int, extra: int, implicit: bool = False) -> int:
+        acc = extra if implicit else self._acc(extra)
+        # Translate every piece before reading any: a split access faults as a whole.
+        pieces = [(self.translate(a, acc), a, n) for a, n in self._pieces(va, size)]
+        data = b""
+        for e, a, n in pieces:
+            off = a & 0xFFF
+            if e.page is None:
+                data += self.ops.mmio_read(e.gpa | off, n).to_bytes(n, "little")
+            else:
+                data += bytes(e.page[off:off + n])
+                if not implicit:
+                    self.fast_r[e.vpn] = e.page
+        return int.from_bytes(data, "little")
+
+    def _write_slow(self, va: int, size: int, value: int, extra: int) -> None:
+        acc = self._acc(PFERR_WRITE | extra)
+        pieces = [(self.translate(a, acc), a, n) for a, n in self._pieces(va, size)]
+        data = value.to_bytes(size, "little")
+        dc = self.decode_cache
+        for e, a, n in pieces:
+            off = a & 0xFFF
+            chunk, data = data[:n], data[n:]
+            if e.page is None:
+                self.ops.mmio_write(e.gpa | off, n, int.from_bytes(chunk, "little"))
+                continue
+            e.page[off:off + n] = chunk
+            hpn = e.hpa >> 12
+            if hpn in dc.code_pages:
+                dc.note_write(hpn)
+            else:
+                self.fast_w[e.vpn] = e.page
+                self.fast_r[e.vpn] = e.page
+
+    def read_bytes(self, va: int, n: int) -> bytes:
+        return b"".join(self.rd(a, 1).to_bytes(1, "little") for a in range(va, va + n))
+
+    # --- instruction fetch ---
+
+    def fetch_handler(self, rip: int):
+        """icache miss: translate for fetch, find or compile the handler."""
+        acc = self._acc(PFERR_FETCH)
+        e = self.translate(rip, acc)
+        key = (rip, e.hpa | (rip & 0xFFF))
+        dc = self.decode_cache
+        h = dc.handlers.get(key)
+        if h is None:
+            if e.page is None:
+                code = self.ops.mmio_read(e.gpa | (rip & 0xFFF), 1).to_bytes(1, "little")
+            else:
+                code = bytes(e.page[rip & 0xFFF:(rip & 0xFFF) + 15])
+            hpns = [e.hpa >> 12]
+            d = self.decoder.decode(code, rip)
+            if (d is None or d.length > len(code)) and len(code) < 15:
+                # The instruction may continue on the next page: fetch it too (may fault).
+                e2 = self.translate((rip + len(code)) & M64, acc)
+                if e2.page is not None:
+                    code += bytes(e2.page[:15 - len(code)])
+                    d = self.decoder.decode(code, rip)
+                    if d is not None and d.length > 4096 - (rip & 0xFFF):
+                        hpns.append(e2.hpa >> 12)
+            if d is None:
+                raise GuestFault(UD)
+            h = self.translator(d)
+            dc.add(key, h, hpns)
+        self.icache[rip] = h
+        return h
+
+    def decoded_at(self, rip: int):
+        """The Decoded instruction at rip (for disassembly around a stop), or None."""
+        try:
+            code = self.read_bytes(rip, 15)
+        except GuestFault:
+            code = b""
+            for i in range(15):
+                try:
+                    code += self.read_bytes(rip + i, 1)
+                except GuestFault:
+                    break
+        return self.decoder.decode(code, rip) if code else None

@@ -1,0 +1,61 @@
+"""Control transfer: jmp, jcc, call, ret, loop family, jrcxz."""
+
+from kvmdbg.bits import M64
+from kvmdbg.cpu.flags import ALIASES, CONDITIONS
+from kvmdbg.cpu.translate import handles
+
+
+def _target(g) -> str:
+    o = g.op(0)
+    if o.kind == "imm":
+        return str(o.imm & M64)
+    return g.value(g.read(o, 8))
+
+
+@handles("jmp")
+def jmp(g):
+    g.jump(_target(g))
+
+
+def _jcc(g):
+    cc = g.d.mnemonic[1:]
+    g.jump(f"{_target(g)} if {g.cond(cc)} else {g.next_rip}")
+
+
+for _cc in list(CONDITIONS) + list(ALIASES):
+    handles("j" + _cc)(_jcc)
+
+
+@handles("call")
+def call(g):
+    t = _target(g)
+    sp = g.value(f"(r[4] - 8) & {M64:#x}")
+    g.emit(f"cpu.wr({sp}, 8, {g.next_rip})")
+    g.emit(f"r[4] = {sp}")
+    g.jump(t)
+
+
+@handles("ret")
+def ret(g):
+    t = g.value("cpu.rd(r[4], 8)")
+    extra = g.op(0).imm if g.d.operands else 0
+    g.emit(f"r[4] = (r[4] + {8 + extra}) & {M64:#x}")
+    g.jump(t)
+
+
+@handles("loop", "loope", "loopne")
+def loop(g):
+    count = g.value(f"(r[1] - 1) & {M64:#x}")
+    g.emit(f"r[1] = {count}")
+    cond = f"{count} != 0"
+    if g.d.mnemonic == "loope":
+        cond += f" and {g.cond('e')}"
+    elif g.d.mnemonic == "loopne":
+        cond += f" and {g.cond('ne')}"
+    g.jump(f"{_target(g)} if {cond} else {g.next_rip}")
+
+
+@handles("jrcxz", "jecxz")
+def jrcxz(g):
+    reg = "r[1]" if g.d.mnemonic == "jrcxz" else "(r[1] & 0xffffffff)"
+    g.jump(f"{_target(g)} if {reg} == 0 else {g.next_rip}")

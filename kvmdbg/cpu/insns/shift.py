@@ -1,0 +1,79 @@
+"""Shifts and rotates: shl/sal shr sar rol ror rcl rcr (SDM Vol. 2B, SAL/SAR/SHL/SHR, RCL/RCR/ROL/ROR)."""
+
+from kvmdbg.bits import MASKS
+from kvmdbg.cpu import flags as F
+from kvmdbg.cpu.translate import handles
+
+
+def _count(g, dst) -> str:
+    cmask = 0x3F if dst.size == 8 else 0x1F
+    if len(g.d.operands) < 2:
+        return "1"
+    src = g.op(1)
+    if src.kind == "imm":
+        return str(src.imm & cmask)
+    return g.value(f"{g.read(src)} & {cmask:#x}")
+
+
+@handles("shl", "sal", "shr", "sar")
+def shift(g):
+    dst = g.op(0)
+    bits = dst.size * 8
+    m = MASKS[dst.size]
+    c = _count(g, dst)
+    if c == "0":
+        return
+    a = g.value(g.read(dst))
+    mn = g.d.mnemonic
+    if mn in ("shl", "sal"):
+        res, kind = f"({a} << {c}) & {m:#x}", F.SHL
+    elif mn == "shr":
+        res, kind = f"{a} >> {c}", F.SHR
+    else:
+        res, kind = f"(sx({a}, {bits}) >> {c}) & {m:#x}", F.SAR
+    with g.block(f"if {c}:"):
+        t = g.value(res)
+        g.write(dst, t)
+        g.set_flags(kind, a, c, t, bits)
+
+
+@handles("rol", "ror", "rcl", "rcr")
+def rotate(g):
+    dst = g.op(0)
+    bits = dst.size * 8
+    top = bits - 1
+    m = MASKS[dst.size]
+    c = _count(g, dst)
+    if c == "0":
+        return
+    a = g.value(g.read(dst))
+    mn = g.d.mnemonic
+    with g.block(f"if {c}:"):
+        f = g.value("materialize(cpu)")
+        if mn in ("rol", "ror"):
+            n = g.value(f"{c} % {bits}")
+            if mn == "rol":
+                res = g.value(f"(({a} << {n}) | ({a} >> ({bits} - {n}))) & {m:#x}")
+                cf = g.value(f"{res} & 1")
+                of = f"({res} >> {top} & 1) ^ {cf}"
+            else:
+                res = g.value(f"(({a} >> {n}) | ({a} << ({bits} - {n}))) & {m:#x}")
+                cf = g.value(f"{res} >> {top} & 1")
+                of = f"({res} >> {top} ^ {res} >> {top - 1}) & 1"
+        else:
+            n = g.value(f"{c} % {bits + 1}")
+            full = (1 << (bits + 1)) - 1
+            w = g.value(f"({f} & 1) << {bits} | {a}")
+            if mn == "rcl":
+                rot = g.value(f"(({w} << {n}) | ({w} >> ({bits + 1} - {n}))) & {full:#x}")
+                res = g.value(f"{rot} & {m:#x}")
+                cf = g.value(f"{rot} >> {bits}")
+                of = f"({res} >> {top} & 1) ^ {cf}"
+            else:
+                of = g.value(f"({a} >> {top} & 1) ^ ({f} & 1)")
+                rot = g.value(f"(({w} >> {n}) | ({w} << ({bits + 1} - {n}))) & {full:#x}")
+                res = g.value(f"{rot} & {m:#x}")
+                cf = g.value(f"{rot} >> {bits}")
+        g.write(dst, res)
+        # OF is defined only for a count of 1; we give the count-1 formula for every count.
+        g.emit(f"cpu.rflags = ({f} & ~0x801) | {cf} | ({of}) << 11")

@@ -1,0 +1,55 @@
+"""Stack: push, pop, pushfq, popfq."""
+
+from kvmdbg.bits import M64, MASKS
+from kvmdbg.cpu.translate import handles
+
+# RFLAGS bits POPF may change at CPL 0 in 64-bit mode (VM, VIF and VIP are kept, RF cleared).
+POPF_MASK = 0x247FD5
+
+
+@handles("push")
+def push(g):
+    src = g.op(0)
+    size = 2 if (src.kind != "imm" and src.size == 2) or g.d.raw[:1] == b"\x66" else 8
+    v = g.value(g.read(src, size))
+    sp = g.value(f"(r[4] - {size}) & {M64:#x}")
+    g.emit(f"cpu.wr({sp}, {size}, {v})")
+    g.emit(f"r[4] = {sp}")
+
+
+@handles("pop")
+def pop(g):
+    dst = g.op(0)
+    size = dst.size
+    v = g.value(f"cpu.rd(r[4], {size})")
+    if dst.kind == "reg" and dst.reg in ("rsp", "sp"):
+        g.write(dst, v)
+        return
+    # A memory destination addressed through RSP sees the incremented RSP (SDM: POP).
+    if dst.kind == "mem":
+        g.emit(f"cpu.wr({g.addr(dst)}, {size}, {v})")
+        g.emit(f"r[4] = (r[4] + {size}) & {M64:#x}")
+        return
+    g.emit(f"r[4] = (r[4] + {size}) & {M64:#x}")
+    g.write(dst, v)
+
+
+@handles("pushfq", "pushf")
+def pushfq(g):
+    size = 8 if g.d.mnemonic == "pushfq" else 2
+    sp = g.value(f"(r[4] - {size}) & {M64:#x}")
+    g.emit(f"cpu.wr({sp}, {size}, materialize(cpu) & 0xfcffff & {MASKS[size]:#x})")
+    g.emit(f"r[4] = {sp}")
+
+
+@handles("popfq", "popf")
+def popfq(g):
+    size = 8 if g.d.mnemonic == "popfq" else 2
+    v = g.value(f"cpu.rd(r[4], {size})")
+    old = g.value("materialize(cpu)")
+    mask = g.value(f"{POPF_MASK:#x} & {MASKS[size]:#x} if cpu.cs & 3 == 0 else "
+                   f"({POPF_MASK:#x} & ~0x3000 & ~(0x200 if cpu.cs & 3 > (({old}) >> 12 & 3) else 0)) & {MASKS[size]:#x}")
+    new = g.value(f"({old} & ~{mask} & ~0x10000) | ({v} & {mask}) | 2")
+    g.emit(f"r[4] = (r[4] + {size}) & {M64:#x}")
+    g.emit(f"cpu.rflags = {new}")
+    g.emit(f"if ({old} ^ {new}) & 0x40000: cpu.flush_fast()")

@@ -1,0 +1,134 @@
+"""System instructions: flags control, hlt, int3, iretq, cpuid, rdtsc, MSRs, CR moves
+(in data.py), TLB control, descriptor tables, port I/O, vmcall, ud2."""
+
+from kvmdbg.bits import MASKS
+from kvmdbg.cpu.translate import handles
+
+
+@handles("cld")
+def cld(g):
+    g.emit("cpu.rflags &= ~0x400")
+
+
+@handles("std")
+def std(g):
+    g.emit("cpu.rflags |= 0x400")
+
+
+def _iopl_check(g):
+    # CLI/STI/IN/OUT need CPL <= IOPL (no I/O bitmap: there is no TSS).
+    g.emit("if cpu.cs & 3 > (cpu.rflags >> 12 & 3): raise GuestFault(13, 0)")
+
+
+@handles("cli")
+def cli(g):
+    _iopl_check(g)
+    g.emit("cpu.rflags &= ~0x200")
+
+
+@handles("sti")
+def sti(g):
+    _iopl_check(g)
+    g.emit("cpu.rflags |= 0x200")
+
+
+@handles("hlt")
+def hlt(g):
+    g.require_cpl0()
+    g.emit(f"cpu.rip = {g.next_rip}")
+    g.emit("cpu.ops.hlt(cpu)")
+    g.ends_block = True
+
+
+@handles("int3")
+def int3(g):
+    # A trap: the saved RIP is the next instruction.
+    g.emit(f"cpu.rip = {g.next_rip}")
+    g.emit("raise GuestFault(3)")
+    g.ends_block = True
+
+
+@handles("ud2", "ud1", "ud0")
+def ud2(g):
+    g.emit("raise GuestFault(6)")
+
+
+@handles("iretq")
+def iretq(g):
+    g.emit("interrupts.iretq(cpu)")
+    g.ends_block = True
+
+
+@handles("cpuid")
+def cpuid(g):
+    g.emit("a, b, c, d = cpu.ops.cpuid(cpu, r[0] & 0xffffffff, r[1] & 0xffffffff)")
+    g.emit("r[0] = a & 0xffffffff; r[3] = b & 0xffffffff; r[1] = c & 0xffffffff; r[2] = d & 0xffffffff")
+
+
+@handles("rdtsc")
+def rdtsc(g):
+    g.emit("if cpu.cr4 & 4 and cpu.cs & 3: raise GuestFault(13, 0)")
+    g.emit("t = cpu.cycles")
+    g.emit("r[0] = t & 0xffffffff; r[2] = t >> 32 & 0xffffffff")
+
+
+@handles("rdmsr")
+def rdmsr(g):
+    g.require_cpl0()
+    g.emit("v = system.rdmsr(cpu, r[1] & 0xffffffff)")
+    g.emit("r[0] = v & 0xffffffff; r[2] = v >> 32 & 0xffffffff")
+
+
+@handles("wrmsr")
+def wrmsr(g):
+    g.require_cpl0()
+    g.emit("system.wrmsr(cpu, r[1] & 0xffffffff, (r[2] & 0xffffffff) << 32 | r[0] & 0xffffffff)")
+
+
+@handles("invlpg")
+def invlpg(g):
+    g.require_cpl0()
+    g.emit(f"system.invlpg(cpu, {g.addr(g.op(0))})")
+
+
+@handles("invpcid")
+def invpcid(g):
+    g.require_cpl0()
+    kind = g.read(g.op(0))
+    a = g.addr(g.op(1))
+    g.emit(f"system.invpcid(cpu, {kind}, cpu.rd({a}, 8), cpu.rd(({a} + 8) & 0xffffffffffffffff, 8))")
+
+
+@handles("lgdt", "lidt")
+def lgdt(g):
+    g.require_cpl0()
+    a = g.addr(g.op(0))
+    limit = g.value(f"cpu.rd({a}, 2)")
+    base = g.value(f"cpu.rd(({a} + 2) & 0xffffffffffffffff, 8)")
+    g.emit(f"cpu.{g.d.mnemonic[1:]}r = ({base}, {limit})")
+
+
+@handles("in")
+def in_(g):
+    dst, port = g.op(0), g.op(1)
+    _iopl_check(g)
+    p = g.read(port) if port.kind == "reg" else str(port.imm & 0xFF)
+    v = g.value(f"cpu.ops.pio_in(cpu, {p}, {dst.size}) & {MASKS[dst.size]:#x}")
+    g.write(dst, v)
+
+
+@handles("out")
+def out(g):
+    port, src = g.op(0), g.op(1)
+    _iopl_check(g)
+    p = g.read(port) if port.kind == "reg" else str(port.imm & 0xFF)
+    g.emit(f"cpu.rip = {g.next_rip}")
+    g.emit(f"cpu.ops.pio_out(cpu, {p}, {src.size}, {g.read(src)})")
+    g.ends_block = True
+
+
+@handles("vmcall")
+def vmcall(g):
+    g.emit("cpu.ops.vmcall(cpu)")
+    g.emit(f"if cpu.rip == {g.d.address}: cpu.rip = {g.next_rip}")
+    g.ends_block = True

@@ -1,0 +1,40 @@
+"""CpuOps: everything the CPU asks of the world outside it (KVM's x86_emulate_ops idea).
+
+The kvm layer implements this; tests can implement it over a bytearray. A method
+may raise an exception the run loop understands (GuestFault to inject one into
+the guest, or anything the implementer defines to stop the run).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class CpuOps(Protocol):
+    ep4ta: int        # tag of the second-level tables in use (EPTP); 0 without EPT
+
+    def translate_gpa(self, gpa: int, kind: int, walk: bool):
+        """(host page or None for MMIO, hpa of the page, writable, executable) for a 4 KiB gpa.
+
+        kind is walker.READ/WRITE/FETCH; walk is True for the CPU's own
+        paging-structure accesses. Raise to refuse (an EPT violation)."""
+
+    def mmio_read(self, gpa: int, size: int) -> int: ...
+
+    def mmio_write(self, gpa: int, size: int, value: int) -> None: ...
+
+    def set_cr(self, cpu, n: int, value: int) -> None:
+        """MOV to CR0/CR3/CR4 (and CR8). The architectural path is cpu.arch_set_cr."""
+
+    def set_efer(self, cpu, value: int) -> None:
+        """WRMSR to IA32_EFER. The architectural path is cpu.arch_set_efer."""
+
+    def pio_in(self, cpu, port: int, size: int) -> int: ...
+
+    def pio_out(self, cpu, port: int, size: int, value: int) -> None: ...
+
+    def cpuid(self, cpu, leaf: int, subleaf: int) -> tuple[int, int, int, int]: ...
+
+    def hlt(self, cpu) -> None: ...
+
+    def vmcall(self, cpu) -> None: ...

@@ -1,0 +1,133 @@
+"""The hardware TLB of one logical processor, tagged as SDM Vol. 3C 28.3 says.
+
+Entries are combined GVA->HPA translations tagged by (VPID, PCID or GLOBAL, EP4TA).
+Every entry covers one 4 KiB page; an entry made from a 2 MiB or 1 GiB guest page
+remembers that page's size so INVLPG drops all of its pieces (SDM 4.10.2.3 lets a
+processor cache a large page as smaller entries). Paging-structure caches are
+not modelled: a walk always reads memory, which is what a processor that just
+flushed them would do. Capacity is bounded per context with FIFO eviction,
+deterministic because dicts keep insertion order.
+"""
+
+from __future__ import annotations
+
+GLOBAL = -1          # the PCID tag of global entries (usable with any PCID)
+
+
+class TlbEntry:
+    __slots__ = ("vpn", "page", "hpa", "gpa", "user", "writable", "nx", "dirty", "glob",
+                 "pkey", "size_shift", "ept_w", "ept_x")
+
+    def __init__(self, vpn, page, hpa, gpa, user, writable, nx, dirty, glob, pkey, size_shift,
+                 ept_w=True, ept_x=True):
+        self.vpn = vpn              # guest-virtual page number (4 KiB)
+        self.page = page            # the host page (bytearray) or None for MMIO
+        self.hpa = hpa              # host-physical address of the 4 KiB page
+        self.gpa = gpa              # guest-physical address of the 4 KiB page
+        self.user = user            # U/S AND-ed over the walk
+        self.writable = writable    # R/W AND-ed over the walk
+        self.nx = nx                # XD OR-ed over the walk (only with EFER.NXE)
+        self.dirty = dirty          # the leaf's D bit was set when the entry was made
+        self.glob = glob            # G bit with CR4.PGE
+        self.pkey = pkey            # protection key of the leaf
+        self.size_shift = size_shift    # 12, 21 or 30: the guest page this piece belongs to
+        self.ept_w = ept_w          # EPT permissions granted at fill time
+        self.ept_x = ept_x
+
+
+class Tlb:
+    def __init__(self, capacity: int = 1536, max_contexts: int = 16) -> None:
+        self.capacity = capacity
+        self.max_contexts = max_contexts
+        # (vpid, pcid or GLOBAL, ep4ta) -> {vpn: TlbEntry}
+        self.contexts: dict[tuple[int, int, int], dict[int, TlbEntry]] = {}
+        self.fills = 0
+        self.flushes = 0
+
+    def __len__(self) -> int:
+        return sum(len(c) for c in self.contexts.values())
+
+    def entries(self):
+        """(tag, entry) pairs in a stable order, for `info tlb` and tests."""
+        for tag in sorted(self.contexts):
+            for vpn in sorted(self.contexts[tag]):
+                yield tag, self.contexts[tag][vpn]
+
+    def lookup(self, vpid: int, pcid: int, ep4ta: int, vpn: int, pge: bool) -> TlbEntry | None:
+        ctx = self.contexts.get((vpid, pcid, ep4ta))
+        if ctx is not None:
+            e = ctx.get(vpn)
+            if e is not None:
+                return e
+        if pge:
+            ctx = self.contexts.get((vpid, GLOBAL, ep4ta))
+            if ctx is not None:
+                return ctx.get(vpn)
+        return None
+
+    def fill(self, vpid: int, pcid: int, ep4ta: int, entry: TlbEntry) -> None:
+        tag = (vpid, GLOBAL if entry.glob else pcid, ep4ta)
+        ctx = self.contexts.get(tag)
+        if ctx is None:
+            if len(self.contexts) >= self.max_contexts:
+                del self.contexts[next(iter(self.contexts))]
+            ctx = self.contexts[tag] = {}
+        elif len(ctx) >= self.capacity and entry.vpn not in ctx:
+            del ctx[next(iter(ctx))]
+        # A page cached as global must not also answer from a stale non-global entry.
+        if entry.glob:
+            other = self.contexts.get((vpid, pcid, ep4ta))
+            if other is not None:
+                other.pop(entry.vpn, None)
+        ctx[entry.vpn] = entry
+        self.fills += 1
+
+    # --- invalidation primitives; the SDM rules are composed from these by the CPU ---
+
+    def _drop(self, pred) -> int:
+        n = 0
+        for tag in [t for t in self.contexts if pred(t)]:
+            n += len(self.contexts.pop(tag))
+        self.flushes += 1
+        return n
+
+    def flush_page(self, vpid: int, pcid: int, vpn: int, include_global: bool) -> int:
+        """Entries for one page: the given PCID (and globals), all EP4TAs of the VPID."""
+        n = 0
+        for tag, ctx in self.contexts.items():
+            if tag[0] != vpid or not (tag[1] == pcid or (include_global and tag[1] == GLOBAL)):
+                continue
+            e = ctx.pop(vpn, None)
+            if e is not None:
+                n += 1
+                if e.size_shift > 12:
+                    n += self._drop_large(ctx, vpn, e.size_shift)
+        self.flushes += 1
+        return n
+
+    @staticmethod
+    def _drop_large(ctx: dict, vpn: int, size_shift: int) -> int:
+        span = size_shift - 12
+        base = vpn >> span
+        victims = [v for v, e in ctx.items() if v >> span == base and e.size_shift == size_shift]
+        for v in victims:
+            del ctx[v]
+        return len(victims)
+
+    def flush_pcid(self, vpid: int, pcid: int, include_global: bool = False) -> int:
+        """All non-global entries of one PCID of a VPID (optionally globals too)."""
+        return self._drop(lambda t: t[0] == vpid and (t[1] == pcid or (include_global and t[1] == GLOBAL)))
+
+    def flush_vpid(self, vpid: int, include_global: bool = True) -> int:
+        """All entries of a VPID, all PCIDs and EP4TAs (INVVPID single-context)."""
+        return self._drop(lambda t: t[0] == vpid and (include_global or t[1] != GLOBAL))
+
+    def flush_ep4ta(self, ep4ta: int) -> int:
+        """All combined entries made with one EPT root (INVEPT single-context)."""
+        return self._drop(lambda t: t[2] == ep4ta)
+
+    def flush_all(self) -> int:
+        n = len(self)
+        self.contexts.clear()
+        self.flushes += 1
+        return n

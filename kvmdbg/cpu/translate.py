@@ -1,0 +1,195 @@
+"""Compile a decoded instruction into a Python handler ``h(cpu, r)``.
+
+Each instruction family (cpu/insns/) emits a few lines of straight-line Python
+for its exact operand forms; they are compiled once and cached (decode_cache),
+so the run loop only calls a function. Emitters keep one rule that makes faults
+precise: everything that can fault (memory reads, the memory write) comes
+before any register, flag or RIP update.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from kvmdbg.bits import M64, MASKS
+from kvmdbg.cpu import flags as F
+from kvmdbg.cpu.faults import GuestFault
+from kvmdbg.cpu.regs import SUBREGS
+from kvmdbg.errors import UnsupportedInstruction
+
+EMITTERS: dict = {}
+
+
+def handles(*mnemonics: str):
+    """Register an emitter for mnemonics (capstone's spelling, without prefixes)."""
+    def register(fn):
+        for m in mnemonics:
+            EMITTERS[m] = fn
+        return fn
+    return register
+
+
+class Gen:
+    """Source builder for one instruction's handler."""
+
+    def __init__(self, d):
+        self.d = d
+        self.next_rip = (d.address + d.length) & M64
+        self.lines: list[str] = []
+        self._n = 0
+        self._addr: dict[int, str] = {}
+        self.ends_block = False    # set by emitters that set cpu.rip themselves
+
+    # --- plumbing ---
+
+    def emit(self, line: str) -> None:
+        self.lines.append(line)
+
+    def tmp(self) -> str:
+        self._n += 1
+        return f"t{self._n}"
+
+    def op(self, i: int):
+        return self.d.operands[i]
+
+    def unsupported(self):
+        raise UnsupportedInstruction(self.d.address, self.d.text)
+
+    # --- operands ---
+
+    def addr(self, o, segment: bool = True) -> str:
+        """Effective address of a memory operand, computed once into a temporary."""
+        key = id(o) * 2 + segment
+        if key in self._addr:
+            return self._addr[key]
+        parts = []
+        if o.base == "rip":
+            base = (self.next_rip + o.disp) & M64
+            parts.append(str(base))
+        else:
+            if o.base:
+                parts.append(self.reg_read(o.base))
+            if o.index:
+                idx = self.reg_read(o.index)
+                parts.append(idx if o.scale == 1 else f"{idx} * {o.scale}")
+            if o.disp:
+                parts.append(str(o.disp))
+        expr = " + ".join(parts) or "0"
+        amask = M64 if self.d.addr_size == 8 else 0xFFFF_FFFF
+        expr = f"({expr}) & {amask:#x}"
+        if segment and o.segment:
+            expr = f"({expr} + cpu.{o.segment}_base) & {M64:#x}"
+        t = self.tmp()
+        self.emit(f"{t} = {expr}")
+        self._addr[key] = t
+        return t
+
+    def reg_read(self, name: str) -> str:
+        i, size, shift = SUBREGS[name]
+        if size == 8:
+            return f"r[{i}]"
+        if shift:
+            return f"(r[{i}] >> 8 & 0xff)"
+        return f"(r[{i}] & {MASKS[size]:#x})"
+
+    def reg_write(self, name: str, expr: str) -> None:
+        """expr must already fit the register's size."""
+        i, size, shift = SUBREGS[name]
+        if size == 8 or size == 4:
+            self.emit(f"r[{i}] = {expr}")
+        elif shift:
+            self.emit(f"r[{i}] = r[{i}] & 0xffffffffffff00ff | ({expr}) << 8")
+        else:
+            keep = M64 ^ MASKS[size]
+            self.emit(f"r[{i}] = r[{i}] & {keep:#x} | {expr}")
+
+    def read(self, o, size: int | None = None) -> str:
+        """An expression (or temporary) holding the operand's value, zero-extended."""
+        if o.kind == "reg":
+            if o.reg not in SUBREGS:
+                self.unsupported()
+            return self.reg_read(o.reg)
+        if o.kind == "imm":
+            return str(o.imm & MASKS[size or o.size])
+        if o.kind == "mem":
+            a = self.addr(o)
+            t = self.tmp()
+            self.emit(f"{t} = cpu.rd({a}, {size or o.size})")
+            return t
+        self.unsupported()
+
+    def write(self, o, expr: str) -> None:
+        """Store a value that already fits the operand's size."""
+        if o.kind == "reg":
+            if o.reg not in SUBREGS:
+                self.unsupported()
+            self.reg_write(o.reg, expr)
+        elif o.kind == "mem":
+            self.emit(f"cpu.wr({self.addr(o)}, {o.size}, {expr})")
+        else:
+            self.unsupported()
+
+    def value(self, expr: str) -> str:
+        """Bind an expression to a temporary (so it is evaluated once)."""
+        t = self.tmp()
+        self.emit(f"{t} = {expr}")
+        return t
+
+    def set_flags(self, kind: int, a: str, b: str, res: str, bits: int, extra: str = "0") -> None:
+        self.emit(f"cpu.lf = ({kind}, {a}, {b}, {res}, {bits}, {extra})")
+
+    def cond(self, cc: str) -> str:
+        return F.cond_expr(cc)
+
+    def jump(self, target_expr: str) -> None:
+        self.emit(f"cpu.rip = {target_expr}")
+        self.ends_block = True
+
+    @contextmanager
+    def block(self, header: str):
+        """Lines emitted inside the with-body are nested under `header` (an if/while)."""
+        self.emit(header)
+        start = len(self.lines)
+        yield
+        if len(self.lines) == start:
+            self.emit("pass")
+        self.lines[start:] = ["    " + line for line in self.lines[start:]]
+
+    def require_cpl0(self) -> None:
+        self.emit("if cpu.cs & 3: raise GuestFault(13, 0)")
+
+
+def _globals() -> dict:
+    from kvmdbg.cpu import interrupts, system
+    from kvmdbg.bits import sign_extend
+    return {
+        "GuestFault": GuestFault, "materialize": F.materialize, "carry_in": F.carry_in,
+        "inc_dec_src": F.inc_dec_carry_source, "COND": F.CONDITIONS, "sx": sign_extend,
+        "system": system, "interrupts": interrupts,
+    }
+
+
+_GLOBALS: dict | None = None
+
+
+def translate(d):
+    """Decoded -> handler(cpu, r). Raises UnsupportedInstruction for unknown mnemonics."""
+    global _GLOBALS
+    if not EMITTERS:
+        from kvmdbg.cpu import insns  # noqa: F401  (fills EMITTERS)
+    emit = EMITTERS.get(d.mnemonic)
+    if emit is None:
+        raise UnsupportedInstruction(d.address, d.text)
+    g = Gen(d)
+    emit(g)
+    if not g.ends_block:
+        g.emit(f"cpu.rip = {g.next_rip}")
+    src = "def h(cpu, r):\n    " + "\n    ".join(g.lines) + "\n"
+    if _GLOBALS is None:
+        _GLOBALS = _globals()
+    ns = dict(_GLOBALS)
+    exec(compile(src, f"<{d.address:#x}: {d.text}>", "exec"), ns)
+    h = ns["h"]
+    h.insn = d
+    h.source = src
+    return h

@@ -1,0 +1,159 @@
+"""The hardware page walker: 4-level paging with 4 KiB, 2 MiB and 1 GiB pages.
+
+Applies SDM Vol. 3A 4.6 (access rights) and 4.7 (page-fault error codes) and
+sets accessed/dirty flags (4.8) only for accesses that succeed. Every
+paging-structure read and the final page go through ops.translate_gpa, so a
+hypervisor can put its second-level tables (EPT) behind them.
+"""
+
+from __future__ import annotations
+
+from kvmdbg.bits import mask
+from kvmdbg.cpu.faults import (ACC_IMPLICIT, PF, PFERR_FETCH, PFERR_PK, PFERR_PRESENT,
+                               PFERR_RSVD, PFERR_USER, PFERR_WRITE, GuestFault)
+from kvmdbg.cpu.regs import (AC, CR0_PG, CR0_WP, CR4_PKE, CR4_PGE, CR4_SMAP, CR4_SMEP,
+                             EFER_NXE, MAXPHYADDR)
+from kvmdbg.cpu.tlb import TlbEntry
+
+P, RW, US, PWT, PCD, A, D, PS, G = (1 << i for i in range(9))
+XD = 1 << 63
+ADDR_MASK = mask(MAXPHYADDR - 1, 12)
+RSVD_HIGH = mask(51, MAXPHYADDR)           # bits MAXPHYADDR..51 must be zero
+RSVD_2M = mask(20, 13)                     # low address bits of a 2 MiB leaf
+RSVD_1G = mask(29, 13)                     # low address bits of a 1 GiB leaf
+
+# Access kinds handed to CpuOps.translate_gpa
+READ, WRITE, FETCH = 0, 1, 2
+
+
+def access_error(cpu, user: bool, writable: bool, nx: bool, pkey: int, acc: int) -> int:
+    """0 if the access is allowed on a translation with these rights, else the #PF error code.
+
+    acc holds PFERR_WRITE / PFERR_USER (a CPL-3, non-implicit access) / PFERR_FETCH and
+    ACC_IMPLICIT. The rules are the table of SDM 4.6.1 (also kvm-mmu-spec 8.3).
+    """
+    write = acc & PFERR_WRITE
+    fetch = acc & PFERR_FETCH
+    cr4 = cpu.cr4
+    wp = cpu.cr0 & CR0_WP
+    bad = False
+    pk = False
+    if acc & PFERR_USER:
+        if not user:
+            bad = True
+        elif write and not writable:
+            bad = True
+        elif fetch and nx:
+            bad = True
+        elif not fetch and cr4 & CR4_PKE:
+            rights = cpu.pkru >> (2 * pkey)
+            if rights & 1 or (write and rights & 2):
+                bad = pk = True
+    elif fetch:
+        if (user and cr4 & CR4_SMEP) or nx:
+            bad = True
+    else:
+        if user and cr4 & CR4_SMAP and (acc & ACC_IMPLICIT or not cpu.get_rflags() & AC):
+            bad = True
+        elif write and not writable and wp:
+            bad = True
+        elif user and cr4 & CR4_PKE:
+            rights = cpu.pkru >> (2 * pkey)
+            if rights & 1 or (write and wp and rights & 2):
+                bad = pk = True
+    if not bad:
+        return 0
+    return PFERR_PRESENT | error_bits(cpu, acc) | (PFERR_PK if pk else 0)
+
+
+def error_bits(cpu, acc: int) -> int:
+    """W, U and I/D bits of a #PF error code for this access."""
+    code = acc & (PFERR_WRITE | PFERR_USER)
+    if acc & PFERR_FETCH and (cpu.efer & EFER_NXE or cpu.cr4 & CR4_SMEP):
+        code |= PFERR_FETCH
+    return code
+
+
+def _read_entry(ops, gpa: int):
+    page, _hpa, _w, _x = ops.translate_gpa(gpa, READ, True)
+    off = gpa & 0xFFF
+    if page is None:
+        return int.from_bytes(ops.mmio_read(gpa, 8).to_bytes(8, "little"), "little"), None, off
+    return int.from_bytes(page[off:off + 8], "little"), page, off
+
+
+def walk(cpu, va: int, acc: int) -> TlbEntry:
+    """Translate va for an access, or raise #PF. Returns a TLB entry for va's 4 KiB page."""
+    ops = cpu.ops
+    vpn = va >> 12
+    if not cpu.cr0 & CR0_PG:
+        gpa = va & ~0xFFF
+        kind = FETCH if acc & PFERR_FETCH else WRITE if acc & PFERR_WRITE else READ
+        page, hpa, ew, ex = ops.translate_gpa(gpa, kind, False)
+        return TlbEntry(vpn, page, hpa, gpa, True, True, False, True, False, 0, 12, ew, ex)
+
+    nxe = cpu.efer & EFER_NXE
+    base = cpu.cr3 & ADDR_MASK
+    user = writable = True
+    nx = False
+    used = []                  # (page, offset, value) of every entry used, for A/D updates
+    level = 4
+    while True:
+        shift = 12 + 9 * (level - 1)
+        gpa = base | ((va >> shift) & 511) << 3
+        pte, page, off = _read_entry(ops, gpa)
+        if not pte & P:
+            _fault(cpu, va, error_bits(cpu, acc))
+        rsvd = pte & RSVD_HIGH or (pte & XD and not nxe)
+        leaf = level == 1 or (pte & PS and level < 4)
+        if level == 4 and pte & PS:
+            rsvd = True
+        elif leaf and level == 3 and pte & RSVD_1G:
+            rsvd = True
+        elif leaf and level == 2 and pte & RSVD_2M:
+            rsvd = True
+        if rsvd:
+            _fault(cpu, va, PFERR_PRESENT | PFERR_RSVD | error_bits(cpu, acc))
+        used.append((page, off, pte, gpa))
+        user = user and bool(pte & US)
+        writable = writable and bool(pte & RW)
+        if nxe and pte & XD:
+            nx = True
+        if leaf:
+            break
+        base = pte & ADDR_MASK
+        level -= 1
+
+    size_shift = 12 + 9 * (level - 1)
+    if level == 1:
+        page_gpa = pte & ADDR_MASK
+    else:
+        page_gpa = (pte & ADDR_MASK & ~((1 << size_shift) - 1)) | (va & ((1 << size_shift) - 1) & ~0xFFF)
+    pkey = (pte >> 59) & 0xF
+    glob = bool(pte & G) and bool(cpu.cr4 & CR4_PGE)
+
+    code = access_error(cpu, user, writable, nx, pkey, acc)
+    if code:
+        _fault(cpu, va, code)
+
+    # Accessed flags on every entry used, dirty on the leaf for a write (SDM 4.8).
+    write = bool(acc & PFERR_WRITE)
+    last = len(used) - 1
+    for i, (page, off, val, gpa) in enumerate(used):
+        new = val | A
+        if i == last and write:
+            new |= D
+        if new != val:
+            wpage, _h, _w, _x = ops.translate_gpa(gpa, WRITE, True)
+            if wpage is not None:
+                wpage[off:off + 8] = new.to_bytes(8, "little")
+    dirty = write or bool(pte & D)
+
+    kind = FETCH if acc & PFERR_FETCH else WRITE if write else READ
+    page, hpa, ew, ex = ops.translate_gpa(page_gpa, kind, False)
+    return TlbEntry(vpn, page, hpa, page_gpa, user, writable, nx, dirty, glob, pkey,
+                    size_shift, ew, ex)
+
+
+def _fault(cpu, va: int, code: int):
+    raise GuestFault(PF, code, va)

@@ -1,0 +1,60 @@
+"""The one event bus: every state change worth seeing is an Event on it.
+
+Kernel tracepoints keep their kernel names (kvm_exit, kvm_cr, ...); events the
+kernel has no tracepoint for live in the ``kvmdbg:`` namespace. Emitting costs a
+single attribute test when nobody listens (``if bus.active``), so hot paths call
+``bus.active`` before building an event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class Event:
+    seq: int
+    name: str
+    vcpu: int
+    step: int
+    fields: dict = field(default_factory=dict)
+
+    def format(self) -> str:
+        body = " ".join(f"{k}={_fmt(v)}" for k, v in self.fields.items())
+        return f"#{self.seq} step {self.step} vcpu{self.vcpu} {self.name}: {body}".rstrip()
+
+
+def _fmt(v) -> str:
+    if isinstance(v, bool) or not isinstance(v, int):
+        return str(v)
+    return hex(v)
+
+
+class EventBus:
+    """Sequence-numbered events; listeners are called synchronously in order."""
+
+    def __init__(self, keep: int = 0):
+        self._listeners: list = []
+        self.seq = 0
+        self.keep = keep            # how many events to remember in .log (0: none)
+        self.log: list[Event] = []
+        self.active = keep > 0
+
+    def subscribe(self, fn) -> None:
+        self._listeners.append(fn)
+        self.active = True
+
+    def unsubscribe(self, fn) -> None:
+        self._listeners.remove(fn)
+        self.active = bool(self._listeners) or self.keep > 0
+
+    def emit(self, name: str, vcpu: int = 0, step: int = 0, **fields) -> Event:
+        self.seq += 1
+        ev = Event(self.seq, name, vcpu, step, fields)
+        if self.keep:
+            self.log.append(ev)
+            if len(self.log) > self.keep:
+                del self.log[: len(self.log) - self.keep]
+        for fn in self._listeners:
+            fn(ev)
+        return ev

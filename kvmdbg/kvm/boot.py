@@ -1,0 +1,135 @@
+"""The boot contract (design section 3): the machine state a program starts in.
+
+The same .bin must run unchanged on real KVM, so everything here is plain and
+documented: identity-mapped page tables, a flat GDT, long mode, one stack per vCPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kvmdbg.bits import PAGE_SIZE
+from kvmdbg.cpu.regs import (CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_OSFXSR,
+                             CR4_OSXMMEXCPT, CR4_PAE, EFER_LMA, EFER_LME, EFER_NXE, RBP, RDI,
+                             RDX, RSI, RSP)
+from kvmdbg.errors import ConfigError
+
+LOAD_ADDRESS = 0x100000
+PML4, PDPT, PD, PT0 = 0x1000, 0x2000, 0x3000, 0x4000
+GDT = 0x500
+STACK_TOP = 0x80000
+STACK_STRIDE = 0x4000
+SMALL_PAGE_LIMIT = 128 << 20          # RAM below this is mapped with 4 KiB pages
+MIN_MEM = 2 << 20
+MAX_MEM = 1 << 30
+MAX_VCPUS = 8
+
+CR0_BOOT = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG
+CR4_BOOT = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT
+EFER_BOOT = EFER_LME | EFER_LMA | EFER_NXE
+GDT_ENTRIES = (0, 0x00AF9A000000FFFF, 0x00CF92000000FFFF)   # null, code 0x08 (L=1), data 0x10
+
+P, RW, PS = 1, 2, 0x80
+
+
+@dataclass
+class Program:
+    code: bytes
+    address: int = LOAD_ADDRESS
+    symbols: dict[str, int] = field(default_factory=dict)
+    path: str = ""
+
+
+def read_symbols(path: Path) -> dict[str, int]:
+    """NAME.sym: lines 'ADDRESS NAME' or nm's 'ADDRESS TYPE NAME'."""
+    syms: dict[str, int] = {}
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts or parts[0].startswith("#"):
+            continue
+        if len(parts) not in (2, 3):
+            raise ConfigError(f"{path}:{lineno}: expected 'ADDRESS NAME'")
+        try:
+            addr = int(parts[0], 16)
+        except ValueError:
+            raise ConfigError(f"{path}:{lineno}: bad address '{parts[0]}'") from None
+        syms[parts[-1]] = addr
+    return syms
+
+
+def load_program(path: str) -> Program:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{path}: No such file or directory.")
+    if p.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a program.")
+    code = p.read_bytes()
+    if not code:
+        raise ConfigError(f"{path}: the program is empty.")
+    sym = p.with_suffix(".sym")
+    symbols = read_symbols(sym) if sym.exists() else {}
+    return Program(code, LOAD_ADDRESS, symbols, str(p))
+
+
+def check_machine(mem_size: int, nr_vcpus: int) -> None:
+    if mem_size < MIN_MEM or mem_size > MAX_MEM:
+        raise ConfigError(f"--mem must be between 2M and 1G (got {mem_size} bytes).")
+    if mem_size % PAGE_SIZE:
+        raise ConfigError("--mem must be a multiple of 4K.")
+    if not 1 <= nr_vcpus <= MAX_VCPUS:
+        raise ConfigError(f"--vcpus must be between 1 and {MAX_VCPUS} (got {nr_vcpus}).")
+
+
+def build_page_tables(vm) -> None:
+    """Identity map all RAM: 4 KiB pages below 128 MiB, 2 MiB pages above."""
+    mem = vm.mem_size
+    vm.write_gpa(PML4, (PDPT | P | RW).to_bytes(8, "little"))
+    vm.write_gpa(PDPT, (PD | P | RW).to_bytes(8, "little"))
+    n_2m = (mem + (2 << 20) - 1) >> 21
+    pd = bytearray(PAGE_SIZE)
+    for i in range(n_2m):
+        base = i << 21
+        if base < SMALL_PAGE_LIMIT:
+            pt_gpa = PT0 + i * PAGE_SIZE
+            pd[i * 8:i * 8 + 8] = (pt_gpa | P | RW).to_bytes(8, "little")
+            pt = bytearray(PAGE_SIZE)
+            for j in range(512):
+                addr = base + (j << 12)
+                if addr < mem:
+                    pt[j * 8:j * 8 + 8] = (addr | P | RW).to_bytes(8, "little")
+            vm.write_gpa(pt_gpa, pt)
+        else:
+            pd[i * 8:i * 8 + 8] = (base | P | RW | PS).to_bytes(8, "little")
+    vm.write_gpa(PD, pd)
+
+
+def boot(vm, program: Program, arg: int = 0) -> None:
+    """Lay out memory and put every vCPU in the contract's start state."""
+    end = program.address + len(program.code)
+    if end > vm.mem_size:
+        raise ConfigError(f"{program.path or 'program'}: {len(program.code)} bytes at "
+                          f"{program.address:#x} do not fit in {vm.mem_size >> 20} MiB of RAM.")
+    build_page_tables(vm)
+    vm.write_gpa(GDT, b"".join(e.to_bytes(8, "little") for e in GDT_ENTRIES))
+    vm.write_gpa(program.address, program.code)
+    n = len(vm.vcpus)
+    for v in vm.vcpus:
+        c = v.cpu
+        c.cr0 = CR0_BOOT
+        c.cr4 = CR4_BOOT
+        c.efer = EFER_BOOT
+        c.cr3 = PML4
+        c.gdtr = (GDT, len(GDT_ENTRIES) * 8 - 1)
+        c.idtr = (0, 0)
+        c.cs, c.ss = 0x08, 0x10
+        c.ds = c.es = c.fs = c.gs = 0x10
+        c.set_rflags(0x2)
+        c.r[:] = [0] * 16
+        c.r[RSP] = STACK_TOP - STACK_STRIDE * v.index
+        c.r[RBP] = 0
+        c.r[RDI] = v.index
+        c.r[RSI] = n
+        c.r[RDX] = arg & 0xFFFF_FFFF_FFFF_FFFF
+        c.rip = program.address
+        c.flush_fast()

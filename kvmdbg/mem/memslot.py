@@ -1,0 +1,81 @@
+"""Memslots: gfn ranges mapped to hva ranges (mirrors struct kvm_memory_slot).
+
+The generation counter moves on every change, as kvm_memslots::generation does,
+so cached translations (MMIO SPTEs, the interpreter's fast paths) can notice.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+from kvmdbg.bits import PAGE_SHIFT
+
+
+@dataclass(slots=True)
+class Memslot:
+    id: int
+    base_gfn: int
+    npages: int
+    userspace_addr: int
+    flags: int = 0
+    as_id: int = 0
+
+    @property
+    def end_gfn(self) -> int:
+        return self.base_gfn + self.npages
+
+    def gfn_to_hva(self, gfn: int) -> int:
+        return self.userspace_addr + ((gfn - self.base_gfn) << PAGE_SHIFT)
+
+
+class Memslots:
+    def __init__(self) -> None:
+        self._slots: list[Memslot] = []     # sorted by base_gfn, non-overlapping
+        self._starts: list[int] = []
+        self.generation = 0
+
+    def __iter__(self):
+        return iter(self._slots)
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def lookup(self, gfn: int) -> Memslot | None:
+        i = bisect.bisect_right(self._starts, gfn) - 1
+        if i >= 0:
+            slot = self._slots[i]
+            if gfn < slot.base_gfn + slot.npages:
+                return slot
+        return None
+
+    def by_id(self, slot_id: int) -> Memslot | None:
+        for s in self._slots:
+            if s.id == slot_id:
+                return s
+        return None
+
+    def create(self, slot: Memslot) -> None:
+        if slot.npages <= 0:
+            raise ValueError("memslot must have at least one page")
+        for s in self._slots:
+            if s.id == slot.id:
+                raise ValueError(f"memslot {slot.id} already exists")
+            if slot.base_gfn < s.end_gfn and s.base_gfn < slot.end_gfn:
+                raise ValueError(f"memslot {slot.id} overlaps memslot {s.id}")
+        i = bisect.bisect_right(self._starts, slot.base_gfn)
+        self._slots.insert(i, slot)
+        self._starts.insert(i, slot.base_gfn)
+        self.generation += 1
+
+    def delete(self, slot_id: int) -> Memslot:
+        for i, s in enumerate(self._slots):
+            if s.id == slot_id:
+                del self._slots[i]
+                del self._starts[i]
+                self.generation += 1
+                return s
+        raise ValueError(f"no memslot {slot_id}")
+
+    def next_id(self) -> int:
+        return max((s.id for s in self._slots), default=-1) + 1
