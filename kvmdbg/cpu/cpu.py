@@ -15,13 +15,19 @@ from kvmdbg.cpu.faults import (GP, PF, PFERR_FETCH, PFERR_USER, PFERR_WRITE, UD,
                                GuestFault)
 from kvmdbg.cpu.regs import CR0_ET, CR0_PE, CR0_PG, CR4_PCIDE, CR4_PGE, RFLAGS_FIXED
 from kvmdbg.cpu.tlb import Tlb
+from kvmdbg.cpu.translate import make_handler
 from kvmdbg.cpu.walker import access_error, walk
+from kvmdbg.errors import UnsupportedInstruction
+
+MAX_BLOCK = 32
 
 _materialize = _flags.materialize
 
 
 class Cpu:
     def __init__(self, ops, decode_cache, index: int = 0, vpid: int = 1, translator=None):
+        if translator is None:
+            from kvmdbg.cpu.translate import generate as translator
         self.ops = ops
         self.index = index
         self.vpid = vpid
@@ -56,7 +62,10 @@ class Cpu:
         self.decode_cache = decode_cache
         self.translator = translator
         self.decoder = Decoder()
-        self.icache: dict[int, object] = {}     # rip -> handler, valid in the current mode
+        self.icache: dict[int, object] = {}     # rip -> single handler, valid in this mode
+        self.bcache: dict[int, object] = {}     # rip -> block handler, valid in this mode
+        self.fast_x: dict[int, tuple] = {}      # vpn -> (page, hpa, gpa) for fetches
+        self.smc = False                        # a write hit decoded code (see decode_cache)
         self.fast_r: dict[int, bytearray] = {}
         self.fast_w: dict[int, bytearray] = {}
         decode_cache.attach(self)
@@ -88,7 +97,9 @@ class Cpu:
         """Forget everything derived from the current mode (not the TLB itself)."""
         self.fast_r.clear()
         self.fast_w.clear()
+        self.fast_x.clear()
         self.icache.clear()
+        self.bcache.clear()
 
     def drop_fast_write(self) -> None:
         self.fast_w.clear()
@@ -174,6 +185,22 @@ class Cpu:
 
     def _write_slow(self, va: int, size: int, value: int, extra: int) -> None:
         acc = self._acc(PFERR_WRITE | extra)
+        off = va & 0xFFF
+        if off <= 4096 - size:
+            e = self.translate(va, acc)
+            page = e.page
+            if page is None:
+                self.ops.mmio_write(e.gpa | off, size, value)
+                return
+            page[off:off + size] = value.to_bytes(size, "little")
+            hpn = e.hpa >> 12
+            dc = self.decode_cache
+            if hpn in dc.code_pages:
+                dc.note_write(hpn)
+            else:
+                self.fast_w[e.vpn] = page
+                self.fast_r[e.vpn] = page
+            return
         pieces = [(self.translate(a, acc), a, n) for a, n in self._pieces(va, size)]
         data = value.to_bytes(size, "little")
         dc = self.decode_cache
@@ -196,33 +223,81 @@ class Cpu:
 
     # --- instruction fetch ---
 
-    def fetch_handler(self, rip: int):
-        """icache miss: translate for fetch, find or compile the handler."""
-        acc = self._acc(PFERR_FETCH)
-        e = self.translate(rip, acc)
-        key = (rip, e.hpa | (rip & 0xFFF))
+    def _fetch_page(self, va: int):
+        """(host page, hpa) of the code page holding va, via the fetch fast path."""
+        got = self.fast_x.get(va >> 12)
+        if got is None:
+            e = self.translate(va, self._acc(PFERR_FETCH))
+            got = self.fast_x[va >> 12] = (e.page, e.hpa, e.gpa)
+        return got
+
+    def _insn_code(self, rip: int):
+        """(key, InsnCode) for the instruction at rip; decodes and generates on a miss."""
+        page, hpa, gpa = self._fetch_page(rip)
+        off = rip & 0xFFF
+        key = (rip, hpa | off)
         dc = self.decode_cache
-        h = dc.handlers.get(key)
+        code = dc.codes.get(key)
+        if code is not None:
+            return key, code
+        if page is None:
+            raw = self.ops.mmio_read(gpa | off, 1).to_bytes(1, "little")
+        else:
+            raw = bytes(page[off:off + 15])
+        pages = [hpa >> 12]
+        d = self.decoder.decode(raw, rip)
+        if (d is None or d.length > len(raw)) and len(raw) < 15:
+            # The instruction may continue on the next page: fetch that too (may fault).
+            page2, hpa2, _gpa2 = self._fetch_page((rip + len(raw)) & M64)
+            if page2 is not None:
+                raw += bytes(page2[:15 - len(raw)])
+                d = self.decoder.decode(raw, rip)
+                if d is not None and d.length > 4096 - off:
+                    pages.append(hpa2 >> 12)
+        if d is None:
+            raise GuestFault(UD)
+        code = self.translator(d)
+        code.pages = pages
+        dc.codes[key] = code
+        dc.track(key, pages)
+        return key, code
+
+    def fetch_handler(self, rip: int):
+        """A single-instruction handler for rip (stepping, breakpoints)."""
+        self.smc = False
+        key, code = self._insn_code(rip)
+        dc = self.decode_cache
+        h = dc.singles.get(key)
         if h is None:
-            if e.page is None:
-                code = self.ops.mmio_read(e.gpa | (rip & 0xFFF), 1).to_bytes(1, "little")
-            else:
-                code = bytes(e.page[rip & 0xFFF:(rip & 0xFFF) + 15])
-            hpns = [e.hpa >> 12]
-            d = self.decoder.decode(code, rip)
-            if (d is None or d.length > len(code)) and len(code) < 15:
-                # The instruction may continue on the next page: fetch it too (may fault).
-                e2 = self.translate((rip + len(code)) & M64, acc)
-                if e2.page is not None:
-                    code += bytes(e2.page[:15 - len(code)])
-                    d = self.decoder.decode(code, rip)
-                    if d is not None and d.length > 4096 - (rip & 0xFFF):
-                        hpns.append(e2.hpa >> 12)
-            if d is None:
-                raise GuestFault(UD)
-            h = self.translator(d)
-            dc.add(key, h, hpns)
+            h = dc.singles[key] = make_handler([code])
         self.icache[rip] = h
+        return h
+
+    def fetch_block(self, rip: int):
+        """The basic-block handler starting at rip: straight-line code up to a control
+        transfer, a mode-changing instruction, the end of the page or MAX_BLOCK."""
+        self.smc = False
+        key, code = self._insn_code(rip)
+        dc = self.decode_cache
+        h = dc.blocks.get(key)
+        if h is None:
+            codes = [code]
+            pages = set(code.pages)
+            nxt = (rip + code.d.length) & M64
+            while not (codes[-1].ends or codes[-1].stops) and len(codes) < MAX_BLOCK \
+                    and nxt >> 12 == rip >> 12:
+                try:
+                    _k, c = self._insn_code(nxt)
+                except (GuestFault, UnsupportedInstruction):
+                    break           # raised again, precisely, when execution gets there
+                if c.sync:
+                    break
+                codes.append(c)
+                pages.update(c.pages)
+                nxt = (nxt + c.d.length) & M64
+            h = dc.blocks[key] = make_handler(codes)
+            dc.track(key, sorted(pages))
+        self.bcache[rip] = h
         return h
 
     def decoded_at(self, rip: int):

@@ -1,10 +1,12 @@
-"""Decoded instructions, shared by every vCPU of a VM.
+"""Decoded instructions and compiled handlers, shared by every vCPU of a VM.
 
-A handler is compiled once per (guest-virtual address, host-physical address)
-pair: the gva because RIP-relative operands and branch targets depend on it, the
-hpa because that is where the bytes live. A write to a host page that holds
-decoded code drops every handler made from it, and every vCPU's fast paths that
-could skip that check (self-modifying code stays exact).
+Everything is keyed by (guest-virtual address, host-physical address) of the
+instruction: the gva because RIP-relative operands and branch targets depend on
+it, the hpa because that is where the bytes live. Three tables: the generated
+code of each instruction, single-instruction handlers (stepping, breakpoints)
+and basic-block handlers (the fast loop). A write to a host page that holds
+decoded code drops every entry made from it and tells each vCPU (cpu.smc), so a
+block that has just modified its own code stops before running stale code.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from __future__ import annotations
 
 class DecodeCache:
     def __init__(self) -> None:
-        self.handlers: dict[tuple[int, int], object] = {}     # (rip, hpa of rip) -> handler
-        self.code_pages: dict[int, list] = {}                 # host page number -> keys
+        self.codes: dict = {}        # key -> InsnCode
+        self.singles: dict = {}      # key -> handler
+        self.blocks: dict = {}       # key -> handler
+        self.code_pages: dict[int, list] = {}     # host page number -> keys of entries on it
         self.cpus: list = []
         self.decoded = 0
         self.dropped = 0
@@ -21,26 +25,28 @@ class DecodeCache:
     def attach(self, cpu) -> None:
         self.cpus.append(cpu)
 
-    def add(self, key, handler, hpa_pages) -> None:
-        self.handlers[key] = handler
-        self.decoded += 1
-        for hpn in hpa_pages:
+    def track(self, key, hpns) -> None:
+        """Remember that the entries under key were made from these host pages."""
+        for hpn in hpns:
             keys = self.code_pages.get(hpn)
             if keys is None:
                 self.code_pages[hpn] = [key]
-                # This page may be in some vCPU's write fast path, which skips this check.
+                # This page may sit in a vCPU's write fast path, which skips this check.
                 for cpu in self.cpus:
                     cpu.drop_fast_write()
             else:
                 keys.append(key)
 
     def note_write(self, hpn: int) -> None:
-        """Called for every write to a page that might hold code (the slow write path)."""
+        """Called for writes to pages that might hold code (the slow write path)."""
         keys = self.code_pages.pop(hpn, None)
         if keys is None:
             return
         for k in keys:
-            if self.handlers.pop(k, None) is not None:
-                self.dropped += 1
+            for table in (self.codes, self.singles, self.blocks):
+                if table.pop(k, None) is not None:
+                    self.dropped += 1
         for cpu in self.cpus:
             cpu.icache.clear()
+            cpu.bcache.clear()
+            cpu.smc = True

@@ -1,12 +1,14 @@
-"""The run loop: fetch a cached handler, call it, count the step; deliver faults.
+"""The run loop: fetch a cached handler, call it, count what retired; deliver faults.
 
-Written for speed: locals for everything the loop touches, no per-step work
-beyond a dict lookup, the call and the step count, and a separate loop for the
-case with breakpoints so the plain case pays nothing for them.
+Without breakpoints it runs basic blocks (cpu.fetch_block); with breakpoints, or
+for the last few steps before a step limit, single instructions. A handler
+returns how many instructions it retired; if one raises, cpu.rip names the
+faulting instruction and ``h.index`` says how many before it retired.
 """
 
 from __future__ import annotations
 
+from kvmdbg.cpu.cpu import MAX_BLOCK
 from kvmdbg.cpu.faults import GuestFault, TripleFault
 from kvmdbg.cpu.interrupts import deliver
 
@@ -16,24 +18,27 @@ HALTED = "halted"
 SHUTDOWN = "shutdown"
 
 
-def run(cpu, max_steps: int, breakpoints=None) -> str:
+def run(cpu, max_steps: int, breakpoints=None, skip_first: bool = True) -> str:
     """Run up to max_steps instructions. Returns why it stopped.
 
-    Reasons: STEP_LIMIT, BREAKPOINT (rip is in breakpoints; never on the first
-    instruction, so continuing from a breakpoint works), HALTED, SHUTDOWN, or
-    whatever an ops callback put in cpu.stop_reason when it set cpu.pending.
-    UnsupportedInstruction propagates with all state intact.
+    Reasons: STEP_LIMIT, BREAKPOINT (rip is in breakpoints; with skip_first not
+    on the first instruction, so continuing from a breakpoint works), HALTED,
+    SHUTDOWN, or whatever an ops callback put in cpu.stop_reason when it set
+    cpu.pending. UnsupportedInstruction propagates with all state intact.
     """
     if cpu.shutdown:
         return SHUTDOWN
     end = cpu.steps + max_steps
     r = cpu.r
-    get = cpu.icache.get
+    iget = cpu.icache.get
+    bget = cpu.bcache.get
     fetch = cpu.fetch_handler
-    first = True
+    fetch_block = cpu.fetch_block
+    first = skip_first
     while True:
         if cpu.halted:
             return HALTED
+        h = None
         try:
             if breakpoints:
                 while cpu.steps < end:
@@ -41,24 +46,34 @@ def run(cpu, max_steps: int, breakpoints=None) -> str:
                     if not first and rip in breakpoints:
                         return BREAKPOINT
                     first = False
-                    h = get(rip)
+                    h = None
+                    h = iget(rip)
                     if h is None:
                         h = fetch(rip)
-                    h(cpu, r)
-                    cpu.steps += 1
+                    cpu.steps += h(cpu, r)
                     if cpu.pending:
                         break
             else:
-                while cpu.steps < end:
-                    h = get(cpu.rip)
-                    if h is None:
-                        h = fetch(cpu.rip)
-                    h(cpu, r)
-                    cpu.steps += 1
+                while True:
+                    left = end - cpu.steps
+                    h = None
+                    if left >= MAX_BLOCK:
+                        h = bget(cpu.rip)
+                        if h is None:
+                            h = fetch_block(cpu.rip)
+                    elif left > 0:
+                        h = iget(cpu.rip)
+                        if h is None:
+                            h = fetch(cpu.rip)
+                    else:
+                        break
+                    cpu.steps += h(cpu, r)
                     if cpu.pending:
                         break
         except GuestFault as fault:
             first = False
+            if h is not None:
+                cpu.steps += h.index.get(cpu.rip, h.n - 1)
             cpu.steps += 1
             try:
                 deliver(cpu, fault)

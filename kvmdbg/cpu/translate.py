@@ -171,10 +171,32 @@ def _globals() -> dict:
 
 _GLOBALS: dict | None = None
 
+# Instructions after which a block must end although they fall through: they can
+# change the mode (translations, permissions, CPL) or hand control to the outside.
+_STOPS = frozenset({"wrmsr", "invlpg", "invpcid", "popfq", "popf", "lgdt", "lidt",
+                    "cli", "sti", "in", "cpuid"})
+_SPECIAL_REGS = frozenset({"cr0", "cr2", "cr3", "cr4", "cr8", "cs", "ds", "es", "fs", "gs", "ss"})
+# Instructions that read the step count: always first in their block, so it is exact.
+_SYNC = frozenset({"rdtsc", "rdmsr"})
 
-def translate(d):
-    """Decoded -> handler(cpu, r). Raises UnsupportedInstruction for unknown mnemonics."""
-    global _GLOBALS
+
+class InsnCode:
+    """One instruction's generated source and how it may sit in a block."""
+
+    __slots__ = ("d", "lines", "ends", "stops", "sync", "writes", "pages")
+
+    def __init__(self, d, lines, ends, stops, sync, writes):
+        self.d = d
+        self.lines = lines
+        self.ends = ends          # transfers control itself: the block ends after it
+        self.stops = stops        # may change the mode: the block ends after it
+        self.sync = sync          # must be the first instruction of its block
+        self.writes = writes      # writes memory (possibly code): check for self-modification
+        self.pages = ()           # host page numbers its bytes came from (set by the fetcher)
+
+
+def generate(d) -> InsnCode:
+    """Decoded -> InsnCode. Raises UnsupportedInstruction for unknown mnemonics."""
     if not EMITTERS:
         from kvmdbg.cpu import insns  # noqa: F401  (fills EMITTERS)
     emit = EMITTERS.get(d.mnemonic)
@@ -182,14 +204,48 @@ def translate(d):
         raise UnsupportedInstruction(d.address, d.text)
     g = Gen(d)
     emit(g)
-    if not g.ends_block:
+    ends = g.ends_block
+    if not ends:
         g.emit(f"cpu.rip = {g.next_rip}")
-    src = "def h(cpu, r):\n    " + "\n    ".join(g.lines) + "\n"
+    writes = any("cpu.wr(" in line or "system." in line or "interrupts." in line for line in g.lines)
+    stops = d.mnemonic in _STOPS or (d.mnemonic == "mov" and any(
+        o.kind == "reg" and o.reg in _SPECIAL_REGS for o in d.operands))
+    return InsnCode(d, g.lines, ends, stops, d.mnemonic in _SYNC, writes)
+
+
+def _compile(src: str, name: str):
+    global _GLOBALS
     if _GLOBALS is None:
         _GLOBALS = _globals()
     ns = dict(_GLOBALS)
-    exec(compile(src, f"<{d.address:#x}: {d.text}>", "exec"), ns)
-    h = ns["h"]
-    h.insn = d
-    h.source = src
+    exec(compile(src, name, "exec"), ns)
+    return ns["h"]
+
+
+def make_handler(codes: list) -> object:
+    """Compile one or more consecutive instructions into h(cpu, r) -> instructions retired.
+
+    Each instruction leaves cpu.rip at the next one, so if instruction k raises,
+    cpu.rip names it and h.index[cpu.rip] == k instructions have retired. After an
+    instruction that writes memory the block checks cpu.smc, set when a write hit a
+    page holding decoded code, and returns early so the new code is fetched.
+    """
+    body = []
+    n = len(codes)
+    for k, c in enumerate(codes):
+        body.extend(c.lines)
+        if c.writes and k < n - 1:
+            body.append(f"if cpu.smc: return {k + 1}")
+    body.append(f"return {n}")
+    first = codes[0].d
+    name = f"<{first.address:#x}: {first.text}>" if n == 1 else f"<block {first.address:#x} +{n}>"
+    h = _compile("def h(cpu, r):\n    " + "\n    ".join(body) + "\n", name)
+    h.n = n
+    h.index = {c.d.address: k for k, c in enumerate(codes)}
+    h.insns = [c.d for c in codes]
     return h
+
+
+def translate(d):
+    """Decoded -> single-instruction handler (kept for tests and tools)."""
+    return make_handler([generate(d)])

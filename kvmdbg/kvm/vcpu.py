@@ -5,7 +5,7 @@ from __future__ import annotations
 from kvmdbg.bits import M64, PAGE_SHIFT
 from kvmdbg.cpu import system
 from kvmdbg.cpu.cpu import Cpu
-from kvmdbg.cpu.translate import translate
+from kvmdbg.cpu.translate import generate
 from kvmdbg.kvm.cpuid import guest_cpuid
 from kvmdbg.kvm.vm import PORT_CONSOLE, VMM_PORTS
 
@@ -18,16 +18,26 @@ class Vcpu:
         self.vm = vm
         self.index = index
         self.ep4ta = 0
-        self.cpu = Cpu(self, vm.decode_cache, index=index, vpid=index + 1, translator=translate)
+        self._gfn_cache: dict[int, tuple] = {}     # gfn -> translate_gpa answer
+        self._gfn_cache_gen = -1                   # memslot generation it belongs to
+        self.cpu = Cpu(self, vm.decode_cache, index=index, vpid=index + 1, translator=generate)
 
     # --- CpuOps ---
 
     def translate_gpa(self, gpa: int, kind: int, walk: bool):
-        got = self.vm.gfn_to_page(gpa >> PAGE_SHIFT)
+        gfn = gpa >> PAGE_SHIFT
+        hit = self._gfn_cache.get(gfn)
+        if hit is not None and self._gfn_cache_gen == self.vm.memslots.generation:
+            return hit
+        if self._gfn_cache_gen != self.vm.memslots.generation:
+            self._gfn_cache.clear()
+            self._gfn_cache_gen = self.vm.memslots.generation
+        got = self.vm.gfn_to_page(gfn)
         if got is None:
             return None, MMIO_TAG | (gpa & ~0xFFF), True, True
         page, pfn = got
-        return page, pfn << PAGE_SHIFT, True, True
+        hit = self._gfn_cache[gfn] = (page, pfn << PAGE_SHIFT, True, True)
+        return hit
 
     def mmio_read(self, gpa: int, size: int) -> int:
         return (1 << (8 * size)) - 1

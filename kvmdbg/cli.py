@@ -1,0 +1,120 @@
+"""kvmdbg [OPTIONS] [PROGRAM]: parse gdb-style options, load the program, run scripts or the REPL."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from kvmdbg import __version__
+from kvmdbg.errors import KvmdbgError
+
+DEFAULT_PROFILE = "v6.12"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        # One line, gdb style, instead of argparse's usage block.
+        if message.startswith("unrecognized arguments: "):
+            opt = message.split(": ", 1)[1].split()[0]
+            message = f"unrecognized option '{opt}'"
+        sys.stderr.write(f"kvmdbg: {message}\nUse `kvmdbg --help' for a complete list of options.\n")
+        raise SystemExit(2)
+
+
+class _Ordered(argparse.Action):
+    """Keep -x and -ex in the order given (gdb runs them interleaved)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = getattr(namespace, "scripts", None) or []
+        items.append(("file" if option_string == "-x" else "cmd", values))
+        namespace.scripts = items
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="kvmdbg", allow_abbrev=False,
+                description="A gdb-style debugger for a simulated x86-64 guest on a simulated KVM MMU.")
+    p.add_argument("program", nargs="?", help="raw guest program (.bin), loaded at 0x100000")
+    p.add_argument("-x", metavar="FILE", action=_Ordered, dest="scripts", help="run commands from FILE")
+    p.add_argument("-ex", metavar="CMD", action=_Ordered, dest="scripts", help="run one command")
+    p.add_argument("-batch", "--batch", action="store_true",
+                   help="run the scripts then exit; status 1 if any command failed")
+    p.add_argument("-q", "-quiet", "--quiet", action="store_true", help="no banner")
+    p.add_argument("-nx", "--nx", action="store_true", help="do not read the init file")
+    p.add_argument("--kvm", metavar="PROFILE", default=DEFAULT_PROFILE,
+                   help=f"KVM behaviour profile (default {DEFAULT_PROFILE})")
+    p.add_argument("--set", metavar="KNOB=VALUE", action="append", default=[],
+                   help="override one profile knob (repeatable)")
+    p.add_argument("--vcpus", metavar="N", type=_int, default=1, help="number of vCPUs (default 1)")
+    p.add_argument("--mem", metavar="SIZE", default="16M", help="guest RAM, e.g. 16M (default), up to 1G")
+    p.add_argument("--arg", metavar="N", type=_int, default=0, help="value placed in RDX at start")
+    p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    p.add_argument("--version", action="version", version=f"kvmdbg {__version__}")
+    return p
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number '{text}'") from None
+
+
+def _init_file() -> str:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "kvmdbg", "init")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from kvmdbg.debug.session import Session
+    from kvmdbg.debug.commands import QuitRequest
+    from kvmdbg.debug import script
+
+    out = _printer()
+    if args.program is None:
+        sys.stderr.write("kvmdbg: no program given. Try `kvmdbg programs/smep_flip.bin'.\n")
+        return 2
+    try:
+        session = Session.load(args.program, kvm=args.kvm, vcpus=args.vcpus, mem=args.mem,
+                               arg=args.arg, out=out)
+    except (KvmdbgError, ValueError) as e:
+        sys.stderr.write(f"kvmdbg: {e}\n")
+        return 1
+    except OSError as e:
+        sys.stderr.write(f"kvmdbg: {args.program}: {e.strerror}.\n")
+        return 1
+
+    interactive = not args.batch
+    if interactive and not args.quiet:
+        out(f"kvmdbg {__version__} -- KVM profile {args.kvm}, {args.vcpus} vCPU(s), "
+            f"{args.program} loaded at {session.program.address:#x}")
+        out('Type "help" for a list of commands.')
+    failed = False
+    try:
+        if not args.nx and os.path.isfile(_init_file()):
+            failed |= not script.source_file(session, _init_file())
+        for kind, value in getattr(args, "scripts", None) or []:
+            if kind == "file":
+                failed |= not script.source_file(session, value)
+            else:
+                failed |= not session.run_command(value)
+        if args.batch:
+            return 1 if failed else 0
+        if sys.stdin.isatty():
+            from kvmdbg.repl.app import interact
+            return interact(session)
+        return script.read_lines(session, sys.stdin)
+    except QuitRequest as q:
+        return q.code if not (args.batch and failed) else 1
+
+
+def _printer():
+    def out(text: str) -> None:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

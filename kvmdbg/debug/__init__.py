@@ -1,0 +1,1 @@
+"""The debugger engine (bdb's role): sessions, commands, formats. No terminal I/O here."""

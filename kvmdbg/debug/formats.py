@@ -1,0 +1,57 @@
+"""Text formats shared by commands: gdb's register table and location strings."""
+
+from __future__ import annotations
+
+from kvmdbg.cpu.regs import CR0_BITS, CR4_BITS, EFER_BITS, GPR_NAMES, RFLAGS_BITS
+
+
+def flag_names(value: int, names, high_first: bool) -> str:
+    found = [n for n, b in names if value >> b & 1]
+    if high_first:
+        found.reverse()
+    return "[ " + " ".join(found) + (" " if found else "") + "]"
+
+
+def eflags_text(value: int) -> str:
+    names = [n for n, b in RFLAGS_BITS if value >> b & 1]
+    iopl = value >> 12 & 3
+    if iopl:
+        names.insert(0, f"IOPL={iopl}")
+    return "[ " + " ".join(names) + (" " if names else "") + "]"
+
+
+def cr3_text(value: int, pcide: bool) -> str:
+    if pcide:
+        return f"[ PDBR={value >> 12:#x} PCID={value & 0xFFF} ]"
+    return f"[ PDBR={value >> 12:#x} ]"
+
+
+def register_rows(cpu, symbols=None):
+    """(name, value, natural) rows in gdb's `info registers` order."""
+    rows = []
+    for i, n in enumerate(GPR_NAMES):
+        v = cpu.r[i]
+        natural = f"{v:#x}" if n in ("rsp", "rbp") else str(v - (1 << 64) if v >> 63 else v)
+        rows.append((n, v, natural))
+    sym = symbols.lookup(cpu.rip) if symbols else ""
+    rows.append(("rip", cpu.rip, f"{cpu.rip:#x}" + (f" {sym}" if sym else "")))
+    fl = cpu.get_rflags()
+    rows.append(("eflags", fl, eflags_text(fl)))
+    for n in ("cs", "ss", "ds", "es", "fs", "gs"):
+        v = getattr(cpu, n)
+        rows.append((n, v, str(v)))
+    rows.append(("fs_base", cpu.fs_base, str(cpu.fs_base)))
+    rows.append(("gs_base", cpu.gs_base, str(cpu.gs_base)))
+    rows.append(("cr0", cpu.cr0, flag_names(cpu.cr0, CR0_BITS, True)))
+    rows.append(("cr2", cpu.cr2, f"{cpu.cr2:#x}"))
+    rows.append(("cr3", cpu.cr3, cr3_text(cpu.cr3, bool(cpu.cr4 >> 17 & 1))))
+    rows.append(("cr4", cpu.cr4, flag_names(cpu.cr4, CR4_BITS, True)))
+    rows.append(("cr8", cpu.cr8, str(cpu.cr8)))
+    rows.append(("efer", cpu.efer, flag_names(cpu.efer, EFER_BITS, True)))
+    rows.append(("pkru", cpu.pkru, f"{cpu.pkru:#x}"))
+    return rows
+
+
+def format_register_row(name: str, value: int, natural: str, changed: bool = False) -> str:
+    mark = "*" if changed else " "
+    return f"{name:<14}{mark}{value:<#19x}{natural}"

@@ -1,0 +1,255 @@
+"""Session: one debugged VM, the engine behind the REPL, batch mode and the Python API.
+
+    from kvmdbg import Session
+    s = Session.load("programs/smep_flip.bin")
+    s.step(5); s.run(max_steps=10_000)
+    s.vcpu(0).regs["rax"], s.read_memory(0x100000, 16)
+    s.execute("info registers")        # the same commands as the REPL, text result
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kvmdbg.bits import M64, parse_size
+from kvmdbg.cpu.executor import HALTED, SHUTDOWN, STEP_LIMIT
+from kvmdbg.cpu.faults import GuestFault
+from kvmdbg.cpu.regs import GPR_INDEX, SUBREGS
+from kvmdbg.debug.symbols import Symbols
+from kvmdbg.errors import CommandError, ConfigError, UnsupportedInstruction
+from kvmdbg.kvm import boot as bootmod
+from kvmdbg.kvm.scheduler import run_vm
+from kvmdbg.kvm.vm import Vm
+
+UNSUPPORTED = "unsupported"
+INTERRUPTED = "interrupted"
+
+
+@dataclass
+class Stop:
+    """Why a run or step ended."""
+    reason: str            # step-limit, halted, shutdown, breakpoint, unsupported, interrupted
+    vcpu: int
+    step: int
+    rip: int
+    message: str = ""
+
+
+class Registers:
+    """Dict-like view of one vCPU's registers by name (gprs, sub-registers, rip, eflags, crs)."""
+
+    SPECIAL = ("rip", "eflags", "rflags", "cr0", "cr2", "cr3", "cr4", "cr8", "efer", "pkru",
+               "fs_base", "gs_base", "cs", "ss", "ds", "es", "fs", "gs")
+
+    def __init__(self, cpu):
+        self._cpu = cpu
+
+    def names(self):
+        return list(SUBREGS) + list(self.SPECIAL)
+
+    def __contains__(self, name: str) -> bool:
+        return name in SUBREGS or name in self.SPECIAL
+
+    def __getitem__(self, name: str) -> int:
+        c = self._cpu
+        if name in SUBREGS:
+            i, size, shift = SUBREGS[name]
+            return (c.r[i] >> shift) & ((1 << (8 * size)) - 1)
+        if name in ("eflags", "rflags"):
+            return c.get_rflags()
+        if name in self.SPECIAL:
+            return getattr(c, name)
+        raise KeyError(name)
+
+    def __setitem__(self, name: str, value: int) -> None:
+        """Raw register write (no KVM CR path; that is the `set $cr4.smep` command's job)."""
+        c = self._cpu
+        if name in SUBREGS:
+            i, size, shift = SUBREGS[name]
+            m = ((1 << (8 * size)) - 1) << shift
+            if size == 4:
+                c.r[i] = value & 0xFFFF_FFFF
+            else:
+                c.r[i] = (c.r[i] & ~m & M64) | ((value << shift) & m)
+        elif name in ("eflags", "rflags"):
+            c.set_rflags(value & 0x3F7FD5)
+            c.flush_fast()
+        elif name in self.SPECIAL:
+            setattr(c, name, value & M64 if name != "rip" else value & M64)
+            c.flush_fast()
+        else:
+            raise KeyError(name)
+
+
+class VcpuView:
+    def __init__(self, vcpu):
+        self.vcpu = vcpu
+        self.cpu = vcpu.cpu
+        self.regs = Registers(vcpu.cpu)
+
+    @property
+    def index(self) -> int:
+        return self.vcpu.index
+
+
+class Session:
+    def __init__(self, vm: Vm, program: bootmod.Program, arg: int = 0, out=None):
+        self.vm = vm
+        self.program = program
+        self.arg = arg
+        self.symbols = Symbols(program.symbols)
+        self.current = 0                      # the vCPU commands refer to
+        self._out = out
+        self.lines: list[str] = []            # captured output when no sink is given
+        self.errors: list[str] = []
+        self.last_stop: Stop | None = None
+        self.max_continue_steps = 1 << 62
+        self.interrupt_requested = False
+        vm.console_sink = self._console
+        from kvmdbg.debug.commands import build_registry
+        self.commands = build_registry()
+
+    # --- construction ---
+
+    @classmethod
+    def load(cls, path: str, kvm: str | None = None, vcpus: int = 1, mem="16M", arg: int = 0,
+             out=None) -> "Session":
+        program = bootmod.load_program(path)
+        return cls._boot(program, vcpus, mem, arg, out)
+
+    @classmethod
+    def from_bytes(cls, code: bytes, address: int = bootmod.LOAD_ADDRESS, vcpus: int = 1,
+                   mem="16M", arg: int = 0, symbols=None, out=None) -> "Session":
+        """Boot per the contract, with `code` at `address` and every RIP pointing there."""
+        if not code:
+            raise ConfigError("the program is empty.")
+        program = bootmod.Program(bytes(code), address, dict(symbols or {}), "<bytes>")
+        return cls._boot(program, vcpus, mem, arg, out)
+
+    @classmethod
+    def _boot(cls, program, vcpus, mem, arg, out):
+        size = parse_size(mem) if isinstance(mem, str) else int(mem)
+        bootmod.check_machine(size, vcpus)
+        vm = Vm(size, vcpus)
+        bootmod.boot(vm, program, arg)
+        return cls(vm, program, arg, out)
+
+    # --- output ---
+
+    def message(self, text: str) -> None:
+        if self._out is not None:
+            self._out(text)
+        else:
+            self.lines.append(text)
+
+    def error(self, text: str) -> None:
+        self.errors.append(text)
+        self.message(text)
+
+    def _console(self, ch: str) -> None:
+        self.console_pending = getattr(self, "console_pending", "") + ch
+        if ch == "\n":
+            self.flush_console()
+
+    def flush_console(self) -> None:
+        text = getattr(self, "console_pending", "")
+        if text:
+            self.console_pending = ""
+            self.message(text.rstrip("\n"))
+
+    # --- state access ---
+
+    def vcpu(self, index: int | None = None) -> VcpuView:
+        i = self.current if index is None else index
+        if not 0 <= i < len(self.vm.vcpus):
+            raise CommandError(f"Invalid vCPU {i}: this VM has {len(self.vm.vcpus)}.")
+        return VcpuView(self.vm.vcpus[i])
+
+    @property
+    def cpu(self):
+        return self.vm.vcpus[self.current].cpu
+
+    def read_memory(self, addr: int, n: int, space: str = "gva") -> bytes:
+        if space == "gpa":
+            return self.vm.read_gpa(addr, n)
+        if space != "gva":
+            raise CommandError(f"unknown address space '{space}'")
+        try:
+            return self.cpu.read_bytes(addr, n)
+        except GuestFault as f:
+            raise CommandError(f"Cannot access memory at address {addr:#x} ({f})") from None
+
+    def write_memory(self, addr: int, data: bytes, space: str = "gva") -> None:
+        if space == "gpa":
+            try:
+                self.vm.write_gpa(addr, data)
+            except ValueError as e:
+                raise CommandError(str(e)) from None
+            return
+        cpu = self.cpu
+        for i, b in enumerate(data):
+            try:
+                e = cpu.translate((addr + i) & M64, 0)
+            except GuestFault as f:
+                raise CommandError(f"Cannot access memory at address {addr + i:#x} ({f})") from None
+            self.vm.write_gpa(e.gpa | ((addr + i) & 0xFFF), bytes([b]))
+
+    def location(self, addr: int) -> str:
+        sym = self.symbols.lookup(addr)
+        return f"{addr:#x} {sym}" if sym else f"{addr:#x}"
+
+    # --- running ---
+
+    def step(self, n: int = 1) -> Stop:
+        """Execute n instructions on the current vCPU."""
+        from kvmdbg.cpu.executor import run
+        cpu = self.cpu
+        if cpu.shutdown:
+            return self._stop(SHUTDOWN, self.current, cpu.shutdown)
+        if cpu.halted:
+            return self._stop(HALTED, self.current)
+        try:
+            reason = run(cpu, n, None)
+        except UnsupportedInstruction as e:
+            return self._stop(UNSUPPORTED, self.current, str(e))
+        return self._stop(reason, self.current, cpu.shutdown if reason == SHUTDOWN else "")
+
+    def run(self, max_steps: int | None = None, breakpoints=None) -> Stop:
+        """Run all vCPUs (smallest clock first) until something stops them."""
+        limit = self.max_continue_steps if max_steps is None else max_steps
+        self.interrupt_requested = False
+        try:
+            reason, v = run_vm(self.vm, limit, breakpoints, lambda: self.interrupt_requested)
+        except UnsupportedInstruction as e:
+            v = next((x for x in self.vm.vcpus if x.cpu.rip == e.rip), self.vm.vcpus[self.current])
+            return self._stop(UNSUPPORTED, v.index, str(e))
+        msg = v.cpu.shutdown if reason == SHUTDOWN else ""
+        return self._stop(reason, v.index, msg)
+
+    def _stop(self, reason: str, vcpu: int, message: str = "") -> Stop:
+        self.flush_console()
+        self.current = vcpu
+        cpu = self.vm.vcpus[vcpu].cpu
+        st = Stop(reason, vcpu, cpu.steps, cpu.rip, message)
+        self.last_stop = st
+        return st
+
+    # --- commands ---
+
+    def execute(self, line: str) -> str:
+        """Run one command line; returns what it printed (when no output sink is set)."""
+        start = len(self.lines)
+        self.run_command(line)
+        return "\n".join(self.lines[start:])
+
+    def run_command(self, line: str, where: str = "") -> bool:
+        """Run one command line; an error is reported as one line (after `where`, if given,
+        as gdb does for sourced files). Returns False on error."""
+        try:
+            self.commands.execute(self, line)
+            return True
+        except (CommandError, ConfigError) as e:
+            if where:
+                self.error(where)
+            self.error(str(e))
+        return False

@@ -1,0 +1,1 @@
+"""The terminal UI: the only users of prompt_toolkit and pygments."""
