@@ -1,6 +1,6 @@
 """kvmdbg: a gdb-style debugger for a simulated x86-64 guest on a simulated KVM MMU."""
 
-__version__ = "0.1.0"
+from kvmdbg.version import __version__  # noqa: F401
 
 
 def __getattr__(name):

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from kvmdbg import __version__
+from kvmdbg.version import __version__
 from kvmdbg.errors import KvmdbgError
 
 DEFAULT_PROFILE = "v6.12"
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
         return 2
     try:
         session = Session.load(args.program, kvm=args.kvm, vcpus=args.vcpus, mem=args.mem,
-                               arg=args.arg, out=out)
+                               arg=args.arg, out=out, err=_printer(sys.stderr))
     except (KvmdbgError, ValueError) as e:
         sys.stderr.write(f"kvmdbg: {e}\n")
         return 1
@@ -109,10 +109,13 @@ def main(argv=None) -> int:
         return q.code if not (args.batch and failed) else 1
 
 
-def _printer():
+def _printer(stream=None):
     def out(text: str) -> None:
-        sys.stdout.write(text + "\n")
-        sys.stdout.flush()
+        f = stream or sys.stdout
+        if f is sys.stderr:
+            sys.stdout.flush()
+        f.write(text + "\n")
+        f.flush()
     return out
 
 

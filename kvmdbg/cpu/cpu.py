@@ -259,6 +259,7 @@ class Cpu:
         code = self.translator(d)
         code.pages = pages
         dc.codes[key] = code
+        dc.decoded += 1
         dc.track(key, pages)
         return key, code
 

@@ -22,6 +22,9 @@ class DecodeCache:
         self.decoded = 0
         self.dropped = 0
 
+    def decoded_codes(self) -> int:
+        return len(self.codes)
+
     def attach(self, cpu) -> None:
         self.cpus.append(cpu)
 

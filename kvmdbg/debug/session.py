@@ -93,13 +93,14 @@ class VcpuView:
 
 
 class Session:
-    def __init__(self, vm: Vm, program: bootmod.Program, arg: int = 0, out=None):
+    def __init__(self, vm: Vm, program: bootmod.Program, arg: int = 0, out=None, err=None):
         self.vm = vm
         self.program = program
         self.arg = arg
         self.symbols = Symbols(program.symbols)
         self.current = 0                      # the vCPU commands refer to
         self._out = out
+        self._err = err
         self.lines: list[str] = []            # captured output when no sink is given
         self.errors: list[str] = []
         self.last_stop: Stop | None = None
@@ -113,26 +114,26 @@ class Session:
 
     @classmethod
     def load(cls, path: str, kvm: str | None = None, vcpus: int = 1, mem="16M", arg: int = 0,
-             out=None) -> "Session":
+             out=None, err=None) -> "Session":
         program = bootmod.load_program(path)
-        return cls._boot(program, vcpus, mem, arg, out)
+        return cls._boot(program, vcpus, mem, arg, out, err)
 
     @classmethod
     def from_bytes(cls, code: bytes, address: int = bootmod.LOAD_ADDRESS, vcpus: int = 1,
-                   mem="16M", arg: int = 0, symbols=None, out=None) -> "Session":
+                   mem="16M", arg: int = 0, symbols=None, out=None, err=None) -> "Session":
         """Boot per the contract, with `code` at `address` and every RIP pointing there."""
         if not code:
             raise ConfigError("the program is empty.")
         program = bootmod.Program(bytes(code), address, dict(symbols or {}), "<bytes>")
-        return cls._boot(program, vcpus, mem, arg, out)
+        return cls._boot(program, vcpus, mem, arg, out, err)
 
     @classmethod
-    def _boot(cls, program, vcpus, mem, arg, out):
+    def _boot(cls, program, vcpus, mem, arg, out, err):
         size = parse_size(mem) if isinstance(mem, str) else int(mem)
         bootmod.check_machine(size, vcpus)
         vm = Vm(size, vcpus)
         bootmod.boot(vm, program, arg)
-        return cls(vm, program, arg, out)
+        return cls(vm, program, arg, out, err)
 
     # --- output ---
 
@@ -144,7 +145,10 @@ class Session:
 
     def error(self, text: str) -> None:
         self.errors.append(text)
-        self.message(text)
+        if self._err is not None:
+            self._err(text)
+        else:
+            self.message(text)
 
     def _console(self, ch: str) -> None:
         self.console_pending = getattr(self, "console_pending", "") + ch

@@ -5,6 +5,7 @@ from __future__ import annotations
 from kvmdbg.cpu.executor import BREAKPOINT, HALTED, SHUTDOWN, STEP_LIMIT
 from kvmdbg.debug.commands.registry import usage_error
 from kvmdbg.debug.session import INTERRUPTED, UNSUPPORTED
+from kvmdbg.errors import CommandError
 
 
 def parse_count(fn, arg: str) -> int:
@@ -35,8 +36,7 @@ def report_stop(s, stop) -> None:
                 f"{stop.message}")
         return
     elif stop.reason == UNSUPPORTED:
-        s.error(stop.message)
-        return
+        raise CommandError(stop.message)
     elif stop.reason == INTERRUPTED:
         s.message(f"Interrupted at step {stop.step}, vcpu {stop.vcpu}, {s.location(stop.rip)}")
     elif stop.reason == BREAKPOINT:

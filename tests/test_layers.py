@@ -1,0 +1,89 @@
+"""Imports point down only (design section 4), checked by parsing every module.
+
+cli -> repl -> debug -> kvm -> (cpu | mmu) -> mem -> events -> bits/errors; cpu and
+mmu never import each other; capstone only in cpu/decoder.py; prompt_toolkit and
+pygments only in repl/.
+"""
+
+import ast
+import sys
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parent.parent / "kvmdbg"
+
+RANK = {"bits": 0, "errors": 0, "version": 0, "events": 1, "mem": 2, "cpu": 3, "mmu": 3, "kvm": 4,
+        "debug": 5, "repl": 6, "cli": 7, "__init__": 8, "__main__": 8}
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _modules():
+    for path in sorted(PKG.rglob("*.py")):
+        rel = path.relative_to(PKG.parent).with_suffix("")
+        name = ".".join(rel.parts)
+        if name.endswith(".__init__"):
+            name = name[: -len(".__init__")]
+        yield name, path
+
+
+def _imports(path: Path):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                yield a.name
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module
+
+
+def test_every_layer_is_known():
+    for name, _ in _modules():
+        assert _layer(name) in RANK, f"{name}: add its folder to the layer table"
+
+
+def test_imports_point_down():
+    problems = []
+    for name, path in _modules():
+        mine = _layer(name)
+        for imp in _imports(path):
+            if not imp.startswith("kvmdbg"):
+                continue
+            if imp == "kvmdbg":
+                theirs = "__init__"
+            else:
+                theirs = _layer(imp)
+            if theirs == mine:
+                continue
+            if {mine, theirs} == {"cpu", "mmu"}:
+                problems.append(f"{name} imports {imp}: cpu and mmu never import each other")
+            elif RANK[theirs] >= RANK[mine]:
+                problems.append(f"{name} imports {imp}: {mine} may not import {theirs}")
+    assert not problems, "\n".join(problems)
+
+
+def test_third_party_ui_and_decoder_confined():
+    problems = []
+    for name, path in _modules():
+        for imp in _imports(path):
+            top = imp.split(".")[0]
+            if top == "capstone" and name != "kvmdbg.cpu.decoder":
+                problems.append(f"{name} imports capstone (only cpu/decoder.py may)")
+            if top in ("prompt_toolkit", "pygments") and _layer(name) != "repl":
+                problems.append(f"{name} imports {top} (only repl/ may)")
+    assert not problems, "\n".join(problems)
+
+
+def test_checker_catches_a_violation(tmp_path, monkeypatch):
+    """The checker itself must be able to fail."""
+    bad = tmp_path / "kvmdbg" / "cpu"
+    bad.mkdir(parents=True)
+    (bad / "oops.py").write_text("from kvmdbg.debug.session import Session\nimport capstone\n")
+    monkeypatch.setattr(sys.modules[__name__], "PKG", tmp_path / "kvmdbg")
+    import pytest
+    with pytest.raises(AssertionError, match="cpu may not import debug"):
+        test_imports_point_down()
+    with pytest.raises(AssertionError, match="only cpu/decoder.py"):
+        test_third_party_ui_and_decoder_confined()
