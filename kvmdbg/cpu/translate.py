@@ -113,10 +113,23 @@ class Gen:
             return str(o.imm & MASKS[size or o.size])
         if o.kind == "mem":
             a = self.addr(o)
-            t = self.tmp()
-            self.emit(f"{t} = cpu.rd({a}, {size or o.size})")
-            return t
+            return self.load(a, size or o.size)
         self.unsupported()
+
+    def load(self, a: str, n: int) -> str:
+        """Inline fast path of cpu.rd: one dict probe, no call, when the page is cached."""
+        t, p, o = self.tmp(), self.tmp(), self.tmp()
+        self.emit(f"{p} = cpu.fast_r.get({a} >> 12); {o} = {a} & 0xfff")
+        self.emit(f"{t} = int.from_bytes({p}[{o}:{o} + {n}], 'little') "
+                  f"if {p} is not None and {o} <= {4096 - n} else cpu.rd({a}, {n})")
+        return t
+
+    def store(self, a: str, n: int, value: str) -> None:
+        """Inline fast path of cpu.wr."""
+        p, o = self.tmp(), self.tmp()
+        self.emit(f"{p} = cpu.fast_w.get({a} >> 12); {o} = {a} & 0xfff")
+        self.emit(f"if {p} is not None and {o} <= {4096 - n}: {p}[{o}:{o} + {n}] = ({value}).to_bytes({n}, 'little')")
+        self.emit(f"else: cpu.wr({a}, {n}, {value})")
 
     def write(self, o, expr: str) -> None:
         """Store a value that already fits the operand's size."""
@@ -125,7 +138,7 @@ class Gen:
                 self.unsupported()
             self.reg_write(o.reg, expr)
         elif o.kind == "mem":
-            self.emit(f"cpu.wr({self.addr(o)}, {o.size}, {expr})")
+            self.store(self.addr(o), o.size, expr)
         else:
             self.unsupported()
 
