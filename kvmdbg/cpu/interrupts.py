@@ -7,10 +7,10 @@ while delivering #DF shuts the processor down (triple fault).
 
 from __future__ import annotations
 
-from kvmdbg.bits import M64
-from kvmdbg.cpu.faults import (CONTRIBUTORY, DF, GP, HAS_ERROR_CODE, NP, PF, VECTOR_NAMES,
+from kvmdbg.bits import M64, canonical
+from kvmdbg.cpu.faults import (BP, CONTRIBUTORY, DF, GP, HAS_ERROR_CODE, NP, PF, VECTOR_NAMES,
                                GuestFault, TripleFault)
-from kvmdbg.cpu.regs import AC, IF, NT, RF, TF
+from kvmdbg.cpu.regs import AC, ID, IF, IOPL, NT, RF, TF, VIF, VIP, VM
 
 
 def _benign_pair(first: int, second: int) -> bool:
@@ -25,39 +25,52 @@ def _benign_pair(first: int, second: int) -> bool:
 def deliver(cpu, fault: GuestFault) -> None:
     """Deliver fault to the guest, escalating to #DF and triple fault as the SDM says."""
     vector, code = fault.vector, fault.error_code
+    if vector == PF and fault.cr2 is not None:
+        # CR2 is written whenever a #PF is detected, also one that becomes #DF or happens
+        # while delivering #DF (SDM Vol. 3A 6.15, Interrupt 14; Linux's #DF handler reads it).
+        cpu.cr2 = fault.cr2
     first = cpu.delivering
     if first is not None:
         if first == DF:
             raise TripleFault(f"{VECTOR_NAMES.get(vector, vector)} while delivering #DF")
         if not _benign_pair(first, vector):
             vector, code = DF, 0
-    if fault.cr2 is not None and vector == PF:
-        cpu.cr2 = fault.cr2
     cpu.delivering = vector
     try:
         _push_frame(cpu, vector, code)
     except GuestFault as nested:
+        if vector == BP and first is None:
+            # INT3 is a trap only once it is delivered: a fault while delivering it is a
+            # fault of the INT3 instruction, reported with RIP pointing at it. The
+            # interpreter raises #BP only from INT3 (0xCC, one byte), after advancing RIP.
+            cpu.rip = (cpu.rip - 1) & M64
         deliver(cpu, nested)
     finally:
         cpu.delivering = None
 
 
 def _push_frame(cpu, vector: int, code: int | None) -> None:
+    # Error codes that name an IDT entry: index, IDT bit, and EXT for an event that is
+    # not a software interrupt (INT3 is the only one the interpreter raises) (SDM 6.13).
+    software = vector == BP
+    idt_code = vector * 8 + 2 + (0 if software else 1)
     base, limit = cpu.idtr
     if vector * 16 + 15 > limit:
-        raise GuestFault(GP, vector * 8 + 2)
+        raise GuestFault(GP, idt_code)
     lo = cpu.rd_implicit(base + vector * 16, 8)
     hi = cpu.rd_implicit(base + vector * 16 + 8, 8)
     gate_type = (lo >> 40) & 0xF
     present = (lo >> 47) & 1
     if gate_type not in (0xE, 0xF):
-        raise GuestFault(GP, vector * 8 + 2)
+        raise GuestFault(GP, idt_code)
+    old_cpl = cpu.cs & 3
+    if software and (lo >> 45) & 3 < old_cpl:
+        raise GuestFault(GP, idt_code)      # INT3 through a gate more privileged than CPL
     if not present:
-        raise GuestFault(NP, vector * 8 + 2)
+        raise GuestFault(NP, idt_code)
     offset = (lo & 0xFFFF) | ((lo >> 32) & 0xFFFF0000) | ((hi & 0xFFFFFFFF) << 32)
     selector = (lo >> 16) & 0xFFFF
     new_cpl = selector & 3
-    old_cpl = cpu.cs & 3
     rflags = cpu.get_rflags()
     old_ss, old_rsp = cpu.ss, cpu.r[4]
     if new_cpl < old_cpl:
@@ -73,15 +86,20 @@ def _push_frame(cpu, vector: int, code: int | None) -> None:
     if vector in HAS_ERROR_CODE:
         frame.append(code or 0)
     # Write the whole frame before changing any state, so a fault leaves state intact.
-    # The writes are supervisor accesses to the new stack.
+    # The writes are supervisor accesses to the new stack. The CPU's fast paths are
+    # per-CPL, so they are dropped around a temporary CPL change.
     saved_cs = cpu.cs
     cpu.cs = (cpu.cs & ~3) | new_cpl
+    if new_cpl != old_cpl:
+        cpu.flush_fast()
     try:
         for value in frame:
             rsp = (rsp - 8) & M64
             cpu.wr(rsp, 8, value)
     except GuestFault:
         cpu.cs = saved_cs
+        if new_cpl != old_cpl:
+            cpu.flush_fast()
         raise
     cpu.r[4] = rsp
     cpu.ss = new_ss
@@ -95,7 +113,15 @@ def _push_frame(cpu, vector: int, code: int | None) -> None:
         cpu.flush_fast()
 
 
+# RFLAGS bits IRETQ loads in 64-bit mode at any CPL (SDM Vol. 2A, IRET: CF PF AF ZF SF TF
+# DF OF NT RF AC ID); IF needs CPL <= IOPL; IOPL, VIF and VIP need CPL 0; VM is never loaded.
+_IRET_ALWAYS = 0x1 | 0x4 | 0x10 | 0x40 | 0x80 | TF | 0x400 | 0x800 | NT | RF | AC | ID
+
+
 def iretq(cpu) -> None:
+    old_flags = cpu.get_rflags()
+    if old_flags & NT:
+        raise GuestFault(GP, 0)   # no task return in IA-32e mode
     rsp = cpu.r[4]
     rip = cpu.rd(rsp, 8)
     cs = cpu.rd(rsp + 8, 8) & 0xFFFF
@@ -106,11 +132,14 @@ def iretq(cpu) -> None:
     new_cpl = cs & 3
     if new_cpl < old_cpl:
         raise GuestFault(GP, cs & ~3)
-    keep_mask = 0x3F7FD5          # writable RFLAGS bits, without VM (64-bit mode)
-    if old_cpl > 0:
-        keep_mask &= ~0x3000      # IOPL only at CPL 0
-    old_flags = cpu.get_rflags()
-    new_flags = (old_flags & ~keep_mask) | (rflags & keep_mask)
+    if not canonical(rip):
+        raise GuestFault(GP, 0)
+    keep_mask = _IRET_ALWAYS
+    if old_cpl <= (old_flags & IOPL) >> 12:
+        keep_mask |= IF
+    if old_cpl == 0:
+        keep_mask |= IOPL | VIF | VIP
+    new_flags = (old_flags & ~keep_mask & ~VM) | (rflags & keep_mask)
     cpu.rip = rip
     cpu.cs = cs
     cpu.ss = ss

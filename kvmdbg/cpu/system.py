@@ -10,12 +10,16 @@ from __future__ import annotations
 from kvmdbg.bits import M32, canonical, mask
 from kvmdbg.cpu.faults import GP, GuestFault
 from kvmdbg.cpu.regs import (CR0_CD, CR0_ET, CR0_NW, CR0_PE, CR0_PG, CR4_LA57, CR4_PAE,
-                             CR4_PCIDE, CR4_PGE, CR4_SMEP, EFER_LMA, EFER_LME, EFER_NXE,
-                             EFER_SCE, MAXPHYADDR, MSR_EFER, MSR_FS_BASE, MSR_GS_BASE,
-                             MSR_KERNEL_GS_BASE, MSR_PAT, MSR_TSC, MSR_TSC_AUX)
+                             CR4_PCIDE, CR4_PGE, CR4_PKE, CR4_SMAP, CR4_SMEP, EFER_LMA,
+                             EFER_LME, EFER_NXE, EFER_SCE, MAXPHYADDR, MSR_EFER, MSR_FS_BASE,
+                             MSR_GS_BASE, MSR_KERNEL_GS_BASE, MSR_PAT, MSR_TSC, MSR_TSC_AUX)
 
 CR0_VALID = M32                     # bits 63:32 reserved (#GP); 31:0 reserved bits are ignored
-CR4_VALID = (0x7FF | CR4_LA57 | (1 << 16) | CR4_PCIDE | CR4_SMEP | (1 << 21) | (1 << 22))
+# CR4 bits the guest may set: the architectural ones up to OSXMMEXCPT, plus the features
+# the CPUID of design section 3 advertises (PCID, SMEP, SMAP, PKU). The rest (UMIP, LA57,
+# VMXE, SMXE, FSGSBASE, OSXSAVE, ...) are reserved for this guest: #GP, as in KVM's
+# kvm_is_valid_cr4 with that CPUID.
+CR4_VALID = 0x7FF | CR4_PCIDE | CR4_SMEP | CR4_SMAP | CR4_PKE
 EFER_VALID = EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE
 CR3_RSVD = mask(62, MAXPHYADDR)     # bit 63 is the PCID no-flush hint, never stored
 

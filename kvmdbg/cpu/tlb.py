@@ -41,6 +41,7 @@ class Tlb:
         self.max_contexts = max_contexts
         # (vpid, pcid or GLOBAL, ep4ta) -> {vpn: TlbEntry}
         self.contexts: dict[tuple[int, int, int], dict[int, TlbEntry]] = {}
+        self.large_tags: set = set()    # contexts that may hold pieces of large pages
         self.fills = 0
         self.flushes = 0
 
@@ -70,7 +71,9 @@ class Tlb:
         ctx = self.contexts.get(tag)
         if ctx is None:
             if len(self.contexts) >= self.max_contexts:
-                del self.contexts[next(iter(self.contexts))]
+                oldest = next(iter(self.contexts))
+                del self.contexts[oldest]
+                self.large_tags.discard(oldest)
             ctx = self.contexts[tag] = {}
         elif len(ctx) >= self.capacity and entry.vpn not in ctx:
             del ctx[next(iter(ctx))]
@@ -80,6 +83,8 @@ class Tlb:
             if other is not None:
                 other.pop(entry.vpn, None)
         ctx[entry.vpn] = entry
+        if entry.size_shift > 12:
+            self.large_tags.add(tag)
         self.fills += 1
 
     # --- invalidation primitives; the SDM rules are composed from these by the CPU ---
@@ -88,28 +93,31 @@ class Tlb:
         n = 0
         for tag in [t for t in self.contexts if pred(t)]:
             n += len(self.contexts.pop(tag))
+            self.large_tags.discard(tag)
         self.flushes += 1
         return n
 
     def flush_page(self, vpid: int, pcid: int, vpn: int, include_global: bool) -> int:
-        """Entries for one page: the given PCID (and globals), all EP4TAs of the VPID."""
+        """Entries for one page: the given PCID (and globals), all EP4TAs of the VPID.
+
+        "The page" is the guest page that contains vpn: for a 2 MiB or 1 GiB page every
+        cached 4 KiB piece of it goes, whether or not vpn's own piece was cached."""
         n = 0
         for tag, ctx in self.contexts.items():
             if tag[0] != vpid or not (tag[1] == pcid or (include_global and tag[1] == GLOBAL)):
                 continue
-            e = ctx.pop(vpn, None)
-            if e is not None:
+            if ctx.pop(vpn, None) is not None:
                 n += 1
-                if e.size_shift > 12:
-                    n += self._drop_large(ctx, vpn, e.size_shift)
+            if tag in self.large_tags:
+                n += self._drop_large(ctx, vpn)
         self.flushes += 1
         return n
 
     @staticmethod
-    def _drop_large(ctx: dict, vpn: int, size_shift: int) -> int:
-        span = size_shift - 12
-        base = vpn >> span
-        victims = [v for v, e in ctx.items() if v >> span == base and e.size_shift == size_shift]
+    def _drop_large(ctx: dict, vpn: int) -> int:
+        """Drop the pieces of any large page containing vpn."""
+        victims = [v for v, e in ctx.items()
+                   if e.size_shift > 12 and v >> (e.size_shift - 12) == vpn >> (e.size_shift - 12)]
         for v in victims:
             del ctx[v]
         return len(victims)
@@ -129,5 +137,6 @@ class Tlb:
     def flush_all(self) -> int:
         n = len(self)
         self.contexts.clear()
+        self.large_tags.clear()
         self.flushes += 1
         return n

@@ -12,7 +12,7 @@ from kvmdbg.bits import mask
 from kvmdbg.cpu.faults import (ACC_IMPLICIT, PF, PFERR_FETCH, PFERR_PK, PFERR_PRESENT,
                                PFERR_RSVD, PFERR_USER, PFERR_WRITE, GuestFault)
 from kvmdbg.cpu.regs import (AC, CR0_PG, CR0_WP, CR4_PKE, CR4_PGE, CR4_SMAP, CR4_SMEP,
-                             EFER_NXE, MAXPHYADDR)
+                             EFER_LMA, EFER_NXE, MAXPHYADDR)
 from kvmdbg.cpu.tlb import TlbEntry
 
 P, RW, US, PWT, PCD, A, D, PS, G = (1 << i for i in range(9))
@@ -30,38 +30,28 @@ def access_error(cpu, user: bool, writable: bool, nx: bool, pkey: int, acc: int)
     """0 if the access is allowed on a translation with these rights, else the #PF error code.
 
     acc holds PFERR_WRITE / PFERR_USER (a CPL-3, non-implicit access) / PFERR_FETCH and
-    ACC_IMPLICIT. The rules are the table of SDM 4.6.1 (also kvm-mmu-spec 8.3).
+    ACC_IMPLICIT. The rules are the table of SDM 4.6.1 (also kvm-mmu-spec 8.3). The PK
+    bit is computed on its own (SDM 4.7): it is set whenever the page's key forbids a
+    data access to a user-mode address, even if the access is also refused for another
+    reason (KVM's permission_fault ORs it in the same way).
     """
     write = acc & PFERR_WRITE
     fetch = acc & PFERR_FETCH
     cr4 = cpu.cr4
     wp = cpu.cr0 & CR0_WP
-    bad = False
-    pk = False
     if acc & PFERR_USER:
-        if not user:
-            bad = True
-        elif write and not writable:
-            bad = True
-        elif fetch and nx:
-            bad = True
-        elif not fetch and cr4 & CR4_PKE:
-            rights = cpu.pkru >> (2 * pkey)
-            if rights & 1 or (write and rights & 2):
-                bad = pk = True
+        bad = not user or (write and not writable) or (fetch and nx)
     elif fetch:
-        if (user and cr4 & CR4_SMEP) or nx:
-            bad = True
+        bad = nx or (user and cr4 & CR4_SMEP)
     else:
-        if user and cr4 & CR4_SMAP and (acc & ACC_IMPLICIT or not cpu.get_rflags() & AC):
-            bad = True
-        elif write and not writable and wp:
-            bad = True
-        elif user and cr4 & CR4_PKE:
-            rights = cpu.pkru >> (2 * pkey)
-            if rights & 1 or (write and wp and rights & 2):
-                bad = pk = True
-    if not bad:
+        bad = ((user and cr4 & CR4_SMAP and (acc & ACC_IMPLICIT or not cpu.get_rflags() & AC))
+               or (write and not writable and wp))
+    pk = False
+    if user and not fetch and cr4 & CR4_PKE and cpu.efer & EFER_LMA:
+        rights = cpu.pkru >> (2 * pkey)
+        # AD forbids reads and writes; WD forbids user writes, and supervisor writes with WP.
+        pk = bool(rights & 1 or (rights & 2 and write and (acc & PFERR_USER or wp)))
+    if not bad and not pk:
         return 0
     return PFERR_PRESENT | error_bits(cpu, acc) | (PFERR_PK if pk else 0)
 
