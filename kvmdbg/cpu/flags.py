@@ -88,6 +88,14 @@ def materialize(cpu) -> int:
     return cpu.rflags
 
 
+def peek(cpu) -> int:
+    """RFLAGS as materialize() would give it, without folding (the lazy state stays)."""
+    lf = cpu.lf
+    if lf is None:
+        return cpu.rflags
+    return (cpu.rflags & ~ARITH) | compute(lf)
+
+
 def carry_in(cpu) -> int:
     lf = cpu.lf
     if lf is None:

@@ -45,7 +45,8 @@ def ret(g):
 
 @handles("loop", "loope", "loopne")
 def loop(g):
-    count = g.value(f"(r[1] - 1) & {M64:#x}")
+    # The address size picks the counter: RCX, or ECX (written back zero-extended) with 0x67.
+    count = g.value(f"(r[1] - 1) & {M64 if g.d.addr_size == 8 else 0xFFFF_FFFF:#x}")
     g.emit(f"r[1] = {count}")
     cond = f"{count} != 0"
     if g.d.mnemonic == "loope":

@@ -5,6 +5,13 @@ from kvmdbg.cpu import flags as F
 from kvmdbg.cpu.translate import handles
 
 
+def _zero_extend_only(g, dst) -> None:
+    """A masked count of 0 changes nothing, but a 32-bit register is still written
+    (its upper half cleared), as on hardware, Bochs and QEMU."""
+    if dst.kind == "reg" and dst.size == 4:
+        g.write(dst, g.read(dst))
+
+
 def _count(g, dst) -> str:
     cmask = 0x3F if dst.size == 8 else 0x1F
     if len(g.d.operands) < 2:
@@ -22,6 +29,7 @@ def shift(g):
     m = MASKS[dst.size]
     c = _count(g, dst)
     if c == "0":
+        _zero_extend_only(g, dst)
         return
     a = g.value(g.read(dst))
     mn = g.d.mnemonic
@@ -35,6 +43,9 @@ def shift(g):
         t = g.value(res)
         g.write(dst, t)
         g.set_flags(kind, a, c, t, bits)
+    if dst.kind == "reg" and dst.size == 4:
+        with g.block("else:"):
+            _zero_extend_only(g, dst)
 
 
 @handles("rol", "ror", "rcl", "rcr")
@@ -45,6 +56,7 @@ def rotate(g):
     m = MASKS[dst.size]
     c = _count(g, dst)
     if c == "0":
+        _zero_extend_only(g, dst)
         return
     a = g.value(g.read(dst))
     mn = g.d.mnemonic
@@ -77,3 +89,6 @@ def rotate(g):
         g.write(dst, res)
         # OF is defined only for a count of 1; we give the count-1 formula for every count.
         g.emit(f"cpu.rflags = ({f} & ~0x801) | {cf} | ({of}) << 11")
+    if dst.kind == "reg" and dst.size == 4:
+        with g.block("else:"):
+            _zero_extend_only(g, dst)

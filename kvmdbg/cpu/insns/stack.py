@@ -27,7 +27,14 @@ def pop(g):
         return
     # A memory destination addressed through RSP sees the incremented RSP (SDM: POP).
     if dst.kind == "mem":
-        g.emit(f"cpu.wr({g.addr(dst)}, {size}, {v})")
+        a = g.addr(dst)
+        if dst.base in ("rsp", "esp"):
+            # Address from the incremented RSP, still written before RSP changes (precise faults).
+            amask = M64 if g.d.addr_size == 8 else 0xFFFF_FFFF
+            a = g.value(f"({g.addr(dst, segment=False)} + {size}) & {amask:#x}")
+            if dst.segment:
+                a = g.value(f"({a} + cpu.{dst.segment}_base) & {M64:#x}")
+        g.emit(f"cpu.wr({a}, {size}, {v})")
         g.emit(f"r[4] = (r[4] + {size}) & {M64:#x}")
         return
     g.emit(f"r[4] = (r[4] + {size}) & {M64:#x}")
