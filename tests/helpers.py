@@ -21,11 +21,18 @@ def asm(source: str, address: int = LOAD_ADDRESS) -> bytes:
     return bytes(code or b"")
 
 
-def machine(code, mem: int = 16 << 20, vcpus: int = 1, arg: int = 0):
-    """A VM booted per the boot contract with `code` (asm text or bytes) at 0x100000."""
+def machine(code, mem: int = 16 << 20, vcpus: int = 1, arg: int = 0, kvm=None):
+    """A VM booted per the boot contract with `code` (asm text or bytes) at 0x100000.
+
+    With kvm=None the CPU runs as bare hardware (architecture tests); with a profile
+    name it runs under the KVM model."""
     if isinstance(code, str):
         code = asm(code)
-    vm = Vm(mem, vcpus)
+    if kvm is None:
+        vm = Vm(mem, vcpus, bare=True)
+    else:
+        from kvmdbg.kvm.profiles import get_profile
+        vm = Vm(mem, vcpus, profile=get_profile(kvm))
     boot(vm, Program(code), arg)
     return vm, vm.vcpus[0].cpu
 

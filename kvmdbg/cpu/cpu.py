@@ -53,6 +53,8 @@ class Cpu:
         self.tsc_aux = 0
         self.steps = 0                 # instructions retired (and exceptions taken)
         self.extra_cycles = 0          # simulated cycles spent outside guest instructions
+        self.walks = 0                 # TLB misses that walked the page tables
+        self.walk_cost = 0             # cycles a walk costs (set by whoever models time)
         self.halted = False
         self.shutdown = ""             # non-empty once the guest triple-faulted
         self.pending = False           # set by anything that must end the run loop
@@ -130,6 +132,8 @@ class Cpu:
             elif acc & PFERR_FETCH and not e.ept_x:
                 e = None
         if e is None:
+            self.walks += 1
+            self.extra_cycles += self.walk_cost
             try:
                 e = walk(self, va, acc)
             except GuestFault as f:
@@ -302,14 +306,12 @@ class Cpu:
         return h
 
     def decoded_at(self, rip: int):
-        """The Decoded instruction at rip (for disassembly around a stop), or None."""
-        try:
-            code = self.read_bytes(rip, 15)
-        except GuestFault:
-            code = b""
-            for i in range(15):
-                try:
-                    code += self.read_bytes(rip + i, 1)
-                except GuestFault:
-                    break
+        """The instruction at rip as the CPU would fetch it (fills the TLB; for tests and
+        tools on bare hardware; the debugger reads through its own side-effect-free walk)."""
+        code = b""
+        for i in range(15):
+            try:
+                code += self.read_bytes(rip + i, 1)
+            except GuestFault:
+                break
         return self.decoder.decode(code, rip) if code else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 from kvmdbg.cpu.cpu import MAX_BLOCK
 from kvmdbg.cpu.faults import GuestFault, TripleFault
 from kvmdbg.cpu.interrupts import deliver
+from kvmdbg.cpu.vmx import VmExit
 
 STEP_LIMIT = "step-limit"
 BREAKPOINT = "breakpoint"
@@ -75,11 +76,20 @@ def run(cpu, max_steps: int, breakpoints=None, skip_first: bool = True) -> str:
             if h is not None:
                 cpu.steps += h.index.get(cpu.rip, h.n - 1)
             cpu.steps += 1
-            try:
-                deliver(cpu, fault)
-            except TripleFault as tf:
-                cpu.shutdown = f"triple fault: {fault} at rip {cpu.rip:#x}, then {tf}"
-                return SHUTDOWN
+            reason = _deliver(cpu, fault)
+            if reason is not None:
+                return reason
+            if cpu.steps >= end:
+                return STEP_LIMIT
+            continue
+        except VmExit as exit_:
+            # Nothing of the exiting instruction retired; the hypervisor handles the exit
+            # and the instruction runs again after the next VM entry.
+            if h is not None:
+                cpu.steps += h.index.get(cpu.rip, 0)
+            reason = _handle_exit(cpu, exit_)
+            if reason is not None:
+                return reason
             if cpu.steps >= end:
                 return STEP_LIMIT
             continue
@@ -89,3 +99,33 @@ def run(cpu, max_steps: int, breakpoints=None, skip_first: bool = True) -> str:
             cpu.stop_reason = None
             return reason
         return STEP_LIMIT
+
+
+def _deliver(cpu, fault):
+    """Deliver a guest exception; a reason string if the run must stop."""
+    try:
+        deliver(cpu, fault)
+    except TripleFault as tf:
+        cpu.shutdown = f"triple fault: {fault} at rip {cpu.rip:#x}, then {tf}"
+        return SHUTDOWN
+    except VmExit as exit_:
+        # The delivery itself exited (e.g. the IDT or stack is not mapped in EPT yet).
+        # No state changed: after the exit the instruction faults again and delivers.
+        return _handle_exit(cpu, exit_)
+    return None
+
+
+def _handle_exit(cpu, exit_):
+    try:
+        cpu.ops.handle_exit(cpu, exit_)
+    except GuestFault as fault:      # the hypervisor injected an exception
+        cpu.steps += 1
+        return _deliver(cpu, fault)
+    if cpu.shutdown:
+        return SHUTDOWN
+    if cpu.pending:
+        cpu.pending = False
+        reason = cpu.stop_reason or HALTED
+        cpu.stop_reason = None
+        return reason
+    return None

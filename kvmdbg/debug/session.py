@@ -15,9 +15,11 @@ from kvmdbg.bits import M64, parse_size
 from kvmdbg.cpu.executor import HALTED, SHUTDOWN, STEP_LIMIT
 from kvmdbg.cpu.faults import GuestFault
 from kvmdbg.cpu.regs import GPR_INDEX, SUBREGS
+from kvmdbg.debug import guest_walk
 from kvmdbg.debug.symbols import Symbols
 from kvmdbg.errors import CommandError, ConfigError, UnsupportedInstruction
 from kvmdbg.kvm import boot as bootmod
+from kvmdbg.kvm.profiles import DEFAULT, get_profile, with_knob
 from kvmdbg.kvm.scheduler import run_vm
 from kvmdbg.kvm.vm import Vm
 
@@ -114,24 +116,28 @@ class Session:
 
     @classmethod
     def load(cls, path: str, kvm: str | None = None, vcpus: int = 1, mem="16M", arg: int = 0,
-             out=None, err=None) -> "Session":
+             out=None, err=None, knobs=()) -> "Session":
         program = bootmod.load_program(path)
-        return cls._boot(program, vcpus, mem, arg, out, err)
+        return cls._boot(program, vcpus, mem, arg, out, err, kvm, knobs)
 
     @classmethod
     def from_bytes(cls, code: bytes, address: int = bootmod.LOAD_ADDRESS, vcpus: int = 1,
-                   mem="16M", arg: int = 0, symbols=None, out=None, err=None) -> "Session":
+                   mem="16M", arg: int = 0, symbols=None, out=None, err=None,
+                   kvm: str | None = None) -> "Session":
         """Boot per the contract, with `code` at `address` and every RIP pointing there."""
         if not code:
             raise ConfigError("the program is empty.")
         program = bootmod.Program(bytes(code), address, dict(symbols or {}), "<bytes>")
-        return cls._boot(program, vcpus, mem, arg, out, err)
+        return cls._boot(program, vcpus, mem, arg, out, err, kvm)
 
     @classmethod
-    def _boot(cls, program, vcpus, mem, arg, out, err):
+    def _boot(cls, program, vcpus, mem, arg, out, err, kvm=None, knobs=()):
         size = parse_size(mem) if isinstance(mem, str) else int(mem)
         bootmod.check_machine(size, vcpus)
-        vm = Vm(size, vcpus)
+        profile = get_profile(kvm or DEFAULT)
+        for knob in knobs:
+            profile = with_knob(profile, knob)
+        vm = Vm(size, vcpus, profile=profile)
         bootmod.boot(vm, program, arg)
         return cls(vm, program, arg, out, err)
 
@@ -174,14 +180,12 @@ class Session:
         return self.vm.vcpus[self.current].cpu
 
     def read_memory(self, addr: int, n: int, space: str = "gva") -> bytes:
+        """Read guest memory without side effects (no A/D bits, TLB fills or exits)."""
         if space == "gpa":
             return self.vm.read_gpa(addr, n)
         if space != "gva":
             raise CommandError(f"unknown address space '{space}'")
-        try:
-            return self.cpu.read_bytes(addr, n)
-        except GuestFault as f:
-            raise CommandError(f"Cannot access memory at address {addr:#x} ({f})") from None
+        return guest_walk.read_gva(self.vm, self.cpu, addr, n)
 
     def write_memory(self, addr: int, data: bytes, space: str = "gva") -> None:
         if space == "gpa":
@@ -190,13 +194,17 @@ class Session:
             except ValueError as e:
                 raise CommandError(str(e)) from None
             return
-        cpu = self.cpu
-        for i, b in enumerate(data):
+        guest_walk.write_gva(self.vm, self.cpu, addr, bytes(data))
+
+    def decode_at(self, addr: int):
+        """The instruction at a guest-virtual address (read without side effects), or None."""
+        code = b""
+        for i in range(15):
             try:
-                e = cpu.translate((addr + i) & M64, 0)
-            except GuestFault as f:
-                raise CommandError(f"Cannot access memory at address {addr + i:#x} ({f})") from None
-            self.vm.write_gpa(e.gpa | ((addr + i) & 0xFFF), bytes([b]))
+                code += self.read_memory(addr + i, 1)
+            except CommandError:
+                break
+        return self.cpu.decoder.decode(code, addr) if code else None
 
     def location(self, addr: int) -> str:
         sym = self.symbols.lookup(addr)
@@ -206,14 +214,14 @@ class Session:
 
     def step(self, n: int = 1) -> Stop:
         """Execute n instructions on the current vCPU."""
-        from kvmdbg.cpu.executor import run
+        from kvmdbg.kvm.scheduler import step_vcpu
         cpu = self.cpu
         if cpu.shutdown:
             return self._stop(SHUTDOWN, self.current, cpu.shutdown)
         if cpu.halted:
             return self._stop(HALTED, self.current)
         try:
-            reason = run(cpu, n, None)
+            reason = step_vcpu(self.vm.vcpus[self.current], n)
         except UnsupportedInstruction as e:
             return self._stop(UNSUPPORTED, self.current, str(e))
         return self._stop(reason, self.current, cpu.shutdown if reason == SHUTDOWN else "")

@@ -133,3 +133,4 @@ def boot(vm, program: Program, arg: int = 0) -> None:
         c.r[RDX] = arg & 0xFFFF_FFFF_FFFF_FFFF
         c.rip = program.address
         c.flush_fast()
+        v.after_set_sregs()

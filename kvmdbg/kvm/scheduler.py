@@ -1,18 +1,19 @@
-"""Deterministic vCPU scheduling: the runnable vCPU with the smallest clock runs next.
+"""Deterministic scheduling of vCPUs and the zap worker in simulated time.
 
-A vCPU runs for at most one slice before the choice is made again; ties go to
-the lower index. Nothing here looks at wall-clock time, so runs are repeatable.
+The runnable vCPU with the smallest clock runs next (ties: lower index), for at
+most one slice and never past the next-smallest clock, so a vCPU that exits sits
+between its exit and its next entry while others run: this is what lets the
+two-vCPU refcount race of the thread happen from timing alone. Queued work runs
+when the worker's clock is the smallest. Nothing looks at wall-clock time.
 """
 
 from __future__ import annotations
 
-from kvmdbg.cpu.executor import HALTED, SHUTDOWN, STEP_LIMIT, run
+from kvmdbg.cpu.executor import HALTED, SHUTDOWN, STEP_LIMIT
+from kvmdbg.kvm.vcpu import VMEXIT
 
 SLICE = 1000
-
-
-def runnable(vm):
-    return [v for v in vm.vcpus if not v.cpu.halted and not v.cpu.shutdown]
+INTERRUPTED = "interrupted"
 
 
 def pick(vm):
@@ -27,39 +28,67 @@ def pick(vm):
     return best
 
 
-def run_vm(vm, max_steps: int, breakpoints=None, interrupted=lambda: False):
-    """Run the VM for up to max_steps instructions in total (over all vCPUs).
+def _worker_due(vm, v) -> bool:
+    q = vm.worker.queue
+    if not q:
+        return False
+    if v is None:
+        return True
+    return max(vm.worker.clock, q[0][0]) <= v.cpu.cycles
 
-    Returns (reason, vcpu) where vcpu is the one that stopped (or ran last).
+
+def run_vm(vm, max_steps: int, breakpoints=None, interrupted=lambda: False):
+    """Run the VM for up to max_steps guest instructions in total.
+
+    Returns (reason, vcpu): the vCPU that stopped, or the one that ran last.
     """
     done = 0
     last = vm.vcpus[0]
     started = set()          # each vCPU steps off a breakpoint it starts on, once
+    many = len(vm.vcpus) > 1
     while done < max_steps:
         v = pick(vm)
+        if _worker_due(vm, v):
+            vm.run_worker_item()
+            continue
         if v is None:
             return HALTED, last
         last = v
         c = v.cpu
         budget = min(SLICE, max_steps - done)
-        others = [o.cpu.cycles for o in vm.vcpus if o is not v and not o.cpu.halted and not o.cpu.shutdown]
-        if others:
-            # Run until this vCPU's clock passes the next one's, so clocks stay close.
-            budget = max(1, min(budget, min(others) - c.cycles + 1))
+        if many:
+            others = [o.cpu.cycles for o in vm.vcpus
+                      if o is not v and not o.cpu.halted and not o.cpu.shutdown]
+            if others:
+                budget = max(1, min(budget, min(others) - c.cycles + 1))
+            if vm.worker.queue:
+                budget = max(1, min(budget, vm.worker.queue[0][0] - c.cycles + 1))
         before = c.steps
-        reason = run(c, budget, breakpoints, skip_first=v.index not in started)
+        reason = v.run(budget, breakpoints, skip_first=v.index not in started)
         started.add(v.index)
         done += c.steps - before
-        if reason == STEP_LIMIT:
+        if reason == STEP_LIMIT or reason == VMEXIT:
             if interrupted():
-                return "interrupted", v
+                return INTERRUPTED, v
             continue
         if reason == HALTED:
-            if pick(vm) is None:
+            if pick(vm) is None and not vm.worker.queue:
                 return HALTED, v
             continue
         return reason, v
     return STEP_LIMIT, last
 
 
-__all__ = ["run_vm", "pick", "runnable", "HALTED", "SHUTDOWN", "STEP_LIMIT"]
+def step_vcpu(v, n: int, breakpoints=None):
+    """Retire n instructions on one vCPU, entering and exiting as needed."""
+    c = v.cpu
+    end = c.steps + n
+    while c.steps < end:
+        reason = v.run(end - c.steps, breakpoints)
+        if reason == VMEXIT:
+            continue
+        return reason
+    return STEP_LIMIT
+
+
+__all__ = ["run_vm", "step_vcpu", "pick", "HALTED", "SHUTDOWN", "STEP_LIMIT", "INTERRUPTED"]

@@ -1,37 +1,187 @@
-"""A vCPU: owns a Cpu and answers its CpuOps calls as KVM and the VMM would."""
+"""A vCPU: KVM's side of one guest processor (struct kvm_vcpu plus the VMX exit handlers).
+
+It is the CpuOps of its Cpu: every control-register write, port access, HLT,
+CPUID, VMCALL and guest-physical access the CPU makes lands here, as a VM exit
+would land in vmx.c. Exits set `in_kvm`; the next time the scheduler picks the
+vCPU, vcpu_enter_guest services requests in KVM's order and reloads the MMU.
+"""
 
 from __future__ import annotations
 
 from kvmdbg.bits import M64, PAGE_SHIFT
-from kvmdbg.cpu import system
+from kvmdbg.cpu import executor, system
+from kvmdbg.cpu import vmx as V
 from kvmdbg.cpu.cpu import Cpu
+from kvmdbg.cpu.regs import (CR0_TS, CR0_WP, CR4_DE, CR4_FSGSBASE, CR4_OSFXSR, CR4_OSXMMEXCPT,
+                             CR4_PAE, CR4_PCE, CR4_PGE, CR4_PSE, CR4_PVI, CR4_SMEP, CR4_TSD)
 from kvmdbg.cpu.translate import generate
+from kvmdbg.kvm import x86
 from kvmdbg.kvm.cpuid import guest_cpuid
-from kvmdbg.kvm.vm import PORT_CONSOLE, VMM_PORTS
+from kvmdbg.mmu import mmu as M
+from kvmdbg.mmu.mmu_internal import RetPF
 
 KVM_ENOSYS = 1000
 MMIO_TAG = 1 << 62       # hpa tag for MMIO pages (no host page behind them)
+VMEXIT = "vmexit"
+
+# KVM_POSSIBLE_CR4_GUEST_BITS (6.x) and the bits that must stay intercepted without EPT.
+POSSIBLE_CR4_GUEST_BITS = (CR4_PVI | CR4_DE | CR4_PCE | CR4_OSFXSR | CR4_OSXMMEXCPT | CR4_PGE
+                           | CR4_TSD | CR4_FSGSBASE)
+CR4_TLBFLUSH_BITS = CR4_PGE | (1 << 17) | CR4_PAE | CR4_SMEP
+CR4_PDPTR_BITS = CR4_PGE | CR4_PSE | CR4_PAE | CR4_SMEP
 
 
 class Vcpu:
     def __init__(self, vm, index: int):
-        self.vm = vm
+        self.vm = self.kvm = vm
         self.index = index
+        p = vm.profile
+        self.mmu = M.KvmMmu()
+        self.requests: set[str] = set()
+        self.in_kvm = True                 # outside guest mode: the next run enters first
+        self.smm = False
         self.ep4ta = 0
-        self._gfn_cache: dict[int, tuple] = {}     # gfn -> translate_gpa answer
-        self._gfn_cache_gen = -1                   # memslot generation it belongs to
+        self.ept = V.EptHardware(vm.host.pages) if p.tdp_enabled else None
+        self._gfn_cache: dict[int, tuple] = {}
+        self._gfn_cache_gen = -1
+        # vmx_l1_guest_owned_cr0_bits / set_cr4_guest_host_mask (kvm-mmu-spec 2.2)
+        self.cr0_guest_owned = CR0_TS | (CR0_WP if p.tdp_enabled and p.cr0_wp_guest_owned else 0)
+        cr4 = POSSIBLE_CR4_GUEST_BITS
+        if not p.tdp_enabled:
+            cr4 &= ~(CR4_TLBFLUSH_BITS | CR4_PDPTR_BITS)
+        elif p.cr4_smep_guest_owned:
+            cr4 |= CR4_SMEP
+        self.cr4_guest_owned = cr4
         self.cpu = Cpu(self, vm.decode_cache, index=index, vpid=index + 1, translator=generate)
+        self.cpu.walk_cost = vm.costs["tlb_miss"]
 
-    # --- CpuOps ---
+    # --- bookkeeping ---
+
+    def make_request(self, req: str) -> None:
+        if req not in self.requests:
+            self.requests.add(req)
+            self.kvm.trace("kvmdbg:request", self.index, request=req)
+
+    def vmexit(self, reason: int, **info) -> None:
+        """Leave guest mode: count, charge and trace the exit; stop the run loop."""
+        kvm = self.kvm
+        cpu = self.cpu
+        kvm.stats["exits"] += 1
+        kvm.charge(self, "vmexit")
+        kvm.trace("kvm_exit", self.index, exit_reason=V.EXIT_NAMES.get(reason, str(reason)),
+                  guest_rip=cpu.rip, isa=1, **info)
+        self.in_kvm = True
+        cpu.pending = True
+        if not cpu.stop_reason:
+            cpu.stop_reason = VMEXIT
+
+    def kick(self) -> None:
+        """kvm_vcpu_kick: an IPI takes a vCPU in guest mode out of it."""
+        if self.in_kvm or self.cpu.halted:
+            return
+        self.kvm.stats["irq_exits"] += 1
+        self.kvm.charge(self, "kick")
+        self.vmexit(V.EXTERNAL_INTERRUPT)
+
+    def after_set_sregs(self) -> None:
+        """KVM_SET_SREGS: userspace set CR0/CR3/CR4/EFER; reset the MMU context."""
+        x86.kvm_mmu_reset_context(self)
+
+    def memslots_changed(self) -> None:
+        self._gfn_cache.clear()
+
+    # --- entry (vcpu_enter_guest) ---
+
+    def enter_guest(self) -> None:
+        kvm = self.kvm
+        reqs = self.requests
+        if x86.KVM_REQ_MMU_FREE_OBSOLETE_ROOTS in reqs:
+            reqs.discard(x86.KVM_REQ_MMU_FREE_OBSOLETE_ROOTS)
+            x86.kvm_mmu_free_obsolete_roots(self)
+        if x86.KVM_REQ_TLB_FLUSH in reqs:
+            reqs.discard(x86.KVM_REQ_TLB_FLUSH)
+            reqs.discard(x86.KVM_REQ_TLB_FLUSH_CURRENT)
+            kvm.stats["tlb_flush"] += 1
+            self.flush_tlb_all()
+        if x86.KVM_REQ_TLB_FLUSH_CURRENT in reqs:
+            reqs.discard(x86.KVM_REQ_TLB_FLUSH_CURRENT)
+            self.flush_tlb_current()
+        if x86.KVM_REQ_TLB_FLUSH_GUEST in reqs:
+            reqs.discard(x86.KVM_REQ_TLB_FLUSH_GUEST)
+            kvm.stats["tlb_flush"] += 1
+            self.flush_tlb_guest()
+        x86.kvm_mmu_reload(self)
+        self.in_kvm = False
+        kvm.trace("kvm_entry", self.index, rip=self.cpu.rip)
+
+    def run(self, max_steps: int, breakpoints=None, skip_first: bool = True) -> str:
+        """Enter (if outside guest mode) and run guest code. Returns executor reasons or VMEXIT."""
+        cpu = self.cpu
+        self.kvm.current = self
+        if self.in_kvm:
+            if cpu.halted:
+                return executor.HALTED
+            self.enter_guest()
+            if cpu.pending:                      # a catchpoint fired during the entry
+                cpu.pending = False
+                reason = cpu.stop_reason or VMEXIT
+                cpu.stop_reason = None
+                if reason != VMEXIT:
+                    return reason
+        return executor.run(cpu, max_steps, breakpoints, skip_first)
+
+    # --- VMX TLB operations (vmx_flush_tlb_*) and the EPT pointer ---
+
+    def load_mmu_pgd(self, root) -> None:
+        """vmx_load_mmu_pgd: EPTP = the root's hpa."""
+        self.ep4ta = root.hpa
+        if self.ept is not None:
+            self.ept.load_eptp(root.hpa)
+        self.cpu.flush_fast()
+
+    def flush_tlb_current(self) -> None:
+        root = self.mmu.root.sp
+        if root is None:
+            return                              # vmx_flush_tlb_current: no valid root, nothing
+        self._invept_single(root.hpa)
+
+    def _invept_single(self, ep4ta: int) -> None:
+        kvm = self.kvm
+        kvm.stats["invept"] += 1
+        kvm.charge(self, "invept")
+        kvm.trace("kvmdbg:invept", self.index, type="single-context", eptp=ep4ta)
+        if self.ept is not None:
+            self.ept.invept_single(ep4ta)
+        self.cpu.tlb.flush_ep4ta(ep4ta)
+        self.cpu.flush_fast()
+
+    def flush_tlb_all(self) -> None:
+        kvm = self.kvm
+        kvm.stats["invept"] += 1
+        kvm.charge(self, "invept")
+        kvm.trace("kvmdbg:invept", self.index, type="all-context", eptp=0)
+        if self.ept is not None:
+            self.ept.invept_all()
+        self.cpu.tlb.flush_all()
+        self.cpu.flush_fast()
+
+    def flush_tlb_guest(self) -> None:
+        kvm = self.kvm
+        kvm.stats["invvpid"] += 1
+        kvm.charge(self, "invvpid")
+        kvm.trace("kvmdbg:invvpid", self.index, type="single-context", vpid=self.cpu.vpid)
+        self.cpu.tlb.flush_vpid(self.cpu.vpid)
+        self.cpu.flush_fast()
+
+    # --- CpuOps: memory ---
 
     def translate_gpa(self, gpa: int, kind: int, walk: bool):
+        if self.ept is not None:
+            return self.ept.translate(gpa, kind, walk)
         gfn = gpa >> PAGE_SHIFT
         hit = self._gfn_cache.get(gfn)
-        if hit is not None and self._gfn_cache_gen == self.vm.memslots.generation:
+        if hit is not None:
             return hit
-        if self._gfn_cache_gen != self.vm.memslots.generation:
-            self._gfn_cache.clear()
-            self._gfn_cache_gen = self.vm.memslots.generation
         got = self.vm.gfn_to_page(gfn)
         if got is None:
             return None, MMIO_TAG | (gpa & ~0xFFF), True, True
@@ -40,40 +190,93 @@ class Vcpu:
         return hit
 
     def mmio_read(self, gpa: int, size: int) -> int:
-        return (1 << (8 * size)) - 1
+        return self.kvm.vmm.mmio_read(self, gpa, size)
 
     def mmio_write(self, gpa: int, size: int, value: int) -> None:
-        self.vm.mmio_writes.append((self.index, gpa, size, value))
+        self.kvm.vmm.mmio_write(self, gpa, size, value)
+
+    def handle_exit(self, cpu, exit_: V.VmExit) -> None:
+        """Exits raised in the middle of an instruction (EPT violation / misconfig)."""
+        from kvmdbg.kvm import emulate
+        kvm = self.kvm
+        gpa = exit_.gpa
+        if exit_.reason == V.EPT_VIOLATION:
+            self.vmexit(V.EPT_VIOLATION, info1=exit_.qualification, info2=gpa)
+            kvm.stats["ept_violations"] += 1
+            kvm.charge(self, "ept_violation")
+            kvm.trace("kvm_page_fault", self.index, guest_rip=cpu.rip, fault_address=gpa,
+                      error_code=exit_.qualification)
+            ret = x86.kvm_mmu_page_fault(self, gpa, M.ept_violation_error_code(exit_.qualification))
+        else:
+            self.vmexit(V.EPT_MISCONFIG, info2=gpa)
+            kvm.stats["ept_misconfigs"] += 1
+            ret = emulate.handle_mmio_page_fault(self, gpa)
+        if ret == RetPF.EMULATE:
+            emulate.emulate_instruction(self)
+
+    # --- CpuOps: control registers ---
 
     def set_cr(self, cpu, n: int, value: int) -> None:
-        system.arch_set_cr(cpu, n, value)
+        if n == 0:
+            if not (value ^ cpu.cr0) & ~self.cr0_guest_owned & M64:
+                system.arch_set_cr(cpu, 0, value)        # guest-owned bits only: no exit
+                return
+            self._cr_exit(0, value)
+            x86.kvm_set_cr0(self, value)
+        elif n == 4:
+            if not (value ^ cpu.cr4) & ~self.cr4_guest_owned & M64:
+                system.arch_set_cr(cpu, 4, value)
+                return
+            self._cr_exit(4, value)
+            x86.kvm_set_cr4(self, value)
+        else:
+            # CR3 is not intercepted with EPT (unrestricted guest); CR8 is TPR-shadowed.
+            system.arch_set_cr(cpu, n, value)
+
+    def _cr_exit(self, n: int, value: int) -> None:
+        kvm = self.kvm
+        qual = n | (0 << 4)          # access type 0 = MOV to CR; the GPR field is not modelled
+        self.vmexit(V.CR_ACCESS, info1=qual)
+        kvm.stats["cr_exits"] += 1
+        kvm.charge(self, "cr_access")
+        kvm.trace("kvm_cr", self.index, rw=1, cr=n, val=value)
+
+    def write_cr0(self, value: int) -> None:
+        """vmx_set_cr0: GUEST_CR0 and the read shadow; a VMWRITE flushes nothing."""
+        cpu = self.cpu
+        cpu.cr0 = value | 0x10
+        cpu.flush_fast()
+
+    def write_cr4(self, value: int) -> None:
+        cpu = self.cpu
+        cpu.cr4 = value
+        cpu.flush_fast()
 
     def set_efer(self, cpu, value: int) -> None:
-        system.arch_set_efer(cpu, value)
+        self.vmexit(V.MSR_WRITE, info1=0xC0000080)
+        x86.kvm_set_efer(self, value)
+
+    # --- CpuOps: other exits ---
 
     def pio_in(self, cpu, port: int, size: int) -> int:
-        return (1 << (8 * size)) - 1
+        self.vmexit(V.IO_INSTRUCTION, info1=port << 16 | 8)
+        return self.kvm.vmm.handle_io(self, port, size, None)
 
     def pio_out(self, cpu, port: int, size: int, value: int) -> None:
-        vm = self.vm
-        if port == PORT_CONSOLE:
-            vm.console_write(value & 0xFF)
-            return
-        if port in VMM_PORTS:
-            # A KVM_EXIT_IO to userspace; the VMM side of these ports comes with the KVM model.
-            vm.io_exits.append((self.index, port, size, value))
-            bus = vm.bus
-            if bus.active:
-                bus.emit("kvm_pio", self.index, cpu.steps, rw=1, port=port, size=size, count=1,
-                         val=value)
+        self.vmexit(V.IO_INSTRUCTION, info1=port << 16)
+        self.kvm.vmm.handle_io(self, port, size, value)
 
     def cpuid(self, cpu, leaf: int, subleaf: int):
+        self.vmexit(V.CPUID)
         return guest_cpuid(leaf, subleaf, cpu)
 
     def hlt(self, cpu) -> None:
+        self.vmexit(V.HLT)
+        self.kvm.stats["halt_exits"] += 1
         cpu.halted = True
-        cpu.pending = True
-        cpu.stop_reason = "halted"
+        cpu.stop_reason = "halted" if cpu.stop_reason == VMEXIT else cpu.stop_reason
 
     def vmcall(self, cpu) -> None:
+        self.vmexit(V.VMCALL)
+        self.kvm.stats["hypercalls"] += 1
         cpu.r[0] = -KVM_ENOSYS & M64

@@ -1,7 +1,8 @@
-"""The VM: memslots over host memory, the vCPUs, the event bus, the VMM's devices.
+"""The VM (struct kvm): memslots, vCPUs, the MMU pages, the profile, time, stats, events.
 
-Mirrors struct kvm at the level issue #2 needs; the KVM MMU model plugs into
-Vcpu.translate_gpa (today: memslot lookup, i.e. no second-level paging yet).
+Also the host-side machinery a VM needs: the workqueue whose worker zaps roots in
+simulated time of its own, kvm_flush_remote_tlbs, kvm_mmu_zap_all_fast and the
+memslot updates (kvm_set_memory_region -> kvm_arch_flush_shadow_memslot).
 """
 
 from __future__ import annotations
@@ -9,7 +10,12 @@ from __future__ import annotations
 from kvmdbg.bits import PAGE_SHIFT
 from kvmdbg.cpu.decode_cache import DecodeCache
 from kvmdbg.events import EventBus
+from kvmdbg.kvm.costs import CostTable
+from kvmdbg.kvm.profiles import DEFAULT, PROFILES, Profile
+from kvmdbg.kvm.stats import Stats
 from kvmdbg.mem import HostMemory, Memslot, Memslots
+from kvmdbg.mmu.mmu_internal import ROLE_INVALID
+from kvmdbg.mmu.tdp_mmu import TdpMmu
 
 # Ports of the VMM's userspace interface (design section 3).
 PORT_CONSOLE = 0xE9
@@ -17,22 +23,168 @@ PORT_OVERLAY, PORT_UNOVERLAY, PORT_MARKER, PORT_KICK = 0x510, 0x511, 0x512, 0x51
 VMM_PORTS = {PORT_OVERLAY: "overlay", PORT_UNOVERLAY: "unoverlay", PORT_MARKER: "marker",
              PORT_KICK: "kick"}
 
+KVM_REQ_TLB_FLUSH = "KVM_REQ_TLB_FLUSH"
+KVM_REQ_MMU_FREE_OBSOLETE_ROOTS = "KVM_REQ_MMU_FREE_OBSOLETE_ROOTS"
+
+
+class Worker:
+    """The unbound workqueue kvm-tdp-mmu-zap: one worker with its own clock."""
+
+    index = -1
+
+    def __init__(self) -> None:
+        self.clock = 0
+        self.queue: list[tuple[int, object, str]] = []    # (enqueue time, fn, what)
+
 
 class Vm:
-    def __init__(self, mem_size: int, nr_vcpus: int = 1, bus: EventBus | None = None):
+    def __init__(self, mem_size: int, nr_vcpus: int = 1, bus: EventBus | None = None,
+                 profile: Profile | None = None, bare: bool = False):
+        """bare=True: no hypervisor (the CPU as hardware alone), for architecture tests."""
+        from kvmdbg.kvm.bare import BareVcpu
+        from kvmdbg.kvm.userspace import Vmm
         from kvmdbg.kvm.vcpu import Vcpu
+        self.profile = profile or PROFILES[DEFAULT]
         self.mem_size = mem_size
         self.host = HostMemory()
         self.memslots = Memslots()
         self.bus = bus or EventBus()
+        self.stats = Stats()
+        self.costs = CostTable()
         self.decode_cache = DecodeCache()
+        self.tdp_mmu = TdpMmu(self)
+        self.mmu_valid_gen = 0
+        self.mmu_page_hash: dict[tuple[int, int], object] = {}   # legacy MMU: (gfn, role) -> page
+        self.worker = Worker()
         self.ram_hva = self.host.mmap(mem_size)
         self.memslots.create(Memslot(0, 0, mem_size >> PAGE_SHIFT, self.ram_hva))
         self.console = bytearray()
         self.console_sink = None          # callable(str) for guest console output
         self.io_exits: list[tuple] = []   # (vcpu, port, size, value) of VMM-port writes
         self.mmio_writes: list[tuple] = []
-        self.vcpus = [Vcpu(self, i) for i in range(nr_vcpus)]
+        self.markers: list[tuple] = []
+        self.current = None               # the vCPU whose thread is running (for events)
+        self.vmm = Vmm(self)
+        self.bare = bare
+        self.vcpus = [(BareVcpu if bare else Vcpu)(self, i) for i in range(nr_vcpus)]
+
+    # --- time, stats, events ---
+
+    def now_step(self) -> int:
+        return self.current.cpu.steps if self.current is not None else 0
+
+    def current_vcpu_index(self) -> int:
+        return self.current.index if self.current is not None else -1
+
+    def charge(self, who, cost: str, n: int = 1) -> None:
+        """Add simulated time to a vCPU (its clock) or to the worker."""
+        if who is None:
+            who = self.current
+        if who is None:
+            return
+        cycles = self.costs[cost] * n
+        if isinstance(who, Worker):
+            who.clock += cycles
+            self.stats["worker_cycles"] += cycles
+        else:
+            who.cpu.extra_cycles += cycles
+
+    def trace(self, name: str, vcpu: int = -1, **fields) -> None:
+        bus = self.bus
+        if bus.active:
+            step = self.vcpus[vcpu].cpu.steps if 0 <= vcpu < len(self.vcpus) else self.now_step()
+            bus.emit(name, vcpu, step, **fields)
+
+    # --- the workqueue (async root zaps, v5.18 - v6.5) ---
+
+    def queue_work(self, fn, what: str) -> None:
+        now = self.current.cpu.cycles if self.current is not None else self.worker.clock
+        self.worker.queue.append((now, fn, what))
+        self.trace("kvmdbg:work_queued", self.current_vcpu_index(), work=what)
+
+    def run_worker_item(self) -> None:
+        w = self.worker
+        t, fn, what = w.queue.pop(0)
+        w.clock = max(w.clock, t)
+        saved = self.current
+        self.current = None
+        self.trace("kvmdbg:work_start", -1, work=what)
+        fn(w)
+        self.trace("kvmdbg:work_end", -1, work=what)
+        self.current = saved
+
+    def flush_workqueue(self, payer) -> None:
+        """flush_workqueue: run every queued item; the caller waits for the worker."""
+        while self.worker.queue:
+            self.run_worker_item()
+        if payer is not None and not isinstance(payer, Worker):
+            c = payer.cpu
+            if c.cycles < self.worker.clock:
+                c.extra_cycles += self.worker.clock - c.cycles
+
+    # --- requests and TLB flushes across vCPUs ---
+
+    def make_all_cpus_request(self, req: str) -> None:
+        """kvm_make_all_cpus_request: set req everywhere, kick vCPUs that are in guest mode."""
+        for v in self.vcpus:
+            v.make_request(req)
+            if v is not self.current:
+                v.kick()
+
+    def flush_remote_tlbs(self) -> None:
+        """kvm_flush_remote_tlbs: on VMX+EPT, KVM_REQ_TLB_FLUSH on every vCPU (INVEPT)."""
+        self.stats["remote_tlb_flush"] += 1
+        self.trace("kvmdbg:remote_tlb_flush", self.current_vcpu_index())
+        self.make_all_cpus_request(KVM_REQ_TLB_FLUSH)
+
+    # --- kvm_mmu_zap_all_fast and memslot changes (4.6) ---
+
+    def kvm_mmu_zap_all_fast(self) -> None:
+        self.trace("kvm_mmu_zap_all_fast", self.current_vcpu_index(),
+                   mmu_valid_gen=self.mmu_valid_gen, mmu_used_pages=len(self.tdp_mmu.pages))
+        self.mmu_valid_gen ^= 1
+        if self.profile.tdp_mmu:
+            self.tdp_mmu.invalidate_all_roots()
+        self.make_all_cpus_request(KVM_REQ_MMU_FREE_OBSOLETE_ROOTS)
+        self.kvm_zap_obsolete_pages()
+        if self.profile.tdp_mmu:
+            self.tdp_mmu.zap_invalidated_roots(self.current)
+
+    def kvm_zap_obsolete_pages(self) -> None:
+        """Legacy MMU pages of the old generation: roots still in use become invalid and
+        wait for their last put; the rest are zapped now (kvm_mmu_prepare_zap_page)."""
+        if self.profile.tdp_mmu:
+            return
+        from kvmdbg.mmu import legacy
+        legacy.zap_obsolete_pages(self)
+
+    def kvm_arch_flush_shadow_memslot(self, slot: Memslot) -> None:
+        if self.profile.slot_zap_all:
+            self.kvm_mmu_zap_all_fast()
+        else:
+            # kvm_mmu_zap_memslot: only the slot's leaf SPTEs; roots survive.
+            if self.tdp_mmu.zap_leafs(slot.base_gfn, slot.end_gfn, self._all_valid_roots()):
+                self.flush_remote_tlbs()
+
+    def _all_valid_roots(self):
+        if self.profile.tdp_mmu:
+            return self.tdp_mmu.roots
+        return [sp for sp in self.mmu_page_hash.values() if sp.parent is None and not sp.role & ROLE_INVALID]
+
+    def set_memory_region(self, op: str, slot: Memslot) -> None:
+        """KVM_SET_USER_MEMORY_REGION: create or delete, as the VMM asks."""
+        who = self.current
+        self.charge(who, "memslot_ioctl")
+        self.stats["memslot_changes"] += 1
+        if op == "delete":
+            old = self.memslots.delete(slot.id)
+            self.kvm_arch_flush_shadow_memslot(old)
+        else:
+            self.memslots.create(slot)
+        self.trace("kvmdbg:memslot", self.current_vcpu_index(), op=op, slot=slot.id,
+                   base_gfn=slot.base_gfn, npages=slot.npages, generation=self.memslots.generation)
+        for v in self.vcpus:
+            v.memslots_changed()
 
     # --- guest-physical memory as the VMM sees it ---
 

@@ -47,7 +47,7 @@ def report_stop(s, stop) -> None:
 
 
 def show_next_insn(s, rip: int) -> None:
-    d = s.cpu.decoded_at(rip)
+    d = s.decode_at(rip)
     sym = s.symbols.lookup(rip)
     label = f"{rip:#x} {sym}" if sym else f"{rip:#x}"
     if d is None:

@@ -1,0 +1,89 @@
+"""A vCPU with no hypervisor behind it: the CPU as bare hardware.
+
+Used to test the interpreter against the architecture alone (CR writes take the
+SDM path, no EPT, no exits). The VMM's devices still answer port I/O.
+"""
+
+from __future__ import annotations
+
+from kvmdbg.bits import M64, PAGE_SHIFT
+from kvmdbg.cpu import executor, system
+from kvmdbg.cpu.cpu import Cpu
+from kvmdbg.cpu.translate import generate
+from kvmdbg.kvm.cpuid import guest_cpuid
+
+MMIO_TAG = 1 << 62
+KVM_ENOSYS = 1000
+
+
+class BareVcpu:
+    in_kvm = False
+    ep4ta = 0
+
+    def __init__(self, vm, index: int):
+        self.vm = self.kvm = vm
+        self.index = index
+        self._gfn_cache: dict[int, tuple] = {}
+        self.cpu = Cpu(self, vm.decode_cache, index=index, vpid=index + 1, translator=generate)
+
+    def after_set_sregs(self) -> None:
+        pass
+
+    def memslots_changed(self) -> None:
+        self._gfn_cache.clear()
+
+    def make_request(self, req: str) -> None:
+        pass
+
+    def kick(self) -> None:
+        pass
+
+    def run(self, max_steps: int, breakpoints=None, skip_first: bool = True) -> str:
+        self.vm.current = self
+        return executor.run(self.cpu, max_steps, breakpoints, skip_first)
+
+    # --- CpuOps ---
+
+    def translate_gpa(self, gpa: int, kind: int, walk: bool):
+        gfn = gpa >> PAGE_SHIFT
+        hit = self._gfn_cache.get(gfn)
+        if hit is not None:
+            return hit
+        got = self.vm.gfn_to_page(gfn)
+        if got is None:
+            return None, MMIO_TAG | (gpa & ~0xFFF), True, True
+        page, pfn = got
+        hit = self._gfn_cache[gfn] = (page, pfn << PAGE_SHIFT, True, True)
+        return hit
+
+    def mmio_read(self, gpa: int, size: int) -> int:
+        return (1 << (8 * size)) - 1
+
+    def mmio_write(self, gpa: int, size: int, value: int) -> None:
+        self.vm.mmio_writes.append((self.index, gpa, size, value))
+
+    def handle_exit(self, cpu, exit_) -> None:
+        raise AssertionError(f"bare hardware has no VM exits: {exit_}")
+
+    def set_cr(self, cpu, n: int, value: int) -> None:
+        system.arch_set_cr(cpu, n, value)
+
+    def set_efer(self, cpu, value: int) -> None:
+        system.arch_set_efer(cpu, value)
+
+    def pio_in(self, cpu, port: int, size: int) -> int:
+        return (1 << (8 * size)) - 1
+
+    def pio_out(self, cpu, port: int, size: int, value: int) -> None:
+        self.vm.vmm.handle_io(self, port, size, value)
+
+    def cpuid(self, cpu, leaf: int, subleaf: int):
+        return guest_cpuid(leaf, subleaf, cpu)
+
+    def hlt(self, cpu) -> None:
+        cpu.halted = True
+        cpu.pending = True
+        cpu.stop_reason = "halted"
+
+    def vmcall(self, cpu) -> None:
+        cpu.r[0] = -KVM_ENOSYS & M64

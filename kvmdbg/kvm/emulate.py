@@ -1,0 +1,134 @@
+"""KVM's instruction emulator, as used for MMIO (x86_emulate_instruction's path).
+
+The instruction's semantics come from the interpreter's own handler (the same
+code the CPU runs), but every memory access goes the way KVM's emulator goes:
+guest-virtual addresses through KVM's software walker with cpu_role's permission
+tables (an injected #PF if they say no), guest-physical addresses through the
+memslots, and MMIO to userspace. Hence a stale cpu_role shows up here and only here.
+"""
+
+from __future__ import annotations
+
+from kvmdbg.cpu.faults import PF, GuestFault
+from kvmdbg.cpu.regs import AC, CR4_PKE
+from kvmdbg.cpu.translate import make_handler
+from kvmdbg.kvm import x86
+from kvmdbg.mmu import mmu as M
+from kvmdbg.mmu import paging_tmpl
+from kvmdbg.mmu import spte as S
+from kvmdbg.mmu.mmu_internal import RetPF
+
+
+def handle_mmio_page_fault(vcpu, gpa: int) -> RetPF:
+    """An EPT misconfiguration: emulate if the MMIO SPTE's generation is current."""
+    kvm = vcpu.kvm
+    root = vcpu.mmu.root.sp
+    spte = _leaf_spte(kvm, root, gpa >> 12) if root is not None else 0
+    if S.is_mmio_spte(spte):
+        gen = S.get_mmio_spte_gen(spte)
+        kvm.trace("check_mmio_spte", vcpu.index, kvm_gen=kvm.memslots.generation & S.MMIO_GEN_MASK,
+                  spte_gen=gen, spte=spte)
+        if gen == kvm.memslots.generation & S.MMIO_GEN_MASK:
+            kvm.trace("handle_mmio_page_fault", vcpu.index, addr=gpa, gfn=gpa >> 12, access=7)
+            return RetPF.EMULATE
+    # Stale generation (a memslot changed): take the full fault path again.
+    return x86.kvm_mmu_page_fault(vcpu, gpa, M.PFERR_RSVD)
+
+
+def _leaf_spte(kvm, root, gfn: int) -> int:
+    sp = root
+    level = root.role & 0xF
+    while True:
+        spte = kvm.tdp_mmu.read_spte(sp, (gfn >> (9 * (level - 1))) & 511)
+        if level == 1 or not S.is_shadow_present_pte(spte) or S.is_large_pte(spte):
+            return spte
+        sp = kvm.tdp_mmu.pages.get(S.spte_to_pfn(spte))
+        if sp is None:
+            return 0
+        level -= 1
+
+
+def emulate_instruction(vcpu) -> None:
+    """Emulate the instruction at RIP; a #PF from KVM's walker is injected into the guest."""
+    kvm = vcpu.kvm
+    cpu = vcpu.cpu
+    kvm.stats["insn_emulation"] += 1
+    kvm.charge(vcpu, "mmio_emulate")
+    em = _Emulator(vcpu)
+    try:
+        code = em.fetch(cpu.rip)
+        d = cpu.decoder.decode(code, cpu.rip)
+        if d is None:
+            raise GuestFault(6)
+        handler = make_handler([cpu.translator(d)])
+        kvm.trace("kvm_emulate_insn", vcpu.index, rip=cpu.rip, insn=d.text)
+        saved = (cpu.fast_r, cpu.fast_w)
+        cpu.fast_r, cpu.fast_w = {}, {}          # force every access through rd/wr below
+        cpu.rd, cpu.wr = em.read, em.write
+        try:
+            handler(cpu, cpu.r)
+        finally:
+            del cpu.rd, cpu.wr
+            cpu.fast_r, cpu.fast_w = saved
+        cpu.steps += 1
+    except paging_tmpl.WalkFault as f:
+        kvm.trace("kvm_inj_exception", vcpu.index, exception=PF, has_error=True,
+                  error_code=f.error_code)
+        raise GuestFault(PF, f.error_code, f.address) from None
+
+
+class _Emulator:
+    """x86_emulate_ops for one emulated instruction."""
+
+    def __init__(self, vcpu):
+        self.vcpu = vcpu
+        self.kvm = vcpu.kvm
+        self.cpu = vcpu.cpu
+
+    def _pfec(self, write: bool = False, fetch: bool = False) -> int:
+        pfec = M.PFERR_USER if self.cpu.cs & 3 == 3 else 0
+        if write:
+            pfec |= M.PFERR_WRITE
+        if fetch:
+            pfec |= M.PFERR_FETCH
+        return pfec
+
+    def gva_to_gpa(self, gva: int, pfec: int) -> int:
+        cpu = self.cpu
+        kvm = self.kvm
+        return paging_tmpl.gva_to_gpa(
+            self.vcpu.mmu, kvm.read_gpa, kvm.write_gpa, cpu.cr3, gva, pfec,
+            bool(cpu.get_rflags() & AC), cpu.pkru if cpu.cr4 & CR4_PKE else 0,
+            refresh=x86.refresh_passthrough_bits(self.vcpu),
+            trace=lambda name, **f: kvm.trace(name, self.vcpu.index, **f))
+
+    def fetch(self, rip: int) -> bytes:
+        out = b""
+        for i in range(15):
+            try:
+                gpa = self.gva_to_gpa(rip + i, self._pfec(fetch=True))
+            except paging_tmpl.WalkFault:
+                if out:
+                    break
+                raise
+            out += self.kvm.read_gpa(gpa, 1)
+        return out
+
+    def read(self, va: int, size: int) -> int:
+        data = b""
+        for i in range(size):
+            gpa = self.gva_to_gpa(va + i, self._pfec())
+            if self.kvm.memslots.lookup(gpa >> 12) is None:
+                return self.kvm.vmm.mmio_read(self.vcpu, gpa, size)
+            data += self.kvm.read_gpa(gpa, 1)
+        return int.from_bytes(data, "little")
+
+    def write(self, va: int, size: int, value: int) -> None:
+        gpa = self.gva_to_gpa(va, self._pfec(write=True))
+        if self.kvm.memslots.lookup(gpa >> 12) is None:
+            self.kvm.vmm.mmio_write(self.vcpu, gpa, size, value)
+            return
+        data = value.to_bytes(size, "little")
+        for i in range(size):
+            g = self.gva_to_gpa(va + i, self._pfec(write=True))
+            self.kvm.write_gpa(g, data[i:i + 1])

@@ -1,0 +1,105 @@
+"""The VMM in userspace: what KVM_EXIT_IO and KVM_EXIT_MMIO reach (design section 3).
+
+Port 0xE9 is the debug console. Ports 0x510-0x513 are the teaching interface:
+overlay a page the way a VMM must (delete the slot, re-create the two halves and
+a one-page slot between them), remove it again, record a marker, kick a vCPU.
+"""
+
+from __future__ import annotations
+
+from kvmdbg.kvm.vm import PORT_CONSOLE, PORT_KICK, PORT_MARKER, PORT_OVERLAY, PORT_UNOVERLAY
+from kvmdbg.mem import Memslot
+
+
+class Vmm:
+    def __init__(self, kvm):
+        self.kvm = kvm
+        self.overlays: dict[int, tuple[Memslot, list[int]]] = {}   # gfn -> (original, new ids)
+
+    # --- exits ---
+
+    def handle_io(self, vcpu, port: int, size: int, value):
+        kvm = self.kvm
+        kvm.stats["io_exits"] += 1
+        if not kvm.bare:
+            kvm.charge(vcpu, "io_exit")
+        kvm.trace("kvm_pio", vcpu.index, rw=0 if value is None else 1, port=port, size=size,
+                  count=1, val=value if value is not None else 0)
+        if value is None:
+            return (1 << (8 * size)) - 1            # nothing answers reads
+        if port == PORT_CONSOLE:
+            kvm.console_write(value & 0xFF)
+        elif port == PORT_OVERLAY:
+            kvm.io_exits.append((vcpu.index, port, size, value))
+            self.overlay(value)
+        elif port == PORT_UNOVERLAY:
+            kvm.io_exits.append((vcpu.index, port, size, value))
+            self.unoverlay(value)
+        elif port == PORT_MARKER:
+            kvm.io_exits.append((vcpu.index, port, size, value))
+            kvm.markers.append((vcpu.index, vcpu.cpu.steps, vcpu.cpu.cycles, value))
+            kvm.trace("kvmdbg:marker", vcpu.index, value=value)
+        elif port == PORT_KICK:
+            kvm.io_exits.append((vcpu.index, port, size, value))
+            self.kick(value)
+        return None
+
+    def mmio_read(self, vcpu, gpa: int, size: int) -> int:
+        kvm = self.kvm
+        kvm.stats["mmio_exits"] += 1
+        kvm.charge(vcpu, "io_exit")
+        kvm.trace("kvm_mmio", vcpu.index, type="read", len=size, gpa=gpa, val=(1 << (8 * size)) - 1)
+        return (1 << (8 * size)) - 1
+
+    def mmio_write(self, vcpu, gpa: int, size: int, value: int) -> None:
+        kvm = self.kvm
+        kvm.stats["mmio_exits"] += 1
+        kvm.charge(vcpu, "io_exit")
+        kvm.mmio_writes.append((vcpu.index, gpa, size, value))
+        kvm.trace("kvm_mmio", vcpu.index, type="write", len=size, gpa=gpa, val=value)
+
+    # --- the teaching interface ---
+
+    def overlay(self, gfn: int) -> None:
+        kvm = self.kvm
+        slot = kvm.memslots.lookup(gfn)
+        if slot is None or gfn in self.overlays:
+            kvm.trace("kvmdbg:vmm_error", kvm.current_vcpu_index(),
+                      message=f"cannot overlay gfn {gfn:#x}")
+            return
+        kvm.set_memory_region("delete", slot)
+        ids = []
+        if gfn > slot.base_gfn:
+            low = Memslot(kvm.memslots.next_id(), slot.base_gfn, gfn - slot.base_gfn,
+                          slot.userspace_addr, slot.flags)
+            kvm.set_memory_region("create", low)
+            ids.append(low.id)
+        page = Memslot(kvm.memslots.next_id(), gfn, 1, kvm.host.mmap(4096), slot.flags)
+        kvm.set_memory_region("create", page)
+        ids.append(page.id)
+        if gfn + 1 < slot.end_gfn:
+            high = Memslot(kvm.memslots.next_id(), gfn + 1, slot.end_gfn - gfn - 1,
+                           slot.gfn_to_hva(gfn + 1), slot.flags)
+            kvm.set_memory_region("create", high)
+            ids.append(high.id)
+        self.overlays[gfn] = (slot, ids)
+
+    def unoverlay(self, gfn: int) -> None:
+        kvm = self.kvm
+        if gfn not in self.overlays:
+            kvm.trace("kvmdbg:vmm_error", kvm.current_vcpu_index(),
+                      message=f"no overlay at gfn {gfn:#x}")
+            return
+        original, ids = self.overlays.pop(gfn)
+        for slot_id in ids:
+            kvm.set_memory_region("delete", kvm.memslots.by_id(slot_id))
+        kvm.set_memory_region("create", Memslot(original.id, original.base_gfn, original.npages,
+                                                original.userspace_addr, original.flags))
+
+    def kick(self, index: int) -> None:
+        kvm = self.kvm
+        if 0 <= index < len(kvm.vcpus):
+            v = kvm.vcpus[index]
+            if v.cpu.halted:
+                v.cpu.halted = False
+                kvm.trace("kvmdbg:kick", kvm.current_vcpu_index(), target=index)

@@ -1,0 +1,100 @@
+"""SPTE bits and builders in the EPT flavour (mirrors spte.h / spte.c, kvm-mmu-spec 5.5).
+
+An SPTE is the 64-bit word the hardware's EPT walk reads; everything KVM keeps
+beside the hardware bits lives in the software-available bits, as in KVM.
+"""
+
+from __future__ import annotations
+
+from kvmdbg.bits import mask
+
+EPT_R = 1 << 0                     # shadow_user_mask / present mask
+EPT_W = 1 << 1                     # PT_WRITABLE_MASK
+EPT_X = 1 << 2                     # shadow_x_mask
+EPT_MT_SHIFT = 3                   # bits 5:3 memory type
+EPT_MT_WB = 6
+EPT_MT_UC = 0
+EPT_IPAT = 1 << 6
+PT_PAGE_SIZE = 1 << 7              # leaf at level > 1
+EPT_ACCESSED = 1 << 8              # VMX_EPT_ACCESS_BIT
+EPT_DIRTY = 1 << 9                 # VMX_EPT_DIRTY_BIT
+SPTE_MMU_PRESENT = 1 << 11         # software: "KVM considers this SPTE present"
+SPTE_TDP_AD_SHIFT = 52             # 0 = A/D enabled, 1 = disabled, 2 = wrprot-only
+EPT_SPTE_HOST_WRITABLE = 1 << 57
+EPT_SPTE_MMU_WRITABLE = 1 << 58
+PFN_MASK = mask(51, 12)
+MMIO_VALUE = EPT_W | EPT_X         # VMX_EPT_MISCONFIG_WX_VALUE: W|X without R
+MMIO_MASK = EPT_R | EPT_W | EPT_X
+REMOVED_SPTE = 0x5A0               # frozen while a table is being replaced
+SHADOW_NONPRESENT = 0
+
+# Invariants (static_assert's analog): W => MMU-writable => host-writable; no overlaps.
+assert not (EPT_SPTE_HOST_WRITABLE | EPT_SPTE_MMU_WRITABLE) & PFN_MASK
+assert not REMOVED_SPTE & SPTE_MMU_PRESENT and not REMOVED_SPTE & MMIO_MASK
+
+# MMIO generation: 19 bits, bits 0-7 in SPTE bits 3-10, bits 8-18 in SPTE bits 52-62.
+MMIO_GEN_LOW_SHIFT, MMIO_GEN_HIGH_SHIFT = 3, 52
+MMIO_GEN_MASK = (1 << 19) - 1
+
+
+def is_shadow_present_pte(spte: int) -> bool:
+    return bool(spte & SPTE_MMU_PRESENT)
+
+
+def is_mmio_spte(spte: int) -> bool:
+    return (spte & MMIO_MASK) == MMIO_VALUE and not spte & SPTE_MMU_PRESENT
+
+
+def is_large_pte(spte: int) -> bool:
+    return bool(spte & PT_PAGE_SIZE)
+
+
+def is_last_spte(spte: int, level: int) -> bool:
+    return level == 1 or bool(spte & PT_PAGE_SIZE)
+
+
+def spte_to_pfn(spte: int) -> int:
+    return (spte & PFN_MASK) >> 12
+
+
+def make_spte(pfn: int, level: int, writable: bool = True, host_writable: bool = True,
+              accessed: bool = True, mt: int = EPT_MT_WB) -> int:
+    """A present leaf for ACC_ALL: R|X always, W when writable, WB memory type, A (and D
+    when writable) preset because KVM's TDP MMU sets them at fault time with A/D enabled."""
+    spte = SPTE_MMU_PRESENT | EPT_R | EPT_X | (mt << EPT_MT_SHIFT) | (pfn << 12)
+    if level > 1:
+        spte |= PT_PAGE_SIZE
+    if accessed:
+        spte |= EPT_ACCESSED
+    if host_writable:
+        spte |= EPT_SPTE_HOST_WRITABLE
+    if writable:
+        spte |= EPT_W | EPT_SPTE_MMU_WRITABLE | EPT_DIRTY
+    return spte
+
+
+def make_nonleaf_spte(child_pfn: int) -> int:
+    return SPTE_MMU_PRESENT | EPT_R | EPT_W | EPT_X | EPT_ACCESSED | (child_pfn << 12)
+
+
+def make_mmio_spte(gfn: int, gen: int) -> int:
+    gen &= MMIO_GEN_MASK
+    return (MMIO_VALUE | ((gen & 0xFF) << MMIO_GEN_LOW_SHIFT) | ((gen >> 8) << MMIO_GEN_HIGH_SHIFT)
+            | (gfn << 12) & mask(51, 12) & ~mask(62, 52))
+
+
+def get_mmio_spte_gen(spte: int) -> int:
+    return ((spte >> MMIO_GEN_LOW_SHIFT) & 0xFF) | (((spte >> MMIO_GEN_HIGH_SHIFT) & 0x7FF) << 8)
+
+
+def spte_str(spte: int, level: int) -> str:
+    """'0x... (r w x) l1' for listings."""
+    if spte == 0:
+        return "0x0 (not present)"
+    if is_mmio_spte(spte):
+        return f"{spte:#x} (mmio gen {get_mmio_spte_gen(spte)})"
+    if spte == REMOVED_SPTE:
+        return f"{spte:#x} (removed)"
+    bits = " ".join(n for n, b in (("r", EPT_R), ("w", EPT_W), ("x", EPT_X)) if spte & b)
+    kind = "leaf" if is_last_spte(spte, level) else "table"
+    return f"{spte:#x} ({bits}) {kind} pfn {spte_to_pfn(spte):#x}"

@@ -1,0 +1,337 @@
+"""The TDP MMU: roots, SPTE installation and teardown (mirrors arch/x86/kvm/mmu/tdp_mmu.c).
+
+Simplified: no RCU, no lock contention or yielding (the simulation is single-threaded
+and deterministic); zaps run in one pass. Kept exact: roots found by role and
+refcounted with each version's put behaviour, one function through which every
+SPTE changes (tdp_mmu_set_spte -> handle_changed_spte), recursive teardown of
+removed tables, and the events KVM's tracepoints would show.
+
+The same table code also serves the legacy direct MMU (tdp_mmu=0), whose pages live
+in the hash (mmu.py) and whose roots survive unload; `sp.tdp_mmu_page` says which.
+"""
+
+from __future__ import annotations
+
+from kvmdbg.mmu import spte as S
+from kvmdbg.mmu.mmu_internal import ROLE_INVALID, MmuPage, RetPF, role_smm
+
+PUT_SYNC_ZAP, PUT_ASYNC_ZAP, PUT_KEEP = "sync_zap", "async_zap", "keep"
+
+
+class TdpMmu:
+    """Per-VM MMU page bookkeeping: kvm->arch.tdp_mmu_roots plus the page allocator."""
+
+    def __init__(self, kvm):
+        self.kvm = kvm
+        self.roots: list[MmuPage] = []        # tdp_mmu_roots, newest first (list_add_rcu)
+        self.pages: dict[int, MmuPage] = {}   # pfn -> page (KVM finds it via the struct page)
+        self.next_root_number = 1
+        self.live_sptes = 0                   # present SPTEs in all pages (leaf + non-leaf)
+
+    # --- pages ---
+
+    def alloc_page(self, role: int, gfn: int, tdp: bool) -> MmuPage:
+        kvm = self.kvm
+        pfn = kvm.host.alloc_page()
+        sp = MmuPage(role, gfn, pfn, kvm.host.pages[pfn], tdp)
+        sp.mmu_valid_gen = kvm.mmu_valid_gen
+        sp.created_step = kvm.now_step()
+        self.pages[pfn] = sp
+        kvm.stats["tables_allocated"] += 1
+        return sp
+
+    def free_page(self, sp: MmuPage) -> None:
+        if sp.hashed:
+            self.kvm.mmu_page_hash.pop((sp.gfn, sp.role), None)
+            sp.hashed = False
+        sp.freed = True
+        self.pages.pop(sp.pfn, None)
+        self.kvm.host.free_page(sp.pfn)
+        self.kvm.stats["tables_freed"] += 1
+
+    # --- roots (tdp_mmu.c) ---
+
+    def get_vcpu_root(self, vcpu, role: int) -> MmuPage:
+        """kvm_tdp_mmu_get_vcpu_root_hpa / kvm_tdp_mmu_alloc_root: reuse by role or allocate."""
+        kvm = self.kvm
+        for root in self.roots:
+            # refcount_inc_not_zero on a valid root whose role word matches (an invalid
+            # root never matches: the invalid bit is part of the word).
+            if root.role == role and root.root_count > 0:
+                root.root_count += 1
+                kvm.trace("kvmdbg:root_get", vcpu.index, root=root.number, hpa=root.hpa,
+                          root_count=root.root_count)
+                return root
+        root = self.alloc_page(role, 0, True)
+        root.number = self.next_root_number
+        self.next_root_number += 1
+        # edbdb43fc96b: the TDP MMU itself holds a reference until the root is invalidated.
+        root.root_count = 2 if kvm.profile.tdp_put_last_ref == PUT_KEEP else 1
+        self.roots.insert(0, root)
+        kvm.stats["roots_allocated"] += 1
+        kvm.charge(vcpu, "root_alloc")
+        kvm.trace("kvm_mmu_get_page", vcpu.index, mmu_valid_gen=root.mmu_valid_gen, gfn=0,
+                  role=root.role, root_count=root.root_count, unsync=False, created=True,
+                  root=root.number, hpa=root.hpa)
+        return root
+
+    def put_root(self, root: MmuPage, vcpu=None) -> None:
+        """kvm_tdp_mmu_put_root with the profile's behaviour at the last reference."""
+        kvm = self.kvm
+        root.root_count -= 1
+        who = vcpu.index if vcpu is not None else -1
+        kvm.trace("kvmdbg:root_put", who, root=root.number, hpa=root.hpa, root_count=root.root_count)
+        if root.root_count > 0:
+            return
+        policy = kvm.profile.tdp_put_last_ref
+        if policy == PUT_ASYNC_ZAP and not root.role & ROLE_INVALID:
+            # 22b94c4b63eb: mark invalid, keep one reference for the worker, queue the zap.
+            root.role |= ROLE_INVALID
+            root.root_count = 1
+            kvm.stats["roots_invalidated"] += 1
+            kvm.trace("kvmdbg:root_invalidate", who, root=root.number, hpa=root.hpa)
+            kvm.queue_work(lambda worker: self._zap_root_work(root, worker), f"zap root #{root.number}")
+            return
+        if policy == PUT_SYNC_ZAP and not root.role & ROLE_INVALID:
+            # v5.10-v5.17: the task dropping the last reference zaps the whole root.
+            self.unlink_root(root)
+            self.zap_root(root, payer=vcpu)
+            self.free_root(root, who)
+            return
+        # An invalid root's SPTEs are already gone (or going): unlink and free it.
+        self.unlink_root(root)
+        if any(True for _ in self.present_entries(root)):
+            self.zap_root(root, payer=vcpu)
+        self.free_root(root, who)
+
+    def unlink_root(self, root: MmuPage) -> None:
+        if root in self.roots:
+            self.roots.remove(root)
+
+    def free_root(self, root: MmuPage, who: int) -> None:
+        kvm = self.kvm
+        kvm.stats["roots_freed"] += 1
+        kvm.trace("kvmdbg:root_free", who, root=root.number, hpa=root.hpa)
+        self.free_page(root)
+
+    def _zap_root_work(self, root: MmuPage, worker) -> None:
+        """tdp_mmu_zap_root_work: zap on the worker, then put the worker's reference."""
+        self.zap_root(root, payer=worker)
+        self.put_root(root, None)
+
+    def invalidate_all_roots(self) -> None:
+        """kvm_tdp_mmu_invalidate_all_roots (called by kvm_mmu_zap_all_fast)."""
+        kvm = self.kvm
+        keep = kvm.profile.tdp_put_last_ref == PUT_KEEP
+        for root in list(self.roots):
+            if root.role & ROLE_INVALID:
+                continue
+            if not keep:
+                if root.root_count == 0:
+                    continue
+                root.root_count += 1          # a reference for whoever zaps it
+            root.role |= ROLE_INVALID
+            kvm.stats["roots_invalidated"] += 1
+            kvm.trace("kvmdbg:root_invalidate", -1, root=root.number, hpa=root.hpa)
+            if kvm.profile.invalid_root_zap == "workqueue":
+                kvm.queue_work(lambda worker, r=root: self._zap_root_work(r, worker),
+                               f"zap root #{root.number}")
+            else:
+                root.tdp_mmu_scheduled_root_to_zap = True
+
+    def zap_invalidated_roots(self, payer) -> None:
+        """kvm_tdp_mmu_zap_invalidated_roots: wait for the workers, or zap here (0df9dab891ff)."""
+        kvm = self.kvm
+        if kvm.profile.invalid_root_zap == "workqueue":
+            kvm.flush_workqueue(payer)
+            return
+        for root in list(self.roots):
+            if root.tdp_mmu_scheduled_root_to_zap:
+                root.tdp_mmu_scheduled_root_to_zap = False
+                self.zap_root(root, payer=payer)
+                self.put_root(root, None)
+
+    # --- SPTE access ---
+
+    @staticmethod
+    def read_spte(sp: MmuPage, index: int) -> int:
+        o = index << 3
+        return int.from_bytes(sp.spt[o:o + 8], "little")
+
+    @staticmethod
+    def present_entries(sp: MmuPage):
+        """(index, spte) of every non-zero entry, in index order."""
+        spt = sp.spt
+        mv = memoryview(spt).cast("Q")
+        for i, v in enumerate(mv):
+            if v:
+                yield i, v
+
+    def tdp_mmu_set_spte(self, sp: MmuPage, index: int, new: int, gfn: int) -> None:
+        """The single place an SPTE changes; bookkeeping hangs on handle_changed_spte."""
+        o = index << 3
+        old = int.from_bytes(sp.spt[o:o + 8], "little")
+        sp.spt[o:o + 8] = new.to_bytes(8, "little")
+        self.handle_changed_spte(sp, gfn, old, new, sp.role & 0xF)
+
+    def handle_changed_spte(self, sp: MmuPage, gfn: int, old: int, new: int, level: int) -> None:
+        if old == new:
+            return
+        kvm = self.kvm
+        was_present = S.is_shadow_present_pte(old)
+        is_present = S.is_shadow_present_pte(new)
+        was_leaf = was_present and S.is_last_spte(old, level)
+        is_leaf = is_present and S.is_last_spte(new, level)
+        if kvm.bus.active:
+            if sp.tdp_mmu_page:
+                kvm.trace("kvm_tdp_mmu_spte_changed", kvm.current_vcpu_index(), gfn=gfn,
+                          old_spte=old, new_spte=new, level=level, as_id=role_smm(sp.role))
+        self.live_sptes += (1 if new and new != S.REMOVED_SPTE else 0) - (1 if old and old != S.REMOVED_SPTE else 0)
+        stats = kvm.stats
+        if was_leaf != is_leaf:
+            key = ("pages_4k", "pages_2m", "pages_1g")[level - 1]
+            stats[key] += 1 if is_leaf else -1
+        if was_present and not is_present:
+            stats["sptes_zapped"] += 1
+        elif is_present and not was_present:
+            stats["sptes_created"] += 1
+        if was_present and not was_leaf and (not is_present or is_leaf):
+            child = self.pages.get(S.spte_to_pfn(old))
+            if child is not None:
+                self.handle_removed_pt(child)
+
+    def handle_removed_pt(self, sp: MmuPage) -> None:
+        """A table was unlinked: zap everything below it, then free it."""
+        kvm = self.kvm
+        kvm.trace("kvm_mmu_prepare_zap_page", kvm.current_vcpu_index(),
+                  mmu_valid_gen=sp.mmu_valid_gen, gfn=sp.gfn, role=sp.role,
+                  root_count=sp.root_count, unsync=False)
+        level = sp.role & 0xF
+        span = 9 * (level - 1)
+        for i, old in list(self.present_entries(sp)):
+            o = i << 3
+            sp.spt[o:o + 8] = S.REMOVED_SPTE.to_bytes(8, "little")
+            self.handle_changed_spte(sp, sp.gfn + (i << span), old, S.REMOVED_SPTE, level)
+        self.free_page(sp)
+
+    # --- zapping ---
+
+    def zap_root(self, root: MmuPage, payer=None) -> int:
+        """tdp_mmu_zap_root: zap every SPTE of the root; the cost goes to `payer`."""
+        kvm = self.kvm
+        before = kvm.stats["sptes_zapped"]
+        level = root.role & 0xF
+        span = 9 * (level - 1)
+        for i, _old in list(self.present_entries(root)):
+            self.tdp_mmu_set_spte(root, i, 0, root.gfn + (i << span))
+        n = kvm.stats["sptes_zapped"] - before
+        kvm.charge(payer, "spte_zap", n)
+        kvm.trace("kvmdbg:root_zap", payer.index if hasattr(payer, "index") else -1,
+                  root=root.number, hpa=root.hpa, sptes=n)
+        return n
+
+    def zap_leafs(self, start_gfn: int, end_gfn: int, roots=None) -> bool:
+        """kvm_tdp_mmu_zap_leafs over [start, end) in valid roots; True if a flush is needed."""
+        flush = False
+        for root in list(roots if roots is not None else self.roots):
+            if root.role & ROLE_INVALID:
+                continue
+            flush |= self._zap_leafs(root, start_gfn, end_gfn)
+        return flush
+
+    def _zap_leafs(self, sp: MmuPage, start: int, end: int) -> bool:
+        level = sp.role & 0xF
+        span = 9 * (level - 1)
+        flush = False
+        for i, spte in list(self.present_entries(sp)):
+            gfn = sp.gfn + (i << span)
+            if gfn >= end or gfn + (1 << span) <= start:
+                continue
+            if S.is_mmio_spte(spte) or spte == S.REMOVED_SPTE:
+                continue
+            if S.is_last_spte(spte, level):
+                self.tdp_mmu_set_spte(sp, i, 0, gfn)
+                flush = True
+            else:
+                child = self.pages.get(S.spte_to_pfn(spte))
+                if child is not None:
+                    flush |= self._zap_leafs(child, start, end)
+        return flush
+
+    def count_sptes(self, sp: MmuPage) -> tuple[int, int]:
+        """(leaf SPTEs, tables) under sp, sp included as a table."""
+        leaves, tables = 0, 1
+        level = sp.role & 0xF
+        for _i, spte in self.present_entries(sp):
+            if not S.is_shadow_present_pte(spte):
+                continue
+            if S.is_last_spte(spte, level):
+                leaves += 1
+            else:
+                child = self.pages.get(S.spte_to_pfn(spte))
+                if child is not None:
+                    l2, t2 = self.count_sptes(child)
+                    leaves += l2
+                    tables += t2
+        return leaves, tables
+
+    # --- the page fault path (kvm_tdp_mmu_map) ---
+
+    def map(self, vcpu, root: MmuPage, fault, alloc_child) -> RetPF:
+        """Walk from the root to fault.goal_level, building tables, and install the leaf."""
+        kvm = self.kvm
+        gfn = fault.gfn
+        kvm.trace("kvm_mmu_spte_requested", vcpu.index, gfn=gfn, pfn=fault.pfn, level=fault.goal_level)
+        sp = root
+        level = root.role & 0xF
+        while True:
+            span = 9 * (level - 1)
+            index = (gfn >> span) & 511
+            spte = self.read_spte(sp, index)
+            if spte == S.REMOVED_SPTE:
+                return RetPF.RETRY
+            if level == fault.goal_level:
+                return self._map_target_level(vcpu, sp, index, spte, level, fault)
+            if S.is_shadow_present_pte(spte) and not S.is_large_pte(spte):
+                sp = self.pages[S.spte_to_pfn(spte)]
+                level -= 1
+                continue
+            child_gfn = gfn & ~((1 << span) - 1)
+            child = alloc_child(sp, child_gfn, level - 1)
+            child.parent = sp
+            child.parent_index = index
+            if S.is_shadow_present_pte(spte):
+                self._split_huge(child, spte, level - 1)
+            self.tdp_mmu_set_spte(sp, index, S.make_nonleaf_spte(child.pfn), child_gfn)
+            kvm.charge(vcpu, "sp_alloc")
+            sp = child
+            level -= 1
+
+    def _split_huge(self, child: MmuPage, huge: int, level: int) -> None:
+        """kvm_mmu_split_huge_page: fill the new table with 512 smaller leaves."""
+        base_pfn = S.spte_to_pfn(huge)
+        span = 9 * (level - 1)
+        flags = huge & ~S.PFN_MASK & ~(S.PT_PAGE_SIZE if level == 1 else 0)
+        for i in range(512):
+            new = flags | ((base_pfn + (i << span)) << 12)
+            self.tdp_mmu_set_spte(child, i, new, child.gfn + (i << span))
+
+    def _map_target_level(self, vcpu, sp: MmuPage, index: int, old: int, level: int, fault) -> RetPF:
+        kvm = self.kvm
+        if fault.slot is None:
+            new = S.make_mmio_spte(fault.gfn, kvm.memslots.generation)
+            self.tdp_mmu_set_spte(sp, index, new, fault.gfn)
+            kvm.stats["pf_mmio_spte_created"] += 1
+            kvm.trace("mark_mmio_spte", vcpu.index, gfn=fault.gfn, access=7,
+                      gen=kvm.memslots.generation)
+            return RetPF.EMULATE
+        new = S.make_spte(fault.pfn, level, writable=fault.map_writable)
+        if new == old:
+            return RetPF.SPURIOUS
+        if S.is_shadow_present_pte(old) and not S.is_last_spte(old, level):
+            # Replacing a table with a huge leaf: the removed table goes, then flush.
+            kvm.flush_remote_tlbs()
+        self.tdp_mmu_set_spte(sp, index, new, fault.gfn)
+        kvm.trace("kvm_mmu_set_spte", vcpu.index, gfn=fault.gfn, spte=new, level=level,
+                  r=True, x=True, u=True)
+        return RetPF.FIXED
