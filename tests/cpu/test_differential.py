@@ -1218,3 +1218,12 @@ def test_divide_ok_at_the_limits():
     assert run(cpu, 100) == HALTED, cpu.shutdown
     assert cpu.r[8] & 0xFFFF == 0xFFFF and cpu.r[9] & 0xFFFF == 0xFF
     assert cpu.r[0] & 0xFFFF_FFFF == 0x7FFF_FFFF and cpu.r[2] & 0xFFFF_FFFF == 0
+
+
+def test_pop_sp_takes_the_upper_bits_of_the_incremented_rsp():
+    """SDM POP: the stack pointer is incremented before the popped value is written, so
+    POP SP at SP=0xFFFE carries into RSP's upper bits first. (The random sequences keep
+    RSP inside the stack window, away from this edge.)"""
+    vm, cpu = machine("mov rsp, 0x6fffe; mov word ptr [rsp], 0x1234; pop sp; hlt")
+    assert run(cpu, 10) == HALTED, cpu.shutdown
+    assert cpu.r[4] == 0x71234

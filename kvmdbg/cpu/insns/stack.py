@@ -23,6 +23,8 @@ def pop(g):
     size = dst.size
     v = g.value(f"cpu.rd(r[4], {size})")
     if dst.kind == "reg" and dst.reg in ("rsp", "sp"):
+        # RSP is incremented before the value is written: POP SP keeps the new upper bits.
+        g.emit(f"r[4] = (r[4] + {size}) & {M64:#x}")
         g.write(dst, v)
         return
     # A memory destination addressed through RSP sees the incremented RSP (SDM: POP).
