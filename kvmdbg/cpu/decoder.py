@@ -47,6 +47,11 @@ class Decoded:
         return f"{pre}{self.mnemonic} {self.op_str}".strip()
 
 
+_LEGACY_PREFIXES = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67})
+
+_STRING_OPS = frozenset({"stos", "movs", "lods", "scas", "cmps", "inse", "outs", "insb", "insw",
+                         "insd"})
+
 _REG_KIND = {capstone.CS_OP_REG: "reg", capstone.CS_OP_IMM: "imm", capstone.CS_OP_MEM: "mem"}
 
 
@@ -82,6 +87,14 @@ class Decoder:
             elif p in ("repne", "repnz"):
                 rep = "repne"
         mnem = parts[0] if len(parts) == 1 else " ".join(parts)
+        # capstone drops F2 from some mnemonics (REPNE MOVSD); the prefix bytes are the truth.
+        for b in bytes(insn.bytes):
+            if b in (0xF2, 0xF3) and mnem[:4] in _STRING_OPS:
+                rep = "rep" if b == 0xF3 else "repne"
+            elif b == 0xF0:
+                lock = True
+            elif b not in _LEGACY_PREFIXES:
+                break
         ops = []
         addr_size = 4 if insn.addr_size == 4 else 8
         for o in insn.operands:

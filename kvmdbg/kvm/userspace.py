@@ -102,4 +102,8 @@ class Vmm:
             v = kvm.vcpus[index]
             if v.cpu.halted:
                 v.cpu.halted = False
+                # Time passed while it was halted: it wakes at the waker's "now".
+                waker = kvm.current
+                if waker is not None and waker.cpu.cycles > v.cpu.cycles:
+                    v.cpu.extra_cycles += waker.cpu.cycles - v.cpu.cycles
                 kvm.trace("kvmdbg:kick", kvm.current_vcpu_index(), target=index)
