@@ -39,3 +39,24 @@ def machine(code, mem: int = 16 << 20, vcpus: int = 1, arg: int = 0, kvm=None):
 
 def run_until_halt(cpu, limit: int = 1_000_000) -> str:
     return run(cpu, limit)
+
+
+def run_program(name: str, kvm: str = "v6.12", vcpus: int = 1, arg: int = 0, knobs=(),
+                events: bool = False, max_steps: int = 10**9):
+    """Boot programs/NAME.bin under a KVM profile and run it until every vCPU halts."""
+    from pathlib import Path
+
+    from kvmdbg.kvm.boot import load_program
+    from kvmdbg.kvm.profiles import get_profile, with_knob
+    from kvmdbg.kvm.scheduler import run_vm
+    profile = get_profile(kvm)
+    for k in knobs:
+        profile = with_knob(profile, k)
+    vm = Vm(16 << 20, vcpus, profile=profile)
+    if events:
+        vm.bus.keep = 10**7
+        vm.bus.active = True
+    root = Path(__file__).resolve().parent.parent
+    boot(vm, load_program(str(root / "programs" / f"{name}.bin")), arg)
+    vm.stop = run_vm(vm, max_steps)
+    return vm
