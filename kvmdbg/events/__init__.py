@@ -20,14 +20,11 @@ class Event:
     fields: dict = field(default_factory=dict)
 
     def format(self) -> str:
-        body = " ".join(f"{k}={_fmt(v)}" for k, v in self.fields.items())
-        return f"#{self.seq} step {self.step} vcpu{self.vcpu} {self.name}: {body}".rstrip()
-
-
-def _fmt(v) -> str:
-    if isinstance(v, bool) or not isinstance(v, int):
-        return str(v)
-    return hex(v)
+        """'#SEQ step S vcpuN name: fields', the fields as the kernel's TP_printk prints them."""
+        from kvmdbg.events.format import format_fields
+        who = f"vcpu{self.vcpu}" if self.vcpu >= 0 else "worker"
+        body = format_fields(self.name, self.vcpu, self.fields)
+        return f"#{self.seq} step {self.step} {who} {self.name}: {body}".rstrip()
 
 
 class EventBus:

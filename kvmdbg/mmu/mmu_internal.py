@@ -66,7 +66,8 @@ _ACCESS_STR = ("---", "--x", "w--", "w-x", "-u-", "-ux", "wu-", "wux")
 
 
 def role_str(role: int) -> str:
-    """The role as kvm_mmu_get_page's TP_printk spells it (mmutrace.h)."""
+    """The role in the words of kvm_mmu_get_page's TP_printk, plus the bits it leaves out
+    (wp, smep&!wp, smap&!wp, guest, smm) that matter for telling roots apart."""
     parts = [f"l{role_level(role)}", "4-byte" if role & ROLE_HAS_4_BYTE_GPTE else "8-byte",
              f"q{(role >> ROLE_QUADRANT_SHIFT) & 3}"]
     if role & ROLE_DIRECT:
