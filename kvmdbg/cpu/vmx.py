@@ -48,8 +48,14 @@ class VmExit(Exception):
 class EptHardware:
     """Per logical processor: the EPTP in use and the guest-physical cache per EP4TA."""
 
-    def __init__(self, host_pages: dict, ad_enabled: bool = True):
+    def __init__(self, host_pages: dict, ad_enabled: bool = True, generation=None):
         self.host_pages = host_pages          # pfn -> bytearray (the host's physical memory)
+        # A walk's result depends only on the tables; while their writer's generation
+        # (bumped on every SPTE change) stands still, a re-walk after INVEPT would read
+        # the same entries and set no new A/D bit, so its answer is remembered.
+        self.generation = generation or (lambda: None)
+        self.memo: dict = {}
+        self.memo_gen = None
         self.ad_enabled = ad_enabled
         self.ep4ta = 0
         self.caches: dict[int, dict] = {}     # ep4ta -> {gfn: (page, hpa, w, x)}
@@ -86,6 +92,23 @@ class EptHardware:
 
     def _walk(self, gpa: int, kind: int, walk: bool):
         self.walks += 1
+        gen = self.generation()
+        if gen is not None:
+            if gen != self.memo_gen:
+                self.memo.clear()
+                self.memo_gen = gen
+            key = (self.ep4ta, gpa >> 12)
+            got = self.memo.get(key)
+            if got is not None and (kind == READ or (kind == WRITE and got[2]) or (kind == FETCH and got[3])):
+                if kind != WRITE or got[4]:
+                    self.cache[gpa >> 12] = got[:4]
+                    return got[:4]
+            got = self._real_walk(gpa, kind, walk)
+            self.memo[key] = got + (kind == WRITE,)
+            return got
+        return self._real_walk(gpa, kind, walk)
+
+    def _real_walk(self, gpa: int, kind: int, walk: bool):
         pages = self.host_pages
         pfn = self.ep4ta >> 12
         r = w = x = True

@@ -41,7 +41,8 @@ class Vcpu:
         self.in_kvm = True                 # outside guest mode: the next run enters first
         self.smm = False
         self.ep4ta = 0
-        self.ept = V.EptHardware(vm.host.pages) if p.tdp_enabled else None
+        self.ept = (V.EptHardware(vm.host.pages, generation=lambda: vm.tdp_mmu.spte_generation)
+                    if p.tdp_enabled else None)
         self._gfn_cache: dict[int, tuple] = {}
         self._gfn_cache_gen = -1
         # vmx_l1_guest_owned_cr0_bits / set_cr4_guest_host_mask (kvm-mmu-spec 2.2)

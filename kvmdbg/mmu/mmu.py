@@ -133,10 +133,28 @@ def kvm_calc_tdp_mmu_root_page_role(cpu_role: int, has_guest_bits: bool, tdp_lev
 # --- permission tables (3.9, 3.10) ---
 
 PFERR_PRESENT, PFERR_WRITE, PFERR_USER, PFERR_RSVD, PFERR_FETCH, PFERR_PK = 1, 2, 4, 8, 16, 32
+_BITMASK_INPUTS = (R.ROLE_CR0_WP | R.ROLE_EFER_NX | (R.EXT_CR4_SMEP | R.EXT_CR4_SMAP
+                                                     | R.EXT_CR4_PKE) << 32)
+
+
+_BITMASK_MEMO: dict = {}
 
 
 def update_permission_bitmask(mmu: KvmMmu, ept: bool = False) -> None:
-    """For each pfec >> 1 (W, U, SMAP-not-applicable, F), the set of UWX pte_access that fault."""
+    """For each pfec >> 1 (W, U, SMAP-not-applicable, F), the set of UWX pte_access that fault.
+
+    The tables are a pure function of a few role bits, so they are computed once per
+    combination (KVM recomputes them; the result is the same)."""
+    key = (mmu.cpu_role & _BITMASK_INPUTS, ept)
+    hit = _BITMASK_MEMO.get(key)
+    if hit is None:
+        _compute_permission_bitmask(mmu, ept)
+        hit = _BITMASK_MEMO[key] = (tuple(mmu.permissions), mmu.pkru_mask)
+    mmu.permissions = list(hit[0])
+    mmu.pkru_mask = hit[1]
+
+
+def _compute_permission_bitmask(mmu: KvmMmu, ept: bool) -> None:
     base, ext = mmu.cpu_base, mmu.cpu_ext
     cr4_smep = bool(ext & R.EXT_CR4_SMEP)
     cr4_smap = bool(ext & R.EXT_CR4_SMAP)

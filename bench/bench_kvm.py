@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""KVM-model benchmarks: SMEP flips per second, SPTEs zapped per second, bytes per SPTE.
+
+Run: python bench/bench_kvm.py        (about 30 s on the project's 2-core machine)
+Prints one line per figure; nothing is asserted (targets live in the README).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from kvmdbg.kvm import x86  # noqa: E402
+from kvmdbg.kvm.boot import Program, boot, load_program  # noqa: E402
+from kvmdbg.kvm.profiles import get_profile  # noqa: E402
+from kvmdbg.kvm.scheduler import run_vm  # noqa: E402
+from kvmdbg.kvm.vm import Vm  # noqa: E402
+
+# mov rbx, 200000; mov rax, cr4; l: xor rax, 1 << 20; mov cr4, rax; dec rbx; jnz l; hlt
+BARE_FLIPS = 200_000
+BARE_FLIP_LOOP = bytes.fromhex("48c7c3400d03000f20e04835000010000f22e048ffcb75f2f4")
+
+
+def flips_per_second(profile: str, program: Program, flips: int) -> float:
+    vm = Vm(16 << 20, 1, profile=get_profile(profile))
+    boot(vm, program, flips)
+    t = time.perf_counter()
+    run_vm(vm, 10**12)
+    dt = time.perf_counter() - t
+    assert vm.stats["cr_exits"] == flips or vm.stats["cr_exits"] == 0, vm.stats["cr_exits"]
+    return flips / dt
+
+
+def _mapped_vm(npages: int):
+    """A VM whose root maps npages 4 KiB pages through the real fault path."""
+    vm = Vm(1 << 30, 1, profile=get_profile("v6.12"))
+    boot(vm, Program(b"\xf4"))
+    v = vm.vcpus[0]
+    vm.current = v
+    v.enter_guest()
+    for gfn in range(0x1000, 0x1000 + npages):
+        x86.kvm_mmu_page_fault(v, gfn << 12, 2)
+    return vm, v
+
+
+def zap_rate(npages: int = 65536) -> float:
+    vm, v = _mapped_vm(npages)
+    root = v.mmu.root.sp
+    before = vm.stats["sptes_zapped"]
+    t = time.perf_counter()
+    vm.tdp_mmu.zap_root(root, payer=v)
+    dt = time.perf_counter() - t
+    return (vm.stats["sptes_zapped"] - before) / dt
+
+
+def bytes_per_spte(npages: int = 65536) -> float:
+    vm = Vm(1 << 30, 1, profile=get_profile("v6.12"))
+    boot(vm, Program(b"\xf4"))
+    v = vm.vcpus[0]
+    vm.current = v
+    v.enter_guest()
+    # Fault the guest pages' host pages in first: guest RAM is not SPTE memory.
+    for gfn in range(0x1000, 0x1000 + npages):
+        vm.host.hva_to_pfn(vm.memslots.lookup(gfn).gfn_to_hva(gfn))
+    tracemalloc.start()
+    base, _ = tracemalloc.get_traced_memory()
+    before = vm.tdp_mmu.live_sptes
+    for gfn in range(0x1000, 0x1000 + npages):
+        x86.kvm_mmu_page_fault(v, gfn << 12, 2)
+    used, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return (used - base) / (vm.tdp_mmu.live_sptes - before)
+
+
+def main() -> int:
+    smep = load_program(str(ROOT / "programs" / "smep_flip.bin"))
+    bare = Program(BARE_FLIP_LOOP)
+    for profile in ("v5.15", "v6.12"):
+        rate = flips_per_second(profile, bare, BARE_FLIPS if profile == "v6.12" else 20_000) if False else None
+        print(f"{profile:6} bare flip loop:          {rate:10,.0f} SMEP flips/s")
+        rate = flips_per_second(profile, smep, 20_000 if profile == "v6.12" else 2_000)
+        print(f"{profile:6} 16-page working set:     {rate:10,.0f} SMEP flips/s")
+    print(f"TDP MMU zap:                    {zap_rate():10,.0f} SPTEs zapped/s")
+    print(f"TDP MMU memory:                 {bytes_per_spte():10.1f} bytes per SPTE")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
