@@ -9,7 +9,7 @@ import sys
 from kvmdbg.version import __version__
 from kvmdbg.errors import KvmdbgError
 
-DEFAULT_PROFILE = "v6.12"
+DEFAULT_PROFILE = "v6.12"     # kvm/profiles.py DEFAULT (kept here so --help needs no imports)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -72,11 +72,16 @@ def main(argv=None) -> int:
     from kvmdbg.debug import script
 
     out = _printer()
+    if args.kvm == "list":
+        from kvmdbg.kvm.profiles import PROFILES
+        for p in PROFILES.values():
+            out(f"{p.name:24} {p.summary}")
+        return 0
     if args.program is None:
         sys.stderr.write("kvmdbg: no program given. Try `kvmdbg programs/smep_flip.bin'.\n")
         return 2
     try:
-        session = Session.load(args.program, kvm=args.kvm, vcpus=args.vcpus, mem=args.mem,
+        session = Session.load(args.program, kvm=args.kvm, knobs=args.set, vcpus=args.vcpus, mem=args.mem,
                                arg=args.arg, out=out, err=_printer(sys.stderr))
     except (KvmdbgError, ValueError) as e:
         sys.stderr.write(f"kvmdbg: {e}\n")

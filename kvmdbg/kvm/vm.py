@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from kvmdbg.bits import PAGE_SHIFT
 from kvmdbg.cpu.decode_cache import DecodeCache
+from kvmdbg.errors import ConfigError
 from kvmdbg.events import EventBus
 from kvmdbg.kvm.costs import CostTable
 from kvmdbg.kvm.profiles import DEFAULT, PROFILES, Profile
@@ -45,6 +46,9 @@ class Vm:
         from kvmdbg.kvm.userspace import Vmm
         from kvmdbg.kvm.vcpu import Vcpu
         self.profile = profile or PROFILES[DEFAULT]
+        if not self.profile.tdp_enabled and not bare:
+            raise ConfigError(f"profile '{self.profile.name}' needs shadow paging (tdp_enabled=0), "
+                              "which kvmdbg does not model yet")
         self.mem_size = mem_size
         self.host = HostMemory()
         self.memslots = Memslots()
