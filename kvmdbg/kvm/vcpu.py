@@ -111,9 +111,25 @@ class Vcpu:
             reqs.discard(x86.KVM_REQ_TLB_FLUSH_GUEST)
             kvm.stats["tlb_flush"] += 1
             self.flush_tlb_guest()
+        if "KVM_REQ_SMI" in reqs:
+            reqs.discard("KVM_REQ_SMI")
+            self.process_smi()
         x86.kvm_mmu_reload(self)
         self.in_kvm = False
         kvm.trace("kvm_entry", self.index, rip=self.cpu.rip)
+
+    def process_smi(self) -> None:
+        """enter_smm ... RSM. role.smm flips twice, so the MMU context is reset twice; the SMM
+        handler is not guest code here, only its cost (and the SMM root it runs on)."""
+        kvm = self.kvm
+        kvm.trace("kvmdbg:smm", self.index, transition="enter")
+        self.smm = True
+        x86.kvm_mmu_reset_context(self)
+        x86.kvm_mmu_reload(self)
+        kvm.charge(self, "smm_transition")
+        kvm.trace("kvmdbg:smm", self.index, transition="rsm")
+        self.smm = False
+        x86.kvm_mmu_reset_context(self)
 
     def run(self, max_steps: int, breakpoints=None, skip_first: bool = True) -> str:
         """Enter (if outside guest mode) and run guest code. Returns executor reasons or VMEXIT."""

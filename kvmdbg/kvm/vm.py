@@ -20,6 +20,7 @@ from kvmdbg.mmu.tdp_mmu import TdpMmu
 
 # Ports of the VMM's userspace interface (design section 3).
 PORT_CONSOLE = 0xE9
+PORT_APM_CNT = 0xB2          # writes raise an SMI, as on a PC chipset
 PORT_OVERLAY, PORT_UNOVERLAY, PORT_MARKER, PORT_KICK = 0x510, 0x511, 0x512, 0x513
 VMM_PORTS = {PORT_OVERLAY: "overlay", PORT_UNOVERLAY: "unoverlay", PORT_MARKER: "marker",
              PORT_KICK: "kick"}

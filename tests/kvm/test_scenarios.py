@@ -181,3 +181,15 @@ def test_event_logs_are_byte_identical_run_to_run():
         logs.append("\n".join(e.format() for e in vm.bus.log))
     assert logs[0] == logs[1]
     assert len(logs[0].splitlines()) > 1000
+
+
+# --- S7: SMM entry and exit with one vCPU ---
+
+@pytest.mark.parametrize("kvm, roots", [("v5.15", 2 * 10 + 1), ("v6.1", 2 * 10 + 1), ("v6.6", 2)])
+def test_s7_smi_and_rsm_free_both_roots_until_v6_4(kvm, roots):
+    vm = run_program("smm_like", kvm, arg=10, events=True)
+    assert vm.stats["roots_allocated"] == roots
+    smm_roots = {e.fields["root"] for e in names(vm, "kvm_mmu_get_page")
+                 if e.fields.get("created") and "root" in e.fields and e.fields["role"] >> 24}
+    assert smm_roots                          # the SMM root has role.smm set (as_id 1)
+    assert vm.stats["mmu_resets"] == 2 * 10 + 1
