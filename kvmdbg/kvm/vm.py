@@ -61,7 +61,10 @@ class Vm:
         self.mmu_valid_gen = 0
         self.mmu_page_hash: dict[tuple[int, int], object] = {}   # legacy MMU: (gfn, role) -> page
         self.worker = Worker()
-        self.ram_hva = self.host.mmap(mem_size)
+        huge = 0
+        if self.profile.huge_pages:
+            huge = 30 if mem_size >= 1 << 30 else 21
+        self.ram_hva = self.host.mmap(mem_size, huge)
         self.memslots.create(Memslot(0, 0, mem_size >> PAGE_SHIFT, self.ram_hva))
         self.console = bytearray()
         self.console_sink = None          # callable(str) for guest console output

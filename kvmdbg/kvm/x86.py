@@ -142,6 +142,22 @@ def refresh_passthrough_bits(vcpu):
 
 # --- page faults (kvm_mmu_page_fault for a direct MMU) ---
 
+def kvm_mmu_hugepage_adjust(kvm, fault, slot) -> None:
+    """goal_level = the largest level the memslot (whole, aligned range) and the host
+    mapping level allow (kvm-mmu-spec 5.4; no NX-huge-page mitigation, no dirty logging)."""
+    for level in (3, 2):
+        span = 9 * (level - 1)
+        base = fault.gfn & ~((1 << span) - 1)
+        if base < slot.base_gfn or base + (1 << span) > slot.end_gfn:
+            continue
+        hva = slot.gfn_to_hva(base)
+        if hva & ((1 << (span + 12)) - 1):
+            continue                                    # gfn and hva not aligned alike
+        if kvm.host.host_mapping_level(hva) >= level:
+            fault.req_level = fault.goal_level = level
+            return
+
+
 def kvm_mmu_page_fault(vcpu, gpa: int, error_code: int) -> RetPF:
     kvm = vcpu.kvm
     kvm.stats["pf_taken"] += 1
@@ -149,8 +165,11 @@ def kvm_mmu_page_fault(vcpu, gpa: int, error_code: int) -> RetPF:
     slot = kvm.memslots.lookup(fault.gfn)
     fault.slot = slot
     if slot is not None:
-        fault.pfn = kvm.host.hva_to_pfn(slot.gfn_to_hva(fault.gfn))
         fault.map_writable = not slot.flags & 2          # KVM_MEM_READONLY
+        if kvm.profile.huge_pages:
+            kvm_mmu_hugepage_adjust(kvm, fault, slot)
+        base_gfn = fault.gfn & ~((1 << (9 * (fault.goal_level - 1))) - 1)
+        fault.pfn = kvm.host.hva_to_pfn(slot.gfn_to_hva(base_gfn))
     root = vcpu.mmu.root.sp
     if root is None or is_obsolete_root(kvm, root):
         return RetPF.RETRY                                  # is_page_fault_stale
