@@ -72,5 +72,5 @@ def test_execute_returns_command_output():
     s = Session.from_bytes(asm("mov rax, 7; hlt"))
     out = s.execute("stepi")
     assert out.splitlines()[0] == "0x100007, vcpu 0, step 1"
-    assert s.execute("info registers rax") == "rax            0x7                7"
+    assert s.execute("info registers rax") == "rax           *0x7                7"   # * = changed
     assert s.execute("nonsense") == 'Undefined command: "nonsense".  Try "help".'

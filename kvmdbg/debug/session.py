@@ -15,7 +15,7 @@ from kvmdbg.bits import M64, parse_size
 from kvmdbg.cpu.executor import HALTED, SHUTDOWN, STEP_LIMIT
 from kvmdbg.cpu.faults import GuestFault
 from kvmdbg.cpu.regs import GPR_INDEX, SUBREGS
-from kvmdbg.debug import guest_walk
+from kvmdbg.debug import guest_walk, memory
 from kvmdbg.debug.symbols import Symbols
 from kvmdbg.errors import CommandError, ConfigError, UnsupportedInstruction
 from kvmdbg.kvm import boot as bootmod
@@ -109,8 +109,26 @@ class Session:
         self.max_continue_steps = 1 << 62
         self.interrupt_requested = False
         vm.console_sink = self._console
+        # --- the debugger around the machine (breakpoints, values, output) ---
+        from kvmdbg.debug.breakpoints import BreakpointTable
+        from kvmdbg.debug.state import DebuggerState
+        from kvmdbg.debug.values import ValueHistory
+        self.boot_args: dict = {}             # how the VM was built, so `run` can rebuild it
+        self.breakpoints = BreakpointTable(self)
+        self.history = ValueHistory()         # $1, $2, ... of `print`
+        self.convenience: dict = {}           # $foo (user), $_exitcode, $_, $__
+        self.last_event = None                # the event of the last catchpoint stop ($_event)
+        self.state = DebuggerState()          # displays, x defaults, settings, logging, ...
+        self.context_providers: list = []     # fn(session, stop) -> lines shown after each stop
+        self.restart_hooks: list = []         # fn(session) after `run`/`starti` rebuilt the VM
+        self.styler = None                    # fn(text, style) -> text; set by the UI for colour
+        self.interactive = False              # a person types the commands (REPL)
+        self.ask = None                       # fn(question) -> bool; None: answer yes, say so
+        self._depth = 0
         from kvmdbg.debug.commands import build_registry
         self.commands = build_registry()
+        from kvmdbg.debug.report import snapshot_all
+        snapshot_all(self)
 
     # --- construction ---
 
@@ -132,6 +150,13 @@ class Session:
 
     @classmethod
     def _boot(cls, program, vcpus, mem, arg, out, err, kvm=None, knobs=()):
+        args = dict(vcpus=vcpus, mem=mem, arg=arg, kvm=kvm, knobs=tuple(knobs))
+        session = cls(cls._new_vm(program, **args), program, arg, out, err)
+        session.boot_args = args
+        return session
+
+    @staticmethod
+    def _new_vm(program, vcpus, mem, arg, kvm=None, knobs=()) -> Vm:
         size = parse_size(mem) if isinstance(mem, str) else int(mem)
         bootmod.check_machine(size, vcpus)
         profile = get_profile(kvm or DEFAULT)
@@ -139,19 +164,62 @@ class Session:
             profile = with_knob(profile, knob)
         vm = Vm(size, vcpus, profile=profile)
         bootmod.boot(vm, program, arg)
-        return cls(vm, program, arg, out, err)
+        return vm
+
+    def restart(self) -> None:
+        """Rebuild the VM in its boot state from the same program and options (gdb's `run`).
+        Breakpoints, displays, value history and settings are kept."""
+        args = self.boot_args or dict(vcpus=len(self.vm.vcpus), mem=self.vm.mem_size, arg=self.arg)
+        self.vm = self._new_vm(self.program, **args)
+        self.vm.console_sink = self._console
+        self.current = 0
+        self.last_stop = None
+        self.last_event = None
+        self.breakpoints.sync_listener()
+        from kvmdbg.debug.report import snapshot_all
+        snapshot_all(self)
+        for hook in self.restart_hooks:
+            hook(self)
 
     # --- output ---
 
-    def message(self, text: str) -> None:
+    def message(self, text: str, style: str | None = None) -> None:
+        """One line of output. style ('disasm', ...) lets a UI colour it; logs stay plain."""
+        self._flush_partial()
+        log = self.state.log
+        if log is not None:
+            log.write(text)
+            if self.state.settings.logging_redirect:
+                return
+        if style is not None and self.styler is not None:
+            text = self.styler(text, style)
         if self._out is not None:
             self._out(text)
         else:
             self.lines.append(text)
 
+    def write(self, text: str) -> None:
+        """Output without an implied newline (echo, printf): whole lines go out as they
+        complete; the rest waits for more text or the end of the top-level command."""
+        text = self.state.partial + text
+        *done, self.state.partial = text.split("\n")
+        keep = self.state.partial
+        for line in done:
+            self.state.partial = ""
+            self.message(line)
+        self.state.partial = keep
+
+    def _flush_partial(self) -> None:
+        if self.state.partial:
+            line, self.state.partial = self.state.partial, ""
+            self.message(line)
+
     def error(self, text: str) -> None:
+        self._flush_partial()
         self.errors.append(text)
         if self._err is not None:
+            if self.state.log is not None:
+                self.state.log.write(text)
             self._err(text)
         else:
             self.message(text)
@@ -183,11 +251,15 @@ class Session:
         """Read guest memory without side effects (no A/D bits, TLB fills or exits)."""
         if space == "gpa":
             return self.vm.read_gpa(addr, n)
+        if space == "hpa":
+            return memory.read_hpa(self.vm, addr, n)
         if space != "gva":
             raise CommandError(f"unknown address space '{space}'")
         return guest_walk.read_gva(self.vm, self.cpu, addr, n)
 
     def write_memory(self, addr: int, data: bytes, space: str = "gva") -> None:
+        if space == "hpa":
+            return memory.write_hpa(self.vm, addr, bytes(data))
         if space == "gpa":
             try:
                 self.vm.write_gpa(addr, data)
@@ -256,12 +328,42 @@ class Session:
 
     def run_command(self, line: str, where: str = "") -> bool:
         """Run one command line; an error is reported as one line (after `where`, if given,
-        as gdb does for sourced files). Returns False on error."""
+        as gdb does for sourced files). Returns False on error. At the outermost level the
+        command lists of the breakpoints that stopped the program run afterwards."""
+        if self._depth == 0:
+            self.interrupt_requested = False
+            if self.state.log is not None and self.state.block is None:
+                self.state.log.write(f"(kvmdbg) {line}")
+        ok = self._run(line, where)
+        if self._depth == 0:
+            self._flush_partial()
+            from kvmdbg.debug.report import run_breakpoint_commands
+            ok = run_breakpoint_commands(self) and ok
+        return ok
+
+    def _run(self, line: str, where: str = "") -> bool:
+        from kvmdbg.debug.commands import QuitRequest
+        if self.state.block is not None:          # inside commands/define ... end
+            if self.state.block.feed(line):
+                self.state.block = None
+            return True
+        self._depth += 1
         try:
             self.commands.execute(self, line)
             return True
+        except QuitRequest:
+            raise
         except (CommandError, ConfigError) as e:
-            if where:
-                self.error(where)
-            self.error(str(e))
+            if str(e):                  # an empty message: reported already (sourced file)
+                if where:
+                    self.error(where)
+                self.error(str(e))
+        except KeyboardInterrupt:
+            self.error("Quit")
+        except RecursionError:
+            self.error("Max user call depth exceeded -- command aborted.")
+        except Exception as e:          # a bug: one line, and the session carries on
+            self.error(f"internal error: {type(e).__name__}: {e}")
+        finally:
+            self._depth -= 1
         return False

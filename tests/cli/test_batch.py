@@ -26,7 +26,11 @@ def test_stepi_and_info_registers():
     lines = out.splitlines()
     assert lines[0] == "0x100014 <start+20>, vcpu 0, step 5"
     assert lines[1].startswith("=> 0x100014 <start+20>:\tadd r8, 0x200000")
-    regs = {line.split()[0]: line.split()[1] for line in lines[2:]}
+    regs = {line.split()[0]: line.split()[1] for line in lines[3:]}
+    assert lines[2] == "changed: rdx=0x186a0 rbx=0x186a0 eflags=0x46"
+    # Registers changed since the previous stop (the boot state) are marked with *.
+    assert regs["rdx"] == "*0x186a0" and regs["rsp"] == "0x80000"
+    regs = {k: v.lstrip("*") for k, v in regs.items()}
     # Boot contract: RSP = 0x80000, RDI = vCPU index, RSI = number of vCPUs, RDX = --arg (0).
     assert regs["rsp"] == "0x80000"
     assert regs["rsi"] == "0x1"
@@ -80,7 +84,7 @@ def test_error_in_sourced_file_stops_the_file(tmp_path):
 def test_stdin_commands_without_a_terminal():
     rc, out, err = kvmdbg(SMEP, stdin="stepi\ninfo registers rip\nquit 3\n")
     assert rc == 3, err
-    assert "rip            0x100003" in out
+    assert "rip           *0x100003" in out          # * : changed since the previous stop
 
 
 @pytest.mark.parametrize("args, message", [
@@ -115,7 +119,7 @@ def test_unsupported_instruction_and_triple_fault_are_one_line(tmp_path):
     rc, out, err = kvmdbg("-batch", "-ex", "continue", "-ex", "info registers rip", str(fsin))
     assert rc == 1
     assert err.strip() == "unsupported instruction at 0x100001: fsin"
-    assert "rip            0x100001" in out        # state kept, at the instruction
+    assert "rip           *0x100001" in out        # state kept, at the instruction
     ud = tmp_path / "ud.bin"
     ud.write_bytes(b"\x0f\x0b")                  # ud2 with no IDT
     rc, out, err = kvmdbg("-batch", "-ex", "continue", "-ex", "info registers rip", str(ud))

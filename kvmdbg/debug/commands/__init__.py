@@ -1,9 +1,14 @@
-"""The command set. Each family module exposes register(registry); this tuple is the list."""
+"""The command set. Each family module exposes register(registry); this tuple is the list.
 
-from kvmdbg.debug.commands import info, running, support
+`info` comes first: the other families add their `info` subcommands to it. A new family
+(the KVM model's views, say) is one module with register(reg) and one entry here.
+"""
+
+from kvmdbg.debug.commands import (breakpoints, code, data, info, running, scripting, setshow,
+                                   support, translate)
 from kvmdbg.debug.commands.registry import QuitRequest, Registry
 
-FAMILIES = (running, info, support)
+FAMILIES = (info, setshow, running, breakpoints, data, code, translate, scripting, support)
 
 
 def build_registry() -> Registry:
@@ -13,4 +18,4 @@ def build_registry() -> Registry:
     return reg
 
 
-__all__ = ["build_registry", "QuitRequest", "Registry"]
+__all__ = ["build_registry", "QuitRequest", "Registry", "FAMILIES"]

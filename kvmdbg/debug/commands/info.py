@@ -1,10 +1,38 @@
-"""info: registers (for now)."""
+"""info (the prefix and its list), info registers, info cr, info program.
+
+Other families add `info` subcommands with reg.sub("info").add(...); this module
+only has to be registered before them (commands/__init__.FAMILIES).
+"""
 
 from __future__ import annotations
 
-from kvmdbg.debug.commands.registry import Registry
-from kvmdbg.debug.formats import format_register_row, register_rows
+from kvmdbg.cpu.regs import CR0_BITS, CR4_BITS, EFER_BITS
+from kvmdbg.debug.formats import cr3_text, flag_names, format_register_row, register_rows
+from kvmdbg.debug.report import changed_registers
 from kvmdbg.errors import CommandError
+
+# Bits that are inputs of kvm_calc_cpu_role (KVM_MMU_CR0_ROLE_BITS, KVM_MMU_CR4_ROLE_BITS,
+# EFER.NX and EFER.LMA; kvm-mmu-spec 3.4): changing one can reset the MMU context.
+ROLE_BITS = {"cr0": {"PG", "WP"}, "cr4": {"PSE", "PAE", "SMEP", "SMAP", "PKE", "LA57"},
+             "efer": {"NXE", "LMA"}}
+
+BIT_MEANINGS = {
+    "PE": "protection enable", "MP": "monitor coprocessor", "EM": "x87 emulation",
+    "TS": "task switched", "ET": "extension type", "NE": "numeric error",
+    "WP": "write protect (supervisor writes honour R/W)", "AM": "alignment mask",
+    "NW": "not write-through", "CD": "cache disable", "PG": "paging",
+    "VME": "virtual-8086 extensions", "PVI": "protected-mode virtual interrupts",
+    "TSD": "time stamp disable", "DE": "debugging extensions", "PSE": "page size extensions",
+    "PAE": "physical address extension", "MCE": "machine check enable",
+    "PGE": "global pages", "PCE": "performance counters", "OSFXSR": "FXSAVE/FXRSTOR",
+    "OSXMMEXCPT": "SIMD exceptions", "UMIP": "user-mode instruction prevention",
+    "LA57": "5-level paging", "VMXE": "VMX enable", "SMXE": "SMX enable",
+    "FSGSBASE": "RDFSBASE and friends", "PCIDE": "process-context identifiers",
+    "OSXSAVE": "XSAVE", "SMEP": "supervisor-mode execution prevention",
+    "SMAP": "supervisor-mode access prevention", "PKE": "protection keys",
+    "SCE": "SYSCALL", "LME": "long mode enable", "LMA": "long mode active",
+    "NXE": "no-execute enable",
+}
 
 
 def info(s, arg: str) -> None:
@@ -12,31 +40,85 @@ def info(s, arg: str) -> None:
 
     Show things about the guest and the KVM model. "info" alone lists the subcommands.
     """
+    s.message('"info" must be followed by the name of an info command.')
+    s.message("List of info subcommands:")
+    s.message("")
     for name, cmd in sorted(s.commands.lookup("info").subcommands.commands.items()):
-        s.message(f"info {name:<12} -- {cmd.usage}")
+        s.message(f"info {name} -- {cmd.summary}")
 
 
 def info_registers(s, arg: str) -> None:
     """info registers [REG...]
 
     Registers of the current vCPU in gdb's three columns: name, hex value, natural
-    value (flag words decoded in brackets).
+    value (RFLAGS, CR0, CR3, CR4, EFER decoded in brackets). `*` marks a register that
+    changed since the previous stop.
     """
     rows = register_rows(s.cpu, s.symbols)
+    changed = changed_registers(s, s.current)
     wanted = [w.lstrip("$") for w in arg.split()]
     if wanted:
         by_name = {r[0]: r for r in rows}
+        aliases = {"rflags": "eflags", "pc": "rip", "sp": "rsp", "fp": "rbp"}
+        picked = []
         for w in wanted:
-            key = "eflags" if w == "rflags" else w
+            key = aliases.get(w, w)
             if key not in by_name:
                 raise CommandError(f"Invalid register `{w}'")
-            s.message(format_register_row(*by_name[key]))
+            picked.append(by_name[key])
+        rows = picked
+    for name, value, natural in rows:
+        s.message(format_register_row(name, value, natural, name in changed))
+
+
+def info_cr(s, arg: str) -> None:
+    """info cr
+
+    CR0, CR2, CR3, CR4 and EFER with every defined bit decoded; `role` marks the bits
+    that feed KVM's MMU role (kvm_calc_cpu_role), whose change can reset the MMU context.
+    """
+    cpu = s.cpu
+    for name, value, bits in (("cr0", cpu.cr0, CR0_BITS), ("cr4", cpu.cr4, CR4_BITS),
+                              ("efer", cpu.efer, EFER_BITS)):
+        s.message(f"{name:<6}{value:#x} {flag_names(value, bits, True)}")
+        for bit_name, bit in bits:
+            role = "role" if bit_name in ROLE_BITS.get(name, ()) else ""
+            s.message(f"  {bit:>2} {bit_name:<11}{value >> bit & 1}  {role:<4}  "
+                      f"{BIT_MEANINGS.get(bit_name, '')}".rstrip())
+        if name == "cr0":
+            s.message(f"cr2   {cpu.cr2:#x}  (last page-fault address)")
+            s.message(f"cr3   {cpu.cr3:#x} {cr3_text(cpu.cr3, bool(cpu.cr4 >> 17 & 1))}")
+    s.message("role: an input of kvm_calc_cpu_role; changing it can unload the MMU roots.")
+
+
+def info_program(s, arg: str) -> None:
+    """info program
+
+    Where the program is: the selected vCPU, its step, and why it last stopped.
+    """
+    st = s.last_stop
+    cpu = s.cpu
+    if st is None and not any(v.cpu.steps for v in s.vm.vcpus):
+        s.message(f"The program is at its boot state: {s.location(cpu.rip)}, vcpu {s.current}, "
+                  "step 0.")
         return
-    for row in rows:
-        s.message(format_register_row(*row))
+    why = f" It stopped because of: {st.reason}." if st is not None else ""
+    s.message(f"The program is stopped at {s.location(cpu.rip)}, vcpu {s.current}, step "
+              f"{cpu.steps}.{why}")
+
+
+def creg(s, arg: str) -> None:
+    """creg
+
+    The Bochs name for `info cr`.
+    """
+    info_cr(s, arg)
 
 
 def register(reg) -> None:
-    sub = Registry(prefix="info ")
-    sub.add("registers", info_registers, aliases=("r",))
-    reg.add("info", info, aliases=("i",), category="status", subcommands=sub)
+    reg.add("info", info, aliases=("i", "inf"), category="status")
+    sub = reg.sub("info")
+    sub.add("registers", info_registers, aliases=("r", "reg"), category="data")
+    sub.add("cr", info_cr, category="data")
+    sub.add("program", info_program, category="status")
+    reg.add("creg", creg, category="data")

@@ -1,8 +1,15 @@
 """Commands are registered with their metadata in one place; the docstring is the help.
 
-The first docstring line is the usage line (shown by `help CMD` and by bad-argument
-errors); the rest is the description. Lookup follows gdb: exact names, fixed
-aliases, then any unique prefix, with gdb's messages for the other cases.
+The first docstring line is the usage line (shown by `help CMD`, by bad-argument
+errors, by completion and in the README's command table); the rest is the
+description. Lookup follows gdb: exact names, fixed aliases, then any unique
+prefix, with gdb's messages for the other cases.
+
+Prefix commands (`info`, `set`, `show`) carry a Registry of their own, so another
+module adds a subcommand with one call:
+
+    def register(reg):
+        reg.sub("info").add("roots", info_roots, category="mmu")
 """
 
 from __future__ import annotations
@@ -10,6 +17,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kvmdbg.errors import CommandError
+
+# gdb's command classes, in `help` order, with its one-line descriptions where it has one.
+CLASSES = {
+    "breakpoints": "Making program stop at certain points.",
+    "data": "Examining data.",
+    "mmu": "The KVM MMU: roots, SPTEs, the hardware TLB, memslots, events, counters.",
+    "running": "Running the program.",
+    "scripting": "Command files, user-defined commands, logging, the shell.",
+    "status": "Status inquiries.",
+    "support": "Support facilities.",
+    "user-defined": "User-defined commands.",
+}
 
 
 class QuitRequest(Exception):
@@ -24,20 +43,36 @@ class Command:
     fn: object
     aliases: tuple = ()
     category: str = "support"
-    repeatable: bool = False
+    repeatable: bool = False          # an empty line (interactive) runs it again
     subcommands: "Registry | None" = None
+    resumes: bool = False             # it runs the guest (ends a breakpoint command list)
+    complete: object = None           # fn(session, word) -> [(candidate, description)]
+    dispatch: bool = True             # look the first argument up in subcommands
+    doc: str | None = None            # help text when not the function's docstring
+
+    @property
+    def _doc(self) -> str:
+        return (self.doc if self.doc is not None else self.fn.__doc__ or self.name).strip()
 
     @property
     def usage(self) -> str:
-        doc = (self.fn.__doc__ or self.name).strip()
-        return doc.splitlines()[0].strip()
+        return self._doc.splitlines()[0].strip()
+
+    @property
+    def summary(self) -> str:
+        """The first sentence of the description (for `help CLASS` and `apropos`)."""
+        lines = self._doc.splitlines()[1:]
+        text = " ".join(line.strip() for line in lines if line.strip())
+        if not text:
+            return self.usage
+        end = text.find(". ")
+        return text if end < 0 else text[:end + 1]
 
     @property
     def help(self) -> str:
-        doc = (self.fn.__doc__ or self.name).strip().splitlines()
-        body = "\n".join(line.strip() if i == 0 else line[4:] if line.startswith("    ") else line
+        doc = self._doc.splitlines()
+        return "\n".join(line.strip() if i == 0 else line[4:] if line.startswith("    ") else line
                          for i, line in enumerate(doc))
-        return body
 
 
 @dataclass
@@ -46,19 +81,40 @@ class Registry:
     commands: dict = field(default_factory=dict)
     aliases: dict = field(default_factory=dict)
 
-    def add(self, name, fn, aliases=(), category="support", repeatable=False, subcommands=None):
-        cmd = Command(name, fn, tuple(aliases), category, repeatable, subcommands)
+    def add(self, name, fn, aliases=(), category="support", repeatable=False, subcommands=None,
+            resumes=False, complete=None, dispatch=True, doc=None):
+        cmd = Command(name, fn, tuple(aliases), category, repeatable, subcommands, resumes,
+                      complete, dispatch, doc)
         self.commands[name] = cmd
         for a in aliases:
             self.aliases[a] = name
         return cmd
 
-    def command(self, name, aliases=(), category="support", repeatable=False):
+    def remove(self, name: str) -> None:
+        cmd = self.commands.pop(name)
+        for a in cmd.aliases:
+            self.aliases.pop(a, None)
+
+    def command(self, name, aliases=(), category="support", repeatable=False, **kw):
         """Decorator form of add()."""
         def register(fn):
-            self.add(name, fn, aliases, category, repeatable)
+            self.add(name, fn, aliases, category, repeatable, **kw)
             return fn
         return register
+
+    def sub(self, name: str) -> "Registry":
+        """The subcommand registry of a prefix command (`info`, `set`, `show`)."""
+        cmd = self.commands[name]
+        if cmd.subcommands is None:
+            cmd.subcommands = Registry(prefix=f"{self.prefix}{name} ")
+        return cmd.subcommands
+
+    def find(self, word: str) -> Command | None:
+        """Like lookup() but None instead of an error."""
+        try:
+            return self.lookup(word)
+        except CommandError:
+            return None
 
     def lookup(self, word: str) -> Command:
         if word in self.commands:
@@ -75,27 +131,44 @@ class Registry:
             raise CommandError(f'Undefined command: "{word}".  Try "help".')
         raise CommandError(f'Ambiguous {self.prefix}command "{word}": {", ".join(matches)}.')
 
+    def resolve(self, line: str):
+        """(Command, argument text) for a command line, following subcommands."""
+        word, _, rest = split_word(line.strip())
+        cmd = self.lookup(word)
+        rest = rest.strip()
+        while cmd.subcommands is not None and cmd.dispatch and rest:
+            sub, _, subrest = split_word(rest)
+            cmd, rest = cmd.subcommands.lookup(sub), subrest.strip()
+        return cmd, rest
+
     def execute(self, session, line: str) -> None:
         line = line.strip()
         if not line or line.startswith("#"):
             return
-        word, _, rest = _split_word(line)
-        cmd = self.lookup(word)
-        if cmd.subcommands is not None and rest:
-            sub, _, subrest = _split_word(rest)
-            cmd.subcommands.lookup(sub).fn(session, subrest.strip())
-            return
-        cmd.fn(session, rest.strip())
+        if line.startswith("!"):
+            line = "shell " + line[1:]
+        cmd, rest = self.resolve(line)
+        cmd.fn(session, rest)
+
+    def walk(self):
+        """(full name, Command) for every command and subcommand, sorted."""
+        for name, cmd in sorted(self.commands.items()):
+            yield self.prefix + name, cmd
+            if cmd.subcommands is not None:
+                yield from cmd.subcommands.walk()
 
 
-def _split_word(line: str):
-    """'x/4gx $rsp' -> ('x', '/', '4gx $rsp'); 'stepi 5' -> ('stepi', ' ', '5')."""
+def split_word(line: str):
+    """'x/4gx $rsp' -> ('x', '/', '/4gx $rsp'); 'stepi 5' -> ('stepi', ' ', '5')."""
     for i, ch in enumerate(line):
         if ch.isspace() or (ch == "/" and i > 0):
             if ch == "/":
                 return line[:i], "/", line[i:]
             return line[:i], " ", line[i:].lstrip()
     return line, "", ""
+
+
+_split_word = split_word
 
 
 def usage_error(cmd_fn, detail: str = "") -> CommandError:

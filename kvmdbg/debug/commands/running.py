@@ -1,83 +1,261 @@
-"""Running: stepi, continue."""
+"""Running: run, starti, stepi, nexti, step, next, continue, until, advance, vcpu.
+
+Every command that runs the guest goes through stops.resume (which honours
+breakpoints, watchpoints and catchpoints) and ends with report.report (the stop
+line and its context).
+"""
 
 from __future__ import annotations
 
-from kvmdbg.cpu.executor import BREAKPOINT, HALTED, SHUTDOWN, STEP_LIMIT
+from kvmdbg.cpu.regs import RSP
+from kvmdbg.debug import stops
 from kvmdbg.debug.commands.registry import usage_error
-from kvmdbg.debug.session import INTERRUPTED, UNSUPPORTED
+from kvmdbg.debug.evaluate import evaluate_address
+from kvmdbg.debug.report import report, snapshot_all
+from kvmdbg.debug.state import confirm
 from kvmdbg.errors import CommandError
 
 
-def parse_count(fn, arg: str) -> int:
+def parse_count(fn, arg: str, s=None) -> int:
+    """A positive count: a number, or (given a session) an expression such as $n."""
     if not arg:
         return 1
     try:
         n = int(arg, 0)
     except ValueError:
-        raise usage_error(fn, f"Invalid number \"{arg}\".") from None
+        n = None
+        if s is not None and arg.lstrip().startswith(("$", "(")):
+            from kvmdbg.debug.evaluate import evaluate
+            try:
+                n = evaluate(s, arg).as_int()
+            except CommandError:
+                n = None
+        if n is None:
+            raise usage_error(fn, f"Invalid number \"{arg}\".") from None
     if n < 1:
         raise usage_error(fn, f"Invalid number \"{arg}\".")
     return n
 
 
-def report_stop(s, stop) -> None:
-    """The stop line (reason, vCPU, step) and the next instruction."""
-    where = f"{s.location(stop.rip)}, vcpu {stop.vcpu}, step {stop.step}"
-    if stop.reason == STEP_LIMIT:
-        s.message(where)
-    elif stop.reason == HALTED:
-        if all(v.cpu.halted for v in s.vm.vcpus):
-            s.message(f"[all vCPUs halted] {where}")
-        else:
-            s.message(f"[vcpu {stop.vcpu} halted] {where}")
-        return
-    elif stop.reason == SHUTDOWN:
-        s.error(f"Guest shut down (KVM_EXIT_SHUTDOWN) on vcpu {stop.vcpu} at step {stop.step}: "
-                f"{stop.message}")
-        return
-    elif stop.reason == UNSUPPORTED:
-        raise CommandError(stop.message)
-    elif stop.reason == INTERRUPTED:
-        s.message(f"Interrupted at step {stop.step}, vcpu {stop.vcpu}, {s.location(stop.rip)}")
-    elif stop.reason == BREAKPOINT:
-        s.message(f"Breakpoint, {where}")
-    else:
-        s.message(f"Stopped ({stop.reason}), {where}")
-    show_next_insn(s, stop.rip)
-
-
-def show_next_insn(s, rip: int) -> None:
-    d = s.decode_at(rip)
-    sym = s.symbols.lookup(rip)
-    label = f"{rip:#x} {sym}" if sym else f"{rip:#x}"
-    if d is None:
-        s.message(f"=> {label}:\t(bad)")
-    else:
-        s.message(f"=> {label}:\t{d.text}")
+def _check_runnable(s, every: bool = False) -> None:
+    """A command that runs the guest needs something that can run."""
+    cpu = s.cpu
+    if cpu.shutdown:
+        raise CommandError(f"The guest has shut down ({cpu.shutdown}); use \"run\" to start again.")
+    if every and all(v.cpu.halted or v.cpu.shutdown for v in s.vm.vcpus) and \
+            not getattr(getattr(s.vm, "worker", None), "queue", None):
+        raise CommandError("The program is not running: every vCPU has halted.  "
+                           "Use \"run\" to start it again.")
 
 
 def stepi(s, arg: str) -> None:
     """stepi [N]
 
     Execute N machine instructions (default 1) on the current vCPU, then show
-    where it stopped. A halted vCPU does not move.
+    where it stopped. Breakpoints, watchpoints and catchpoints met on the way stop
+    it early. A halted vCPU does not move.
     """
-    n = parse_count(stepi, arg)
-    report_stop(s, s.step(n))
+    n = parse_count(stepi, arg, s)
+    _check_runnable(s)
+    report(s, stops.resume(s, scope=s.current, max_steps=n))
+
+
+def nexti(s, arg: str) -> None:
+    """nexti [N]
+
+    Like stepi, but a CALL is run to its return (all vCPUs run meanwhile, as in
+    `continue`), so the called code is stepped over.
+    """
+    n = parse_count(nexti, arg, s)
+    _check_runnable(s)
+    for _ in range(n):
+        outcome = _next_one(s)
+        if outcome.stop.reason not in (stops.REACHED, "step-limit") or outcome.hits:
+            break
+    report(s, outcome)
+
+
+def _next_one(s):
+    cpu = s.cpu
+    d = s.decode_at(cpu.rip)
+    if d is None or not d.mnemonic.startswith("call"):
+        return stops.resume(s, scope=s.current, max_steps=1)
+    target = stops.Target(s.current, (cpu.rip + d.length) & ((1 << 64) - 1), cpu.r[RSP])
+    return stops.resume(s, target=target)
+
+
+def step(s, arg: str) -> None:
+    """step [N]
+
+    There are no source lines here: step is stepi (with a one-time note saying so).
+    """
+    _step_hint(s)
+    stepi(s, arg)
+
+
+def next_(s, arg: str) -> None:
+    """next [N]
+
+    There are no source lines here: next is nexti (with a one-time note saying so).
+    """
+    _step_hint(s)
+    nexti(s, arg)
+
+
+def _step_hint(s) -> None:
+    if not s.state.step_hint_shown:
+        s.state.step_hint_shown = True
+        s.message("(no source lines; stepping by instruction)")
 
 
 def continue_(s, arg: str) -> None:
     """continue [N]
 
-    Run every vCPU until a breakpoint, a halt of all vCPUs, a guest shutdown or
-    an interrupt. The scheduler always advances the vCPU with the smallest clock.
+    Run every vCPU until a breakpoint, watchpoint or catchpoint stops it, all vCPUs
+    halt, the guest shuts down, or Ctrl-C. The scheduler always advances the vCPU with
+    the smallest clock. With N, the breakpoint stopped at is ignored N-1 more times.
+    """
+    said = False
+    if arg:
+        n = parse_count(continue_, arg, s)
+        stop = s.last_stop
+        bps = s.breakpoints.at(stop.rip) if stop is not None and stop.reason == "breakpoint" else []
+        if bps:
+            bps[0].ignore_count = n - 1
+            s.message(f"Will ignore next {n - 1} crossings of breakpoint {bps[0].number}.  "
+                      "Continuing.")
+            said = True
+        else:
+            s.message("Not stopped at any breakpoint; argument ignored.")
+    _check_runnable(s, every=True)
+    if not said and not s.state.in_breakpoint_commands:
+        s.message("Continuing.")
+    report(s, stops.resume(s))
+
+
+def _location(s, fn, arg: str) -> int:
+    if not arg:
+        raise usage_error(fn, "Argument required (a location).")
+    text = arg[1:] if arg.startswith("*") else arg
+    addr, space = evaluate_address(s, text)
+    if space != "gva":
+        raise CommandError(f"Locations are guest-virtual addresses (got {space}:{addr:#x}).")
+    return addr
+
+
+def until(s, arg: str) -> None:
+    """until [ADDR]
+
+    Run until ADDR is reached on the current vCPU (or another stop comes first).
+    Without ADDR, like nexti.
+    """
+    if not arg:
+        nexti(s, "")
+        return
+    _run_to(s, _location(s, until, arg))
+
+
+def advance(s, arg: str) -> None:
+    """advance ADDR
+
+    Run until ADDR is reached on the current vCPU (or another stop comes first).
+    """
+    _run_to(s, _location(s, advance, arg))
+
+
+def _run_to(s, address: int) -> None:
+    _check_runnable(s)
+    report(s, stops.resume(s, target=stops.Target(s.current, address)))
+
+
+def run(s, arg: str) -> None:
+    """run
+
+    Start the program again from its boot state (same program, vCPUs, memory, --arg
+    and KVM profile) and run it as `continue` does. Breakpoints and displays are kept.
     """
     if arg:
-        parse_count(continue_, arg)       # N is an ignore count once breakpoints exist
-    s.message("Continuing.")
-    report_stop(s, s.run())
+        raise usage_error(run, "run takes no arguments (use --arg on the command line).")
+    if not _restart(s):
+        return
+    s.message(f"Starting program: {s.program.path}")
+    report(s, stops.resume(s))
+
+
+def starti(s, arg: str) -> None:
+    """starti
+
+    Start the program again from its boot state and stop before its first instruction.
+    """
+    if arg:
+        raise usage_error(starti, "starti takes no arguments.")
+    if not _restart(s):
+        return
+    s.message(f"Starting program: {s.program.path}")
+    s.message("")
+    s.message("Program stopped.")
+    report(s, stops.Outcome(s._stop(stops.REACHED, 0)))
+
+
+def _restart(s) -> bool:
+    started = any(v.cpu.steps for v in s.vm.vcpus)
+    if started and not confirm(s, "The program being debugged has been started already.\n"
+                                 "Start it from the beginning? "):
+        s.message("Program not restarted.")
+        return False
+    s.restart()
+    snapshot_all(s)
+    return True
+
+
+def vcpu(s, arg: str) -> None:
+    """vcpu [N]
+
+    Select vCPU N: the one registers, memory (gva), stepi and the other commands refer
+    to. Without N, say which is selected.
+    """
+    if not arg:
+        v = s.vm.vcpus[s.current]
+        state = "shut down" if v.cpu.shutdown else "halted" if v.cpu.halted else "runnable"
+        s.message(f"[Current vcpu is {s.current} (of {len(s.vm.vcpus)}), step {v.cpu.steps}, "
+                  f"{state}]")
+        return
+    try:
+        n = int(arg, 0)
+    except ValueError:
+        raise usage_error(vcpu, f"Invalid vCPU number \"{arg}\".") from None
+    s.vcpu(n)
+    s.current = n
+    cpu = s.vm.vcpus[n].cpu
+    s.message(f"[Switching to vcpu {n}]")
+    s.message(f"{s.location(cpu.rip)}, vcpu {n}, step {cpu.steps}")
+    from kvmdbg.debug.report import show_next_insn
+    show_next_insn(s, cpu.rip)
+
+
+def info_vcpus(s, arg: str) -> None:
+    """info vcpus
+
+    Every vCPU: its state, step, clock in cycles and where it is; `*` marks the selected one.
+    """
+    s.message(f"  {'Id':<4}{'State':<11}{'Step':>12}{'Cycles':>14}  Where")
+    for v in s.vm.vcpus:
+        c = v.cpu
+        state = "shutdown" if c.shutdown else "halted" if c.halted else "runnable"
+        mark = "*" if v.index == s.current else " "
+        s.message(f"{mark} {v.index:<4}{state:<11}{c.steps:>12}{c.cycles:>14}  {s.location(c.rip)}")
 
 
 def register(reg) -> None:
-    reg.add("stepi", stepi, aliases=("si",), category="running", repeatable=True)
-    reg.add("continue", continue_, aliases=("c", "cont"), category="running", repeatable=True)
+    reg.add("run", run, aliases=("r",), category="running", resumes=True)
+    reg.add("starti", starti, aliases=("start",), category="running", resumes=True)
+    reg.add("stepi", stepi, aliases=("si",), category="running", repeatable=True, resumes=True)
+    reg.add("nexti", nexti, aliases=("ni",), category="running", repeatable=True, resumes=True)
+    reg.add("step", step, aliases=("s",), category="running", repeatable=True, resumes=True)
+    reg.add("next", next_, aliases=("n",), category="running", repeatable=True, resumes=True)
+    reg.add("continue", continue_, aliases=("c", "cont", "fg"), category="running",
+            repeatable=True, resumes=True)
+    reg.add("until", until, category="running", repeatable=True, resumes=True)
+    reg.add("advance", advance, category="running", resumes=True)
+    reg.add("vcpu", vcpu, aliases=("thread",), category="running")
+    reg.sub("info").add("vcpus", info_vcpus, aliases=("threads",), category="status")

@@ -1,0 +1,189 @@
+"""Code: disassemble (u), backtrace (bt), info symbol."""
+
+from __future__ import annotations
+
+from kvmdbg.bits import M64
+from kvmdbg.debug.commands.registry import usage_error
+from kvmdbg.debug.evaluate import evaluate
+from kvmdbg.errors import CommandError, KvmdbgError
+
+MAX_FUNCTION = 4096        # a "function" (symbol to next symbol) longer than this is cut
+DEFAULT_RANGE = 32
+
+
+def _read_code(s, addr: int, n: int, space: str = "gva") -> bytes:
+    """As many bytes as are readable from addr, up to n."""
+    try:
+        return s.read_memory(addr, n, space)
+    except KvmdbgError:
+        out = b""
+        while len(out) < n:
+            try:
+                out += s.read_memory(addr + len(out), 1, space)
+            except KvmdbgError:
+                break
+        return out
+
+
+def _decoded(s, addr: int, code: bytes, count: int = 0):
+    return list(s.cpu.decoder.disasm(code, addr, count))
+
+
+def insn_lines(s, addr: int, space: str, count: int):
+    """(line, next address) for `x/Ni`: gdb's `=>` marks the current vCPU's RIP."""
+    rip = s.cpu.rip if space == "gva" else None
+    for _ in range(count):
+        code = _read_code(s, addr, 15, space)
+        found = _decoded(s, addr, code, 1)
+        label = s.location(addr) if space == "gva" else f"{space}:{addr:#x}"
+        mark = "=> " if addr == rip else "   "
+        if not found:
+            if not code:
+                raise CommandError(f"Cannot access memory at address {label.split()[0]}")
+            yield f"{mark}{label}:\t(bad)", addr + 1
+            addr += 1
+            continue
+        a, size, mnem, ops = found[0]
+        yield f"{mark}{label}:\t{mnem} {ops}".rstrip(), a + size
+        addr = a + size
+
+
+def _function_range(s, addr: int):
+    """(name, start, end) of the symbol around addr, or None."""
+    sym = s.symbols.lookup(addr)
+    if not sym:
+        return None
+    name = sym[1:-1].split("+")[0]
+    start = s.symbols[name]
+    later = [a for a in s.symbols.by_name.values() if a > start]
+    end = min(later) if later else start + MAX_FUNCTION
+    return name, start, min(end, start + MAX_FUNCTION)
+
+
+def _parse_range(s, text: str):
+    if "," in text:
+        a, b = text.split(",", 1)
+        start = evaluate(s, a.strip()).as_int() & M64
+        b = b.strip()
+        if b.startswith("+"):
+            end = start + evaluate(s, b[1:]).as_int()
+        else:
+            end = evaluate(s, b).as_int() & M64
+        if end <= start:
+            raise CommandError("Invalid range: the end is not after the start.")
+        return None, start, end
+    addr = evaluate(s, text).as_int() & M64
+    fn = _function_range(s, addr)
+    return fn if fn else (None, addr, addr + DEFAULT_RANGE)
+
+
+def disassemble(s, arg: str) -> None:
+    """disassemble[/r] [ADDR[,+LEN]|START,END]
+
+    Disassemble the function (symbol) around ADDR, default the current instruction, or a
+    range. `=>` marks the current vCPU's RIP, `b` an enabled breakpoint; /r adds the raw
+    bytes. Repeating it (empty line) continues after the last range.
+    """
+    raw = False
+    if arg.startswith("/"):
+        mods, _, arg = arg[1:].partition(" ")
+        for m in mods:
+            if m == "r":
+                raw = True
+            elif m not in "ms":
+                raise usage_error(disassemble, f"Invalid disassembly modifier \"{m}\".")
+        arg = arg.strip()
+    if arg:
+        name, start, end = _parse_range(s, arg)
+    else:
+        rip = s.cpu.rip
+        fn = _function_range(s, rip)
+        name, start, end = fn if fn else (None, rip, rip + DEFAULT_RANGE)
+    if end - start > 1 << 20:
+        raise CommandError("Range too long (more than 1 MiB).")
+    code = _read_code(s, start, end - start)
+    if not code:
+        raise CommandError(f"Cannot access memory at address {start:#x}")
+    if name:
+        s.message(f"Dump of assembler code for function {name}:")
+    else:
+        s.message(f"Dump of assembler code from {start:#x} to {end:#x}:")
+    rip = s.cpu.rip
+    bps = s.breakpoints.addresses()
+    pos = start
+    for a, size, mnem, ops in _decoded(s, start, code):
+        if a >= end:
+            break
+        mark = "=> " if a == rip else "b  " if a in bps else "   "
+        where = f"<+{a - start}>" if name else s.symbols.lookup(a)
+        label = f"{a:#x} {where}".rstrip()
+        rawtext = f"\t{' '.join(f'{b:02x}' for b in code[a - start:a - start + size])}" if raw else ""
+        s.message(f"{mark}{label}:{rawtext}\t{mnem} {ops}".rstrip(), style="disasm")
+        pos = a + size
+    if pos < min(end, start + len(code)):
+        s.message(f"   {pos:#x}:\t(bad)")
+        pos += 1
+    s.message("End of assembler dump.")
+    length = max(end - start, 1)
+    s.state.next_repeat = f"disassemble{'/r' if raw else ''} {pos:#x},+{length}"
+
+
+def backtrace(s, arg: str) -> None:
+    """backtrace [N]
+
+    The current instruction, then return addresses found on the stack (words that
+    follow a CALL instruction): a heuristic, since the guest has no frame information.
+    """
+    limit = 64
+    if arg:
+        try:
+            limit = int(arg, 0)
+        except ValueError:
+            raise usage_error(backtrace, f"Invalid number \"{arg}\".") from None
+    cpu = s.cpu
+    frames = [cpu.rip]
+    rsp = cpu.r[4]
+    for off in range(0, 0x2000, 8):
+        if len(frames) >= limit:
+            break
+        try:
+            word = int.from_bytes(s.read_memory(rsp + off, 8), "little")
+        except KvmdbgError:
+            break
+        if word and _follows_call(s, word):
+            frames.append(word)
+    for i, a in enumerate(frames[:limit]):
+        s.message(f"#{i:<3}{s.location(a)}")
+
+
+def _follows_call(s, ret: int) -> bool:
+    for length in (5, 2, 3, 6, 7):
+        code = _read_code(s, ret - length, length)
+        if len(code) != length:
+            continue
+        got = _decoded(s, ret - length, code, 1)
+        if got and got[0][1] == length and got[0][2] == "call":
+            return True
+    return False
+
+
+def info_symbol(s, arg: str) -> None:
+    """info symbol ADDR
+
+    The symbol ADDR is in, as `NAME + OFFSET`.
+    """
+    if not arg:
+        raise usage_error(info_symbol, "Argument required (address).")
+    addr = evaluate(s, arg).as_int() & M64
+    sym = s.symbols.lookup(addr)
+    if not sym:
+        s.message(f"No symbol matches {arg}.")
+        return
+    name, _, off = sym[1:-1].partition("+")
+    s.message(f"{name} + {off}" if off else name)
+
+
+def register(reg) -> None:
+    reg.add("disassemble", disassemble, aliases=("u",), category="data", repeatable=True)
+    reg.add("backtrace", backtrace, aliases=("bt", "where"), category="status")
+    reg.sub("info").add("symbol", info_symbol, category="data")

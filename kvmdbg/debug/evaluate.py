@@ -1,0 +1,357 @@
+"""Give expression trees (expr.py) values against a Session, and carry out assignments.
+
+Values are (int | str | dict | None, Type). Arithmetic is 64-bit: the result is
+unsigned if either side is u64, otherwise signed, wrapped to 64 bits as the guest's
+registers are. Registers have gdb's types (rax is int64, eax int32, rip a code
+pointer, eflags/cr0/cr4/efer flag words), so `print $eflags` shows `[ IF ZF ]`.
+
+Writing a control register (`set $cr4.smep = 0`, `set $cr4 = ...`, `set $efer.nxe = 1`)
+goes through the vCPU's CR path (cpu.ops.set_cr / set_efer), the way a guest MOV to
+CR4 would reach KVM, so the MMU model reacts to it; a value the CPU refuses is an
+error, not a silent write.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kvmdbg.bits import M64, sign_extend
+from kvmdbg.cpu.faults import GuestFault
+from kvmdbg.cpu.regs import CR0_BITS, CR4_BITS, EFER_BITS, RFLAGS_BITS, SUBREGS
+from kvmdbg.debug.expr import (S8, S16, S32, S64, STR, STRUCT, U32, U64, VOID, Assign,
+                               Binary, Cast, Deref, Dollar, ExprError, Field, Num, Space, Str,
+                               Symbol, Type, Unary, parse)
+
+PTR = Type("void *", 8, False, "ptr", U64)
+CODE = Type("code *", 8, False, "code", U64)
+FLAGS_RFLAGS = Type("i386_eflags", 8, False, "flags", bits=RFLAGS_BITS)
+FLAGS_CR0 = Type("i386_cr0", 8, False, "flags", bits=CR0_BITS)
+FLAGS_CR4 = Type("i386_cr4", 8, False, "flags", bits=CR4_BITS)
+FLAGS_EFER = Type("i386_efer", 8, False, "flags", bits=EFER_BITS)
+CR3_TYPE = Type("i386_cr3", 8, False, "cr3")
+
+REGISTER_ALIASES = {"pc": "rip", "sp": "rsp", "fp": "rbp", "rflags": "eflags"}
+CR_REGISTERS = {"cr0": 0, "cr3": 3, "cr4": 4, "cr8": 8}
+
+
+def _bit_fields(bits) -> dict:
+    return {name.lower(): (shift, 1) for name, shift in bits}
+
+
+# Bit fields addressable as $REG.FIELD (names from cpu/regs.py, lower case).
+REGISTER_FIELDS = {
+    "cr0": _bit_fields(CR0_BITS),
+    "cr4": _bit_fields(CR4_BITS),
+    "efer": _bit_fields(EFER_BITS) | {"nx": (11, 1)},
+    "eflags": _bit_fields(RFLAGS_BITS) | {"iopl": (12, 2)},
+    "cr3": {"pcid": (0, 12), "pwt": (3, 1), "pcd": (4, 1), "pdbr": (12, 40)},
+}
+
+
+def register_type(name: str) -> Type:
+    if name in SUBREGS:
+        size = SUBREGS[name][1]
+        if name in ("rsp", "rbp"):
+            return PTR
+        return {1: S8, 2: S16, 4: S32, 8: S64}[size]
+    return {"rip": CODE, "eflags": FLAGS_RFLAGS, "cr0": FLAGS_CR0, "cr4": FLAGS_CR4,
+            "efer": FLAGS_EFER, "cr3": CR3_TYPE, "cr2": PTR, "cr8": S64, "pkru": U32,
+            "fs_base": S64, "gs_base": S64}.get(name, S32)
+
+
+@dataclass
+class LValue:
+    kind: str                    # reg, field, mem, conv
+    name: str = ""               # register or variable name
+    vcpu: int = 0
+    space: str = "gva"
+    address: int = 0
+    size: int = 8
+    shift: int = 0
+    width: int = 0
+
+
+@dataclass
+class Value:
+    v: object
+    type: Type
+    lval: LValue | None = None
+    space: str = ""              # set when the value is an address written with gva:/gpa:/hpa:
+
+    def as_int(self) -> int:
+        if isinstance(self.v, bool):
+            return int(self.v)
+        if not isinstance(self.v, int):
+            what = "void" if self.v is None else "a string" if isinstance(self.v, str) else "a structure"
+            raise ExprError(f"Argument to arithmetic operation not a number or boolean ({what}).")
+        return self.v
+
+    def truthy(self) -> bool:
+        if isinstance(self.v, str):
+            return bool(self.v)
+        return self.as_int() != 0
+
+
+def make_int(v: int, t: Type) -> Value:
+    """Wrap v to t's width and signedness."""
+    if t.size:
+        bits = 8 * t.size
+        v &= (1 << bits) - 1
+        if t.signed:
+            v = sign_extend(v, bits)
+    return Value(v, t)
+
+
+class Evaluator:
+    def __init__(self, session, vcpu: int | None = None, event=None):
+        self.s = session
+        self.vcpu = session.current if vcpu is None else vcpu
+        self.event = event          # the event a catchpoint condition is tested on
+
+    # --- entry points ---
+
+    def value(self, node) -> Value:
+        m = getattr(self, "_" + type(node).__name__.lower())
+        return m(node)
+
+    # --- leaves ---
+
+    def _num(self, n: Num) -> Value:
+        return Value(n.value, n.type)
+
+    def _str(self, n: Str) -> Value:
+        return Value(n.value, STR)
+
+    def _symbol(self, n: Symbol) -> Value:
+        syms = self.s.symbols
+        if n.name in syms:
+            return Value(syms[n.name], CODE)
+        raise ExprError(f'No symbol "{n.name}" in current context.')
+
+    def _space(self, n: Space) -> Value:
+        v = self.value(n.operand)
+        return Value(v.as_int() & M64, U64, space=n.space)
+
+    def _dollar(self, n: Dollar) -> Value:
+        name = n.name
+        s = self.s
+        if name == "" or name[0] == "$" or name.isdigit():
+            return s.history.lookup(name)
+        reg = REGISTER_ALIASES.get(name, name)
+        regs = s.vcpu(self.vcpu).regs
+        if reg in regs:
+            t = register_type(reg)
+            v = make_int(regs[reg], t) if t.kind == "int" else Value(regs[reg], t)
+            v.lval = LValue("reg", reg, self.vcpu)
+            return v
+        return self._convenience(name)
+
+    def _convenience(self, name: str) -> Value:
+        s = self.s
+        readonly = LValue("conv", name)
+        if name == "_event":
+            ev = self.event if self.event is not None else s.last_event
+            if ev is None:
+                return Value(None, VOID, readonly)
+            return Value(ev, STRUCT, readonly)
+        if name == "_step":
+            return Value(s.vcpu(self.vcpu).cpu.steps, S64, readonly)
+        if name == "_vcpu":
+            return Value(self.vcpu, S64, readonly)
+        if name in s.convenience:
+            v = s.convenience[name]
+            return Value(v.v, v.type, LValue("conv", name))
+        return Value(None, VOID, LValue("conv", name))
+
+    # --- operators ---
+
+    def _field(self, n: Field) -> Value:
+        base = self.value(n.operand)
+        if base.type is STRUCT:
+            ev = base.v
+            if n.name in ("seq", "name", "vcpu", "step"):
+                got = getattr(ev, n.name)
+            elif n.name in ev.fields:
+                got = ev.fields[n.name]
+            else:
+                raise ExprError(f"There is no member named {n.name}.")
+            if isinstance(got, bool):
+                return Value(int(got), S32)
+            if isinstance(got, int):
+                return Value(got, U64 if got >= 1 << 63 else S64)
+            return Value(str(got), STR)
+        if base.v is None:
+            if isinstance(n.operand, Dollar) and n.operand.name == "_event":
+                raise ExprError("$_event is void: no catchpoint has stopped the program yet.")
+            raise ExprError(f"Attempt to extract a component of a value that is not a structure.")
+        lv = base.lval
+        if lv is None or lv.kind != "reg" or lv.name not in REGISTER_FIELDS:
+            raise ExprError(f"Attempt to extract a component of a value that is not a structure.")
+        fields = REGISTER_FIELDS[lv.name]
+        if n.name.lower() not in fields:
+            raise ExprError(f"There is no member named {n.name} in ${lv.name} "
+                            f"(try: {' '.join(sorted(fields))}).")
+        shift, width = fields[n.name.lower()]
+        v = (base.as_int() >> shift) & ((1 << width) - 1)
+        return Value(v, S64, LValue("field", lv.name, lv.vcpu, shift=shift, width=width))
+
+    def _unary(self, n: Unary) -> Value:
+        v = self.value(n.operand)
+        if n.op == "!":
+            return Value(0 if v.truthy() else 1, S32)
+        x = v.as_int()
+        t = v.type if v.type.kind == "int" and v.type.size == 8 else S64
+        if n.op == "-":
+            return make_int(-x, t)
+        if n.op == "~":
+            return make_int(~x, t)
+        return make_int(x, t)
+
+    def _cast(self, n: Cast) -> Value:
+        v = self.value(n.operand)
+        if n.type.kind == "ptr":
+            return Value(v.as_int() & M64, n.type, space=v.space)
+        return make_int(v.as_int(), n.type)
+
+    def _deref(self, n: Deref) -> Value:
+        v = self.value(n.operand)
+        if n.type is not None:
+            t = n.type
+        elif v.type.kind == "ptr" and v.type.pointee is not None:
+            t = v.type.pointee
+        else:
+            t = U64
+        if t.kind == "ptr":
+            t = Type(t.name, 8, False, "ptr", t.pointee)
+        space = v.space or "gva"
+        addr = v.as_int() & M64
+        data = self.s.read_memory(addr, t.size, space)
+        raw = int.from_bytes(data, "little")
+        out = make_int(raw, t) if t.kind in ("int", "char") else Value(raw, t)
+        out.lval = LValue("mem", vcpu=self.vcpu, space=space, address=addr, size=t.size)
+        return out
+
+    def _binary(self, n: Binary) -> Value:
+        op = n.op
+        if op in ("&&", "||"):
+            left = self.value(n.left).truthy()
+            if op == "&&" and not left:
+                return Value(0, S32)
+            if op == "||" and left:
+                return Value(1, S32)
+            return Value(1 if self.value(n.right).truthy() else 0, S32)
+        a = self.value(n.left)
+        b = self.value(n.right)
+        if op in ("==", "!=") and (isinstance(a.v, str) or isinstance(b.v, str)):
+            if not (isinstance(a.v, str) and isinstance(b.v, str)):
+                raise ExprError("Cannot compare a string with a number.")
+            return Value(int((a.v == b.v) == (op == "==")), S32)
+        x, y = a.as_int(), b.as_int()
+        if a.type.kind == "ptr" and op in ("+", "-") and b.type.kind != "ptr":
+            step = a.type.pointee.size if a.type.pointee and a.type.pointee.size else 1
+            return Value((x + y * step if op == "+" else x - y * step) & M64, a.type, space=a.space)
+        t = U64 if (a.type.size == 8 and not a.type.signed and a.type.kind == "int") or \
+            (b.type.size == 8 and not b.type.signed and b.type.kind == "int") else S64
+        x, y = make_int(x, t).v, make_int(y, t).v
+        if op == "+":
+            r = x + y
+        elif op == "-":
+            r = x - y
+        elif op == "*":
+            r = x * y
+        elif op in ("/", "%"):
+            if y == 0:
+                raise ExprError("Division by zero")
+            q = abs(x) // abs(y)
+            if (x < 0) != (y < 0):
+                q = -q
+            r = q if op == "/" else x - q * y
+        elif op == "&":
+            r = x & y
+        elif op == "|":
+            r = x | y
+        elif op == "^":
+            r = x ^ y
+        elif op == "<<":
+            r = x << (y & 63) if y >= 0 else 0
+        elif op == ">>":
+            r = x >> (y & 63) if y >= 0 else 0
+        else:
+            r = {"==": x == y, "!=": x != y, "<": x < y, "<=": x <= y, ">": x > y, ">=": x >= y}[op]
+            return Value(int(r), S32)
+        out = make_int(r, t)
+        if a.space and op in ("+", "-"):
+            out.space = a.space
+        return out
+
+    def _assign(self, n: Assign) -> Value:
+        target = self.value(n.target)
+        new = self.value(n.value)
+        return assign(self.s, target, new)
+
+
+# --- assignment ---
+
+def assign(s, target: Value, new: Value) -> Value:
+    lv = target.lval
+    if lv is None:
+        raise ExprError("Left operand of assignment is not an lvalue.")
+    if lv.kind == "conv":
+        if lv.name.startswith("_") and lv.name in ("_step", "_event", "_vcpu"):
+            raise ExprError(f"${lv.name} is read-only.")
+        s.convenience[lv.name] = Value(new.v, new.type)
+        return Value(new.v, new.type)
+    x = new.as_int()
+    if lv.kind == "mem":
+        t = target.type
+        s.write_memory(lv.address, (x & ((1 << (8 * lv.size)) - 1)).to_bytes(lv.size, "little"),
+                       lv.space)
+        return make_int(x, t) if t.kind in ("int", "char") else Value(x & M64, t)
+    cpu = s.vcpu(lv.vcpu).cpu
+    regs = s.vcpu(lv.vcpu).regs
+    if lv.kind == "field":
+        mask = ((1 << lv.width) - 1) << lv.shift
+        x = (regs[lv.name] & ~mask) | ((x << lv.shift) & mask)
+        write_register(s, lv.vcpu, lv.name, x)
+        return Value((regs[lv.name] >> lv.shift) & ((1 << lv.width) - 1), S64)
+    write_register(s, lv.vcpu, lv.name, x)
+    t = register_type(lv.name)
+    return make_int(regs[lv.name], t) if t.kind == "int" else Value(regs[lv.name], t)
+
+
+def write_register(s, vcpu: int, name: str, value: int) -> None:
+    """A register write; CRs and EFER go through the vCPU's CR path (KVM's view of a MOV)."""
+    view = s.vcpu(vcpu)
+    cpu = view.cpu
+    value &= M64
+    try:
+        if name in CR_REGISTERS:
+            cpu.ops.set_cr(cpu, CR_REGISTERS[name], value)
+        elif name == "efer":
+            cpu.ops.set_efer(cpu, value)
+        else:
+            view.regs[name] = value
+            return
+    except GuestFault as f:
+        raise ExprError(f"Cannot set ${name} to {value:#x}: the CPU refuses it ({f}).") from None
+    cpu.flush_fast()
+
+
+# --- convenience for commands ---
+
+def evaluate(s, text: str, vcpu: int | None = None, event=None) -> Value:
+    return Evaluator(s, vcpu, event).value(parse(text))
+
+
+def evaluate_node(s, node, vcpu: int | None = None, event=None) -> Value:
+    return Evaluator(s, vcpu, event).value(node)
+
+
+def evaluate_address(s, text: str) -> tuple[int, str]:
+    """(address, space) of an address expression: 'gpa:0x7000', '$rsp+8', 'flip'."""
+    v = evaluate(s, text)
+    return v.as_int() & M64, v.space or "gva"
+
+
+__all__ = ["Evaluator", "Value", "LValue", "evaluate", "evaluate_node", "evaluate_address",
+           "assign", "write_register", "register_type", "REGISTER_FIELDS", "make_int"]

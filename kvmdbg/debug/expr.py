@@ -1,0 +1,378 @@
+"""The expression language: a small, safe C-like language of its own (never Python eval).
+
+    42  0x7000  0b101  'A'  "text"        numbers, characters, strings
+    $rax $eax $al $rip $pc $cr4 $efer      registers of the selected vCPU (sub-registers too)
+    $cr4.smep  $cr0.wp  $eflags.zf         control-register and flag bit fields
+    $1 $ $$ $$2                            value history (gdb)
+    $_step $_exitcode $_event.root $foo    convenience variables (user ones with `set $foo = 1`)
+    flip  start                            symbols of the program
+    *(u64*)gpa:0x7000  *(u32*)$rsp  {u16}0x1000  *ADDR     memory (gva unless gpa:/hpa:)
+    (u8)$rax                               truncation casts: u8 u16 u32 u64 s8 .. s64, char, int, long
+    + - * / % & | ^ << >> ~ ! == != < <= > >= && || ( )   with C precedence
+    LVALUE = EXPR                          assignment (set, print)
+
+This module only parses: text -> a tree of small node objects. evaluate.py gives
+them values against a Session.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from kvmdbg.errors import CommandError
+
+
+class ExprError(CommandError):
+    """A malformed or unevaluable expression (one line, gdb's wording where gdb has one)."""
+
+
+# --- types ---
+
+@dataclass(frozen=True)
+class Type:
+    name: str
+    size: int = 8             # bytes
+    signed: bool = True
+    kind: str = "int"         # int, ptr, code, flags, char, str, struct, void
+    pointee: "Type | None" = None
+    bits: tuple = ()          # for kind 'flags': ((NAME, bit), ...)
+
+    def pointer(self) -> "Type":
+        return Type(f"{self.name} *", 8, False, "ptr", self)
+
+
+U8, U16, U32, U64 = (Type(f"u{8 * n}", n, False) for n in (1, 2, 4, 8))
+S8, S16, S32, S64 = (Type(f"s{8 * n}", n, True) for n in (1, 2, 4, 8))
+CHAR = Type("char", 1, True, "char")
+VOID = Type("void", 0, False, "void")
+STR = Type("string", 0, False, "str")
+STRUCT = Type("struct", 0, False, "struct")
+
+TYPE_NAMES = {
+    "u8": U8, "u16": U16, "u32": U32, "u64": U64,
+    "s8": S8, "s16": S16, "s32": S32, "s64": S64,
+    "i8": S8, "i16": S16, "i32": S32, "i64": S64,
+    "uint8_t": U8, "uint16_t": U16, "uint32_t": U32, "uint64_t": U64,
+    "int8_t": S8, "int16_t": S16, "int32_t": S32, "int64_t": S64,
+    "char": CHAR, "short": S16, "int": S32, "long": S64, "unsigned": U32,
+}
+
+
+# --- nodes ---
+
+@dataclass
+class Num:
+    value: int
+    type: Type = S64
+
+
+@dataclass
+class Str:
+    value: str
+
+
+@dataclass
+class Dollar:
+    """$name: register, convenience variable or value history ($, $$, $$N, $N)."""
+    name: str
+
+
+@dataclass
+class Symbol:
+    name: str
+
+
+@dataclass
+class Space:
+    """gva:/gpa:/hpa: in front of an address: evaluates to the address, remembers the space."""
+    space: str
+    operand: object
+
+
+@dataclass
+class Field:
+    operand: object
+    name: str
+
+
+@dataclass
+class Unary:
+    op: str
+    operand: object
+
+
+@dataclass
+class Deref:
+    operand: object
+    type: Type | None = None     # the size to read; None: the operand's pointee, else u64
+
+
+@dataclass
+class Cast:
+    type: Type
+    operand: object
+
+
+@dataclass
+class Binary:
+    op: str
+    left: object
+    right: object
+
+
+@dataclass
+class Assign:
+    target: object
+    value: object
+
+
+# --- tokens ---
+
+_TOKEN = re.compile(r"""
+    (?P<ws>\s+)
+  | (?P<num>0[xX][0-9a-fA-F_]*|0[bB][01_]*|0[oO][0-7_]*|[0-9][0-9_]*)(?P<numtail>[A-Za-z_][A-Za-z0-9_]*)?
+  | (?P<str>"(?:[^"\\]|\\.)*")
+  | (?P<chr>'(?:[^'\\]|\\.{1,3})')
+  | (?P<space>(?:gva|gpa|hpa):)
+  | (?P<dollar>\$\$[0-9]*|\$[0-9]+|\$[A-Za-z_][A-Za-z0-9_]*|\$)
+  | (?P<ident>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)
+  | (?P<op><<=?|>>=?|<=|>=|==|!=|&&|\|\||[-+*/%&|^~!<>()=.{}])
+""", re.X)
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", "'": "'", '"': '"',
+            "a": "\a", "b": "\b", "e": "\x1b", "f": "\f", "v": "\v"}
+
+
+def unescape(body: str) -> str:
+    out = []
+    i = 0
+    while i < len(body):
+        ch = body[i]
+        if ch == "\\" and i + 1 < len(body):
+            nxt = body[i + 1]
+            if nxt in "01234567":
+                j = i + 1
+                while j < len(body) and j < i + 4 and body[j] in "01234567":
+                    j += 1
+                out.append(chr(int(body[i + 1:j], 8)))
+                i = j
+                continue
+            if nxt == "x":
+                j = i + 2
+                while j < len(body) and body[j] in "0123456789abcdefABCDEF":
+                    j += 1
+                if j == i + 2:
+                    raise ExprError("\\x used with no following hex digits.")
+                out.append(chr(int(body[i + 2:j], 16) & 0xFF))
+                i = j
+                continue
+            out.append(_ESCAPES.get(nxt, nxt))
+            i += 2
+            continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def tokenize(text: str):
+    """[(kind, value)] ending with ('end', '')."""
+    toks = []
+    pos = 0
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if m is None:
+            raise ExprError(f"Invalid character '{text[pos]}' in expression.")
+        pos = m.end()
+        kind = m.lastgroup
+        if kind == "ws":
+            continue
+        if kind in ("num", "numtail"):
+            raw = m.group("num")
+            if m.group("numtail"):
+                raise ExprError(f"Invalid number \"{raw + m.group('numtail')}\".")
+            try:
+                toks.append(("num", int(raw.replace("_", ""), 0) if not _is_octal(raw)
+                             else int(raw, 8)))
+            except ValueError:
+                raise ExprError(f"Invalid number \"{raw}\".") from None
+        elif kind == "str":
+            toks.append(("str", unescape(m.group("str")[1:-1])))
+        elif kind == "chr":
+            body = unescape(m.group("chr")[1:-1])
+            if len(body) != 1:
+                raise ExprError(f"Invalid character constant {m.group('chr')}.")
+            toks.append(("num", ord(body)))
+        elif kind == "space":
+            toks.append(("space", m.group("space")[:-1]))
+        elif kind == "dollar":
+            toks.append(("dollar", m.group("dollar")[1:]))
+        elif kind == "ident":
+            toks.append(("ident", m.group("ident")))
+        else:
+            toks.append(("op", m.group("op")))
+    toks.append(("end", ""))
+    return toks
+
+
+def _is_octal(raw: str) -> bool:
+    return len(raw) > 1 and raw[0] == "0" and raw[1].isdigit()
+
+
+# --- parser (precedence climbing, C's table) ---
+
+_BINARY = [
+    ("||",), ("&&",), ("|",), ("^",), ("&",), ("==", "!="), ("<", "<=", ">", ">="),
+    ("<<", ">>"), ("+", "-"), ("*", "/", "%"),
+]
+
+
+class _Parser:
+    def __init__(self, text: str):
+        self.text = text
+        self.toks = tokenize(text)
+        self.i = 0
+
+    def peek(self, k: int = 0):
+        return self.toks[min(self.i + k, len(self.toks) - 1)]
+
+    def take(self):
+        t = self.toks[self.i]
+        self.i += 1
+        return t
+
+    def accept(self, op: str) -> bool:
+        if self.peek() == ("op", op):
+            self.i += 1
+            return True
+        return False
+
+    def expect(self, op: str) -> None:
+        if not self.accept(op):
+            raise ExprError(f"A syntax error in expression, near `{self._rest()}'.")
+
+    def _rest(self) -> str:
+        # Rebuild the text from the current token on, for gdb's "near `...'" message.
+        kind, val = self.peek()
+        if kind == "end":
+            return ""
+        needle = {"dollar": f"${val}", "space": f"{val}:"}.get(kind, str(val))
+        pos = self.text.find(needle) if kind not in ("num", "str") else -1
+        return self.text[pos:] if pos >= 0 else needle
+
+    def parse(self):
+        if self.peek()[0] == "end":
+            raise ExprError("Argument required (expression to compute).")
+        node = self.assignment()
+        if self.peek()[0] != "end":
+            raise ExprError(f"A syntax error in expression, near `{self._rest()}'.")
+        return node
+
+    def assignment(self):
+        left = self.binary(0)
+        if self.accept("="):
+            return Assign(left, self.assignment())
+        return left
+
+    def binary(self, level: int):
+        if level == len(_BINARY):
+            return self.unary()
+        node = self.binary(level + 1)
+        while True:
+            kind, val = self.peek()
+            if kind == "op" and val in _BINARY[level]:
+                self.take()
+                node = Binary(val, node, self.binary(level + 1))
+            else:
+                return node
+
+    def _cast_type(self):
+        """At '(' TYPE ['*'] ')': the Type (pointer if starred), else None without consuming."""
+        if self.peek() != ("op", "("):
+            return None
+        kind, name = self.peek(1)
+        if kind != "ident" or name not in TYPE_NAMES:
+            return None
+        t = TYPE_NAMES[name]
+        k = 2
+        if name == "unsigned" and self.peek(2)[0] == "ident" and self.peek(2)[1] in ("char", "short", "int", "long"):
+            t = {"char": U8, "short": U16, "int": U32, "long": U64}[self.peek(2)[1]]
+            k = 3
+        stars = 0
+        while self.peek(k) == ("op", "*"):
+            stars += 1
+            k += 1
+        if self.peek(k) != ("op", ")"):
+            return None
+        self.i += k + 1
+        for _ in range(stars):
+            t = t.pointer()
+        return t
+
+    def unary(self):
+        kind, val = self.peek()
+        if kind == "op" and val in ("-", "+", "!", "~"):
+            self.take()
+            return Unary(val, self.unary())
+        if kind == "op" and val == "*":
+            self.take()
+            return Deref(self.unary())
+        if kind == "op" and val == "{":
+            self.take()
+            tk, tname = self.take()
+            if tk != "ident" or tname not in TYPE_NAMES:
+                raise ExprError(f"No type named {tname or '?'}.")
+            self.expect("}")
+            return Deref(self.unary(), TYPE_NAMES[tname])
+        if kind == "space":
+            self.take()
+            return Space(val, self.unary())
+        t = self._cast_type()
+        if t is not None:
+            return Cast(t, self.unary())
+        return self.postfix()
+
+    def postfix(self):
+        node = self.primary()
+        while self.accept("."):
+            kind, name = self.take()
+            if kind != "ident":
+                raise ExprError("A syntax error in expression, near `.'.")
+            node = Field(node, name)
+        return node
+
+    def primary(self):
+        kind, val = self.take()
+        if kind == "num":
+            return Num(val, S64 if val < 1 << 63 else U64)
+        if kind == "str":
+            return Str(val)
+        if kind == "dollar":
+            return Dollar(val)
+        if kind == "ident":
+            if val in TYPE_NAMES:
+                raise ExprError(f"Attempt to use a type name as an expression")
+            # "$cr4.smep"-style fields after a symbol are not a thing; a dotted ident is a
+            # symbol name (assemblers allow dots) unless a field access follows a $name.
+            return Symbol(val)
+        if kind == "op" and val == "(":
+            node = self.assignment()
+            self.expect(")")
+            return node
+        self.i -= 1
+        if kind == "end":
+            raise ExprError("A syntax error in expression, near `'.")
+        raise ExprError(f"A syntax error in expression, near `{self._rest()}'.")
+
+
+def parse(text: str):
+    """Parse an expression; ExprError with a one-line message if it is malformed."""
+    return _Parser(text).parse()
+
+
+def split_condition(text: str) -> tuple[str, str | None]:
+    """'LOCATION if EXPR' -> ('LOCATION', 'EXPR'); the 'if' must be a separate word."""
+    m = re.search(r"(?:^|\s)if(?:\s|$|(?=\())", text)
+    if m is None:
+        return text.strip(), None
+    return text[:m.start()].strip(), text[m.end():].strip()

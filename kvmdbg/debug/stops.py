@@ -1,0 +1,315 @@
+"""Resuming the guest under the debugger, with every stop point honoured.
+
+Two engines, chosen per resume:
+
+- the fast one hands the breakpoint addresses to the scheduler (run_vm, or
+  step_vcpu for one vCPU), which runs compiled blocks when there are none and
+  single instructions otherwise; a breakpoint whose condition is false or whose
+  ignore count is not used up is stepped over and the run goes on;
+- the stepping one, used while a watchpoint exists, retires one instruction at a
+  time and compares every watched value after each (and, for rwatch/awatch,
+  looks at the accesses the instruction is about to make). Slower, but exact.
+
+Catchpoints need no engine of their own: the BreakpointTable's bus listener
+marks the vCPU pending, and the run loop stops after the current instruction.
+While catchpoints are enabled the fast engine passes a breakpoint set that can
+never match, so that it runs single instructions and stops right after the one
+that caused the event rather than at the end of its block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kvmdbg.cpu.executor import BREAKPOINT, HALTED, SHUTDOWN, STEP_LIMIT
+from kvmdbg.cpu.regs import RSP
+from kvmdbg.debug import access
+from kvmdbg.debug.breakpoints import CATCHPOINT
+from kvmdbg.debug.evaluate import Value, evaluate_node
+from kvmdbg.debug.expr import Type
+from kvmdbg.errors import KvmdbgError, UnsupportedInstruction
+from kvmdbg.kvm import scheduler
+
+WATCHPOINT = "watchpoint"
+REACHED = "location"          # nexti / until / advance got where they were going
+INTERRUPTED = "interrupted"
+UNSUPPORTED = "unsupported"
+VMEXIT = "vmexit"             # kvm/vcpu.py: a vCPU left guest mode; enter again and go on
+ERROR = Type("error", 0, False, "error")
+NO_ADDRESS = 1 << 64          # a breakpoint address no RIP can have
+CHUNK = 50_000                # instructions between checks for Ctrl-C when stepping one vCPU
+
+
+@dataclass
+class Target:
+    """Where nexti/until/advance want to stop: an address on one vCPU, with the stack no
+    deeper than rsp (so a recursive call does not count as the return)."""
+    vcpu: int
+    address: int
+    rsp: int | None = None
+
+
+@dataclass
+class Hit:
+    point: object
+    error: str = ""
+    event: object = None
+    old: Value | None = None
+    new: Value | None = None
+    read: bool = False
+
+
+@dataclass
+class Outcome:
+    stop: object                      # session.Stop
+    hits: list = field(default_factory=list)
+
+
+def total_steps(vm) -> int:
+    return sum(v.cpu.steps for v in vm.vcpus)
+
+
+def resume(s, scope: int | None = None, max_steps: int | None = None,
+           target: Target | None = None) -> Outcome:
+    """Run all vCPUs (scope None) or one, until a stop point, a halt, a fault, Ctrl-C,
+    the target, or max_steps instructions in total."""
+    table = s.breakpoints
+    limit = s.max_continue_steps if max_steps is None else max_steps
+    table.caught.clear()
+    table.running = True
+    try:
+        if table.watchpoints():
+            return _resume_stepping(s, scope, limit, target)
+        return _resume_fast(s, scope, limit, target)
+    except UnsupportedInstruction as e:
+        vcpus = s.vm.vcpus
+        v = next((x for x in vcpus if x.cpu.rip == e.rip), vcpus[s.current if scope is None else scope])
+        return Outcome(s._stop(UNSUPPORTED, v.index, str(e)))
+    finally:
+        table.running = False
+        for v in s.vm.vcpus:       # a catch on a vCPU that did not run again must not linger
+            if v.cpu.stop_reason == CATCHPOINT:
+                v.cpu.pending = False
+                v.cpu.stop_reason = None
+
+
+def _interrupted(s) -> bool:
+    return s.interrupt_requested
+
+
+def _stop_for(s, reason: str, v) -> Outcome:
+    if reason == CATCHPOINT:
+        return _caught(s, v)
+    if reason == INTERRUPTED:
+        return Outcome(s._stop(INTERRUPTED, v.index))
+    msg = v.cpu.shutdown if reason == SHUTDOWN else ""
+    return Outcome(s._stop(reason, v.index, msg))
+
+
+def _caught(s, v) -> Outcome:
+    caught = list(s.breakpoints.caught)
+    s.breakpoints.caught.clear()
+    if not caught:
+        return Outcome(s._stop(STEP_LIMIT, v.index))
+    hits = [Hit(cp, err, event=ev) for cp, ev, err in caught]
+    s.last_event = caught[-1][1]
+    return Outcome(s._stop(CATCHPOINT, v.index), hits)
+
+
+def _at_breakpoint(s, v, target: Target | None) -> Outcome | None:
+    """At a breakpoint address: an Outcome if the program should stop here, else None."""
+    cpu = v.cpu
+    rip = cpu.rip
+    hits = []
+    for bp in s.breakpoints.at(rip):
+        stop, err = s.breakpoints.should_stop(bp, v.index)
+        if stop:
+            hits.append(Hit(bp, err))
+    if hits:
+        return Outcome(s._stop(BREAKPOINT, v.index), hits)
+    if target is not None and v.index == target.vcpu and rip == target.address and \
+            (target.rsp is None or cpu.r[RSP] >= target.rsp):
+        return Outcome(s._stop(REACHED, v.index))
+    return None
+
+
+def _breakpoint_set(s, target):
+    bps = s.breakpoints.addresses()
+    if target is not None:
+        bps.add(target.address)
+    if not bps and s.breakpoints.catchpoints():
+        bps.add(NO_ADDRESS)
+    return bps or None
+
+
+def _run_one(s, v, limit: int, bps) -> str:
+    """Up to limit instructions on one vCPU, in chunks so Ctrl-C is noticed."""
+    cpu = v.cpu
+    if cpu.shutdown:
+        return SHUTDOWN
+    if cpu.halted:
+        return HALTED
+    end = cpu.steps + limit
+    first = True
+    while cpu.steps < end:
+        if _interrupted(s):
+            return INTERRUPTED
+        n = min(CHUNK, end - cpu.steps)
+        reason = _vcpu_run(v, n, bps, skip_first=first)
+        first = False
+        if reason != STEP_LIMIT:
+            return reason
+    return STEP_LIMIT
+
+
+def _vcpu_run(v, n: int, bps, skip_first: bool) -> str:
+    """scheduler.step_vcpu with a choice of skip_first: enter, run, re-enter after exits.
+    Until an instruction retires the vCPU is still on the breakpoint it started on."""
+    cpu = v.cpu
+    start = cpu.steps
+    end = start + n
+    while cpu.steps < end:
+        reason = v.run(end - cpu.steps, bps, skip_first and cpu.steps == start)
+        if reason == VMEXIT:
+            continue
+        return reason
+    return STEP_LIMIT
+
+
+def _resume_fast(s, scope, limit: int, target) -> Outcome:
+    vm = s.vm
+    while True:
+        bps = _breakpoint_set(s, target)
+        before = total_steps(vm)
+        if scope is None:
+            reason, v = scheduler.run_vm(vm, limit, bps, lambda: _interrupted(s))
+        else:
+            v = vm.vcpus[scope]
+            reason = _run_one(s, v, limit, bps)
+        limit -= total_steps(vm) - before
+        if reason == BREAKPOINT:
+            out = _at_breakpoint(s, v, target)
+            if out is not None:
+                return out
+            if limit <= 0:
+                return Outcome(s._stop(STEP_LIMIT, v.index))
+            continue
+        return _stop_for(s, reason, v)
+
+
+# --- the stepping engine (watchpoints) ---
+
+def _watch_reads(s, v, wps) -> set:
+    """Numbers of the read/access watchpoints whose memory the next instruction reads
+    (rwatch) or touches at all (awatch)."""
+    hit = set()
+    readers = [w for w in wps if w.access != "write" and w.location is not None]
+    if not readers:
+        return hit
+    cpu = v.cpu
+    d = s.decode_at(cpu.rip) if v.index == s.current else _decode_on(s, v)
+    accs = access.accesses(cpu, d)
+    for w in readers:
+        space, lo, size = w.location
+        want = access.READ if w.access == "read" else access.READ | access.WRITE
+        for a, n, kind in accs:
+            if not kind & want:
+                continue
+            if space != "gva":
+                from kvmdbg.debug import guest_walk
+                try:
+                    a = guest_walk.gva_to_gpa(s.vm, cpu, a)
+                except KvmdbgError:
+                    continue
+            if a < lo + size and lo < a + n:
+                hit.add(w.number)
+    return hit
+
+
+def _decode_on(s, v):
+    saved = s.current
+    s.current = v.index
+    try:
+        return s.decode_at(v.cpu.rip)
+    finally:
+        s.current = saved
+
+
+def watch_value(s, wp) -> Value:
+    """The watched value now; an unreadable one is a value too (it can change back)."""
+    try:
+        return evaluate_node(s, wp._ast, vcpu=wp.vcpu)
+    except KvmdbgError as e:
+        return Value(f"<error: {e}>", ERROR)
+
+
+def _check_watchpoints(s, v, wps, read_hits: set) -> list:
+    hits = []
+    for wp in wps:
+        new = watch_value(s, wp)
+        old = wp.old
+        changed = old is None or new.v != old.v
+        read = wp.number in read_hits
+        fire = (wp.access == "write" and changed) or (wp.access == "read" and read) or \
+            (wp.access == "access" and (read or changed))
+        wp.old = new
+        if not fire:
+            continue
+        stop, err = s.breakpoints.should_stop(wp, v.index)
+        if stop:
+            hits.append(Hit(wp, err, old=old, new=new, read=read and not changed))
+    return hits
+
+
+def _next_vcpu(s, scope):
+    vm = s.vm
+    if scope is not None:
+        v = vm.vcpus[scope]
+        return None if v.cpu.halted or v.cpu.shutdown else v
+    return scheduler.pick(vm)
+
+
+def _worker_due(vm, v) -> bool:
+    worker = getattr(vm, "worker", None)
+    if worker is None or not worker.queue:
+        return False
+    return v is None or max(worker.clock, worker.queue[0][0]) <= v.cpu.cycles
+
+
+def _resume_stepping(s, scope, limit: int, target) -> Outcome:
+    vm = s.vm
+    table = s.breakpoints
+    started = set()
+    last = vm.vcpus[s.current if scope is None else scope]
+    done = 0
+    while done < limit:
+        if _interrupted(s):
+            return Outcome(s._stop(INTERRUPTED, last.index))
+        v = _next_vcpu(s, scope)
+        if scope is None and _worker_due(vm, v):
+            vm.run_worker_item()
+            continue
+        if v is None:
+            return _stop_for(s, SHUTDOWN if last.cpu.shutdown else HALTED, last)
+        last = v
+        cpu = v.cpu
+        if v.index in started:
+            if cpu.rip in table.addresses() or (target is not None and cpu.rip == target.address):
+                out = _at_breakpoint(s, v, target)
+                if out is not None:
+                    return out
+        started.add(v.index)
+        wps = table.watchpoints()
+        reads = _watch_reads(s, v, wps)
+        before = cpu.steps
+        reason = v.run(1, None, True)
+        done += cpu.steps - before
+        hits = _check_watchpoints(s, v, wps, reads if cpu.steps > before else set())
+        if hits:
+            return Outcome(s._stop(WATCHPOINT, v.index), hits)
+        if reason in (STEP_LIMIT, VMEXIT):
+            continue
+        if reason == HALTED and scope is None and scheduler.pick(vm) is not None:
+            continue
+        return _stop_for(s, reason, v)
+    return Outcome(s._stop(STEP_LIMIT, last.index))
