@@ -21,9 +21,8 @@ from kvmdbg.kvm.profiles import get_profile  # noqa: E402
 from kvmdbg.kvm.scheduler import run_vm  # noqa: E402
 from kvmdbg.kvm.vm import Vm  # noqa: E402
 
-# mov rbx, 200000; mov rax, cr4; l: xor rax, 1 << 20; mov cr4, rax; dec rbx; jnz l; hlt
-BARE_FLIPS = 200_000
-BARE_FLIP_LOOP = bytes.fromhex("48c7c3400d03000f20e04835000010000f22e048ffcb75f2f4")
+# mov rbx, rdx; mov rax, cr4; l: xor rax, 1 << 20; mov cr4, rax; dec rbx; jnz l; hlt
+BARE_FLIP_LOOP = bytes.fromhex("4889d30f20e04835000010000f22e048ffcb75f2f4")
 
 
 def flips_per_second(profile: str, program: Program, flips: int) -> float:
@@ -81,7 +80,7 @@ def main() -> int:
     smep = load_program(str(ROOT / "programs" / "smep_flip.bin"))
     bare = Program(BARE_FLIP_LOOP)
     for profile in ("v5.15", "v6.12"):
-        rate = flips_per_second(profile, bare, BARE_FLIPS if profile == "v6.12" else 20_000) if False else None
+        rate = flips_per_second(profile, bare, 200_000 if profile == "v6.12" else 5_000)
         print(f"{profile:6} bare flip loop:          {rate:10,.0f} SMEP flips/s")
         rate = flips_per_second(profile, smep, 20_000 if profile == "v6.12" else 2_000)
         print(f"{profile:6} 16-page working set:     {rate:10,.0f} SMEP flips/s")

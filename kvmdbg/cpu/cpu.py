@@ -13,13 +13,14 @@ from kvmdbg.cpu import flags as _flags
 from kvmdbg.cpu.decoder import Decoder
 from kvmdbg.cpu.faults import (GP, PF, PFERR_FETCH, PFERR_USER, PFERR_WRITE, UD,
                                GuestFault)
-from kvmdbg.cpu.regs import CR0_ET, CR0_PE, CR0_PG, CR4_PCIDE, CR4_PGE, RFLAGS_FIXED
+from kvmdbg.cpu.regs import CR0_ET, CR0_PE, CR0_PG, CR4_PCIDE, CR4_PGE, EFER_NXE, RFLAGS_FIXED
 from kvmdbg.cpu.tlb import Tlb
 from kvmdbg.cpu.translate import make_handler
 from kvmdbg.cpu.walker import access_error, walk
 from kvmdbg.errors import UnsupportedInstruction
 
 MAX_BLOCK = 32
+_CR3_ADDR = ~0xFFF & ((1 << 52) - 1)
 
 _materialize = _flags.materialize
 
@@ -55,6 +56,9 @@ class Cpu:
         self.extra_cycles = 0          # simulated cycles spent outside guest instructions
         self.walks = 0                 # TLB misses that walked the page tables
         self.walk_cost = 0             # cycles a walk costs (set by whoever models time)
+        self.walk_pt_pages: list = []  # host pages the last walk read (walker.py sets it)
+        self._memo: dict = {}          # walk answers, see _memo_walk
+        self._memo_gens = None
         self.halted = False
         self.shutdown = ""             # non-empty once the guest triple-faulted
         self.pending = False           # set by anything that must end the run loop
@@ -134,14 +138,42 @@ class Cpu:
         if e is None:
             self.walks += 1
             self.extra_cycles += self.walk_cost
-            try:
-                e = walk(self, va, acc)
-            except GuestFault as f:
-                if f.vector == PF:
-                    tlb.flush_page(self.vpid, pcid, vpn, True)
-                    self.flush_fast()
-                raise
+            e = self._memo_walk(va, acc, vpn, ep4ta)
+            if e is None:
+                try:
+                    e = walk(self, va, acc)
+                except GuestFault as f:
+                    if f.vector == PF:
+                        tlb.flush_page(self.vpid, pcid, vpn, True)
+                        self.flush_fast()
+                    raise
+                self._memo[(vpn, self.cr3 & _CR3_ADDR, ep4ta, self.cr0 & CR0_PG,
+                            self.cr4 & CR4_PGE, self.efer & EFER_NXE)] = e
+                self.decode_cache.track_pt(self.walk_pt_pages)
             tlb.fill(self.vpid, pcid, ep4ta, e)
+        return e
+
+    def _memo_walk(self, va: int, acc: int, vpn: int, ep4ta: int):
+        """A walk's answer when re-walking could not differ: no write has touched a
+        paging structure or an SPTE since (and the accessed/dirty flags it would set are
+        already set). Hardware re-walks after every flush; this only saves the time."""
+        gens = (self.decode_cache.pt_generation, self.ops.gpa_generation())
+        if gens != self._memo_gens:
+            self._memo.clear()
+            self._memo_gens = gens
+            return None
+        e = self._memo.get((vpn, self.cr3 & _CR3_ADDR, ep4ta, self.cr0 & CR0_PG,
+                            self.cr4 & CR4_PGE, self.efer & EFER_NXE))
+        if e is None:
+            return None
+        if acc & PFERR_WRITE and not (e.dirty and e.ept_w):
+            return None
+        if acc & PFERR_FETCH and not e.ept_x:
+            return None
+        if self.cr0 & CR0_PG:
+            code = access_error(self, e.user, e.writable, e.nx, e.pkey, acc)
+            if code:
+                return None          # the real walk raises the fault with its side effects
         return e
 
     # --- data access ---
@@ -199,7 +231,7 @@ class Cpu:
             page[off:off + size] = value.to_bytes(size, "little")
             hpn = e.hpa >> 12
             dc = self.decode_cache
-            if hpn in dc.code_pages:
+            if hpn in dc.code_pages or hpn in dc.pt_pages:
                 dc.note_write(hpn)
             else:
                 self.fast_w[e.vpn] = page
@@ -216,7 +248,7 @@ class Cpu:
                 continue
             e.page[off:off + n] = chunk
             hpn = e.hpa >> 12
-            if hpn in dc.code_pages:
+            if hpn in dc.code_pages or hpn in dc.pt_pages:
                 dc.note_write(hpn)
             else:
                 self.fast_w[e.vpn] = e.page

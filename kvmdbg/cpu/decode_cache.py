@@ -19,6 +19,10 @@ class DecodeCache:
         self.blocks: dict = {}       # key -> handler
         self.code_pages: dict[int, list] = {}     # host page number -> keys of entries on it
         self.cpus: list = []
+        # Paging-structure pages the CPU walks: writes to them move pt_generation, which
+        # invalidates every vCPU's walk memo (see Cpu.translate).
+        self.pt_pages: set[int] = set()
+        self.pt_generation = 0
         self.decoded = 0
         self.dropped = 0
 
@@ -40,8 +44,17 @@ class DecodeCache:
             else:
                 keys.append(key)
 
+    def track_pt(self, hpns) -> None:
+        new = [h for h in hpns if h not in self.pt_pages]
+        if new:
+            self.pt_pages.update(new)
+            for cpu in self.cpus:
+                cpu.drop_fast_write()
+
     def note_write(self, hpn: int) -> None:
-        """Called for writes to pages that might hold code (the slow write path)."""
+        """Called for writes that may hit code or paging structures (the slow write path)."""
+        if hpn in self.pt_pages:
+            self.pt_generation += 1
         keys = self.code_pages.pop(hpn, None)
         if keys is None:
             return

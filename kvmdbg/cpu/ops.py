@@ -19,6 +19,9 @@ class CpuOps(Protocol):
         kind is walker.READ/WRITE/FETCH; walk is True for the CPU's own
         paging-structure accesses. Raise to refuse (an EPT violation)."""
 
+    def gpa_generation(self):
+        """A value that changes whenever translate_gpa's answers may change."""
+
     def mmio_read(self, gpa: int, size: int) -> int: ...
 
     def mmio_write(self, gpa: int, size: int, value: int) -> None: ...

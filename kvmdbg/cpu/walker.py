@@ -64,11 +64,12 @@ def error_bits(cpu, acc: int) -> int:
     return code
 
 
-def _read_entry(ops, gpa: int):
-    page, _hpa, _w, _x = ops.translate_gpa(gpa, READ, True)
+def _read_entry(ops, gpa: int, pt_pages: list):
+    page, hpa, _w, _x = ops.translate_gpa(gpa, READ, True)
     off = gpa & 0xFFF
     if page is None:
         return int.from_bytes(ops.mmio_read(gpa, 8).to_bytes(8, "little"), "little"), None, off
+    pt_pages.append(hpa >> 12)
     return int.from_bytes(page[off:off + 8], "little"), page, off
 
 
@@ -84,6 +85,7 @@ def walk(cpu, va: int, acc: int) -> TlbEntry:
 
     nxe = cpu.efer & EFER_NXE
     base = cpu.cr3 & ADDR_MASK
+    pt_pages = cpu.walk_pt_pages = []     # host pages of the paging structures read
     user = writable = True
     nx = False
     used = []                  # (page, offset, value) of every entry used, for A/D updates
@@ -91,7 +93,7 @@ def walk(cpu, va: int, acc: int) -> TlbEntry:
     while True:
         shift = 12 + 9 * (level - 1)
         gpa = base | ((va >> shift) & 511) << 3
-        pte, page, off = _read_entry(ops, gpa)
+        pte, page, off = _read_entry(ops, gpa, pt_pages)
         if not pte & P:
             _fault(cpu, va, error_bits(cpu, acc))
         rsvd = pte & RSVD_HIGH or (pte & XD and not nxe)

@@ -56,6 +56,9 @@ class BareVcpu:
         hit = self._gfn_cache[gfn] = (page, pfn << PAGE_SHIFT, True, True)
         return hit
 
+    def gpa_generation(self):
+        return self.vm.memslots.generation
+
     def mmio_read(self, gpa: int, size: int) -> int:
         return (1 << (8 * size)) - 1
 

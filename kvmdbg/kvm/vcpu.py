@@ -206,6 +206,10 @@ class Vcpu:
         hit = self._gfn_cache[gfn] = (page, pfn << PAGE_SHIFT, True, True)
         return hit
 
+    def gpa_generation(self):
+        """Moves whenever a guest-physical translation could change (SPTEs, memslots)."""
+        return (self.kvm.tdp_mmu.spte_generation, self.kvm.memslots.generation)
+
     def mmio_read(self, gpa: int, size: int) -> int:
         return self.kvm.vmm.mmio_read(self, gpa, size)
 
