@@ -54,8 +54,7 @@ def run_program(name: str, kvm: str = "v6.12", vcpus: int = 1, arg: int = 0, kno
         profile = with_knob(profile, k)
     vm = Vm(16 << 20, vcpus, profile=profile)
     if events:
-        vm.bus.keep = 10**7
-        vm.bus.active = True
+        vm.bus.set_keep(10**7)
     root = Path(__file__).resolve().parent.parent
     boot(vm, load_program(str(root / "programs" / f"{name}.bin")), arg)
     vm.stop = run_vm(vm, max_steps)

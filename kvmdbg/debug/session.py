@@ -125,8 +125,9 @@ class Session:
         self.interactive = False              # a person types the commands (REPL)
         self.ask = None                       # fn(question) -> bool; None: answer yes, say so
         self._depth = 0
-        from kvmdbg.debug.commands import build_registry
+        from kvmdbg.debug.commands import attach, build_registry
         self.commands = build_registry()
+        attach(self)
         from kvmdbg.debug.report import snapshot_all
         snapshot_all(self)
 

@@ -8,6 +8,7 @@ single attribute test when nobody listens (``if bus.active``), so hot paths call
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 
@@ -34,8 +35,14 @@ class EventBus:
         self._listeners: list = []
         self.seq = 0
         self.keep = keep            # how many events to remember in .log (0: none)
-        self.log: list[Event] = []
+        self.log: deque = deque(maxlen=keep or None)
         self.active = keep > 0
+
+    def set_keep(self, keep: int) -> None:
+        """Remember the last `keep` events (0: none); recording makes the bus active."""
+        self.keep = keep
+        self.log = deque(self.log, maxlen=keep or None) if keep else deque()
+        self.active = bool(self._listeners) or keep > 0
 
     def subscribe(self, fn) -> None:
         self._listeners.append(fn)
@@ -50,8 +57,6 @@ class EventBus:
         ev = Event(self.seq, name, vcpu, step, fields)
         if self.keep:
             self.log.append(ev)
-            if len(self.log) > self.keep:
-                del self.log[: len(self.log) - self.keep]
         for fn in self._listeners:
             fn(ev)
         return ev

@@ -4,11 +4,19 @@
 (the KVM model's views, say) is one module with register(reg) and one entry here.
 """
 
-from kvmdbg.debug.commands import (breakpoints, code, data, info, running, scripting, setshow,
-                                   support, translate)
+from kvmdbg.debug.commands import (breakpoints, code, data, info, mmu, running, scripting,
+                                   setshow, support, translate)
 from kvmdbg.debug.commands.registry import QuitRequest, Registry
 
-FAMILIES = (info, setshow, running, breakpoints, data, code, translate, scripting, support)
+FAMILIES = (info, setshow, running, breakpoints, data, code, translate, mmu, scripting, support)
+
+
+def attach(session) -> None:
+    """Let each family hook into a new session (event recording, context lines, ...)."""
+    for family in FAMILIES:
+        hook = getattr(family, "attach", None)
+        if hook is not None:
+            hook(session)
 
 
 def build_registry() -> Registry:
@@ -18,4 +26,4 @@ def build_registry() -> Registry:
     return reg
 
 
-__all__ = ["build_registry", "QuitRequest", "Registry", "FAMILIES"]
+__all__ = ["build_registry", "attach", "QuitRequest", "Registry", "FAMILIES"]

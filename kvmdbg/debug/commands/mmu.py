@@ -1,0 +1,511 @@
+"""The KVM model's views: roots, SPTEs, the hardware TLB, memslots, MMU roles, events,
+stats, the profile and the cost table; `set kvm` and `set cost`; the SPTE half of
+`translate`; and the MMU summary line after each stop.
+
+Everything here reads the model's state; nothing steps the guest or changes SPTEs.
+"""
+
+from __future__ import annotations
+
+import re
+
+from kvmdbg.bits import M64, PAGE_SHIFT
+from kvmdbg.debug import catchpoints, guest_walk
+from kvmdbg.debug.commands.registry import usage_error
+from kvmdbg.debug.evaluate import evaluate_address
+from kvmdbg.errors import CommandError, ConfigError
+from kvmdbg.kvm.profiles import KNOB_HELP, with_knob
+from kvmdbg.mmu import mmu_internal as R
+from kvmdbg.mmu import spte as S
+
+EVENT_LOG_SIZE = 200_000        # events remembered for `info events` (a ring)
+RUNTIME_KNOBS = ("tdp_put_last_ref", "invalid_root_zap", "cr4_flush_split", "cr0_wp_no_unload",
+                 "slot_zap_all", "rfc_skip_post_set_cr4", "huge_pages", "tdp_root_role_has_guest_bits")
+
+
+# --- attaching to a session ---
+
+def attach(s) -> None:
+    """Record events and keep stats snapshots for this session (and after `run`)."""
+    _record(s)
+    s.context_providers.append(summary_line)
+    s.restart_hooks.append(_record)
+    s.state.translate_sections.append(spte_section)
+
+
+def _record(s) -> None:
+    if getattr(s, "record_events", True):
+        s.vm.bus.set_keep(EVENT_LOG_SIZE)
+    s.mmu_stats_prev = all_stats(s.vm)
+    s.mmu_stats_at_stop = dict(s.mmu_stats_prev)
+
+
+def all_stats(vm) -> dict:
+    """The VM's counters plus the per-vCPU ones folded in (cycles, instructions, TLB misses)."""
+    st = dict(vm.stats)
+    st["instructions"] = sum(v.cpu.steps for v in vm.vcpus)
+    st["cycles"] = max(v.cpu.cycles for v in vm.vcpus)
+    st["tlb_misses"] = sum(v.cpu.walks for v in vm.vcpus)
+    st["tlb_entries"] = sum(len(v.cpu.tlb) for v in vm.vcpus)
+    st["live_sptes"] = vm.tdp_mmu.live_sptes
+    return st
+
+
+def summary_line(s, stop) -> list:
+    """One line after each stop: the current root and what the last run cost."""
+    now = all_stats(s.vm)
+    s.mmu_stats_prev, s.mmu_stats_at_stop = s.mmu_stats_at_stop, now
+    prev = s.mmu_stats_prev
+    v = s.vm.vcpus[s.current]
+    if getattr(v, "mmu", None) is None:
+        return []
+    root = v.mmu.root.sp
+    where = f"root #{root.number} hpa {root.hpa:#x} refs {root.root_count}" if root else "no root loaded"
+    live = sum(1 for r in _roots(s.vm) if not r.invalid)
+    d = {k: now.get(k, 0) - prev.get(k, 0) for k in ("exits", "ept_violations", "roots_allocated",
+                                                      "sptes_zapped", "cycles")}
+    return [f"mmu: {where}; {live} live root(s); since last stop: {d['exits']} exits, "
+            f"{d['ept_violations']} EPT violations, {d['roots_allocated']} roots allocated, "
+            f"{d['sptes_zapped']} SPTEs zapped, {d['cycles']} cycles"]
+
+
+# --- helpers ---
+
+def _roots(vm):
+    """Every root page that still exists (TDP roots, or legacy roots in the hash)."""
+    if vm.profile.tdp_mmu:
+        roots = list(vm.tdp_mmu.roots)
+    else:
+        roots = [sp for sp in vm.tdp_mmu.pages.values() if sp.number and sp.parent is None]
+    # invalid roots unlinked from the list but still held by a vCPU
+    for v in vm.vcpus:
+        mmu = getattr(v, "mmu", None)
+        if mmu is None:
+            continue
+        for info in [mmu.root] + list(mmu.prev_roots):
+            if info.sp is not None and info.sp not in roots and not info.sp.freed:
+                roots.append(info.sp)
+    return sorted(roots, key=lambda r: r.number)
+
+
+def _root_by_number(vm, n: int):
+    for r in _roots(vm):
+        if r.number == n:
+            return r
+    raise CommandError(f"No root #{n}. \"info roots\" lists them.")
+
+
+def _users(vm, root) -> list:
+    out = []
+    for v in vm.vcpus:
+        mmu = getattr(v, "mmu", None)
+        if mmu is None:
+            continue
+        if mmu.root.sp is root:
+            out.append(f"vcpu{v.index}")
+        elif any(p.sp is root for p in mmu.prev_roots):
+            out.append(f"vcpu{v.index}(prev)")
+    return out
+
+
+def _state(root) -> str:
+    if root.freed:
+        return "freed"
+    if root.invalid:
+        return "invalid"
+    return "valid"
+
+
+def _current_root(s, arg_root: str = ""):
+    if arg_root:
+        return _root_by_number(s.vm, _int(arg_root))
+    v = s.vm.vcpus[s.current]
+    root = getattr(v, "mmu", None) and v.mmu.root.sp
+    if root is None:
+        raise CommandError(f"vcpu {s.current} has no root loaded (it loads one on its next entry).")
+    return root
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text.lstrip("#"), 0)
+    except ValueError:
+        raise CommandError(f"Invalid number \"{text}\".") from None
+
+
+def _gfn_of(s, text: str) -> int:
+    """gfn:N, gpa:ADDR, or a guest-virtual address (walked in the guest tables)."""
+    t = text.strip()
+    if t.startswith("gfn:"):
+        return _int(t[4:])
+    addr, space = evaluate_address(s, t)
+    if space == "gpa":
+        return addr >> PAGE_SHIFT
+    if space == "hpa":
+        raise CommandError("info spte takes a gva, gpa: or gfn: address, not hpa:.")
+    return guest_walk.gva_to_gpa(s.vm, s.cpu, addr & M64) >> PAGE_SHIFT
+
+
+def spte_path(vm, root, gfn: int) -> list:
+    """[(level, index, sptep hpa, spte)] from the root down to the leaf (or the hole)."""
+    out = []
+    sp = root
+    level = root.level
+    while True:
+        index = (gfn >> (9 * (level - 1))) & 511
+        spte = vm.tdp_mmu.read_spte(sp, index)
+        out.append((level, index, sp.hpa + index * 8, spte))
+        if not S.is_shadow_present_pte(spte) or S.is_last_spte(spte, level):
+            return out
+        sp = vm.tdp_mmu.pages.get(S.spte_to_pfn(spte))
+        if sp is None:
+            return out
+        level -= 1
+
+
+def _path_lines(vm, root, gfn: int) -> list:
+    lines = []
+    for level, index, sptep, spte in spte_path(vm, root, gfn):
+        lines.append(f"  l{level} [{index:3}] at hpa {sptep:#x}: {S.spte_str(spte, level)}")
+    level, _i, _p, spte = spte_path(vm, root, gfn)[-1]
+    if S.is_shadow_present_pte(spte) and S.is_last_spte(spte, level):
+        span = 9 * (level - 1)
+        hpa = ((S.spte_to_pfn(spte) + (gfn & ((1 << span) - 1))) << PAGE_SHIFT)
+        lines.append(f"  -> hpa {hpa:#x}")
+    elif S.is_mmio_spte(spte):
+        lines.append("  -> MMIO SPTE: accesses take an EPT misconfiguration exit")
+    else:
+        lines.append("  -> not mapped: an access takes an EPT violation exit")
+    return lines
+
+
+def spte_section(s, gva: int, gpa: int | None) -> list:
+    """The SPTE half of `translate`."""
+    if gpa is None:
+        return []
+    v = s.vm.vcpus[s.current]
+    root = getattr(v, "mmu", None) and v.mmu.root.sp
+    if root is None:
+        return ["SPTE path: no root loaded on this vCPU"]
+    return [f"SPTE path from root #{root.number} (hpa {root.hpa:#x}) for gfn {gpa >> PAGE_SHIFT:#x}:",
+            *_path_lines(s.vm, root, gpa >> PAGE_SHIFT)]
+
+
+# --- info commands ---
+
+def info_roots(s, arg: str) -> None:
+    """info roots
+
+    Every root KVM has built: number, hpa, role in the kernel's words, reference count,
+    state (valid, invalid), leaf SPTEs and tables under it, the step it was created at,
+    and which vCPUs hold it. `*` marks the current vCPU's root.
+    """
+    roots = _roots(s.vm)
+    if not roots:
+        s.message("No roots.")
+        return
+    cur = getattr(s.vm.vcpus[s.current], "mmu", None)
+    cur_root = cur.root.sp if cur else None
+    s.message(f"  {'#':>3}  {'hpa':<12} {'refs':>4}  {'state':<7} {'sptes':>6} {'tables':>6} "
+              f"{'created':>8}  {'role':<32} users")
+    for r in roots:
+        leaves, tables = s.vm.tdp_mmu.count_sptes(r) if not r.freed else (0, 0)
+        mark = "*" if r is cur_root else " "
+        s.message(f"{mark} {r.number:>3}  {r.hpa:<#12x} {r.root_count:>4}  {_state(r):<7} {leaves:>6} "
+                  f"{tables:>6} {r.created_step:>8}  {R.role_str(r.role):<32} "
+                  f"{' '.join(_users(s.vm, r)) or '-'}")
+
+
+def info_root(s, arg: str) -> None:
+    """info root N
+
+    One root in detail: its role word bit by bit, its reference count, who holds it,
+    and its SPTE counts.
+    """
+    if not arg:
+        raise usage_error(info_root, "Argument required (a root number).")
+    r = _root_by_number(s.vm, _int(arg))
+    leaves, tables = s.vm.tdp_mmu.count_sptes(r) if not r.freed else (0, 0)
+    s.message(f"root #{r.number}: hpa {r.hpa:#x}, {_state(r)}, refs {r.root_count}, "
+              f"created at step {r.created_step}, {'TDP MMU' if r.tdp_mmu_page else 'legacy MMU (hashed)'}")
+    s.message(f"  role {r.role:#010x}: {R.role_str(r.role)}")
+    for name, value in R.role_fields(r.role).items():
+        s.message(f"    {name:<16} {value}")
+    s.message(f"  {leaves} leaf SPTEs in {tables} tables; held by {' '.join(_users(s.vm, r)) or 'no vCPU'}")
+
+
+def info_spte(s, arg: str) -> None:
+    """info spte ADDR [ROOT]
+
+    The SPTE path for ADDR (a gva, or gpa:ADDR, or gfn:N) from the current root (or root
+    number ROOT): each level's index, where the SPTE sits and what it says.
+    """
+    if not arg:
+        raise usage_error(info_spte, "Argument required (an address).")
+    words = arg.split()
+    gfn = _gfn_of(s, words[0])
+    root = _current_root(s, words[1] if len(words) > 1 else "")
+    s.message(f"gfn {gfn:#x} in root #{root.number} (hpa {root.hpa:#x}):")
+    for line in _path_lines(s.vm, root, gfn):
+        s.message(line)
+
+
+def info_sptes(s, arg: str) -> None:
+    """info sptes [ROOT] [gfn:START[-END]]
+
+    Every leaf SPTE under the current root (or root ROOT), in kvm_mmu_set_spte's shape:
+    gfn, SPTE, rights, level.
+    """
+    words = arg.split()
+    lo, hi = 0, 1 << 40
+    root_arg = ""
+    for w in words:
+        if w.startswith("gfn:"):
+            rng = w[4:].split("-")
+            lo = _int(rng[0])
+            hi = _int(rng[1]) + 1 if len(rng) > 1 else lo + 1
+        else:
+            root_arg = w
+    root = _current_root(s, root_arg)
+    rows = []
+    _collect_leaves(s.vm, root, rows, lo, hi)
+    if not rows:
+        s.message(f"No leaf SPTEs in root #{root.number}.")
+        return
+    for gfn, spte, level in rows:
+        s.message(f"gfn {gfn:#x} spte {spte:#x} ({S.spte_str(spte, level).split('(')[1].split(')')[0]}) "
+                  f"level {level}")
+    s.message(f"{len(rows)} leaf SPTEs.")
+
+
+def _collect_leaves(vm, sp, out, lo, hi) -> None:
+    level = sp.level
+    span = 9 * (level - 1)
+    for i, spte in vm.tdp_mmu.present_entries(sp):
+        gfn = sp.gfn + (i << span)
+        if gfn >= hi or gfn + (1 << span) <= lo:
+            continue
+        if S.is_last_spte(spte, level) or not S.is_shadow_present_pte(spte):
+            if spte != S.REMOVED_SPTE:
+                out.append((gfn, spte, level))
+            continue
+        child = vm.tdp_mmu.pages.get(S.spte_to_pfn(spte))
+        if child is not None:
+            _collect_leaves(vm, child, out, lo, hi)
+
+
+def info_tlb(s, arg: str) -> None:
+    """info tlb [--stale]
+
+    The current vCPU's hardware TLB: tag (VPID, PCID or G, EP4TA), page, host page and
+    rights. --stale lists only entries that no longer match the guest page tables and
+    the SPTEs (what a missing flush would let the guest use).
+    """
+    stale_only = "--stale" in arg.split()
+    if arg and arg.strip() != "--stale":
+        raise usage_error(info_tlb, f"Unknown option \"{arg}\".")
+    cpu = s.cpu
+    n = 0
+    for (vpid, pcid, ep4ta), e in cpu.tlb.entries():
+        stale = _is_stale(s, e, ep4ta)
+        if stale_only and not stale:
+            continue
+        n += 1
+        rights = ("u" if e.user else "s") + ("w" if e.writable else "r") + ("-" if e.nx else "x")
+        tag = f"vpid {vpid} {'G' if pcid == -1 else f'pcid {pcid}'} ep4ta {ep4ta:#x}"
+        s.message(f"{tag}: va {e.vpn << 12:#x} -> gpa {e.gpa:#x} hpa {e.hpa:#x} {rights}"
+                  f"{' (' + stale + ')' if stale else ''}")
+    if n == 0:
+        s.message("No stale TLB entries." if stale_only else "The TLB is empty.")
+
+
+def _is_stale(s, e, ep4ta: int) -> str:
+    """'' if the entry agrees with the tables now, else why it does not."""
+    w = guest_walk.walk(s.vm, s.cpu, e.vpn << 12)
+    if w.gpa is None:
+        return f"guest: {w.error}"
+    if w.gpa & ~0xFFF != e.gpa:
+        return f"guest now maps gpa {w.gpa & ~0xFFF:#x}"
+    root = s.vm.tdp_mmu.pages.get(ep4ta >> PAGE_SHIFT)
+    if root is None:
+        return "its EPT root is gone"
+    level, _i, _p, spte = spte_path(s.vm, root, e.gpa >> PAGE_SHIFT)[-1]
+    if not S.is_shadow_present_pte(spte):
+        return "SPTE zapped"
+    return ""
+
+
+def info_memslots(s, arg: str) -> None:
+    """info memslots
+
+    The memslots (KVM_SET_USER_MEMORY_REGION): id, guest frames, host virtual address,
+    flags, and the memslot generation.
+    """
+    slots = list(s.vm.memslots)
+    s.message(f"generation {s.vm.memslots.generation}")
+    s.message(f"{'slot':>4} {'as':>2} {'base_gfn':>10} {'npages':>8} {'hva':>16}  flags")
+    for m in slots:
+        s.message(f"{m.id:>4} {m.as_id:>2} {m.base_gfn:>#10x} {m.npages:>8} {m.userspace_addr:>#16x}  "
+                  f"{'READONLY' if m.flags & 2 else '-'}")
+
+
+def info_mmu(s, arg: str) -> None:
+    """info mmu
+
+    The current vCPU's MMU context: cpu_role (the guest's paging mode, behind KVM's
+    software walker and permission tables) and root_role (the key for root lookup),
+    decoded field by field, the current root and the prev_roots cache.
+    """
+    v = s.vm.vcpus[s.current]
+    mmu = getattr(v, "mmu", None)
+    if mmu is None:
+        raise CommandError("This vCPU runs without a hypervisor (no KVM MMU).")
+    base, ext = mmu.cpu_role & 0xFFFF_FFFF, mmu.cpu_role >> 32
+    s.message(f"cpu_role  base {base:#010x} ext {ext:#04x}")
+    s.message("  base: " + " ".join(f"{k}={v}" for k, v in R.role_fields(base).items()))
+    s.message("  ext:  " + " ".join(f"{k}={v}" for k, v in R.ext_fields(ext).items()))
+    s.message(f"root_role {mmu.root_role:#010x}: {R.role_str(mmu.root_role)}")
+    root = mmu.root.sp
+    s.message(f"root      {'#%d hpa %#x' % (root.number, root.hpa) if root else 'invalid (INVALID_PAGE)'}")
+    for i, p in enumerate(mmu.prev_roots):
+        s.message(f"prev[{i}]   {'#%d pgd %#x' % (p.sp.number, p.pgd) if p.sp else 'invalid'}")
+    s.message(f"requests  {', '.join(sorted(v.requests)) or 'none'}")
+
+
+def info_events(s, arg: str) -> None:
+    """info events [-n N] [KIND|NAME]
+
+    The last N (default 20) events in the kernel's trace format, optionally only one
+    catch KIND (root-zap, vmexit, ...) or events whose name contains NAME.
+    """
+    words = arg.split()
+    n = 20
+    filt = ""
+    i = 0
+    while i < len(words):
+        if words[i] == "-n":
+            if i + 1 >= len(words):
+                raise usage_error(info_events, "-n needs a number.")
+            n = _int(words[i + 1])
+            i += 2
+            continue
+        filt = words[i]
+        i += 1
+    log = list(s.vm.bus.log)
+    if filt:
+        kind = catchpoints.KINDS.get(filt)
+        if kind is not None:
+            log = [e for e in log if e.name in kind.events and kind.matches(e, "")]
+        else:
+            log = [e for e in log if filt in e.name]
+    if not log:
+        s.message("No events recorded." if not filt else f"No {filt} events recorded.")
+        return
+    for e in log[-n:]:
+        s.message(e.format())
+
+
+def info_stats(s, arg: str) -> None:
+    """info stats [REGEX]
+
+    Counters with KVM's stat names (exits, pf_fixed, remote_tlb_flush, ...) and the
+    simulator's own (cycles, roots_allocated, sptes_zapped, ...): the total and the
+    change during the last run (between the two most recent stops).
+    """
+    try:
+        rx = re.compile(arg) if arg else None
+    except re.error as e:
+        raise CommandError(f"Invalid regular expression \"{arg}\": {e}.") from None
+    now = all_stats(s.vm)
+    prev = getattr(s, "mmu_stats_prev", {})
+    names = sorted(k for k, v in now.items() if v or prev.get(k))
+    if rx is not None:
+        names = [k for k in names if rx.search(k)]
+    if not names:
+        s.message("No matching counters." if arg else "All counters are zero.")
+        return
+    s.message(f"{'counter':<22} {'total':>14} {'last run':>12}")
+    for k in names:
+        s.message(f"{k:<22} {now.get(k, 0):>14} {now.get(k, 0) - prev.get(k, 0):>+12}")
+
+
+def info_kvm(s, arg: str) -> None:
+    """info kvm
+
+    The KVM behaviour profile and the value of every knob.
+    """
+    p = s.vm.profile
+    s.message(f"profile {p.name}: {p.summary}")
+    for k, v in p.knobs().items():
+        s.message(f"  {k:<30} {str(int(v)) if isinstance(v, bool) else v:<10} {KNOB_HELP[k]}")
+
+
+def info_costs(s, arg: str) -> None:
+    """info costs
+
+    The simulated-time cost table (cycles) and where each number comes from.
+    """
+    for name, cycles, source in s.vm.costs.rows():
+        s.message(f"{name:<16} {cycles:>7}  {source}")
+
+
+# --- set kvm / set cost ---
+
+def set_kvm(s, arg: str) -> None:
+    """set kvm KNOB VALUE
+
+    Change one knob of the running VM's profile. Knobs that decide how the VM is built
+    (tdp_enabled, tdp_mmu, cr0_wp_guest_owned, cr4_smep_guest_owned) only take effect
+    with --set at start.
+    """
+    words = arg.split()
+    if len(words) != 2:
+        raise usage_error(set_kvm)
+    knob, value = words
+    if knob in s.vm.profile.knobs() and knob not in RUNTIME_KNOBS:
+        raise CommandError(f"Knob '{knob}' shapes the VM as it is built; restart with --set {knob}={value}.")
+    try:
+        s.vm.profile = with_knob(s.vm.profile, f"{knob}={value}")
+    except ConfigError as e:
+        raise CommandError(str(e)) from None
+    s.message(f"{knob} = {value}")
+
+
+def set_cost(s, arg: str) -> None:
+    """set cost NAME CYCLES
+
+    Change one entry of the cost table ("info costs" lists them).
+    """
+    words = arg.split()
+    if len(words) != 2:
+        raise usage_error(set_cost)
+    name, cycles = words
+    n = _int(cycles)
+    if n < 0:
+        raise CommandError("A cost cannot be negative.")
+    try:
+        s.vm.costs.set(name, n)
+    except KeyError:
+        raise CommandError(f"No cost named '{name}'; \"info costs\" lists them.") from None
+    if name == "tlb_miss":
+        for v in s.vm.vcpus:
+            v.cpu.walk_cost = n
+    s.message(f"cost {name} = {n}")
+
+
+def register(reg) -> None:
+    info = reg.sub("info")
+    info.add("roots", info_roots, category="mmu")
+    info.add("root", info_root, category="mmu")
+    info.add("spte", info_spte, category="mmu")
+    info.add("sptes", info_sptes, category="mmu")
+    info.add("tlb", info_tlb, category="mmu")
+    info.add("memslots", info_memslots, category="mmu")
+    info.add("mmu", info_mmu, category="mmu")
+    info.add("events", info_events, category="mmu", repeatable=True)
+    info.add("stats", info_stats, category="mmu")
+    info.add("kvm", info_kvm, category="mmu")
+    info.add("costs", info_costs, category="mmu")
+    st = reg.sub("set")
+    st.add("kvm", set_kvm, category="mmu")
+    st.add("cost", set_cost, category="mmu")
