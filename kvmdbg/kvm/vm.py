@@ -179,14 +179,20 @@ class Vm:
             return self.tdp_mmu.roots
         return [sp for sp in self.mmu_page_hash.values() if sp.parent is None and not sp.role & ROLE_INVALID]
 
-    def set_memory_region(self, op: str, slot: Memslot) -> None:
-        """KVM_SET_USER_MEMORY_REGION: create or delete, as the VMM asks."""
+    def set_memory_region(self, op: str, slot: Memslot, new_base_gfn: int | None = None) -> None:
+        """KVM_SET_USER_MEMORY_REGION: create, delete or move (KVM_MR_MOVE), as the VMM asks.
+        DELETE and MOVE flush the old range's SPTEs (kvm_arch_flush_shadow_memslot)."""
         who = self.current
         self.charge(who, "memslot_ioctl")
         self.stats["memslot_changes"] += 1
         if op == "delete":
             old = self.memslots.delete(slot.id)
             self.kvm_arch_flush_shadow_memslot(old)
+        elif op == "move":
+            old = self.memslots.delete(slot.id)
+            self.kvm_arch_flush_shadow_memslot(old)
+            slot = Memslot(old.id, new_base_gfn, old.npages, old.userspace_addr, old.flags, old.as_id)
+            self.memslots.create(slot)
         else:
             self.memslots.create(slot)
         self.trace("kvmdbg:memslot", self.current_vcpu_index(), op=op, slot=slot.id,

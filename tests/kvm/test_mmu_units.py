@@ -211,3 +211,29 @@ def test_profiles_are_complete_and_knobs_are_checked():
     with pytest.raises(ConfigError, match="takes 0 or 1"):
         with_knob(get_profile("v6.1"), "tdp_mmu=maybe")
     assert with_knob(get_profile("v6.1"), "tdp_put_last_ref=keep").tdp_put_last_ref == "keep"
+
+
+@pytest.mark.parametrize("quirk", ["1", "0"])
+def test_memslot_move_flushes_the_old_range(quirk):
+    from kvmdbg.mem import Memslot
+    vm, v = entered_vm(profile="v6.12")
+    vm.profile = with_knob(vm.profile, f"slot_zap_all={quirk}")
+    vm.set_memory_region("create", Memslot(5, 0x8000, 16, vm.host.mmap(16 << 12)))
+    x86.kvm_mmu_page_fault(v, 0x8000 << 12, 2)
+    x86.kvm_mmu_page_fault(v, 0x100 << 12, 2)
+    gen = vm.memslots.generation
+    vm.set_memory_region("move", vm.memslots.by_id(5), new_base_gfn=0x9000)
+    assert vm.memslots.lookup(0x9000).id == 5 and vm.memslots.lookup(0x8000) is None
+    assert vm.memslots.generation == gen + 2
+    root = v.mmu.root.sp
+    if quirk == "1":
+        assert root.invalid                                      # every root invalidated
+    else:
+        assert not root.invalid
+        path = lambda gfn: S.is_shadow_present_pte(M_path(vm, root, gfn))  # noqa: E731
+        assert not path(0x8000) and path(0x100)                  # only the old range went
+
+
+def M_path(vm, root, gfn):
+    from kvmdbg.debug.commands.mmu import spte_path
+    return spte_path(vm, root, gfn)[-1][3]
