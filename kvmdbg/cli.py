@@ -71,7 +71,8 @@ def main(argv=None) -> int:
     from kvmdbg.debug.commands import QuitRequest
     from kvmdbg.debug import script
 
-    out = _printer()
+    output = Output()
+    out = output.out
     if args.kvm == "list":
         from kvmdbg.kvm.profiles import PROFILES
         for p in PROFILES.values():
@@ -82,7 +83,7 @@ def main(argv=None) -> int:
         return 2
     try:
         session = Session.load(args.program, kvm=args.kvm, knobs=args.set, vcpus=args.vcpus, mem=args.mem,
-                               arg=args.arg, out=out, err=_printer(sys.stderr))
+                               arg=args.arg, out=output.out, err=output.err)
     except (KvmdbgError, ValueError) as e:
         sys.stderr.write(f"kvmdbg: {e}\n")
         return 1
@@ -91,10 +92,18 @@ def main(argv=None) -> int:
         return 1
 
     interactive = not args.batch
+    tty = sys.stdin.isatty() and interactive
+    color = use_color(args.color, sys.stdout) and (args.color == "always" or not args.batch)
+    if color:
+        from kvmdbg.repl.style import make_styler
+        session.styler = make_styler(session)
+    if args.batch:
+        session.state.settings.confirm = False       # -batch answers every question yes
     if interactive and not args.quiet:
         out(f"kvmdbg {__version__} -- KVM profile {args.kvm}, {args.vcpus} vCPU(s), "
             f"{args.program} loaded at {session.program.address:#x}")
-        out('Type "help" for a list of commands.')
+        out('Type "help" for a list of commands, "help mmu" for the ideas behind the views.')
+    _install_interrupt(session)
     failed = False
     try:
         if not args.nx and os.path.isfile(_init_file()):
@@ -106,22 +115,72 @@ def main(argv=None) -> int:
                 failed |= not session.run_command(value)
         if args.batch:
             return 1 if failed else 0
-        if sys.stdin.isatty():
+        if tty:
             from kvmdbg.repl.app import interact
-            return interact(session)
+            return interact(session, output, color)
         return script.read_lines(session, sys.stdin)
     except QuitRequest as q:
         return q.code if not (args.batch and failed) else 1
 
 
-def _printer(stream=None):
-    def out(text: str) -> None:
-        f = stream or sys.stdout
-        if f is sys.stderr:
-            sys.stdout.flush()
-        f.write(text + "\n")
-        f.flush()
-    return out
+class Output:
+    """The session's output and error sinks (stdout, stderr). The REPL sets `capture` to
+    a list to collect a command's output for the pager, then replays or pages it."""
+
+    def __init__(self) -> None:
+        self.capture = None
+
+    def out(self, text: str) -> None:
+        if self.capture is not None:
+            self.capture.append((sys.stdout, text))
+            return
+        self._write(sys.stdout, text)
+
+    def err(self, text: str) -> None:
+        if self.capture is not None:
+            self.capture.append((sys.stderr, text))
+            return
+        sys.stdout.flush()
+        self._write(sys.stderr, text)
+
+    def replay(self, captured) -> None:
+        for stream, text in captured:
+            self._write(stream, text)
+
+    @staticmethod
+    def _write(stream, text: str) -> None:
+        try:
+            stream.write(text + "\n")
+            stream.flush()
+        except BrokenPipeError:         # `kvmdbg ... | head`: the reader left
+            raise SystemExit(0) from None
+
+
+def use_color(choice: str, stream) -> bool:
+    """--color always|never; auto: colour on a terminal unless NO_COLOR is set (no-color.org:
+    an explicit --color=always wins over NO_COLOR)."""
+    if choice == "always":
+        return True
+    if choice == "never" or os.environ.get("NO_COLOR"):
+        return False
+    return stream.isatty()
+
+
+def _install_interrupt(session) -> None:
+    """Ctrl-C while a command runs: ask the run loop to stop between instructions; a second
+    Ctrl-C before it notices abandons the command ("Quit"). At the prompt, prompt_toolkit
+    sees Ctrl-C as a key and clears the line."""
+    import signal
+
+    def on_sigint(signum, frame):
+        if session.interrupt_requested:
+            raise KeyboardInterrupt
+        session.interrupt_requested = True
+
+    try:
+        signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:                  # not the main thread (embedded use)
+        pass
 
 
 if __name__ == "__main__":

@@ -245,6 +245,8 @@ class BreakpointTable:
         for cp in self.catchpoints():
             if ev.name not in cp.kind.events or not cp.kind.matches(ev, cp.argument):
                 continue
+            if any(c is cp for c, _, _ in self.caught):
+                continue            # one stop per catchpoint, however many events match
             stop, err = self.should_stop(cp, ev.vcpu, ev)
             if not stop:
                 continue

@@ -22,7 +22,6 @@ from typing import Callable
 from kvmdbg.errors import CommandError
 
 SPTE_MMU_PRESENT = 1 << 11          # spte.h: "KVM considers this SPTE present" (spec 5.5)
-PORT_MARKER = 0x512                 # design section 3: the VMM's marker port
 MSR_EFER = 0xC000_0080
 
 # VMX basic exit reasons (SDM Vol. 3D appendix C) that a guest of this simulator can cause.
@@ -93,21 +92,11 @@ def exit_reason_name(ev) -> str:
     return str(r).upper().removeprefix("EXIT_REASON_")
 
 
-def _is_root_page(ev) -> bool:
-    return bool(_f(ev, "root") or _f(ev, "root_count", 0))
-
-
 # --- predicates and descriptions per kind ---
 
 def _root_alloc(ev, arg):
-    if ev.name == "kvm_mmu_get_page":
-        return bool(_f(ev, "created")) and _is_root_page(ev)
-    return True
-
-
-def _root_zap(ev, arg):
-    if ev.name == "kvm_mmu_prepare_zap_page":
-        return _is_root_page(ev)
+    if ev.name == "kvm_mmu_get_page":        # also traced for child tables: roots only
+        return bool(_f(ev, "created")) and _f(ev, "root_count", 0) > 0
     return True
 
 
@@ -173,12 +162,6 @@ def _describe_cr(ev) -> str:
     return f"cr{_f(ev, 'cr')} = {_hex(_f(ev, 'val'))}"
 
 
-def _marker(ev, arg):
-    if ev.name == "kvm_pio":
-        return _f(ev, "port") == PORT_MARKER and bool(_f(ev, "rw", 1))
-    return True
-
-
 def _describe_marker(ev) -> str:
     return _hex(_f(ev, "val", _f(ev, "value")))
 
@@ -187,11 +170,11 @@ KINDS: dict[str, CatchKind] = {k.name: k for k in (
     CatchKind("root-alloc", ("kvm_mmu_get_page", "kvmdbg:root_alloc"),
               "a new root is allocated (kvm_mmu_get_page, created)",
               matches=_root_alloc, describe=_describe_root),
-    CatchKind("root-zap", ("kvm_mmu_prepare_zap_page", "kvmdbg:root_invalidate", "kvmdbg:root_free"),
-              "a root is invalidated, zapped or freed (kvm_mmu_prepare_zap_page)",
-              matches=_root_zap, describe=_describe_root),
-    CatchKind("root-put", ("kvmdbg:root_put",),
-              "a root's reference count drops (kvm_tdp_mmu_put_root / mmu_free_root_page)",
+    CatchKind("root-zap", ("kvmdbg:root_invalidate", "kvmdbg:root_zap"),
+              "a root is invalidated or its SPTEs zapped (kvm_tdp_mmu_invalidate_roots, "
+              "tdp_mmu_zap_root)", describe=_describe_root),
+    CatchKind("root-put", ("kvmdbg:root_put", "kvmdbg:root_free"),
+              "a root's reference is dropped or it is freed (kvm_tdp_mmu_put_root)",
               describe=_describe_root),
     CatchKind("spte-set", ("kvm_mmu_set_spte",), "a leaf SPTE is installed (kvm_mmu_set_spte)"),
     CatchKind("spte-zap", ("kvm_tdp_mmu_spte_changed", "kvmdbg:spte_zap"),
@@ -199,7 +182,8 @@ KINDS: dict[str, CatchKind] = {k.name: k for k in (
     CatchKind("zap-all", ("kvm_mmu_zap_all_fast",), "all roots are invalidated (kvm_mmu_zap_all_fast)"),
     CatchKind("mmu-reset", ("kvmdbg:mmu_reset_context", "kvmdbg:mmu_unload"),
               "kvm_mmu_reset_context / kvm_mmu_unload runs"),
-    CatchKind("tlb-flush", ("kvmdbg:tlb_flush", "kvmdbg:remote_tlb_flush"),
+    CatchKind("tlb-flush", ("kvmdbg:tlb_flush", "kvmdbg:remote_tlb_flush", "kvmdbg:invept",
+                            "kvmdbg:invvpid"),
               "a hardware TLB flush is requested or done", args=("local", "remote"),
               arg_help="[local|remote]", matches=_tlb_flush),
     CatchKind("ept-violation", ("kvm_exit",), "an EPT violation exit (kvm_exit EPT_VIOLATION)",
@@ -212,10 +196,10 @@ KINDS: dict[str, CatchKind] = {k.name: k for k in (
     CatchKind("cr-write", ("kvm_cr", "kvm_msr"), "a guest write to a control register (kvm_cr)",
               family="kvm event", args=CR_ARGS, arg_help="[cr0|cr3|cr4|cr8|efer]",
               matches=_cr_write, describe=_describe_cr),
-    CatchKind("memslot", ("kvmdbg:memslot_create", "kvmdbg:memslot_delete", "kvmdbg:memslot_move"),
+    CatchKind("memslot", ("kvmdbg:memslot",),
               "userspace changes a memslot (KVM_SET_USER_MEMORY_REGION)", family="kvm event"),
-    CatchKind("marker", ("kvm_pio", "kvmdbg:marker"), "the guest writes the marker port 0x512",
-              family="kvm event", matches=_marker, describe=_describe_marker),
+    CatchKind("marker", ("kvmdbg:marker",), "the guest writes the marker port 0x512",
+              family="kvm event", describe=_describe_marker),
 )}
 
 

@@ -1,49 +1,128 @@
-"""The interactive prompt (prompt_toolkit): history, Ctrl-C clears the line, Ctrl-D quits."""
+"""The interactive prompt (prompt_toolkit).
+
+One PromptSession for the whole run: persistent history ($XDG_STATE_HOME/kvmdbg/history,
+or $KVMDBG_HISTFILE), Ctrl-R search, grey suggestions from history (Right arrow takes
+them), Tab completion with a one-line description per candidate, the command line
+highlighted by a Pygments lexer when colour is on. Ctrl-C at the prompt clears the
+line; Ctrl-C while a command runs stops the guest between instructions (cli.py's
+SIGINT handler sets session.interrupt_requested); Ctrl-D quits. An empty line repeats
+the last stepping or examining command. `>` is the prompt inside commands/define blocks.
+"""
 
 from __future__ import annotations
 
 import os
 
 from prompt_toolkit import PromptSession
+from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
 from prompt_toolkit.history import FileHistory, InMemoryHistory
+from prompt_toolkit.lexers import PygmentsLexer
+from prompt_toolkit.output import ColorDepth
+
+from kvmdbg.repl.completer import KvmdbgCompleter
+from kvmdbg.repl.lexer import KvmdbgLexer
 
 PROMPT = "(kvmdbg) "
+BLOCK_PROMPT = ">"
+
+
+def history_path() -> str:
+    if os.environ.get("KVMDBG_HISTFILE"):
+        return os.environ["KVMDBG_HISTFILE"]
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "kvmdbg", "history")
+
+
+class _History(FileHistory):
+    """FileHistory that does not store a line equal to the one before it."""
+
+    def store_string(self, string: str) -> None:
+        last = next(iter(self.get_strings()[-1:]), None)
+        if string != last:
+            super().store_string(string)
 
 
 def _history():
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    path = os.path.join(base, "kvmdbg", "history")
+    path = history_path()
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        return FileHistory(path)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        open(path, "a").close()
+        return _History(path)
     except OSError:
         return InMemoryHistory()
 
 
-def interact(session) -> int:
-    from kvmdbg.debug.commands import QuitRequest
-    prompt = PromptSession(history=_history())
-    last = ""
-    while True:
+def _ask(question: str) -> bool:
+    """gdb's y/n query at the terminal."""
+    asker = PromptSession()
+    lines = question.split("\n")
+    for line in lines[:-1]:
+        print(line)
+    for _ in range(3):
         try:
-            line = prompt.prompt(PROMPT)
+            answer = asker.prompt(lines[-1]).strip().lower()
+        except (KeyboardInterrupt, EOFError):
+            return False
+        if answer in ("y", "yes"):
+            return True
+        if answer in ("n", "no"):
+            return False
+        print("Please answer y or n.")
+    return False
+
+
+def interact(session, output=None, color: bool = False) -> int:
+    """Read and run commands until quit or Ctrl-D; the exit status."""
+    from kvmdbg.debug.commands import QuitRequest
+    from kvmdbg.debug.repeat import run_typed_line
+    session.interactive = True
+    session.ask = _ask
+    prompt = PromptSession(
+        history=_history(),
+        auto_suggest=AutoSuggestFromHistory(),
+        completer=KvmdbgCompleter(session),
+        complete_while_typing=False,
+        lexer=PygmentsLexer(KvmdbgLexer) if color else None,
+        color_depth=None if color else ColorDepth.DEPTH_1_BIT,
+    )
+    while True:
+        text = BLOCK_PROMPT if session.state.block is not None else PROMPT
+        try:
+            line = prompt.prompt(text)
         except KeyboardInterrupt:
-            continue
+            continue                    # Ctrl-C at the prompt: the line is dropped
         except EOFError:
             session.message("quit")
             return 0
-        if not line.strip():
-            line = last
-            if not line:
-                continue
-        else:
-            word = line.split()[0]
-            try:
-                cmd = session.commands.lookup(word)
-                last = line if cmd.repeatable else ""
-            except Exception:
-                last = ""
         try:
-            session.run_command(line)
+            _run_paged(session, output, line, run_typed_line)
         except QuitRequest as q:
             return q.code
+
+
+def _run_paged(session, output, line, run) -> None:
+    """Run a line; if it does not run the guest and prints more than a screen, page it."""
+    paging = output is not None and session.state.settings.pagination and _pages(session, line)
+    if not paging:
+        run(session, line)
+        return
+    from kvmdbg.repl.pager import page
+    output.capture = []
+    try:
+        run(session, line)
+    finally:
+        captured, output.capture = output.capture, None
+    if not page([text for _, text in captured], session.state.settings.height):
+        output.replay(captured)
+
+
+def _pages(session, line: str) -> bool:
+    if not line.strip():
+        line = session.state.repeat_line
+    if not line.strip():
+        return False
+    try:
+        cmd, _ = session.commands.resolve(line)
+    except Exception:
+        return False
+    return not cmd.resumes and cmd.name not in ("shell", "define", "document", "commands")

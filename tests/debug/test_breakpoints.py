@@ -71,7 +71,8 @@ def test_delete_ranges_disable_and_enable_once_count_delete():
     assert run(s, "continue")[1].startswith("Breakpoint 1, ")
     assert run(s, "info breakpoints")[1].split()[2:4] == ["keep", "n"]     # once: disabled again
     run(s, "enable count 2 4")
-    assert run(s, "continue", "continue")[-3].startswith("Breakpoint 4, ")
+    assert [ln for ln in run(s, "continue", "continue") if ln.startswith("Breakpoint")] == [
+        "Breakpoint 4, 0x100007 <loop>, vcpu 0, step 4", "Breakpoint 4, 0x100007 <loop>, vcpu 0, step 7"]
     rows = {line.split()[0]: line.split() for line in run(s, "info breakpoints")[1:]
             if line[0].isdigit()}
     assert rows["4"][3] == "n"                                # count 2: disabled after 2 stops

@@ -64,7 +64,7 @@ def test_memory_dereference_in_every_space():
     assert run(s, "p/x *(u64*)gpa:0x7000", "p/x *(u32*)0x7004", "p/x {u16}0x7000",
                "p/x *(u8*)(gpa:0x7000 + 7)") == ["$1 = 0x1122334455667788", "$2 = 0x11223344",
                                                  "$3 = 0x7788", "$4 = 0x11"]
-    hpa = int(run(s, "translate 0x7000")[-1].split()[1], 16)
+    hpa = int(next(ln for ln in run(s, "translate 0x7000") if ln.startswith("hpa ")).split()[1], 16)
     assert run(s, f"p/x *(u64*)hpa:{hpa:#x}") == ["$5 = 0x1122334455667788"]
     assert run(s, "p *(u64*)0x8000000000") == [
         "Cannot access memory at address 0x8000000000 (guest walk: PML4E[1] not present)"]

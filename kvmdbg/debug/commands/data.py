@@ -49,10 +49,6 @@ def print_(s, arg: str) -> None:
     fmt, expr = _print_format(print_, arg)
     val = evaluate(s, expr) if expr else s.history.lookup("")
     text = format_value(s, val, fmt)
-    if val.v is None:
-        s.message(f"${len(s.history.values) + 1} = {text}")
-        s.history.add(val)
-        return
     n = s.history.add(val)
     s.message(f"${n} = {text}")
 
@@ -211,8 +207,10 @@ def show_display(s, d: Display) -> None:
     try:
         if d.examines:
             s.message(f"{d.number}: x/{d.fmt} {d.expression}")
+            saved = s.state.next_repeat, s.state.examine.next_address, s.state.examine.space
             examine(s, x, f"/{d.fmt} {d.expression}", "gva", "x")
-            s.state.next_repeat = None
+            # A display is not an `x` the user typed: what x continues from stays put.
+            s.state.next_repeat, s.state.examine.next_address, s.state.examine.space = saved
         else:
             shown = f"/{d.fmt} " if d.fmt else ""
             s.message(f"{d.number}: {shown}{d.expression} = {_display_value(s, d)}")
