@@ -61,16 +61,18 @@ class Vcpu:
     def make_request(self, req: str) -> None:
         if req not in self.requests:
             self.requests.add(req)
-            self.kvm.trace("kvmdbg:request", self.index, request=req)
+            if self.kvm.bus.active:
+                self.kvm.trace("kvmdbg:request", self.index, request=req)
 
     def vmexit(self, reason: int, **info) -> None:
         """Leave guest mode: count, charge and trace the exit; stop the run loop."""
         kvm = self.kvm
         cpu = self.cpu
         kvm.stats["exits"] += 1
-        kvm.charge(self, "vmexit")
-        kvm.trace("kvm_exit", self.index, exit_reason=V.EXIT_NAMES.get(reason, str(reason)),
-                  guest_rip=cpu.rip, isa=1, **info)
+        cpu.extra_cycles += kvm.costs.values["vmexit"]
+        if kvm.bus.active:
+            kvm.trace("kvm_exit", self.index, exit_reason=V.EXIT_NAMES.get(reason, str(reason)),
+                      guest_rip=cpu.rip, isa=1, **info)
         self.in_kvm = True
         cpu.pending = True
         if not cpu.stop_reason:
@@ -116,7 +118,8 @@ class Vcpu:
             self.process_smi()
         x86.kvm_mmu_reload(self)
         self.in_kvm = False
-        kvm.trace("kvm_entry", self.index, rip=self.cpu.rip)
+        if kvm.bus.active:
+            kvm.trace("kvm_entry", self.index, rip=self.cpu.rip)
 
     def process_smi(self) -> None:
         """enter_smm ... RSM. role.smm flips twice, so the MMU context is reset twice; the SMM
@@ -165,8 +168,9 @@ class Vcpu:
     def _invept_single(self, ep4ta: int) -> None:
         kvm = self.kvm
         kvm.stats["invept"] += 1
-        kvm.charge(self, "invept")
-        kvm.trace("kvmdbg:invept", self.index, type="single-context", eptp=ep4ta)
+        self.cpu.extra_cycles += kvm.costs.values["invept"]
+        if kvm.bus.active:
+            kvm.trace("kvmdbg:invept", self.index, type="single-context", eptp=ep4ta)
         if self.ept is not None:
             self.ept.invept_single(ep4ta)
         self.cpu.tlb.flush_ep4ta(ep4ta)
@@ -259,8 +263,9 @@ class Vcpu:
         qual = n | (0 << 4)          # access type 0 = MOV to CR; the GPR field is not modelled
         self.vmexit(V.CR_ACCESS, info1=qual)
         kvm.stats["cr_exits"] += 1
-        kvm.charge(self, "cr_access")
-        kvm.trace("kvm_cr", self.index, rw=1, cr=n, val=value)
+        self.cpu.extra_cycles += kvm.costs.values["cr_access"]
+        if kvm.bus.active:
+            kvm.trace("kvm_cr", self.index, rw=1, cr=n, val=value)
 
     def write_cr0(self, value: int) -> None:
         """vmx_set_cr0: GUEST_CR0 and the read shadow; a VMWRITE flushes nothing."""

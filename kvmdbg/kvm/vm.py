@@ -90,8 +90,8 @@ class Vm:
             who = self.current
         if who is None:
             return
-        cycles = self.costs[cost] * n
-        if isinstance(who, Worker):
+        cycles = self.costs.values[cost] * n
+        if who.__class__ is Worker:
             who.clock += cycles
             self.stats["worker_cycles"] += cycles
         else:

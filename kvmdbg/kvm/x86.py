@@ -41,20 +41,25 @@ def kvm_init_mmu(vcpu) -> None:
     mmu.cpu_role = cpu_role
     mmu.root_role = root_role
     M.update_permission_bitmask(mmu, ept=False)
-    kvm.trace("kvmdbg:init_mmu", vcpu.index, cpu_role=cpu_role, root_role=root_role)
+    if kvm.bus.active:
+        kvm.trace("kvmdbg:init_mmu", vcpu.index, cpu_role=cpu_role, root_role=root_role)
 
 
 def kvm_mmu_reset_context(vcpu) -> None:
-    vcpu.kvm.stats["mmu_resets"] += 1
-    vcpu.kvm.trace("kvmdbg:mmu_reset_context", vcpu.index)
-    vcpu.kvm.charge(vcpu, "mmu_reset")
+    kvm = vcpu.kvm
+    kvm.stats["mmu_resets"] += 1
+    if kvm.bus.active:
+        kvm.trace("kvmdbg:mmu_reset_context", vcpu.index)
+    vcpu.cpu.extra_cycles += kvm.costs.values["mmu_reset"]
     kvm_mmu_unload(vcpu)
     kvm_init_mmu(vcpu)
 
 
 def kvm_mmu_unload(vcpu) -> None:
-    vcpu.kvm.stats["mmu_unloads"] += 1
-    vcpu.kvm.trace("kvmdbg:mmu_unload", vcpu.index)
+    kvm = vcpu.kvm
+    kvm.stats["mmu_unloads"] += 1
+    if kvm.bus.active:
+        kvm.trace("kvmdbg:mmu_unload", vcpu.index)
     kvm_mmu_free_roots(vcpu, M.KVM_MMU_ROOTS_ALL)
 
 
@@ -67,20 +72,14 @@ def mmu_free_root_page(vcpu, sp) -> None:
 
 
 def kvm_mmu_free_roots(vcpu, roots_to_free: int) -> None:
+    """Put the selected roots (prev_roots first, then the current one, as KVM does)."""
     mmu = vcpu.mmu
-    selected = []
-    if roots_to_free & M.KVM_MMU_ROOT_CURRENT and mmu.root.valid:
-        selected.append("current")
+    prev = mmu.prev_roots
     for i in range(M.KVM_MMU_NUM_PREV_ROOTS):
-        if roots_to_free & M.KVM_MMU_ROOT_PREVIOUS(i) and mmu.prev_roots[i].valid:
-            selected.append(i)
-    if not selected:
-        return
-    for i in range(M.KVM_MMU_NUM_PREV_ROOTS):
-        if roots_to_free & M.KVM_MMU_ROOT_PREVIOUS(i) and mmu.prev_roots[i].valid:
-            mmu_free_root_page(vcpu, mmu.prev_roots[i].sp)
-            mmu.prev_roots[i] = M.RootInfo()
-    if roots_to_free & M.KVM_MMU_ROOT_CURRENT and mmu.root.valid:
+        if prev[i].sp is not None and roots_to_free & (2 << i):
+            mmu_free_root_page(vcpu, prev[i].sp)
+            prev[i] = M.RootInfo()
+    if roots_to_free & M.KVM_MMU_ROOT_CURRENT and mmu.root.sp is not None:
         mmu_free_root_page(vcpu, mmu.root.sp)
         mmu.root = M.RootInfo()
 
@@ -88,7 +87,7 @@ def kvm_mmu_free_roots(vcpu, roots_to_free: int) -> None:
 def kvm_mmu_load(vcpu) -> None:
     kvm = vcpu.kvm
     kvm.stats["mmu_loads"] += 1
-    kvm.charge(vcpu, "mmu_load")
+    vcpu.cpu.extra_cycles += kvm.costs.values["mmu_load"]
     role = vcpu.mmu.root_role
     if kvm.profile.tdp_mmu:
         root = kvm.tdp_mmu.get_vcpu_root(vcpu, role)
@@ -96,7 +95,8 @@ def kvm_mmu_load(vcpu) -> None:
         root = legacy.mmu_alloc_root(kvm, vcpu, role)
     vcpu.mmu.root = M.RootInfo(0, root)
     vcpu.load_mmu_pgd(root)
-    kvm.trace("kvmdbg:mmu_load", vcpu.index, root=root.number, hpa=root.hpa)
+    if kvm.bus.active:
+        kvm.trace("kvmdbg:mmu_load", vcpu.index, root=root.number, hpa=root.hpa)
     # kvm_mmu_load flushes the current context unconditionally: the root's past is unknown.
     vcpu.flush_tlb_current()
 

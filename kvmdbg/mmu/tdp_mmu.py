@@ -60,8 +60,9 @@ class TdpMmu:
             # root never matches: the invalid bit is part of the word).
             if root.role == role and root.root_count > 0:
                 root.root_count += 1
-                kvm.trace("kvmdbg:root_get", vcpu.index, root=root.number, hpa=root.hpa,
-                          root_count=root.root_count)
+                if kvm.bus.active:
+                    kvm.trace("kvmdbg:root_get", vcpu.index, root=root.number, hpa=root.hpa,
+                              root_count=root.root_count)
                 return root
         root = self.alloc_page(role, 0, True)
         root.number = self.next_root_number
@@ -81,7 +82,9 @@ class TdpMmu:
         kvm = self.kvm
         root.root_count -= 1
         who = vcpu.index if vcpu is not None else -1
-        kvm.trace("kvmdbg:root_put", who, root=root.number, hpa=root.hpa, root_count=root.root_count)
+        if kvm.bus.active:
+            kvm.trace("kvmdbg:root_put", who, root=root.number, hpa=root.hpa,
+                      root_count=root.root_count)
         if root.root_count > 0:
             return
         policy = kvm.profile.tdp_put_last_ref
