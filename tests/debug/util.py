@@ -17,20 +17,32 @@ def smep(**kw) -> Session:
 
 
 def assemble(source: str, address: int = 0x100000):
-    """(code, symbols) for Intel-syntax source with `label:` lines. A label's address is
-    the size of the code before it, so labels must not follow forward references."""
-    lines = [ln.strip() for ln in re.split(r"[;\n]", source) if ln.strip()]
-    symbols = {}
-    body = []
-    for ln in lines:
+    """(code, symbols) for Intel-syntax source with `label:` lines (';' separates lines).
+    Label addresses are found by assembling each prefix, later labels given their
+    previous guess with .equ, until the guesses stop moving."""
+    items = []
+    for ln in (x.strip() for x in re.split(r"[;\n]", source)):
         m = re.match(r"([A-Za-z_]\w*):\s*(.*)", ln)
         if m:
-            symbols[m.group(1)] = address + len(asm("\n".join(body), address)) if body else address
-            body.append(m.group(1) + ":")
+            items.append(("label", m.group(1)))
             ln = m.group(2)
         if ln:
-            body.append(ln)
-    return asm("\n".join(body), address), symbols
+            items.append(("insn", ln))
+    labels = [t for k, t in items if k == "label"]
+    guess = {name: address for name in labels}
+    for _ in range(6):
+        found, body = {}, []
+        for kind, text in items:
+            if kind == "label":
+                later = [f".equ {n}, {guess[n]:#x}" for n in labels if n not in found]
+                found[text] = address + len(asm("\n".join(later + body), address))
+                body.append(text + ":")
+            else:
+                body.append(text)
+        if found == guess:
+            break
+        guess = found
+    return asm("\n".join(body), address), guess
 
 
 def session(source: str, **kw) -> Session:

@@ -193,3 +193,14 @@ def test_s7_smi_and_rsm_free_both_roots_until_v6_4(kvm, roots):
                  if e.fields.get("created") and "root" in e.fields and e.fields["role"] >> 24}
     assert smm_roots                          # the SMM root has role.smm set (as_id 1)
     assert vm.stats["mmu_resets"] == 2 * 10 + 1
+
+
+@pytest.mark.parametrize("kvm", ["v5.15", "v6.1", "v6.6", "legacy-mmu"])
+def test_recording_events_changes_nothing_else(kvm):
+    """Listening must not change behaviour: same counters and clocks with and without."""
+    quiet = run_program("memslot_overlay", kvm, arg=3)
+    loud = run_program("memslot_overlay", kvm, arg=3, events=True)
+    nonzero = lambda st: {k: v for k, v in st.items() if v}  # noqa: E731
+    assert nonzero(quiet.stats) == nonzero(loud.stats)
+    assert [v.cpu.cycles for v in quiet.vcpus] == [v.cpu.cycles for v in loud.vcpus]
+    assert quiet.tdp_mmu.live_sptes == loud.tdp_mmu.live_sptes
