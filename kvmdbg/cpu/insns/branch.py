@@ -5,11 +5,18 @@ from kvmdbg.cpu.flags import ALIASES, CONDITIONS
 from kvmdbg.cpu.translate import handles
 
 
+def _canonical_check(g, t: str) -> None:
+    # A jump to a non-canonical address faults on the jump itself (RIP stays on it).
+    g.emit(f"if ({t} + 0x800000000000) >> 48: raise GuestFault(13, 0)")
+
+
 def _target(g) -> str:
     o = g.op(0)
     if o.kind == "imm":
         return str(o.imm & M64)
-    return g.value(g.read(o, 8))
+    t = g.value(g.read(o, 8))
+    _canonical_check(g, t)
+    return t
 
 
 @handles("jmp")
@@ -38,6 +45,7 @@ def call(g):
 @handles("ret")
 def ret(g):
     t = g.value("cpu.rd(r[4], 8)")
+    _canonical_check(g, t)
     extra = g.op(0).imm if g.d.operands else 0
     g.emit(f"r[4] = (r[4] + {8 + extra}) & {M64:#x}")
     g.jump(t)
