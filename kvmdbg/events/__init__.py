@@ -4,6 +4,10 @@ Kernel tracepoints keep their kernel names (kvm_exit, kvm_cr, ...); events the
 kernel has no tracepoint for live in the ``kvmdbg:`` namespace. Emitting costs a
 single attribute test when nobody listens (``if bus.active``), so hot paths call
 ``bus.active`` before building an event.
+
+Every event carries its global sequence number, the emitting vCPU (-1: the zap
+worker), that vCPU's step and its clock in simulated cycles (``cycles``), so
+timelines and trace exports can place events in simulated time.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ class Event:
     vcpu: int
     step: int
     fields: dict = field(default_factory=dict)
+    cycles: int = 0        # the emitter's simulated clock (vCPU cycles, or the worker's clock)
 
     def format(self) -> str:
         """'#SEQ step S vcpuN name: fields', the fields as the kernel's TP_printk prints them."""
@@ -53,8 +58,13 @@ class EventBus:
         self.active = bool(self._listeners) or self.keep > 0
 
     def emit(self, name: str, vcpu: int = 0, step: int = 0, **fields) -> Event:
+        return self.record(name, vcpu, step, 0, fields)
+
+    def record(self, name: str, vcpu: int, step: int, cycles: int, fields: dict) -> Event:
+        """emit() with the emitter's simulated time; fields stay a plain dict so no field
+        name (not even 'cycles') can clash with the event's own attributes."""
         self.seq += 1
-        ev = Event(self.seq, name, vcpu, step, fields)
+        ev = Event(self.seq, name, vcpu, step, fields, cycles)
         if self.keep:
             self.log.append(ev)
         for fn in self._listeners:

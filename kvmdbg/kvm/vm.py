@@ -98,10 +98,18 @@ class Vm:
             who.cpu.extra_cycles += cycles
 
     def trace(self, name: str, vcpu: int = -1, **fields) -> None:
+        """Emit an event stamped with the emitting vCPU's step and clock (the worker's clock
+        when no vCPU thread is running)."""
         bus = self.bus
         if bus.active:
-            step = self.vcpus[vcpu].cpu.steps if 0 <= vcpu < len(self.vcpus) else self.now_step()
-            bus.emit(name, vcpu, step, **fields)
+            if 0 <= vcpu < len(self.vcpus):
+                cpu = self.vcpus[vcpu].cpu
+            else:
+                cpu = self.current.cpu if self.current is not None else None
+            if cpu is not None:
+                bus.record(name, vcpu, cpu.steps, cpu.cycles, fields)
+            else:
+                bus.record(name, vcpu, 0, self.worker.clock, fields)
 
     # --- the workqueue (async root zaps, v5.18 - v6.5) ---
 
