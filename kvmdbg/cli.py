@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the scripts then exit; status 1 if any command failed")
     p.add_argument("-q", "-quiet", "--quiet", action="store_true", help="no banner")
     p.add_argument("-nx", "--nx", action="store_true", help="do not read the init file")
+    p.add_argument("--compare", metavar="A,B[,...]",
+                   help="run PROGRAM under each profile and print the side-by-side table")
     p.add_argument("--kvm", metavar="PROFILE", default=DEFAULT_PROFILE,
                    help=f"KVM behaviour profile (default {DEFAULT_PROFILE})")
     p.add_argument("--set", metavar="KNOB=VALUE", action="append", default=[],
@@ -78,6 +80,8 @@ def main(argv=None) -> int:
         for p in PROFILES.values():
             out(f"{p.name:24} {p.summary}")
         return 0
+    if args.compare is not None and args.program is not None:
+        return _compare(args, out)
     if args.program is None:
         sys.stderr.write("kvmdbg: no program given. Try `kvmdbg programs/smep_flip.bin'.\n")
         return 2
@@ -185,3 +189,25 @@ def _install_interrupt(session) -> None:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def _compare(args, out) -> int:
+    """kvmdbg --compare A,B[,...] PROGRAM: the compare table, without a session."""
+    from kvmdbg.bits import parse_size
+    from kvmdbg.debug.compare import format_table, run_one
+    from kvmdbg.kvm import boot
+    names = [n.strip() for n in args.compare.split(",") if n.strip()]
+    if len(names) < 2:
+        sys.stderr.write("kvmdbg: --compare needs two profiles or more, e.g. --compare v5.15,v6.6\n")
+        return 2
+    try:
+        mem = parse_size(args.mem)
+        boot.check_machine(mem, args.vcpus)
+        program = boot.load_program(args.program)
+        results = [run_one(program, n, args.vcpus, mem, args.arg, args.set) for n in names]
+    except (KvmdbgError, ValueError) as e:
+        sys.stderr.write(f"kvmdbg: {e}\n")
+        return 1
+    for line in format_table(results):
+        out(line)
+    return 0

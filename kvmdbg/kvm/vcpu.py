@@ -23,6 +23,7 @@ from kvmdbg.mmu.mmu_internal import RetPF
 KVM_ENOSYS = 1000
 MMIO_TAG = 1 << 62       # hpa tag for MMIO pages (no host page behind them)
 VMEXIT = "vmexit"
+_CR_WRITE_STAT = {0: "cr0_writes", 3: "cr3_writes", 4: "cr4_writes"}   # guest MOV to CRn, exit or not
 
 # KVM_POSSIBLE_CR4_GUEST_BITS (6.x) and the bits that must stay intercepted without EPT.
 POSSIBLE_CR4_GUEST_BITS = (CR4_PVI | CR4_DE | CR4_PCE | CR4_OSFXSR | CR4_OSXMMEXCPT | CR4_PGE
@@ -69,6 +70,7 @@ class Vcpu:
         kvm = self.kvm
         cpu = self.cpu
         kvm.stats["exits"] += 1
+        kvm.exit_reasons[reason] = kvm.exit_reasons.get(reason, 0) + 1
         cpu.extra_cycles += kvm.costs.values["vmexit"]
         if kvm.bus.active:
             kvm.trace("kvm_exit", self.index, exit_reason=V.EXIT_NAMES.get(reason, str(reason)),
@@ -242,6 +244,7 @@ class Vcpu:
     # --- CpuOps: control registers ---
 
     def set_cr(self, cpu, n: int, value: int) -> None:
+        self.kvm.stats[_CR_WRITE_STAT.get(n, "cr_writes")] += 1
         if n == 0:
             if not (value ^ cpu.cr0) & ~self.cr0_guest_owned & M64:
                 system.arch_set_cr(cpu, 0, value)        # guest-owned bits only: no exit

@@ -55,6 +55,7 @@ class Vm:
         self.memslots = Memslots()
         self.bus = bus or EventBus()
         self.stats = Stats()
+        self.exit_reasons: dict[int, int] = {}     # VMX basic exit reason -> count
         self.costs = CostTable()
         self.decode_cache = DecodeCache()
         self.tdp_mmu = TdpMmu(self)

@@ -1,0 +1,40 @@
+"""compare: the loaded program under two or more KVM profiles, side by side."""
+
+from __future__ import annotations
+
+from kvmdbg.bits import parse_size
+from kvmdbg.debug.commands.registry import usage_error
+from kvmdbg.debug.compare import format_table, run_one
+from kvmdbg.errors import CommandError, ConfigError
+
+
+def compare_cmd(s, arg: str) -> None:
+    """compare PROFILE_A PROFILE_B [PROFILE...] [STEPS]
+
+    Run the loaded program from its boot state under each profile (fresh VMs; this
+    session's VM is left alone) until every vCPU halts or STEPS instructions, and show
+    cycles per loop iteration (per marker interval, else per CR4 write), exits by reason,
+    EPT violations, roots, SPTEs and flushes, with ratios to the first profile.
+    """
+    words = arg.split()
+    steps = 10**9
+    if words and words[-1].replace("_", "").isdigit():
+        steps = int(words.pop())
+    if len(words) < 2:
+        raise usage_error(compare_cmd, "Two profiles or more are needed.")
+    args = s.boot_args or {}
+    mem = args.get("mem", s.vm.mem_size)
+    mem = parse_size(mem) if isinstance(mem, str) else int(mem)
+    results = []
+    for name in words:
+        try:
+            results.append(run_one(s.program, name, args.get("vcpus", len(s.vm.vcpus)), mem,
+                                   args.get("arg", s.arg), args.get("knobs", ()), steps))
+        except ConfigError as e:
+            raise CommandError(str(e)) from None
+    for line in format_table(results):
+        s.message(line)
+
+
+def register(reg) -> None:
+    reg.add("compare", compare_cmd, category="mmu")
