@@ -50,6 +50,10 @@ def run_vm(vm, max_steps: int, breakpoints=None, interrupted=lambda: False):
         v = pick(vm)
         if _worker_due(vm, v):
             vm.run_worker_item()
+            for w in vm.vcpus:                   # a catchpoint on the worker's events
+                reason = w.take_stop() if hasattr(w, "take_stop") else ""
+                if reason:
+                    return reason, w
             continue
         if v is None:
             return HALTED, last

@@ -140,17 +140,27 @@ class Vcpu:
         """Enter (if outside guest mode) and run guest code. Returns executor reasons or VMEXIT."""
         cpu = self.cpu
         self.kvm.current = self
+        reason = self.take_stop()                # a catchpoint fired while we were not running
+        if reason:
+            return reason
         if self.in_kvm:
             if cpu.halted:
                 return executor.HALTED
             self.enter_guest()
-            if cpu.pending:                      # a catchpoint fired during the entry
-                cpu.pending = False
-                reason = cpu.stop_reason or VMEXIT
-                cpu.stop_reason = None
-                if reason != VMEXIT:
-                    return reason
+            reason = self.take_stop()            # ... or during the entry
+            if reason:
+                return reason
         return executor.run(cpu, max_steps, breakpoints, skip_first)
+
+    def take_stop(self) -> str:
+        """A pending stop request other than a plain VM exit, consumed; '' if none."""
+        cpu = self.cpu
+        if not cpu.pending:
+            return ""
+        reason = cpu.stop_reason or VMEXIT
+        cpu.pending = False
+        cpu.stop_reason = None
+        return "" if reason == VMEXIT else reason
 
     # --- VMX TLB operations (vmx_flush_tlb_*) and the EPT pointer ---
 
@@ -283,6 +293,7 @@ class Vcpu:
 
     def set_efer(self, cpu, value: int) -> None:
         self.vmexit(V.MSR_WRITE, info1=0xC0000080)
+        self.kvm.trace("kvm_msr", self.index, write=1, ecx=0xC0000080, data=value)
         x86.kvm_set_efer(self, value)
 
     # --- CpuOps: other exits ---
