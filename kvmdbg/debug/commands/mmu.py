@@ -493,6 +493,64 @@ def set_cost(s, arg: str) -> None:
     s.message(f"cost {name} = {n}")
 
 
+def _boot_setting(s, key: str, value, shown: str) -> None:
+    args = dict(s.boot_args or {})
+    args[key] = value
+    # Check now, so a bad value is one line here rather than at the next `run`.
+    try:
+        from kvmdbg.bits import parse_size
+        from kvmdbg.kvm import boot
+        from kvmdbg.kvm.profiles import get_profile
+        mem = args.get("mem", "16M")
+        boot.check_machine(parse_size(mem) if isinstance(mem, str) else int(mem), args.get("vcpus", 1))
+        profile = get_profile(args.get("kvm") or "v6.12")
+        for k in args.get("knobs", ()):
+            profile = with_knob(profile, k)
+    except (ConfigError, ValueError) as e:
+        raise CommandError(str(e)) from None
+    s.boot_args = args
+    s.message(f"{shown} (takes effect at the next \"run\" or \"starti\").")
+
+
+def set_profile(s, arg: str) -> None:
+    """set profile NAME
+
+    The KVM profile for the next `run`/`starti` (like --kvm). Knobs given with --set or
+    `set knobs` still apply on top.
+    """
+    if not arg:
+        raise usage_error(set_profile, "Argument required (a profile; \"kvmdbg --kvm list\").")
+    _boot_setting(s, "kvm", arg.strip(), f"KVM profile {arg.strip()}")
+
+
+def set_knobs(s, arg: str) -> None:
+    """set knobs [KNOB=VALUE ...]
+
+    The --set knobs for the next `run`/`starti`; no argument clears them.
+    """
+    _boot_setting(s, "knobs", tuple(arg.split()), f"knobs: {arg.strip() or 'none'}")
+
+
+def set_vcpus(s, arg: str) -> None:
+    """set vcpus N
+
+    The number of vCPUs for the next `run`/`starti` (like --vcpus).
+    """
+    _boot_setting(s, "vcpus", _int(arg) if arg else 0, f"{arg.strip()} vCPU(s)")
+
+
+def set_arg(s, arg: str) -> None:
+    """set arg N
+
+    The value placed in RDX at the next `run`/`starti` (like --arg).
+    """
+    if not arg:
+        raise usage_error(set_arg)
+    n = _int(arg)
+    _boot_setting(s, "arg", n, f"RDX = {n:#x}")
+    s.arg = n
+
+
 def register(reg) -> None:
     info = reg.sub("info")
     info.add("roots", info_roots, category="mmu")
@@ -509,3 +567,7 @@ def register(reg) -> None:
     st = reg.sub("set")
     st.add("kvm", set_kvm, category="mmu")
     st.add("cost", set_cost, category="mmu")
+    st.add("profile", set_profile, category="running")
+    st.add("knobs", set_knobs, category="running")
+    st.add("vcpus", set_vcpus, category="running")
+    st.add("arg", set_arg, category="running")
