@@ -66,13 +66,15 @@ FORMATS = {
 }
 
 
-_HEX_KEYS = ("hpa", "gpa", "gfn", "eptp", "spte", "role", "addr", "rip", "val")
+_HEX_KEYS = frozenset({"hpa", "gpa", "gfn", "base_gfn", "eptp", "spte", "old_spte", "new_spte",
+                       "role", "cpu_role", "root_role", "addr", "rip", "guest_rip", "val",
+                       "value", "data", "ecx"})
 
 
 def _plain(key: str, v) -> str:
     if isinstance(v, bool) or not isinstance(v, int):
         return str(v)
-    return hex(v) if any(k in key for k in _HEX_KEYS) else str(v)
+    return hex(v) if key in _HEX_KEYS else str(v)
 
 
 def format_fields(name: str, vcpu: int, fields: dict) -> str:
