@@ -57,6 +57,9 @@ class Cpu:
         self.walks = 0                 # TLB misses that walked the page tables
         self.walk_cost = 0             # cycles a walk costs (set by whoever models time)
         self.walk_pt_pages: list = []  # host pages the last walk read (walker.py sets it)
+        # The page walk the hardware does: the guest's tables (possibly through EPT), or,
+        # under shadow paging, the tables the hypervisor built (set by the kvm layer).
+        self.walk_fn = walk
         self._memo: dict = {}          # walk answers, see _memo_walk
         self._memo_gens = None
         self.halted = False
@@ -141,7 +144,7 @@ class Cpu:
             e = self._memo_walk(va, acc, vpn, ep4ta)
             if e is None:
                 try:
-                    e = walk(self, va, acc)
+                    e = self.walk_fn(self, va, acc)
                 except GuestFault as f:
                     if f.vector == PF:
                         tlb.flush_page(self.vpid, pcid, vpn, True)
