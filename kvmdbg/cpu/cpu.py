@@ -61,7 +61,7 @@ class Cpu:
         # under shadow paging, the tables the hypervisor built (set by the kvm layer).
         self.walk_fn = walk
         self._memo: dict = {}          # walk answers, see _memo_walk
-        self._memo_gens = None
+        self._memo_pt_gen = self._memo_gpa_gen = None
         self.halted = False
         self.shutdown = ""             # non-empty once the guest triple-faulted
         self.pending = False           # set by anything that must end the run loop
@@ -119,14 +119,23 @@ class Cpu:
         return kind_bits | PFERR_USER if self.cs & 3 == 3 else kind_bits
 
     def translate(self, va: int, acc: int):
-        """The TLB entry for va, checked for this access; fills the TLB on a miss."""
-        if not canonical(va):
-            raise GuestFault(GP, 0)
+        """The TLB entry for va, checked for this access; fills the TLB on a miss.
+
+        The common cases (a hit; a miss whose walk answer is memoised) are written out
+        inline: this runs on every slow-path access and after every flush."""
+        if (va + 0x800000000000) >> 48:
+            raise GuestFault(GP, 0)                      # non-canonical
         vpn = va >> 12
-        tlb = self.tlb
-        pcid = self.cr3 & 0xFFF if self.cr4 & CR4_PCIDE else 0
+        cr4 = self.cr4
+        pcid = self.cr3 & 0xFFF if cr4 & CR4_PCIDE else 0
         ep4ta = self.ops.ep4ta
-        e = tlb.lookup(self.vpid, pcid, ep4ta, vpn, bool(self.cr4 & CR4_PGE))
+        tlb = self.tlb
+        ctx = tlb.contexts.get((self.vpid, pcid, ep4ta))
+        e = ctx.get(vpn) if ctx is not None else None
+        if e is None and cr4 & CR4_PGE:
+            g = tlb.contexts.get((self.vpid, -1, ep4ta))
+            if g is not None:
+                e = g.get(vpn)
         if e is not None and self.cr0 & CR0_PG:
             code = access_error(self, e.user, e.writable, e.nx, e.pkey, acc)
             if code:
@@ -151,7 +160,7 @@ class Cpu:
                         self.flush_fast()
                     raise
                 self._memo[(vpn, self.cr3 & _CR3_ADDR, ep4ta, self.cr0 & CR0_PG,
-                            self.cr4 & CR4_PGE, self.efer & EFER_NXE)] = e
+                            cr4 & CR4_PGE, self.efer & EFER_NXE)] = e
                 self.decode_cache.track_pt(self.walk_pt_pages)
             tlb.fill(self.vpid, pcid, ep4ta, e)
         return e
@@ -160,10 +169,12 @@ class Cpu:
         """A walk's answer when re-walking could not differ: no write has touched a
         paging structure or an SPTE since (and the accessed/dirty flags it would set are
         already set). Hardware re-walks after every flush; this only saves the time."""
-        gens = (self.decode_cache.pt_generation, self.ops.gpa_generation())
-        if gens != self._memo_gens:
+        pt_gen = self.decode_cache.pt_generation
+        gpa_gen = self.ops.gpa_generation()
+        if pt_gen != self._memo_pt_gen or gpa_gen != self._memo_gpa_gen:
             self._memo.clear()
-            self._memo_gens = gens
+            self._memo_pt_gen = pt_gen
+            self._memo_gpa_gen = gpa_gen
             return None
         e = self._memo.get((vpn, self.cr3 & _CR3_ADDR, ep4ta, self.cr0 & CR0_PG,
                             self.cr4 & CR4_PGE, self.efer & EFER_NXE))
@@ -173,10 +184,8 @@ class Cpu:
             return None
         if acc & PFERR_FETCH and not e.ept_x:
             return None
-        if self.cr0 & CR0_PG:
-            code = access_error(self, e.user, e.writable, e.nx, e.pkey, acc)
-            if code:
-                return None          # the real walk raises the fault with its side effects
+        if self.cr0 & CR0_PG and access_error(self, e.user, e.writable, e.nx, e.pkey, acc):
+            return None          # the real walk raises the fault, with its side effects
         return e
 
     # --- data access ---

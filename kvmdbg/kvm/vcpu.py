@@ -224,7 +224,8 @@ class Vcpu:
 
     def gpa_generation(self):
         """Moves whenever a guest-physical translation could change (SPTEs, memslots)."""
-        return (self.kvm.tdp_mmu.spte_generation, self.kvm.memslots.generation)
+        kvm = self.kvm
+        return kvm.tdp_mmu.spte_generation | kvm.memslots.generation << 48
 
     def mmio_read(self, gpa: int, size: int) -> int:
         return self.kvm.vmm.mmio_read(self, gpa, size)
