@@ -103,6 +103,7 @@ def main(argv=None) -> int:
         session.styler = make_styler(session)
     if args.batch:
         session.state.settings.confirm = False       # -batch answers every question yes
+    session.unicode_output = (sys.stdout.encoding or "").lower().replace("-", "") == "utf8"
     if interactive and not args.quiet:
         out(f"kvmdbg {__version__} -- KVM profile {args.kvm}, {args.vcpus} vCPU(s), "
             f"{args.program} loaded at {session.program.address:#x}")

@@ -4,12 +4,12 @@
 (the KVM model's views, say) is one module with register(reg) and one entry here.
 """
 
-from kvmdbg.debug.commands import (breakpoints, code, compare, data, info, mmu, running,
-                                   scripting, setshow, support, translate)
+from kvmdbg.debug.commands import (breakpoints, code, compare, data, info, mmu, pictures,
+                                   running, scripting, setshow, support, translate)
 from kvmdbg.debug.commands.registry import QuitRequest, Registry
 
-FAMILIES = (info, setshow, running, breakpoints, data, code, translate, mmu, compare, scripting,
-            support)
+FAMILIES = (info, setshow, running, breakpoints, data, code, translate, mmu, compare, pictures,
+            scripting, support)
 
 
 def attach(session) -> None:
