@@ -25,7 +25,7 @@ def _breakpoint_address(s, fn, text: str) -> int:
         raise CommandError(f"Breakpoints are on guest-virtual addresses; {v.space}:{v.as_int():#x} "
                            "cannot be used (break on the gva that maps it).")
     if not isinstance(v.v, int):
-        raise usage_error(fn, f"\"{expr}\" is not an address.")
+        raise usage_error(fn, "Value can't be converted to integer.")
     return v.as_int() & ((1 << 64) - 1)
 
 

@@ -101,7 +101,7 @@ def disassemble(s, arg: str) -> None:
         name, start, end = fn if fn else (None, rip, rip + DEFAULT_RANGE)
     if end - start > 1 << 20:
         raise CommandError("Range too long (more than 1 MiB).")
-    code = _read_code(s, start, end - start)
+    code = _read_code(s, start, end - start + 15)     # whole instructions that start in range
     if not code:
         raise CommandError(f"Cannot access memory at address {start:#x}")
     if name:
@@ -123,6 +123,8 @@ def disassemble(s, arg: str) -> None:
     if pos < min(end, start + len(code)):
         s.message(f"   {pos:#x}:\t(bad)")
         pos += 1
+    elif pos < end:
+        s.message(f"   {pos:#x}:\t(cannot read memory)")
     s.message("End of assembler dump.")
     length = max(end - start, 1)
     s.state.next_repeat = f"disassemble{'/r' if raw else ''} {pos:#x},+{length}"

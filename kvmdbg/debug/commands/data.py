@@ -82,7 +82,7 @@ def examine(s, fn, arg: str, default_space: str, name: str) -> None:
     if expr:
         val = evaluate(s, expr)
         if not isinstance(val.v, int):
-            raise usage_error(fn, f"\"{expr}\" is not an address.")
+            raise usage_error(fn, "Value can't be converted to integer.")
         addr, space = val.as_int() & ((1 << 64) - 1), val.space or default_space
     elif ex.next_address is not None:
         addr, space = ex.next_address, ex.space

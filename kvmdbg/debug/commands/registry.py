@@ -14,6 +14,7 @@ module adds a subcommand with one call:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from kvmdbg.errors import CommandError
@@ -49,6 +50,7 @@ class Command:
     complete: object = None           # fn(session, word) -> [(candidate, description)]
     dispatch: bool = True             # look the first argument up in subcommands
     doc: str | None = None            # help text when not the function's docstring
+    raw: bool = False                 # gets its argument with trailing blanks kept
 
     @property
     def _doc(self) -> str:
@@ -65,8 +67,8 @@ class Command:
         text = " ".join(line.strip() for line in lines if line.strip())
         if not text:
             return self.usage
-        end = text.find(". ")
-        return text if end < 0 else text[:end + 1]
+        end = re.search(r"\.\s+(?=[A-Z])", text)
+        return text if end is None else text[:end.start() + 1]
 
     @property
     def help(self) -> str:
@@ -82,9 +84,9 @@ class Registry:
     aliases: dict = field(default_factory=dict)
 
     def add(self, name, fn, aliases=(), category="support", repeatable=False, subcommands=None,
-            resumes=False, complete=None, dispatch=True, doc=None):
+            resumes=False, complete=None, dispatch=True, doc=None, raw=False):
         cmd = Command(name, fn, tuple(aliases), category, repeatable, subcommands, resumes,
-                      complete, dispatch, doc)
+                      complete, dispatch, doc, raw)
         self.commands[name] = cmd
         for a in aliases:
             self.aliases[a] = name
@@ -142,12 +144,15 @@ class Registry:
         return cmd, rest
 
     def execute(self, session, line: str) -> None:
+        text = line.lstrip()
         line = line.strip()
         if not line or line.startswith("#"):
             return
         if line.startswith("!"):
             line = "shell " + line[1:]
         cmd, rest = self.resolve(line)
+        if cmd.raw:
+            rest = split_word(text)[2]
         cmd.fn(session, rest)
 
     def walk(self):

@@ -135,5 +135,5 @@ def quit_(s, arg: str) -> None:
 def register(reg) -> None:
     reg.add("help", help_, aliases=("h",))
     reg.add("apropos", apropos)
-    reg.add("complete", complete)
+    reg.add("complete", complete, raw=True)
     reg.add("quit", quit_, aliases=("q", "exit"))
