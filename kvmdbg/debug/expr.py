@@ -344,6 +344,8 @@ class _Parser:
     def primary(self):
         kind, val = self.take()
         if kind == "num":
+            if val >> 64:
+                raise ExprError("Numeric constant too large.")
             return Num(val, S64 if val < 1 << 63 else U64)
         if kind == "str":
             return Str(val)

@@ -83,7 +83,7 @@ def format_natural(s, val) -> str:
             return eflags_text(v)
         return flag_names(v, t.bits, True)
     if t.kind == "cr3":
-        return cr3_text(v, bool(v & 0xFFF))
+        return cr3_text(v, bool(s.cpu.cr4 >> 17 & 1))       # PCIDs only with CR4.PCIDE
     return str(v)
 
 

@@ -177,17 +177,28 @@ def format_printf(s, fmt: str, args: list) -> str:
     out = []
     pos = 0
     i = 0
+
+    def next_value():
+        nonlocal i
+        if i >= len(args):
+            raise CommandError("Wrong number of arguments for specified format-string")
+        i += 1
+        return evaluate(s, args[i - 1])
+
     for m in _CONVERSION.finditer(fmt):
-        out.append(fmt[pos:m.start()])
+        stray = fmt[pos:m.start()]
+        if "%" in stray:
+            bad = stray[stray.index("%") + 1:stray.index("%") + 2] or "%"
+            raise CommandError(f"Unrecognized format specifier '{bad}' in printf")
+        out.append(stray)
         pos = m.end()
         flags, width, prec, length, conv = m.groups()
         if conv == "%":
             out.append("%")
             continue
-        if i >= len(args):
-            raise CommandError("Wrong number of arguments for specified format-string")
-        val = evaluate(s, args[i])
-        i += 1
+        if width == "*":
+            width = str(next_value().as_int())
+        val = next_value()
         spec = "%" + flags + (width or "") + (f".{prec}" if prec is not None else "")
         if conv == "s":
             text = val.v if isinstance(val.v, str) else _c_string_at(s, val.as_int())
@@ -201,7 +212,11 @@ def format_printf(s, fmt: str, args: list) -> str:
             if conv in "ouxX":
                 n &= (1 << 64) - 1        # unsigned conversions see the 64-bit pattern
             out.append((spec + ("d" if conv in "iu" else conv)) % n)
-    out.append(fmt[pos:])
+    tail = fmt[pos:]
+    if "%" in tail:
+        bad = tail[tail.index("%") + 1:tail.index("%") + 2] or "%"
+        raise CommandError(f"Unrecognized format specifier '{bad}' in printf")
+    out.append(tail)
     if i != len(args):
         raise CommandError("Wrong number of arguments for specified format-string")
     return "".join(out)

@@ -58,7 +58,7 @@ def assign(s, fn, text: str) -> None:
 
 
 def set_var(s, arg: str) -> None:
-    """set var VARIABLE = EXPR
+    """set variable VARIABLE = EXPR
 
     Assignment, spelled out (gdb's way to avoid clashes with setting names).
     """
