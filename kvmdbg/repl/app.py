@@ -34,12 +34,12 @@ def history_path() -> str:
 
 
 class _History(FileHistory):
-    """FileHistory that does not store a line equal to the one before it."""
+    """FileHistory that does not keep a line equal to the one before it."""
 
-    def store_string(self, string: str) -> None:
-        last = next(iter(self.get_strings()[-1:]), None)
-        if string != last:
-            super().store_string(string)
+    def append_string(self, string: str) -> None:
+        if self._loaded_strings and self._loaded_strings[0] == string:
+            return
+        super().append_string(string)
 
 
 def _history():

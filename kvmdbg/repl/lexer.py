@@ -35,7 +35,7 @@ class KvmdbgLexer(RegexLexer):
             (r'"(\\\\|\\"|[^"])*"?', String),
             (r"'(\\.|[^'])'", String.Char),
             (r"\((u|s)(8|16|32|64)\s*\*?\)", Keyword.Type),
-            (r"&&|\|\||<<|>>|[-+*/%&|^~!<>=]", Operator),
+            (r"==|!=|<=|>=|&&|\|\||<<|>>|[-+*/%&|^~!<>=]", Operator),
             (r"[(){},]", Punctuation),
             (r"[A-Za-z_][\w.]*", Name),
             (r"\s+", Whitespace),
