@@ -14,8 +14,8 @@ What is completed where:
   source, set logging file       file paths
   break/x/print/... (addresses)  symbols and gva:/gpa:/hpa:
   help                           commands and classes
+  set kvm / set profile / ...     the names in NAMED_ARGUMENTS (profiles, knobs, costs)
   any command with complete=fn   fn(session, previous_words, word) -> [(text, description)]
-                                 (the KVM model's knob and profile names plug in here)
 """
 
 from __future__ import annotations
@@ -88,14 +88,18 @@ def _candidates(s, head: str, word: str):
     if word.startswith("$"):
         return _dollar(s, word)
     if cmd.subcommands is not None and not words and not word.startswith(("$", "*")):
-        subs = [Suggestion(n, c.usage, "subcommand") for n, c in cmd.subcommands.commands.items()]
-        if cmd.dispatch or word:
-            return subs
+        return [Suggestion(n, c.usage, "subcommand") for n, c in cmd.subcommands.commands.items()]
     if cmd.complete is not None:
         try:
             return [Suggestion(t, m, "argument") for t, m in cmd.complete(s, words, word)]
         except KvmdbgError:
             return []
+    try:
+        named = _named(s, full, words)
+    except (KvmdbgError, AttributeError, ImportError):
+        named = []
+    if named is not None:
+        return named
     if full == "help":
         return ([Suggestion(n, c.usage, "command") for n, c in reg.commands.items()] +
                 [Suggestion(n, d, "class") for n, d in CLASSES.items()] +
@@ -122,6 +126,52 @@ def _candidates(s, head: str, word: str):
         return ([Suggestion(n, f"{a:#x}", "symbol") for n, a in s.symbols.by_name.items()] +
                 [Suggestion(p, m, "space") for p, m in SPACES])
     return []
+
+
+# --- names the KVM model provides: (command path, argument position) -> fn(session) ---
+
+def _profiles(s):
+    from kvmdbg.kvm.profiles import PROFILES
+    return [(name, p.summary) for name, p in PROFILES.items()]
+
+
+def _knobs(s):
+    from kvmdbg.kvm.profiles import KNOB_HELP
+    return [(name, KNOB_HELP.get(name, f"now {value}"))
+            for name, value in s.vm.profile.knobs().items()]
+
+
+def _knob_values(s, knob: str):
+    from kvmdbg.kvm import profiles
+    value = s.vm.profile.knobs().get(knob)
+    if isinstance(value, bool):
+        return [("on", ""), ("off", "")]
+    return [(v, "") for v in getattr(profiles, "_CHOICES", {}).get(knob, ())]
+
+
+def _costs(s):
+    return [(name, f"{cycles} cycles") for name, cycles, _src in s.vm.costs.rows()]
+
+
+def _knob_assignments(s):
+    return [(f"{name}=", meta) for name, meta in _knobs(s)]
+
+
+NAMED_ARGUMENTS = {
+    ("set kvm", 0): _knobs,
+    ("set profile", 0): _profiles,
+    ("set cost", 0): _costs,
+    ("set knobs", None): _knob_assignments,          # None: at any position
+}
+
+
+def _named(s, full: str, words: list):
+    fn = NAMED_ARGUMENTS.get((full, len(words))) or NAMED_ARGUMENTS.get((full, None))
+    if fn is not None:
+        return [Suggestion(t, m, "argument") for t, m in fn(s)]
+    if full == "set kvm" and len(words) == 1:
+        return [Suggestion(t, m, "argument") for t, m in _knob_values(s, words[0])]
+    return None
 
 
 def _dollar(s, word: str):

@@ -57,6 +57,15 @@ def test_symbols_spaces_files_and_help_topics():
     assert texts(s, "vcpu ") == ["0"]
 
 
+def test_profiles_knobs_and_costs_from_the_kvm_model():
+    s = smep()
+    assert "v6.1" in texts(s, "set profile v6") and "v6.12" in texts(s, "set profile v6")
+    assert "tdp_mmu" in texts(s, "set kvm tdp")
+    assert texts(s, "set kvm tdp_mmu ") == ["off", "on"]
+    assert "ept_violation" in texts(s, "set cost ept")
+    assert "variable" in texts(s, "set ")
+
+
 def test_a_command_can_bring_its_own_completer():
     s = smep()
     s.commands.sub("set").add("knob", lambda s, arg: None, doc="set knob NAME\n\n    Test.",
