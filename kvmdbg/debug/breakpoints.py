@@ -257,7 +257,7 @@ class BreakpointTable:
             v.cpu.stop_reason = CATCHPOINT
 
 
-def parse_numbers(text: str, usage_fn=None) -> list[int]:
+def parse_numbers(text: str, usage_fn=None, noun: str = "breakpoint") -> list[int]:
     """'1 3-5 $bpnum' style lists of breakpoint numbers (gdb's number_or_range_parser)."""
     from kvmdbg.debug.commands.registry import usage_error
     out = []
@@ -275,7 +275,7 @@ def parse_numbers(text: str, usage_fn=None) -> list[int]:
                     raise ValueError
                 out.append(n)
         except ValueError:
-            detail = f"Bad breakpoint number '{word}'."
+            detail = f"Bad {noun} number '{word}'."
             if usage_fn is not None:
                 raise usage_error(usage_fn, detail) from None
             raise CommandError(detail) from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from kvmdbg.debug import catchpoints
 from kvmdbg.debug.breakpoints import Breakpoint, Catchpoint, Watchpoint, parse_numbers
-from kvmdbg.debug.commands.registry import usage_error
+from kvmdbg.debug.commands.registry import no_arguments, usage_error
 from kvmdbg.debug.evaluate import Evaluator
 from kvmdbg.debug.expr import U64, Deref, Dollar, ExprError, Field, Space, parse, split_condition
 from kvmdbg.debug.state import BlockReader, confirm
@@ -382,6 +382,7 @@ def info_watchpoints(s, arg: str) -> None:
 
     The watchpoints only, in the same columns as info breakpoints.
     """
+    no_arguments(info_watchpoints, arg)
     nums = [p.number for p in s.breakpoints if isinstance(p, Watchpoint)]
     if not nums:
         s.message("No watchpoints.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from kvmdbg.debug.commands.registry import usage_error
+from kvmdbg.debug.commands.registry import no_arguments, usage_error
 from kvmdbg.debug.evaluate import PTR, Value, evaluate
 from kvmdbg.debug.expr import ExprError
 from kvmdbg.debug.state import Display, confirm
@@ -239,7 +239,7 @@ def display(s, arg: str) -> None:
 
 def _display_numbers(s, fn, text: str):
     from kvmdbg.debug.breakpoints import parse_numbers
-    nums = parse_numbers(text, fn)
+    nums = parse_numbers(text, fn, noun="display")
     known = {d.number for d in s.state.displays}
     for n in nums:
         if n not in known:
@@ -272,6 +272,7 @@ def info_display(s, arg: str) -> None:
 
     The display expressions, with their numbers and whether they are enabled.
     """
+    no_arguments(info_display, arg)
     if not s.state.displays:
         s.message("There are no auto-display expressions now.")
         return

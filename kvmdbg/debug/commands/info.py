@@ -7,6 +7,7 @@ only has to be registered before them (commands/__init__.FAMILIES).
 from __future__ import annotations
 
 from kvmdbg.cpu.regs import CR0_BITS, CR4_BITS, EFER_BITS
+from kvmdbg.debug.commands.registry import no_arguments
 from kvmdbg.debug.formats import cr3_text, flag_names, format_register_row, register_rows
 from kvmdbg.debug.report import changed_registers
 from kvmdbg.errors import CommandError
@@ -77,6 +78,7 @@ def info_cr(s, arg: str) -> None:
     CR0, CR2, CR3, CR4 and EFER with every defined bit decoded; `role` marks the bits
     that feed KVM's MMU role (kvm_calc_cpu_role), whose change can reset the MMU context.
     """
+    no_arguments(info_cr, arg)
     cpu = s.cpu
     for name, value, bits in (("cr0", cpu.cr0, CR0_BITS), ("cr4", cpu.cr4, CR4_BITS),
                               ("efer", cpu.efer, EFER_BITS)):
@@ -96,6 +98,7 @@ def info_program(s, arg: str) -> None:
 
     Where the program is: the selected vCPU, its step, and why it last stopped.
     """
+    no_arguments(info_program, arg)
     st = s.last_stop
     cpu = s.cpu
     if st is None and not any(v.cpu.steps for v in s.vm.vcpus):
@@ -112,6 +115,7 @@ def creg(s, arg: str) -> None:
 
     The Bochs name for `info cr`.
     """
+    no_arguments(creg, arg)
     info_cr(s, arg)
 
 

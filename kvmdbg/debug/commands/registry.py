@@ -176,6 +176,12 @@ def split_word(line: str):
 _split_word = split_word
 
 
+def no_arguments(cmd_fn, arg: str) -> None:
+    """For commands that take none: an argument is an error that shows the usage."""
+    if arg.strip():
+        raise usage_error(cmd_fn, f"Unexpected argument \"{arg.strip()}\".")
+
+
 def usage_error(cmd_fn, detail: str = "") -> CommandError:
     usage = (cmd_fn.__doc__ or "").strip().splitlines()[0]
     msg = f"{detail}  Usage: {usage}" if detail else f"Usage: {usage}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from kvmdbg.cpu.regs import RSP
 from kvmdbg.debug import stops
-from kvmdbg.debug.commands.registry import usage_error
+from kvmdbg.debug.commands.registry import no_arguments, usage_error
 from kvmdbg.debug.evaluate import evaluate_address
 from kvmdbg.debug.report import report, snapshot_all
 from kvmdbg.debug.state import confirm
@@ -89,6 +89,7 @@ def step(s, arg: str) -> None:
 
     There are no source lines here: step is stepi (with a one-time note saying so).
     """
+    parse_count(step, arg, s)
     _step_hint(s)
     stepi(s, arg)
 
@@ -98,6 +99,7 @@ def next_(s, arg: str) -> None:
 
     There are no source lines here: next is nexti (with a one-time note saying so).
     """
+    parse_count(next_, arg, s)
     _step_hint(s)
     nexti(s, arg)
 
@@ -238,6 +240,7 @@ def info_vcpus(s, arg: str) -> None:
 
     Every vCPU: its state, step, clock in cycles and where it is; `*` marks the selected one.
     """
+    no_arguments(info_vcpus, arg)
     s.message(f"  {'Id':<4}{'State':<11}{'Step':>12}{'Cycles':>14}  Where")
     for v in s.vm.vcpus:
         c = v.cpu
