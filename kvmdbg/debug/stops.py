@@ -235,18 +235,22 @@ def _decode_on(s, v):
         s.current = saved
 
 
-def watch_value(s, wp) -> Value:
+def watch_value(s, wp, reader=None) -> Value:
     """The watched value now; an unreadable one is a value too (it can change back)."""
+    if reader is not None:
+        v = reader.value()
+        if v is not None:
+            return v
     try:
         return evaluate_node(s, wp._ast, vcpu=wp.vcpu)
     except KvmdbgError as e:
         return Value(f"<error: {e}>", ERROR)
 
 
-def _check_watchpoints(s, v, wps, read_hits: set) -> list:
+def _check_watchpoints(s, v, wps, read_hits: set, readers: dict) -> list:
     hits = []
     for wp in wps:
-        new = watch_value(s, wp)
+        new = watch_value(s, wp, readers.get(wp.number))
         old = wp.old
         changed = old is None or new.v != old.v
         read = wp.number in read_hits
@@ -277,8 +281,16 @@ def _worker_due(vm, v) -> bool:
 
 
 def _resume_stepping(s, scope, limit: int, target) -> Outcome:
+    from kvmdbg.debug.watch_reader import reader_for
     vm = s.vm
     table = s.breakpoints
+    # The stop points cannot change during one resume: look them up once.
+    wps = table.watchpoints()
+    readers = {wp.number: reader_for(s, wp) for wp in wps}
+    bps = table.addresses()
+    if target is not None:
+        bps.add(target.address)
+    has_readers = any(w.access != "write" for w in wps)
     started = set()
     last = vm.vcpus[s.current if scope is None else scope]
     done = 0
@@ -293,18 +305,16 @@ def _resume_stepping(s, scope, limit: int, target) -> Outcome:
             return _stop_for(s, SHUTDOWN if last.cpu.shutdown else HALTED, last)
         last = v
         cpu = v.cpu
-        if v.index in started:
-            if cpu.rip in table.addresses() or (target is not None and cpu.rip == target.address):
-                out = _at_breakpoint(s, v, target)
-                if out is not None:
-                    return out
+        if v.index in started and cpu.rip in bps:
+            out = _at_breakpoint(s, v, target)
+            if out is not None:
+                return out
         started.add(v.index)
-        wps = table.watchpoints()
-        reads = _watch_reads(s, v, wps)
+        reads = _watch_reads(s, v, wps) if has_readers else set()
         before = cpu.steps
         reason = v.run(1, None, True)
         done += cpu.steps - before
-        hits = _check_watchpoints(s, v, wps, reads if cpu.steps > before else set())
+        hits = _check_watchpoints(s, v, wps, reads if cpu.steps > before else set(), readers)
         if hits:
             return Outcome(s._stop(WATCHPOINT, v.index), hits)
         if reason in (STEP_LIMIT, VMEXIT):

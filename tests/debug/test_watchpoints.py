@@ -71,3 +71,16 @@ def test_stepi_with_a_watchpoint_stops_early():
     run(s, "watch *(u64*)0x200000")
     out = run(s, "stepi 10")
     assert "New value = 5" in out and "0x10000e, vcpu 0, step 2" in out
+
+
+def test_fast_reader_agrees_with_the_evaluator_and_sees_every_write():
+    from kvmdbg.debug.watch_reader import reader_for
+    s = session(MEM)
+    run(s, "watch *(u64*)0x200000", "watch *(u32*)gpa:0x200004", "watch *(u64*)$rax")
+    wps = s.breakpoints.watchpoints()
+    readers = [reader_for(s, wp) for wp in wps]
+    assert readers[0] is not None and readers[1] is not None and readers[2] is None
+    run(s, "set *(u64*)gpa:0x200000 = 0x1122334455667788")
+    assert readers[0].value().v == 0x1122334455667788 and readers[1].value().v == 0x11223344
+    out = run(s, "stepi")
+    assert "Old value = 0" in out and "New value = 1234605616436508552" in out
