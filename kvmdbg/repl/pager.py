@@ -15,7 +15,10 @@ def page(lines: list, height: int = 0) -> bool:
     cmd = os.environ.get("PAGER") or "less -SRXF"
     try:
         p = subprocess.Popen(cmd, shell=True, stdin=subprocess.PIPE, text=True)
-        p.communicate("\n".join(lines) + "\n")
-        return True
     except OSError:
         return False
+    try:
+        p.communicate("\n".join(lines) + "\n")
+    except (BrokenPipeError, KeyboardInterrupt):     # the reader quit the pager early
+        pass
+    return True
