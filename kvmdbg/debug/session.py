@@ -300,7 +300,12 @@ class Session:
         return self._stop(reason, self.current, cpu.shutdown if reason == SHUTDOWN else "")
 
     def run(self, max_steps: int | None = None, breakpoints=None) -> Stop:
-        """Run all vCPUs (smallest clock first) until something stops them."""
+        """Run all vCPUs (smallest clock first) until something stops them: with stop points
+        set by commands (break, watch, catch), those too, as `continue` does."""
+        if breakpoints is None and len(self.breakpoints):
+            from kvmdbg.debug.stops import resume
+            self.interrupt_requested = False
+            return resume(self, max_steps=max_steps).stop
         limit = self.max_continue_steps if max_steps is None else max_steps
         self.interrupt_requested = False
         try:

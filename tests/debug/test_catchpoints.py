@@ -98,3 +98,13 @@ def test_every_kind_of_design_section_7_exists_with_a_summary():
               "ept-violation page-fault vmexit cr-write memslot marker").split()
     assert list(catchpoints.KINDS) == design
     assert all(k.summary and k.events for k in catchpoints.KINDS.values())
+
+
+def test_python_api_run_honours_stop_points_set_by_commands():
+    from kvmdbg import Session
+    from tests.debug.util import SMEP
+    s = Session.load(SMEP, arg=2)
+    s.execute("catch cr-write cr4")
+    stop = s.run(max_steps=10_000)
+    assert (stop.reason, stop.step) == ("catchpoint", 8)
+    assert s.last_event.fields["cr"] == 4
