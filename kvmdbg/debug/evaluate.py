@@ -183,10 +183,10 @@ class Evaluator:
         if base.v is None:
             if isinstance(n.operand, Dollar) and n.operand.name == "_event":
                 raise ExprError("$_event is void: no catchpoint has stopped the program yet.")
-            raise ExprError(f"Attempt to extract a component of a value that is not a structure.")
+            raise ExprError("Attempt to extract a component of a value that is not a structure.")
         lv = base.lval
         if lv is None or lv.kind != "reg" or lv.name not in REGISTER_FIELDS:
-            raise ExprError(f"Attempt to extract a component of a value that is not a structure.")
+            raise ExprError("Attempt to extract a component of a value that is not a structure.")
         fields = REGISTER_FIELDS[lv.name]
         if n.name.lower() not in fields:
             raise ExprError(f"There is no member named {n.name} in ${lv.name} "
@@ -307,7 +307,6 @@ def assign(s, target: Value, new: Value) -> Value:
         s.write_memory(lv.address, (x & ((1 << (8 * lv.size)) - 1)).to_bytes(lv.size, "little"),
                        lv.space)
         return make_int(x, t) if t.kind in ("int", "char") else Value(x & M64, t)
-    cpu = s.vcpu(lv.vcpu).cpu
     regs = s.vcpu(lv.vcpu).regs
     if lv.kind == "field":
         mask = ((1 << lv.width) - 1) << lv.shift

@@ -353,9 +353,9 @@ class _Parser:
             return Dollar(val)
         if kind == "ident":
             if val in TYPE_NAMES:
-                raise ExprError(f"Attempt to use a type name as an expression")
-            # "$cr4.smep"-style fields after a symbol are not a thing; a dotted ident is a
-            # symbol name (assemblers allow dots) unless a field access follows a $name.
+                raise ExprError("Attempt to use a type name as an expression")
+            # A dotted identifier is a symbol name (assemblers allow dots); fields are
+            # only taken after a $name ($cr4.smep, $_event.root).
             return Symbol(val)
         if kind == "op" and val == "(":
             node = self.assignment()

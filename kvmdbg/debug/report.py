@@ -16,15 +16,11 @@ KVM model's MMU summary plugs in there: Session.context_providers), and the
 from __future__ import annotations
 
 from kvmdbg.cpu.executor import BREAKPOINT, HALTED, SHUTDOWN, STEP_LIMIT
-from kvmdbg.debug.breakpoints import CATCHPOINT, Breakpoint, Watchpoint
+from kvmdbg.debug.breakpoints import CATCHPOINT
 from kvmdbg.debug.formats import register_rows
 from kvmdbg.debug.stops import INTERRUPTED, REACHED, UNSUPPORTED, WATCHPOINT
 from kvmdbg.debug.values import format_natural
 from kvmdbg.errors import CommandError, KvmdbgError
-
-RESUMING_COMMANDS = ("continue", "stepi", "nexti", "step", "next", "until", "advance", "run",
-                     "starti", "start")
-
 
 # --- register snapshots behind the `*` marks ---
 
@@ -194,4 +190,4 @@ def run_breakpoint_commands(s) -> bool:
 
 
 __all__ = ["report", "run_breakpoint_commands", "snapshot_all", "changed_registers",
-           "show_next_insn", "RESUMING_COMMANDS", "Breakpoint", "Watchpoint"]
+           "show_next_insn"]

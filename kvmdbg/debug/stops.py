@@ -227,6 +227,8 @@ def _watch_reads(s, v, wps) -> set:
 
 
 def _decode_on(s, v):
+    """The next instruction of a vCPU other than the selected one (decode_at reads through
+    the selected vCPU's page tables)."""
     saved = s.current
     s.current = v.index
     try:

@@ -83,6 +83,8 @@ def _watch(s, fn, arg: str, access: str) -> None:
     location = None
     if old.lval is not None and old.lval.kind == "mem":
         location = (old.lval.space, old.lval.address, old.lval.size)
+        if access != "write" and location[0] == "hpa":
+            raise CommandError("Read and access watchpoints take gva or gpa addresses, not hpa.")
     elif access != "write":
         raise CommandError("Expression cannot be implemented with read/access watchpoint.")
     elif not _depends_on_state(ast):
