@@ -59,6 +59,20 @@ def test_banner_commands_repeat_completion_and_ctrl_d(kvmdbg):
     c.sendline(" rip")
     c.expect(r"rip +\*?0x100005 +0x100005 <start\+5>")
     c.expect(PROMPT)
+    c.send("\x12")                                   # Ctrl-R: reverse search of the history
+    c.expect("reverse-i-search")
+    c.send("regis")
+    c.expect("ters rip")                            # the match is drawn highlighted
+    c.send("\r")                                     # ends the search, keeps the line
+    c.expect(r"\(kvmdbg\) info registers rip")
+    c.send("\r")
+    c.expect(r"rip +\*?0x100005")
+    c.expect(PROMPT)
+    c.send("info r")                                 # grey suggestion from history; Right takes it
+    c.expect("egisters rip")
+    c.send("\x1b[C\r")
+    c.expect(r"rip +\*?0x100005")
+    c.expect(PROMPT)
     c.send("garbage")
     c.sendintr()                                     # Ctrl-C at the prompt drops the line
     c.expect(PROMPT)
