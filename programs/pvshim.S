@@ -9,10 +9,17 @@
 # page tables refault; from v6.4 (edbdb43fc96b) one root serves the whole run and nothing
 # faults after the first round trip. Under shadow paging every CR3 write would exit too.
 #
-# Parameter: --arg N (RDX) = number of round trips guest -> shim -> guest (two transitions
-# each); 0 means DEFAULT_ROUNDS. Needs --mem 8M or more (the default is 16M). Only vCPU 0
-# works; other vCPUs halt. Markers (port 0x512): the round number at the start of each
-# round trip, counting from 1.
+# Under shadow paging (--kvm shadow) MOV to CR3 exits as well: a switch back to the other
+# context hits KVM's prev_roots cache (fast_pgd_switch) until a SMEP flip unloads the MMU
+# and empties it; with CR0.WP set a flip keeps the shadow root role, with CR0.WP clear
+# (bit 32 below) smep_andnot_wp changes it, so the first flip into each role builds a
+# second tree (kvm-mmu-spec S6).
+#
+# Parameter: --arg N (RDX): bits 0-31 = number of round trips guest -> shim -> guest (two
+# transitions each), 0 means DEFAULT_ROUNDS; bit 32 = clear CR0.WP first; bits 40-55 = how
+# many leading round trips switch CR3 only, leaving SMEP alone. Needs --mem 8M or more
+# (the default is 16M). Only vCPU 0 works; other vCPUs halt. Markers (port 0x512): the
+# round number at the start of each round trip, counting from 1.
 #
 # Layout: the guest context uses the boot tables (CR3 = 0x1000) and the working set at
 # GUEST_DATA; the shim builds a second PML4/PDPT/PD/PT set at SHIM_TABLES that
@@ -35,6 +42,9 @@
 	.set SHIM_MAPPED_PAGES, 2048		# 8 MiB: code, stacks, data and these tables
 	.set SHIM_PTS, SHIM_MAPPED_PAGES / 512
 	.set CR4_SMEP, 1 << 20
+	.set CR0_WP_BIT, 16
+	.set OPT_CLEAR_WP_BIT, 32
+	.set OPT_CR3_ONLY_SHIFT, 40
 	.set PORT_MARKER, 0x512
 	.set CONSOLE, 0xe9
 
@@ -43,11 +53,20 @@
 start:
 	test	rdi, rdi
 	jnz	park				# one worker: vCPU 0
-	test	rdx, rdx
+	mov	r15, rdx			# the options
+	mov	ebx, edx			# round trips left
+	test	ebx, ebx
 	jnz	1f
-	mov	edx, DEFAULT_ROUNDS
-1:	mov	rbx, rdx			# round trips left
-	xor	r12d, r12d			# round number (the marker)
+	mov	ebx, DEFAULT_ROUNDS
+1:	mov	r11, r15
+	shr	r11, OPT_CR3_ONLY_SHIFT
+	and	r11d, 0xffff			# leading rounds without SMEP flips
+	bt	r15, OPT_CLEAR_WP_BIT
+	jnc	2f
+	mov	rax, cr0
+	btr	rax, CR0_WP_BIT
+	mov	cr0, rax
+2:	xor	r12d, r12d			# round number (the marker)
 	call	build_shim_tables
 	mov	r13d, SHIM_PML4
 	mov	r14d, GUEST_PML4
@@ -61,16 +80,20 @@ round:
 
 	# guest -> shim: the shim's tables, SMEP on
 	mov	cr3, r13
+	cmp	r12, r11
+	jbe	3f
 	or	rax, CR4_SMEP
 	mov	cr4, rax
-	mov	esi, SHIM_DATA
+3:	mov	esi, SHIM_DATA
 	call	touch
 
 	# shim -> guest: the guest's tables, SMEP off
 	mov	cr3, r14
+	cmp	r12, r11
+	jbe	4f
 	and	rax, ~CR4_SMEP
 	mov	cr4, rax
-	mov	esi, GUEST_DATA
+4:	mov	esi, GUEST_DATA
 	call	touch
 
 	dec	rbx
@@ -92,10 +115,10 @@ park:
 # touch: write one quadword in each of WORKING_SET_PAGES pages from RSI.
 touch:
 	mov	ecx, WORKING_SET_PAGES
-2:	mov	[rsi], rbx
+5:	mov	[rsi], rbx
 	add	rsi, PAGE
 	dec	ecx
-	jnz	2b
+	jnz	5b
 	ret
 
 # build_shim_tables: PML4[0] -> PDPT, PDPT[0] -> PD, PD[0..SHIM_PTS) -> PTs, and PTs that

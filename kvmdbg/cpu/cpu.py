@@ -16,6 +16,7 @@ from kvmdbg.cpu.faults import (GP, PF, PFERR_FETCH, PFERR_USER, PFERR_WRITE, UD,
 from kvmdbg.cpu.regs import CR0_ET, CR0_PE, CR0_PG, CR4_PCIDE, CR4_PGE, EFER_NXE, RFLAGS_FIXED
 from kvmdbg.cpu.tlb import Tlb
 from kvmdbg.cpu.translate import make_handler
+from kvmdbg.cpu.vmx import EXCEPTION_NMI, VmExit
 from kvmdbg.cpu.walker import access_error, walk
 from kvmdbg.errors import UnsupportedInstruction
 
@@ -60,6 +61,12 @@ class Cpu:
         # The page walk the hardware does: the guest's tables (possibly through EPT), or,
         # under shadow paging, the tables the hypervisor built (set by the kvm layer).
         self.walk_fn = walk
+        # VMX controls a hypervisor may set (shadow paging sets all three): CR0 bits forced
+        # on in the CR0 the hardware uses (the guest reads its own), the exception bitmap's
+        # #PF bit (a #PF exits instead of being delivered) and INVLPG exiting.
+        self.hw_cr0_on = 0
+        self.pf_exiting = False
+        self.invlpg_exiting = False
         self._memo: dict = {}          # walk answers, see _memo_walk
         self._memo_pt_gen = self._memo_gpa_gen = None
         self.halted = False
@@ -142,6 +149,8 @@ class Cpu:
                 # A #PF invalidates the TLB entries for the faulting address (SDM 4.10.4.2).
                 tlb.flush_page(self.vpid, pcid, vpn, True)
                 self.flush_fast()
+                if self.pf_exiting:
+                    raise VmExit(EXCEPTION_NMI, va, error_code=code)
                 raise GuestFault(PF, code, va)
             if acc & PFERR_WRITE and not (e.dirty and e.ept_w):
                 e = None
@@ -158,6 +167,8 @@ class Cpu:
                     if f.vector == PF:
                         tlb.flush_page(self.vpid, pcid, vpn, True)
                         self.flush_fast()
+                        if self.pf_exiting:
+                            raise VmExit(EXCEPTION_NMI, f.cr2, error_code=f.error_code) from None
                     raise
                 self._memo[(vpn, self.cr3 & _CR3_ADDR, ep4ta, self.cr0 & CR0_PG,
                             cr4 & CR4_PGE, self.efer & EFER_NXE)] = e

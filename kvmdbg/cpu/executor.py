@@ -109,17 +109,21 @@ def _deliver(cpu, fault):
         cpu.shutdown = f"triple fault: {fault} at rip {cpu.rip:#x}, then {tf}"
         return SHUTDOWN
     except VmExit as exit_:
-        # The delivery itself exited (e.g. the IDT or stack is not mapped in EPT yet).
-        # No state changed: after the exit the instruction faults again and delivers.
-        return _handle_exit(cpu, exit_)
+        # The delivery itself exited (e.g. the IDT or stack is not mapped in EPT or in the
+        # shadow tables yet). No state changed: after the exit the instruction faults again
+        # and delivers, unless the hypervisor injects a fault, which then arrives while
+        # `fault` was being delivered (the IDT-vectoring information of the exit).
+        return _handle_exit(cpu, exit_, fault)
     return None
 
 
-def _handle_exit(cpu, exit_):
+def _handle_exit(cpu, exit_, vectoring=None):
     try:
         cpu.ops.handle_exit(cpu, exit_)
     except GuestFault as fault:      # the hypervisor injected an exception
         cpu.steps += 1
+        if vectoring is not None:
+            cpu.delivering = vectoring.vector        # deliver() applies the #DF rules
         return _deliver(cpu, fault)
     if cpu.shutdown:
         return SHUTDOWN

@@ -173,6 +173,9 @@ def wrmsr(cpu, index: int, value: int) -> None:
 
 def invlpg(cpu, va: int) -> None:
     """Entries for the page in the current PCID, and global entries for it."""
+    if cpu.invlpg_exiting:
+        cpu.ops.invlpg(cpu, va)         # a VM exit: the hypervisor invalidates (INVVPID)
+        return
     if canonical(va):
         cpu.tlb.flush_page(cpu.vpid, cpu.pcid, va >> 12, True)
     cpu.flush_fast()

@@ -113,6 +113,19 @@ class Tlb:
         self.flushes += 1
         return n
 
+    def flush_addr(self, vpid: int, vpn: int) -> int:
+        """INVVPID individual-address: the page in every PCID (globals too) and EP4TA of a VPID."""
+        n = 0
+        for tag, ctx in self.contexts.items():
+            if tag[0] != vpid:
+                continue
+            if ctx.pop(vpn, None) is not None:
+                n += 1
+            if tag in self.large_tags:
+                n += self._drop_large(ctx, vpn)
+        self.flushes += 1
+        return n
+
     @staticmethod
     def _drop_large(ctx: dict, vpn: int) -> int:
         """Drop the pieces of any large page containing vpn."""

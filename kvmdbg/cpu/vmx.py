@@ -33,13 +33,14 @@ _BAD_MEMTYPES = (2, 3, 7)
 class VmExit(Exception):
     """The processor leaves the guest in the middle of an instruction (nothing of it retired)."""
 
-    __slots__ = ("reason", "qualification", "gpa")
+    __slots__ = ("reason", "qualification", "gpa", "error_code")
 
-    def __init__(self, reason: int, qualification: int = 0, gpa: int = 0):
+    def __init__(self, reason: int, qualification: int = 0, gpa: int = 0, error_code: int = 0):
         super().__init__(reason)
         self.reason = reason
-        self.qualification = qualification
+        self.qualification = qualification     # #PF exits: the faulting linear address
         self.gpa = gpa
+        self.error_code = error_code           # VM-exit interruption error code (#PF)
 
     def __str__(self) -> str:
         return f"VM exit {EXIT_NAMES.get(self.reason, self.reason)} gpa {self.gpa:#x}"

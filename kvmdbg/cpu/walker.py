@@ -38,7 +38,7 @@ def access_error(cpu, user: bool, writable: bool, nx: bool, pkey: int, acc: int)
     write = acc & PFERR_WRITE
     fetch = acc & PFERR_FETCH
     cr4 = cpu.cr4
-    wp = cpu.cr0 & CR0_WP
+    wp = (cpu.cr0 | cpu.hw_cr0_on) & CR0_WP
     if acc & PFERR_USER:
         bad = not user or (write and not writable) or (fetch and nx)
     elif fetch:
@@ -149,3 +149,58 @@ def walk(cpu, va: int, acc: int) -> TlbEntry:
 
 def _fault(cpu, va: int, code: int):
     raise GuestFault(PF, code, va)
+
+
+def walk_shadow(cpu, va: int, acc: int) -> TlbEntry:
+    """The walk the processor does when a hypervisor shadows the guest's tables (VMX with
+    EPT off): its CR3 is the hypervisor's root (ops.ep4ta, the root's host-physical
+    address), the tables and the final page are host-physical, in the same 4-level format.
+
+    Rights follow SDM 4.6 with the CR0 the hardware uses (the hypervisor forces WP on) and
+    the guest's CR4/EFLAGS, with EFER.NXE forced on (KVM runs shadowed guests so). A #PF
+    here normally exits (exception bitmap) for the hypervisor to fix its tables or inject
+    the guest's own fault; the error code is the hardware's, with I/D set for fetches.
+    """
+    ops = cpu.ops
+    pages = ops.host_pages
+    cpu.walk_pt_pages = []                 # the guest never writes these tables
+    pfn = ops.ep4ta >> 12
+    kind_bits = acc & (PFERR_WRITE | PFERR_USER | PFERR_FETCH)
+    user = writable = True
+    nx = False
+    used = []
+    level = 4
+    while True:
+        table = pages[pfn]
+        off = ((va >> (12 + 9 * (level - 1))) & 511) << 3
+        e = int.from_bytes(table[off:off + 8], "little")
+        if not e & P:
+            _fault(cpu, va, kind_bits)
+        leaf = level == 1 or (e & PS and level < 4)
+        if (e & RSVD_HIGH or (level == 4 and e & PS) or (leaf and level == 3 and e & RSVD_1G)
+                or (leaf and level == 2 and e & RSVD_2M)):
+            _fault(cpu, va, PFERR_PRESENT | PFERR_RSVD | kind_bits)
+        used.append((table, off, e))
+        user = user and bool(e & US)
+        writable = writable and bool(e & RW)
+        if e & XD:
+            nx = True
+        if leaf:
+            break
+        pfn = (e & ADDR_MASK) >> 12
+        level -= 1
+    if access_error(cpu, user, writable, nx, 0, acc):
+        _fault(cpu, va, PFERR_PRESENT | kind_bits)
+    write = bool(acc & PFERR_WRITE)
+    last = len(used) - 1
+    for i, (table, off, val) in enumerate(used):
+        new = val | A
+        if i == last and write:
+            new |= D
+        if new != val:
+            table[off:off + 8] = new.to_bytes(8, "little")
+    size_shift = 12 + 9 * (level - 1)
+    leaf_pfn = ((e & ADDR_MASK) >> 12) + ((va >> 12) & ((1 << (size_shift - 12)) - 1))
+    hpa = leaf_pfn << 12
+    return TlbEntry(va >> 12, pages[leaf_pfn], hpa, ops.hpa_to_gpa(hpa), user, writable, nx,
+                    write or bool(e & D), False, 0, 12)

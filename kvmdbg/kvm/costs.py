@@ -27,6 +27,8 @@ DEFAULTS = (
     Cost("root_alloc", 800, "assumption: page allocation + root list insertion"),
     Cost("sp_alloc", 400, "assumption: one page-table page from the per-vCPU cache"),
     Cost("ept_violation", 2000, "assumption per spec 9: 'VM-exit round trip + 1-3 us of KVM work' (here ~0.7 us)"),
+    Cost("pf_intercept", 2000, "assumption: a #PF intercepted under shadow paging: KVM's software walk of the guest tables + FNAME(fetch), priced like an EPT violation (spec 9)"),
+    Cost("sync_page", 1000, "assumption: kvm_sync_page re-reads and compares the gPTEs behind one unsync shadow page"),
     Cost("spte_zap", 165, "derived: 64 TiB of 4 KiB SPTEs zapped in 900+ s = ~55 ns per leaf (async zap commit message)"),
     Cost("invept", 300, "assumption: 'a few hundred cycles' (no published figure, spec 9)"),
     Cost("invvpid", 200, "assumption, as INVEPT"),

@@ -10,7 +10,8 @@ def _regs(s: bytes) -> tuple[int, int, int]:
 _VENDOR = _regs(b"GenuineIntel")          # ebx, edx, ecx order below
 
 
-def guest_cpuid(leaf: int, subleaf: int, cpu) -> tuple[int, int, int, int]:
+def guest_cpuid(leaf: int, subleaf: int, cpu, pku: bool = True) -> tuple[int, int, int, int]:
+    """pku=False: KVM hides PKU without TDP (kvm_set_cpu_caps)."""
     if leaf == 0:
         return 0xD, _VENDOR[0], _VENDOR[2], _VENDOR[1]
     if leaf == 1:
@@ -20,7 +21,7 @@ def guest_cpuid(leaf: int, subleaf: int, cpu) -> tuple[int, int, int, int]:
         return 0x000606A6, cpu.index << 24, ecx, edx
     if leaf == 7 and subleaf == 0:
         ebx = (1 << 7) | (1 << 10) | (1 << 20)            # SMEP, INVPCID, SMAP
-        ecx = (1 << 3) | ((1 << 4) if cpu.cr4 & CR4_PKE else 0)   # PKU, OSPKE
+        ecx = ((1 << 3) if pku else 0) | ((1 << 4) if cpu.cr4 & CR4_PKE else 0)   # PKU, OSPKE
         return 0, ebx, ecx, 0
     if leaf == 0x8000_0000:
         return 0x8000_0008, 0, 0, 0

@@ -10,7 +10,7 @@ memslots, and MMIO to userspace. Hence a stale cpu_role shows up here and only h
 from __future__ import annotations
 
 from kvmdbg.cpu.faults import PF, GuestFault
-from kvmdbg.cpu.regs import AC, CR4_PKE
+from kvmdbg.cpu.regs import AC, CR4_PKE, MAXPHYADDR
 from kvmdbg.cpu.translate import make_handler
 from kvmdbg.kvm import x86
 from kvmdbg.mmu import mmu as M
@@ -100,7 +100,8 @@ class _Emulator:
             self.vcpu.mmu, kvm.read_gpa, kvm.write_gpa, cpu.cr3, gva, pfec,
             bool(cpu.get_rflags() & AC), cpu.pkru if cpu.cr4 & CR4_PKE else 0,
             refresh=x86.refresh_passthrough_bits(self.vcpu),
-            trace=lambda name, **f: kvm.trace(name, self.vcpu.index, **f))
+            trace=(lambda name, **f: kvm.trace(name, self.vcpu.index, **f)) if kvm.bus.active else None,
+            maxphyaddr=MAXPHYADDR)
 
     def fetch(self, rip: int) -> bytes:
         out = b""
@@ -129,6 +130,15 @@ class _Emulator:
             self.kvm.vmm.mmio_write(self.vcpu, gpa, size, value)
             return
         data = value.to_bytes(size, "little")
+        if (va & 0xFFF) + size <= 4096:
+            self._write_phys(gpa, data)
+            return
         for i in range(size):
             g = self.gva_to_gpa(va + i, self._pfec(write=True))
-            self.kvm.write_gpa(g, data[i:i + 1])
+            self._write_phys(g, data[i:i + 1])
+
+    def _write_phys(self, gpa: int, data: bytes) -> None:
+        """emulator_write_phys: the write, then the page-track notifier (kvm_mmu_track_write)."""
+        self.kvm.write_gpa(gpa, data)
+        if self.kvm.shadow is not None:
+            self.kvm.shadow.track_write(self.vcpu, gpa, len(data))

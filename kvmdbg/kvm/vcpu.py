@@ -9,7 +9,7 @@ vCPU, vcpu_enter_guest services requests in KVM's order and reloads the MMU.
 from __future__ import annotations
 
 from kvmdbg.bits import M64, PAGE_SHIFT
-from kvmdbg.cpu import executor, system
+from kvmdbg.cpu import executor, system, walker
 from kvmdbg.cpu import vmx as V
 from kvmdbg.cpu.cpu import Cpu
 from kvmdbg.cpu.regs import (CR0_TS, CR0_WP, CR4_DE, CR4_FSGSBASE, CR4_OSFXSR, CR4_OSXMMEXCPT,
@@ -56,6 +56,14 @@ class Vcpu:
         self.cr4_guest_owned = cr4
         self.cpu = Cpu(self, vm.decode_cache, index=index, vpid=index + 1, translator=generate)
         self.cpu.walk_cost = vm.costs["tlb_miss"]
+        self.host_pages = vm.host.pages
+        if not p.tdp_enabled:
+            # Shadow paging (vmx.c with enable_ept=0): the hardware walks KVM's tables, runs
+            # with CR0.WP forced on, and #PF and INVLPG exit.
+            self.cpu.walk_fn = walker.walk_shadow
+            self.cpu.hw_cr0_on = CR0_WP
+            self.cpu.pf_exiting = True
+            self.cpu.invlpg_exiting = True
 
     # --- bookkeeping ---
 
@@ -103,6 +111,12 @@ class Vcpu:
         if x86.KVM_REQ_MMU_FREE_OBSOLETE_ROOTS in reqs:
             reqs.discard(x86.KVM_REQ_MMU_FREE_OBSOLETE_ROOTS)
             x86.kvm_mmu_free_obsolete_roots(self)
+        if x86.KVM_REQ_MMU_SYNC in reqs:
+            reqs.discard(x86.KVM_REQ_MMU_SYNC)
+            x86.kvm_mmu_sync_roots(self)
+        if x86.KVM_REQ_LOAD_MMU_PGD in reqs:
+            reqs.discard(x86.KVM_REQ_LOAD_MMU_PGD)
+            x86.kvm_mmu_load_pgd(self)
         if x86.KVM_REQ_TLB_FLUSH in reqs:
             reqs.discard(x86.KVM_REQ_TLB_FLUSH)
             reqs.discard(x86.KVM_REQ_TLB_FLUSH_CURRENT)
@@ -113,8 +127,7 @@ class Vcpu:
             self.flush_tlb_current()
         if x86.KVM_REQ_TLB_FLUSH_GUEST in reqs:
             reqs.discard(x86.KVM_REQ_TLB_FLUSH_GUEST)
-            kvm.stats["tlb_flush"] += 1
-            self.flush_tlb_guest()
+            x86.kvm_vcpu_flush_tlb_guest(self)
         if "KVM_REQ_SMI" in reqs:
             reqs.discard("KVM_REQ_SMI")
             self.process_smi()
@@ -175,7 +188,29 @@ class Vcpu:
         root = self.mmu.root.sp
         if root is None:
             return                              # vmx_flush_tlb_current: no valid root, nothing
+        if self.ept is None:
+            self._invvpid("single-context")     # shadow paging: INVVPID for the VPID
+            return
         self._invept_single(root.hpa)
+
+    def _invvpid(self, kind: str, gva: int = 0) -> None:
+        kvm = self.kvm
+        cpu = self.cpu
+        kvm.stats["invvpid"] += 1
+        cpu.extra_cycles += kvm.costs.values["invvpid"]
+        if kvm.bus.active:
+            kvm.trace("kvmdbg:invvpid", self.index, type=kind, vpid=cpu.vpid)
+        if kind == "individual-address":
+            cpu.tlb.flush_addr(cpu.vpid, gva >> 12)
+        elif kind == "all-context":
+            cpu.tlb.flush_all()
+        else:
+            cpu.tlb.flush_vpid(cpu.vpid)
+        cpu.flush_fast()
+
+    def flush_tlb_gva(self, gva: int) -> None:
+        """vmx_flush_tlb_gva: INVVPID individual-address."""
+        self._invvpid("individual-address", gva)
 
     def _invept_single(self, ep4ta: int) -> None:
         kvm = self.kvm
@@ -189,6 +224,9 @@ class Vcpu:
         self.cpu.flush_fast()
 
     def flush_tlb_all(self) -> None:
+        if self.ept is None:
+            self._invvpid("all-context")        # vmx_flush_tlb_all without EPT
+            return
         kvm = self.kvm
         kvm.stats["invept"] += 1
         kvm.charge(self, "invept")
@@ -222,6 +260,12 @@ class Vcpu:
         hit = self._gfn_cache[gfn] = (page, pfn << PAGE_SHIFT, True, True)
         return hit
 
+    def hpa_to_gpa(self, hpa: int) -> int:
+        """The guest-physical address behind a host page the shadow tables map (bookkeeping
+        for TLB entries; the hardware itself never knows it)."""
+        gfn = self.kvm.shadow.gfn_of_pfn.get(hpa >> 12)
+        return gfn << 12 if gfn is not None else hpa
+
     def gpa_generation(self):
         """Moves whenever a guest-physical translation could change (SPTEs, memslots)."""
         kvm = self.kvm
@@ -234,10 +278,24 @@ class Vcpu:
         self.kvm.vmm.mmio_write(self, gpa, size, value)
 
     def handle_exit(self, cpu, exit_: V.VmExit) -> None:
-        """Exits raised in the middle of an instruction (EPT violation / misconfig)."""
+        """Exits raised in the middle of an instruction (EPT violation / misconfig, and the
+        #PF intercept of shadow paging)."""
         from kvmdbg.kvm import emulate
         kvm = self.kvm
         gpa = exit_.gpa
+        if exit_.reason == V.EXCEPTION_NMI:
+            # handle_exception_nmi -> kvm_handle_page_fault: a #PF on KVM's shadow tables.
+            addr, code = exit_.qualification, exit_.error_code
+            self.vmexit(V.EXCEPTION_NMI, info1=addr, intr_info=0x80000B0E, error_code=code)
+            kvm.stats["pf_exits"] += 1
+            kvm.charge(self, "pf_intercept")
+            if kvm.bus.active:
+                kvm.trace("kvm_page_fault", self.index, guest_rip=cpu.rip, fault_address=addr,
+                          error_code=code)
+            ret = x86.kvm_mmu_page_fault(self, addr, code)
+            if ret == RetPF.EMULATE:
+                emulate.emulate_instruction(self)
+            return
         if exit_.reason == V.EPT_VIOLATION:
             self.vmexit(V.EPT_VIOLATION, info1=exit_.qualification, info2=gpa)
             kvm.stats["ept_violations"] += 1
@@ -268,6 +326,10 @@ class Vcpu:
                 return
             self._cr_exit(4, value)
             x86.kvm_set_cr4(self, value)
+        elif n == 3 and self.ept is None:
+            # Shadow paging intercepts MOV to CR3 (kvm-mmu-spec 2.1, 2.5).
+            self._cr_exit(3, value)
+            x86.kvm_set_cr3(self, value)
         else:
             # CR3 is not intercepted with EPT (unrestricted guest); CR8 is TPR-shadowed.
             system.arch_set_cr(cpu, n, value)
@@ -309,7 +371,12 @@ class Vcpu:
 
     def cpuid(self, cpu, leaf: int, subleaf: int):
         self.vmexit(V.CPUID)
-        return guest_cpuid(leaf, subleaf, cpu)
+        return guest_cpuid(leaf, subleaf, cpu, pku=self.kvm.profile.tdp_enabled)
+
+    def invlpg(self, cpu, va: int) -> None:
+        """INVLPG exiting (shadow paging): handle_invlpg -> kvm_mmu_invlpg."""
+        self.vmexit(V.INVLPG, info1=va)
+        x86.kvm_mmu_invlpg(self, va)
 
     def hlt(self, cpu) -> None:
         self.vmexit(V.HLT)

@@ -7,15 +7,18 @@ memslot updates (kvm_set_memory_region -> kvm_arch_flush_shadow_memslot).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from kvmdbg.bits import PAGE_SHIFT
 from kvmdbg.cpu.decode_cache import DecodeCache
-from kvmdbg.errors import ConfigError
+from kvmdbg.cpu.regs import MAXPHYADDR
 from kvmdbg.events import EventBus
 from kvmdbg.kvm.costs import CostTable
 from kvmdbg.kvm.profiles import DEFAULT, PROFILES, Profile
 from kvmdbg.kvm.stats import Stats
 from kvmdbg.mem import HostMemory, Memslot, Memslots
 from kvmdbg.mmu.mmu_internal import ROLE_INVALID
+from kvmdbg.mmu.shadow_mmu import ShadowMmu
 from kvmdbg.mmu.tdp_mmu import TdpMmu
 
 # Ports of the VMM's userspace interface (design section 3).
@@ -47,9 +50,9 @@ class Vm:
         from kvmdbg.kvm.userspace import Vmm
         from kvmdbg.kvm.vcpu import Vcpu
         self.profile = profile or PROFILES[DEFAULT]
-        if not self.profile.tdp_enabled and not bare:
-            raise ConfigError(f"profile '{self.profile.name}' needs shadow paging (tdp_enabled=0), "
-                              "which kvmdbg does not model yet")
+        if not self.profile.tdp_enabled and self.profile.tdp_mmu and not bare:
+            # The TDP MMU needs TDP; KVM turns tdp_mmu off with ept=0 (kvm_configure_mmu).
+            self.profile = replace(self.profile, tdp_mmu=False)
         self.mem_size = mem_size
         self.host = HostMemory()
         self.memslots = Memslots()
@@ -61,6 +64,9 @@ class Vm:
         self.tdp_mmu = TdpMmu(self)
         self.mmu_valid_gen = 0
         self.mmu_page_hash: dict[tuple[int, int], object] = {}   # legacy MMU: (gfn, role) -> page
+        # Shadow paging (tdp_enabled=0): shadow pages by (gfn, role), write tracking, rmaps.
+        self.shadow = (ShadowMmu(self, mem_size >> PAGE_SHIFT, MAXPHYADDR)
+                       if not self.profile.tdp_enabled else None)
         self.worker = Worker()
         huge = 0
         if self.profile.huge_pages:
@@ -158,7 +164,8 @@ class Vm:
 
     def kvm_mmu_zap_all_fast(self) -> None:
         self.trace("kvm_mmu_zap_all_fast", self.current_vcpu_index(),
-                   mmu_valid_gen=self.mmu_valid_gen, mmu_used_pages=len(self.tdp_mmu.pages))
+                   mmu_valid_gen=self.mmu_valid_gen,
+                   mmu_used_pages=self.shadow.n_used if self.shadow else len(self.tdp_mmu.pages))
         self.mmu_valid_gen ^= 1
         if self.profile.tdp_mmu:
             self.tdp_mmu.invalidate_all_roots()
@@ -170,6 +177,9 @@ class Vm:
     def kvm_zap_obsolete_pages(self) -> None:
         """Legacy MMU pages of the old generation: roots still in use become invalid and
         wait for their last put; the rest are zapped now (kvm_mmu_prepare_zap_page)."""
+        if self.shadow is not None:
+            self.shadow.zap_obsolete_pages()
+            return
         if self.profile.tdp_mmu:
             return
         from kvmdbg.mmu import legacy
@@ -178,6 +188,8 @@ class Vm:
     def kvm_arch_flush_shadow_memslot(self, slot: Memslot) -> None:
         if self.profile.slot_zap_all:
             self.kvm_mmu_zap_all_fast()
+        elif self.shadow is not None:
+            self.shadow.zap_gfn_range(slot.base_gfn, slot.end_gfn)
         else:
             # kvm_mmu_zap_memslot: only the slot's leaf SPTEs; roots survive.
             if self.tdp_mmu.zap_leafs(slot.base_gfn, slot.end_gfn, self._all_valid_roots()):

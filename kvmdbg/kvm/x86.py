@@ -8,20 +8,27 @@ kvm_mmu_reload, kvm_mmu_unload, kvm_mmu_free_roots, kvm_mmu_page_fault.
 
 from __future__ import annotations
 
+from kvmdbg.bits import canonical
 from kvmdbg.cpu import system
-from kvmdbg.cpu.faults import GP, GuestFault
-from kvmdbg.cpu.regs import (AC, CR0_PG, CR0_WP, CR4_PAE, CR4_PCIDE, CR4_PGE, CR4_SMEP,
-                             EFER_LME, EFER_NXE)
+from kvmdbg.cpu.faults import GP, PF, GuestFault
+from kvmdbg.cpu.regs import (AC, CR0_PG, CR0_WP, CR4_PAE, CR4_PCIDE, CR4_PGE, CR4_PKE, CR4_SMEP,
+                             EFER_LME, EFER_NXE, MAXPHYADDR)
 from kvmdbg.mmu import legacy
 from kvmdbg.mmu import mmu as M
 from kvmdbg.mmu import mmu_internal as R
-from kvmdbg.mmu.mmu_internal import PageFault, RetPF
+from kvmdbg.mmu import paging_tmpl
+from kvmdbg.mmu import shadow_mmu as SH
+from kvmdbg.mmu import spte as S
+from kvmdbg.mmu.mmu_internal import ACC_EXEC, ACC_USER, ACC_WRITE, PageFault, RetPF
 
 KVM_REQ_TLB_FLUSH = "KVM_REQ_TLB_FLUSH"
 KVM_REQ_TLB_FLUSH_CURRENT = "KVM_REQ_TLB_FLUSH_CURRENT"
 KVM_REQ_TLB_FLUSH_GUEST = "KVM_REQ_TLB_FLUSH_GUEST"
 KVM_REQ_MMU_FREE_OBSOLETE_ROOTS = "KVM_REQ_MMU_FREE_OBSOLETE_ROOTS"
 KVM_REQ_MMU_RELOAD = "KVM_REQ_MMU_RELOAD"
+KVM_REQ_MMU_SYNC = "KVM_REQ_MMU_SYNC"
+KVM_REQ_LOAD_MMU_PGD = "KVM_REQ_LOAD_MMU_PGD"
+_CR3_ADDR = ((1 << 52) - 1) & ~0xFFF
 
 CR0_ROLE_BITS = M.KVM_MMU_CR0_ROLE_BITS
 
@@ -34,8 +41,11 @@ def kvm_init_mmu(vcpu) -> None:
     kvm = vcpu.kvm
     mmu = vcpu.mmu
     cpu_role = M.kvm_calc_cpu_role(cpu.cr0, cpu.cr4, cpu.efer, smm=vcpu.smm)
-    root_role = M.kvm_calc_tdp_mmu_root_page_role(
-        cpu_role, kvm.profile.tdp_root_role_has_guest_bits)
+    if kvm.profile.tdp_enabled:
+        root_role = M.kvm_calc_tdp_mmu_root_page_role(
+            cpu_role, kvm.profile.tdp_root_role_has_guest_bits)
+    else:
+        root_role = SH.kvm_calc_shadow_root_role(cpu_role)      # kvm_init_shadow_mmu
     if cpu_role == mmu.cpu_role and root_role == mmu.root_role:
         return
     mmu.cpu_role = cpu_role
@@ -63,25 +73,31 @@ def kvm_mmu_unload(vcpu) -> None:
     kvm_mmu_free_roots(vcpu, M.KVM_MMU_ROOTS_ALL)
 
 
-def mmu_free_root_page(vcpu, sp) -> None:
+def mmu_free_root_page(vcpu, sp, invalid: list) -> None:
     kvm = vcpu.kvm
     if sp.tdp_mmu_page:
         kvm.tdp_mmu.put_root(sp, vcpu)
+    elif isinstance(sp, SH.ShadowPage):
+        kvm.shadow.free_root(vcpu, sp, invalid)
     else:
         legacy.mmu_free_root_page(kvm, sp, vcpu)
 
 
 def kvm_mmu_free_roots(vcpu, roots_to_free: int) -> None:
-    """Put the selected roots (prev_roots first, then the current one, as KVM does)."""
+    """Put the selected roots (prev_roots first, then the current one, as KVM does); shadow
+    pages zapped on the way are committed with one remote TLB flush."""
     mmu = vcpu.mmu
     prev = mmu.prev_roots
+    invalid: list = []
     for i in range(M.KVM_MMU_NUM_PREV_ROOTS):
         if prev[i].sp is not None and roots_to_free & (2 << i):
-            mmu_free_root_page(vcpu, prev[i].sp)
+            mmu_free_root_page(vcpu, prev[i].sp, invalid)
             prev[i] = M.RootInfo()
     if roots_to_free & M.KVM_MMU_ROOT_CURRENT and mmu.root.sp is not None:
-        mmu_free_root_page(vcpu, mmu.root.sp)
+        mmu_free_root_page(vcpu, mmu.root.sp, invalid)
         mmu.root = M.RootInfo()
+    if invalid:
+        vcpu.kvm.shadow.commit_zap_page(invalid)
 
 
 def kvm_mmu_load(vcpu) -> None:
@@ -89,11 +105,21 @@ def kvm_mmu_load(vcpu) -> None:
     kvm.stats["mmu_loads"] += 1
     vcpu.cpu.extra_cycles += kvm.costs.values["mmu_load"]
     role = vcpu.mmu.root_role
-    if kvm.profile.tdp_mmu:
+    if not kvm.profile.tdp_enabled:
+        # mmu_alloc_shadow_roots: the root shadows the guest's top table (CR3), found by
+        # (gfn, role) in the hash; then kvm_mmu_sync_roots.
+        shadow = kvm.shadow
+        shadow.make_mmu_pages_available()
+        pgd = vcpu.cpu.cr3
+        root = shadow.alloc_root(vcpu, (pgd & _CR3_ADDR) >> 12, role)
+        vcpu.mmu.root = M.RootInfo(pgd, root)
+        shadow.sync_root(vcpu, root)
+    elif kvm.profile.tdp_mmu:
         root = kvm.tdp_mmu.get_vcpu_root(vcpu, role)
+        vcpu.mmu.root = M.RootInfo(0, root)
     else:
         root = legacy.mmu_alloc_root(kvm, vcpu, role)
-    vcpu.mmu.root = M.RootInfo(0, root)
+        vcpu.mmu.root = M.RootInfo(0, root)
     vcpu.load_mmu_pgd(root)
     if kvm.bus.active:
         kvm.trace("kvmdbg:mmu_load", vcpu.index, root=root.number, hpa=root.hpa)
@@ -104,6 +130,37 @@ def kvm_mmu_load(vcpu) -> None:
 def kvm_mmu_reload(vcpu) -> None:
     if not vcpu.mmu.root.valid:
         kvm_mmu_load(vcpu)
+
+
+def kvm_mmu_load_pgd(vcpu) -> None:
+    """KVM_REQ_LOAD_MMU_PGD: point the hardware at the current root (no flush)."""
+    root = vcpu.mmu.root.sp
+    if root is not None:
+        vcpu.load_mmu_pgd(root)
+
+
+def kvm_mmu_sync_roots(vcpu) -> None:
+    """KVM_REQ_MMU_SYNC (shadow paging): resync the unsync pages under the current root."""
+    if vcpu.kvm.profile.tdp_enabled:
+        return
+    vcpu.kvm.shadow.sync_root(vcpu, vcpu.mmu.root.sp)
+
+
+def kvm_mmu_sync_prev_roots(vcpu) -> None:
+    if vcpu.kvm.profile.tdp_enabled:
+        return
+    for info in vcpu.mmu.prev_roots:
+        vcpu.kvm.shadow.sync_root(vcpu, info.sp)
+
+
+def kvm_vcpu_flush_tlb_guest(vcpu) -> None:
+    """KVM_REQ_TLB_FLUSH_GUEST: with shadow paging a guest TLB flush is INVPCID(all), so
+    every root is synced first; then vmx_flush_tlb_guest."""
+    vcpu.kvm.stats["tlb_flush"] += 1
+    if not vcpu.kvm.profile.tdp_enabled:
+        kvm_mmu_sync_roots(vcpu)
+        kvm_mmu_sync_prev_roots(vcpu)
+    vcpu.flush_tlb_guest()
 
 
 def is_obsolete_root(kvm, sp) -> bool:
@@ -160,6 +217,8 @@ def kvm_mmu_hugepage_adjust(kvm, fault, slot) -> None:
 
 def kvm_mmu_page_fault(vcpu, gpa: int, error_code: int) -> RetPF:
     kvm = vcpu.kvm
+    if not kvm.profile.tdp_enabled:
+        return kvm_shadow_page_fault(vcpu, gpa, error_code)
     kvm.stats["pf_taken"] += 1
     fault = PageFault(gpa, error_code)
     slot = kvm.memslots.lookup(fault.gfn)
@@ -185,6 +244,155 @@ def kvm_mmu_page_fault(vcpu, gpa: int, error_code: int) -> RetPF:
     elif ret == RetPF.EMULATE:
         kvm.stats["pf_emulate"] += 1
     return ret
+
+
+# --- shadow paging: the #PF intercept (FNAME(page_fault)), INVLPG, CR3 ---
+
+def guest_walk(vcpu, addr: int, pfec: int) -> paging_tmpl.GuestWalker:
+    """FNAME(walk_addr) on the vCPU's current guest state."""
+    kvm = vcpu.kvm
+    cpu = vcpu.cpu
+    trace = (lambda name, **f: kvm.trace(name, vcpu.index, **f)) if kvm.bus.active else None
+    return paging_tmpl.walk_addr(vcpu.mmu, kvm.read_gpa, kvm.write_gpa, cpu.cr3, addr, pfec,
+                                 bool(cpu.get_rflags() & AC),
+                                 cpu.pkru if cpu.cr4 & CR4_PKE else 0,
+                                 refresh_passthrough_bits(vcpu), trace, MAXPHYADDR)
+
+
+def inject_page_fault(vcpu, error_code: int, address: int):
+    kvm = vcpu.kvm
+    kvm.stats["pf_guest"] += 1
+    if kvm.bus.active:
+        kvm.trace("kvm_inj_exception", vcpu.index, exception=PF, has_error=True,
+                  error_code=error_code)
+    raise GuestFault(PF, error_code, address)
+
+
+def kvm_shadow_page_fault(vcpu, addr: int, error_code: int) -> RetPF:
+    """A #PF the hardware raised on KVM's shadow tables: either the guest's own fault
+    (injected, as its tables say) or a missing/insufficient SPTE (built from the guest's
+    tables). Returns FIXED/SPURIOUS (re-execute), EMULATE or RETRY."""
+    kvm = vcpu.kvm
+    shadow = kvm.shadow
+    kvm.stats["pf_taken"] += 1
+    root = vcpu.mmu.root.sp
+    if root is None or is_obsolete_root(kvm, root):
+        return RetPF.RETRY                                   # is_page_fault_stale
+    if error_code & M.PFERR_RSVD:
+        # handle_mmio_page_fault: an MMIO SPTE of the current memslot generation.
+        _sp, _i, spte = shadow.leaf_spte(root, addr)
+        if S.is_shadow_mmio_spte(spte):
+            gen = S.get_mmio_spte_gen(spte)
+            if kvm.bus.active:
+                kvm.trace("check_mmio_spte", vcpu.index, kvm_gen=kvm.memslots.generation & S.MMIO_GEN_MASK,
+                          spte_gen=gen, spte=spte)
+            if gen == kvm.memslots.generation & S.MMIO_GEN_MASK:
+                if kvm.bus.active:
+                    kvm.trace("handle_mmio_page_fault", vcpu.index, addr=addr,
+                              gfn=S.shadow_mmio_gfn(spte), access=7)
+                return RetPF.EMULATE
+    pfec = error_code & (M.PFERR_WRITE | M.PFERR_USER | M.PFERR_FETCH)
+    try:
+        w = guest_walk(vcpu, addr, pfec)
+    except paging_tmpl.WalkFault as f:
+        inject_page_fault(vcpu, f.error_code, f.address)
+    write = bool(error_code & M.PFERR_WRITE)
+    gfn = w.gfn
+    slot = kvm.memslots.lookup(gfn)
+    if error_code & M.PFERR_PRESENT and write and shadow.is_write_tracked(gfn):
+        # page_fault_handle_page_track: a write to a write-protected guest page table.
+        shadow.clear_flood(root, addr)
+        kvm.stats["pf_emulate"] += 1
+        return RetPF.EMULATE
+    pfn = kvm.host.hva_to_pfn(slot.gfn_to_hva(gfn)) if slot is not None else 0
+    host_writable = slot is not None and not slot.flags & 2            # KVM_MEM_READONLY
+    base = vcpu.mmu.cpu_role & 0xFFFF_FFFF
+    if (write and not w.pte_access & ACC_WRITE and not base & R.ROLE_CR0_WP
+            and not error_code & M.PFERR_USER and slot is not None):
+        # Guest CR0.WP=0: a supervisor write to a read-only page is allowed; the SPTE
+        # becomes a writable kernel page (and NX with SMEP) (kvm-mmu-spec 6.4).
+        w.pte_access = (w.pte_access | ACC_WRITE) & ~ACC_USER
+        if vcpu.mmu.cpu_role >> 32 & R.EXT_CR4_SMEP:
+            w.pte_access &= ~ACC_EXEC
+    shadow.make_mmu_pages_available()
+    ret = shadow.fetch(vcpu, root, addr, w, slot, pfn, write, host_writable)
+    if ret == RetPF.FIXED:
+        kvm.stats["pf_fixed"] += 1
+    elif ret == RetPF.SPURIOUS:
+        kvm.stats["pf_spurious"] += 1
+    elif ret == RetPF.EMULATE:
+        kvm.stats["pf_emulate"] += 1
+    return ret
+
+
+def kvm_mmu_invlpg(vcpu, gva: int) -> None:
+    """An INVLPG exit: INVVPID for the address, then sync its SPTE in every unsync page on
+    its path, in the current and the previous roots (kvm_mmu_invalidate_addr)."""
+    if not canonical(gva):
+        return
+    vcpu.flush_tlb_gva(gva)
+    vcpu.kvm.stats["invlpg"] += 1
+    shadow = vcpu.kvm.shadow
+    if shadow is None:
+        return
+    mmu = vcpu.mmu
+    shadow.invalidate_addr(vcpu, gva, mmu.root.sp)
+    for info in mmu.prev_roots:
+        shadow.invalidate_addr(vcpu, gva, info.sp)
+
+
+def kvm_mmu_new_pgd(vcpu, new_pgd: int) -> None:
+    """A CR3 change: fast_pgd_switch over prev_roots; a miss leaves the root invalid and
+    kvm_mmu_reload finds (or builds) the new one by (gfn, role) in the hash."""
+    kvm = vcpu.kvm
+    mmu = vcpu.mmu
+    hit = M.fast_pgd_switch(mmu, new_pgd, mmu.root_role, lambda mask: kvm_mmu_free_roots(vcpu, mask))
+    kvm.stats["pgd_switch_hits" if hit else "pgd_switch_misses"] += 1
+    if kvm.bus.active:
+        kvm.trace("kvmdbg:fast_pgd_switch", vcpu.index, pgd=new_pgd, hit=hit,
+                  root=mmu.root.sp.number if mmu.root.sp is not None else 0)
+    if not hit:
+        return
+    vcpu.make_request(KVM_REQ_LOAD_MMU_PGD)
+    if not mmu.root_role & R.ROLE_DIRECT:
+        mmu.root.sp.write_flooding_count = 0
+
+
+def kvm_invalidate_pcid(vcpu, pcid: int) -> None:
+    cpu = vcpu.cpu
+    mmu = vcpu.mmu
+    if vcpu.kvm.profile.tdp_enabled:
+        vcpu.make_request(KVM_REQ_TLB_FLUSH_GUEST)
+        return
+    pcide = bool(cpu.cr4 & CR4_PCIDE)
+    if (cpu.cr3 & 0xFFF if pcide else 0) == pcid:
+        vcpu.make_request(KVM_REQ_MMU_SYNC)
+        vcpu.make_request(KVM_REQ_TLB_FLUSH_CURRENT)
+    if not pcide:
+        return
+    mask = 0
+    for i, info in enumerate(mmu.prev_roots):
+        if info.sp is not None and info.pgd & 0xFFF == pcid:
+            mask |= M.KVM_MMU_ROOT_PREVIOUS(i)
+    kvm_mmu_free_roots(vcpu, mask)
+
+
+def kvm_set_cr3(vcpu, cr3: int) -> None:
+    """kvm_set_cr3 (a MOV to CR3 exit under shadow paging; kvm-mmu-spec 2.5)."""
+    cpu = vcpu.cpu
+    skip_flush = False
+    pcid = 0
+    if cpu.cr4 & CR4_PCIDE:
+        skip_flush = bool(cr3 >> 63)
+        cr3 &= ~(1 << 63)
+        pcid = cr3 & 0xFFF
+    if cr3 != cpu.cr3:
+        cr3 = system.check_cr3(cpu, cr3)
+        kvm_mmu_new_pgd(vcpu, cr3)
+        cpu.cr3 = cr3
+        cpu.flush_fast()
+    if not skip_flush:
+        kvm_invalidate_pcid(vcpu, pcid)
 
 
 # --- control registers (x86.c) ---
@@ -217,6 +425,8 @@ def kvm_set_cr4(vcpu, cr4: int) -> None:
     cpu = vcpu.cpu
     old = cpu.cr4
     system.check_cr4(cpu, cr4)
+    if cr4 & CR4_PKE and not vcpu.kvm.profile.tdp_enabled:
+        raise GuestFault(GP, 0)                 # no PKU in the guest's CPUID without TDP
     vcpu.write_cr4(cr4)                         # vmx_set_cr4: GUEST_CR4 and the read shadow
     if vcpu.kvm.profile.rfc_skip_post_set_cr4 and vcpu.kvm.profile.tdp_mmu:
         return                                  # the RFC patch: fast, and wrong

@@ -1,18 +1,29 @@
 """KVM's software walker of the guest's page tables (mirrors paging_tmpl.h, 64-bit flavour).
 
-Used by KVM's emulator: it reads guest memory the way KVM does (through memslots,
-not through EPT) and checks rights with the permission tables cached in
-cpu_role, which is exactly what goes stale if kvm_post_set_cr4 is skipped.
+Used by KVM's emulator and by shadow paging's page-fault handler: it reads guest memory
+the way KVM does (through memslots, not through EPT or the shadow tables) and checks
+rights with the permission tables cached in cpu_role, which is exactly what goes stale
+if kvm_post_set_cr4 is skipped. FNAME(walk_addr_generic) fills a GuestWalker: the gPTEs
+and table gfns of every level, the access accumulated above each level (pt_access) and
+at the leaf (pte_access), as FNAME(fetch) needs them to build shadow pages.
+
+Faults carry the error code the hardware would give for the same walk (the error path
+of walk_addr_generic): P|RSVD for reserved bits (MAXPHYADDR..51, XD without EFER.NX,
+PS in a PML4E, the low address bits of 2 MiB / 1 GiB leaves), P (and PK) for rights,
+plus W and U from the access, and I/D for fetches when EFER.NX or CR4.SMEP is on.
 """
 
 from __future__ import annotations
 
 from kvmdbg.mmu import mmu as M
+from kvmdbg.mmu import mmu_internal as R
 from kvmdbg.mmu.mmu_internal import ACC_EXEC, ACC_USER, ACC_WRITE
 
 P, RW, US, A, D, PS = 1, 2, 4, 0x20, 0x40, 0x80
 XD = 1 << 63
 ADDR = ((1 << 52) - 1) & ~0xFFF
+RSVD_2M = ((1 << 21) - 1) & ~((1 << 13) - 1)     # bits 13..20 of a 2 MiB leaf
+RSVD_1G = ((1 << 30) - 1) & ~((1 << 13) - 1)     # bits 13..29 of a 1 GiB leaf
 
 
 class WalkFault(Exception):
@@ -24,48 +35,140 @@ class WalkFault(Exception):
         self.address = address
 
 
-def gva_to_gpa(mmu: M.KvmMmu, read_gpa, write_gpa, cr3: int, gva: int, pfec: int, rflags_ac: bool,
-               pkru: int = 0, refresh=None, trace=None) -> int:
-    """FNAME(walk_addr) + permission_fault: the gpa, or raise WalkFault."""
+class GuestWalker:
+    """struct guest_walker (index = level - 1 in the per-level lists)."""
+
+    __slots__ = ("level", "max_level", "gfn", "pte_access", "pt_access", "table_gfn", "ptes",
+                 "pte_gpa", "pkey")
+
+    def __init__(self, max_level: int):
+        self.level = max_level
+        self.max_level = max_level
+        self.gfn = 0
+        self.pte_access = 0
+        self.pt_access = [0] * max_level
+        self.table_gfn = [0] * max_level
+        self.ptes = [0] * max_level
+        self.pte_gpa = [0] * max_level
+        self.pkey = 0
+
+
+def gpte_access(gpte: int) -> int:
+    """FNAME(gpte_access) for a gPTE whose NX bit has been inverted back: UWX bits."""
+    access = gpte & (ACC_WRITE | ACC_USER | ACC_EXEC)       # W=bit 1, U=bit 2, P=bit 0 (as X)
+    return access ^ ((gpte >> 63) & 1)
+
+
+def is_rsvd_gpte(pte: int, level: int, nx: bool, maxphyaddr: int) -> bool:
+    """FNAME(is_rsvd_bits_set) with the 64-bit guest_rsvd_check (gbpages supported)."""
+    if pte & (((1 << 52) - 1) & ~((1 << maxphyaddr) - 1)):
+        return True
+    if pte & XD and not nx:
+        return True
+    if level == 4 and pte & PS:
+        return True
+    if level == 3 and pte & PS and pte & RSVD_1G:
+        return True
+    if level == 2 and pte & PS and pte & RSVD_2M:
+        return True
+    return False
+
+
+def is_last_gpte(level: int, pte: int) -> bool:
+    return level == 1 or (level in (2, 3) and bool(pte & PS))
+
+
+def protect_clean_gpte(access: int, gpte: int) -> int:
+    """FNAME(protect_clean_gpte): no write access through a clean gPTE, so the first write
+    faults and KVM can set the guest's D bit."""
+    if not gpte & D:
+        access &= ~ACC_WRITE
+    return access
+
+
+def walk_addr(mmu: M.KvmMmu, read_gpa, write_gpa, cr3: int, gva: int, pfec: int, rflags_ac: bool,
+              pkru: int = 0, refresh=None, trace=None, maxphyaddr: int = 52) -> GuestWalker:
+    """FNAME(walk_addr_generic): the GuestWalker, or raise WalkFault. Sets the guest's
+    accessed (and, for a write, dirty) bits like the hardware would, only on success."""
     if trace is not None:
         trace("kvm_mmu_pagetable_walk", addr=gva, pferr=pfec)
-    nx = bool(mmu.cpu_role & (1 << 12))           # cpu_role.base.efer_nx
-    table = cr3 & ADDR
-    access = ACC_EXEC | ACC_WRITE | ACC_USER
-    used = []
+    base = mmu.cpu_role & 0xFFFF_FFFF
+    nx = bool(base & R.ROLE_EFER_NX)
+    smep = bool((mmu.cpu_role >> 32) & R.EXT_CR4_SMEP)
+    write_fault = pfec & M.PFERR_WRITE
     level = 4
+    w = GuestWalker(level)
+    pte = cr3
+    pte_access = ~0
     while True:
-        gpa = table | ((gva >> (12 + 9 * (level - 1))) & 511) << 3
+        pt_access = pte_access
+        table_gfn = (pte & ADDR) >> 12
+        gpa = (table_gfn << 12) | ((gva >> (12 + 9 * (level - 1))) & 511) << 3
+        w.table_gfn[level - 1] = table_gfn
+        w.pte_gpa[level - 1] = gpa
         pte = int.from_bytes(read_gpa(gpa, 8), "little")
         if trace is not None:
             trace("kvm_mmu_paging_element", pte=pte, level=level)
+        pte_access = pt_access & (pte ^ XD)        # inverting NX lets it AND like the rest
         if not pte & P:
-            raise WalkFault(pfec & (M.PFERR_WRITE | M.PFERR_USER | M.PFERR_FETCH), gva)
-        if (pte & XD and not nx) or (level == 4 and pte & PS):
-            raise WalkFault(M.PFERR_PRESENT | M.PFERR_RSVD | (pfec & 0x16), gva)
-        if not pte & RW:
-            access &= ~ACC_WRITE
-        if not pte & US:
-            access &= ~ACC_USER
-        if nx and pte & XD:
-            access &= ~ACC_EXEC
-        used.append((gpa, pte))
-        if level == 1 or (pte & PS and level < 4):
+            _error(0, pfec, nx, smep, gva, trace)
+        if is_rsvd_gpte(pte, level, nx, maxphyaddr):
+            _error(M.PFERR_RSVD | M.PFERR_PRESENT, pfec, nx, smep, gva, trace)
+        w.ptes[level - 1] = pte
+        w.pt_access[level - 1] = gpte_access(pt_access ^ XD)
+        if is_last_gpte(level, pte):
             break
-        table = pte & ADDR
         level -= 1
-    shift = 12 + 9 * (level - 1)
-    base = pte & ADDR & ~((1 << shift) - 1)
-    result = base | (gva & ((1 << shift) - 1))
-    pkey = (pte >> 59) & 0xF
-    err = M.permission_fault(mmu, access, pkey, pfec, rflags_ac, pkru, refresh)
+    w.level = level
+    w.pkey = (pte >> 59) & 0xF
+    accessed_dirty = pte_access & A
+    w.pte_access = gpte_access(pte_access ^ XD)
+    err = M.permission_fault(mmu, w.pte_access, w.pkey, pfec & ~M.PFERR_PRESENT, rflags_ac, pkru,
+                             refresh)
     if err:
-        raise WalkFault(err, gva)
-    # FNAME(update_accessed_dirty_bits)
-    for i, (gpa, pte) in enumerate(used):
-        new = pte | A
-        if i == len(used) - 1 and pfec & M.PFERR_WRITE:
-            new |= D
-        if new != pte:
-            write_gpa(gpa, new.to_bytes(8, "little"))
-    return result
+        _error(err & (M.PFERR_PRESENT | M.PFERR_PK), pfec, nx, smep, gva, trace)
+    shift = 12 + 9 * (level - 1)
+    w.gfn = ((pte & ADDR & ~((1 << shift) - 1)) | (gva & ((1 << shift) - 1))) >> 12
+    if not write_fault:
+        w.pte_access = protect_clean_gpte(w.pte_access, pte)
+    else:
+        accessed_dirty &= pte >> 1                 # fold D into A's position
+    if not accessed_dirty:
+        _update_accessed_dirty_bits(w, write_gpa, bool(write_fault), trace)
+    return w
+
+
+def _update_accessed_dirty_bits(w: GuestWalker, write_gpa, write_fault: bool, trace) -> None:
+    """FNAME(update_accessed_dirty_bits): a cmpxchg straight into guest memory (not a
+    tracked write: shadow pages of these tables are not touched)."""
+    for level in range(w.max_level, w.level - 1, -1):
+        pte = orig = w.ptes[level - 1]
+        if not pte & A:
+            if trace is not None:
+                trace("kvm_mmu_set_accessed_bit", gpa=w.pte_gpa[level - 1])
+            pte |= A
+        if level == w.level and write_fault and not pte & D:
+            if trace is not None:
+                trace("kvm_mmu_set_dirty_bit", gpa=w.pte_gpa[level - 1])
+            pte |= D
+        if pte == orig:
+            continue
+        write_gpa(w.pte_gpa[level - 1], pte.to_bytes(8, "little"))
+        w.ptes[level - 1] = pte
+
+
+def _error(errcode: int, pfec: int, nx: bool, smep: bool, gva: int, trace):
+    errcode |= pfec & (M.PFERR_WRITE | M.PFERR_USER)
+    if pfec & M.PFERR_FETCH and (nx or smep):
+        errcode |= M.PFERR_FETCH
+    if trace is not None:
+        trace("kvm_mmu_walker_error", pferr=errcode)
+    raise WalkFault(errcode, gva)
+
+
+def gva_to_gpa(mmu: M.KvmMmu, read_gpa, write_gpa, cr3: int, gva: int, pfec: int, rflags_ac: bool,
+               pkru: int = 0, refresh=None, trace=None, maxphyaddr: int = 52) -> int:
+    """FNAME(gva_to_gpa): walk_addr + the page offset; the gpa, or raise WalkFault."""
+    w = walk_addr(mmu, read_gpa, write_gpa, cr3, gva, pfec, rflags_ac, pkru, refresh, trace,
+                  maxphyaddr)
+    return (w.gfn << 12) | (gva & 0xFFF)

@@ -98,3 +98,71 @@ def spte_str(spte: int, level: int) -> str:
     bits = " ".join(n for n, b in (("r", EPT_R), ("w", EPT_W), ("x", EPT_X)) if spte & b)
     kind = "leaf" if is_last_spte(spte, level) else "table"
     return f"{spte:#x} ({bits}) {kind} pfn {spte_to_pfn(spte):#x}"
+
+
+# --- the legacy/shadow flavour (kvm_mmu_reset_all_pte_masks; shadow paging, tdp_enabled=0) ---
+# Hardware bits are those of an x86 PTE; KVM's own live in the ignored bits 9-11.
+
+PT_PRESENT = 1 << 0
+PT_WRITABLE = 1 << 1
+PT_USER = 1 << 2
+PT_ACCESSED = 1 << 5
+PT_DIRTY = 1 << 6
+PT64_NX = 1 << 63
+SPTE_HOST_WRITABLE = 1 << 9        # DEFAULT_SPTE_HOST_WRITABLE
+SPTE_MMU_WRITABLE = 1 << 10        # DEFAULT_SPTE_MMU_WRITABLE
+SHADOW_MMIO_VALUE = PT_PRESENT | (1 << 51)      # present + a reserved PA bit: #PF with RSVD
+SHADOW_MMIO_MASK = SHADOW_MMIO_VALUE
+
+ACC_EXEC, ACC_WRITE, ACC_USER = 1, 2, 4
+
+
+def is_shadow_mmio_spte(spte: int) -> bool:
+    return (spte & SHADOW_MMIO_MASK) == SHADOW_MMIO_VALUE and not spte & SPTE_MMU_PRESENT
+
+
+def make_shadow_spte(pfn: int, level: int, access: int, accessed: bool = True,
+                     host_writable: bool = True) -> int:
+    """make_spte for shadow paging: P, U/NX from the access bits, W + MMU-writable + D when
+    writable (the caller already decided write protection), A unless prefetched."""
+    spte = SPTE_MMU_PRESENT | PT_PRESENT | (pfn << 12)
+    if not access & ACC_EXEC:
+        spte |= PT64_NX
+    if access & ACC_USER:
+        spte |= PT_USER
+    if level > 1:
+        spte |= PT_PAGE_SIZE
+    if host_writable:
+        spte |= SPTE_HOST_WRITABLE
+    if access & ACC_WRITE:
+        spte |= PT_WRITABLE | SPTE_MMU_WRITABLE | PT_DIRTY
+    if accessed:
+        spte |= PT_ACCESSED
+    return spte
+
+
+def make_shadow_nonleaf_spte(child_pfn: int) -> int:
+    """make_nonleaf_spte: every right granted; the leaf carries the combined access."""
+    return SPTE_MMU_PRESENT | PT_PRESENT | PT_WRITABLE | PT_USER | PT_ACCESSED | (child_pfn << 12)
+
+
+def make_shadow_mmio_spte(gfn: int, gen: int) -> int:
+    gen &= MMIO_GEN_MASK
+    return (SHADOW_MMIO_VALUE | ((gen & 0xFF) << MMIO_GEN_LOW_SHIFT)
+            | ((gen >> 8) << MMIO_GEN_HIGH_SHIFT) | (gfn << 12) & mask(50, 12))
+
+
+def shadow_mmio_gfn(spte: int) -> int:
+    return (spte & mask(50, 12)) >> 12
+
+
+def shadow_spte_str(spte: int, level: int) -> str:
+    """'0x... (p w u nx) leaf pfn 0x...' for listings of shadow pages."""
+    if spte == 0:
+        return "0x0 (not present)"
+    if is_shadow_mmio_spte(spte):
+        return f"{spte:#x} (mmio gfn {shadow_mmio_gfn(spte):#x} gen {get_mmio_spte_gen(spte)})"
+    bits = " ".join(n for n, b in (("p", PT_PRESENT), ("w", PT_WRITABLE), ("u", PT_USER),
+                                   ("a", PT_ACCESSED), ("d", PT_DIRTY), ("nx", PT64_NX)) if spte & b)
+    kind = "leaf" if is_last_spte(spte, level) else "table"
+    return f"{spte:#x} ({bits}) {kind} pfn {spte_to_pfn(spte):#x}"

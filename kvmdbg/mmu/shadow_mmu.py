@@ -1,0 +1,785 @@
+"""The shadow MMU (tdp_enabled=0): shadow pages keyed by (gfn, role), write tracking of the
+guest's page tables, unsync/sync of last-level tables, zap + commit, reclaim, and the
+obsolete-generation sweep (mirrors the shadow half of arch/x86/kvm/mmu/mmu.c and
+FNAME(fetch) / FNAME(sync_spte) of paging_tmpl.h; kvm-mmu-spec sections 4.3, 4.4, 4.7, 6).
+
+A shadow page shadows one guest page table (gfn) for one role; the hardware walks these
+tables instead of the guest's (GVA -> HPA, legacy PTE format, spte.py's shadow flavour).
+Kept exact: the hash lookup (obsolete pages skipped, a miss counts mmu_cache_miss,
+kvm_mmu_get_page "new"/"existing"), several parents per page (parent_ptes), child pages
+surviving the unlink of their parent SPTE, upper-level tables write-tracked and their
+writes emulated (kvm_mmu_track_write zaps the written SPTE in every role, with
+write-flooding and misalignment detection), last-level tables unsynced when KVM maps
+their gfn writable and synced on guest TLB flushes, one remote TLB flush per commit of
+zapped pages, roots kept hashed when their root_count drops to 0 unless invalid.
+Simplified: one address space, 64-bit guests only (4-level tables, no quadrants or PAE
+roots), 4 KiB shadow leaves only (guest 2 MiB/1 GiB pages are split with direct shadow
+pages, as KVM does when the host page is small), no pte prefetch, no retry-instead-of-
+emulate (retry_instruction) heuristics.
+"""
+
+from __future__ import annotations
+
+from kvmdbg.mmu import mmu_internal as R
+from kvmdbg.mmu import paging_tmpl as PT
+from kvmdbg.mmu import spte as S
+from kvmdbg.mmu.mmu_internal import ACC_WRITE, MmuPage, RetPF
+
+KVM_MIN_FREE_MMU_PAGES = 5
+KVM_REFILL_PAGES = 25
+KVM_PERMILLE_MMU_PAGES = 20
+KVM_MIN_ALLOC_MMU_PAGES = 64
+
+KVM_REQ_MMU_FREE_OBSOLETE_ROOTS = "KVM_REQ_MMU_FREE_OBSOLETE_ROOTS"
+# kvm_sync_page_check: role bits that may differ between an unsync page and the root_role.
+_SYNC_ROLE_IGN = R.ROLE_LEVEL_MASK | (7 << R.ROLE_ACCESS_SHIFT) | (3 << R.ROLE_QUADRANT_SHIFT) \
+    | R.ROLE_PASSTHROUGH
+_CHILD_ROLE_CLEAR = R.ROLE_LEVEL_MASK | (7 << R.ROLE_ACCESS_SHIFT) | R.ROLE_DIRECT \
+    | R.ROLE_PASSTHROUGH | (3 << R.ROLE_QUADRANT_SHIFT)
+
+
+class ShadowPage(MmuPage):
+    """struct kvm_mmu_page with the shadow MMU's fields."""
+
+    __slots__ = ("parent_ptes", "unsync", "unsync_child_bitmap", "write_flooding_count",
+                 "shadowed")
+
+    def __init__(self, role: int, gfn: int, pfn: int, spt: bytearray):
+        super().__init__(role, gfn, pfn, spt, False)
+        self.parent_ptes: dict = {}          # (parent page, index) -> None, in link order
+        self.unsync = False
+        self.unsync_child_bitmap: set = set()
+        self.write_flooding_count = 0
+        self.shadowed: dict = {}             # index -> (gfn, access): shadowed_translation
+
+    @property
+    def unsync_children(self) -> int:
+        return len(self.unsync_child_bitmap)
+
+    @property
+    def direct(self) -> bool:
+        return bool(self.role & R.ROLE_DIRECT)
+
+
+def child_role(parent_role: int, direct: bool, access: int) -> int:
+    """kvm_mmu_child_role (64-bit guests: no quadrant)."""
+    role = parent_role & ~_CHILD_ROLE_CLEAR
+    role |= ((parent_role & R.ROLE_LEVEL_MASK) - 1) | (access << R.ROLE_ACCESS_SHIFT)
+    if direct:
+        role |= R.ROLE_DIRECT
+    return role
+
+
+def kvm_calc_shadow_root_role(cpu_role: int) -> int:
+    """kvm_init_shadow_mmu: root_role = cpu_role.base, level at least 3 (PAE), efer_nx forced
+    on; so cr0_wp, smep_andnot_wp and smap_andnot_wp are part of it (kvm-mmu-spec 3.6)."""
+    base = cpu_role & 0xFFFF_FFFF
+    level = max(base & R.ROLE_LEVEL_MASK, 3)
+    return (base & ~R.ROLE_LEVEL_MASK) | level | R.ROLE_EFER_NX
+
+
+def _index(addr: int, level: int) -> int:
+    return (addr >> (12 + 9 * (level - 1))) & 511
+
+
+class ShadowMmu:
+    """kvm->arch's shadow MMU state: mmu_page_hash, active_mmu_pages, the page budget,
+    the write-tracking counts and the rmaps (gfn -> leaf SPTEs mapping it)."""
+
+    def __init__(self, kvm, mem_pages: int, maxphyaddr: int = 46):
+        self.kvm = kvm
+        self.hash: dict[int, list[ShadowPage]] = {}   # gfn -> pages, newest first
+        self.active: dict[ShadowPage, None] = {}      # active_mmu_pages, oldest first
+        self.n_used = 0
+        # kvm_mmu_calculate_default_mmu_pages: 2% of guest pages, at least 64.
+        self.n_max = max(mem_pages * KVM_PERMILLE_MMU_PAGES // 1000, KVM_MIN_ALLOC_MMU_PAGES)
+        self.indirect_shadow_pages = 0
+        self.write_track: dict[int, int] = {}         # gfn -> count (upper-level tables)
+        self.rmap: dict[int, dict] = {}               # gfn -> {(page, index): None}
+        self.gfn_of_pfn: dict[int, int] = {}          # host pfn -> gfn (for TLB entries/views)
+        self.maxphyaddr = maxphyaddr
+
+    # --- SPTE writes (mmu_spte_set / mmu_spte_update / mmu_spte_clear) ---
+
+    @staticmethod
+    def read(sp: MmuPage, i: int) -> int:
+        o = i << 3
+        return int.from_bytes(sp.spt[o:o + 8], "little")
+
+    def _write(self, sp: ShadowPage, i: int, new: int) -> int:
+        o = i << 3
+        old = int.from_bytes(sp.spt[o:o + 8], "little")
+        if old == new:
+            return old
+        sp.spt[o:o + 8] = new.to_bytes(8, "little")
+        kvm = self.kvm
+        tdp = kvm.tdp_mmu
+        tdp.spte_generation += 1          # the CPU's walk memo keys on this (gpa_generation)
+        tdp.live_sptes += (1 if new else 0) - (1 if old else 0)
+        level = sp.role & R.ROLE_LEVEL_MASK
+        was = S.is_shadow_present_pte(old)
+        now = S.is_shadow_present_pte(new)
+        stats = kvm.stats
+        if was != now:
+            if now:
+                stats["sptes_created"] += 1
+            else:
+                stats["sptes_zapped"] += 1
+            if (now and S.is_last_spte(new, level)) or (was and S.is_last_spte(old, level)):
+                stats[("pages_4k", "pages_2m", "pages_1g")[level - 1]] += 1 if now else -1
+        return old
+
+    def _rmap_add(self, sp: ShadowPage, i: int, gfn: int, pfn: int) -> None:
+        self.rmap.setdefault(gfn, {})[(sp, i)] = None
+        self.gfn_of_pfn[pfn] = gfn
+
+    def _rmap_remove(self, sp: ShadowPage, i: int) -> None:
+        got = sp.shadowed.get(i)
+        if got is None:
+            return
+        head = self.rmap.get(got[0])
+        if head is not None:
+            head.pop((sp, i), None)
+            if not head:
+                del self.rmap[got[0]]
+
+    def drop_spte(self, sp: ShadowPage, i: int) -> None:
+        """drop_spte: clear a leaf and remove it from its gfn's rmap."""
+        old = self._write(sp, i, 0)
+        if S.is_shadow_present_pte(old):
+            self._rmap_remove(sp, i)
+
+    def drop_parent_pte(self, child: ShadowPage, parent: ShadowPage, i: int) -> None:
+        child.parent_ptes.pop((parent, i), None)
+        self._write(parent, i, 0)
+
+    def link_shadow_page(self, parent: ShadowPage, i: int, child: ShadowPage) -> None:
+        """__link_shadow_page: a non-leaf SPTE with every right, the parent recorded, and any
+        unsync state of the child propagated upwards."""
+        old = self.read(parent, i)
+        if S.is_shadow_present_pte(old):
+            self.drop_spte(parent, i)                  # a large leaf in the way
+            self.kvm.flush_remote_tlbs()
+        self._write(parent, i, S.make_shadow_nonleaf_spte(child.pfn))
+        child.parent_ptes[(parent, i)] = None
+        if child.unsync_child_bitmap or child.unsync:
+            self.mark_unsync(parent, i)
+
+    # --- unsync bookkeeping ---
+
+    def mark_unsync(self, sp: ShadowPage, i: int) -> None:
+        if i in sp.unsync_child_bitmap:
+            return
+        sp.unsync_child_bitmap.add(i)
+        if len(sp.unsync_child_bitmap) > 1:
+            return
+        self.mark_parents_unsync(sp)
+
+    def mark_parents_unsync(self, sp: ShadowPage) -> None:
+        for parent, i in list(sp.parent_ptes):
+            self.mark_unsync(parent, i)
+
+    def unsync_page(self, vcpu, sp: ShadowPage) -> None:
+        """kvm_unsync_page: the guest may now write this last-level table without exits."""
+        kvm = self.kvm
+        kvm.stats["mmu_unsync"] += 1
+        sp.unsync = True
+        self._trace_page("kvm_mmu_unsync_page", vcpu, sp)
+        self.mark_parents_unsync(sp)
+
+    def unlink_unsync_page(self, sp: ShadowPage) -> None:
+        if sp.unsync:
+            sp.unsync = False
+            self.kvm.stats["mmu_unsync"] -= 1
+
+    def unsync_walk(self, sp: ShadowPage, out: list, seen: set) -> None:
+        """mmu_unsync_walk: the unsync pages below sp; stale unsync_child bits are cleared."""
+        pages = self.kvm.tdp_mmu.pages
+        for i in sorted(sp.unsync_child_bitmap):
+            ent = self.read(sp, i)
+            child = pages.get(S.spte_to_pfn(ent)) if S.is_shadow_present_pte(ent) \
+                and not S.is_last_spte(ent, sp.level) else None
+            if child is None:
+                sp.unsync_child_bitmap.discard(i)
+                continue
+            if child.unsync_child_bitmap:
+                self.unsync_walk(child, out, seen)
+            if child.unsync:
+                if child not in seen:
+                    seen.add(child)
+                    out.append(child)
+            elif not child.unsync_child_bitmap:
+                sp.unsync_child_bitmap.discard(i)
+
+    # --- the hash (kvm_mmu_find_shadow_page / kvm_mmu_alloc_shadow_page) ---
+
+    def is_obsolete(self, sp: MmuPage) -> bool:
+        return bool(sp.role & R.ROLE_INVALID) or sp.mmu_valid_gen != self.kvm.mmu_valid_gen
+
+    def valid_pages(self, gfn: int, with_gptes: bool = False):
+        """for_each_gfn_valid_sp[_with_gptes]."""
+        for sp in list(self.hash.get(gfn, ())):
+            if self.is_obsolete(sp):
+                continue
+            if with_gptes and sp.role & (R.ROLE_DIRECT | R.ROLE_PASSTHROUGH):
+                continue
+            yield sp
+
+    def _trace_page(self, name: str, vcpu, sp: ShadowPage, **extra) -> None:
+        kvm = self.kvm
+        if kvm.bus.active:
+            kvm.trace(name, vcpu.index if vcpu is not None else kvm.current_vcpu_index(),
+                      mmu_valid_gen=sp.mmu_valid_gen, gfn=sp.gfn, role=sp.role,
+                      root_count=sp.root_count, unsync=sp.unsync, **extra)
+
+    def find(self, vcpu, gfn: int, role: int, invalid: list):
+        kvm = self.kvm
+        for sp in self.valid_pages(gfn):
+            if sp.role != role:
+                # A new upper-level table for this gfn: an unsync last-level page of the
+                # same gfn must go (the new page will be write-protected).
+                if role & R.ROLE_LEVEL_MASK > 1 and sp.unsync:
+                    self.prepare_zap_page(sp, invalid)
+                continue
+            if sp.direct:
+                return sp
+            if sp.unsync:
+                ret = self.sync_page(vcpu, sp, invalid)
+                if ret < 0:
+                    break
+                if ret > 0:
+                    kvm.flush_remote_tlbs()
+            sp.write_flooding_count = 0
+            return sp
+        kvm.stats["mmu_cache_miss"] += 1
+        return None
+
+    def alloc(self, gfn: int, role: int) -> ShadowPage:
+        kvm = self.kvm
+        pfn = kvm.host.alloc_page()
+        sp = ShadowPage(role, gfn, pfn, kvm.host.pages[pfn])
+        sp.mmu_valid_gen = kvm.mmu_valid_gen
+        sp.created_step = kvm.now_step()
+        kvm.tdp_mmu.pages[pfn] = sp
+        kvm.stats["tables_allocated"] += 1
+        self.active[sp] = None
+        self.n_used += 1
+        self.hash.setdefault(gfn, []).insert(0, sp)
+        if not role & (R.ROLE_DIRECT | R.ROLE_PASSTHROUGH):
+            self.account_shadowed(sp)
+        return sp
+
+    def get_shadow_page(self, vcpu, gfn: int, role: int) -> tuple[ShadowPage, bool]:
+        """kvm_mmu_get_shadow_page: (page, created); emits kvm_mmu_get_page."""
+        invalid: list = []
+        sp = self.find(vcpu, gfn, role, invalid)
+        self.commit_zap_page(invalid)
+        created = sp is None
+        if created:
+            sp = self.alloc(gfn, role)
+            self.kvm.charge(vcpu, "sp_alloc")
+        self._trace_page("kvm_mmu_get_page", vcpu, sp, created=created)
+        return sp, created
+
+    def get_child_sp(self, vcpu, parent: ShadowPage, i: int, gfn: int, direct: bool, access: int):
+        """kvm_mmu_get_child_sp: None (-EEXIST) if a table is linked there already."""
+        spte = self.read(parent, i)
+        if S.is_shadow_present_pte(spte) and not S.is_large_pte(spte):
+            return None
+        sp, _created = self.get_shadow_page(vcpu, gfn, child_role(parent.role, direct, access))
+        return sp
+
+    # --- write tracking (account_shadowed, kvm_mmu_slot_gfn_write_protect) ---
+
+    def account_shadowed(self, sp: ShadowPage) -> None:
+        self.indirect_shadow_pages += 1
+        gfn = sp.gfn
+        if sp.level > 1:
+            # Non-leaf tables stay read-only: __kvm_write_track_add_gfn.
+            self.write_track[gfn] = self.write_track.get(gfn, 0) + 1
+        if self.write_protect_gfn(gfn):
+            self.kvm.flush_remote_tlbs()
+
+    def unaccount_shadowed(self, sp: ShadowPage) -> None:
+        self.indirect_shadow_pages -= 1
+        if sp.level > 1:
+            n = self.write_track.get(sp.gfn, 0) - 1
+            if n > 0:
+                self.write_track[sp.gfn] = n
+            else:
+                self.write_track.pop(sp.gfn, None)
+
+    def is_write_tracked(self, gfn: int) -> bool:
+        return gfn in self.write_track
+
+    def write_protect_gfn(self, gfn: int) -> bool:
+        """rmap_write_protect(pt_protect): clear W and MMU-writable in every leaf mapping gfn."""
+        changed = False
+        for sp, i in list(self.rmap.get(gfn, ())):
+            spte = self.read(sp, i)
+            if spte & (S.PT_WRITABLE | S.SPTE_MMU_WRITABLE):
+                self._write(sp, i, spte & ~(S.PT_WRITABLE | S.SPTE_MMU_WRITABLE))
+                changed = True
+        return changed
+
+    def try_to_unsync_pages(self, vcpu, gfn: int, can_unsync: bool, prefetch: bool) -> bool:
+        """mmu_try_to_unsync_pages: True (an error: map read-only) if gfn must stay protected."""
+        if self.is_write_tracked(gfn):
+            return True
+        for sp in self.valid_pages(gfn, with_gptes=True):
+            if not can_unsync:
+                return True
+            if sp.unsync:
+                continue
+            if prefetch:
+                return True
+            self.unsync_page(vcpu, sp)
+        return False
+
+    # --- leaves (make_spte / mmu_set_spte) ---
+
+    def make_spte(self, vcpu, sp: ShadowPage, slot, pte_access: int, gfn: int, pfn: int, old: int,
+                  prefetch: bool, can_unsync: bool, host_writable: bool, synchronizing: bool = False):
+        """(wrprot, spte): write access is dropped if the gfn must stay write-protected."""
+        wrprot = False
+        access = pte_access if host_writable else pte_access & ~ACC_WRITE
+        if access & ACC_WRITE and not (S.is_shadow_present_pte(old) and old & S.PT_WRITABLE):
+            if self.try_to_unsync_pages(vcpu, gfn, can_unsync, prefetch):
+                wrprot = True
+                access &= ~ACC_WRITE
+        spte = S.make_shadow_spte(pfn, sp.level, access, accessed=not prefetch or synchronizing,
+                                  host_writable=host_writable)
+        return wrprot, spte
+
+    def mmu_set_spte(self, vcpu, slot, sp: ShadowPage, i: int, pte_access: int, gfn: int,
+                     pfn: int, write_fault: bool | None, host_writable: bool = True) -> RetPF:
+        """mmu_set_spte; write_fault None means a prefetch."""
+        kvm = self.kvm
+        level = sp.level
+        if slot is None:
+            if S.is_shadow_present_pte(self.read(sp, i)):
+                self.zap_pte(sp, i)
+            self._write(sp, i, S.make_shadow_mmio_spte(gfn, kvm.memslots.generation))
+            kvm.stats["pf_mmio_spte_created"] += 1
+            if kvm.bus.active:
+                kvm.trace("mark_mmio_spte", vcpu.index, gfn=gfn, access=pte_access,
+                          gen=kvm.memslots.generation)
+            return RetPF.EMULATE
+        old = self.read(sp, i)
+        flush = False
+        if S.is_shadow_present_pte(old):
+            if not S.is_last_spte(old, level):
+                child = kvm.tdp_mmu.pages.get(S.spte_to_pfn(old))
+                if child is not None:
+                    self.drop_parent_pte(child, sp, i)
+                flush = True
+            elif S.spte_to_pfn(old) != pfn:
+                self.drop_spte(sp, i)
+                flush = True
+        old = self.read(sp, i)
+        wrprot, new = self.make_spte(vcpu, sp, slot, pte_access, gfn, pfn, old,
+                                     write_fault is None, True, host_writable)
+        ret = RetPF.FIXED
+        if new == old:
+            ret = RetPF.SPURIOUS
+        else:
+            if S.is_shadow_present_pte(old) and old & S.SPTE_MMU_WRITABLE and not new & S.PT_WRITABLE:
+                flush = True
+            self._write(sp, i, new)
+            if not S.is_shadow_present_pte(old):
+                self._rmap_add(sp, i, gfn, pfn)
+        sp.shadowed[i] = (gfn, pte_access)
+        if wrprot and write_fault:
+            ret = RetPF.EMULATE
+        if flush:
+            kvm.flush_remote_tlbs()
+        if kvm.bus.active:
+            kvm.trace("kvm_mmu_set_spte", vcpu.index, gfn=gfn, spte=new, level=level,
+                      r=True, x=not new & S.PT64_NX, u=bool(new & S.PT_USER))
+        return ret
+
+    # --- the fault path (FNAME(fetch)) ---
+
+    def fetch(self, vcpu, root: ShadowPage, addr: int, w: PT.GuestWalker, slot, pfn: int,
+              write: bool, host_writable: bool) -> RetPF:
+        kvm = self.kvm
+        pages = kvm.tdp_mmu.pages
+        sp = root
+        level = root.level
+        while True:
+            i = _index(addr, level)
+            sp.write_flooding_count = 0            # clear_sp_write_flooding_count
+            if level == w.level:
+                break
+            table_gfn = w.table_gfn[level - 2]
+            child = self.get_child_sp(vcpu, sp, i, table_gfn, False, w.pt_access[level - 2])
+            if child is not None:
+                # Sync before linking: the guest need not flush a not-present -> present
+                # change, so what the new link exposes must be current.
+                if child.unsync_child_bitmap:
+                    self.mmu_sync_children(vcpu, child)
+                self.link_shadow_page(sp, i, child)
+            else:
+                child = pages[S.spte_to_pfn(self.read(sp, i))]
+            sp = child
+            level -= 1
+        # A guest huge page: direct shadow pages down to a 4 KiB leaf (host pages are 4 KiB).
+        gfn = w.gfn
+        if kvm.bus.active:
+            kvm.trace("kvm_mmu_spte_requested", vcpu.index, gfn=gfn, pfn=pfn, level=1)
+        while level > 1:
+            i = _index(addr, level)
+            spte = self.read(sp, i)
+            if S.is_shadow_present_pte(spte) and not S.is_large_pte(spte):
+                sp = pages[S.spte_to_pfn(spte)]
+            else:
+                base = gfn & ~((1 << (9 * (level - 1))) - 1)
+                child, _c = self.get_shadow_page(vcpu, base, child_role(sp.role, True, w.pte_access))
+                self.link_shadow_page(sp, i, child)
+                sp = child
+            level -= 1
+        return self.mmu_set_spte(vcpu, slot, sp, _index(addr, 1), w.pte_access, gfn, pfn, write,
+                                 host_writable)
+
+    def clear_flood(self, root: ShadowPage, addr: int) -> None:
+        """shadow_page_table_clear_flood: the tables translating addr are in use."""
+        pages = self.kvm.tdp_mmu.pages
+        sp = root
+        level = root.level
+        while sp is not None:
+            sp.write_flooding_count = 0
+            spte = self.read(sp, _index(addr, level))
+            if not S.is_shadow_present_pte(spte) or S.is_last_spte(spte, level):
+                return
+            sp = pages.get(S.spte_to_pfn(spte))
+            level -= 1
+
+    def leaf_spte(self, root: ShadowPage, addr: int) -> tuple[ShadowPage, int, int]:
+        """(page, index, spte) of the last SPTE on addr's path (for MMIO faults and views)."""
+        pages = self.kvm.tdp_mmu.pages
+        sp = root
+        level = root.level
+        while True:
+            i = _index(addr, level)
+            spte = self.read(sp, i)
+            if not S.is_shadow_present_pte(spte) or S.is_last_spte(spte, level):
+                return sp, i, spte
+            nxt = pages.get(S.spte_to_pfn(spte))
+            if nxt is None:
+                return sp, i, spte
+            sp = nxt
+            level -= 1
+
+    # --- sync (FNAME(sync_spte), kvm_sync_page, mmu_sync_children) ---
+
+    def sync_spte(self, vcpu, sp: ShadowPage, i: int) -> int:
+        """FNAME(sync_spte): 0 nothing to flush, 1 flush needed, -1 cannot sync."""
+        spte = self.read(sp, i)
+        if not spte:
+            return 0
+        kvm = self.kvm
+        gpte = int.from_bytes(kvm.read_gpa((sp.gfn << 12) + i * 8, 8), "little")
+        nx = bool(vcpu.mmu.cpu_role & R.ROLE_EFER_NX)
+        if (PT.is_rsvd_gpte(gpte, 1, nx, self.maxphyaddr) or not gpte & PT.P
+                or not gpte & PT.A):
+            self.drop_spte(sp, i)                   # FNAME(prefetch_invalid_gpte)
+            return 1
+        gfn = (gpte & PT.ADDR) >> 12
+        pte_access = R.role_access(sp.role) & PT.gpte_access(gpte)
+        pte_access = PT.protect_clean_gpte(pte_access, gpte)
+        if S.is_shadow_mmio_spte(spte):
+            if gfn != S.shadow_mmio_gfn(spte):
+                self._write(sp, i, 0)
+                return 1
+            return 0
+        old_gfn, old_access = sp.shadowed.get(i, (None, None))
+        if gfn != old_gfn:
+            self.drop_spte(sp, i)
+            return 1
+        if old_access == pte_access:
+            return 0
+        sp.shadowed[i] = (gfn, pte_access)
+        slot = kvm.memslots.lookup(gfn)
+        _wr, new = self.make_spte(vcpu, sp, slot, pte_access, gfn, S.spte_to_pfn(spte), spte,
+                                  True, False, bool(spte & S.SPTE_HOST_WRITABLE), synchronizing=True)
+        flush = bool(spte & S.SPTE_MMU_WRITABLE and not new & S.PT_WRITABLE)
+        self._write(sp, i, new)
+        return 1 if flush else 0
+
+    def sync_page(self, vcpu, sp: ShadowPage, invalid: list) -> int:
+        """kvm_sync_page: resync every SPTE from the gPTEs; zap the page if it cannot be."""
+        kvm = self.kvm
+        kvm.stats["mmu_sync_pages"] += 1
+        kvm.charge(vcpu, "sync_page")
+        self._trace_page("kvm_mmu_sync_page", vcpu, sp)
+        ret = 0
+        if sp.direct or (sp.role ^ vcpu.mmu.root_role) & ~_SYNC_ROLE_IGN:
+            ret = -1
+        else:
+            for i, _v in list(kvm.tdp_mmu.present_entries(sp)):
+                ret |= self.sync_spte(vcpu, sp, i)
+        if ret < 0:
+            self.prepare_zap_page(sp, invalid)
+        return ret
+
+    def mmu_sync_children(self, vcpu, parent: ShadowPage) -> None:
+        """Write-protect the gfns of parent's unsync descendants (flush), then sync them."""
+        invalid: list = []
+        flush = False
+        while True:
+            pages: list = []
+            self.unsync_walk(parent, pages, set())
+            if not pages:
+                break
+            protected = False
+            for sp in pages:
+                protected |= self.write_protect_gfn(sp.gfn)
+            if protected:
+                self.remote_flush_or_zap(invalid, True)
+                flush = False
+            for sp in pages:
+                self.unlink_unsync_page(sp)
+                flush |= self.sync_page(vcpu, sp, invalid) > 0
+        self.remote_flush_or_zap(invalid, flush)
+
+    def sync_root(self, vcpu, root: ShadowPage | None) -> None:
+        if root is not None and not root.freed and (root.unsync or root.unsync_child_bitmap):
+            self.mmu_sync_children(vcpu, root)
+
+    def invalidate_addr(self, vcpu, addr: int, root: ShadowPage | None) -> None:
+        """__kvm_mmu_invalidate_addr: sync the one SPTE for addr in each unsync page on its path."""
+        if root is None or root.freed:
+            return
+        pages = self.kvm.tdp_mmu.pages
+        sp = root
+        level = root.level
+        while sp is not None:
+            i = _index(addr, level)
+            if sp.unsync:
+                ret = self.sync_spte(vcpu, sp, i)
+                if ret < 0:
+                    self.zap_pte(sp, i)
+                if ret:
+                    self.kvm.flush_remote_tlbs()
+                if self.kvm.bus.active:
+                    self.kvm.trace("kvmdbg:invlpg_sync", vcpu.index, gfn=sp.gfn, index=i, ret=ret)
+            if not sp.unsync_child_bitmap:
+                return
+            spte = self.read(sp, i)
+            if not S.is_shadow_present_pte(spte) or S.is_last_spte(spte, level):
+                return
+            sp = pages.get(S.spte_to_pfn(spte))
+            level -= 1
+
+    # --- zapping (kvm_mmu_prepare_zap_page / kvm_mmu_commit_zap_page) ---
+
+    def zap_pte(self, sp: ShadowPage, i: int) -> None:
+        """mmu_page_zap_pte: drop a leaf, or unlink a child table (which stays hashed)."""
+        pte = self.read(sp, i)
+        if S.is_shadow_present_pte(pte):
+            if S.is_last_spte(pte, sp.level):
+                self.drop_spte(sp, i)
+            else:
+                child = self.kvm.tdp_mmu.pages.get(S.spte_to_pfn(pte))
+                if child is not None:
+                    self.drop_parent_pte(child, sp, i)
+                else:
+                    self._write(sp, i, 0)
+        elif S.is_shadow_mmio_spte(pte):
+            self._write(sp, i, 0)
+
+    def prepare_zap_page(self, sp: ShadowPage, invalid: list) -> tuple[bool, int]:
+        """__kvm_mmu_prepare_zap_page: (list unstable, pages zapped)."""
+        kvm = self.kvm
+        self._trace_page("kvm_mmu_prepare_zap_page", None, sp)
+        kvm.stats["mmu_shadow_zapped"] += 1
+        nr = self.zap_unsync_children(sp, invalid)
+        for i, _v in list(kvm.tdp_mmu.present_entries(sp)):
+            self.zap_pte(sp, i)
+        for parent, i in list(sp.parent_ptes):
+            self.drop_parent_pte(sp, parent, i)
+        unstable = nr > 0
+        if not sp.invalid and not sp.role & (R.ROLE_DIRECT | R.ROLE_PASSTHROUGH):
+            self.unaccount_shadowed(sp)
+        self.unlink_unsync_page(sp)
+        sp.unsync_child_bitmap.clear()
+        zapped_root = False
+        self.active.pop(sp, None)
+        if not sp.root_count:
+            nr += 1
+            if sp not in invalid:
+                invalid.append(sp)
+            self.n_used -= 1                       # kvm_unaccount_mmu_page
+        else:
+            zapped_root = not self.is_obsolete(sp)
+        sp.role |= R.ROLE_INVALID
+        if zapped_root:
+            kvm.make_all_cpus_request(KVM_REQ_MMU_FREE_OBSOLETE_ROOTS)
+        return unstable, nr
+
+    def zap_unsync_children(self, parent: ShadowPage, invalid: list) -> int:
+        if parent.level == 1:
+            return 0
+        zapped = 0
+        while True:
+            pages: list = []
+            self.unsync_walk(parent, pages, set())
+            if not pages:
+                return zapped
+            for sp in pages:
+                self.prepare_zap_page(sp, invalid)
+                zapped += 1
+
+    def commit_zap_page(self, invalid: list) -> None:
+        """kvm_mmu_commit_zap_page: one remote TLB flush, then free the batch."""
+        if not invalid:
+            return
+        kvm = self.kvm
+        kvm.flush_remote_tlbs()
+        for sp in invalid:
+            self.free(sp)
+        invalid.clear()
+
+    def remote_flush_or_zap(self, invalid: list, flush: bool) -> None:
+        if invalid:
+            self.commit_zap_page(invalid)
+        elif flush:
+            self.kvm.flush_remote_tlbs()
+
+    def free(self, sp: ShadowPage) -> None:
+        kvm = self.kvm
+        bucket = self.hash.get(sp.gfn)
+        if bucket is not None:
+            if sp in bucket:
+                bucket.remove(sp)
+            if not bucket:
+                del self.hash[sp.gfn]
+        if sp.number:
+            kvm.stats["roots_freed"] += 1
+            kvm.trace("kvmdbg:root_free", kvm.current_vcpu_index(), root=sp.number, hpa=sp.hpa)
+        kvm.tdp_mmu.free_page(sp)
+
+    # --- reclaim (make_mmu_pages_available) ---
+
+    def zap_oldest(self, nr_to_zap: int) -> int:
+        """kvm_mmu_zap_oldest_mmu_pages: oldest first, never a root in use."""
+        invalid: list = []
+        total = 0
+        for sp in list(self.active):
+            if sp not in self.active or sp.root_count:
+                continue
+            _unstable, nr = self.prepare_zap_page(sp, invalid)
+            total += nr
+            if total >= nr_to_zap:
+                break
+        self.commit_zap_page(invalid)
+        self.kvm.stats["mmu_recycled"] += total
+        return total
+
+    def make_mmu_pages_available(self) -> None:
+        avail = self.n_max - self.n_used
+        if avail >= KVM_MIN_FREE_MMU_PAGES:
+            return
+        self.zap_oldest(KVM_REFILL_PAGES - avail)
+
+    # --- roots ---
+
+    def alloc_root(self, vcpu, gfn: int, role: int) -> ShadowPage:
+        """mmu_alloc_root: the page for (gfn, role), found or made, with ++root_count."""
+        kvm = self.kvm
+        sp, created = self.get_shadow_page(vcpu, gfn, role)
+        if not sp.number:
+            sp.number = kvm.tdp_mmu.next_root_number
+            kvm.tdp_mmu.next_root_number += 1
+        if created:
+            kvm.stats["roots_allocated"] += 1
+            kvm.charge(vcpu, "root_alloc")
+        sp.root_count += 1
+        if kvm.bus.active:
+            kvm.trace("kvmdbg:root_get", vcpu.index, root=sp.number, hpa=sp.hpa,
+                      root_count=sp.root_count)
+        return sp
+
+    def free_root(self, vcpu, sp: ShadowPage, invalid: list) -> None:
+        """mmu_free_root_page: a valid root whose count drops to 0 stays hashed for reuse."""
+        kvm = self.kvm
+        sp.root_count -= 1
+        if kvm.bus.active:
+            kvm.trace("kvmdbg:root_put", vcpu.index if vcpu is not None else -1, root=sp.number,
+                      hpa=sp.hpa, root_count=sp.root_count)
+        if not sp.root_count and sp.invalid:
+            self.prepare_zap_page(sp, invalid)
+
+    # --- guest writes to tracked tables (kvm_mmu_track_write) ---
+
+    def track_write(self, vcpu, gpa: int, nbytes: int) -> None:
+        kvm = self.kvm
+        if not self.indirect_shadow_pages:
+            return
+        gfn = gpa >> 12
+        off = gpa & 0xFFF
+        gentry = int.from_bytes(kvm.read_gpa(gpa & ~7, 8), "little")
+        kvm.stats["mmu_pte_write"] += 1
+        invalid: list = []
+        flush = False
+        for sp in self.valid_pages(gfn, with_gptes=True):
+            if self._misaligned(off, nbytes) or self._flooded(sp):
+                self.prepare_zap_page(sp, invalid)
+                kvm.stats["mmu_flooded"] += 1
+                continue
+            i = off >> 3
+            entry = self.read(sp, i)
+            self.zap_pte(sp, i)
+            if gentry and sp.level != 1:
+                kvm.stats["mmu_pde_zapped"] += 1
+            if S.is_shadow_present_pte(entry):
+                flush = True
+        self.remote_flush_or_zap(invalid, flush)
+
+    @staticmethod
+    def _misaligned(off: int, nbytes: int) -> bool:
+        """detect_write_misaligned (8-byte gPTEs)."""
+        if not off & 7 and nbytes == 1:
+            return False                         # e.g. clear_bit() on a status byte
+        return bool((off ^ (off + nbytes - 1)) & ~7) or nbytes < 4
+
+    @staticmethod
+    def _flooded(sp: ShadowPage) -> bool:
+        """detect_write_flooding: 3 writes to an upper-level table without it being used."""
+        if sp.level == 1:
+            return False                          # it can go unsync instead
+        sp.write_flooding_count += 1
+        return sp.write_flooding_count >= 3
+
+    # --- memslots (kvm_zap_obsolete_pages, kvm_mmu_zap_memslot) ---
+
+    def zap_obsolete_pages(self) -> None:
+        """Every page of the old generation, oldest first; roots in use become invalid and
+        die at their last put. One commit (one remote flush) at the end."""
+        invalid: list = []
+        for sp in list(self.active):
+            if sp not in self.active:
+                continue
+            if not self.is_obsolete(sp):
+                break
+            if sp.invalid:
+                continue
+            self.prepare_zap_page(sp, invalid)
+        self.commit_zap_page(invalid)
+
+    def zap_gfn_range(self, start: int, end: int) -> None:
+        """kvm_mmu_zap_memslot without the quirk: the slot's leaves and the pages that
+        shadow tables inside it; roots elsewhere survive."""
+        invalid: list = []
+        flush = False
+        for gfn in sorted(g for g in self.rmap if start <= g < end):
+            for sp, i in list(self.rmap.get(gfn, ())):
+                self.drop_spte(sp, i)
+                flush = True
+        for gfn in sorted(g for g in self.hash if start <= g < end):
+            for sp in self.valid_pages(gfn, with_gptes=True):
+                self.prepare_zap_page(sp, invalid)
+        self.remote_flush_or_zap(invalid, flush)
+
+    def unused_pages(self) -> int:
+        return self.n_max - self.n_used
