@@ -38,8 +38,3 @@ def make_styler(session):
 
     return styler
 
-
-def prompt_style():
-    from prompt_toolkit.styles import style_from_pygments_cls
-    from pygments.styles import get_style_by_name
-    return style_from_pygments_cls(get_style_by_name(STYLE_NAME))
