@@ -94,7 +94,7 @@ LEGACY = replace(
     summary="v6.12 with tdp_mmu=0: legacy direct MMU, roots live in the hash and survive unload")
 SHADOW = replace(
     V6_12, name="shadow", tdp_enabled=False, tdp_mmu=False, cr0_wp_guest_owned=False,
-    summary="v6.12 with ept=0: shadow paging (not available yet)")
+    summary="v6.12 with ept=0: shadow paging; shadow pages by (gfn, role), write tracking, unsync")
 
 PROFILES = {p.name: p for p in (V5_10, V5_15, V6_1, V6_4, V6_6, V6_12, RFC, SMEP_OWNED, LEGACY, SHADOW)}
 DEFAULT = "v6.12"

@@ -777,7 +777,7 @@ class ShadowMmu:
                 self.drop_spte(sp, i)
                 flush = True
         for gfn in sorted(g for g in self.hash if start <= g < end):
-            for sp in self.valid_pages(gfn, with_gptes=True):
+            for sp in self.valid_pages(gfn):
                 self.prepare_zap_page(sp, invalid)
         self.remote_flush_or_zap(invalid, flush)
 
