@@ -190,6 +190,16 @@ class BreakpointTable:
     def catchpoints(self) -> list:
         return [p for p in self if isinstance(p, Catchpoint) and p.enabled]
 
+    def refresh_watch_values(self) -> None:
+        """After `run`/`starti` rebuilt the VM: watch from the new values, not the old run's."""
+        from kvmdbg.debug.evaluate import evaluate_node
+        for wp in self:
+            if isinstance(wp, Watchpoint):
+                try:
+                    wp.old = evaluate_node(self.s, wp._ast, vcpu=wp.vcpu)
+                except KvmdbgError:
+                    wp.old = None
+
     # --- stopping rules (gdb's bpstat_check_breakpoint_conditions) ---
 
     def should_stop(self, point: Stoppoint, vcpu: int, event=None):

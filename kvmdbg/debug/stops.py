@@ -116,7 +116,7 @@ def _caught(s, v) -> Outcome:
     return Outcome(s._stop(CATCHPOINT, v.index), hits)
 
 
-def _at_breakpoint(s, v, target: Target | None) -> Outcome | None:
+def at_breakpoint(s, v, target: Target | None) -> Outcome | None:
     """At a breakpoint address: an Outcome if the program should stop here, else None."""
     cpu = v.cpu
     rip = cpu.rip
@@ -176,11 +176,44 @@ def _vcpu_run(v, n: int, bps, skip_first: bool) -> str:
     return STEP_LIMIT
 
 
+def _on_reported_breakpoint(s) -> set:
+    """The vCPU still sitting on the breakpoint it last stopped at (to be stepped off)."""
+    st = s.last_stop
+    if st is None or st.reason != BREAKPOINT or st.vcpu >= len(s.vm.vcpus):
+        return set()
+    return {st.vcpu} if s.vm.vcpus[st.vcpu].cpu.rip == st.rip else set()
+
+
+def _step_off(s, v, scope):
+    """Retire the instruction v sits on before the scheduler runs. run_vm steps a vCPU off
+    a breakpoint only in its first slice, and an instruction that exits (an EPT violation
+    on its fetch, say) retires nothing in that slice: without this, `continue` would stop
+    at the same breakpoint again. Returns an Outcome if that one instruction stops the run."""
+    if v.cpu.halted or v.cpu.shutdown:
+        return None
+    reason = _vcpu_run(v, 1, None, True)
+    if reason == STEP_LIMIT or (reason == HALTED and scope is None and scheduler.pick(s.vm)):
+        return None
+    return _stop_for(s, reason, v)
+
+
 def _resume_fast(s, scope, limit: int, target) -> Outcome:
     vm = s.vm
+    step_off = _on_reported_breakpoint(s) if scope is None else set()
     while True:
         bps = _breakpoint_set(s, target)
         before = total_steps(vm)
+        for index in sorted(step_off):
+            v = vm.vcpus[index]
+            if bps and v.cpu.rip in bps and limit > 0:
+                out = _step_off(s, v, scope)
+                if out is not None:
+                    return out
+        step_off = set()
+        limit -= total_steps(vm) - before
+        before = total_steps(vm)
+        if limit <= 0:
+            return Outcome(s._stop(STEP_LIMIT, s.current))
         if scope is None:
             reason, v = scheduler.run_vm(vm, limit, bps, lambda: _interrupted(s))
         else:
@@ -188,11 +221,12 @@ def _resume_fast(s, scope, limit: int, target) -> Outcome:
             reason = _run_one(s, v, limit, bps)
         limit -= total_steps(vm) - before
         if reason == BREAKPOINT:
-            out = _at_breakpoint(s, v, target)
+            out = at_breakpoint(s, v, target)
             if out is not None:
                 return out
             if limit <= 0:
                 return Outcome(s._stop(STEP_LIMIT, v.index))
+            step_off = {v.index}
             continue
         return _stop_for(s, reason, v)
 
@@ -308,14 +342,15 @@ def _resume_stepping(s, scope, limit: int, target) -> Outcome:
         last = v
         cpu = v.cpu
         if v.index in started and cpu.rip in bps:
-            out = _at_breakpoint(s, v, target)
+            out = at_breakpoint(s, v, target)
             if out is not None:
                 return out
-        started.add(v.index)
         reads = _watch_reads(s, v, wps) if has_readers else set()
         before = cpu.steps
         reason = v.run(1, None, True)
         done += cpu.steps - before
+        if cpu.steps > before:              # on its starting instruction until one retires
+            started.add(v.index)
         hits = _check_watchpoints(s, v, wps, reads if cpu.steps > before else set(), readers)
         if hits:
             return Outcome(s._stop(WATCHPOINT, v.index), hits)

@@ -96,3 +96,17 @@ def test_ctrl_c_stops_a_continue_between_instructions():
     assert out[1].startswith("Interrupted at step ")
     assert out[2].startswith("=> ")
     assert not s.cpu.halted and s.cpu.steps < 1_000_000
+
+
+def test_run_stops_at_a_breakpoint_on_the_first_instruction_and_rewatches():
+    s = session(CALLS)
+    s.state.settings.confirm = False
+    run(s, "break *0x100000", "watch $rax")
+    assert _core(run(s, "run"))[1] == "Breakpoint 1, 0x100000, vcpu 0, step 0"
+    out = run(s, "continue")
+    assert "Old value = 0" in out and "New value = 1" in out
+    run(s, "continue", "continue")                     # rax is 3 now
+    out = run(s, "run")
+    assert out[1] == "Breakpoint 1, 0x100000, vcpu 0, step 0"
+    out = run(s, "continue")
+    assert "Old value = 0" in out and "New value = 1" in out    # not "Old value = 3"

@@ -181,6 +181,14 @@ def run(s, arg: str) -> None:
     if not _restart(s):
         return
     s.message(f"Starting program: {s.program.path}")
+    # A breakpoint on the very first instruction stops `run` there (resume steps off
+    # the breakpoint it starts on, which is right for continue but not for a fresh start).
+    first = s.vm.vcpus[0]
+    if first.cpu.rip in s.breakpoints.addresses():
+        outcome = stops.at_breakpoint(s, first, None)
+        if outcome is not None:
+            report(s, outcome)
+            return
     report(s, stops.resume(s))
 
 
@@ -207,6 +215,7 @@ def _restart(s) -> bool:
         return False
     s.restart()
     snapshot_all(s)
+    s.breakpoints.refresh_watch_values()
     return True
 
 
