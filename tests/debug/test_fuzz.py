@@ -35,7 +35,7 @@ SESSION.max_continue_steps = 2_000          # `continue` and friends stay quick
 SESSION.state.settings.confirm = False
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(line, min_size=1, max_size=4))
 def test_random_command_lines_never_raise_and_the_session_still_answers(lines):
     s = SESSION
