@@ -273,3 +273,26 @@ def test_recording_events_changes_nothing_under_shadow(name, arg):
     nonzero = lambda st: {k: v for k, v in st.items() if v}  # noqa: E731
     assert nonzero(quiet.stats) == nonzero(loud.stats)
     assert [v.cpu.cycles for v in quiet.vcpus] == [v.cpu.cycles for v in loud.vcpus]
+
+
+# --- the debugger's views ---
+
+def test_views_show_shadow_pages_roles_and_gva_paths():
+    from kvmdbg import Session
+    s = Session.load("programs/pt_edit.bin", kvm="shadow")
+    s.run(max_steps=200)
+    roots = s.execute("info roots")
+    assert "gfn" in roots and " 0x1 " in roots and "wp" in roots
+    path = s.execute("info spte 0x300000")
+    assert "shadows gfn 0x1)" in path and "shadows gfn 0x5, unsync)" in path and "-> hpa" in path
+    assert "takes a #PF exit" in s.execute("info spte 0x7000000")
+    pages = s.execute("info shadow")
+    assert "unsync" in pages and "wrprot" in pages and "of 81 shadow pages" in pages
+    assert "gva 0x300000 gfn 0x300" in s.execute("info sptes")
+    assert "Shadow SPTE path" in s.execute("translate 0x301000")
+    assert "shadow " in s.execute("info mmu") and "pgd 0x1000" in s.execute("info mmu")
+    assert "takes a gva under shadow paging" in s.execute("info spte gfn:0x300")
+    ept = Session.load("programs/pt_edit.bin", kvm="v6.12")
+    ept.run(max_steps=200)
+    assert "No shadow MMU" in ept.execute("info shadow")
+    assert "(r w x) leaf" in ept.execute("info spte gpa:0x300000")

@@ -146,8 +146,19 @@ def _gfn_of(s, text: str) -> int:
     return guest_walk.gva_to_gpa(s.vm, s.cpu, addr & M64) >> PAGE_SHIFT
 
 
+def _shadow(vm) -> bool:
+    return getattr(vm, "shadow", None) is not None
+
+
+def _spte_str(vm, spte: int, level: int) -> str:
+    return S.shadow_spte_str(spte, level) if _shadow(vm) else S.spte_str(spte, level)
+
+
 def spte_path(vm, root, gfn: int) -> list:
-    """[(level, index, sptep hpa, spte)] from the root down to the leaf (or the hole)."""
+    """[(level, index, sptep hpa, spte)] from the root down to the leaf (or the hole).
+
+    EPT/TDP tables are indexed by gfn; shadow tables by guest-virtual page number (pass
+    gva >> 12 as `gfn`)."""
     out = []
     sp = root
     level = root.level
@@ -165,13 +176,24 @@ def spte_path(vm, root, gfn: int) -> list:
 
 def _path_lines(vm, root, gfn: int) -> list:
     lines = []
+    shadow = _shadow(vm)
+    pages = vm.tdp_mmu.pages
     for level, index, sptep, spte in spte_path(vm, root, gfn):
-        lines.append(f"  l{level} [{index:3}] at hpa {sptep:#x}: {S.spte_str(spte, level)}")
+        sp = pages.get(sptep >> PAGE_SHIFT)
+        what = ""
+        if shadow and sp is not None:
+            what = f" (shadows {'direct ' if sp.role & R.ROLE_DIRECT else ''}gfn {sp.gfn:#x}" \
+                   f"{', unsync' if getattr(sp, 'unsync', False) else ''})"
+        lines.append(f"  l{level} [{index:3}] at hpa {sptep:#x}{what}: {_spte_str(vm, spte, level)}")
     level, _i, _p, spte = spte_path(vm, root, gfn)[-1]
     if S.is_shadow_present_pte(spte) and S.is_last_spte(spte, level):
         span = 9 * (level - 1)
         hpa = ((S.spte_to_pfn(spte) + (gfn & ((1 << span) - 1))) << PAGE_SHIFT)
         lines.append(f"  -> hpa {hpa:#x}")
+    elif shadow and S.is_shadow_mmio_spte(spte):
+        lines.append("  -> MMIO SPTE: accesses take a #PF (RSVD) exit and are emulated")
+    elif shadow:
+        lines.append("  -> not mapped: an access takes a #PF exit to KVM")
     elif S.is_mmio_spte(spte):
         lines.append("  -> MMIO SPTE: accesses take an EPT misconfiguration exit")
     else:
@@ -181,10 +203,15 @@ def _path_lines(vm, root, gfn: int) -> list:
 
 def spte_section(s, gva: int, gpa: int | None) -> list:
     """The SPTE half of `translate`."""
-    if gpa is None:
-        return []
     v = s.vm.vcpus[s.current]
     root = getattr(v, "mmu", None) and v.mmu.root.sp
+    if _shadow(s.vm):
+        if root is None:
+            return ["Shadow SPTE path: no root loaded on this vCPU"]
+        return [f"Shadow SPTE path from root #{root.number} (hpa {root.hpa:#x}, shadows gfn "
+                f"{root.gfn:#x}) for gva {gva:#x}:", *_path_lines(s.vm, root, gva >> PAGE_SHIFT)]
+    if gpa is None:
+        return []
     if root is None:
         return ["SPTE path: no root loaded on this vCPU"]
     return [f"SPTE path from root #{root.number} (hpa {root.hpa:#x}) for gfn {gpa >> PAGE_SHIFT:#x}:",
@@ -198,7 +225,8 @@ def info_roots(s, arg: str) -> None:
 
     Every root KVM has built: number, hpa, role in the kernel's words, reference count,
     state (valid, invalid), leaf SPTEs and tables under it, the step it was created at,
-    and which vCPUs hold it. `*` marks the current vCPU's root.
+    and which vCPUs hold it. `*` marks the current vCPU's root. Under shadow paging a root
+    shadows the guest's top-level table: its gfn is shown too (a guest CR3 per root and role).
     """
     roots = _roots(s.vm)
     if not roots:
@@ -206,12 +234,15 @@ def info_roots(s, arg: str) -> None:
         return
     cur = getattr(s.vm.vcpus[s.current], "mmu", None)
     cur_root = cur.root.sp if cur else None
-    s.message(f"  {'#':>3}  {'hpa':<12} {'refs':>4}  {'state':<7} {'sptes':>6} {'tables':>6} "
+    shadow = _shadow(s.vm)
+    gfn_head = f"{'gfn':>8} " if shadow else ""
+    s.message(f"  {'#':>3}  {'hpa':<12} {gfn_head}{'refs':>4}  {'state':<7} {'sptes':>6} {'tables':>6} "
               f"{'created':>8}  {'role':<32} users")
     for r in roots:
         leaves, tables = s.vm.tdp_mmu.count_sptes(r) if not r.freed else (0, 0)
         mark = "*" if r is cur_root else " "
-        s.message(f"{mark} {r.number:>3}  {r.hpa:<#12x} {r.root_count:>4}  {_state(r):<7} {leaves:>6} "
+        gfn = f"{r.gfn:>#8x} " if shadow else ""
+        s.message(f"{mark} {r.number:>3}  {r.hpa:<#12x} {gfn}{r.root_count:>4}  {_state(r):<7} {leaves:>6} "
                   f"{tables:>6} {r.created_step:>8}  {R.role_str(r.role):<32} "
                   f"{' '.join(_users(s.vm, r)) or '-'}")
 
@@ -226,8 +257,11 @@ def info_root(s, arg: str) -> None:
         raise usage_error(info_root, "Argument required (a root number).")
     r = _root_by_number(s.vm, _int(arg))
     leaves, tables = s.vm.tdp_mmu.count_sptes(r) if not r.freed else (0, 0)
+    kind = ("TDP MMU" if r.tdp_mmu_page else
+            f"shadow MMU (hashed by gfn and role), shadows gfn {r.gfn:#x}" if _shadow(s.vm)
+            else "legacy MMU (hashed)")
     s.message(f"root #{r.number}: hpa {r.hpa:#x}, {_state(r)}, refs {r.root_count}, "
-              f"created at step {r.created_step}, {'TDP MMU' if r.tdp_mmu_page else 'legacy MMU (hashed)'}")
+              f"created at step {r.created_step}, {kind}")
     s.message(f"  role {r.role:#010x}: {R.role_str(r.role)}")
     for name, value in R.role_fields(r.role).items():
         s.message(f"    {name:<16} {value}")
@@ -238,11 +272,24 @@ def info_spte(s, arg: str) -> None:
     """info spte ADDR [ROOT]
 
     The SPTE path for ADDR (a gva, or gpa:ADDR, or gfn:N) from the current root (or root
-    number ROOT): each level's index, where the SPTE sits and what it says.
+    number ROOT): each level's index, where the SPTE sits and what it says. Under shadow
+    paging the tables map guest-virtual addresses, so ADDR is a gva, and each level names
+    the guest table that shadow page shadows.
     """
     if not arg:
         raise usage_error(info_spte, "Argument required (an address).")
     words = arg.split()
+    if _shadow(s.vm):
+        if words[0].startswith(("gfn:", "gpa:", "hpa:")):
+            raise CommandError("Shadow page tables translate guest-virtual addresses: "
+                               "info spte takes a gva under shadow paging.")
+        gva, _space = evaluate_address(s, words[0])
+        root = _current_root(s, words[1] if len(words) > 1 else "")
+        s.message(f"gva {gva & M64:#x} in root #{root.number} (hpa {root.hpa:#x}, shadows gfn "
+                  f"{root.gfn:#x}):")
+        for line in _path_lines(s.vm, root, (gva & M64) >> PAGE_SHIFT):
+            s.message(line)
+        return
     gfn = _gfn_of(s, words[0])
     root = _current_root(s, words[1] if len(words) > 1 else "")
     s.message(f"gfn {gfn:#x} in root #{root.number} (hpa {root.hpa:#x}):")
@@ -254,7 +301,8 @@ def info_sptes(s, arg: str) -> None:
     """info sptes [ROOT] [gfn:START[-END]]
 
     Every leaf SPTE under the current root (or root ROOT), in kvm_mmu_set_spte's shape:
-    gfn, SPTE, rights, level.
+    gfn, SPTE, rights, level. Under shadow paging: the guest-virtual page each leaf maps,
+    its gfn, the rights and the shadow page (gfn, unsync) holding it.
     """
     words = arg.split()
     lo, hi = 0, 1 << 40
@@ -268,6 +316,18 @@ def info_sptes(s, arg: str) -> None:
             root_arg = w
     root = _current_root(s, root_arg)
     rows = []
+    if _shadow(s.vm):
+        _collect_shadow_leaves(s.vm, root, 0, rows, lo, hi)
+        if not rows:
+            s.message(f"No leaf SPTEs in root #{root.number}.")
+            return
+        for va, gfn, spte, sp in rows:
+            s.message(f"gva {va:#x} gfn {gfn:#x} spte {spte:#x} "
+                      f"({S.shadow_spte_str(spte, 1).split('(')[1].split(')')[0]}) "
+                      f"in {'unsync ' if getattr(sp, 'unsync', False) else ''}page of gfn {sp.gfn:#x} "
+                      f"access {R.role_str(sp.role & ~R.ROLE_DIRECT).split()[3]}")
+        s.message(f"{len(rows)} leaf SPTEs.")
+        return
     _collect_leaves(s.vm, root, rows, lo, hi)
     if not rows:
         s.message(f"No leaf SPTEs in root #{root.number}.")
@@ -292,6 +352,63 @@ def _collect_leaves(vm, sp, out, lo, hi) -> None:
         child = vm.tdp_mmu.pages.get(S.spte_to_pfn(spte))
         if child is not None:
             _collect_leaves(vm, child, out, lo, hi)
+
+
+def _collect_shadow_leaves(vm, sp, va_base: int, out, lo, hi) -> None:
+    """(gva, gfn, spte, page) of every leaf under a shadow page, in address order."""
+    level = sp.level
+    span = 12 + 9 * (level - 1)
+    shadowed = getattr(sp, "shadowed", {})
+    for i, spte in vm.tdp_mmu.present_entries(sp):
+        va = va_base | (i << span)
+        if i & 256 and level == 4:
+            va |= ~((1 << 48) - 1) & M64          # canonical upper half
+        if S.is_last_spte(spte, level) or not S.is_shadow_present_pte(spte):
+            gfn = shadowed.get(i, (S.shadow_mmio_gfn(spte),))[0]
+            if lo <= gfn < hi:
+                out.append((va, gfn, spte, sp))
+            continue
+        child = vm.tdp_mmu.pages.get(S.spte_to_pfn(spte))
+        if child is not None:
+            _collect_shadow_leaves(vm, child, va, out, lo, hi)
+
+
+def info_shadow(s, arg: str) -> None:
+    """info shadow [gfn:N]
+
+    Every shadow page KVM keeps in its hash (shadow paging only): the guest table's gfn,
+    the role in the kernel's words, root_count, unsync, how many parent SPTEs link it,
+    and whether the gfn is write-tracked; then the page budget (n_used / n_max).
+    """
+    sh = getattr(s.vm, "shadow", None)
+    if sh is None:
+        raise CommandError("No shadow MMU: this VM runs with EPT (the profile's tdp_enabled is 1).")
+    want = None
+    if arg.strip():
+        if not arg.strip().startswith("gfn:"):
+            raise usage_error(info_shadow, f"Unknown argument \"{arg.strip()}\".")
+        want = _int(arg.strip()[4:])
+    rows = [sp for gfn in sorted(sh.hash) for sp in sh.hash[gfn] if want is None or gfn == want]
+    if not rows:
+        s.message("No shadow pages.")
+    else:
+        s.message(f"{'gfn':>8}  {'hpa':<12} {'refs':>4} {'parents':>7}  {'flags':<18} role")
+        for sp in rows:
+            flags = []
+            if sp.invalid:
+                flags.append("invalid")
+            elif sh.is_obsolete(sp):
+                flags.append("obsolete")
+            if sp.unsync:
+                flags.append("unsync")
+            if sp.unsync_children:
+                flags.append(f"uchild={sp.unsync_children}")
+            if sh.is_write_tracked(sp.gfn):
+                flags.append("wrprot")
+            s.message(f"{sp.gfn:>#8x}  {sp.hpa:<#12x} {sp.root_count:>4} {len(sp.parent_ptes):>7}  "
+                      f"{' '.join(flags) or '-':<18} {R.role_str(sp.role)}")
+    s.message(f"{sh.n_used} of {sh.n_max} shadow pages in use; {len(sh.write_track)} write-tracked "
+              f"gfns; mmu_valid_gen {s.vm.mmu_valid_gen}")
 
 
 def info_tlb(s, arg: str) -> None:
@@ -328,8 +445,9 @@ def _is_stale(s, e, ep4ta: int) -> str:
         return f"guest now maps gpa {w.gpa & ~0xFFF:#x}"
     root = s.vm.tdp_mmu.pages.get(ep4ta >> PAGE_SHIFT)
     if root is None:
-        return "its EPT root is gone"
-    level, _i, _p, spte = spte_path(s.vm, root, e.gpa >> PAGE_SHIFT)[-1]
+        return "its shadow root is gone" if _shadow(s.vm) else "its EPT root is gone"
+    key = e.vpn if _shadow(s.vm) else e.gpa >> PAGE_SHIFT
+    level, _i, _p, spte = spte_path(s.vm, root, key)[-1]
     if not S.is_shadow_present_pte(spte):
         return "SPTE zapped"
     return ""
@@ -367,9 +485,17 @@ def info_mmu(s, arg: str) -> None:
     s.message(f"root_role {mmu.root_role:#010x}: {R.role_str(mmu.root_role)}")
     root = mmu.root.sp
     s.message(f"root      {'#%d hpa %#x' % (root.number, root.hpa) if root else 'invalid (INVALID_PAGE)'}")
+    if root and _shadow(s.vm):
+        s.message(f"          pgd {mmu.root.pgd:#x} (the guest CR3 it shadows)")
     for i, p in enumerate(mmu.prev_roots):
         s.message(f"prev[{i}]   {'#%d pgd %#x' % (p.sp.number, p.pgd) if p.sp else 'invalid'}")
     s.message(f"requests  {', '.join(sorted(v.requests)) or 'none'}")
+    sh = getattr(s.vm, "shadow", None)
+    if sh is not None:
+        unsync = sum(1 for b in sh.hash.values() for sp in b if sp.unsync)
+        s.message(f"shadow    {sh.n_used} of {sh.n_max} pages, {unsync} unsync, "
+                  f"{len(sh.write_track)} write-tracked gfns, mmu_valid_gen {s.vm.mmu_valid_gen} "
+                  f"(\"info shadow\" lists them)")
 
 
 def info_events(s, arg: str) -> None:
@@ -560,6 +686,7 @@ def register(reg) -> None:
     info.add("tlb", info_tlb, category="mmu")
     info.add("memslots", info_memslots, category="mmu")
     info.add("mmu", info_mmu, category="mmu")
+    info.add("shadow", info_shadow, category="mmu")
     info.add("events", info_events, category="mmu", repeatable=True)
     info.add("stats", info_stats, category="mmu")
     info.add("kvm", info_kvm, category="mmu")
