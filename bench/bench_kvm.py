@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""KVM-model benchmarks: SMEP flips per second, SPTEs zapped per second, bytes per SPTE.
+"""KVM-model benchmarks: SMEP flips per second, SPTEs zapped per second, bytes per SPTE,
+and under shadow paging SMEP flips and guest page faults handled per second.
 
 Run: python bench/bench_kvm.py        (about 30 s on the project's 2-core machine)
 Prints one line per figure; nothing is asserted (targets live in the README).
@@ -23,6 +24,10 @@ from kvmdbg.kvm.vm import Vm  # noqa: E402
 
 # mov rbx, rdx; mov rax, cr4; l: xor rax, 1 << 20; mov cr4, rax; dec rbx; jnz l; hlt
 BARE_FLIP_LOOP = bytes.fromhex("4889d30f20e04835000010000f22e048ffcb75f2f4")
+# mov rsi, 0x400000; mov rcx, rdx; l: mov [rsi], rcx; add rsi, 4096; dec rcx; jnz l; hlt
+# (one write to each of RDX fresh pages: under shadow paging each is a #PF exit that KVM
+# fixes by walking the guest tables and installing a shadow SPTE)
+TOUCH_LOOP = bytes.fromhex("48c7c600004000" "4889d1" "48890e" "4881c600100000" "48ffc9" "75f1" "f4")
 
 
 def flips_per_second(profile: str, program: Program, flips: int) -> float:
@@ -33,6 +38,17 @@ def flips_per_second(profile: str, program: Program, flips: int) -> float:
     dt = time.perf_counter() - t
     assert vm.stats["cr_exits"] == flips or vm.stats["cr_exits"] == 0, vm.stats["cr_exits"]
     return flips / dt
+
+
+def shadow_faults_per_second(pages: int = 20_000) -> float:
+    """#PF exits handled (guest walk + FNAME(fetch) + re-entry) per second under shadow."""
+    vm = Vm(1 << 30, 1, profile=get_profile("shadow"))
+    boot(vm, Program(TOUCH_LOOP), pages)
+    t = time.perf_counter()
+    run_vm(vm, 10**12)
+    dt = time.perf_counter() - t
+    assert vm.stats["pf_fixed"] >= pages, vm.stats["pf_fixed"]
+    return vm.stats["pf_exits"] / dt
 
 
 def _entered_vm():
@@ -83,6 +99,11 @@ def main() -> int:
         print(f"{profile:6} bare flip loop:          {rate:10,.0f} SMEP flips/s")
         rate = flips_per_second(profile, smep, 20_000 if profile == "v6.12" else 2_000)
         print(f"{profile:6} 16-page working set:     {rate:10,.0f} SMEP flips/s")
+    rate = flips_per_second("shadow", bare, 50_000)
+    print(f"shadow bare flip loop:          {rate:10,.0f} SMEP flips/s")
+    rate = flips_per_second("shadow", smep, 10_000)
+    print(f"shadow 16-page working set:     {rate:10,.0f} SMEP flips/s")
+    print(f"shadow guest page faults:       {shadow_faults_per_second():10,.0f} #PF exits handled/s")
     print(f"TDP MMU zap:                    {zap_rate():10,.0f} SPTEs zapped/s")
     print(f"TDP MMU memory:                 {bytes_per_spte():10.1f} bytes per SPTE")
     return 0
