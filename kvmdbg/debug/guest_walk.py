@@ -48,7 +48,7 @@ def walk(vm, cpu, va: int) -> GuestWalk:
     while True:
         index = (va >> (12 + 9 * (level - 1))) & 511
         gpa = table + index * 8
-        entry = int.from_bytes(vm.read_gpa(gpa, 8), "little")
+        entry = int.from_bytes(vm.peek_gpa(gpa, 8), "little")
         w.steps.append(WalkStep(level, index, gpa, entry))
         if not entry & P:
             w.error = f"{LEVEL_NAMES[level]}[{index}] not present"
@@ -73,7 +73,7 @@ def read_gva(vm, cpu, va: int, n: int) -> bytes:
     out = b""
     while n:
         chunk = min(n, 4096 - (va & 0xFFF))
-        out += vm.read_gpa(gva_to_gpa(vm, cpu, va), chunk)
+        out += vm.peek_gpa(gva_to_gpa(vm, cpu, va), chunk)
         va += chunk
         n -= chunk
     return out

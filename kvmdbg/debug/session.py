@@ -12,9 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kvmdbg.bits import M64, parse_size
-from kvmdbg.cpu.executor import HALTED, SHUTDOWN, STEP_LIMIT
-from kvmdbg.cpu.faults import GuestFault
-from kvmdbg.cpu.regs import GPR_INDEX, SUBREGS
+from kvmdbg.cpu.executor import HALTED, SHUTDOWN
+from kvmdbg.cpu.regs import SUBREGS
 from kvmdbg.debug import guest_walk, memory
 from kvmdbg.debug.symbols import Symbols
 from kvmdbg.errors import CommandError, ConfigError, UnsupportedInstruction
@@ -251,7 +250,7 @@ class Session:
     def read_memory(self, addr: int, n: int, space: str = "gva") -> bytes:
         """Read guest memory without side effects (no A/D bits, TLB fills or exits)."""
         if space == "gpa":
-            return self.vm.read_gpa(addr, n)
+            return self.vm.peek_gpa(addr, n)
         if space == "hpa":
             return memory.read_hpa(self.vm, addr, n)
         if space != "gva":

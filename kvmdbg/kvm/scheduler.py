@@ -69,7 +69,8 @@ def run_vm(vm, max_steps: int, breakpoints=None, interrupted=lambda: False):
                 budget = max(1, min(budget, vm.worker.queue[0][0] - c.cycles + 1))
         before = c.steps
         reason = v.run(budget, breakpoints, skip_first=v.index not in started)
-        started.add(v.index)
+        if c.steps != before:
+            started.add(v.index)       # it has stepped off the breakpoint it started on
         done += c.steps - before
         if reason == STEP_LIMIT or reason == VMEXIT:
             if interrupted():

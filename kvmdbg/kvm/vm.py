@@ -231,6 +231,23 @@ class Vm:
         pfn = self.host.hva_to_pfn(slot.gfn_to_hva(gfn))
         return self.host.pages[pfn], pfn
 
+    def peek_gpa(self, gpa: int, n: int) -> bytes:
+        """Read guest-physical memory without side effects: untouched RAM reads as zeros
+        (as it would once faulted in) and MMIO as all ones, and no host page is created."""
+        out = bytearray()
+        while n:
+            chunk = min(n, 4096 - (gpa & 0xFFF))
+            slot = self.memslots.lookup(gpa >> PAGE_SHIFT)
+            if slot is None:
+                out += b"\xff" * chunk
+            else:
+                pfn = self.host.lookup_pfn(slot.gfn_to_hva(gpa >> PAGE_SHIFT))
+                off = gpa & 0xFFF
+                out += bytes(chunk) if pfn is None else self.host.pages[pfn][off:off + chunk]
+            gpa += chunk
+            n -= chunk
+        return bytes(out)
+
     def read_gpa(self, gpa: int, n: int) -> bytes:
         out = bytearray()
         while n:

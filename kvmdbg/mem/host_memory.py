@@ -102,6 +102,10 @@ class HostMemory:
             self._hva_to_pfn[hpn] = pfn
         return pfn
 
+    def lookup_pfn(self, hva: int):
+        """The pfn behind hva if the host page exists, without faulting it in."""
+        return self._hva_to_pfn.get(hva >> PAGE_SHIFT)
+
     def page(self, pfn: int) -> bytearray:
         return self.pages[pfn]
 

@@ -33,7 +33,7 @@ def host_page(s, gpa: int):
     if slot is None:
         return None, None
     hva = slot.gfn_to_hva(gpa >> PAGE_SHIFT) | (gpa & 0xFFF)
-    pfn = vm.host._hva_to_pfn.get(hva >> PAGE_SHIFT)
+    pfn = vm.host.lookup_pfn(hva)
     return slot, None if pfn is None else (pfn << PAGE_SHIFT) | (gpa & 0xFFF)
 
 
