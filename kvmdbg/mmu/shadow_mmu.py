@@ -691,10 +691,13 @@ class ShadowMmu:
         if not sp.number:
             sp.number = kvm.tdp_mmu.next_root_number
             kvm.tdp_mmu.next_root_number += 1
+        sp.root_count += 1
         if created:
             kvm.stats["roots_allocated"] += 1
             kvm.charge(vcpu, "root_alloc")
-        sp.root_count += 1
+            # kvm_mmu_get_page traced root_count 0 (before the increment, as KVM does).
+            kvm.trace("kvmdbg:root_alloc", vcpu.index, root=sp.number, hpa=sp.hpa, role=sp.role,
+                      gfn=gfn, root_count=sp.root_count)
         if kvm.bus.active:
             kvm.trace("kvmdbg:root_get", vcpu.index, root=sp.number, hpa=sp.hpa,
                       root_count=sp.root_count)

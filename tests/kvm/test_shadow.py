@@ -232,6 +232,7 @@ def test_reclaim_zaps_the_oldest_pages_past_the_limit_and_the_guest_is_unaffecte
     assert vm.stop[0] == "halted" and bytes(vm.console) == b"pvshim: done\n"
     assert vm.stats["mmu_recycled"] > 0
     assert vm.stats["mmu_shadow_zapped"] >= vm.stats["mmu_recycled"]
+    assert vm.shadow.n_used <= vm.shadow.n_max
     # Reclaim never zaps a root in use: the root allocated first is never freed while held.
     unlimited = run_program("pvshim", "shadow", arg=pvshim_arg(6))
     assert vm.stats["mmu_cache_miss"] > unlimited.stats["mmu_cache_miss"]
@@ -291,6 +292,9 @@ def test_views_show_shadow_pages_roles_and_gva_paths():
     assert "gva 0x300000 gfn 0x300" in s.execute("info sptes")
     assert "Shadow SPTE path" in s.execute("translate 0x301000")
     assert "shadow " in s.execute("info mmu") and "pgd 0x1000" in s.execute("info mmu")
+    s2 = Session.load("programs/pvshim.bin", kvm="shadow", arg=3)
+    s2.execute("catch root-alloc")
+    assert "root-alloc" in s2.execute("continue")
     assert "takes a gva under shadow paging" in s.execute("info spte gfn:0x300")
     ept = Session.load("programs/pt_edit.bin", kvm="v6.12")
     ept.run(max_steps=200)

@@ -63,9 +63,11 @@ def summary_line(s, stop) -> list:
     where = f"root #{root.number} hpa {root.hpa:#x} refs {root.root_count}" if root else "no root loaded"
     live = sum(1 for r in _roots(s.vm) if not r.invalid)
     d = {k: now.get(k, 0) - prev.get(k, 0) for k in ("exits", "ept_violations", "roots_allocated",
-                                                      "sptes_zapped", "cycles")}
+                                                      "sptes_zapped", "cycles", "pf_exits")}
+    faults = (f"{d['pf_exits']} #PF exits" if _shadow(s.vm)
+              else f"{d['ept_violations']} EPT violations")
     return [f"mmu: {where}; {live} live root(s); since last stop: {d['exits']} exits, "
-            f"{d['ept_violations']} EPT violations, {d['roots_allocated']} roots allocated, "
+            f"{faults}, {d['roots_allocated']} roots allocated, "
             f"{d['sptes_zapped']} SPTEs zapped, {d['cycles']} cycles"]
 
 
