@@ -6,9 +6,10 @@
 # (v5.10..v6.3 with one vCPU) every flip throws away the EPT, and the working set
 # refaults after it.
 #
-# Parameter: --arg N (RDX) = number of flips; 0 means DEFAULT_FLIPS.
-# Each vCPU touches its own WORKING_SET_PAGES data pages starting at
-# DATA + vcpu_index * WORKING_SET_PAGES * 4096, then prints "done" on port 0xE9 and halts.
+# Parameter: --arg N (RDX). Bits 31:0 = number of flips (0 means DEFAULT_FLIPS);
+# bits 63:32 = working-set pages (0 means WORKING_SET_PAGES), e.g. --arg 0x4000001000
+# for 4096 flips over 64 pages. Each vCPU touches its own pages starting at
+# DATA + vcpu_index * pages * 4096, then prints "done" on port 0xE9 and halts.
 
 	.intel_syntax noprefix
 
@@ -22,11 +23,18 @@
 	.text
 	.globl start
 start:
+	mov	r9, rdx
+	shr	r9, 32				# working-set pages
+	jnz	2f
+	mov	r9d, WORKING_SET_PAGES
+2:	mov	edx, edx			# flips: the low 32 bits
 	test	rdx, rdx
 	jnz	1f
 	mov	edx, DEFAULT_FLIPS
 1:	mov	rbx, rdx			# flips left
-	imul	r8, rdi, WORKING_SET_PAGES * PAGE
+	mov	r8, r9
+	shl	r8, 12
+	imul	r8, rdi
 	add	r8, DATA			# this vCPU's working set
 	mov	rax, cr4
 
@@ -35,7 +43,7 @@ flip:
 	mov	cr4, rax
 
 	mov	rsi, r8
-	mov	ecx, WORKING_SET_PAGES
+	mov	ecx, r9d
 touch:
 	mov	[rsi], rbx
 	add	rsi, PAGE

@@ -9,7 +9,7 @@ from tests.helpers import asm
 
 def test_load_program_file_with_symbols():
     s = Session.load("programs/smep_flip.bin", arg=3)
-    assert s.symbols["flip"] == 0x10001E
+    assert s.symbols["flip"] == 0x100033
     assert s.vcpu(0).regs["rip"] == 0x100000
     assert s.vcpu(0).regs["rdx"] == 3
     stop = s.run(max_steps=100_000)

@@ -20,14 +20,15 @@ def kvmdbg(*args, stdin=None, env=None):
 
 
 def test_stepi_and_info_registers():
-    rc, out, err = kvmdbg("-batch", "-ex", "stepi 5", "-ex", "info registers", SMEP)
+    rc, out, err = kvmdbg("-batch", "-ex", "stepi 12", "-ex", "info registers", SMEP)
     assert rc == 0, err
     assert err == ""
     lines = out.splitlines()
-    assert lines[0] == "0x100014 <start+20>, vcpu 0, step 5"
-    assert lines[1].startswith("=> 0x100014 <start+20>:\tadd r8, 0x200000")
-    regs = {line.split()[0]: line.split()[1] for line in lines[3:]}
-    assert lines[2] == "changed: rdx=0x186a0 rbx=0x186a0 eflags=0x46"
+    assert lines[0] == "0x100029 <start+41>, vcpu 0, step 12"
+    assert lines[1].startswith("=> 0x100029 <start+41>:\tadd r8, 0x200000")
+    regs = {line.split()[0]: line.split()[1] for line in lines[4:]}
+    assert lines[2] == "changed: rdx=0x186a0 rbx=0x186a0 r9=0x10 eflags=0x46"
+    assert lines[3].startswith("mmu: root #1")
     # Registers changed since the previous stop (the boot state) are marked with *.
     assert regs["rdx"] == "*0x186a0" and regs["rsp"] == "0x80000"
     regs = {k: v.lstrip("*") for k, v in regs.items()}
@@ -36,7 +37,7 @@ def test_stepi_and_info_registers():
     assert regs["rsi"] == "0x1"
     assert regs["rdx"] == "0x186a0" and regs["rbx"] == "0x186a0"   # 0 -> DEFAULT_FLIPS
     assert regs["cr0"] == "0x80010033" and regs["cr4"] == "0x620" and regs["efer"] == "0xd00"
-    assert regs["cr3"] == "0x1000" and regs["rip"] == "0x100014"
+    assert regs["cr3"] == "0x1000" and regs["rip"] == "0x100029"
     assert "[ PG WP NE ET MP PE ]" in out
     assert "[ NXE LMA LME ]" in out
 
@@ -133,3 +134,15 @@ def test_same_run_same_output():
     runs = [kvmdbg("-batch", "--arg", "20", "-ex", "continue", "-ex", "info registers", SMEP)
             for _ in range(2)]
     assert runs[0] == runs[1]
+
+
+def test_compare_from_the_shell_with_a_64_page_working_set():
+    """Issue 5's check: v5.15 pays at least 5x the cycles per flip of v6.6 at 64 pages."""
+    rc, out, err = kvmdbg("--compare", "v5.15,v6.6", "--arg", str(64 << 32 | 30), SMEP)
+    assert rc == 0, err
+    rows = {line[:24].strip(): line[24:].split() for line in out.splitlines()[1:]}
+    v515, v66 = (float(x.replace(",", "")) for x in rows["cycles per CR4 write"][:2])
+    assert v515 >= 5 * v66
+    assert rows["roots allocated"][:2] == ["31", "1"]
+    assert rows["CR4 writes"][:2] == ["30", "30"]
+    assert int(rows["EPT violations"][0].replace(",", "")) >= 30 * 64

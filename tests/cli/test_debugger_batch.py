@@ -10,8 +10,8 @@ def test_breakpoint_continue_print_in_batch():
                           "-ex", "print $rbx", "-ex", "continue", "-ex", "info breakpoints", SMEP)
     assert rc == 0, err
     lines = out.splitlines()
-    assert lines[0] == "Breakpoint 1 at 0x10001e <flip>"
-    assert "Breakpoint 1, 0x10001e <flip>, vcpu 0, step 6" in lines
+    assert lines[0] == "Breakpoint 1 at 0x100033 <flip>"
+    assert "Breakpoint 1, 0x100033 <flip>, vcpu 0, step 13" in lines
     assert "$1 = 3" in lines
     assert "\tbreakpoint already hit 2 times" in lines
     assert err == ""
@@ -32,7 +32,7 @@ continue
 """)
     rc, out, err = kvmdbg("-batch", "--arg", "2", "-x", str(script), SMEP)
     assert rc == 0, err
-    assert "Catchpoint 1 (cr-write cr4 = 0x100620), vcpu 0, step 8" in out
+    assert "Catchpoint 1 (cr-write cr4 = 0x100620), vcpu 0, step 15" in out
     assert "flips left: 2" in out
     assert "Watchpoint 2: $cr4.smep" in out and "Old value = 1" in out and "New value = 0" in out
 
@@ -64,7 +64,7 @@ def test_colour_only_when_asked_in_batch_and_never_in_logs(tmp_path):
     rc, out, _ = kvmdbg("-batch", "--color", "always", "-ex", f"set logging file {log}",
                         "-ex", "set logging on", "-ex", "x/2i $pc", SMEP, env={"NO_COLOR": ""})
     assert "\x1b[" in out
-    assert "\x1b[" not in log.read_text() and "test rdx, rdx" in log.read_text()
+    assert "\x1b[" not in log.read_text() and "mov r9, rdx" in log.read_text()
 
 
 def test_stdin_lines_never_repeat_on_blank_lines():

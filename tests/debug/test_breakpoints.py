@@ -7,20 +7,20 @@ LOOP = "start: mov rax, 1; loop: inc rax; cmp rax, 5; jne loop; done: hlt"
 
 def test_break_on_symbol_stops_with_gdb_wording():
     s = smep()
-    assert run(s, "break flip") == ["Breakpoint 1 at 0x10001e <flip>"]
+    assert run(s, "break flip") == ["Breakpoint 1 at 0x100033 <flip>"]
     out = run(s, "continue")
-    assert out[:3] == ["Continuing.", "Breakpoint 1, 0x10001e <flip>, vcpu 0, step 7",
-                       "=> 0x10001e <flip>:\txor rax, 0x100000"]
+    assert out[:3] == ["Continuing.", "Breakpoint 1, 0x100033 <flip>, vcpu 0, step 14",
+                       "=> 0x100033 <flip>:\txor rax, 0x100000"]
 
 
 def test_break_forms_address_star_expression_and_current_instruction():
     s = smep()
-    assert run(s, "break *0x100024") == ["Breakpoint 1 at 0x100024 <flip+6>"]
-    assert run(s, "b 0x100027") == ["Breakpoint 2 at 0x100027 <flip+9>"]
-    assert run(s, "br *flip + 0x11") == ["Breakpoint 3 at 0x10002f <touch>"]
+    assert run(s, "break *0x100039") == ["Breakpoint 1 at 0x100039 <flip+6>"]
+    assert run(s, "b 0x10003c") == ["Breakpoint 2 at 0x10003c <flip+9>"]
+    assert run(s, "br *flip + 0xf") == ["Breakpoint 3 at 0x100042 <touch>"]
     assert run(s, "break") == ["Breakpoint 4 at 0x100000 <start>"]
-    assert run(s, "tbreak touch") == ["Note: breakpoint 3 also set at pc 0x10002f.",
-                                      "Temporary breakpoint 5 at 0x10002f <touch>"]
+    assert run(s, "tbreak touch") == ["Note: breakpoint 3 also set at pc 0x100042.",
+                                      "Temporary breakpoint 5 at 0x100042 <touch>"]
 
 
 def test_info_breakpoints_columns_and_sub_lines():

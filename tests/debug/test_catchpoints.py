@@ -43,7 +43,7 @@ def test_catch_cr_write_on_the_smep_flip():
     s = smep(arg=2)
     assert run(s, "catch cr-write cr4") == ["Catchpoint 1 (kvm event 'cr-write cr4')"]
     out = run(s, "continue", "p/x $_event.val", "p $cr4.smep")
-    assert out[1] == "Catchpoint 1 (cr-write cr4 = 0x100620), vcpu 0, step 8"
+    assert out[1] == "Catchpoint 1 (cr-write cr4 = 0x100620), vcpu 0, step 15"
     assert out[-2:] == ["$1 = 0x100620", "$2 = 1"]
 
 
@@ -106,5 +106,5 @@ def test_python_api_run_honours_stop_points_set_by_commands():
     s = Session.load(SMEP, arg=2)
     s.execute("catch cr-write cr4")
     stop = s.run(max_steps=10_000)
-    assert (stop.reason, stop.step) == ("catchpoint", 8)
+    assert (stop.reason, stop.step) == ("catchpoint", 15)
     assert s.last_event.fields["cr"] == 4

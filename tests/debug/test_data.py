@@ -6,14 +6,14 @@ from tests.debug.util import run, session, smep
 
 
 @pytest.mark.parametrize("cmd, shown", [
-    ("x/4xb 0x100000", "0x100000 <start>:\t0x48\t0x85\t0xd2\t0x75"),
-    ("x/2dh 0x100000", "0x100000 <start>:\t-31416\t30162"),
-    ("x/xw start", "0x100000 <start>:\t0x75d28548"),
-    ("x/3ob 0x100000", "0x100000 <start>:\t0110\t0205\t0322"),
-    ("x/2tb 0x100000", "0x100000 <start>:\t01001000\t10000101"),
-    ("x/2c message", "0x10005c <message>:\t115 's'\t109 'm'"),
-    ("x/s message", '0x10005c <message>:\t"smep_flip: done\\n"'),
-    ("x/zh 0x100000", "0x100000 <start>:\t0x8548"),
+    ("x/4xb 0x100000", "0x100000 <start>:\t0x49\t0x89\t0xd1\t0x49"),
+    ("x/2dh 0x100000", "0x100000 <start>:\t-30391\t18897"),
+    ("x/xw start", "0x100000 <start>:\t0x49d18949"),
+    ("x/3ob 0x100000", "0x100000 <start>:\t0111\t0211\t0321"),
+    ("x/2tb 0x100000", "0x100000 <start>:\t01001001\t10001001"),
+    ("x/2c message", "0x10006f <message>:\t115 's'\t109 'm'"),
+    ("x/s message", '0x10006f <message>:\t"smep_flip: done\\n"'),
+    ("x/zh 0x100000", "0x100000 <start>:\t0x8949"),
     ("x/2xg gpa:0x1000", "gpa:0x1000:\t0x0000000000002003\t0x0000000000000000"),
     ("xp/2xg 0x1000", "gpa:0x1000:\t0x0000000000002003\t0x0000000000000000"),
     ("x/a $rsp", "0x80000:\t0x0"),
@@ -26,18 +26,18 @@ def test_x_rows_follow_gdb_units_per_line_and_defaults_stick():
     s = smep()
     out = run(s, "x/10xb 0x100000")
     assert len(out) == 2 and out[1].startswith("0x100008 <start+8>:\t")
-    assert run(s, "x") == ["0x10000a <start+10>:\t0x48"]          # same format, next address
-    assert run(s, "x/2") == ["0x10000b <start+11>:\t0x89\t0xd3"]
+    assert run(s, "x") == ["0x10000a <start+10>:\t0xb9"]          # same format, next address
+    assert run(s, "x/2") == ["0x10000b <start+11>:\t0x10\t0x00"]
     assert len(run(s, "x/5xw 0x100000")) == 2 and len(run(s, "x/3xg 0x100000")) == 2
 
 
 def test_x_instructions_mark_rip_and_remember_last_address():
     s = smep()
-    assert run(s, "x/2i $pc") == ["=> 0x100000 <start>:\ttest rdx, rdx",
-                                  "   0x100003 <start+3>:\tjne 0x10000a"]
-    assert run(s, "x/i") == ["   0x100005 <start+5>:\tmov edx, 0x186a0"]
-    assert run(s, "x/xg 0x100000") == ["0x100000 <start>:\t0x86a0ba0575d28548"]
-    assert run(s, "p $_", "p/x $__") == ["$1 = (void *) 0x100000", "$2 = 0x86a0ba0575d28548"]
+    assert run(s, "x/2i $pc") == ["=> 0x100000 <start>:\tmov r9, rdx",
+                                  "   0x100003 <start+3>:\tshr r9, 0x20"]
+    assert run(s, "x/i") == ["   0x100007 <start+7>:\tjne 0x10000f"]
+    assert run(s, "x/xg 0x100000") == ["0x100000 <start>:\t0x7520e9c149d18949"]
+    assert run(s, "p $_", "p/x $__") == ["$1 = (void *) 0x100000", "$2 = 0x7520e9c149d18949"]
 
 
 def test_x_errors():
@@ -54,10 +54,10 @@ def test_x_errors():
 def test_display_shows_now_and_after_every_stop():
     s = smep()
     assert run(s, "display $rbx", "display/x $rdx", "display/i $pc") == [
-        "1: $rbx = 0", "2: /x $rdx = 0x0", "3: x/i $pc", "=> 0x100000 <start>:\ttest rdx, rdx"]
-    out = run(s, "stepi 3")
+        "1: $rbx = 0", "2: /x $rdx = 0x0", "3: x/i $pc", "=> 0x100000 <start>:\tmov r9, rdx"]
+    out = run(s, "stepi 8")
     assert out[-4:] == ["1: $rbx = 0", "2: /x $rdx = 0x186a0", "3: x/i $pc",
-                        "=> 0x10000a <start+10>:\tmov rbx, rdx"]
+                        "=> 0x10001b <start+27>:\tmov rbx, rdx"]
     assert run(s, "info display") == ["Auto-display expressions now in effect:", "Num Enb Expression",
                                       "1:   y  $rbx", "2:   y  /x $rdx", "3:   y  /i $pc"]
     run(s, "undisplay 1-2", "disable display 3")
@@ -69,19 +69,19 @@ def test_display_shows_now_and_after_every_stop():
 
 def test_disassemble_function_range_raw_and_markers():
     s = smep()
-    run(s, "break *0x100024")
+    run(s, "break *0x100039")
     assert run(s, "disassemble flip") == [
         "Dump of assembler code for function flip:",
-        "   0x10001e <+0>:\txor rax, 0x100000",
-        "b  0x100024 <+6>:\tmov cr4, rax",
-        "   0x100027 <+9>:\tmov rsi, r8",
-        "   0x10002a <+12>:\tmov ecx, 0x10",
+        "   0x100033 <+0>:\txor rax, 0x100000",
+        "b  0x100039 <+6>:\tmov cr4, rax",
+        "   0x10003c <+9>:\tmov rsi, r8",
+        "   0x10003f <+12>:\tmov ecx, r9d",
         "End of assembler dump."]
-    assert run(s, "disassemble /r 0x100000,+6") == [
-        "Dump of assembler code from 0x100000 to 0x100006:",
-        "=> 0x100000 <start>:\t48 85 d2\ttest rdx, rdx",
-        "   0x100003 <start+3>:\t75 05\tjne 0x10000a",
-        "   0x100005 <start+5>:\tba a0 86 01 00\tmov edx, 0x186a0",
+    assert run(s, "disassemble /r 0x100000,+9") == [
+        "Dump of assembler code from 0x100000 to 0x100009:",
+        "=> 0x100000 <start>:\t49 89 d1\tmov r9, rdx",
+        "   0x100003 <start+3>:\t49 c1 e9 20\tshr r9, 0x20",
+        "   0x100007 <start+7>:\t75 06\tjne 0x10000f",
         "End of assembler dump."]
     assert run(s, "u 5,1") == ["Invalid range: the end is not after the start."]
     assert run(s, "disassemble /q") == [
@@ -91,9 +91,9 @@ def test_disassemble_function_range_raw_and_markers():
 def test_info_registers_marks_changes_since_the_previous_stop():
     s = smep()
     assert run(s, "info registers rip") == ["rip            0x100000           0x100000 <start>"]
-    run(s, "stepi")
+    run(s, "stepi 2")
     assert run(s, "info registers rip eflags rbx") == [
-        "rip           *0x100003           0x100003 <start+3>",
+        "rip           *0x100007           0x100007 <start+7>",
         "eflags        *0x46               [ PF ZF ]",
         "rbx            0x0                0"]
     run(s, "stepi")

@@ -12,7 +12,7 @@ from tests.debug.util import run, session, smep
     ("'A'", "65"), ("010", "8"), ("0b101", "5"), ("1_000", "1000"), ("-1", "-1"),
     ("0xffffffffffffffff", "18446744073709551615"), ("0xffffffffffffffff + 1", "0"),
     ("(u8)0x1ff", "255"), ("(s8)0xff", "-1"), ("(char)65", "65 'A'"), ('"hi"', '"hi"'),
-    ("flip", "0x10001e <flip>"), ("touch - flip", "17"),
+    ("flip", "0x100033 <flip>"), ("touch - flip", "15"),
 ])
 def test_arithmetic_and_literals(expr, shown):
     assert run(smep(), f"print {expr}") == [f"$1 = {shown}"]
@@ -21,7 +21,7 @@ def test_arithmetic_and_literals(expr, shown):
 @pytest.mark.parametrize("fmt, expr, shown", [
     ("x", "255", "0xff"), ("x", "-1", "0xffffffffffffffff"), ("d", "0xffffffffffffffff", "-1"),
     ("u", "-1", "18446744073709551615"), ("o", "8", "010"), ("t", "5", "101"),
-    ("c", "65", "65 'A'"), ("a", "0x100020", "0x100020 <flip+2>"), ("z", "(u32)5", "0x00000005"),
+    ("c", "65", "65 'A'"), ("a", "0x100035", "0x100035 <flip+2>"), ("z", "(u32)5", "0x00000005"),
     ("x", "$cr4", "0x620"), ("d", "$eflags", "2"),
 ])
 def test_print_formats(fmt, expr, shown):

@@ -43,7 +43,7 @@ def test_watch_registers_and_cr_bits_with_a_condition():
     run(s, "watch $cr4.smep")
     out = _stops(run(s, "continue"))
     assert out[:3] == ["Watchpoint 1: $cr4.smep", "Old value = 0", "New value = 1"]
-    assert out[3] == "0x100027 <flip+9>, vcpu 0, step 8"
+    assert out[3] == "0x10003c <flip+9>, vcpu 0, step 15"
 
 
 def test_watch_errors():

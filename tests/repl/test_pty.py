@@ -57,7 +57,7 @@ def test_banner_commands_repeat_completion_and_ctrl_d(kvmdbg):
     c.send("info regi\t")                            # Tab completes the info subcommand
     c.expect("info registers")
     c.sendline(" rip")
-    c.expect(r"rip +\*?0x100005 +0x100005 <start\+5>")
+    c.expect(r"rip +\*?0x100007 +0x100007 <start\+7>")
     c.expect(PROMPT)
     c.send("\x12")                                   # Ctrl-R: reverse search of the history
     c.expect("reverse-i-search")
@@ -66,12 +66,12 @@ def test_banner_commands_repeat_completion_and_ctrl_d(kvmdbg):
     c.send("\r")                                     # ends the search, keeps the line
     c.expect(r"\(kvmdbg\) info registers rip")
     c.send("\r")
-    c.expect(r"rip +\*?0x100005")
+    c.expect(r"rip +\*?0x100007")
     c.expect(PROMPT)
     c.send("info r")                                 # grey suggestion from history; Right takes it
     c.expect("egisters rip")
     c.send("\x1b[C\r")
-    c.expect(r"rip +\*?0x100005")
+    c.expect(r"rip +\*?0x100007")
     c.expect(PROMPT)
     c.send("garbage")
     c.sendintr()                                     # Ctrl-C at the prompt drops the line
@@ -111,7 +111,7 @@ def test_ctrl_c_interrupts_a_long_continue_between_instructions(kvmdbg):
 def test_blocks_prompt_and_breakpoint_commands(kvmdbg):
     c = kvmdbg("--arg", "3", SMEP)
     c.sendline("break flip")
-    c.expect("Breakpoint 1 at 0x10001e <flip>")
+    c.expect("Breakpoint 1 at 0x100033 <flip>")
     c.expect(PROMPT)
     c.sendline("commands")
     c.expect('End with a line saying just "end".')
