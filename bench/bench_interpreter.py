@@ -45,7 +45,7 @@ MEM_LOOP = bytes.fromhex(
 
 
 def measure(code: bytes, steps: int) -> tuple[float, int]:
-    vm = Vm(64 << 20, 1)
+    vm = Vm(64 << 20, 1, bare=True)
     boot(vm, Program(code))
     cpu = vm.vcpus[0].cpu
     t = time.perf_counter()
@@ -55,7 +55,7 @@ def measure(code: bytes, steps: int) -> tuple[float, int]:
 
 
 def bytes_per_page(pages: int = 4096) -> float:
-    vm = Vm(64 << 20, 1)
+    vm = Vm(64 << 20, 1, bare=True)
     boot(vm, Program(b"\xf4"))
     before = vm.host.touched_pages()
     tracemalloc.start()
@@ -70,7 +70,7 @@ def bytes_per_page(pages: int = 4096) -> float:
 
 def startup_seconds() -> float:
     t = time.perf_counter()
-    vm = Vm(1 << 30, 1)
+    vm = Vm(1 << 30, 1, bare=True)
     boot(vm, Program(b"\xf4"))
     return time.perf_counter() - t
 

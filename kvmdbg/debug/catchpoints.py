@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from kvmdbg.errors import CommandError
+from kvmdbg.events.format import format_value
 
 SPTE_MMU_PRESENT = 1 << 11          # spte.h: "KVM considers this SPTE present" (spec 5.5)
 MSR_EFER = 0xC000_0080
@@ -43,7 +44,7 @@ def _hex(v) -> str:
 
 
 def describe_fields(ev, skip=()) -> str:
-    return " ".join(f"{k}={_hex(v)}" for k, v in ev.fields.items() if k not in skip)
+    return " ".join(f"{k}={format_value(k, v)}" for k, v in ev.fields.items() if k not in skip)
 
 
 @dataclass(frozen=True)

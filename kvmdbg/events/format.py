@@ -71,6 +71,11 @@ _HEX_KEYS = frozenset({"hpa", "gpa", "gfn", "base_gfn", "eptp", "spte", "old_spt
                        "value", "data", "ecx"})
 
 
+def format_value(key: str, v) -> str:
+    """One field's value: hex for addresses, SPTEs and roles, decimal for counts."""
+    return _plain(key, v)
+
+
 def _plain(key: str, v) -> str:
     if isinstance(v, bool) or not isinstance(v, int):
         return str(v)
