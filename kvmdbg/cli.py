@@ -162,13 +162,11 @@ class Output:
 
 
 def use_color(choice: str, stream) -> bool:
-    """--color always|never; auto: colour on a terminal unless NO_COLOR is set (no-color.org:
-    an explicit --color=always wins over NO_COLOR)."""
-    if choice == "always":
-        return True
-    if choice == "never" or os.environ.get("NO_COLOR"):
+    """Never with a non-empty NO_COLOR (the project's rule, stricter than no-color.org's
+    "flags may override"); otherwise --color always|never, and auto means a terminal."""
+    if os.environ.get("NO_COLOR") or choice == "never":
         return False
-    return stream.isatty()
+    return choice == "always" or stream.isatty()
 
 
 def _install_interrupt(session) -> None:
