@@ -6,13 +6,12 @@ SDM path, no EPT, no exits). The VMM's devices still answer port I/O.
 
 from __future__ import annotations
 
-from kvmdbg.bits import M64, PAGE_SHIFT
+from kvmdbg.bits import M64
 from kvmdbg.cpu import executor, system
 from kvmdbg.cpu.cpu import Cpu
 from kvmdbg.cpu.translate import generate
 from kvmdbg.kvm.cpuid import guest_cpuid
 
-MMIO_TAG = 1 << 62
 KVM_ENOSYS = 1000
 
 
@@ -45,16 +44,7 @@ class BareVcpu:
     # --- CpuOps ---
 
     def translate_gpa(self, gpa: int, kind: int, walk: bool):
-        gfn = gpa >> PAGE_SHIFT
-        hit = self._gfn_cache.get(gfn)
-        if hit is not None:
-            return hit
-        got = self.vm.gfn_to_page(gfn)
-        if got is None:
-            return None, MMIO_TAG | (gpa & ~0xFFF), True, True
-        page, pfn = got
-        hit = self._gfn_cache[gfn] = (page, pfn << PAGE_SHIFT, True, True)
-        return hit
+        return self.vm.host_page_of(gpa, self._gfn_cache)
 
     def gpa_generation(self):
         return self.vm.memslots.generation

@@ -8,7 +8,7 @@ vCPU, vcpu_enter_guest services requests in KVM's order and reloads the MMU.
 
 from __future__ import annotations
 
-from kvmdbg.bits import M64, PAGE_SHIFT
+from kvmdbg.bits import M64
 from kvmdbg.cpu import executor, system, walker
 from kvmdbg.cpu import vmx as V
 from kvmdbg.cpu.cpu import Cpu
@@ -21,7 +21,6 @@ from kvmdbg.mmu import mmu as M
 from kvmdbg.mmu.mmu_internal import RetPF
 
 KVM_ENOSYS = 1000
-MMIO_TAG = 1 << 62       # hpa tag for MMIO pages (no host page behind them)
 VMEXIT = "vmexit"
 _CR_WRITE_STAT = {0: "cr0_writes", 3: "cr3_writes", 4: "cr4_writes"}   # guest MOV to CRn, exit or not
 
@@ -249,16 +248,7 @@ class Vcpu:
     def translate_gpa(self, gpa: int, kind: int, walk: bool):
         if self.ept is not None:
             return self.ept.translate(gpa, kind, walk)
-        gfn = gpa >> PAGE_SHIFT
-        hit = self._gfn_cache.get(gfn)
-        if hit is not None:
-            return hit
-        got = self.vm.gfn_to_page(gfn)
-        if got is None:
-            return None, MMIO_TAG | (gpa & ~0xFFF), True, True
-        page, pfn = got
-        hit = self._gfn_cache[gfn] = (page, pfn << PAGE_SHIFT, True, True)
-        return hit
+        return self.vm.host_page_of(gpa, self._gfn_cache)
 
     def hpa_to_gpa(self, hpa: int) -> int:
         """The guest-physical address behind a host page the shadow tables map (bookkeeping

@@ -22,6 +22,7 @@ from kvmdbg.mmu.shadow_mmu import ShadowMmu
 from kvmdbg.mmu.tdp_mmu import TdpMmu
 
 # Ports of the VMM's userspace interface (design section 3).
+MMIO_TAG = 1 << 62           # the "hpa" of a guest page with no memslot (no host page behind it)
 PORT_CONSOLE = 0xE9
 PORT_APM_CNT = 0xB2          # writes raise an SMI, as on a PC chipset
 PORT_OVERLAY, PORT_UNOVERLAY, PORT_MARKER, PORT_KICK = 0x510, 0x511, 0x512, 0x513
@@ -230,6 +231,21 @@ class Vm:
             return None
         pfn = self.host.hva_to_pfn(slot.gfn_to_hva(gfn))
         return self.host.pages[pfn], pfn
+
+    def host_page_of(self, gpa: int, cache: dict):
+        """(host page or None for MMIO, hpa, writable, executable) behind a gpa, as the
+        CpuOps translate_gpa answers without second-level tables; `cache` is the caller's
+        gfn cache (cleared by the caller when memslots change)."""
+        gfn = gpa >> PAGE_SHIFT
+        hit = cache.get(gfn)
+        if hit is not None:
+            return hit
+        got = self.gfn_to_page(gfn)
+        if got is None:
+            return None, MMIO_TAG | (gpa & ~0xFFF), True, True
+        page, pfn = got
+        hit = cache[gfn] = (page, pfn << PAGE_SHIFT, True, True)
+        return hit
 
     def peek_gpa(self, gpa: int, n: int) -> bytes:
         """Read guest-physical memory without side effects: untouched RAM reads as zeros
