@@ -8,7 +8,7 @@ the EPT root). Anything that changes the mode or flushes the TLB clears them
 
 from __future__ import annotations
 
-from kvmdbg.bits import M64, canonical
+from kvmdbg.bits import M64
 from kvmdbg.cpu import flags as _flags
 from kvmdbg.cpu.decoder import Decoder
 from kvmdbg.cpu.faults import (GP, PF, PFERR_FETCH, PFERR_USER, PFERR_WRITE, UD,

@@ -54,7 +54,7 @@ def test_v5_15_draws_a_root_per_flip_each_zapped(v515):
 def test_many_roots_fold_into_one_line(v515):
     out = v515.execute("timeline --ascii")                  # default: at most 24 root lines
     assert len(root_lines(out)) == 24
-    assert f"7 more roots (#13-#19) in this range" in out
+    assert "7 more roots (#13-#19) in this range" in out
 
 
 def test_v6_12_one_root_spans_the_whole_run(v612):

@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMOS = sorted(p.stem for p in (ROOT / "demos").glob("*.kvmdbg"))
