@@ -22,7 +22,7 @@ class Result:
     profile: str
     reason: str
     cycles: int                     # the largest vCPU clock at the end
-    iterations: int                 # marker intervals, else CR4 writes, else 1
+    iterations: int                 # marker intervals (3+ markers), else CR4 or CR0 writes, else 1
     unit: str                       # what one iteration is
     stats: dict
     exits_by_reason: dict
@@ -41,7 +41,7 @@ def run_one(program, profile_name: str, vcpus: int, mem: int, arg: int, knobs=()
     boot(vm, program, arg)
     reason, _v = run_vm(vm, max_steps)
     cycles = max(v.cpu.cycles for v in vm.vcpus)
-    if len(vm.markers) >= 2:
+    if len(vm.markers) >= 3:              # a marker per loop iteration
         iterations, unit = len(vm.markers) - 1, "marker interval"
         cycles = vm.markers[-1][2] - vm.markers[0][2]
     elif vm.stats["cr4_writes"]:
