@@ -204,3 +204,50 @@ def test_recording_events_changes_nothing_else(kvm):
     assert nonzero(quiet.stats) == nonzero(loud.stats)
     assert [v.cpu.cycles for v in quiet.vcpus] == [v.cpu.cycles for v in loud.vcpus]
     assert quiet.tdp_mmu.live_sptes == loud.tdp_mmu.live_sptes
+
+
+# --- MMIO: the first access installs an MMIO SPTE, later ones take the misconfig path ---
+
+def test_mmio_spte_then_misconfiguration_exits_and_generation_check():
+    from kvmdbg.cpu import vmx
+    from kvmdbg.kvm.scheduler import run_vm
+    # Map gpa 0x20000000 (no memslot) at the same gva with a 2 MiB supervisor page.
+    src = """
+        mov rax, 0x20000083
+        mov [0x3000 + 0x100 * 8], rax
+        mov rbx, 0x20000000
+        mov dword ptr [rbx], 1
+        mov dword ptr [rbx], 2
+        mov dx, 0x510
+        mov eax, 0x700
+        out dx, eax
+        mov dword ptr [rbx], 3
+        mov eax, [rbx]
+        hlt
+    """
+    from kvmdbg.kvm.boot import Program, boot
+    from kvmdbg.kvm.profiles import get_profile, with_knob
+    from kvmdbg.kvm.vm import Vm
+    from tests.helpers import asm
+    # Without the quirk the overlay's DELETE zaps only the slot's leaves, so the MMIO SPTE
+    # survives the memslot change and goes stale by generation alone.
+    vm = Vm(16 << 20, 1, profile=with_knob(get_profile("v6.12"), "slot_zap_all=0"))
+    boot(vm, Program(asm(src)))
+    cpu = vm.vcpus[0].cpu
+    vm.bus.set_keep(10**6)
+    assert run_vm(vm, 10_000)[0] == "halted"
+    assert [w[3] for w in vm.mmio_writes] == [1, 2, 3]
+    assert cpu.r[0] == 0xFFFF_FFFF                      # MMIO reads return all ones
+    exits = [e.fields["exit_reason"] for e in vm.bus.log if e.name == "kvm_exit"
+             and e.fields.get("info2") == 0x20000000]
+    # 1st write: EPT violation -> MMIO SPTE + emulation; 2nd: misconfig, generation matches;
+    # the overlay bumps the memslot generation: the 3rd write's misconfig finds a stale
+    # SPTE and re-faults (a new MMIO SPTE); the read then takes the misconfig path again.
+    assert exits == ["EPT_VIOLATION", "EPT_MISCONFIG", "EPT_MISCONFIG", "EPT_MISCONFIG"]
+    checks = [(e.fields["kvm_gen"], e.fields["spte_gen"]) for e in vm.bus.log
+              if e.name == "check_mmio_spte"]
+    assert checks[0][0] == checks[0][1] and checks[1][0] != checks[1][1]
+    assert checks[2][0] == checks[2][1]
+    assert len([e for e in vm.bus.log if e.name == "mark_mmio_spte"]) == 2
+    assert vm.stats["insn_emulation"] == 4 and vm.stats["mmio_exits"] == 4
+    assert vmx.EPT_MISCONFIG in vm.exit_reasons
