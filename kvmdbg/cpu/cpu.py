@@ -110,12 +110,14 @@ class Cpu:
     # --- fast paths ---
 
     def flush_fast(self) -> None:
-        """Forget everything derived from the current mode (not the TLB itself)."""
+        """Forget everything derived from the current mode (not the TLB itself).
+
+        Handlers (icache, bcache) stay: the run loop uses one only while its page is in
+        fast_x, so after this the first fetch from each page translates it again and finds
+        the handler by (rip, hpa), or decodes anew if the page now maps elsewhere."""
         self.fast_r.clear()
         self.fast_w.clear()
         self.fast_x.clear()
-        self.icache.clear()
-        self.bcache.clear()
 
     def drop_fast_write(self) -> None:
         self.fast_w.clear()
@@ -325,8 +327,13 @@ class Cpu:
     def fetch_handler(self, rip: int):
         """A single-instruction handler for rip (stepping, breakpoints)."""
         self.smc = False
-        key, code = self._insn_code(rip)
         dc = self.decode_cache
+        _page, hpa, _gpa = self._fetch_page(rip)
+        h = dc.singles.get((rip, hpa | (rip & 0xFFF)))
+        if h is not None:
+            self.icache[rip] = h
+            return h
+        key, code = self._insn_code(rip)
         h = dc.singles.get(key)
         if h is None:
             h = dc.singles[key] = make_handler([code])
@@ -337,8 +344,13 @@ class Cpu:
         """The basic-block handler starting at rip: straight-line code up to a control
         transfer, a mode-changing instruction, the end of the page or MAX_BLOCK."""
         self.smc = False
-        key, code = self._insn_code(rip)
         dc = self.decode_cache
+        _page, hpa, _gpa = self._fetch_page(rip)
+        h = dc.blocks.get((rip, hpa | (rip & 0xFFF)))
+        if h is not None:
+            self.bcache[rip] = h
+            return h
+        key, code = self._insn_code(rip)
         h = dc.blocks.get(key)
         if h is None:
             codes = [code]

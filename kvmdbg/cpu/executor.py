@@ -33,6 +33,8 @@ def run(cpu, max_steps: int, breakpoints=None, skip_first: bool = True) -> str:
     r = cpu.r
     iget = cpu.icache.get
     bget = cpu.bcache.get
+    fast_x = cpu.fast_x          # a handler is only used while its code page's fetch
+                                 # translation is in the fast path (see Cpu.flush_fast)
     fetch = cpu.fetch_handler
     fetch_block = cpu.fetch_block
     first = skip_first
@@ -49,7 +51,7 @@ def run(cpu, max_steps: int, breakpoints=None, skip_first: bool = True) -> str:
                     first = False
                     h = None
                     h = iget(rip)
-                    if h is None:
+                    if h is None or rip >> 12 not in fast_x:
                         h = fetch(rip)
                     cpu.steps += h(cpu, r)
                     if cpu.pending:
@@ -59,13 +61,15 @@ def run(cpu, max_steps: int, breakpoints=None, skip_first: bool = True) -> str:
                     left = end - cpu.steps
                     h = None
                     if left >= MAX_BLOCK:
-                        h = bget(cpu.rip)
-                        if h is None:
-                            h = fetch_block(cpu.rip)
+                        rip = cpu.rip
+                        h = bget(rip)
+                        if h is None or rip >> 12 not in fast_x:
+                            h = fetch_block(rip)
                     elif left > 0:
-                        h = iget(cpu.rip)
-                        if h is None:
-                            h = fetch(cpu.rip)
+                        rip = cpu.rip
+                        h = iget(rip)
+                        if h is None or rip >> 12 not in fast_x:
+                            h = fetch(rip)
                     else:
                         break
                     cpu.steps += h(cpu, r)
