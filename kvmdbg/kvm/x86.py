@@ -215,6 +215,16 @@ def kvm_mmu_hugepage_adjust(kvm, fault, slot) -> None:
             return
 
 
+_OUTCOME_STATS = {RetPF.FIXED: "pf_fixed", RetPF.SPURIOUS: "pf_spurious", RetPF.EMULATE: "pf_emulate"}
+
+
+def _count_outcome(kvm, ret: RetPF) -> None:
+    """KVM's pf_fixed / pf_spurious / pf_emulate counters."""
+    stat = _OUTCOME_STATS.get(ret)
+    if stat is not None:
+        kvm.stats[stat] += 1
+
+
 def kvm_mmu_page_fault(vcpu, gpa: int, error_code: int) -> RetPF:
     kvm = vcpu.kvm
     if not kvm.profile.tdp_enabled:
@@ -237,12 +247,7 @@ def kvm_mmu_page_fault(vcpu, gpa: int, error_code: int) -> RetPF:
     else:
         alloc = lambda parent, gfn, level: legacy.alloc_child(kvm, vcpu, parent, gfn, level)  # noqa: E731
     ret = kvm.tdp_mmu.map(vcpu, root, fault, alloc)
-    if ret == RetPF.FIXED:
-        kvm.stats["pf_fixed"] += 1
-    elif ret == RetPF.SPURIOUS:
-        kvm.stats["pf_spurious"] += 1
-    elif ret == RetPF.EMULATE:
-        kvm.stats["pf_emulate"] += 1
+    _count_outcome(kvm, ret)
     return ret
 
 
@@ -316,12 +321,7 @@ def kvm_shadow_page_fault(vcpu, addr: int, error_code: int) -> RetPF:
             w.pte_access &= ~ACC_EXEC
     shadow.make_mmu_pages_available()
     ret = shadow.fetch(vcpu, root, addr, w, slot, pfn, write, host_writable)
-    if ret == RetPF.FIXED:
-        kvm.stats["pf_fixed"] += 1
-    elif ret == RetPF.SPURIOUS:
-        kvm.stats["pf_spurious"] += 1
-    elif ret == RetPF.EMULATE:
-        kvm.stats["pf_emulate"] += 1
+    _count_outcome(kvm, ret)
     return ret
 
 
