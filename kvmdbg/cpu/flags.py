@@ -114,10 +114,6 @@ def inc_dec_carry_source(cpu):
 
 
 # Condition codes: name -> function of materialised RFLAGS.
-def _cc(f):
-    return f
-
-
 CONDITIONS = {
     "o": lambda f: f >> 11 & 1,
     "no": lambda f: not f >> 11 & 1,

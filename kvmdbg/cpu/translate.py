@@ -258,7 +258,3 @@ def make_handler(codes: list) -> object:
     h.insns = [c.d for c in codes]
     return h
 
-
-def translate(d):
-    """Decoded -> single-instruction handler (kept for tests and tools)."""
-    return make_handler([generate(d)])

@@ -76,7 +76,7 @@ class Registers:
             c.set_rflags(value & 0x3F7FD5)
             c.flush_fast()
         elif name in self.SPECIAL:
-            setattr(c, name, value & M64 if name != "rip" else value & M64)
+            setattr(c, name, value & M64)
             c.flush_fast()
         else:
             raise KeyError(name)

@@ -26,8 +26,6 @@ MMIO_TAG = 1 << 62           # the "hpa" of a guest page with no memslot (no hos
 PORT_CONSOLE = 0xE9
 PORT_APM_CNT = 0xB2          # writes raise an SMI, as on a PC chipset
 PORT_OVERLAY, PORT_UNOVERLAY, PORT_MARKER, PORT_KICK = 0x510, 0x511, 0x512, 0x513
-VMM_PORTS = {PORT_OVERLAY: "overlay", PORT_UNOVERLAY: "unoverlay", PORT_MARKER: "marker",
-             PORT_KICK: "kick"}
 
 KVM_REQ_TLB_FLUSH = "KVM_REQ_TLB_FLUSH"
 KVM_REQ_MMU_FREE_OBSOLETE_ROOTS = "KVM_REQ_MMU_FREE_OBSOLETE_ROOTS"
