@@ -4,11 +4,11 @@
 (the KVM model's views, say) is one module with register(reg) and one entry here.
 """
 
-from kvmdbg.debug.commands import (breakpoints, code, compare, data, info, mmu, pictures,
+from kvmdbg.debug.commands import (breakpoints, code, compare, data, info, kvm, mmu, pictures,
                                    running, scripting, setshow, support, translate)
 from kvmdbg.debug.commands.registry import QuitRequest, Registry
 
-FAMILIES = (info, setshow, running, breakpoints, data, code, translate, mmu, compare, pictures,
+FAMILIES = (info, setshow, running, breakpoints, data, code, translate, mmu, kvm, compare, pictures,
             scripting, support)
 
 

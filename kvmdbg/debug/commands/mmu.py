@@ -1,79 +1,24 @@
-"""The KVM model's views: roots, SPTEs, the hardware TLB, memslots, MMU roles, events,
-stats, the profile and the cost table; `set kvm` and `set cost`; the SPTE half of
-`translate`; and the MMU summary line after each stop.
+"""The MMU views: roots, SPTE paths and leaves, shadow pages, the hardware TLB, the MMU
+context, and the SPTE half of `translate`. (The model's settings, counters and events are
+in commands/kvm.py.)
 
 Everything here reads the model's state; nothing steps the guest or changes SPTEs.
 """
 
 from __future__ import annotations
 
-import re
-
 from kvmdbg.bits import M64, PAGE_SHIFT
-from kvmdbg.debug import catchpoints, guest_walk
+from kvmdbg.debug import guest_walk
 from kvmdbg.debug.commands.registry import usage_error
 from kvmdbg.debug.evaluate import evaluate_address
-from kvmdbg.errors import CommandError, ConfigError
-from kvmdbg.kvm.profiles import KNOB_HELP, with_knob
+from kvmdbg.errors import CommandError
 from kvmdbg.mmu import mmu_internal as R
 from kvmdbg.mmu import spte as S
-
-EVENT_LOG_SIZE = 200_000        # events remembered for `info events` (a ring)
-RUNTIME_KNOBS = ("tdp_put_last_ref", "invalid_root_zap", "cr4_flush_split", "cr0_wp_no_unload",
-                 "slot_zap_all", "rfc_skip_post_set_cr4", "huge_pages", "tdp_root_role_has_guest_bits")
-
-
-# --- attaching to a session ---
-
-def attach(s) -> None:
-    """Record events and keep stats snapshots for this session (and after `run`)."""
-    _record(s)
-    s.context_providers.append(summary_line)
-    s.restart_hooks.append(_record)
-    s.state.translate_sections.append(spte_section)
-
-
-def _record(s) -> None:
-    if getattr(s, "record_events", True):
-        s.vm.bus.set_keep(EVENT_LOG_SIZE)
-    s.mmu_stats_prev = all_stats(s.vm)
-    s.mmu_stats_at_stop = dict(s.mmu_stats_prev)
-
-
-def all_stats(vm) -> dict:
-    """The VM's counters plus the per-vCPU ones folded in (cycles, instructions, TLB misses)."""
-    st = dict(vm.stats)
-    st["instructions"] = sum(v.cpu.steps for v in vm.vcpus)
-    st["cycles"] = max(v.cpu.cycles for v in vm.vcpus)
-    st["tlb_misses"] = sum(v.cpu.walks for v in vm.vcpus)
-    st["tlb_entries"] = sum(len(v.cpu.tlb) for v in vm.vcpus)
-    st["live_sptes"] = vm.tdp_mmu.live_sptes
-    return st
-
-
-def summary_line(s, stop) -> list:
-    """One line after each stop: the current root and what the last run cost."""
-    now = all_stats(s.vm)
-    s.mmu_stats_prev, s.mmu_stats_at_stop = s.mmu_stats_at_stop, now
-    prev = s.mmu_stats_prev
-    v = s.vm.vcpus[s.current]
-    if getattr(v, "mmu", None) is None:
-        return []
-    root = v.mmu.root.sp
-    where = f"root #{root.number} hpa {root.hpa:#x} refs {root.root_count}" if root else "no root loaded"
-    live = sum(1 for r in _roots(s.vm) if not r.invalid)
-    d = {k: now.get(k, 0) - prev.get(k, 0) for k in ("exits", "ept_violations", "roots_allocated",
-                                                      "sptes_zapped", "cycles", "pf_exits")}
-    faults = (f"{d['pf_exits']} #PF exits" if _shadow(s.vm)
-              else f"{d['ept_violations']} EPT violations")
-    return [f"mmu: {where}; {live} live root(s); since last stop: {d['exits']} exits, "
-            f"{faults}, {d['roots_allocated']} roots allocated, "
-            f"{d['sptes_zapped']} SPTEs zapped, {d['cycles']} cycles"]
 
 
 # --- helpers ---
 
-def _roots(vm):
+def roots_of(vm):
     """Every root page that still exists (TDP roots, or legacy roots in the hash)."""
     if vm.profile.tdp_mmu:
         roots = list(vm.tdp_mmu.roots)
@@ -91,7 +36,7 @@ def _roots(vm):
 
 
 def _root_by_number(vm, n: int):
-    for r in _roots(vm):
+    for r in roots_of(vm):
         if r.number == n:
             return r
     raise CommandError(f"No root #{n}. \"info roots\" lists them.")
@@ -120,7 +65,7 @@ def _state(root) -> str:
 
 def _current_root(s, arg_root: str = ""):
     if arg_root:
-        return _root_by_number(s.vm, _int(arg_root))
+        return _root_by_number(s.vm, parse_int(arg_root))
     v = s.vm.vcpus[s.current]
     root = getattr(v, "mmu", None) and v.mmu.root.sp
     if root is None:
@@ -128,7 +73,7 @@ def _current_root(s, arg_root: str = ""):
     return root
 
 
-def _int(text: str) -> int:
+def parse_int(text: str) -> int:
     try:
         return int(text.lstrip("#"), 0)
     except ValueError:
@@ -139,7 +84,7 @@ def _gfn_of(s, text: str) -> int:
     """gfn:N, gpa:ADDR, or a guest-virtual address (walked in the guest tables)."""
     t = text.strip()
     if t.startswith("gfn:"):
-        return _int(t[4:])
+        return parse_int(t[4:])
     addr, space = evaluate_address(s, t)
     if space == "gpa":
         return addr >> PAGE_SHIFT
@@ -148,12 +93,12 @@ def _gfn_of(s, text: str) -> int:
     return guest_walk.gva_to_gpa(s.vm, s.cpu, addr & M64) >> PAGE_SHIFT
 
 
-def _shadow(vm) -> bool:
+def is_shadow(vm) -> bool:
     return getattr(vm, "shadow", None) is not None
 
 
 def _spte_str(vm, spte: int, level: int) -> str:
-    return S.shadow_spte_str(spte, level) if _shadow(vm) else S.spte_str(spte, level)
+    return S.shadow_spte_str(spte, level) if is_shadow(vm) else S.spte_str(spte, level)
 
 
 def spte_path(vm, root, gfn: int) -> list:
@@ -178,7 +123,7 @@ def spte_path(vm, root, gfn: int) -> list:
 
 def _path_lines(vm, root, gfn: int) -> list:
     lines = []
-    shadow = _shadow(vm)
+    shadow = is_shadow(vm)
     pages = vm.tdp_mmu.pages
     for level, index, sptep, spte in spte_path(vm, root, gfn):
         sp = pages.get(sptep >> PAGE_SHIFT)
@@ -207,7 +152,7 @@ def spte_section(s, gva: int, gpa: int | None) -> list:
     """The SPTE half of `translate`."""
     v = s.vm.vcpus[s.current]
     root = getattr(v, "mmu", None) and v.mmu.root.sp
-    if _shadow(s.vm):
+    if is_shadow(s.vm):
         if root is None:
             return ["Shadow SPTE path: no root loaded on this vCPU"]
         return [f"Shadow SPTE path from root #{root.number} (hpa {root.hpa:#x}, shadows gfn "
@@ -230,13 +175,13 @@ def info_roots(s, arg: str) -> None:
     and which vCPUs hold it. `*` marks the current vCPU's root. Under shadow paging a root
     shadows the guest's top-level table: its gfn is shown too (a guest CR3 per root and role).
     """
-    roots = _roots(s.vm)
+    roots = roots_of(s.vm)
     if not roots:
         s.message("No roots.")
         return
     cur = getattr(s.vm.vcpus[s.current], "mmu", None)
     cur_root = cur.root.sp if cur else None
-    shadow = _shadow(s.vm)
+    shadow = is_shadow(s.vm)
     gfn_head = f"{'gfn':>8} " if shadow else ""
     s.message(f"  {'#':>3}  {'hpa':<12} {gfn_head}{'refs':>4}  {'state':<7} {'sptes':>6} {'tables':>6} "
               f"{'created':>8}  {'role':<32} users")
@@ -257,10 +202,10 @@ def info_root(s, arg: str) -> None:
     """
     if not arg:
         raise usage_error(info_root, "Argument required (a root number).")
-    r = _root_by_number(s.vm, _int(arg))
+    r = _root_by_number(s.vm, parse_int(arg))
     leaves, tables = s.vm.tdp_mmu.count_sptes(r) if not r.freed else (0, 0)
     kind = ("TDP MMU" if r.tdp_mmu_page else
-            f"shadow MMU (hashed by gfn and role), shadows gfn {r.gfn:#x}" if _shadow(s.vm)
+            f"shadow MMU (hashed by gfn and role), shadows gfn {r.gfn:#x}" if is_shadow(s.vm)
             else "legacy MMU (hashed)")
     s.message(f"root #{r.number}: hpa {r.hpa:#x}, {_state(r)}, refs {r.root_count}, "
               f"created at step {r.created_step}, {kind}")
@@ -281,7 +226,7 @@ def info_spte(s, arg: str) -> None:
     if not arg:
         raise usage_error(info_spte, "Argument required (an address).")
     words = arg.split()
-    if _shadow(s.vm):
+    if is_shadow(s.vm):
         if words[0].startswith(("gfn:", "gpa:", "hpa:")):
             raise CommandError("Shadow page tables translate guest-virtual addresses: "
                                "info spte takes a gva under shadow paging.")
@@ -312,13 +257,13 @@ def info_sptes(s, arg: str) -> None:
     for w in words:
         if w.startswith("gfn:"):
             rng = w[4:].split("-")
-            lo = _int(rng[0])
-            hi = _int(rng[1]) + 1 if len(rng) > 1 else lo + 1
+            lo = parse_int(rng[0])
+            hi = parse_int(rng[1]) + 1 if len(rng) > 1 else lo + 1
         else:
             root_arg = w
     root = _current_root(s, root_arg)
     rows = []
-    if _shadow(s.vm):
+    if is_shadow(s.vm):
         _collect_shadow_leaves(s.vm, root, 0, rows, lo, hi)
         if not rows:
             s.message(f"No leaf SPTEs in root #{root.number}.")
@@ -389,7 +334,7 @@ def info_shadow(s, arg: str) -> None:
     if arg.strip():
         if not arg.strip().startswith("gfn:"):
             raise usage_error(info_shadow, f"Unknown argument \"{arg.strip()}\".")
-        want = _int(arg.strip()[4:])
+        want = parse_int(arg.strip()[4:])
     rows = [sp for gfn in sorted(sh.hash) for sp in sh.hash[gfn] if want is None or gfn == want]
     if not rows:
         s.message("No shadow pages.")
@@ -447,26 +392,12 @@ def _is_stale(s, e, ep4ta: int) -> str:
         return f"guest now maps gpa {w.gpa & ~0xFFF:#x}"
     root = s.vm.tdp_mmu.pages.get(ep4ta >> PAGE_SHIFT)
     if root is None:
-        return "its shadow root is gone" if _shadow(s.vm) else "its EPT root is gone"
-    key = e.vpn if _shadow(s.vm) else e.gpa >> PAGE_SHIFT
+        return "its shadow root is gone" if is_shadow(s.vm) else "its EPT root is gone"
+    key = e.vpn if is_shadow(s.vm) else e.gpa >> PAGE_SHIFT
     level, _i, _p, spte = spte_path(s.vm, root, key)[-1]
     if not S.is_shadow_present_pte(spte):
         return "SPTE zapped"
     return ""
-
-
-def info_memslots(s, arg: str) -> None:
-    """info memslots
-
-    The memslots (KVM_SET_USER_MEMORY_REGION): id, guest frames, host virtual address,
-    flags, and the memslot generation.
-    """
-    slots = list(s.vm.memslots)
-    s.message(f"generation {s.vm.memslots.generation}")
-    s.message(f"{'slot':>4} {'as':>2} {'base_gfn':>10} {'npages':>8} {'hva':>16}  flags")
-    for m in slots:
-        s.message(f"{m.id:>4} {m.as_id:>2} {m.base_gfn:>#10x} {m.npages:>8} {m.userspace_addr:>#16x}  "
-                  f"{'READONLY' if m.flags & 2 else '-'}")
 
 
 def info_mmu(s, arg: str) -> None:
@@ -487,7 +418,7 @@ def info_mmu(s, arg: str) -> None:
     s.message(f"root_role {mmu.root_role:#010x}: {R.role_str(mmu.root_role)}")
     root = mmu.root.sp
     s.message(f"root      {'#%d hpa %#x' % (root.number, root.hpa) if root else 'invalid (INVALID_PAGE)'}")
-    if root and _shadow(s.vm):
+    if root and is_shadow(s.vm):
         s.message(f"          pgd {mmu.root.pgd:#x} (the guest CR3 it shadows)")
     for i, p in enumerate(mmu.prev_roots):
         s.message(f"prev[{i}]   {'#%d pgd %#x' % (p.sp.number, p.pgd) if p.sp else 'invalid'}")
@@ -500,183 +431,9 @@ def info_mmu(s, arg: str) -> None:
                   f"(\"info shadow\" lists them)")
 
 
-def info_events(s, arg: str) -> None:
-    """info events [-n N] [KIND|NAME]
-
-    The last N (default 20) events in the kernel's trace format, optionally only one
-    catch KIND (root-zap, vmexit, ...) or events whose name contains NAME.
-    """
-    words = arg.split()
-    n = 20
-    filt = ""
-    i = 0
-    while i < len(words):
-        if words[i] == "-n":
-            if i + 1 >= len(words):
-                raise usage_error(info_events, "-n needs a number.")
-            n = _int(words[i + 1])
-            i += 2
-            continue
-        filt = words[i]
-        i += 1
-    log = list(s.vm.bus.log)
-    if filt:
-        kind = catchpoints.KINDS.get(filt)
-        if kind is not None:
-            log = [e for e in log if e.name in kind.events and kind.matches(e, "")]
-        else:
-            log = [e for e in log if filt in e.name]
-    if not log:
-        s.message("No events recorded." if not filt else f"No {filt} events recorded.")
-        return
-    for e in log[-n:]:
-        s.message(e.format())
-
-
-def info_stats(s, arg: str) -> None:
-    """info stats [REGEX]
-
-    Counters with KVM's stat names (exits, pf_fixed, remote_tlb_flush, ...) and the
-    simulator's own (cycles, roots_allocated, sptes_zapped, ...): the total and the
-    change during the last run (between the two most recent stops).
-    """
-    try:
-        rx = re.compile(arg) if arg else None
-    except re.error as e:
-        raise CommandError(f"Invalid regular expression \"{arg}\": {e}.") from None
-    now = all_stats(s.vm)
-    prev = getattr(s, "mmu_stats_prev", {})
-    names = sorted(k for k, v in now.items() if v or prev.get(k))
-    if rx is not None:
-        names = [k for k in names if rx.search(k)]
-    if not names:
-        s.message("No matching counters." if arg else "All counters are zero.")
-        return
-    s.message(f"{'counter':<22} {'total':>14} {'last run':>12}")
-    for k in names:
-        s.message(f"{k:<22} {now.get(k, 0):>14} {now.get(k, 0) - prev.get(k, 0):>+12}")
-
-
-def info_kvm(s, arg: str) -> None:
-    """info kvm
-
-    The KVM behaviour profile and the value of every knob.
-    """
-    p = s.vm.profile
-    s.message(f"profile {p.name}: {p.summary}")
-    for k, v in p.knobs().items():
-        s.message(f"  {k:<30} {str(int(v)) if isinstance(v, bool) else v:<10} {KNOB_HELP[k]}")
-
-
-def info_costs(s, arg: str) -> None:
-    """info costs
-
-    The simulated-time cost table (cycles) and where each number comes from.
-    """
-    for name, cycles, source in s.vm.costs.rows():
-        s.message(f"{name:<16} {cycles:>7}  {source}")
-
-
-# --- set kvm / set cost ---
-
-def set_kvm(s, arg: str) -> None:
-    """set kvm KNOB VALUE
-
-    Change one knob of the running VM's profile. Knobs that decide how the VM is built
-    (tdp_enabled, tdp_mmu, cr0_wp_guest_owned, cr4_smep_guest_owned) only take effect
-    with --set at start.
-    """
-    words = arg.split()
-    if len(words) != 2:
-        raise usage_error(set_kvm)
-    knob, value = words
-    if knob in s.vm.profile.knobs() and knob not in RUNTIME_KNOBS:
-        raise CommandError(f"Knob '{knob}' shapes the VM as it is built; restart with --set {knob}={value}.")
-    try:
-        s.vm.profile = with_knob(s.vm.profile, f"{knob}={value}")
-    except ConfigError as e:
-        raise CommandError(str(e)) from None
-    s.message(f"{knob} = {value}")
-
-
-def set_cost(s, arg: str) -> None:
-    """set cost NAME CYCLES
-
-    Change one entry of the cost table ("info costs" lists them).
-    """
-    words = arg.split()
-    if len(words) != 2:
-        raise usage_error(set_cost)
-    name, cycles = words
-    n = _int(cycles)
-    if n < 0:
-        raise CommandError("A cost cannot be negative.")
-    try:
-        s.vm.costs.set(name, n)
-    except KeyError:
-        raise CommandError(f"No cost named '{name}'; \"info costs\" lists them.") from None
-    if name == "tlb_miss":
-        for v in s.vm.vcpus:
-            v.cpu.walk_cost = n
-    s.message(f"cost {name} = {n}")
-
-
-def _boot_setting(s, key: str, value, shown: str) -> None:
-    args = dict(s.boot_args or {})
-    args[key] = value
-    # Check now, so a bad value is one line here rather than at the next `run`.
-    try:
-        from kvmdbg.bits import parse_size
-        from kvmdbg.kvm import boot
-        from kvmdbg.kvm.profiles import get_profile
-        mem = args.get("mem", "16M")
-        boot.check_machine(parse_size(mem) if isinstance(mem, str) else int(mem), args.get("vcpus", 1))
-        profile = get_profile(args.get("kvm") or "v6.12")
-        for k in args.get("knobs", ()):
-            profile = with_knob(profile, k)
-    except (ConfigError, ValueError) as e:
-        raise CommandError(str(e)) from None
-    s.boot_args = args
-    s.message(f"{shown} (takes effect at the next \"run\" or \"starti\").")
-
-
-def set_profile(s, arg: str) -> None:
-    """set profile NAME
-
-    The KVM profile for the next `run`/`starti` (like --kvm). Knobs given with --set or
-    `set knobs` still apply on top.
-    """
-    if not arg:
-        raise usage_error(set_profile, "Argument required (a profile; \"kvmdbg --kvm list\").")
-    _boot_setting(s, "kvm", arg.strip(), f"KVM profile {arg.strip()}")
-
-
-def set_knobs(s, arg: str) -> None:
-    """set knobs [KNOB=VALUE ...]
-
-    The --set knobs for the next `run`/`starti`; no argument clears them.
-    """
-    _boot_setting(s, "knobs", tuple(arg.split()), f"knobs: {arg.strip() or 'none'}")
-
-
-def set_vcpus(s, arg: str) -> None:
-    """set vcpus N
-
-    The number of vCPUs for the next `run`/`starti` (like --vcpus).
-    """
-    _boot_setting(s, "vcpus", _int(arg) if arg else 0, f"{arg.strip()} vCPU(s)")
-
-
-def set_arg(s, arg: str) -> None:
-    """set arg N
-
-    The value placed in RDX at the next `run`/`starti` (like --arg).
-    """
-    if not arg:
-        raise usage_error(set_arg)
-    n = _int(arg)
-    _boot_setting(s, "arg", n, f"RDX = {n:#x}")
-    s.arg = n
+def attach(s) -> None:
+    """`translate` shows the SPTE path too."""
+    s.state.translate_sections.append(spte_section)
 
 
 def register(reg) -> None:
@@ -685,18 +442,6 @@ def register(reg) -> None:
     info.add("root", info_root, category="mmu")
     info.add("spte", info_spte, category="mmu")
     info.add("sptes", info_sptes, category="mmu")
-    info.add("tlb", info_tlb, category="mmu")
-    info.add("memslots", info_memslots, category="mmu")
-    info.add("mmu", info_mmu, category="mmu")
     info.add("shadow", info_shadow, category="mmu")
-    info.add("events", info_events, category="mmu", repeatable=True)
-    info.add("stats", info_stats, category="mmu")
-    info.add("kvm", info_kvm, category="mmu")
-    info.add("costs", info_costs, category="mmu")
-    st = reg.sub("set")
-    st.add("kvm", set_kvm, category="mmu")
-    st.add("cost", set_cost, category="mmu")
-    st.add("profile", set_profile, category="running")
-    st.add("knobs", set_knobs, category="running")
-    st.add("vcpus", set_vcpus, category="running")
-    st.add("arg", set_arg, category="running")
+    info.add("tlb", info_tlb, category="mmu")
+    info.add("mmu", info_mmu, category="mmu")
