@@ -14,6 +14,7 @@ from kvmdbg.cpu.interrupts import deliver
 from kvmdbg.cpu.vmx import VmExit
 
 STEP_LIMIT = "step-limit"
+VMEXIT = "vmexit"            # a CpuOps stop reason: the vCPU left guest mode
 BREAKPOINT = "breakpoint"
 HALTED = "halted"
 SHUTDOWN = "shutdown"
@@ -37,6 +38,7 @@ def run(cpu, max_steps: int, breakpoints=None, skip_first: bool = True) -> str:
                                  # translation is in the fast path (see Cpu.flush_fast)
     fetch = cpu.fetch_handler
     fetch_block = cpu.fetch_block
+    reenter = getattr(cpu.ops, "reenter", None)
     first = skip_first
     while True:
         if cpu.halted:
@@ -92,12 +94,20 @@ def run(cpu, max_steps: int, breakpoints=None, skip_first: bool = True) -> str:
             if h is not None:
                 cpu.steps += h.index.get(cpu.rip, 0)
             reason = _handle_exit(cpu, exit_)
+            if reason == VMEXIT and reenter is not None:
+                cpu.pending, cpu.stop_reason = True, VMEXIT
+                if reenter():
+                    reason = None
+                else:
+                    cpu.pending, cpu.stop_reason = False, None
             if reason is not None:
                 return reason
             if cpu.steps >= end:
                 return STEP_LIMIT
             continue
         if cpu.pending:
+            if cpu.stop_reason == VMEXIT and reenter is not None and reenter():
+                continue             # the hypervisor re-entered at once (see Vcpu.reenter)
             cpu.pending = False
             reason = cpu.stop_reason or HALTED
             cpu.stop_reason = None

@@ -164,6 +164,19 @@ class Vcpu:
                 return reason
         return executor.run(cpu, max_steps, breakpoints, skip_first)
 
+    def reenter(self) -> bool:
+        """Called by the run loop right after an exit: with one vCPU and no queued work
+        nothing else could run between this exit and the next entry, so enter at once
+        instead of going back through the scheduler. False: return to the scheduler."""
+        kvm = self.kvm
+        cpu = self.cpu
+        if len(kvm.vcpus) != 1 or kvm.worker.queue or cpu.halted or cpu.shutdown:
+            return False
+        cpu.pending = False
+        cpu.stop_reason = None
+        self.enter_guest()
+        return not cpu.pending            # a catchpoint during the entry stops here
+
     def take_stop(self) -> str:
         """A pending stop request other than a plain VM exit, consumed; '' if none."""
         cpu = self.cpu
