@@ -324,12 +324,17 @@ class Cpu:
         dc.track(key, pages)
         return key, code
 
+    def _known_handler(self, table: dict, rip: int):
+        """Re-validate rip's code page (a fetch translation) and find a handler already
+        compiled for it in `table`, or None."""
+        self.smc = False
+        _page, hpa, _gpa = self._fetch_page(rip)
+        return table.get((rip, hpa | (rip & 0xFFF)))
+
     def fetch_handler(self, rip: int):
         """A single-instruction handler for rip (stepping, breakpoints)."""
-        self.smc = False
         dc = self.decode_cache
-        _page, hpa, _gpa = self._fetch_page(rip)
-        h = dc.singles.get((rip, hpa | (rip & 0xFFF)))
+        h = self._known_handler(dc.singles, rip)
         if h is not None:
             self.icache[rip] = h
             return h
@@ -343,10 +348,8 @@ class Cpu:
     def fetch_block(self, rip: int):
         """The basic-block handler starting at rip: straight-line code up to a control
         transfer, a mode-changing instruction, the end of the page or MAX_BLOCK."""
-        self.smc = False
         dc = self.decode_cache
-        _page, hpa, _gpa = self._fetch_page(rip)
-        h = dc.blocks.get((rip, hpa | (rip & 0xFFF)))
+        h = self._known_handler(dc.blocks, rip)
         if h is not None:
             self.bcache[rip] = h
             return h

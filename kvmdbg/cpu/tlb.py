@@ -102,22 +102,17 @@ class Tlb:
 
         "The page" is the guest page that contains vpn: for a 2 MiB or 1 GiB page every
         cached 4 KiB piece of it goes, whether or not vpn's own piece was cached."""
-        n = 0
-        for tag, ctx in self.contexts.items():
-            if tag[0] != vpid or not (tag[1] == pcid or (include_global and tag[1] == GLOBAL)):
-                continue
-            if ctx.pop(vpn, None) is not None:
-                n += 1
-            if tag in self.large_tags:
-                n += self._drop_large(ctx, vpn)
-        self.flushes += 1
-        return n
+        return self._flush_vpn(vpn, lambda t: t[0] == vpid and (
+            t[1] == pcid or (include_global and t[1] == GLOBAL)))
 
     def flush_addr(self, vpid: int, vpn: int) -> int:
         """INVVPID individual-address: the page in every PCID (globals too) and EP4TA of a VPID."""
+        return self._flush_vpn(vpn, lambda t: t[0] == vpid)
+
+    def _flush_vpn(self, vpn: int, tag_matches) -> int:
         n = 0
         for tag, ctx in self.contexts.items():
-            if tag[0] != vpid:
+            if not tag_matches(tag):
                 continue
             if ctx.pop(vpn, None) is not None:
                 n += 1

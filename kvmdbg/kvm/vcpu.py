@@ -44,7 +44,6 @@ class Vcpu:
         self.ept = (V.EptHardware(vm.host.pages, generation=lambda: vm.tdp_mmu.spte_generation)
                     if p.tdp_enabled else None)
         self._gfn_cache: dict[int, tuple] = {}
-        self._gfn_cache_gen = -1
         # vmx_l1_guest_owned_cr0_bits / set_cr4_guest_host_mask (kvm-mmu-spec 2.2)
         self.cr0_guest_owned = CR0_TS | (CR0_WP if p.tdp_enabled and p.cr0_wp_guest_owned else 0)
         cr4 = POSSIBLE_CR4_GUEST_BITS
