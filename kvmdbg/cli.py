@@ -192,7 +192,6 @@ if __name__ == "__main__":
 
 def _compare(args, out) -> int:
     """kvmdbg --compare A,B[,...] PROGRAM: the compare table, without a session."""
-    from kvmdbg.bits import parse_size
     from kvmdbg.debug.compare import format_table, run_one
     from kvmdbg.kvm import boot
     names = [n.strip() for n in args.compare.split(",") if n.strip()]
@@ -200,10 +199,8 @@ def _compare(args, out) -> int:
         sys.stderr.write("kvmdbg: --compare needs two profiles or more, e.g. --compare v5.15,v6.6\n")
         return 2
     try:
-        mem = parse_size(args.mem)
-        boot.check_machine(mem, args.vcpus)
         program = boot.load_program(args.program)
-        results = [run_one(program, n, args.vcpus, mem, args.arg, args.set) for n in names]
+        results = [run_one(program, n, args.vcpus, args.mem, args.arg, args.set) for n in names]
     except (KvmdbgError, ValueError) as e:
         sys.stderr.write(f"kvmdbg: {e}\n")
         return 1

@@ -46,16 +46,10 @@ def run_program(name: str, kvm: str = "v6.12", vcpus: int = 1, arg: int = 0, kno
     """Boot programs/NAME.bin under a KVM profile and run it until every vCPU halts."""
     from pathlib import Path
 
-    from kvmdbg.kvm.boot import load_program
-    from kvmdbg.kvm.profiles import get_profile, with_knob
+    from kvmdbg.kvm.boot import load_program, make_vm
     from kvmdbg.kvm.scheduler import run_vm
-    profile = get_profile(kvm)
-    for k in knobs:
-        profile = with_knob(profile, k)
-    vm = Vm(16 << 20, vcpus, profile=profile)
-    if events:
-        vm.bus.set_keep(10**7)
     root = Path(__file__).resolve().parent.parent
-    boot(vm, load_program(str(root / "programs" / f"{name}.bin")), arg)
+    vm = make_vm(load_program(str(root / "programs" / f"{name}.bin")), kvm, knobs, vcpus,
+                 16 << 20, arg, keep_events=10**7 if events else 0)
     vm.stop = run_vm(vm, max_steps)
     return vm

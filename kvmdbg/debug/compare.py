@@ -11,10 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kvmdbg.cpu import vmx
-from kvmdbg.kvm.boot import boot
-from kvmdbg.kvm.profiles import get_profile, with_knob
+from kvmdbg.kvm.boot import make_vm
 from kvmdbg.kvm.scheduler import run_vm
-from kvmdbg.kvm.vm import Vm
 
 
 @dataclass
@@ -32,13 +30,9 @@ class Result:
         return self.cycles / max(1, self.iterations)
 
 
-def run_one(program, profile_name: str, vcpus: int, mem: int, arg: int, knobs=(),
+def run_one(program, profile_name: str, vcpus: int, mem, arg: int, knobs=(),
             max_steps: int = 10**9) -> Result:
-    profile = get_profile(profile_name)
-    for k in knobs:
-        profile = with_knob(profile, k)
-    vm = Vm(mem, vcpus, profile=profile)
-    boot(vm, program, arg)
+    vm = make_vm(program, profile_name, knobs, vcpus, mem, arg)
     reason, _v = run_vm(vm, max_steps)
     cycles = max(v.cpu.cycles for v in vm.vcpus)
     if len(vm.markers) >= 3:              # a marker per loop iteration
@@ -53,7 +47,7 @@ def run_one(program, profile_name: str, vcpus: int, mem: int, arg: int, knobs=()
     by_reason = {vmx.EXIT_NAMES.get(r, str(r)): n for r, n in sorted(vm.exit_reasons.items())}
     stats = dict(vm.stats)
     stats["instructions"] = sum(v.cpu.steps for v in vm.vcpus)
-    return Result(profile.name, reason, cycles, iterations, unit, stats, by_reason)
+    return Result(vm.profile.name, reason, cycles, iterations, unit, stats, by_reason)
 
 
 ROWS = (

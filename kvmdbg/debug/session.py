@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kvmdbg.bits import M64, parse_size
+from kvmdbg.bits import M64
 from kvmdbg.cpu.executor import HALTED, SHUTDOWN
 from kvmdbg.cpu.regs import SUBREGS
 from kvmdbg.debug import guest_walk, memory
 from kvmdbg.debug.symbols import Symbols
 from kvmdbg.errors import CommandError, ConfigError, UnsupportedInstruction
 from kvmdbg.kvm import boot as bootmod
-from kvmdbg.kvm.profiles import DEFAULT, get_profile, with_knob
 from kvmdbg.kvm.scheduler import run_vm
 from kvmdbg.kvm.vm import Vm
 
@@ -157,14 +156,7 @@ class Session:
 
     @staticmethod
     def _new_vm(program, vcpus, mem, arg, kvm=None, knobs=()) -> Vm:
-        size = parse_size(mem) if isinstance(mem, str) else int(mem)
-        bootmod.check_machine(size, vcpus)
-        profile = get_profile(kvm or DEFAULT)
-        for knob in knobs:
-            profile = with_knob(profile, knob)
-        vm = Vm(size, vcpus, profile=profile)
-        bootmod.boot(vm, program, arg)
-        return vm
+        return bootmod.make_vm(program, kvm, knobs, vcpus, mem, arg)
 
     def restart(self) -> None:
         """Rebuild the VM in its boot state from the same program and options (gdb's `run`).

@@ -134,3 +134,30 @@ def boot(vm, program: Program, arg: int = 0) -> None:
         c.rip = program.address
         c.flush_fast()
         v.after_set_sregs()
+
+
+def resolve_machine(kvm: str | None = None, knobs=(), vcpus: int = 1, mem="16M"):
+    """(profile, RAM bytes) for the command-line options, or ConfigError naming what is wrong."""
+    from kvmdbg.bits import parse_size
+    from kvmdbg.kvm.profiles import DEFAULT, get_profile, with_knob
+    try:
+        size = parse_size(mem) if isinstance(mem, str) else int(mem)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    check_machine(size, vcpus)
+    profile = get_profile(kvm or DEFAULT)
+    for knob in knobs:
+        profile = with_knob(profile, knob)
+    return profile, size
+
+
+def make_vm(program: Program, kvm: str | None = None, knobs=(), vcpus: int = 1, mem="16M",
+            arg: int = 0, keep_events: int = 0):
+    """A VM built from the options and booted per the contract (events kept from boot on)."""
+    from kvmdbg.kvm.vm import Vm
+    profile, size = resolve_machine(kvm, knobs, vcpus, mem)
+    vm = Vm(size, vcpus, profile=profile)
+    if keep_events:
+        vm.bus.set_keep(keep_events)
+    boot(vm, program, arg)
+    return vm

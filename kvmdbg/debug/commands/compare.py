@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from kvmdbg.bits import parse_size
 from kvmdbg.debug.commands.registry import usage_error
 from kvmdbg.debug.compare import format_table, run_one
 from kvmdbg.errors import CommandError, ConfigError
@@ -24,7 +23,6 @@ def compare_cmd(s, arg: str) -> None:
         raise usage_error(compare_cmd, "Two profiles or more are needed.")
     args = s.boot_args or {}
     mem = args.get("mem", s.vm.mem_size)
-    mem = parse_size(mem) if isinstance(mem, str) else int(mem)
     results = []
     for name in words:
         try:

@@ -11,6 +11,7 @@ from kvmdbg.debug import catchpoints
 from kvmdbg.debug.commands.mmu import is_shadow, parse_int, roots_of
 from kvmdbg.debug.commands.registry import usage_error
 from kvmdbg.errors import CommandError, ConfigError
+from kvmdbg.kvm.boot import resolve_machine
 from kvmdbg.kvm.profiles import KNOB_HELP, with_knob
 
 EVENT_LOG_SIZE = 200_000        # events remembered for `info events` (a ring)
@@ -208,15 +209,9 @@ def _boot_setting(s, key: str, value, shown: str) -> None:
     args[key] = value
     # Check now, so a bad value is one line here rather than at the next `run`.
     try:
-        from kvmdbg.bits import parse_size
-        from kvmdbg.kvm import boot
-        from kvmdbg.kvm.profiles import get_profile
-        mem = args.get("mem", "16M")
-        boot.check_machine(parse_size(mem) if isinstance(mem, str) else int(mem), args.get("vcpus", 1))
-        profile = get_profile(args.get("kvm") or "v6.12")
-        for k in args.get("knobs", ()):
-            profile = with_knob(profile, k)
-    except (ConfigError, ValueError) as e:
+        resolve_machine(args.get("kvm"), args.get("knobs", ()), args.get("vcpus", 1),
+                        args.get("mem", "16M"))
+    except ConfigError as e:
         raise CommandError(str(e)) from None
     s.boot_args = args
     s.message(f"{shown} (takes effect at the next \"run\" or \"starti\").")
