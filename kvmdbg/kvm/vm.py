@@ -248,30 +248,21 @@ class Vm:
     def peek_gpa(self, gpa: int, n: int) -> bytes:
         """Read guest-physical memory without side effects: untouched RAM reads as zeros
         (as it would once faulted in) and MMIO as all ones, and no host page is created."""
+        return self.read_gpa(gpa, n, fault_in=False)
+
+    def read_gpa(self, gpa: int, n: int, fault_in: bool = True) -> bytes:
+        """Read guest-physical memory as the VMM or KVM does (faulting host pages in)."""
         out = bytearray()
         while n:
             chunk = min(n, 4096 - (gpa & 0xFFF))
+            off = gpa & 0xFFF
             slot = self.memslots.lookup(gpa >> PAGE_SHIFT)
             if slot is None:
                 out += b"\xff" * chunk
             else:
-                pfn = self.host.lookup_pfn(slot.gfn_to_hva(gpa >> PAGE_SHIFT))
-                off = gpa & 0xFFF
+                hva = slot.gfn_to_hva(gpa >> PAGE_SHIFT)
+                pfn = self.host.hva_to_pfn(hva) if fault_in else self.host.lookup_pfn(hva)
                 out += bytes(chunk) if pfn is None else self.host.pages[pfn][off:off + chunk]
-            gpa += chunk
-            n -= chunk
-        return bytes(out)
-
-    def read_gpa(self, gpa: int, n: int) -> bytes:
-        out = bytearray()
-        while n:
-            chunk = min(n, 4096 - (gpa & 0xFFF))
-            got = self.gfn_to_page(gpa >> PAGE_SHIFT)
-            if got is None:
-                out += b"\xff" * chunk
-            else:
-                off = gpa & 0xFFF
-                out += got[0][off:off + chunk]
             gpa += chunk
             n -= chunk
         return bytes(out)
