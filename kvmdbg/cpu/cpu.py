@@ -11,11 +11,11 @@ from __future__ import annotations
 from kvmdbg.bits import M64
 from kvmdbg.cpu import flags as _flags
 from kvmdbg.cpu.decoder import Decoder
-from kvmdbg.cpu.faults import (GP, PF, PFERR_FETCH, PFERR_USER, PFERR_WRITE, UD,
+from kvmdbg.cpu.faults import (ACC_IMPLICIT, GP, PF, PFERR_FETCH, PFERR_USER, PFERR_WRITE, UD,
                                GuestFault)
 from kvmdbg.cpu.regs import CR0_ET, CR0_PE, CR0_PG, CR4_PCIDE, CR4_PGE, EFER_NXE, RFLAGS_FIXED
 from kvmdbg.cpu.tlb import Tlb
-from kvmdbg.cpu.translate import make_handler
+from kvmdbg.cpu.translate import generate, make_handler
 from kvmdbg.cpu.vmx import EXCEPTION_NMI, VmExit
 from kvmdbg.cpu.walker import access_error, walk
 from kvmdbg.errors import UnsupportedInstruction
@@ -29,7 +29,7 @@ _materialize = _flags.materialize
 class Cpu:
     def __init__(self, ops, decode_cache, index: int = 0, vpid: int = 1, translator=None):
         if translator is None:
-            from kvmdbg.cpu.translate import generate as translator
+            translator = generate
         self.ops = ops
         self.index = index
         self.vpid = vpid
@@ -220,7 +220,6 @@ class Cpu:
 
     def rd_implicit(self, va: int, size: int) -> int:
         """A supervisor-mode implicit access (GDT/IDT/TSS), whatever the CPL."""
-        from kvmdbg.cpu.faults import ACC_IMPLICIT
         return self._read_slow(va, size, ACC_IMPLICIT, implicit=True)
 
     def _pieces(self, va: int, size: int):

@@ -9,11 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kvmdbg.bits import PAGE_SIZE
+from kvmdbg.bits import PAGE_SIZE, parse_size
 from kvmdbg.cpu.regs import (CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_OSFXSR,
                              CR4_OSXMMEXCPT, CR4_PAE, EFER_LMA, EFER_LME, EFER_NXE, RBP, RDI,
                              RDX, RSI, RSP)
 from kvmdbg.errors import ConfigError
+from kvmdbg.kvm.profiles import DEFAULT, get_profile, with_knob
+from kvmdbg.kvm.vm import Vm
 
 LOAD_ADDRESS = 0x100000
 PML4, PDPT, PD, PT0 = 0x1000, 0x2000, 0x3000, 0x4000
@@ -138,8 +140,6 @@ def boot(vm, program: Program, arg: int = 0) -> None:
 
 def resolve_machine(kvm: str | None = None, knobs=(), vcpus: int = 1, mem="16M"):
     """(profile, RAM bytes) for the command-line options, or ConfigError naming what is wrong."""
-    from kvmdbg.bits import parse_size
-    from kvmdbg.kvm.profiles import DEFAULT, get_profile, with_knob
     try:
         size = parse_size(mem) if isinstance(mem, str) else int(mem)
     except ValueError as e:
@@ -154,7 +154,6 @@ def resolve_machine(kvm: str | None = None, knobs=(), vcpus: int = 1, mem="16M")
 def make_vm(program: Program, kvm: str | None = None, knobs=(), vcpus: int = 1, mem="16M",
             arg: int = 0, keep_events: int = 0):
     """A VM built from the options and booted per the contract (events kept from boot on)."""
-    from kvmdbg.kvm.vm import Vm
     profile, size = resolve_machine(kvm, knobs, vcpus, mem)
     vm = Vm(size, vcpus, profile=profile)
     if keep_events:
