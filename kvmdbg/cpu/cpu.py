@@ -245,38 +245,31 @@ class Cpu:
 
     def _write_slow(self, va: int, size: int, value: int, extra: int) -> None:
         acc = self._acc(PFERR_WRITE | extra)
-        off = va & 0xFFF
-        if off <= 4096 - size:
-            e = self.translate(va, acc)
-            page = e.page
-            if page is None:
-                self.ops.mmio_write(e.gpa | off, size, value)
-                return
-            page[off:off + size] = value.to_bytes(size, "little")
-            hpn = e.hpa >> 12
-            dc = self.decode_cache
-            if hpn in dc.code_pages or hpn in dc.pt_pages:
-                dc.note_write(hpn)
-            else:
-                self.fast_w[e.vpn] = page
-                self.fast_r[e.vpn] = page
-            return
-        pieces = [(self.translate(a, acc), a, n) for a, n in self._pieces(va, size)]
         data = value.to_bytes(size, "little")
-        dc = self.decode_cache
+        if (va & 0xFFF) <= 4096 - size:
+            self._store(self.translate(va, acc), va & 0xFFF, data)
+            return
+        # Translate every piece before writing any: a split access faults as a whole.
+        pieces = [(self.translate(a, acc), a, n) for a, n in self._pieces(va, size)]
         for e, a, n in pieces:
-            off = a & 0xFFF
-            chunk, data = data[:n], data[n:]
-            if e.page is None:
-                self.ops.mmio_write(e.gpa | off, n, int.from_bytes(chunk, "little"))
-                continue
-            e.page[off:off + n] = chunk
-            hpn = e.hpa >> 12
-            if hpn in dc.code_pages or hpn in dc.pt_pages:
-                dc.note_write(hpn)
-            else:
-                self.fast_w[e.vpn] = e.page
-                self.fast_r[e.vpn] = e.page
+            self._store(e, a & 0xFFF, data[:n])
+            data = data[n:]
+
+    def _store(self, e, off: int, chunk: bytes) -> None:
+        """Write through a translation: MMIO to the device; RAM into the host page, telling
+        the decode cache about code or paging structures, else opening the fast path."""
+        page = e.page
+        if page is None:
+            self.ops.mmio_write(e.gpa | off, len(chunk), int.from_bytes(chunk, "little"))
+            return
+        page[off:off + len(chunk)] = chunk
+        hpn = e.hpa >> 12
+        dc = self.decode_cache
+        if hpn in dc.code_pages or hpn in dc.pt_pages:
+            dc.note_write(hpn)
+        else:
+            self.fast_w[e.vpn] = page
+            self.fast_r[e.vpn] = page
 
     def read_bytes(self, va: int, n: int) -> bytes:
         return b"".join(self.rd(a, 1).to_bytes(1, "little") for a in range(va, va + n))
