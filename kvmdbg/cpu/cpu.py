@@ -82,6 +82,10 @@ class Cpu:
         self.bcache: dict[int, object] = {}     # rip -> block handler, valid in this mode
         self.fast_x: dict[int, tuple] = {}      # vpn -> (page, hpa, gpa) for fetches
         self.smc = False                        # a write hit decoded code (see decode_cache)
+        # One instruction per handler call, so a stop requested by anything an instruction
+        # causes (a debugger catchpoint on an event) is taken right after it, not at the
+        # end of its block.
+        self.single_step = False
         self.fast_r: dict[int, bytearray] = {}
         self.fast_w: dict[int, bytearray] = {}
         decode_cache.attach(self)

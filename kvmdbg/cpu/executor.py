@@ -1,7 +1,7 @@
 """The run loop: fetch a cached handler, call it, count what retired; deliver faults.
 
-Without breakpoints it runs basic blocks (cpu.fetch_block); with breakpoints, or
-for the last few steps before a step limit, single instructions. A handler
+Without breakpoints it runs basic blocks (cpu.fetch_block); with breakpoints, with
+cpu.single_step set, or for the last few steps before a step limit, single instructions. A handler
 returns how many instructions it retired; if one raises, cpu.rip names the
 faulting instruction and ``h.index`` says how many before it retired.
 """
@@ -45,10 +45,10 @@ def run(cpu, max_steps: int, breakpoints=None, skip_first: bool = True) -> str:
             return HALTED
         h = None
         try:
-            if breakpoints:
+            if breakpoints or cpu.single_step:
                 while cpu.steps < end:
                     rip = cpu.rip
-                    if not first and rip in breakpoints:
+                    if not first and breakpoints and rip in breakpoints:
                         return BREAKPOINT
                     first = False
                     h = None

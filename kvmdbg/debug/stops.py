@@ -12,9 +12,9 @@ Two engines, chosen per resume:
 
 Catchpoints need no engine of their own: the BreakpointTable's bus listener
 marks the vCPU pending, and the run loop stops after the current instruction.
-While catchpoints are enabled the fast engine passes a breakpoint set that can
-never match, so that it runs single instructions and stops right after the one
-that caused the event rather than at the end of its block.
+While catchpoints are enabled the fast engine sets cpu.single_step, so the run
+loop takes single instructions and stops right after the one that caused the
+event rather than at the end of its block.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ INTERRUPTED = "interrupted"
 UNSUPPORTED = "unsupported"
 VMEXIT = "vmexit"             # kvm/vcpu.py: a vCPU left guest mode; enter again and go on
 ERROR = Type("error", 0, False, "error")
-NO_ADDRESS = 1 << 64          # a breakpoint address no RIP can have
 CHUNK = 50_000                # instructions between checks for Ctrl-C when stepping one vCPU
 
 
@@ -137,8 +136,9 @@ def _breakpoint_set(s, target):
     bps = s.breakpoints.addresses()
     if target is not None:
         bps.add(target.address)
-    if not bps and s.breakpoints.catchpoints():
-        bps.add(NO_ADDRESS)
+    precise = bool(s.breakpoints.catchpoints())
+    for v in s.vm.vcpus:
+        v.cpu.single_step = precise
     return bps or None
 
 
@@ -155,24 +155,10 @@ def _run_one(s, v, limit: int, bps) -> str:
         if _interrupted(s):
             return INTERRUPTED
         n = min(CHUNK, end - cpu.steps)
-        reason = _vcpu_run(v, n, bps, skip_first=first)
+        reason = scheduler.step_vcpu(v, n, bps, skip_first=first)
         first = False
         if reason != STEP_LIMIT:
             return reason
-    return STEP_LIMIT
-
-
-def _vcpu_run(v, n: int, bps, skip_first: bool) -> str:
-    """scheduler.step_vcpu with a choice of skip_first: enter, run, re-enter after exits.
-    Until an instruction retires the vCPU is still on the breakpoint it started on."""
-    cpu = v.cpu
-    start = cpu.steps
-    end = start + n
-    while cpu.steps < end:
-        reason = v.run(end - cpu.steps, bps, skip_first and cpu.steps == start)
-        if reason == VMEXIT:
-            continue
-        return reason
     return STEP_LIMIT
 
 
@@ -191,7 +177,7 @@ def _step_off(s, v, scope):
     at the same breakpoint again. Returns an Outcome if that one instruction stops the run."""
     if v.cpu.halted or v.cpu.shutdown:
         return None
-    reason = _vcpu_run(v, 1, None, True)
+    reason = scheduler.step_vcpu(v, 1, None, True)
     if reason == STEP_LIMIT or (reason == HALTED and scope is None and scheduler.pick(s.vm)):
         return None
     return _stop_for(s, reason, v)

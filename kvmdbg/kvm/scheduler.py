@@ -84,12 +84,15 @@ def run_vm(vm, max_steps: int, breakpoints=None, interrupted=lambda: False):
     return STEP_LIMIT, last
 
 
-def step_vcpu(v, n: int, breakpoints=None):
-    """Retire n instructions on one vCPU, entering and exiting as needed."""
+def step_vcpu(v, n: int, breakpoints=None, skip_first: bool = True):
+    """Retire n instructions on one vCPU, entering and exiting as needed. With skip_first
+    it steps off a breakpoint it starts on (until an instruction has retired, it is
+    still on it: the first one may exit before retiring)."""
     c = v.cpu
-    end = c.steps + n
+    start = c.steps
+    end = start + n
     while c.steps < end:
-        reason = v.run(end - c.steps, breakpoints)
+        reason = v.run(end - c.steps, breakpoints, skip_first and c.steps == start)
         if reason == VMEXIT:
             continue
         return reason
