@@ -53,3 +53,19 @@ def run_program(name: str, kvm: str = "v6.12", vcpus: int = 1, arg: int = 0, kno
                  16 << 20, arg, keep_events=10**7 if events else 0)
     vm.stop = run_vm(vm, max_steps)
     return vm
+
+
+def run_cli(*args, stdin=None, env=None, encoding="utf-8"):
+    """(status, stdout, stderr) of the real `python -m kvmdbg ARGS`, run from the repository
+    with no init file, no colour and the given output encoding."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    e = dict(os.environ, XDG_CONFIG_HOME="/nonexistent-kvmdbg-test", NO_COLOR="1",
+             PYTHONIOENCODING=encoding)
+    e.update(env or {})
+    p = subprocess.run([sys.executable, "-m", "kvmdbg", *args], capture_output=True,
+                       input=None if stdin is None else stdin.encode(encoding), env=e,
+                       cwd=Path(__file__).resolve().parent.parent, timeout=300)
+    return p.returncode, p.stdout.decode(encoding), p.stderr.decode(encoding)

@@ -1,22 +1,16 @@
 """Drive the real kvmdbg executable in batch mode, as a script or CI job would."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 SMEP = str(ROOT / "programs" / "smep_flip.bin")
 
 
 def kvmdbg(*args, stdin=None, env=None):
-    e = dict(os.environ, XDG_CONFIG_HOME="/nonexistent-kvmdbg-test", NO_COLOR="1")
-    e.update(env or {})
-    p = subprocess.run([sys.executable, "-m", "kvmdbg", *args], capture_output=True, text=True,
-                       input=stdin, env=e, cwd=ROOT, timeout=120)
-    return p.returncode, p.stdout, p.stderr
+    return run_cli(*args, stdin=stdin, env=env)
 
 
 def test_stepi_and_info_registers():

@@ -2,22 +2,16 @@
 output encoding decides Unicode or ASCII, and bad input costs one line and exit status 1."""
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
+from tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 SMEP = str(ROOT / "programs" / "smep_flip.bin")
 
 
 def kvmdbg(*args, encoding="utf-8"):
-    env = dict(os.environ, XDG_CONFIG_HOME="/nonexistent-kvmdbg-test", NO_COLOR="1",
-               PYTHONIOENCODING=encoding)
-    p = subprocess.run([sys.executable, "-m", "kvmdbg", *args], capture_output=True, env=env,
-                       cwd=ROOT, timeout=120)
-    return p.returncode, p.stdout.decode(encoding), p.stderr.decode(encoding)
+    return run_cli(*args, encoding=encoding)
 
 
 def test_trace_export_from_batch_mode(tmp_path):

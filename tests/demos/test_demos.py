@@ -1,10 +1,8 @@
 """Every demo runs as the README says, and says what its narration claims."""
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
+from tests.helpers import run_cli
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -12,13 +10,10 @@ DEMOS = sorted(p.stem for p in (ROOT / "demos").glob("*.kvmdbg"))
 
 
 def run_demo(name: str) -> str:
-    env = dict(os.environ, XDG_CONFIG_HOME="/nonexistent-kvmdbg-test", NO_COLOR="1")
-    p = subprocess.run([sys.executable, "-m", "kvmdbg", "-batch", "-x", f"demos/{name}.kvmdbg",
-                        f"programs/{name}.bin"], capture_output=True, text=True, cwd=ROOT,
-                       env=env, timeout=300)
-    assert p.returncode == 0, p.stderr
-    assert "Traceback" not in p.stdout + p.stderr
-    return p.stdout
+    rc, out, err = run_cli("-batch", "-x", f"demos/{name}.kvmdbg", f"programs/{name}.bin")
+    assert rc == 0, err
+    assert "Traceback" not in out + err
+    return out
 
 
 def counter(text: str, name: str) -> list:
