@@ -1,5 +1,7 @@
 """Pure bit helpers shared by every layer (imports nothing from kvmdbg)."""
 
+import struct as _struct
+
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
 PAGE_MASK = PAGE_SIZE - 1
@@ -48,3 +50,11 @@ def parse_size(text: str) -> int:
         return int(t, 0) * mult
     except ValueError:
         raise ValueError(f"invalid size '{text}' (use e.g. 16M, 1G)") from None
+
+
+# Little-endian loads and stores of 2, 4 and 8 bytes at an offset in a bytearray.
+# struct's unpack_from/pack_into are about 3x faster than slicing with
+# int.from_bytes/to_bytes, and these run on every guest memory access.
+
+UNPACK_FROM = {n: _struct.Struct("<" + c).unpack_from for n, c in ((2, "H"), (4, "I"), (8, "Q"))}
+PACK_INTO = {n: _struct.Struct("<" + c).pack_into for n, c in ((2, "H"), (4, "I"), (8, "Q"))}

@@ -8,20 +8,20 @@ the EPT root). Anything that changes the mode or flushes the TLB clears them
 
 from __future__ import annotations
 
-from kvmdbg.bits import M64
+from kvmdbg.bits import M64, PACK_INTO as _PACK_INTO, UNPACK_FROM as _UNPACK_FROM
 from kvmdbg.cpu import flags as _flags
 from kvmdbg.cpu.decoder import Decoder
 from kvmdbg.cpu.faults import (ACC_IMPLICIT, GP, PF, PFERR_FETCH, PFERR_USER, PFERR_WRITE, UD,
                                GuestFault)
-from kvmdbg.cpu.regs import CR0_ET, CR0_PE, CR0_PG, CR4_PCIDE, CR4_PGE, EFER_NXE, RFLAGS_FIXED
-from kvmdbg.cpu.tlb import Tlb
+from kvmdbg.cpu.regs import AC, CR0_ET, CR0_PE, CR0_PG, CR4_PCIDE, CR4_PGE, RFLAGS_FIXED
+from kvmdbg.cpu.tlb import GLOBAL, Tlb
 from kvmdbg.cpu.translate import generate, make_handler
 from kvmdbg.cpu.vmx import EXCEPTION_NMI, VmExit
 from kvmdbg.cpu.walker import access_error, walk
 from kvmdbg.errors import UnsupportedInstruction
 
 MAX_BLOCK = 32
-_CR3_ADDR = ~0xFFF & ((1 << 52) - 1)
+_MAX_MEMO_MODES = 64          # walk memos kept (one per mode; a bound, not a cache policy)
 
 _materialize = _flags.materialize
 
@@ -67,7 +67,8 @@ class Cpu:
         self.hw_cr0_on = 0
         self.pf_exiting = False
         self.invlpg_exiting = False
-        self._memo: dict = {}          # walk answers, see _memo_walk
+        self._mode = None              # see _select_mode
+        self._walk_memos: dict = {}    # mode -> {vpn << 17 | acc: TlbEntry}, see translate
         self._memo_pt_gen = self._memo_gpa_gen = None
         self.halted = False
         self.shutdown = ""             # non-empty once the guest triple-faulted
@@ -122,6 +123,7 @@ class Cpu:
         self.fast_r.clear()
         self.fast_w.clear()
         self.fast_x.clear()
+        self._mode = None
 
     def drop_fast_write(self) -> None:
         self.fast_w.clear()
@@ -139,22 +141,20 @@ class Cpu:
         if (va + 0x800000000000) >> 48:
             raise GuestFault(GP, 0)                      # non-canonical
         vpn = va >> 12
-        cr4 = self.cr4
-        pcid = self.cr3 & 0xFFF if cr4 & CR4_PCIDE else 0
-        ep4ta = self.ops.ep4ta
+        mode = self._mode
+        if mode is None:
+            mode = self._select_mode()
         tlb = self.tlb
-        ctx = tlb.contexts.get((self.vpid, pcid, ep4ta))
+        ctx = tlb.contexts.get(mode[0])
         e = ctx.get(vpn) if ctx is not None else None
-        if e is None and cr4 & CR4_PGE:
-            g = tlb.contexts.get((self.vpid, -1, ep4ta))
+        if e is None and mode[1] is not None:
+            g = tlb.contexts.get(mode[1])
             if g is not None:
                 e = g.get(vpn)
         if e is not None and self.cr0 & CR0_PG:
             code = access_error(self, e.user, e.writable, e.nx, e.pkey, acc)
             if code:
-                # A #PF invalidates the TLB entries for the faulting address (SDM 4.10.4.2).
-                tlb.flush_page(self.vpid, pcid, vpn, True)
-                self.flush_fast()
+                self._fault_flush(vpn, mode[3])
                 if self.pf_exiting:
                     raise VmExit(EXCEPTION_NMI, va, error_code=code)
                 raise GuestFault(PF, code, va)
@@ -165,45 +165,65 @@ class Cpu:
         if e is None:
             self.walks += 1
             self.extra_cycles += self.walk_cost
-            e = self._memo_walk(va, acc, vpn, ep4ta)
+            # A walk's answer is memoised per mode and access kind while re-walking could
+            # not differ: no write touched a paging structure or an SPTE since, so the walk
+            # would read the same entries, set no accessed/dirty flag that is not already
+            # set, and pass the same permission checks. Hardware re-walks after every
+            # flush; this only saves the simulator's time.
+            if (self.decode_cache.pt_generation != self._memo_pt_gen
+                    or self.ops.gpa_generation() != self._memo_gpa_gen):
+                mode = self._forget_walks()
+            key = vpn << 17 | acc
+            e = mode[2].get(key)
             if e is None:
                 try:
                     e = self.walk_fn(self, va, acc)
                 except GuestFault as f:
                     if f.vector == PF:
-                        tlb.flush_page(self.vpid, pcid, vpn, True)
-                        self.flush_fast()
+                        self._fault_flush(vpn, mode[3])
                         if self.pf_exiting:
                             raise VmExit(EXCEPTION_NMI, f.cr2, error_code=f.error_code) from None
                     raise
-                self._memo[(vpn, self.cr3 & _CR3_ADDR, ep4ta, self.cr0 & CR0_PG,
-                            cr4 & CR4_PGE, self.efer & EFER_NXE)] = e
+                mode[2][key] = e
                 self.decode_cache.track_pt(self.walk_pt_pages)
-            tlb.fill(self.vpid, pcid, ep4ta, e)
+                tlb.fill(self.vpid, mode[3], mode[4], e)
+            elif ctx is not None and not e.glob and e.size_shift == 12 and len(ctx) < tlb.capacity:
+                ctx[vpn] = e                     # Tlb.fill's common case
+                tlb.fills += 1
+            else:
+                tlb.fill(self.vpid, mode[3], mode[4], e)
         return e
 
-    def _memo_walk(self, va: int, acc: int, vpn: int, ep4ta: int):
-        """A walk's answer when re-walking could not differ: no write has touched a
-        paging structure or an SPTE since (and the accessed/dirty flags it would set are
-        already set). Hardware re-walks after every flush; this only saves the time."""
-        pt_gen = self.decode_cache.pt_generation
-        gpa_gen = self.ops.gpa_generation()
-        if pt_gen != self._memo_pt_gen or gpa_gen != self._memo_gpa_gen:
-            self._memo.clear()
-            self._memo_pt_gen = pt_gen
-            self._memo_gpa_gen = gpa_gen
-            return None
-        e = self._memo.get((vpn, self.cr3 & _CR3_ADDR, ep4ta, self.cr0 & CR0_PG,
-                            self.cr4 & CR4_PGE, self.efer & EFER_NXE))
-        if e is None:
-            return None
-        if acc & PFERR_WRITE and not (e.dirty and e.ept_w):
-            return None
-        if acc & PFERR_FETCH and not e.ept_x:
-            return None
-        if self.cr0 & CR0_PG and access_error(self, e.user, e.writable, e.nx, e.pkey, acc):
-            return None          # the real walk raises the fault, with its side effects
-        return e
+    def _select_mode(self):
+        """(TLB tag, global TLB tag or None, walk memo, pcid, ep4ta) of the current mode,
+        computed once after each flush_fast (every mode change flushes the fast paths)."""
+        cr4 = self.cr4
+        ep4ta = self.ops.ep4ta
+        pcid = self.cr3 & 0xFFF if cr4 & CR4_PCIDE else 0
+        # Everything a walk's result or its permission checks depend on, besides the
+        # access kind (part of the memo's key) and the tables themselves (generations).
+        key = (self.cr3, ep4ta, self.cr0 | self.hw_cr0_on, cr4, self.efer,
+               self.rflags & AC, self.pkru)
+        walks = self._walk_memos.get(key)
+        if walks is None:
+            if len(self._walk_memos) >= _MAX_MEMO_MODES:
+                self._walk_memos.clear()
+            walks = self._walk_memos[key] = {}
+        mode = self._mode = ((self.vpid, pcid, ep4ta),
+                             (self.vpid, GLOBAL, ep4ta) if cr4 & CR4_PGE else None,
+                             walks, pcid, ep4ta)
+        return mode
+
+    def _forget_walks(self):
+        self._walk_memos.clear()
+        self._memo_pt_gen = self.decode_cache.pt_generation
+        self._memo_gpa_gen = self.ops.gpa_generation()
+        return self._select_mode()
+
+    def _fault_flush(self, vpn: int, pcid: int) -> None:
+        """A #PF invalidates the TLB entries for the faulting address (SDM 4.10.4.2)."""
+        self.tlb.flush_page(self.vpid, pcid, vpn, True)
+        self.flush_fast()
 
     # --- data access ---
 
@@ -211,16 +231,51 @@ class Cpu:
         off = va & 0xFFF
         page = self.fast_r.get(va >> 12)
         if page is not None and off <= 4096 - size:
-            return int.from_bytes(page[off:off + size], "little")
-        return self._read_slow(va, size, 0)
+            return page[off] if size == 1 else _UNPACK_FROM[size](page, off)[0]
+        return self.read_miss(va, size)
 
     def wr(self, va: int, size: int, value: int) -> None:
         off = va & 0xFFF
         page = self.fast_w.get(va >> 12)
         if page is not None and off <= 4096 - size:
-            page[off:off + size] = value.to_bytes(size, "little")
+            if size == 1:
+                page[off] = value
+            else:
+                _PACK_INTO[size](page, off, value)
             return
-        self._write_slow(va, size, value, 0)
+        self.write_miss(va, size, value)
+
+    def read_miss(self, va: int, size: int) -> int:
+        """A read the fast path could not serve (generated code calls this directly)."""
+        off = va & 0xFFF
+        if off > 4096 - size:
+            return self._read_slow(va, size, 0)
+        e = self.translate(va, PFERR_USER if self.cs & 3 == 3 else 0)
+        page = e.page
+        if page is None:
+            return self.ops.mmio_read(e.gpa | off, size)
+        self.fast_r[e.vpn] = page
+        return page[off] if size == 1 else _UNPACK_FROM[size](page, off)[0]
+
+    def write_miss(self, va: int, size: int, value: int) -> None:
+        """A write the fast path could not serve (generated code calls this directly)."""
+        off = va & 0xFFF
+        if off > 4096 - size:
+            self._split_write(va, size, value)
+            return
+        e = self.translate(va, PFERR_WRITE | PFERR_USER if self.cs & 3 == 3 else PFERR_WRITE)
+        page = e.page
+        hpn = e.hpa >> 12
+        dc = self.decode_cache
+        if page is None or hpn in dc.code_pages or hpn in dc.pt_pages:
+            self._store(e, off, value.to_bytes(size, "little"))
+            return
+        if size == 1:                                   # _store's plain-RAM case
+            page[off] = value
+        else:
+            _PACK_INTO[size](page, off, value)
+        self.fast_w[e.vpn] = page
+        self.fast_r[e.vpn] = page
 
     def rd_implicit(self, va: int, size: int) -> int:
         """A supervisor-mode implicit access (GDT/IDT/TSS), whatever the CPL."""
@@ -247,12 +302,9 @@ class Cpu:
                     self.fast_r[e.vpn] = e.page
         return int.from_bytes(data, "little")
 
-    def _write_slow(self, va: int, size: int, value: int, extra: int) -> None:
-        acc = self._acc(PFERR_WRITE | extra)
+    def _split_write(self, va: int, size: int, value: int) -> None:
+        acc = self._acc(PFERR_WRITE)
         data = value.to_bytes(size, "little")
-        if (va & 0xFFF) <= 4096 - size:
-            self._store(self.translate(va, acc), va & 0xFFF, data)
-            return
         # Translate every piece before writing any: a split access faults as a whole.
         pieces = [(self.translate(a, acc), a, n) for a, n in self._pieces(va, size)]
         for e, a, n in pieces:

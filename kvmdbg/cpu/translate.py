@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from kvmdbg.bits import M64, MASKS
+from kvmdbg.bits import M64, MASKS, PACK_INTO, UNPACK_FROM
 from kvmdbg.cpu import flags as F
 from kvmdbg.cpu.faults import GuestFault
 from kvmdbg.cpu.regs import SUBREGS
@@ -120,16 +120,17 @@ class Gen:
         """Inline fast path of cpu.rd: one dict probe, no call, when the page is cached."""
         t, p, o = self.tmp(), self.tmp(), self.tmp()
         self.emit(f"{p} = cpu.fast_r.get({a} >> 12); {o} = {a} & 0xfff")
-        self.emit(f"{t} = int.from_bytes({p}[{o}:{o} + {n}], 'little') "
-                  f"if {p} is not None and {o} <= {4096 - n} else cpu.rd({a}, {n})")
+        got = f"{p}[{o}]" if n == 1 else f"U{n}({p}, {o})[0]"
+        self.emit(f"{t} = {got} if {p} is not None and {o} <= {4096 - n} else cpu.read_miss({a}, {n})")
         return t
 
     def store(self, a: str, n: int, value: str) -> None:
         """Inline fast path of cpu.wr."""
         p, o = self.tmp(), self.tmp()
         self.emit(f"{p} = cpu.fast_w.get({a} >> 12); {o} = {a} & 0xfff")
-        self.emit(f"if {p} is not None and {o} <= {4096 - n}: {p}[{o}:{o} + {n}] = ({value}).to_bytes({n}, 'little')")
-        self.emit(f"else: cpu.wr({a}, {n}, {value})")
+        put = f"{p}[{o}] = {value}" if n == 1 else f"P{n}({p}, {o}, {value})"
+        self.emit(f"if {p} is not None and {o} <= {4096 - n}: {put}")
+        self.emit(f"else: cpu.write_miss({a}, {n}, {value})")
 
     def write(self, o, expr: str) -> None:
         """Store a value that already fits the operand's size."""
@@ -179,6 +180,7 @@ def _globals() -> dict:
         "GuestFault": GuestFault, "materialize": F.materialize, "carry_in": F.carry_in,
         "inc_dec_src": F.inc_dec_carry_source, "COND": F.CONDITIONS, "sx": sign_extend,
         "system": system, "interrupts": interrupts,
+        **{f"U{n}": f for n, f in UNPACK_FROM.items()}, **{f"P{n}": f for n, f in PACK_INTO.items()},
     }
 
 
@@ -220,7 +222,7 @@ def generate(d) -> InsnCode:
     ends = g.ends_block
     if not ends:
         g.emit(f"cpu.rip = {g.next_rip}")
-    writes = any("cpu.wr(" in line or "system." in line or "interrupts." in line for line in g.lines)
+    writes = any("cpu.wr(" in line or "cpu.write_miss(" in line or "system." in line or "interrupts." in line for line in g.lines)
     stops = d.mnemonic in _STOPS or (d.mnemonic == "mov" and any(
         o.kind == "reg" and o.reg in _SPECIAL_REGS for o in d.operands))
     return InsnCode(d, g.lines, ends, stops, d.mnemonic in _SYNC, writes)
