@@ -70,6 +70,7 @@ class Cpu:
         self._mode = None              # see _select_mode
         self._walk_memos: dict = {}    # mode -> {vpn << 17 | acc: TlbEntry}, see translate
         self._memo_pt_gen = self._memo_gpa_gen = None
+        self._gpa_generation = ops.gpa_generation
         self.halted = False
         self.shutdown = ""             # non-empty once the guest triple-faulted
         self.pending = False           # set by anything that must end the run loop
@@ -119,11 +120,15 @@ class Cpu:
 
         Handlers (icache, bcache) stay: the run loop uses one only while its page is in
         fast_x, so after this the first fetch from each page translates it again and finds
-        the handler by (rip, hpa), or decodes anew if the page now maps elsewhere."""
-        self.fast_r.clear()
-        self.fast_w.clear()
-        self.fast_x.clear()
-        self._mode = None
+        the handler by (rip, hpa), or decodes anew if the page now maps elsewhere.
+
+        Every fast-path entry comes from translate(), which selects a mode first, so
+        while no mode is selected they are empty already (a VM exit flushes 3 times)."""
+        if self._mode is not None:
+            self.fast_r.clear()
+            self.fast_w.clear()
+            self.fast_x.clear()
+            self._mode = None
 
     def drop_fast_write(self) -> None:
         self.fast_w.clear()
@@ -151,7 +156,10 @@ class Cpu:
             g = tlb.contexts.get(mode[1])
             if g is not None:
                 e = g.get(vpn)
-        if e is not None and self.cr0 & CR0_PG:
+        key = vpn << 17 | acc
+        # A hit on the very entry this mode's walk memo holds for this access kind passed
+        # these checks already (they depend only on the entry, the mode and the access).
+        if e is not None and self.cr0 & CR0_PG and mode[2].get(key) is not e:
             code = access_error(self, e.user, e.writable, e.nx, e.pkey, acc)
             if code:
                 self._fault_flush(vpn, mode[3])
@@ -171,9 +179,8 @@ class Cpu:
             # set, and pass the same permission checks. Hardware re-walks after every
             # flush; this only saves the simulator's time.
             if (self.decode_cache.pt_generation != self._memo_pt_gen
-                    or self.ops.gpa_generation() != self._memo_gpa_gen):
+                    or self._gpa_generation() != self._memo_gpa_gen):
                 mode = self._forget_walks()
-            key = vpn << 17 | acc
             e = mode[2].get(key)
             if e is None:
                 try:
@@ -217,7 +224,7 @@ class Cpu:
     def _forget_walks(self):
         self._walk_memos.clear()
         self._memo_pt_gen = self.decode_cache.pt_generation
-        self._memo_gpa_gen = self.ops.gpa_generation()
+        self._memo_gpa_gen = self._gpa_generation()
         return self._select_mode()
 
     def _fault_flush(self, vpn: int, pcid: int) -> None:
@@ -376,8 +383,11 @@ class Cpu:
         """Re-validate rip's code page (a fetch translation) and find a handler already
         compiled for it in `table`, or None."""
         self.smc = False
-        _page, hpa, _gpa = self._fetch_page(rip)
-        return table.get((rip, hpa | (rip & 0xFFF)))
+        got = self.fast_x.get(rip >> 12)
+        if got is None:
+            e = self.translate(rip, PFERR_FETCH | PFERR_USER if self.cs & 3 == 3 else PFERR_FETCH)
+            got = self.fast_x[rip >> 12] = (e.page, e.hpa, e.gpa)
+        return table.get((rip, got[1] | (rip & 0xFFF)))
 
     def fetch_handler(self, rip: int):
         """A single-instruction handler for rip (stepping, breakpoints)."""

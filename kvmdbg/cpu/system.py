@@ -43,13 +43,14 @@ def check_cr4(cpu, value: int) -> None:
     if value & ~CR4_VALID:
         raise GuestFault(GP, 0)
     old = cpu.cr4
-    if long_mode(cpu):
+    lma = cpu.efer & EFER_LMA
+    if lma:
         if not value & CR4_PAE:
             raise GuestFault(GP, 0)
         if (old ^ value) & CR4_LA57:
             raise GuestFault(GP, 0)
     if value & CR4_PCIDE and not old & CR4_PCIDE:
-        if cpu.cr3 & 0xFFF or not long_mode(cpu):
+        if cpu.cr3 & 0xFFF or not lma:
             raise GuestFault(GP, 0)
 
 

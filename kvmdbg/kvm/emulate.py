@@ -62,15 +62,13 @@ def emulate_instruction(vcpu) -> None:
             raise GuestFault(6)
         handler = make_handler([cpu.translator(d)])
         kvm.trace("kvm_emulate_insn", vcpu.index, rip=cpu.rip, insn=d.text)
-        saved = (cpu.fast_r, cpu.fast_w)
-        cpu.fast_r, cpu.fast_w = {}, {}          # force every access through the emulator
+        cpu.flush_fast()                         # force every access through the emulator
         cpu.rd = cpu.read_miss = em.read
         cpu.wr = cpu.write_miss = em.write
         try:
             handler(cpu, cpu.r)
         finally:
             del cpu.rd, cpu.wr, cpu.read_miss, cpu.write_miss
-            cpu.fast_r, cpu.fast_w = saved
         cpu.steps += 1
     except paging_tmpl.WalkFault as f:
         kvm.trace("kvm_inj_exception", vcpu.index, exception=PF, has_error=True,

@@ -106,29 +106,30 @@ class Vcpu:
     def enter_guest(self) -> None:
         kvm = self.kvm
         reqs = self.requests
-        if x86.KVM_REQ_MMU_FREE_OBSOLETE_ROOTS in reqs:
-            reqs.discard(x86.KVM_REQ_MMU_FREE_OBSOLETE_ROOTS)
-            x86.kvm_mmu_free_obsolete_roots(self)
-        if x86.KVM_REQ_MMU_SYNC in reqs:
-            reqs.discard(x86.KVM_REQ_MMU_SYNC)
-            x86.kvm_mmu_sync_roots(self)
-        if x86.KVM_REQ_LOAD_MMU_PGD in reqs:
-            reqs.discard(x86.KVM_REQ_LOAD_MMU_PGD)
-            x86.kvm_mmu_load_pgd(self)
-        if x86.KVM_REQ_TLB_FLUSH in reqs:
-            reqs.discard(x86.KVM_REQ_TLB_FLUSH)
-            reqs.discard(x86.KVM_REQ_TLB_FLUSH_CURRENT)
-            kvm.stats["tlb_flush"] += 1
-            self.flush_tlb_all()
-        if x86.KVM_REQ_TLB_FLUSH_CURRENT in reqs:
-            reqs.discard(x86.KVM_REQ_TLB_FLUSH_CURRENT)
-            self.flush_tlb_current()
-        if x86.KVM_REQ_TLB_FLUSH_GUEST in reqs:
-            reqs.discard(x86.KVM_REQ_TLB_FLUSH_GUEST)
-            x86.kvm_vcpu_flush_tlb_guest(self)
-        if "KVM_REQ_SMI" in reqs:
-            reqs.discard("KVM_REQ_SMI")
-            self.process_smi()
+        if reqs:
+            if x86.KVM_REQ_MMU_FREE_OBSOLETE_ROOTS in reqs:
+                reqs.discard(x86.KVM_REQ_MMU_FREE_OBSOLETE_ROOTS)
+                x86.kvm_mmu_free_obsolete_roots(self)
+            if x86.KVM_REQ_MMU_SYNC in reqs:
+                reqs.discard(x86.KVM_REQ_MMU_SYNC)
+                x86.kvm_mmu_sync_roots(self)
+            if x86.KVM_REQ_LOAD_MMU_PGD in reqs:
+                reqs.discard(x86.KVM_REQ_LOAD_MMU_PGD)
+                x86.kvm_mmu_load_pgd(self)
+            if x86.KVM_REQ_TLB_FLUSH in reqs:
+                reqs.discard(x86.KVM_REQ_TLB_FLUSH)
+                reqs.discard(x86.KVM_REQ_TLB_FLUSH_CURRENT)
+                kvm.stats["tlb_flush"] += 1
+                self.flush_tlb_all()
+            if x86.KVM_REQ_TLB_FLUSH_CURRENT in reqs:
+                reqs.discard(x86.KVM_REQ_TLB_FLUSH_CURRENT)
+                self.flush_tlb_current()
+            if x86.KVM_REQ_TLB_FLUSH_GUEST in reqs:
+                reqs.discard(x86.KVM_REQ_TLB_FLUSH_GUEST)
+                x86.kvm_vcpu_flush_tlb_guest(self)
+            if "KVM_REQ_SMI" in reqs:
+                reqs.discard("KVM_REQ_SMI")
+                self.process_smi()
         x86.kvm_mmu_reload(self)
         self.in_kvm = False
         if kvm.bus.active:

@@ -31,6 +31,7 @@ KVM_REQ_LOAD_MMU_PGD = "KVM_REQ_LOAD_MMU_PGD"
 _CR3_ADDR = ((1 << 52) - 1) & ~0xFFF
 
 CR0_ROLE_BITS = M.KVM_MMU_CR0_ROLE_BITS
+_ROLES_MEMO: dict = {}           # see kvm_init_mmu
 
 
 # --- MMU context ---
@@ -40,12 +41,21 @@ def kvm_init_mmu(vcpu) -> None:
     cpu = vcpu.cpu
     kvm = vcpu.kvm
     mmu = vcpu.mmu
-    cpu_role = M.kvm_calc_cpu_role(cpu.cr0, cpu.cr4, cpu.efer, smm=vcpu.smm)
-    if kvm.profile.tdp_enabled:
-        root_role = M.kvm_calc_tdp_mmu_root_page_role(
-            cpu_role, kvm.profile.tdp_root_role_has_guest_bits)
-    else:
-        root_role = SH.kvm_calc_shadow_root_role(cpu_role)      # kvm_init_shadow_mmu
+    p = kvm.profile
+    # The roles are a pure function of these registers and two profile knobs; a guest
+    # that flips one CR bit in a loop asks for the same two answers each time.
+    key = (cpu.cr0, cpu.cr4, cpu.efer, vcpu.smm, p.tdp_enabled, p.tdp_root_role_has_guest_bits)
+    roles = _ROLES_MEMO.get(key)
+    if roles is None:
+        cpu_role = M.kvm_calc_cpu_role(cpu.cr0, cpu.cr4, cpu.efer, smm=vcpu.smm)
+        if p.tdp_enabled:
+            root_role = M.kvm_calc_tdp_mmu_root_page_role(cpu_role, p.tdp_root_role_has_guest_bits)
+        else:
+            root_role = SH.kvm_calc_shadow_root_role(cpu_role)      # kvm_init_shadow_mmu
+        if len(_ROLES_MEMO) >= 4096:
+            _ROLES_MEMO.clear()
+        roles = _ROLES_MEMO[key] = (cpu_role, root_role)
+    cpu_role, root_role = roles
     if cpu_role == mmu.cpu_role and root_role == mmu.root_role:
         return
     mmu.cpu_role = cpu_role
@@ -89,9 +99,9 @@ def kvm_mmu_free_roots(vcpu, roots_to_free: int) -> None:
     mmu = vcpu.mmu
     prev = mmu.prev_roots
     invalid: list = []
-    for i in range(M.KVM_MMU_NUM_PREV_ROOTS):
-        if prev[i].sp is not None and roots_to_free & (2 << i):
-            mmu_free_root_page(vcpu, prev[i].sp, invalid)
+    for i, info in enumerate(prev):
+        if info.sp is not None and roots_to_free & (2 << i):
+            mmu_free_root_page(vcpu, info.sp, invalid)
             prev[i] = M.RootInfo()
     if roots_to_free & M.KVM_MMU_ROOT_CURRENT and mmu.root.sp is not None:
         mmu_free_root_page(vcpu, mmu.root.sp, invalid)

@@ -61,7 +61,7 @@ class KvmMmu:
         self.prev_roots = [RootInfo() for _ in range(KVM_MMU_NUM_PREV_ROOTS)]
         self.cpu_role = 0          # base | ext << 32; ext.valid clear = never initialised
         self.root_role = 0
-        self.permissions = [0] * 16
+        self.permissions = (0,) * 16
         self.pkru_mask = 0
 
     @property
@@ -149,9 +149,8 @@ def update_permission_bitmask(mmu: KvmMmu, ept: bool = False) -> None:
     hit = _BITMASK_MEMO.get(key)
     if hit is None:
         _compute_permission_bitmask(mmu, ept)
-        hit = _BITMASK_MEMO[key] = (tuple(mmu.permissions), mmu.pkru_mask)
-    mmu.permissions = list(hit[0])
-    mmu.pkru_mask = hit[1]
+        hit = _BITMASK_MEMO[key] = (mmu.permissions, mmu.pkru_mask)
+    mmu.permissions, mmu.pkru_mask = hit
 
 
 def _compute_permission_bitmask(mmu: KvmMmu, ept: bool) -> None:
@@ -160,6 +159,7 @@ def _compute_permission_bitmask(mmu: KvmMmu, ept: bool) -> None:
     cr4_smap = bool(ext & R.EXT_CR4_SMAP)
     cr0_wp = bool(base & R.ROLE_CR0_WP)
     efer_nx = bool(base & R.ROLE_EFER_NX)
+    permissions = [0] * 16
     for byte in range(16):
         pfec = byte << 1
         ff = pfec & PFERR_FETCH
@@ -185,7 +185,8 @@ def _compute_permission_bitmask(mmu: KvmMmu, ept: bool) -> None:
                 smapf = bool(cr4_smap and not ff and kf and not pfec & PFERR_RSVD)
             if wfault or ufault or ffault or smapf:
                 bits |= 1 << access
-        mmu.permissions[byte] = bits
+        permissions[byte] = bits
+    mmu.permissions = tuple(permissions)
     mmu.pkru_mask = 0
     if ext & R.EXT_CR4_PKE:
         # Which pfec values PKRU applies to: data accesses; for supervisor writes only with WP.

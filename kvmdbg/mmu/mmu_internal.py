@@ -115,7 +115,7 @@ class RetPF(IntEnum):
 class MmuPage:
     """struct kvm_mmu_page: one page-table page KVM built (a root or a child table)."""
 
-    __slots__ = ("role", "gfn", "pfn", "spt", "tdp_mmu_page", "root_count", "parent",
+    __slots__ = ("role", "gfn", "pfn", "hpa", "spt", "tdp_mmu_page", "root_count", "parent",
                  "parent_index", "tdp_mmu_scheduled_root_to_zap", "mmu_valid_gen",
                  "created_step", "number", "freed", "hashed")
 
@@ -123,6 +123,7 @@ class MmuPage:
         self.role = role
         self.gfn = gfn
         self.pfn = pfn
+        self.hpa = pfn << 12             # fixed for the page's life; read on every VM entry
         self.spt = spt                   # the 512 SPTEs, as the hardware reads them
         self.tdp_mmu_page = tdp_mmu_page
         self.root_count = 0              # tdp_mmu_root_count (TDP) or root_count (shadow)
@@ -134,10 +135,6 @@ class MmuPage:
         self.number = 0                  # root number shown to users (#1, #2, ...)
         self.freed = False
         self.hashed = False
-
-    @property
-    def hpa(self) -> int:
-        return self.pfn << 12
 
     @property
     def level(self) -> int:

@@ -105,7 +105,7 @@ def test_update_permission_bitmask_matches_the_sdm(wp, smep, smap, nx):
 
 def test_fast_pgd_switch_rotates_as_kvm_does():
     mmu = M.KvmMmu()
-    pages = {n: R.MmuPage(4, 0, n, bytearray(8), False) for n in "CPQRX"}
+    pages = {n: R.MmuPage(4, 0, pfn, bytearray(8), False) for pfn, n in enumerate("CPQRX")}
     mmu.root = M.RootInfo(0xC, pages["C"])
     mmu.prev_roots = [M.RootInfo(0xA, pages["P"]), M.RootInfo(0xB, pages["Q"]), M.RootInfo(0xD, pages["R"])]
     freed = []
