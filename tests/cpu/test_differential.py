@@ -1227,3 +1227,20 @@ def test_pop_sp_takes_the_upper_bits_of_the_incremented_rsp():
     vm, cpu = machine("mov rsp, 0x6fffe; mov word ptr [rsp], 0x1234; pop sp; hlt")
     assert run(cpu, 10) == HALTED, cpu.shutdown
     assert cpu.r[4] == 0x71234
+
+
+@pytest.mark.parametrize("fault", ["mov rcx, qword ptr [rbx]", "div rsi", "mov qword ptr [rbx], rax"])
+def test_fault_inside_a_block_is_as_precise_as_single_steps(fault):
+    """A fault after register-only instructions in the same block names its own
+    instruction and counts exactly the instructions before it, as single-stepping does."""
+    source = ("mov eax, 1; add eax, 2; xor esi, esi; dec eax; movabs rbx, 0x800000000000; "
+              f"{fault}; hlt")
+    seen = []
+    for single in (False, True):
+        vm, cpu = machine(source)
+        cpu.single_step = single
+        assert run(cpu, 100) == SHUTDOWN
+        seen.append((cpu.shutdown, cpu.steps, cpu.rip, list(cpu.r)))
+    assert seen[0] == seen[1]
+    d = machine(source)[1].decoded_at(seen[0][2])
+    assert d is not None and d.text.replace(" ", "") == fault.replace(" ", ""), d
