@@ -21,7 +21,7 @@ from kvmdbg.cpu.walker import access_error, walk
 from kvmdbg.errors import UnsupportedInstruction
 
 MAX_BLOCK = 32
-_MAX_MEMO_MODES = 64          # walk memos kept (one per mode; a bound, not a cache policy)
+_MAX_MEMO_MODES = 64          # modes (each with its walk memo) kept; a bound, not a policy
 
 _materialize = _flags.materialize
 
@@ -68,7 +68,8 @@ class Cpu:
         self.pf_exiting = False
         self.invlpg_exiting = False
         self._mode = None              # see _select_mode
-        self._walk_memos: dict = {}    # mode -> {vpn << 17 | acc: TlbEntry}, see translate
+        self._modes: dict = {}         # registers -> mode, whose walk memo is
+                                       # {vpn << 17 | acc: TlbEntry} (see translate)
         self._memo_pt_gen = self._memo_gpa_gen = None
         self._gpa_generation = ops.gpa_generation
         self.halted = False
@@ -88,6 +89,7 @@ class Cpu:
         # causes (a debugger catchpoint on an event) is taken right after it, not at the
         # end of its block.
         self.single_step = False
+        self.step_end = 0              # the run loop's step budget; looping blocks honour it
         self.fast_r: dict[int, bytearray] = {}
         self.fast_w: dict[int, bytearray] = {}
         decode_cache.attach(self)
@@ -179,7 +181,7 @@ class Cpu:
             # set, and pass the same permission checks. Hardware re-walks after every
             # flush; this only saves the simulator's time.
             if (self.decode_cache.pt_generation != self._memo_pt_gen
-                    or self._gpa_generation() != self._memo_gpa_gen):
+                    or self._gpa_generation.value != self._memo_gpa_gen):
                 mode = self._forget_walks()
             e = mode[2].get(key)
             if e is None:
@@ -204,27 +206,26 @@ class Cpu:
     def _select_mode(self):
         """(TLB tag, global TLB tag or None, walk memo, pcid, ep4ta) of the current mode,
         computed once after each flush_fast (every mode change flushes the fast paths)."""
-        cr4 = self.cr4
-        ep4ta = self.ops.ep4ta
-        pcid = self.cr3 & 0xFFF if cr4 & CR4_PCIDE else 0
         # Everything a walk's result or its permission checks depend on, besides the
         # access kind (part of the memo's key) and the tables themselves (generations).
-        key = (self.cr3, ep4ta, self.cr0 | self.hw_cr0_on, cr4, self.efer,
+        key = (self.cr3, self.ops.ep4ta, self.cr0 | self.hw_cr0_on, self.cr4, self.efer,
                self.rflags & AC, self.pkru)
-        walks = self._walk_memos.get(key)
-        if walks is None:
-            if len(self._walk_memos) >= _MAX_MEMO_MODES:
-                self._walk_memos.clear()
-            walks = self._walk_memos[key] = {}
-        mode = self._mode = ((self.vpid, pcid, ep4ta),
-                             (self.vpid, GLOBAL, ep4ta) if cr4 & CR4_PGE else None,
-                             walks, pcid, ep4ta)
+        mode = self._modes.get(key)
+        if mode is None:
+            cr3, ep4ta, _cr0, cr4 = key[:4]
+            pcid = cr3 & 0xFFF if cr4 & CR4_PCIDE else 0
+            if len(self._modes) >= _MAX_MEMO_MODES:
+                self._modes.clear()
+            mode = self._modes[key] = ((self.vpid, pcid, ep4ta),
+                                       (self.vpid, GLOBAL, ep4ta) if cr4 & CR4_PGE else None,
+                                       {}, pcid, ep4ta)
+        self._mode = mode
         return mode
 
     def _forget_walks(self):
-        self._walk_memos.clear()
+        self._modes.clear()
         self._memo_pt_gen = self.decode_cache.pt_generation
-        self._memo_gpa_gen = self._gpa_generation()
+        self._memo_gpa_gen = self._gpa_generation.value
         return self._select_mode()
 
     def _fault_flush(self, vpn: int, pcid: int) -> None:
@@ -383,10 +384,7 @@ class Cpu:
         """Re-validate rip's code page (a fetch translation) and find a handler already
         compiled for it in `table`, or None."""
         self.smc = False
-        got = self.fast_x.get(rip >> 12)
-        if got is None:
-            e = self.translate(rip, PFERR_FETCH | PFERR_USER if self.cs & 3 == 3 else PFERR_FETCH)
-            got = self.fast_x[rip >> 12] = (e.page, e.hpa, e.gpa)
+        got = self.fast_x.get(rip >> 12) or self._fetch_page(rip)
         return table.get((rip, got[1] | (rip & 0xFFF)))
 
     def fetch_handler(self, rip: int):
@@ -407,7 +405,10 @@ class Cpu:
         """The basic-block handler starting at rip: straight-line code up to a control
         transfer, a mode-changing instruction, the end of the page or MAX_BLOCK."""
         dc = self.decode_cache
-        h = self._known_handler(dc.blocks, rip)
+        # _known_handler, inlined: this runs after every flush.
+        self.smc = False
+        got = self.fast_x.get(rip >> 12) or self._fetch_page(rip)
+        h = dc.blocks.get((rip, got[1] | (rip & 0xFFF)))
         if h is not None:
             self.bcache[rip] = h
             return h
@@ -428,7 +429,7 @@ class Cpu:
                 codes.append(c)
                 pages.update(c.pages)
                 nxt = (nxt + c.d.length) & M64
-            h = dc.blocks[key] = make_handler(codes)
+            h = dc.blocks[key] = make_handler(codes, loop=True)
             dc.track(key, sorted(pages))
         self.bcache[rip] = h
         return h

@@ -30,7 +30,7 @@ def run(cpu, max_steps: int, breakpoints=None, skip_first: bool = True) -> str:
     """
     if cpu.shutdown:
         return SHUTDOWN
-    end = cpu.steps + max_steps
+    end = cpu.step_end = cpu.steps + max_steps
     r = cpu.r
     iget = cpu.icache.get
     bget = cpu.bcache.get
@@ -74,7 +74,8 @@ def run(cpu, max_steps: int, breakpoints=None, skip_first: bool = True) -> str:
                             h = fetch(rip)
                     else:
                         break
-                    cpu.steps += h(cpu, r)
+                    n = h(cpu, r)            # a looping block adds its earlier passes itself,
+                    cpu.steps += n           # so read cpu.steps only after the call
                     if cpu.pending:
                         break
         except GuestFault as fault:

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from kvmdbg.generation import Generation
+
 
 class CpuOps(Protocol):
     ep4ta: int        # tag of the second-level tables in use (EPTP); 0 without EPT
+    # A kvmdbg.generation.Generation whose value moves whenever translate_gpa's answers may
+    # change (the CPU keeps walk answers only while it stands still).
+    gpa_generation: Generation
 
     def translate_gpa(self, gpa: int, kind: int, walk: bool):
         """(host page or None for MMIO, hpa of the page, writable, executable) for a 4 KiB gpa.
 
         kind is walker.READ/WRITE/FETCH; walk is True for the CPU's own
         paging-structure accesses. Raise to refuse (an EPT violation)."""
-
-    def gpa_generation(self):
-        """A value that changes whenever translate_gpa's answers may change."""
 
     def mmio_read(self, gpa: int, size: int) -> int: ...
 

@@ -237,13 +237,21 @@ def _compile(src: str, name: str):
     return ns["h"]
 
 
-def make_handler(codes: list) -> object:
+def make_handler(codes: list, loop: bool = False) -> object:
     """Compile one or more consecutive instructions into h(cpu, r) -> instructions retired.
 
     Each instruction leaves cpu.rip at the next one, so if instruction k raises,
     cpu.rip names it and h.index[cpu.rip] == k instructions have retired. After an
     instruction that writes memory the block checks cpu.smc, set when a write hit a
     page holding decoded code, and returns early so the new code is fetched.
+
+    With loop=True, a block whose last instruction jumps back to its first runs again
+    inside the handler (QEMU chains translation blocks for the same reason: the run
+    loop's overhead per block is most of a short loop's cost). Before each repeat it
+    checks everything the run loop would: the jump was taken, no stop is pending, the
+    code page is still in the fetch fast path, and another pass fits in the run's step
+    budget (cpu.step_end). Each finished pass is added to cpu.steps before the next,
+    so a fault in a later pass counts exactly as it would without the loop.
     """
     body = []
     n = len(codes)
@@ -251,8 +259,16 @@ def make_handler(codes: list) -> object:
         body.extend(c.lines)
         if c.writes and k < n - 1:
             body.append(f"if cpu.smc: return {k + 1}")
-    body.append(f"return {n}")
     first = codes[0].d
+    if loop and _jumps_to(codes[-1], first.address):
+        smc = " or cpu.smc" if codes[-1].writes else ""
+        body = (["fast_x = cpu.fast_x", "while True:"] + ["    " + line for line in body]
+                + [f"    if (cpu.rip != {first.address} or cpu.pending{smc} or {first.address >> 12} "
+                   f"not in fast_x or cpu.steps + {2 * n} > cpu.step_end):",
+                   f"        return {n}",
+                   f"    cpu.steps += {n}"])
+    else:
+        body.append(f"return {n}")
     name = f"<{first.address:#x}: {first.text}>" if n == 1 else f"<block {first.address:#x} +{n}>"
     h = _compile("def h(cpu, r):\n    " + "\n    ".join(body) + "\n", name)
     h.n = n
@@ -260,3 +276,9 @@ def make_handler(codes: list) -> object:
     h.insns = [c.d for c in codes]
     return h
 
+
+def _jumps_to(code: InsnCode, address: int) -> bool:
+    """A direct jump, conditional or not (not a call), whose target is address."""
+    d = code.d
+    return (code.ends and d.mnemonic != "call" and len(d.operands) == 1
+            and d.operands[0].kind == "imm" and d.operands[0].imm & M64 == address)

@@ -54,7 +54,7 @@ class EptHardware:
         # A walk's result depends only on the tables; while their writer's generation
         # (bumped on every SPTE change) stands still, a re-walk after INVEPT would read
         # the same entries and set no new A/D bit, so its answer is remembered.
-        self.generation = generation or (lambda: None)
+        self.generation = generation          # a kvmdbg.generation.Generation, or None
         self.memo: dict = {}
         self.memo_gen = None
         self.ad_enabled = ad_enabled
@@ -93,8 +93,8 @@ class EptHardware:
 
     def _walk(self, gpa: int, kind: int, walk: bool):
         self.walks += 1
-        gen = self.generation()
-        if gen is not None:
+        if self.generation is not None:
+            gen = self.generation.value
             if gen != self.memo_gen:
                 self.memo.clear()
                 self.memo_gen = gen

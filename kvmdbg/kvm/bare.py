@@ -23,6 +23,7 @@ class BareVcpu:
         self.vm = self.kvm = vm
         self.index = index
         self._gfn_cache: dict[int, tuple] = {}
+        self.gpa_generation = vm.gpa_generation    # CpuOps: moves when memslots change
         self.cpu = Cpu(self, vm.decode_cache, index=index, vpid=index + 1, translator=generate)
 
     def after_set_sregs(self) -> None:
@@ -45,9 +46,6 @@ class BareVcpu:
 
     def translate_gpa(self, gpa: int, kind: int, walk: bool):
         return self.vm.host_page_of(gpa, self._gfn_cache)
-
-    def gpa_generation(self):
-        return self.vm.memslots.generation
 
     def mmio_read(self, gpa: int, size: int) -> int:
         return (1 << (8 * size)) - 1

@@ -41,7 +41,8 @@ class Vcpu:
         self.in_kvm = True                 # outside guest mode: the next run enters first
         self.smm = False
         self.ep4ta = 0
-        self.ept = (V.EptHardware(vm.host.pages, generation=lambda: vm.tdp_mmu.spte_generation)
+        self.gpa_generation = vm.gpa_generation    # CpuOps: moves when translate_gpa may change
+        self.ept = (V.EptHardware(vm.host.pages, generation=vm.gpa_generation)
                     if p.tdp_enabled else None)
         self._gfn_cache: dict[int, tuple] = {}
         # vmx_l1_guest_owned_cr0_bits / set_cr4_guest_host_mask (kvm-mmu-spec 2.2)
@@ -268,11 +269,6 @@ class Vcpu:
         for TLB entries; the hardware itself never knows it)."""
         gfn = self.kvm.shadow.gfn_of_pfn.get(hpa >> 12)
         return gfn << 12 if gfn is not None else hpa
-
-    def gpa_generation(self):
-        """Moves whenever a guest-physical translation could change (SPTEs, memslots)."""
-        kvm = self.kvm
-        return kvm.tdp_mmu.spte_generation | kvm.memslots.generation << 48
 
     def mmio_read(self, gpa: int, size: int) -> int:
         return self.kvm.vmm.mmio_read(self, gpa, size)

@@ -13,6 +13,7 @@ from kvmdbg.bits import PAGE_SHIFT
 from kvmdbg.cpu.decode_cache import DecodeCache
 from kvmdbg.cpu.regs import MAXPHYADDR
 from kvmdbg.events import EventBus
+from kvmdbg.generation import Generation
 from kvmdbg.kvm.costs import CostTable
 from kvmdbg.kvm.profiles import DEFAULT, PROFILES, Profile
 from kvmdbg.kvm.stats import Stats
@@ -54,7 +55,9 @@ class Vm:
             self.profile = replace(self.profile, tdp_mmu=False)
         self.mem_size = mem_size
         self.host = HostMemory()
-        self.memslots = Memslots()
+        # Moves on every SPTE or memslot change: the CPUs' walk memos watch it.
+        self.gpa_generation = Generation()
+        self.memslots = Memslots(self.gpa_generation)
         self.bus = bus or EventBus()
         self.stats = Stats()
         self.exit_reasons: dict[int, int] = {}     # VMX basic exit reason -> count

@@ -10,6 +10,7 @@ import bisect
 from dataclasses import dataclass
 
 from kvmdbg.bits import PAGE_SHIFT
+from kvmdbg.generation import Generation
 
 
 @dataclass(slots=True)
@@ -30,10 +31,11 @@ class Memslot:
 
 
 class Memslots:
-    def __init__(self) -> None:
+    def __init__(self, changes: Generation | None = None) -> None:
         self._slots: list[Memslot] = []     # sorted by base_gfn, non-overlapping
         self._starts: list[int] = []
         self.generation = 0
+        self.changes = changes if changes is not None else Generation()   # shared, see Vm
 
     def __iter__(self):
         return iter(self._slots)
@@ -67,6 +69,7 @@ class Memslots:
         self._slots.insert(i, slot)
         self._starts.insert(i, slot.base_gfn)
         self.generation += 1
+        self.changes.value += 1
 
     def delete(self, slot_id: int) -> Memslot:
         for i, s in enumerate(self._slots):
@@ -74,6 +77,7 @@ class Memslots:
                 del self._slots[i]
                 del self._starts[i]
                 self.generation += 1
+                self.changes.value += 1
                 return s
         raise ValueError(f"no memslot {slot_id}")
 

@@ -114,7 +114,7 @@ class ShadowMmu:
         sp.spt[o:o + 8] = new.to_bytes(8, "little")
         kvm = self.kvm
         tdp = kvm.tdp_mmu
-        tdp.spte_generation += 1          # the CPU's walk memo keys on this (gpa_generation)
+        tdp.generation.value += 1         # the CPU's walk memo watches this (gpa_generation)
         tdp.live_sptes += (1 if new else 0) - (1 if old else 0)
         level = sp.role & R.ROLE_LEVEL_MASK
         was = S.is_shadow_present_pte(old)

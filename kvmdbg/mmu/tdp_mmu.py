@@ -27,7 +27,7 @@ class TdpMmu:
         self.pages: dict[int, MmuPage] = {}   # pfn -> page (KVM finds it via the struct page)
         self.next_root_number = 1
         self.live_sptes = 0                   # present SPTEs in all pages (leaf + non-leaf)
-        self.spte_generation = 0              # bumped on every SPTE change (see cpu/vmx.py)
+        self.generation = kvm.gpa_generation  # bumped on every SPTE change (kvmdbg/generation.py)
 
     # --- pages ---
 
@@ -176,7 +176,7 @@ class TdpMmu:
         o = index << 3
         old = int.from_bytes(sp.spt[o:o + 8], "little")
         sp.spt[o:o + 8] = new.to_bytes(8, "little")
-        self.spte_generation += 1
+        self.generation.value += 1
         self.handle_changed_spte(sp, gfn, old, new, sp.role & 0xF)
 
     def handle_changed_spte(self, sp: MmuPage, gfn: int, old: int, new: int, level: int) -> None:
@@ -219,7 +219,7 @@ class TdpMmu:
         for i, old in list(self.present_entries(sp)):
             o = i << 3
             sp.spt[o:o + 8] = S.REMOVED_SPTE.to_bytes(8, "little")
-            self.spte_generation += 1
+            self.generation.value += 1
             self.handle_changed_spte(sp, sp.gfn + (i << span), old, S.REMOVED_SPTE, level)
         self.free_page(sp)
 
@@ -243,7 +243,7 @@ class TdpMmu:
         stats["sptes_zapped"] += present
         stats[("pages_4k", "pages_2m", "pages_1g")[level - 1]] -= leaves
         self.live_sptes -= len(entries)
-        self.spte_generation += 1
+        self.generation.value += 1
         self.free_page(sp)
 
     # --- zapping ---

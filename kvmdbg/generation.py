@@ -1,0 +1,14 @@
+"""A change counter shared by writers and the caches that read them (imports nothing).
+
+The CPU's walk memo and the EPT walk memo must notice whenever anything a
+guest-physical translation depends on changes: an SPTE (TDP or shadow) or a
+memslot. Each writer bumps one shared Generation; a cache compares ``.value``
+with the value it last saw, one attribute read instead of a call per lookup.
+"""
+
+
+class Generation:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
