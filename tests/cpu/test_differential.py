@@ -1244,3 +1244,39 @@ def test_fault_inside_a_block_is_as_precise_as_single_steps(fault):
     assert seen[0] == seen[1]
     d = machine(source)[1].decoded_at(seen[0][2])
     assert d is not None and d.text.replace(" ", "") == fault.replace(" ", ""), d
+
+
+LOOP_SOURCE = ("mov ecx, 40; mov rsi, 0x200ff0; l: mov qword ptr [rsi], rcx; add rsi, 0x404; "
+               "add rax, rcx; dec ecx; jnz l; hlt")
+
+
+def _state(cpu):
+    return cpu.steps, cpu.rip, list(cpu.r), cpu.get_rflags(), cpu.shutdown
+
+
+@pytest.mark.parametrize("limit", [1, 2, 5, 6, 7, 12, 33, 34, 35, 36, 37, 38, 100, 150])
+def test_looping_block_stops_exactly_at_the_step_limit(limit):
+    """A block that jumps back to its own start repeats inside its handler; a run that
+    ends partway through must leave the machine exactly where single steps leave it."""
+    seen = []
+    for single in (False, True):
+        vm, cpu = machine(LOOP_SOURCE)
+        cpu.single_step = single
+        run(cpu, limit)
+        seen.append(_state(cpu))
+    assert seen[0] == seen[1]
+
+
+def test_fault_in_a_later_pass_of_a_looping_block_counts_every_pass():
+    """The loop's stores walk off the end of RAM, which the boot tables identity-map, in
+    its 17th pass: steps, RIP and registers match single-stepping."""
+    source = ("mov ecx, 40; mov rsi, 0xffc000; l: add rax, rcx; mov qword ptr [rsi], rcx; "
+              "add rsi, 0x400; dec ecx; jnz l; hlt")
+    seen = []
+    for single in (False, True):
+        vm, cpu = machine(source)
+        cpu.single_step = single
+        assert run(cpu, 1000) == SHUTDOWN
+        seen.append(_state(cpu))
+    assert seen[0] == seen[1]
+    assert seen[0][0] > 5 * 3, "the fault should come several passes in"
