@@ -195,12 +195,17 @@ class Cpu:
                     raise
                 mode[2][key] = e
                 self.decode_cache.track_pt(self.walk_pt_pages)
-                tlb.fill(self.vpid, mode[3], mode[4], e)
-            elif ctx is not None and not e.glob and e.size_shift == 12 and len(ctx) < tlb.capacity:
-                ctx[vpn] = e                     # Tlb.fill's common case
-                tlb.fills += 1
-            else:
-                tlb.fill(self.vpid, mode[3], mode[4], e)
+            elif not e.glob and e.size_shift == 12:
+                # Tlb.fill's common cases: a 4 KiB non-global entry, no eviction.
+                if ctx is not None and len(ctx) < tlb.capacity:
+                    ctx[vpn] = e
+                    tlb.fills += 1
+                    return e
+                if ctx is None and len(tlb.contexts) < tlb.max_contexts:
+                    tlb.contexts[mode[0]] = {vpn: e}
+                    tlb.fills += 1
+                    return e
+            tlb.fill(self.vpid, mode[3], mode[4], e)
         return e
 
     def _select_mode(self):

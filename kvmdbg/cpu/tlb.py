@@ -91,9 +91,10 @@ class Tlb:
 
     def _drop(self, pred) -> int:
         n = 0
-        for tag in [t for t in self.contexts if pred(t)]:
-            n += len(self.contexts.pop(tag))
-            self.large_tags.discard(tag)
+        for tag in list(self.contexts):
+            if pred(tag):
+                n += len(self.contexts.pop(tag))
+                self.large_tags.discard(tag)
         self.flushes += 1
         return n
 
@@ -142,9 +143,10 @@ class Tlb:
         """All combined entries made with one EPT root (INVEPT single-context)."""
         n = 0
         contexts = self.contexts
-        for tag in [t for t in contexts if t[2] == ep4ta]:
-            n += len(contexts.pop(tag))
-            self.large_tags.discard(tag)
+        for tag in list(contexts):
+            if tag[2] == ep4ta:
+                n += len(contexts.pop(tag))
+                self.large_tags.discard(tag)
         self.flushes += 1
         return n
 

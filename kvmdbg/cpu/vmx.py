@@ -68,11 +68,12 @@ class EptHardware:
         self.cache = self.caches.setdefault(ep4ta, {})
 
     def invept_single(self, ep4ta: int) -> None:
+        if ep4ta == self.ep4ta:
+            self.cache.clear()                  # the current EPTP's cache stays, emptied
+            return
         c = self.caches.pop(ep4ta, None)
         if c is not None:
             c.clear()
-        if ep4ta == self.ep4ta:
-            self.cache = self.caches.setdefault(ep4ta, {})
 
     def invept_all(self) -> None:
         for c in self.caches.values():

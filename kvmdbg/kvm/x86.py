@@ -99,23 +99,25 @@ def kvm_mmu_free_roots(vcpu, roots_to_free: int) -> None:
     mmu = vcpu.mmu
     prev = mmu.prev_roots
     invalid: list = []
-    for i, info in enumerate(prev):
-        if info.sp is not None and roots_to_free & (2 << i):
-            mmu_free_root_page(vcpu, info.sp, invalid)
-            prev[i] = M.RootInfo()
+    if prev.count(M.INVALID_ROOT) != len(prev):          # TDP never fills prev_roots
+        for i, info in enumerate(prev):
+            if info.sp is not None and roots_to_free & (2 << i):
+                mmu_free_root_page(vcpu, info.sp, invalid)
+                prev[i] = M.INVALID_ROOT
     if roots_to_free & M.KVM_MMU_ROOT_CURRENT and mmu.root.sp is not None:
         mmu_free_root_page(vcpu, mmu.root.sp, invalid)
-        mmu.root = M.RootInfo()
+        mmu.root = M.INVALID_ROOT
     if invalid:
         vcpu.kvm.shadow.commit_zap_page(invalid)
 
 
 def kvm_mmu_load(vcpu) -> None:
     kvm = vcpu.kvm
+    p = kvm.profile
     kvm.stats["mmu_loads"] += 1
     vcpu.cpu.extra_cycles += kvm.costs.values["mmu_load"]
     role = vcpu.mmu.root_role
-    if not kvm.profile.tdp_enabled:
+    if not p.tdp_enabled:
         # mmu_alloc_shadow_roots: the root shadows the guest's top table (CR3), found by
         # (gfn, role) in the hash; then kvm_mmu_sync_roots.
         shadow = kvm.shadow
@@ -124,7 +126,7 @@ def kvm_mmu_load(vcpu) -> None:
         root = shadow.alloc_root(vcpu, (pgd & _CR3_ADDR) >> 12, role)
         vcpu.mmu.root = M.RootInfo(pgd, root)
         shadow.sync_root(vcpu, root)
-    elif kvm.profile.tdp_mmu:
+    elif p.tdp_mmu:
         root = kvm.tdp_mmu.get_vcpu_root(vcpu, role)
         vcpu.mmu.root = M.RootInfo(0, root)
     else:
@@ -138,7 +140,7 @@ def kvm_mmu_load(vcpu) -> None:
 
 
 def kvm_mmu_reload(vcpu) -> None:
-    if not vcpu.mmu.root.valid:
+    if vcpu.mmu.root.sp is None:
         kvm_mmu_load(vcpu)
 
 

@@ -53,12 +53,17 @@ class RootInfo:
         return RootInfo(self.pgd, self.sp)
 
 
+# RootInfo is never changed in place, so every invalid slot can share one (and a vCPU
+# with no previous roots is recognised by identity: see kvm_mmu_free_roots).
+INVALID_ROOT = RootInfo()
+
+
 class KvmMmu:
     """struct kvm_mmu (root_mmu): the current root, prev_roots and the two roles."""
 
     def __init__(self) -> None:
-        self.root = RootInfo()
-        self.prev_roots = [RootInfo() for _ in range(KVM_MMU_NUM_PREV_ROOTS)]
+        self.root = INVALID_ROOT
+        self.prev_roots = [INVALID_ROOT] * KVM_MMU_NUM_PREV_ROOTS
         self.cpu_role = 0          # base | ext << 32; ext.valid clear = never initialised
         self.root_role = 0
         self.permissions = (0,) * 16
@@ -248,7 +253,7 @@ def cached_root_find_without_current(mmu: KvmMmu, new_pgd: int, role: int) -> bo
         if is_root_usable(mmu.prev_roots[i], new_pgd, role):
             hit = mmu.prev_roots[i]
             del mmu.prev_roots[i]
-            mmu.prev_roots.append(RootInfo())
+            mmu.prev_roots.append(INVALID_ROOT)
             mmu.root = hit
             return True
     return False
