@@ -2,8 +2,9 @@
 """KVM-model benchmarks: SMEP flips per second, SPTEs zapped per second, bytes per SPTE,
 and under shadow paging SMEP flips and guest page faults handled per second.
 
-Run: python bench/bench_kvm.py        (about 30 s on the project's 2-core machine)
-Prints one line per figure; nothing is asserted (targets live in the README).
+Run: python bench/bench_kvm.py        (about a minute on the project's 2-core machine)
+Prints one line per figure, flip rates as the best of 3 runs; nothing is asserted
+(targets live in the README).
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ def flips_per_second(profile: str, program: Program, flips: int) -> float:
     dt = time.perf_counter() - t
     assert vm.stats["cr_exits"] == flips or vm.stats["cr_exits"] == 0, vm.stats["cr_exits"]
     return flips / dt
+
+
+def best_of(runs: int, measure, *args) -> float:
+    """The best of a few runs: on a shared machine a slow run measures the neighbours."""
+    return max(measure(*args) for _ in range(runs))
 
 
 def shadow_faults_per_second(pages: int = 20_000) -> float:
@@ -95,13 +101,13 @@ def main() -> int:
     smep = load_program(str(ROOT / "programs" / "smep_flip.bin"))
     bare = Program(BARE_FLIP_LOOP)
     for profile in ("v5.15", "v6.12"):
-        rate = flips_per_second(profile, bare, 200_000 if profile == "v6.12" else 5_000)
+        rate = best_of(3, flips_per_second, profile, bare, 100_000 if profile == "v6.12" else 3_000)
         print(f"{profile:6} bare flip loop:          {rate:10,.0f} SMEP flips/s")
-        rate = flips_per_second(profile, smep, 20_000 if profile == "v6.12" else 2_000)
+        rate = best_of(3, flips_per_second, profile, smep, 20_000 if profile == "v6.12" else 1_000)
         print(f"{profile:6} 16-page working set:     {rate:10,.0f} SMEP flips/s")
-    rate = flips_per_second("shadow", bare, 50_000)
+    rate = best_of(3, flips_per_second, "shadow", bare, 50_000)
     print(f"shadow bare flip loop:          {rate:10,.0f} SMEP flips/s")
-    rate = flips_per_second("shadow", smep, 10_000)
+    rate = best_of(3, flips_per_second, "shadow", smep, 10_000)
     print(f"shadow 16-page working set:     {rate:10,.0f} SMEP flips/s")
     print(f"shadow guest page faults:       {shadow_faults_per_second():10,.0f} #PF exits handled/s")
     print(f"TDP MMU zap:                    {zap_rate():10,.0f} SPTEs zapped/s")
