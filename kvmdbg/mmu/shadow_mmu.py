@@ -1,7 +1,9 @@
-"""The shadow MMU (tdp_enabled=0): shadow pages keyed by (gfn, role), write tracking of the
-guest's page tables, unsync/sync of last-level tables, zap + commit, reclaim, and the
-obsolete-generation sweep (mirrors the shadow half of arch/x86/kvm/mmu/mmu.c and
-FNAME(fetch) / FNAME(sync_spte) of paging_tmpl.h; kvm-mmu-spec sections 4.3, 4.4, 4.7, 6).
+"""The shadow MMU (tdp_enabled=0): shadow pages keyed by (gfn, role), their SPTEs and rmaps,
+alloc/free, roots, zap + commit, reclaim, and the obsolete-generation sweep (mirrors the
+shadow half of arch/x86/kvm/mmu/mmu.c and FNAME(fetch) of paging_tmpl.h; kvm-mmu-spec
+sections 4.3, 4.4, 4.7, 6). Two jobs live in their own modules and are mixed into ShadowMmu:
+write tracking of the guest's page tables (page_track.py) and unsync/sync of last-level
+tables (shadow_sync.py).
 
 A shadow page shadows one guest page table (gfn) for one role; the hardware walks these
 tables instead of the guest's (GVA -> HPA, legacy PTE format, spte.py's shadow flavour).
@@ -24,6 +26,8 @@ from kvmdbg.mmu import mmu_internal as R
 from kvmdbg.mmu import paging_tmpl as PT
 from kvmdbg.mmu import spte as S
 from kvmdbg.mmu.mmu_internal import ACC_WRITE, MmuPage, RetPF
+from kvmdbg.mmu.page_track import PageTrack
+from kvmdbg.mmu.shadow_sync import ShadowSync
 
 KVM_MIN_FREE_MMU_PAGES = 5
 KVM_REFILL_PAGES = 25
@@ -31,9 +35,6 @@ KVM_PERMILLE_MMU_PAGES = 20
 KVM_MIN_ALLOC_MMU_PAGES = 64
 
 KVM_REQ_MMU_FREE_OBSOLETE_ROOTS = "KVM_REQ_MMU_FREE_OBSOLETE_ROOTS"
-# kvm_sync_page_check: role bits that may differ between an unsync page and the root_role.
-_SYNC_ROLE_IGN = R.ROLE_LEVEL_MASK | (7 << R.ROLE_ACCESS_SHIFT) | (3 << R.ROLE_QUADRANT_SHIFT) \
-    | R.ROLE_PASSTHROUGH
 _CHILD_ROLE_CLEAR = R.ROLE_LEVEL_MASK | (7 << R.ROLE_ACCESS_SHIFT) | R.ROLE_DIRECT \
     | R.ROLE_PASSTHROUGH | (3 << R.ROLE_QUADRANT_SHIFT)
 
@@ -82,9 +83,10 @@ def _index(addr: int, level: int) -> int:
     return (addr >> (12 + 9 * (level - 1))) & 511
 
 
-class ShadowMmu:
+class ShadowMmu(PageTrack, ShadowSync):
     """kvm->arch's shadow MMU state: mmu_page_hash, active_mmu_pages, the page budget,
-    the write-tracking counts and the rmaps (gfn -> leaf SPTEs mapping it)."""
+    the write-tracking counts and the rmaps (gfn -> leaf SPTEs mapping it). Write tracking
+    comes from PageTrack (page_track.py), unsync/sync from ShadowSync (shadow_sync.py)."""
 
     def __init__(self, kvm, mem_pages: int, maxphyaddr: int = 46):
         self.kvm = kvm
@@ -165,52 +167,6 @@ class ShadowMmu:
         if child.unsync_child_bitmap or child.unsync:
             self.mark_unsync(parent, i)
 
-    # --- unsync bookkeeping ---
-
-    def mark_unsync(self, sp: ShadowPage, i: int) -> None:
-        if i in sp.unsync_child_bitmap:
-            return
-        sp.unsync_child_bitmap.add(i)
-        if len(sp.unsync_child_bitmap) > 1:
-            return
-        self.mark_parents_unsync(sp)
-
-    def mark_parents_unsync(self, sp: ShadowPage) -> None:
-        for parent, i in list(sp.parent_ptes):
-            self.mark_unsync(parent, i)
-
-    def unsync_page(self, vcpu, sp: ShadowPage) -> None:
-        """kvm_unsync_page: the guest may now write this last-level table without exits."""
-        kvm = self.kvm
-        kvm.stats["mmu_unsync"] += 1
-        sp.unsync = True
-        self._trace_page("kvm_mmu_unsync_page", vcpu, sp)
-        self.mark_parents_unsync(sp)
-
-    def unlink_unsync_page(self, sp: ShadowPage) -> None:
-        if sp.unsync:
-            sp.unsync = False
-            self.kvm.stats["mmu_unsync"] -= 1
-
-    def unsync_walk(self, sp: ShadowPage, out: list, seen: set) -> None:
-        """mmu_unsync_walk: the unsync pages below sp; stale unsync_child bits are cleared."""
-        pages = self.kvm.tdp_mmu.pages
-        for i in sorted(sp.unsync_child_bitmap):
-            ent = self.read(sp, i)
-            child = pages.get(S.spte_to_pfn(ent)) if S.is_shadow_present_pte(ent) \
-                and not S.is_last_spte(ent, sp.level) else None
-            if child is None:
-                sp.unsync_child_bitmap.discard(i)
-                continue
-            if child.unsync_child_bitmap:
-                self.unsync_walk(child, out, seen)
-            if child.unsync:
-                if child not in seen:
-                    seen.add(child)
-                    out.append(child)
-            elif not child.unsync_child_bitmap:
-                sp.unsync_child_bitmap.discard(i)
-
     # --- the hash (kvm_mmu_find_shadow_page / kvm_mmu_alloc_shadow_page) ---
 
     def is_obsolete(self, sp: MmuPage) -> bool:
@@ -288,53 +244,6 @@ class ShadowMmu:
             return None
         sp, _created = self.get_shadow_page(vcpu, gfn, child_role(parent.role, direct, access))
         return sp
-
-    # --- write tracking (account_shadowed, kvm_mmu_slot_gfn_write_protect) ---
-
-    def account_shadowed(self, sp: ShadowPage) -> None:
-        self.indirect_shadow_pages += 1
-        gfn = sp.gfn
-        if sp.level > 1:
-            # Non-leaf tables stay read-only: __kvm_write_track_add_gfn.
-            self.write_track[gfn] = self.write_track.get(gfn, 0) + 1
-        if self.write_protect_gfn(gfn):
-            self.kvm.flush_remote_tlbs()
-
-    def unaccount_shadowed(self, sp: ShadowPage) -> None:
-        self.indirect_shadow_pages -= 1
-        if sp.level > 1:
-            n = self.write_track.get(sp.gfn, 0) - 1
-            if n > 0:
-                self.write_track[sp.gfn] = n
-            else:
-                self.write_track.pop(sp.gfn, None)
-
-    def is_write_tracked(self, gfn: int) -> bool:
-        return gfn in self.write_track
-
-    def write_protect_gfn(self, gfn: int) -> bool:
-        """rmap_write_protect(pt_protect): clear W and MMU-writable in every leaf mapping gfn."""
-        changed = False
-        for sp, i in list(self.rmap.get(gfn, ())):
-            spte = self.read(sp, i)
-            if spte & (S.PT_WRITABLE | S.SPTE_MMU_WRITABLE):
-                self._write(sp, i, spte & ~(S.PT_WRITABLE | S.SPTE_MMU_WRITABLE))
-                changed = True
-        return changed
-
-    def try_to_unsync_pages(self, vcpu, gfn: int, can_unsync: bool, prefetch: bool) -> bool:
-        """mmu_try_to_unsync_pages: True (an error: map read-only) if gfn must stay protected."""
-        if self.is_write_tracked(gfn):
-            return True
-        for sp in self.valid_pages(gfn, with_gptes=True):
-            if not can_unsync:
-                return True
-            if sp.unsync:
-                continue
-            if prefetch:
-                return True
-            self.unsync_page(vcpu, sp)
-        return False
 
     # --- leaves (make_spte / mmu_set_spte) ---
 
@@ -468,107 +377,6 @@ class ShadowMmu:
             if nxt is None:
                 return sp, i, spte
             sp = nxt
-            level -= 1
-
-    # --- sync (FNAME(sync_spte), kvm_sync_page, mmu_sync_children) ---
-
-    def sync_spte(self, vcpu, sp: ShadowPage, i: int) -> int:
-        """FNAME(sync_spte): 0 nothing to flush, 1 flush needed, -1 cannot sync."""
-        spte = self.read(sp, i)
-        if not spte:
-            return 0
-        kvm = self.kvm
-        gpte = int.from_bytes(kvm.read_gpa((sp.gfn << 12) + i * 8, 8), "little")
-        nx = bool(vcpu.mmu.cpu_role & R.ROLE_EFER_NX)
-        if (PT.is_rsvd_gpte(gpte, 1, nx, self.maxphyaddr) or not gpte & PT.P
-                or not gpte & PT.A):
-            self.drop_spte(sp, i)                   # FNAME(prefetch_invalid_gpte)
-            return 1
-        gfn = (gpte & PT.ADDR) >> 12
-        pte_access = R.role_access(sp.role) & PT.gpte_access(gpte)
-        pte_access = PT.protect_clean_gpte(pte_access, gpte)
-        if S.is_shadow_mmio_spte(spte):
-            if gfn != S.shadow_mmio_gfn(spte):
-                self._write(sp, i, 0)
-                return 1
-            return 0
-        old_gfn, old_access = sp.shadowed.get(i, (None, None))
-        if gfn != old_gfn:
-            self.drop_spte(sp, i)
-            return 1
-        if old_access == pte_access:
-            return 0
-        sp.shadowed[i] = (gfn, pte_access)
-        slot = kvm.memslots.lookup(gfn)
-        _wr, new = self.make_spte(vcpu, sp, slot, pte_access, gfn, S.spte_to_pfn(spte), spte,
-                                  True, False, bool(spte & S.SPTE_HOST_WRITABLE), synchronizing=True)
-        flush = bool(spte & S.SPTE_MMU_WRITABLE and not new & S.PT_WRITABLE)
-        self._write(sp, i, new)
-        return 1 if flush else 0
-
-    def sync_page(self, vcpu, sp: ShadowPage, invalid: list) -> int:
-        """kvm_sync_page: resync every SPTE from the gPTEs; zap the page if it cannot be."""
-        kvm = self.kvm
-        kvm.stats["mmu_sync_pages"] += 1
-        kvm.charge(vcpu, "sync_page")
-        self._trace_page("kvm_mmu_sync_page", vcpu, sp)
-        ret = 0
-        if sp.direct or (sp.role ^ vcpu.mmu.root_role) & ~_SYNC_ROLE_IGN:
-            ret = -1
-        else:
-            for i, _v in list(kvm.tdp_mmu.present_entries(sp)):
-                ret |= self.sync_spte(vcpu, sp, i)
-        if ret < 0:
-            self.prepare_zap_page(sp, invalid)
-        return ret
-
-    def mmu_sync_children(self, vcpu, parent: ShadowPage) -> None:
-        """Write-protect the gfns of parent's unsync descendants (flush), then sync them."""
-        invalid: list = []
-        flush = False
-        while True:
-            pages: list = []
-            self.unsync_walk(parent, pages, set())
-            if not pages:
-                break
-            protected = False
-            for sp in pages:
-                protected |= self.write_protect_gfn(sp.gfn)
-            if protected:
-                self.remote_flush_or_zap(invalid, True)
-                flush = False
-            for sp in pages:
-                self.unlink_unsync_page(sp)
-                flush |= self.sync_page(vcpu, sp, invalid) > 0
-        self.remote_flush_or_zap(invalid, flush)
-
-    def sync_root(self, vcpu, root: ShadowPage | None) -> None:
-        if root is not None and not root.freed and (root.unsync or root.unsync_child_bitmap):
-            self.mmu_sync_children(vcpu, root)
-
-    def invalidate_addr(self, vcpu, addr: int, root: ShadowPage | None) -> None:
-        """__kvm_mmu_invalidate_addr: sync the one SPTE for addr in each unsync page on its path."""
-        if root is None or root.freed:
-            return
-        pages = self.kvm.tdp_mmu.pages
-        sp = root
-        level = root.level
-        while sp is not None:
-            i = _index(addr, level)
-            if sp.unsync:
-                ret = self.sync_spte(vcpu, sp, i)
-                if ret < 0:
-                    self.zap_pte(sp, i)
-                if ret:
-                    self.kvm.flush_remote_tlbs()
-                if self.kvm.bus.active:
-                    self.kvm.trace("kvmdbg:invlpg_sync", vcpu.index, gfn=sp.gfn, index=i, ret=ret)
-            if not sp.unsync_child_bitmap:
-                return
-            spte = self.read(sp, i)
-            if not S.is_shadow_present_pte(spte) or S.is_last_spte(spte, level):
-                return
-            sp = pages.get(S.spte_to_pfn(spte))
             level -= 1
 
     # --- zapping (kvm_mmu_prepare_zap_page / kvm_mmu_commit_zap_page) ---
@@ -712,47 +520,6 @@ class ShadowMmu:
                       hpa=sp.hpa, root_count=sp.root_count)
         if not sp.root_count and sp.invalid:
             self.prepare_zap_page(sp, invalid)
-
-    # --- guest writes to tracked tables (kvm_mmu_track_write) ---
-
-    def track_write(self, vcpu, gpa: int, nbytes: int) -> None:
-        kvm = self.kvm
-        if not self.indirect_shadow_pages:
-            return
-        gfn = gpa >> 12
-        off = gpa & 0xFFF
-        gentry = int.from_bytes(kvm.read_gpa(gpa & ~7, 8), "little")
-        kvm.stats["mmu_pte_write"] += 1
-        invalid: list = []
-        flush = False
-        for sp in self.valid_pages(gfn, with_gptes=True):
-            if self._misaligned(off, nbytes) or self._flooded(sp):
-                self.prepare_zap_page(sp, invalid)
-                kvm.stats["mmu_flooded"] += 1
-                continue
-            i = off >> 3
-            entry = self.read(sp, i)
-            self.zap_pte(sp, i)
-            if gentry and sp.level != 1:
-                kvm.stats["mmu_pde_zapped"] += 1
-            if S.is_shadow_present_pte(entry):
-                flush = True
-        self.remote_flush_or_zap(invalid, flush)
-
-    @staticmethod
-    def _misaligned(off: int, nbytes: int) -> bool:
-        """detect_write_misaligned (8-byte gPTEs)."""
-        if not off & 7 and nbytes == 1:
-            return False                         # e.g. clear_bit() on a status byte
-        return bool((off ^ (off + nbytes - 1)) & ~7) or nbytes < 4
-
-    @staticmethod
-    def _flooded(sp: ShadowPage) -> bool:
-        """detect_write_flooding: 3 writes to an upper-level table without it being used."""
-        if sp.level == 1:
-            return False                          # it can go unsync instead
-        sp.write_flooding_count += 1
-        return sp.write_flooding_count >= 3
 
     # --- memslots (kvm_zap_obsolete_pages, kvm_mmu_zap_memslot) ---
 
