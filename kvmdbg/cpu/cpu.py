@@ -11,8 +11,8 @@ from __future__ import annotations
 from kvmdbg.bits import M64, PACK_INTO as _PACK_INTO, UNPACK_FROM as _UNPACK_FROM
 from kvmdbg.cpu import flags as _flags
 from kvmdbg.cpu.decoder import Decoder
-from kvmdbg.cpu.faults import (ACC_IMPLICIT, GP, PF, PFERR_FETCH, PFERR_USER, PFERR_WRITE, UD,
-                               GuestFault)
+from kvmdbg.cpu.faults import (ACC_IMPLICIT, GP, PF, PFERR_FETCH, PFERR_USER, PFERR_WRITE, SS,
+                               UD, GuestFault)
 from kvmdbg.cpu.regs import AC, CR0_ET, CR0_PE, CR0_PG, CR4_PCIDE, CR4_PGE, RFLAGS_FIXED
 from kvmdbg.cpu.tlb import GLOBAL, Tlb
 from kvmdbg.cpu.translate import generate, make_handler
@@ -289,6 +289,33 @@ class Cpu:
             _PACK_INTO[size](page, off, value)
         self.fast_w[e.vpn] = page
         self.fast_r[e.vpn] = page
+
+    # Accesses through SS (pushes, pops, operands based on RSP or RBP) fault #SS(0), not
+    # #GP(0), on a non-canonical address (SDM Vol. 3A 6.15, Interrupt 12). The fast paths
+    # only ever hold pages translate() accepted, which are canonical, and an access they
+    # serve lies within one page, so only a miss can be non-canonical: the check lives
+    # here, and translate() keeps its #GP for everything else. An access is checked at its
+    # first and last byte, as translate() checks each page of a split access.
+
+    def read_miss_ss(self, va: int, size: int) -> int:
+        """read_miss for an access through SS (generated code calls this directly)."""
+        if (va + 0x800000000000) >> 48 or (((va + size - 1) & M64) + 0x800000000000) >> 48:
+            raise GuestFault(SS, 0)
+        return self.read_miss(va, size)
+
+    def write_miss_ss(self, va: int, size: int, value: int) -> None:
+        """write_miss for an access through SS (generated code calls this directly)."""
+        if (va + 0x800000000000) >> 48 or (((va + size - 1) & M64) + 0x800000000000) >> 48:
+            raise GuestFault(SS, 0)
+        self.write_miss(va, size, value)
+
+    def rd_ss(self, va: int, size: int) -> int:
+        """rd for an access through SS."""
+        off = va & 0xFFF
+        page = self.fast_r.get(va >> 12)
+        if page is not None and off <= 4096 - size:
+            return page[off] if size == 1 else _UNPACK_FROM[size](page, off)[0]
+        return self.read_miss_ss(va, size)
 
     def rd_implicit(self, va: int, size: int) -> int:
         """A supervisor-mode implicit access (GDT/IDT/TSS), whatever the CPL."""

@@ -122,12 +122,14 @@ def iretq(cpu) -> None:
     old_flags = cpu.get_rflags()
     if old_flags & NT:
         raise GuestFault(GP, 0)   # no task return in IA-32e mode
+    # Pops through SS: #SS(0) if the stack address is non-canonical (SDM Vol. 2A, IRET).
     rsp = cpu.r[4]
-    rip = cpu.rd(rsp, 8)
-    cs = cpu.rd(rsp + 8, 8) & 0xFFFF
-    rflags = cpu.rd(rsp + 16, 8)
-    new_rsp = cpu.rd(rsp + 24, 8)
-    ss = cpu.rd(rsp + 32, 8) & 0xFFFF
+    pop = cpu.rd_ss
+    rip = pop(rsp, 8)
+    cs = pop((rsp + 8) & M64, 8) & 0xFFFF
+    rflags = pop((rsp + 16) & M64, 8)
+    new_rsp = pop((rsp + 24) & M64, 8)
+    ss = pop((rsp + 32) & M64, 8) & 0xFFFF
     old_cpl = cpu.cs & 3
     new_cpl = cs & 3
     if new_cpl < old_cpl:

@@ -19,6 +19,9 @@ from kvmdbg.errors import UnsupportedInstruction
 
 EMITTERS: dict = {}
 
+# Base registers whose memory operands default to the stack segment (SDM Vol. 1 3.7.5).
+_SS_BASES = frozenset({"rsp", "rbp", "esp", "ebp"})
+
 
 def handles(*mnemonics: str):
     """Register an emitter for mnemonics (capstone's spelling, without prefixes)."""
@@ -84,6 +87,13 @@ class Gen:
         self._addr[key] = t
         return t
 
+    @staticmethod
+    def uses_ss(o) -> bool:
+        """Whether memory operand o is accessed through SS: its base is RSP or RBP and no
+        FS/GS override names another segment. In 64-bit mode the CS, DS, ES and SS override
+        prefixes are ignored (AMD APM Vol. 3 1.2.4), so the decoder keeps only FS and GS."""
+        return o.base in _SS_BASES and not o.segment
+
     def reg_read(self, name: str) -> str:
         i, size, shift = SUBREGS[name]
         if size == 8:
@@ -113,24 +123,26 @@ class Gen:
             return str(o.imm & MASKS[size or o.size])
         if o.kind == "mem":
             a = self.addr(o)
-            return self.load(a, size or o.size)
+            return self.load(a, size or o.size, self.uses_ss(o))
         self.unsupported()
 
-    def load(self, a: str, n: int) -> str:
-        """Inline fast path of cpu.rd: one dict probe, no call, when the page is cached."""
+    def load(self, a: str, n: int, ss: bool = False) -> str:
+        """Inline fast path of cpu.rd: one dict probe, no call, when the page is cached.
+        ss: the access is through SS (a miss checks for #SS instead of #GP)."""
         t, p, o = self.tmp(), self.tmp(), self.tmp()
         self.emit(f"{p} = cpu.fast_r.get({a} >> 12); {o} = {a} & 0xfff")
         got = f"{p}[{o}]" if n == 1 else f"U{n}({p}, {o})[0]"
-        self.emit(f"{t} = {got} if {p} is not None and {o} <= {4096 - n} else cpu.read_miss({a}, {n})")
+        miss = "cpu.read_miss_ss" if ss else "cpu.read_miss"
+        self.emit(f"{t} = {got} if {p} is not None and {o} <= {4096 - n} else {miss}({a}, {n})")
         return t
 
-    def store(self, a: str, n: int, value: str) -> None:
-        """Inline fast path of cpu.wr."""
+    def store(self, a: str, n: int, value: str, ss: bool = False) -> None:
+        """Inline fast path of cpu.wr (ss as for load)."""
         p, o = self.tmp(), self.tmp()
         self.emit(f"{p} = cpu.fast_w.get({a} >> 12); {o} = {a} & 0xfff")
         put = f"{p}[{o}] = {value}" if n == 1 else f"P{n}({p}, {o}, {value})"
         self.emit(f"if {p} is not None and {o} <= {4096 - n}: {put}")
-        self.emit(f"else: cpu.write_miss({a}, {n}, {value})")
+        self.emit(f"else: {'cpu.write_miss_ss' if ss else 'cpu.write_miss'}({a}, {n}, {value})")
 
     def write(self, o, expr: str) -> None:
         """Store a value that already fits the operand's size."""
@@ -139,7 +151,7 @@ class Gen:
                 self.unsupported()
             self.reg_write(o.reg, expr)
         elif o.kind == "mem":
-            self.store(self.addr(o), o.size, expr)
+            self.store(self.addr(o), o.size, expr, self.uses_ss(o))
         else:
             self.unsupported()
 
@@ -222,7 +234,7 @@ def generate(d) -> InsnCode:
     ends = g.ends_block
     if not ends:
         g.emit(f"cpu.rip = {g.next_rip}")
-    writes = any("cpu.wr(" in line or "cpu.write_miss(" in line or "system." in line or "interrupts." in line for line in g.lines)
+    writes = any("cpu.wr(" in line or "cpu.write_miss" in line or "system." in line or "interrupts." in line for line in g.lines)
     stops = d.mnemonic in _STOPS or (d.mnemonic == "mov" and any(
         o.kind == "reg" and o.reg in _SPECIAL_REGS for o in d.operands))
     return InsnCode(d, g.lines, ends, stops, d.mnemonic in _SYNC, writes)

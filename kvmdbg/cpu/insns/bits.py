@@ -25,13 +25,13 @@ def bt(g):
         a = g.addr(dst)
         addr = g.value(f"({a} + ({off} >> {bits.bit_length() - 1}) * {dst.size}) & 0xffffffffffffffff")
         idx = g.value(f"{off} & {bits - 1}")
-        v = g.value(f"cpu.rd({addr}, {dst.size})")
+        v = g.load(addr, dst.size, g.uses_ss(dst))
         target = None
     bit = g.value(f"{v} >> {idx} & 1")
     if mn != "bt":
         new = g.value(_UPDATE[mn].format(v=v, i=idx) + f" & {MASKS[dst.size]:#x}")
         if target is None:
-            g.emit(f"cpu.wr({addr}, {dst.size}, {new})")
+            g.store(addr, dst.size, new, g.uses_ss(dst))
         else:
             g.write(target, new)
     g.emit(f"cpu.rflags = (materialize(cpu) & ~1) | {bit}")

@@ -37,14 +37,14 @@ for _cc in list(CONDITIONS) + list(ALIASES):
 def call(g):
     t = _target(g)
     sp = g.value(f"(r[4] - 8) & {M64:#x}")
-    g.emit(f"cpu.wr({sp}, 8, {g.next_rip})")
+    g.store(sp, 8, str(g.next_rip), ss=True)      # through SS: #SS(0) if non-canonical
     g.emit(f"r[4] = {sp}")
     g.jump(t)
 
 
 @handles("ret")
 def ret(g):
-    t = g.value("cpu.rd(r[4], 8)")
+    t = g.load(g.value("r[4]"), 8, ss=True)        # through SS: #SS(0) if non-canonical
     _canonical_check(g, t)
     extra = g.op(0).imm if g.d.operands else 0
     g.emit(f"r[4] = (r[4] + {8 + extra}) & {M64:#x}")

@@ -95,16 +95,20 @@ def invlpg(g):
 def invpcid(g):
     g.require_cpl0()
     kind = g.read(g.op(0))
-    a = g.addr(g.op(1))
-    g.emit(f"system.invpcid(cpu, {kind}, cpu.rd({a}, 8), cpu.rd(({a} + 8) & 0xffffffffffffffff, 8))")
+    o = g.op(1)
+    a = g.addr(o)
+    lo = g.load(a, 8, g.uses_ss(o))
+    hi = g.load(g.value(f"({a} + 8) & 0xffffffffffffffff"), 8, g.uses_ss(o))
+    g.emit(f"system.invpcid(cpu, {kind}, {lo}, {hi})")
 
 
 @handles("lgdt", "lidt")
 def lgdt(g):
     g.require_cpl0()
-    a = g.addr(g.op(0))
-    limit = g.value(f"cpu.rd({a}, 2)")
-    base = g.value(f"cpu.rd(({a} + 2) & 0xffffffffffffffff, 8)")
+    o = g.op(0)
+    a = g.addr(o)
+    limit = g.load(a, 2, g.uses_ss(o))
+    base = g.load(g.value(f"({a} + 2) & 0xffffffffffffffff"), 8, g.uses_ss(o))
     g.emit(f"cpu.{g.d.mnemonic[1:]}r = ({base}, {limit})")
 
 
