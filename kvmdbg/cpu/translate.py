@@ -81,7 +81,7 @@ class Gen:
         amask = M64 if self.d.addr_size == 8 else 0xFFFF_FFFF
         expr = f"({expr}) & {amask:#x}"
         if segment and o.segment:
-            expr = f"({expr} + cpu.{o.segment}_base) & {M64:#x}"
+            expr = f"(({expr}) + cpu.{o.segment}_base) & {M64:#x}"
         t = self.tmp()
         self.emit(f"{t} = {expr}")
         self._addr[key] = t

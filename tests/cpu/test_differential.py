@@ -1280,3 +1280,15 @@ def test_fault_in_a_later_pass_of_a_looping_block_counts_every_pass():
         seen.append(_state(cpu))
     assert seen[0] == seen[1]
     assert seen[0][0] > 5 * 3, "the fault should come several passes in"
+
+
+@pytest.mark.parametrize("seg,msr", [("fs", 0xC0000100), ("gs", 0xC0000101)])
+def test_fs_gs_override_adds_the_segment_base(seg, msr):
+    """In 64-bit mode an FS/GS override adds the segment's base (SDM Vol. 3A 3.4.4): with
+    the base at 0x200000, seg:[rbx + 8] with rbx = 0x10 is linear address 0x200018."""
+    vm, cpu = machine(f"mov ecx, {msr:#x}; mov eax, 0x200000; xor edx, edx; wrmsr; "
+                      "mov rbx, 0x10; movabs rax, 0x1122334455667788; mov qword ptr [0x200018], rax; "
+                      f"mov rsi, qword ptr {seg}:[rbx + 8]; mov qword ptr {seg}:[rbx], rsi; hlt")
+    assert run(cpu, 100) == HALTED, cpu.shutdown
+    assert cpu.r[6] == 0x1122334455667788
+    assert cpu.rd(0x200010, 8) == 0x1122334455667788
