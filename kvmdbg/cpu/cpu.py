@@ -26,6 +26,12 @@ _MAX_MEMO_MODES = 64          # modes (each with its walk memo) kept; a bound, n
 _materialize = _flags.materialize
 
 
+def _check_ss(va: int, size: int) -> None:
+    """#SS(0) if the first or last byte of an access through SS is non-canonical."""
+    if (va + 0x800000000000) >> 48 or (((va + size - 1) & M64) + 0x800000000000) >> 48:
+        raise GuestFault(SS, 0)
+
+
 class Cpu:
     def __init__(self, ops, decode_cache, index: int = 0, vpid: int = 1, translator=None):
         if translator is None:
@@ -299,23 +305,18 @@ class Cpu:
 
     def read_miss_ss(self, va: int, size: int) -> int:
         """read_miss for an access through SS (generated code calls this directly)."""
-        if (va + 0x800000000000) >> 48 or (((va + size - 1) & M64) + 0x800000000000) >> 48:
-            raise GuestFault(SS, 0)
+        _check_ss(va, size)
         return self.read_miss(va, size)
 
     def write_miss_ss(self, va: int, size: int, value: int) -> None:
         """write_miss for an access through SS (generated code calls this directly)."""
-        if (va + 0x800000000000) >> 48 or (((va + size - 1) & M64) + 0x800000000000) >> 48:
-            raise GuestFault(SS, 0)
+        _check_ss(va, size)
         self.write_miss(va, size, value)
 
     def rd_ss(self, va: int, size: int) -> int:
         """rd for an access through SS."""
-        off = va & 0xFFF
-        page = self.fast_r.get(va >> 12)
-        if page is not None and off <= 4096 - size:
-            return page[off] if size == 1 else _UNPACK_FROM[size](page, off)[0]
-        return self.read_miss_ss(va, size)
+        _check_ss(va, size)
+        return self.rd(va, size)
 
     def rd_implicit(self, va: int, size: int) -> int:
         """A supervisor-mode implicit access (GDT/IDT/TSS), whatever the CPL."""
