@@ -141,14 +141,7 @@ class Tlb:
 
     def flush_ep4ta(self, ep4ta: int) -> int:
         """All combined entries made with one EPT root (INVEPT single-context)."""
-        n = 0
-        contexts = self.contexts
-        for tag in list(contexts):
-            if tag[2] == ep4ta:
-                n += len(contexts.pop(tag))
-                self.large_tags.discard(tag)
-        self.flushes += 1
-        return n
+        return self._drop(lambda t: t[2] == ep4ta)
 
     def flush_all(self) -> int:
         n = len(self)
