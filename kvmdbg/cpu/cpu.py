@@ -438,10 +438,7 @@ class Cpu:
         """The basic-block handler starting at rip: straight-line code up to a control
         transfer, a mode-changing instruction, the end of the page or MAX_BLOCK."""
         dc = self.decode_cache
-        # _known_handler, inlined: this runs after every flush.
-        self.smc = False
-        got = self.fast_x.get(rip >> 12) or self._fetch_page(rip)
-        h = dc.blocks.get((rip, got[1] | (rip & 0xFFF)))
+        h = self._known_handler(dc.blocks, rip)
         if h is not None:
             self.bcache[rip] = h
             return h
