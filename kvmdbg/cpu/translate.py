@@ -201,7 +201,7 @@ _GLOBALS: dict | None = None
 # Instructions after which a block must end although they fall through: they can
 # change the mode (translations, permissions, CPL) or hand control to the outside.
 _STOPS = frozenset({"wrmsr", "invlpg", "invpcid", "popfq", "popf", "lgdt", "lidt",
-                    "cli", "sti", "in", "cpuid"})
+                    "cli", "sti", "in", "cpuid", "stac", "clac", "wrpkru"})
 _SPECIAL_REGS = frozenset({"cr0", "cr2", "cr3", "cr4", "cr8", "cs", "ds", "es", "fs", "gs", "ss"})
 # Instructions that read the step count: always first in their block, so it is exact.
 _SYNC = frozenset({"rdtsc", "rdmsr"})

@@ -1,7 +1,10 @@
 """System instructions: flags control, hlt, int3, iretq, cpuid, rdtsc, MSRs, CR moves
-(in data.py), TLB control, descriptor tables, port I/O, vmcall, ud2."""
+(in data.py), TLB control, descriptor tables, port I/O, vmcall, ud2, SMAP (stac/clac),
+protection keys (wrpkru/rdpkru), fences and cache-line flushes."""
 
 from kvmdbg.bits import MASKS
+from kvmdbg.cpu.faults import GP, PFERR_USER, SS, UD
+from kvmdbg.cpu.regs import AC, CR4_PKE
 from kvmdbg.cpu.translate import handles
 
 
@@ -136,3 +139,63 @@ def vmcall(g):
     g.emit("cpu.ops.vmcall(cpu)")
     g.emit(f"if cpu.rip == {g.d.address}: cpu.rip = {g.next_rip}")
     g.ends_block = True
+
+
+# --- SMAP and protection keys ---
+#
+# AC and PKRU are part of every data access's permission check (walker.access_error) and
+# of the mode the CPU memoises walks under (Cpu._select_mode), so a change of either must
+# be followed by cpu.flush_fast(), as POPF does for AC; the mnemonics are in translate's
+# _STOPS so the block ends after them.
+
+
+@handles("stac", "clac")
+def stac(g):
+    # SDM STAC/CLAC: #UD if CPL > 0 or CPUID.(EAX=7,ECX=0):EBX.SMAP[bit 20] = 0. The guest's
+    # CPUID (kvm/cpuid.py guest_cpuid, for KVM and bare vCPUs alike) always reports SMAP,
+    # so only the CPL is left to check.
+    g.emit(f"if cpu.cs & 3: raise GuestFault({UD})")
+    if g.d.mnemonic == "stac":
+        g.emit(f"if not cpu.rflags & {AC:#x}: cpu.rflags |= {AC:#x}; cpu.flush_fast()")
+    else:
+        g.emit(f"if cpu.rflags & {AC:#x}: cpu.rflags &= ~{AC:#x}; cpu.flush_fast()")
+
+
+@handles("wrpkru")
+def wrpkru(g):
+    # SDM WRPKRU: #UD if CR4.PKE = 0 (decode-time, so before the #GP); #GP(0) if ECX or
+    # EDX is not 0; PKRU := EAX. Allowed at any CPL.
+    g.emit(f"if not cpu.cr4 & {CR4_PKE:#x}: raise GuestFault({UD})")
+    g.emit(f"if r[1] & 0xffffffff or r[2] & 0xffffffff: raise GuestFault({GP}, 0)")
+    v = g.value("r[0] & 0xffffffff")
+    g.emit(f"if cpu.pkru != {v}: cpu.pkru = {v}; cpu.flush_fast()")
+
+
+@handles("rdpkru")
+def rdpkru(g):
+    # SDM RDPKRU: #UD if CR4.PKE = 0; #GP(0) if ECX is not 0; EDX:EAX := 0:PKRU.
+    g.emit(f"if not cpu.cr4 & {CR4_PKE:#x}: raise GuestFault({UD})")
+    g.emit(f"if r[1] & 0xffffffff: raise GuestFault({GP}, 0)")
+    g.emit("r[0] = cpu.pkru; r[2] = 0")
+
+
+# --- fences and cache-line flushes ---
+
+
+@handles("lfence", "mfence", "sfence")
+def fence(g):
+    """One vCPU's accesses retire in order and the interpreter has no store buffer or
+    caches: a fence has no effect beyond retiring."""
+
+
+@handles("clflush", "clflushopt")
+def clflush(g):
+    """SDM CLFLUSH/CLFLUSHOPT: faults as a byte load from m8 would (#PF with a read error
+    code, #GP or #SS if non-canonical) but needs no data: the address is translated as a
+    read (cpu.translate, what a read miss does), and nothing is read (no MMIO access)."""
+    o = g.op(0)
+    a = g.addr(o)
+    with g.block(f"if cpu.fast_r.get({a} >> 12) is None:"):
+        if g.uses_ss(o):
+            g.emit(f"if ({a} + 0x800000000000) >> 48: raise GuestFault({SS}, 0)")
+        g.emit(f"cpu.translate({a}, {PFERR_USER} if cpu.cs & 3 == 3 else 0)")
