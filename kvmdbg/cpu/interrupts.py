@@ -96,7 +96,7 @@ def _push_frame(cpu, vector: int, code: int | None) -> None:
         for value in frame:
             rsp = (rsp - 8) & M64
             cpu.wr(rsp, 8, value)
-    except GuestFault:
+    except BaseException:         # a fault, or a VM exit (an EPT violation on the new stack)
         cpu.cs = saved_cs
         if new_cpl != old_cpl:
             cpu.flush_fast()

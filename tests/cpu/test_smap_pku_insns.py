@@ -92,7 +92,7 @@ def layout(body: str, address: int):
 
 
 def build(body: str, *, cpl: int, cr4: int = 0, user_rflags: int = 0x202, skip: int = 3,
-          kvm=None, pages=None):
+          kvm=None, pages=None, touch_stack: bool = True):
     """A machine whose kernel sets CR4 |= cr4 and then runs body at CPL 0 (ending in hlt)
     or IRETQs to it at CPL 3 (ending in int3, whose DPL-3 gate halts). #UD, #GP, #SS and
     #PF are logged and skipped by `skip` bytes. pages: {page: PTE flags} for the test's
@@ -103,11 +103,11 @@ def build(body: str, *, cpl: int, cr4: int = 0, user_rflags: int = 0x202, skip: 
         enter = ""
     else:
         user, tags = layout(body + "\nint3", USER_CODE)
-        # Touch the CPL-0 stack first: under the KVM model an EPT-violation exit while an
-        # exception from CPL 3 writes its frame there leaves CS at CPL 0 (interrupts.deliver
-        # restores CS only on a GuestFault), an unrelated bug this test steps around.
+        # touch_stack: write the CPL-0 stack first, so under the KVM model the first
+        # exception's frame does not take an EPT-violation exit (see the test of that).
+        touch = f"mov qword ptr [{RSP0 - 8:#x}], 0" if touch_stack else ""
         enter = f"""
-            mov qword ptr [{RSP0 - 8:#x}], 0
+            {touch}
             push 0x23
             push {USER_RSP:#x}
             push {user_rflags:#x}
@@ -461,3 +461,15 @@ def test_clflush_non_canonical_is_gp_or_ss(text, vector, skip):
         {text}                      @flush
     """, cpl=3, skip=skip)
     assert brief(go(vm, cpu)) == [(vector, 0, None, tags["flush"])]
+
+
+def test_exception_frame_write_that_exits_leaves_the_cpl_alone():
+    """Under EPT the first exception from CPL 3 writes its frame to a kernel stack page
+    that is not mapped in EPT yet: the write takes an EPT-violation exit, KVM maps the page
+    and the instruction runs again. Nothing may have changed meanwhile: the user read of a
+    supervisor page must fault again as a user access (SDM 4.7: error code U=1)."""
+    vm, cpu, tags = build(f"""
+        mov rdi, {S_PAGE:#x}
+        mov rbx, qword ptr [rdi]           @load
+    """, cpl=3, kvm="v6.12", touch_stack=False)
+    assert brief(go(vm, cpu)) == [pf(EC_P | EC_U, S_PAGE, tags["load"])]
