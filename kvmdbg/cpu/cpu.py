@@ -318,6 +318,16 @@ class Cpu:
         _check_ss(va, size)
         return self.rd(va, size)
 
+    def write_check_ss(self, va: int, size: int) -> None:
+        """Fault as a write of size bytes at va through SS would, without writing: ENTER
+        checks its final stack pointer so (SDM Vol. 2A, ENTER, #PF). The walk sets the
+        accessed and dirty flags as a write's would (Bochs models the check as a
+        read-modify-write access)."""
+        _check_ss(va, size)
+        acc = self._acc(PFERR_WRITE)
+        for a, _n in self._pieces(va, size):
+            self.translate(a, acc)
+
     def rd_implicit(self, va: int, size: int) -> int:
         """A supervisor-mode implicit access (GDT/IDT/TSS), whatever the CPL."""
         return self._read_slow(va, size, ACC_IMPLICIT, implicit=True)

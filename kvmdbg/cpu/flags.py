@@ -9,9 +9,12 @@ live in ``cpu.rflags``.
 
 ``extra``: carry-in for ADC/SBB; for INC/DEC the source of the preserved CF (an
 int, or the previous non-INC/DEC tuple); for MUL the CF=OF value.
+
+CFOF tuples ``(CFOF, cf, of, res, bits, 0)`` carry CF and OF already worked out (SHLD,
+SHRD, TZCNT, LZCNT); SF ZF PF come from ``res`` as for every kind, and AF is 0.
 """
 
-ADD, ADC, SUB, SBB, LOGIC, INC, DEC, SHL, SHR, SAR, MUL = range(11)
+ADD, ADC, SUB, SBB, LOGIC, INC, DEC, SHL, SHR, SAR, MUL, CFOF = range(12)
 
 PARITY = tuple(1 - (bin(i).count("1") & 1) for i in range(256))   # 1 = even parity
 
@@ -46,6 +49,8 @@ def carry(lf) -> int:
         return (a >> (b - 1)) & 1
     if kind == MUL:
         return extra
+    if kind == CFOF:
+        return a
     raise AssertionError(kind)
 
 
@@ -75,6 +80,8 @@ def compute(lf) -> int:
         f |= (a >> top & 1) << 11          # OF defined for count 1: the original sign
     elif kind == MUL:
         f |= extra << 11
+    elif kind == CFOF:
+        f |= b << 11
     # LOGIC and SAR: OF = 0 (SAR's OF is 0 for count 1, undefined otherwise); AF = 0.
     return f
 

@@ -19,6 +19,11 @@ How the sequences stay comparable:
   count (SDM Vol. 2 per-instruction "Flags Affected").
 - Divisions get operands chosen so they cannot raise #DE; #DE itself has directed
   tests at the end of the file.
+- Where unicorn's QEMU departs from the SDM, the generator steers clear: it clears the
+  upper halves of the registers a 32-bit CMPXCHG or BSF/BSR leaves alone (unicorn
+  zero-extends them anyway), and gives SHLD/SHRD with an immediate count no
+  RIP-relative operand (unicorn works that address out one byte short). Directed tests
+  of those cases are in test_scan_xchg_frame.py.
 
 The interpreter runs each sequence twice: in one go (run() until HLT, so as basic
 blocks), compared at the end including memory; then one instruction at a time,
@@ -67,7 +72,7 @@ HIGH8 = ("ah", "ch", "dh", "bh")
 REGS = {1: R8, 2: R16, 4: R32, 8: R64}
 PTR = {1: "byte", 2: "word", 4: "dword", 8: "qword"}
 UC_GPRS = [getattr(U, f"UC_X86_REG_{n.upper()}") for n in R64]
-RAX, RCX, RDX, RSP, RSI, RDI = 0, 1, 2, 4, 6, 7
+RAX, RCX, RDX, RSP, RBP, RSI, RDI = 0, 1, 2, 4, 5, 6, 7
 
 CCS = ("o", "no", "b", "ae", "e", "ne", "be", "a", "s", "ns", "p", "np", "l", "ge", "le", "g")
 CC_READS = {"o": OF, "no": OF, "b": CF, "ae": CF, "e": ZF, "ne": ZF, "be": CF | ZF, "a": CF | ZF,
@@ -75,6 +80,8 @@ CC_READS = {"o": OF, "no": OF, "b": CF, "ae": CF, "e": ZF, "ne": ZF, "be": CF | 
             "le": SF | OF | ZF, "g": SF | OF | ZF}
 ALU = ("add", "adc", "sub", "sbb", "and", "or", "xor", "cmp")
 SHIFTS = ("shl", "sal", "shr", "sar", "rol", "ror", "rcl", "rcr")
+SHIFTDS = ("shld", "shrd")
+BITSCANS = ("bsf", "bsr", "tzcnt", "lzcnt", "popcnt")
 
 
 # ---------------------------------------------------------------------------
@@ -94,6 +101,17 @@ def shift_effect(mn: str, size: int, count: int) -> tuple[int, int]:
     return ARITH & ~undef, undef
 
 
+def shiftd_effect(size: int, count: int) -> tuple[int, int]:
+    """SHLD/SHRD "Flags Affected" for a masked count: none for 0; CF SF ZF PF, and OF for
+    a count of 1 (AF undefined); everything undefined past the operand size (16-bit only)."""
+    if count == 0:
+        return 0, 0
+    if count > size * 8:
+        return 0, ARITH
+    undef = AF | (0 if count == 1 else OF)
+    return ARITH & ~undef, undef
+
+
 # Instructions whose effect does not depend on their operands.
 FIXED_EFFECT = {
     **{mn: (ARITH, 0) for mn in ("add", "adc", "sub", "sbb", "cmp", "neg", "popfq")},
@@ -102,6 +120,9 @@ FIXED_EFFECT = {
     **{mn: (CF, OF | SF | AF | PF) for mn in ("bt", "bts", "btr", "btc")},  # ZF unaffected
     **{mn: (CF | OF, SF | ZF | AF | PF) for mn in ("mul", "imul")},
     **{mn: (0, ARITH) for mn in ("div", "idiv")},
+    **{mn: (ZF, CF | OF | SF | AF | PF) for mn in ("bsf", "bsr")},
+    **{mn: (CF | ZF, OF | SF | AF | PF) for mn in ("tzcnt", "lzcnt")},
+    **{mn: (ARITH, 0) for mn in ("popcnt", "xadd", "cmpxchg")},
 }
 
 
@@ -117,6 +138,10 @@ def flag_effect(d, rcx: int) -> tuple[int, int]:
         else:
             count = rcx & 0xFF
         return shift_effect(mn, size, count & (0x3F if size == 8 else 0x1F))
+    if mn in SHIFTDS:
+        size = d.operands[0].size
+        count = d.operands[2].imm if d.operands[2].kind == "imm" else rcx & 0xFF
+        return shiftd_effect(size, count & (0x3F if size == 8 else 0x1F))
     return FIXED_EFFECT.get(mn, (0, 0))
 
 
@@ -197,6 +222,24 @@ def forms() -> list[tuple]:
             out.append(("div", "idiv", s, k))
     out.append(("mov", 8, "imm64"))
     out.append(("xchg", 4, "same"))
+    for s in (1, 2, 4, 8):
+        for mn in ("xadd", "cmpxchg"):
+            for k, lock in (("r", False), ("m", False), ("m", True)):
+                out.append((mn, s, k, lock))
+    for s in (2, 4, 8):
+        for mn in BITSCANS:
+            for k in "rm":
+                out.append(("bitscan", mn, s, k))
+        for mn in SHIFTDS:
+            for k in "rm":
+                for c in ("imm", "cl"):
+                    out.append(("shiftd", mn, s, k, c))
+    for s in (4, 8):
+        out.append(("bswap", s))
+    for level in ("0", "1", "n"):
+        out.append(("enter", level))
+    for s in (2, 8):
+        out.append(("leave", s))
     for s in (2, 4, 8):
         for mn in ("bt", "bts", "btr", "btc"):
             for p in ("rr", "ri", "mr", "mi"):
@@ -252,10 +295,11 @@ FORMS = forms()
 
 # Registers each family writes implicitly (must not be reserved as address registers).
 IMPLICIT = {"mul": {RAX, RDX}, "div": {RAX, RDX}, "implicit": {RAX, RDX}, "loop": {RCX},
-            "string": {RCX, RSI, RDI}}
+            "string": {RCX, RSI, RDI}, "cmpxchg": {RAX}, "enter": {RBP}, "leave": {RBP}}
 # Forms whose body can go inside a branch snippet (no nested control flow, no setup).
 SIMPLE = {"alu", "unary", "shift", "mov", "xchg", "ext", "lea", "cmov", "movsxd", "setcc",
-          "nop", "nop_m", "pause", "push", "imul2", "imul3", "bt"}
+          "nop", "nop_m", "pause", "push", "imul2", "imul3", "bt", "bitscan", "bswap", "xadd",
+          "shiftd"}
 NOP_M = (bytes.fromhex("0f1f00"), bytes.fromhex("0f1f4000"), bytes.fromhex("0f1f440000"),
          bytes.fromhex("660f1f440000"), bytes.fromhex("0f1f8000000000"),
          bytes.fromhex("660f1f840000000000"))
@@ -330,12 +374,12 @@ class Generator:
                 choices.append(Opnd(HIGH8[i], "reg", False, True, i))
         return self.rng.choice(choices)
 
-    def mem(self, size: int, rex: bool = True, ptr: bool = True) -> Opnd:
+    def mem(self, size: int, rex: bool = True, ptr: bool = True, rip: bool = True) -> Opnd:
         r = self.rng
         pre = f"{PTR[size]} ptr " if ptr else ""
         bases = [b for b in self.bases if rex or b < 8]
         idxs = [x for x in self.indexes if rex or x < 8]
-        modes = ["rip", "rsp", "rip"]
+        modes = ["rip", "rsp", "rip"] if rip else ["rsp"]
         if bases:
             modes += ["base", "base_d8", "base_d32"]
             if idxs:
@@ -554,6 +598,82 @@ class Generator:
             a, t = self.rm(p[0], s, mn != "bt")
             text = f"{mn} {a.text}, {self.imm8s()}"     # keystone wants imm8 signed here
         self.emit(text, t, defines=eff[0], undef=eff[1], into=into)
+
+    def f_bitscan(self, mn, s, k, into=None):
+        """bsf bsr tzcnt lzcnt popcnt, often of a zero source (random values rarely are)."""
+        d = self.reg(s, True)
+        zero = self.rng.random() < 0.3
+        if k == "r":
+            b, t = self.reg(s, zero), None
+        else:
+            b, t = self.mem(s)
+        if zero:
+            self.emit(f"mov {b.text}, 0", t, into=into)
+        if s == 4 and mn in ("bsf", "bsr"):
+            # A zero source leaves the destination unmodified (SDM), its upper half too;
+            # unicorn clears that half. Zero it first so both agree.
+            self.emit(f"mov {d.text}, {d.text}", into=into)
+        eff = FIXED_EFFECT[mn]
+        self.emit(f"{mn} {d.text}, {b.text}", t, defines=eff[0], undef=eff[1], into=into)
+
+    def f_bswap(self, s, into=None):
+        self.emit(f"bswap {self.reg(s, True).text}", into=into)
+
+    def f_xadd(self, s, k, lock, into=None):
+        a, b, t = self.pair(s, k, "r", True, True)
+        self.emit(f"{'lock ' if lock else ''}xadd {a.text}, {b.text}", t, defines=ARITH, into=into)
+
+    def f_cmpxchg(self, s, k, lock, into=None):
+        """Half the time the accumulator is first made equal to the destination."""
+        acc = REGS[s][RAX]
+        a, b, t = self.pair(s, k, "r", True)
+        if self.rng.random() < 0.5 and a.text != acc:
+            self.emit(f"mov {acc}, {a.text}", t, into=into)
+        if s == 4:
+            # Hardware writes only the register the outcome names; unicorn also
+            # zero-extends the other one. Clear both upper halves so both agree.
+            self.emit("mov eax, eax", into=into)
+            if a.kind == "reg":
+                self.emit(f"mov {a.text}, {a.text}", into=into)
+        self.emit(f"{'lock ' if lock else ''}cmpxchg {a.text}, {b.text}", t, defines=ARITH, into=into)
+
+    def f_shiftd(self, mn, s, k, c, into=None):
+        r = self.rng
+        if k == "m" and c == "imm":
+            # unicorn's QEMU forgets the immediate when it works out a RIP-relative
+            # address for SHLD/SHRD imm8 (one byte short), so no RIP-relative operand here.
+            a, t = self.mem(s, rip=False)
+        else:
+            a, t = self.rm(k, s, True)
+        b = self.reg(s)
+        bits = s * 8
+        if c == "imm":
+            count = r.choice((0, 1, 2, bits - 1, bits, bits + 1, r.randrange(64), r.randrange(17, 32)))
+            defines, undef = shiftd_effect(s, count & (0x3F if s == 8 else 0x1F))
+            ctext = str(count)
+        else:
+            if RCX in self.writable and r.random() < 0.6 and not (a.kind == "reg" and a.reg == RCX):
+                v = r.choice((0, 1, 2, bits - 1, bits, bits + 1, r.randrange(17, 32), r.randrange(256)))
+                self.emit(f"mov cl, {v:#x}", into=into)
+            defines, undef, ctext = 0, ARITH if s == 2 else AF | OF, "cl"
+        self.emit(f"{mn} {a.text}, {b.text}, {ctext}", t, defines=defines, undef=undef, into=into)
+
+    def f_enter(self, level, into=None):
+        """ENTER, usually followed by its LEAVE; RBP points into the stack for a level
+        above 1 (ENTER copies frame pointers from below it)."""
+        r = self.rng
+        n = {"0": 0, "1": 1, "n": r.choice((2, 3, r.randrange(4, 32)))}[level]
+        alloc = r.choice((0, 8, 0x10, r.randrange(0x100), r.randrange(0x100, 0x200)))
+        if n > 1 or r.random() < 0.3:
+            self.emit(f"lea rbp, [rsp{self._disp(r.randrange(-0x40, 0x100))}]", into=into)
+        self.emit(f"enter {alloc:#x}, {n}", into=into)
+        if r.random() < 0.7:
+            self.emit("leave", into=into)
+
+    def f_leave(self, s, into=None):
+        """LEAVE (66h: pops BP only); RBP is first pointed near RSP so RSP stays in the stack."""
+        self.emit(f"lea rbp, [rsp{self._disp(self.rng.randrange(-0x40, 0x41))}]", into=into)
+        self.emit(raw=b"\x66\xc9" if s == 2 else b"\xc9", into=into)
 
     def f_mul(self, mn, s, k, into=None):
         a, t = self.rm(k, s, False)
@@ -1049,7 +1169,7 @@ def test_against_unicorn(b):
 
 def _key(d) -> tuple:
     ops = tuple("imm" if o.kind == "imm" else (o.kind, o.size) for o in d.operands)
-    return ((d.rep + " " if d.rep else "") + d.mnemonic, ops)
+    return ((d.rep + " " if d.rep else "") + ("lock " if d.lock else "") + d.mnemonic, ops)
 
 
 def required_keys() -> set:
@@ -1074,6 +1194,8 @@ def required_keys() -> set:
         add("movabs", r, m), add("movabs", m, r)           # moffs (absolute address)
         add("xchg", r, r), add("xchg", m, r)
         sfx = "bwdq"[(1, 2, 4, 8).index(s)]
+        for mn in ("xadd", "cmpxchg"):
+            add(mn, r, r), add(mn, m, r), add("lock " + mn, m, r)
         for p in ("", "rep ", "repne "):
             add(f"{p}stos{sfx}", m, r)
             if not (p == "repne " and s == 4):              # capstone shows F2 A5 as plain movsd
@@ -1085,6 +1207,13 @@ def required_keys() -> set:
             add(mn, r, r), add(mn, r, "imm"), add(mn, m, r), add(mn, m, "imm")
         add("imul", r, r), add("imul", r, m), add("imul", r, r, "imm"), add("imul", r, m, "imm")
         add("lea", r, m)
+        for mn in BITSCANS:
+            add(mn, r, r), add(mn, r, m)
+        for mn in SHIFTDS:
+            for k in (r, m):
+                add(mn, k, r, "imm"), add(mn, k, r, ("reg", 1))
+        if s > 2:
+            add("bswap", r)
         for cc in CCS:
             add(f"cmov{cc}", r, r), add(f"cmov{cc}", r, m)
         for ss in (1, 2):
@@ -1100,7 +1229,7 @@ def required_keys() -> set:
     for mn in ("cbw", "cwde", "cdqe", "cwd", "cdq", "cqo", "pushfq", "popfq", "nop", "pause",
                "cld", "std", "ret"):
         add(mn)
-    add("nop", ("mem", 4)), add("ret", "imm")
+    add("nop", ("mem", 4)), add("ret", "imm"), add("enter", "imm", "imm"), add("leave")
     for mn in ("jmp", "call", "loop", "loope", "loopne", "jrcxz", "jecxz"):
         add(mn, "imm")
     return req
@@ -1150,9 +1279,23 @@ def test_coverage():
             if mn[0] == "j" or mn.startswith("loop"):
                 if mn != "jmp":
                     dynamic.add((mn, "taken" if nxt != d.address + d.length else "not taken"))
-            elif mn in SHIFTS and d.operands[-1].kind == "reg":
-                c = rcx & (0x3F if d.operands[0].size == 8 else 0x1F)
-                dynamic.add((mn, "cl count " + ("0" if c == 0 else "1" if c == 1 else ">1")))
+            elif mn in SHIFTS + SHIFTDS and len(d.operands) > 1:
+                c = d.operands[-1].imm if d.operands[-1].kind == "imm" else rcx
+                c &= 0x3F if d.operands[0].size == 8 else 0x1F
+                how = "cl count" if d.operands[-1].kind == "reg" else "imm count"
+                dynamic.add((mn, f"{how} " + ("0" if c == 0 else "1" if c == 1 else ">1")))
+                if mn in SHIFTDS and d.operands[0].size == 2 and c > 16:
+                    dynamic.add((mn, "16-bit count > 16"))
+            elif mn in BITSCANS + ("cmpxchg",):
+                after = ref.steps[j][3]
+                zero = after & (CF if mn in ("tzcnt", "lzcnt") else ZF)
+                dynamic.add((mn, ("equal" if zero else "not equal") if mn == "cmpxchg"
+                             else "zero source" if zero else "nonzero source"))
+            elif mn == "enter":
+                level = d.operands[1].imm & 31
+                dynamic.add((mn, f"level {level if level < 2 else '>1'}"))
+            elif mn == "leave":
+                dynamic.add((mn, "16-bit" if d.raw[0] == 0x66 else "64-bit"))
             elif fl is not None and d.rep:
                 cnt = rcx & (M64 if d.addr_size == 8 else 0xFFFFFFFF)
                 dynamic.add((mn, f"rep count {'0' if cnt == 0 else '>0'} DF={fl >> 10 & 1}"))
@@ -1171,6 +1314,13 @@ def test_coverage():
                  for c in ("0", "1", ">1")}
     want_dyn |= {(f"{op}{sfx}", f"rep count {c} DF={df}") for op in ("stos", "movs") for sfx in "bwdq"
                  for c in ("0", ">0") for df in (0, 1)}
+    want_dyn |= {(mn, f"{how} count {c}") for mn in SHIFTDS for how in ("cl", "imm")
+                 for c in ("0", "1", ">1")}
+    want_dyn |= {(mn, "16-bit count > 16") for mn in SHIFTDS}
+    want_dyn |= {(mn, f"{z} source") for mn in BITSCANS for z in ("zero", "nonzero")}
+    want_dyn |= {("cmpxchg", "equal"), ("cmpxchg", "not equal"),
+                 ("leave", "16-bit"), ("leave", "64-bit")}
+    want_dyn |= {("enter", f"level {n}") for n in ("0", "1", ">1")}
     assert not want_dyn - dynamic, f"paths never executed: {sorted(want_dyn - dynamic)}"
 
 

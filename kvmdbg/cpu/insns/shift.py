@@ -1,4 +1,7 @@
-"""Shifts and rotates: shl/sal shr sar rol ror rcl rcr (SDM Vol. 2B, SAL/SAR/SHL/SHR, RCL/RCR/ROL/ROR)."""
+"""Shifts and rotates: shl/sal shr sar rol ror rcl rcr shld shrd (SDM Vol. 2B, SAL/SAR/SHL/SHR,
+RCL/RCR/ROL/ROR, SHLD, SHRD)."""
+
+from contextlib import nullcontext
 
 from kvmdbg.bits import MASKS
 from kvmdbg.cpu import flags as F
@@ -90,5 +93,54 @@ def rotate(g):
         # OF is defined only for a count of 1; we give the count-1 formula for every count.
         g.emit(f"cpu.rflags = ({f} & ~0x801) | {cf} | ({of}) << 11")
     if dst.kind == "reg" and dst.size == 4:
+        with g.block("else:"):
+            _zero_extend_only(g, dst)
+
+
+@handles("shld", "shrd")
+def double_shift(g):
+    """SHLD/SHRD DEST, SRC, count: DEST shifted with SRC's bits filling in.
+
+    The count is masked to 5 bits (6 with REX.W); a masked count of 0 changes nothing
+    (a 32-bit register is still zero-extended, as for the other shifts, and as unicorn
+    does). A memory destination is read whatever the count, and written only for a
+    nonzero one. For 16 bits with a count above 16 the SDM leaves result and flags
+    undefined; we shift DEST:SRC:DEST as a 48-bit value, which is Intel's behaviour
+    (Bochs and QEMU do the same), and every count of 1..16 gives the SDM's result from
+    that same value. CF is the last bit shifted out, SF ZF PF follow the result, AF is
+    0. OF is defined for a count of 1 only (the sign changed); we give that formula for
+    every count: SHLD's OF = MSB(result) ^ CF, SHRD's = MSB(result) ^ MSB(DEST).
+    """
+    dst, src, cnt = g.op(0), g.op(1), g.op(2)
+    bits = dst.size * 8
+    top = bits - 1
+    m = MASKS[dst.size]
+    a = g.value(g.read(dst))
+    cmask = 0x3F if bits == 64 else 0x1F
+    c = str(cnt.imm & cmask) if cnt.kind == "imm" else g.value(f"{g.read(cnt)} & {cmask:#x}")
+    if c == "0":
+        _zero_extend_only(g, dst)
+        return
+    b = g.value(g.read(src))
+    left = g.d.mnemonic == "shld"
+    variable = cnt.kind != "imm"
+    with g.block(f"if {c}:") if variable else nullcontext():
+        if bits == 16:
+            w = 48
+            x = g.value(f"{a} << 32 | {b} << 16 | {a}")
+        else:
+            w = 2 * bits
+            x = g.value(f"{a} << {bits} | {b}" if left else f"{b} << {bits} | {a}")
+        if left:
+            res = g.value(f"{x} >> ({w - bits} - {c}) & {m:#x}")
+            cf = g.value(f"{x} >> ({w} - {c}) & 1")
+            of = f"{res} >> {top} ^ {cf}"
+        else:
+            res = g.value(f"{x} >> {c} & {m:#x}")
+            cf = g.value(f"{x} >> ({c} - 1) & 1")
+            of = f"({res} ^ {a}) >> {top}"
+        g.write(dst, res)
+        g.set_flags(F.CFOF, cf, of, res, bits)
+    if variable and dst.kind == "reg" and dst.size == 4:
         with g.block("else:"):
             _zero_extend_only(g, dst)

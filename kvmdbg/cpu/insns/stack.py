@@ -1,4 +1,4 @@
-"""Stack: push, pop, pushfq, popfq.
+"""Stack: push, pop, pushfq, popfq, enter, leave.
 
 Stack accesses go through SS: a non-canonical stack address is #SS(0) (g.load/g.store
 with ss=True), checked before RSP or anything else changes.
@@ -66,3 +66,56 @@ def popfq(g):
     g.emit(f"r[4] = (r[4] + {size}) & {M64:#x}")
     g.emit(f"cpu.rflags = {new}")
     g.emit(f"if ({old} ^ {new}) & 0x40000: cpu.flush_fast()")
+
+
+def _operand_size_16(g, opcode_bytes: int) -> bool:
+    """A 66h prefix and no REX.W before the last opcode_bytes bytes (opcode, immediates)."""
+    pre = g.d.raw[:g.d.length - opcode_bytes]
+    return 0x66 in pre and not (pre and pre[-1] & 0xF8 == 0x48)
+
+
+@handles("leave")
+def leave(g):
+    """RSP = RBP, then pop RBP (BP with a 66h prefix; RSP still takes all of RBP) (SDM
+    Vol. 2A, LEAVE). The pop reads through SS before either register changes."""
+    size = 2 if _operand_size_16(g, 1) else 8
+    v = g.load(g.value("r[5]"), size, ss=True)
+    g.emit(f"r[4] = (r[5] + {size}) & {M64:#x}")
+    g.reg_write("rbp" if size == 8 else "bp", v)
+
+
+@handles("enter")
+def enter(g):
+    """ENTER alloc, level (SDM Vol. 2A, ENTER, 64-bit operand size): push RBP; FrameTemp =
+    RSP; copy level - 1 frame pointers from [RBP - 8], [RBP - 16] ... and push FrameTemp
+    (level = imm8 mod 32, unrolled: it is an immediate); RBP = FrameTemp, RSP -= alloc.
+
+    Every access goes through SS, and all of them, with the check the SDM's #PF list
+    names ("a write using the final value of the stack pointer"), come before RBP and
+    RSP change, so a fault leaves both as they were (pushes already stored stay, below
+    RSP). The 16-bit form (66h) stays unsupported: with a 64-bit stack the SDM's
+    pseudo-code is unclear for it (its nesting loop has no 64-bit-stack case for 16-bit
+    operands; RBP or only BP takes FrameTemp?), and emulators disagree on what it writes.
+    """
+    if _operand_size_16(g, 4):
+        g.unsupported()
+    alloc = g.op(0).imm & 0xFFFF
+    level = g.op(1).imm & 31
+    bp = g.value("r[5]")
+    frame = g.value(f"(r[4] - 8) & {M64:#x}")
+    g.store(frame, 8, bp, ss=True)
+    sp = frame
+    if level:
+        for i in range(1, level):
+            v = g.load(g.value(f"({bp} - {8 * i}) & {M64:#x}"), 8, ss=True)
+            sp = g.value(f"({frame} - {8 * i}) & {M64:#x}")
+            g.store(sp, 8, v, ss=True)
+        sp = g.value(f"({frame} - {8 * level}) & {M64:#x}")
+        g.store(sp, 8, frame, ss=True)
+    if alloc:
+        sp = g.value(f"({sp} - {alloc}) & {M64:#x}")
+        p = g.tmp()
+        g.emit(f"{p} = cpu.fast_w.get({sp} >> 12)")
+        g.emit(f"if {p} is None or {sp} & 0xfff > 4088: cpu.write_check_ss({sp}, 8)")
+    g.emit(f"r[5] = {frame}")
+    g.emit(f"r[4] = {sp}")
