@@ -17,7 +17,7 @@ def guest_cpuid(leaf: int, subleaf: int, cpu, pku: bool = True) -> tuple[int, in
     if leaf == 1:
         # family 6; edx: FPU PSE TSC MSR PAE CX8 APIC SEP MTRR PGE CMOV PAT FXSR SSE SSE2
         edx = sum(1 << b for b in (0, 3, 4, 5, 6, 8, 9, 11, 12, 13, 15, 16, 24, 25, 26))
-        ecx = (1 << 17) | (1 << 0)         # PCID, SSE3
+        ecx = (1 << 23) | (1 << 17) | (1 << 0)         # POPCNT, PCID, SSE3
         return 0x000606A6, cpu.index << 24, ecx, edx
     if leaf == 7 and subleaf == 0:
         ebx = (1 << 7) | (1 << 10) | (1 << 20)            # SMEP, INVPCID, SMAP
@@ -27,7 +27,7 @@ def guest_cpuid(leaf: int, subleaf: int, cpu, pku: bool = True) -> tuple[int, in
         return 0x8000_0008, 0, 0, 0
     if leaf == 0x8000_0001:
         edx = (1 << 11) | (1 << 20) | (1 << 26) | (1 << 29)   # SYSCALL, NX, 1GB pages, LM
-        return 0, 0, 1, edx
+        return 0, 0, 1 | 1 << 5, edx                       # ecx: LAHF/SAHF, LZCNT (ABM)
     if leaf == 0x8000_0008:
         return MAXPHYADDR | (48 << 8), 0, 0, 0
     return 0, 0, 0, 0
