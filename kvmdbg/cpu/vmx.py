@@ -8,6 +8,8 @@ EP4TA that INVEPT invalidates. What KVM does about an exit lives in kvm/.
 
 from __future__ import annotations
 
+from kvmdbg.bits import UNPACK_FROM
+
 # Basic exit reasons (SDM Vol. 3D, Appendix C)
 EXCEPTION_NMI, EXTERNAL_INTERRUPT, TRIPLE_FAULT = 0, 1, 2
 CPUID, HLT, INVLPG, RDTSC, VMCALL = 10, 12, 14, 16, 18
@@ -28,6 +30,7 @@ EPT_QUAL_GLA_VALID, EPT_QUAL_GLA_FINAL = 1 << 7, 1 << 8
 READ, WRITE, FETCH = 0, 1, 2       # access kinds, as cpu/walker.py passes them
 _KIND_QUAL = (EPT_QUAL_READ, EPT_QUAL_WRITE, EPT_QUAL_FETCH)
 _BAD_MEMTYPES = (2, 3, 7)
+_U64 = UNPACK_FROM[8]
 
 
 class VmExit(Exception):
@@ -119,7 +122,7 @@ class EptHardware:
         while True:
             table = pages[pfn]
             off = ((gpa >> (12 + 9 * (level - 1))) & 511) << 3
-            e = int.from_bytes(table[off:off + 8], "little")
+            e = _U64(table, off)[0]
             perm = e & 7
             if perm == 0:
                 self._violation(gpa, kind, walk, 0)

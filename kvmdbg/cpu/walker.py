@@ -8,7 +8,7 @@ hypervisor can put its second-level tables (EPT) behind them.
 
 from __future__ import annotations
 
-from kvmdbg.bits import mask
+from kvmdbg.bits import UNPACK_FROM, mask
 from kvmdbg.cpu.faults import (ACC_IMPLICIT, PF, PFERR_FETCH, PFERR_PK, PFERR_PRESENT,
                                PFERR_RSVD, PFERR_USER, PFERR_WRITE, GuestFault)
 from kvmdbg.cpu.regs import (AC, CR0_PG, CR0_WP, CR4_PKE, CR4_PGE, CR4_SMAP, CR4_SMEP,
@@ -21,6 +21,7 @@ ADDR_MASK = mask(MAXPHYADDR - 1, 12)
 RSVD_HIGH = mask(51, MAXPHYADDR)           # bits MAXPHYADDR..51 must be zero
 RSVD_2M = mask(20, 13)                     # low address bits of a 2 MiB leaf
 RSVD_1G = mask(29, 13)                     # low address bits of a 1 GiB leaf
+_U64 = UNPACK_FROM[8]
 
 # Access kinds handed to CpuOps.translate_gpa
 READ, WRITE, FETCH = 0, 1, 2
@@ -70,7 +71,7 @@ def _read_entry(ops, gpa: int, pt_pages: list):
     if page is None:
         return int.from_bytes(ops.mmio_read(gpa, 8).to_bytes(8, "little"), "little"), None, off
     pt_pages.append(hpa >> 12)
-    return int.from_bytes(page[off:off + 8], "little"), page, off
+    return _U64(page, off)[0], page, off
 
 
 def walk(cpu, va: int, acc: int) -> TlbEntry:

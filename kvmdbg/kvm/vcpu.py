@@ -44,6 +44,10 @@ class Vcpu:
         self.gpa_generation = vm.gpa_generation    # CpuOps: moves when translate_gpa may change
         self.ept = (V.EptHardware(vm.host.pages, generation=vm.gpa_generation)
                     if p.tdp_enabled else None)
+        if self.ept is not None:
+            # CpuOps.translate_gpa is the EPT translation itself: the page walker calls it
+            # for every paging-structure read, so skip the method in between.
+            self.translate_gpa = self.ept.translate
         self._gfn_cache: dict[int, tuple] = {}
         # vmx_l1_guest_owned_cr0_bits / set_cr4_guest_host_mask (kvm-mmu-spec 2.2)
         self.cr0_guest_owned = CR0_TS | (CR0_WP if p.tdp_enabled and p.cr0_wp_guest_owned else 0)
