@@ -400,6 +400,14 @@ class Cpu:
         code = dc.codes.get(key)
         if code is not None:
             return key, code
+        if key in dc.crossing:
+            # It continues on the next page, which may map elsewhere now: that page's hpa
+            # is part of the key (fetching it may fault, as the processor's fetch would).
+            key += (self._fetch_page(((rip | 0xFFF) + 1) & M64)[1],)
+            code = dc.codes.get(key)
+            if code is not None:
+                return key, code
+            key = key[:2]
         if page is None:
             raw = self.ops.mmio_read(gpa | off, 1).to_bytes(1, "little")
         else:
@@ -414,6 +422,8 @@ class Cpu:
                 d = self.decoder.decode(raw, rip)
                 if d is not None and d.length > 4096 - off:
                     pages.append(hpa2 >> 12)
+                    dc.crossing.add(key)
+                    key += (hpa2,)
         if d is None:
             raise GuestFault(UD)
         code = self.translator(d)
@@ -441,7 +451,8 @@ class Cpu:
         h = dc.singles.get(key)
         if h is None:
             h = dc.singles[key] = make_handler([code])
-        self.icache[rip] = h
+        if len(code.pages) == 1:        # the run loop re-validates only an icache entry's first page
+            self.icache[rip] = h
         return h
 
     def fetch_block(self, rip: int):
@@ -458,7 +469,9 @@ class Cpu:
             return h
         key, code = self._insn_code(rip)
         h = dc.blocks.get(key)
-        if h is None:
+        if h is None and len(code.pages) > 1:
+            h = dc.blocks[key] = make_handler([code])    # crosses a page: alone, never in bcache
+        elif h is None:
             codes = [code]
             pages = set(code.pages)
             nxt = (rip + code.d.length) & M64
@@ -468,14 +481,15 @@ class Cpu:
                     _k, c = self._insn_code(nxt)
                 except (GuestFault, UnsupportedInstruction):
                     break           # raised again, precisely, when execution gets there
-                if c.sync:
+                if c.sync or len(c.pages) > 1:
                     break
                 codes.append(c)
                 pages.update(c.pages)
                 nxt = (nxt + c.d.length) & M64
             h = dc.blocks[key] = make_handler(codes, loop=True)
             dc.track(key, sorted(pages))
-        self.bcache[rip] = h
+        if len(code.pages) == 1:        # the run loop re-validates only a bcache entry's first page
+            self.bcache[rip] = h
         return h
 
     def decoded_at(self, rip: int):

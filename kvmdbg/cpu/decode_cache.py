@@ -18,6 +18,9 @@ class DecodeCache:
         self.singles: dict = {}      # key -> handler
         self.blocks: dict = {}       # key -> handler
         self.code_pages: dict[int, list] = {}     # host page number -> keys of entries on it
+        # (gva, hpa) of instructions that continue on the next page: their entries are keyed
+        # (gva, hpa, hpa of the next page), since that page can be remapped on its own.
+        self.crossing: set = set()
         self.cpus: list = []
         # Paging-structure pages the CPU walks: writes to them move pt_generation, which
         # invalidates every vCPU's walk memo (see Cpu.translate).

@@ -1442,3 +1442,24 @@ def test_fs_gs_override_adds_the_segment_base(seg, msr):
     assert run(cpu, 100) == HALTED, cpu.shutdown
     assert cpu.r[6] == 0x1122334455667788
     assert cpu.rd(0x200010, 8) == 0x1122334455667788
+
+
+@pytest.mark.parametrize("single", [False, True], ids=["blocks", "single-steps"])
+def test_instruction_crossing_into_a_remapped_page_is_fetched_again(single):
+    """A 10-byte MOV whose last two bytes sit on the next page: after the guest points that
+    page's PTE at another physical page (and INVLPGs it), the instruction must be fetched
+    from the new bytes (SDM 4.10.4.1: INVLPG, then the fetch walks again)."""
+    first, second, other = 0x100FF8, 0x101000, 0x180000
+    pte = 0x4000 + (second >> 12) * 8                # the boot tables' PTE for `second`
+    main = asm(f"mov rsi, {first:#x}; call rsi; mov rbx, rax; "
+               f"mov qword ptr [{pte:#x}], {other | 3:#x}; invlpg [{second:#x}]; "
+               "call rsi; hlt")
+    vm, cpu = machine(main)
+    # movabs rax, 0x2222111111111111 split 8 + 2 bytes; then ret on the second page.
+    vm.write_gpa(first, bytes.fromhex("48b8") + (0x1111111111111111).to_bytes(8, "little")[:6])
+    vm.write_gpa(second, bytes.fromhex("1111c3"))
+    vm.write_gpa(other, bytes.fromhex("2222c3"))
+    cpu.single_step = single
+    assert run(cpu, 100) == HALTED, cpu.shutdown
+    assert cpu.r[3] == 0x1111111111111111
+    assert cpu.r[0] == 0x2222111111111111
