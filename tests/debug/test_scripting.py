@@ -68,6 +68,20 @@ def test_source_runs_a_file_and_stops_at_the_first_error(tmp_path):
     assert run(s, f"source {unterminated}")[-1] == 'End of file inside a "define" block (missing "end").'
 
 
+def test_prefix_commands_alone_list_their_subcommands():
+    """gdb's answer to a bare "info": one line naming what must follow, then the list."""
+    s = smep()
+    info = run(s, "info")
+    assert info[:3] == ['"info" must be followed by the name of an info command.',
+                        "List of info subcommands:", ""]
+    names = [line.split(" -- ")[0] for line in info[3:]]
+    assert names == sorted(names) and "info registers" in names and "info roots" in names
+    trace = run(s, "trace")
+    assert trace[:3] == ['"trace" must be followed by the name of a trace subcommand.',
+                         "List of trace subcommands:", ""]
+    assert trace[3].startswith("trace export -- ")
+
+
 def test_help_classes_commands_and_errors():
     s = smep()
     out = run(s, "help")

@@ -7,7 +7,7 @@ only has to be registered before them (commands/__init__.FAMILIES).
 from __future__ import annotations
 
 from kvmdbg.cpu.regs import CR0_BITS, CR4_BITS, EFER_BITS
-from kvmdbg.debug.commands.registry import no_arguments
+from kvmdbg.debug.commands.registry import list_subcommands, no_arguments
 from kvmdbg.debug.formats import cr3_text, flag_names, format_register_row, register_rows
 from kvmdbg.debug.report import changed_registers
 from kvmdbg.errors import CommandError
@@ -41,11 +41,7 @@ def info(s, arg: str) -> None:
 
     Show things about the guest and the KVM model. "info" alone lists the subcommands.
     """
-    s.message('"info" must be followed by the name of an info command.')
-    s.message("List of info subcommands:")
-    s.message("")
-    for name, cmd in sorted(s.commands.lookup("info").subcommands.commands.items()):
-        s.message(f"info {name} -- {cmd.summary}")
+    list_subcommands(s, "info", "an info command")
 
 
 def info_registers(s, arg: str) -> None:

@@ -12,7 +12,7 @@ import shlex
 import textwrap
 from pathlib import Path
 
-from kvmdbg.debug.commands.registry import usage_error
+from kvmdbg.debug.commands.registry import list_subcommands, usage_error
 from kvmdbg.debug.pictures import chrome, ftrace
 from kvmdbg.debug.pictures.history import time_range
 from kvmdbg.debug.pictures.samples import start_sampling
@@ -153,11 +153,7 @@ def trace_cmd(s, arg: str) -> None:
     Write the event log out: "trace export FILE" (Perfetto JSON, or trace-cmd text with
     --format ftrace).
     """
-    s.message('"trace" must be followed by the name of a trace subcommand.')
-    s.message("List of trace subcommands:")
-    s.message("")
-    for name, cmd in sorted(s.commands.lookup("trace").subcommands.commands.items()):
-        s.message(f"trace {name} -- {cmd.summary}")
+    list_subcommands(s, "trace", "a trace subcommand")
 
 
 def trace_export(s, arg: str) -> None:

@@ -176,6 +176,16 @@ def split_word(line: str):
 _split_word = split_word
 
 
+def list_subcommands(s, prefix: str, what: str) -> None:
+    """What a prefix command says when given no subcommand (gdb's words), e.g.
+    '"info" must be followed by the name of an info command.' and the list."""
+    s.message(f'"{prefix}" must be followed by the name of {what}.')
+    s.message(f"List of {prefix} subcommands:")
+    s.message("")
+    for name, cmd in sorted(s.commands.lookup(prefix).subcommands.commands.items()):
+        s.message(f"{prefix} {name} -- {cmd.summary}")
+
+
 def no_arguments(cmd_fn, arg: str) -> None:
     """For commands that take none: an argument is an error that shows the usage."""
     if arg.strip():
