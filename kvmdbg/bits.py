@@ -30,9 +30,14 @@ def sign_extend(value: int, bits: int) -> int:
 
 
 def canonical(va: int) -> bool:
-    """48-bit canonical address check (bits 63:47 all equal)."""
-    top = va >> 47
-    return top == 0 or top == 0x1FFFF
+    """48-bit canonical address check (bits 63:47 all equal); va is a 64-bit value."""
+    return not (va + 0x8000_0000_0000) >> 48 & 0xFFFF
+
+
+# The same test as an expression over a 64-bit value `{}`, nonzero when it is not
+# canonical: biasing by 2**47 maps both canonical halves onto 0 and 2**64 in bits 64:48,
+# which the mask then drops (the interpreter's hot paths inline it instead of a call).
+NONCANONICAL = "({} + 0x800000000000) >> 48 & 0xffff"
 
 
 def parse_size(text: str) -> int:

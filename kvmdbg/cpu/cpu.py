@@ -8,7 +8,7 @@ the EPT root). Anything that changes the mode or flushes the TLB clears them
 
 from __future__ import annotations
 
-from kvmdbg.bits import M64, PACK_INTO as _PACK_INTO, UNPACK_FROM as _UNPACK_FROM
+from kvmdbg.bits import M64, PACK_INTO as _PACK_INTO, UNPACK_FROM as _UNPACK_FROM, canonical
 from kvmdbg.cpu import flags as _flags
 from kvmdbg.cpu.decoder import Decoder
 from kvmdbg.cpu.faults import (ACC_IMPLICIT, GP, PF, PFERR_FETCH, PFERR_USER, PFERR_WRITE, SS,
@@ -28,7 +28,7 @@ _materialize = _flags.materialize
 
 def _check_ss(va: int, size: int) -> None:
     """#SS(0) if the first or last byte of an access through SS is non-canonical."""
-    if (va + 0x800000000000) >> 48 or (((va + size - 1) & M64) + 0x800000000000) >> 48:
+    if not canonical(va) or not canonical((va + size - 1) & M64):
         raise GuestFault(SS, 0)
 
 
@@ -151,8 +151,8 @@ class Cpu:
 
         The common cases (a hit; a miss whose walk answer is memoised) are written out
         inline: this runs on every slow-path access and after every flush."""
-        if (va + 0x800000000000) >> 48:
-            raise GuestFault(GP, 0)                      # non-canonical
+        if (va + 0x800000000000) >> 48 & 0xFFFF:          # bits.NONCANONICAL, inlined
+            raise GuestFault(GP, 0)
         vpn = va >> 12
         mode = self._mode
         if mode is None:
@@ -338,7 +338,16 @@ class Cpu:
             return ((va, size),)
         return ((va, first), ((va + first) & M64, size - first))
 
+    @staticmethod
+    def _check_last_byte(va: int, size: int) -> None:
+        """#GP(0) for an access whose first byte is canonical and whose last is not: the
+        linear-address check comes before paging (SDM Vol. 3A 6.15, Interrupt 13; Bochs
+        checks both ends too), so the first page's translation must not fault first."""
+        if not canonical((va + size - 1) & M64):
+            raise GuestFault(GP, 0)
+
     def _read_slow(self, va: int, size: int, extra: int, implicit: bool = False) -> int:
+        self._check_last_byte(va, size)
         acc = extra if implicit else self._acc(extra)
         # Translate every piece before reading any: a split access faults as a whole.
         pieces = [(self.translate(a, acc), a, n) for a, n in self._pieces(va, size)]
@@ -354,6 +363,7 @@ class Cpu:
         return int.from_bytes(data, "little")
 
     def _split_write(self, va: int, size: int, value: int) -> None:
+        self._check_last_byte(va, size)
         acc = self._acc(PFERR_WRITE)
         data = value.to_bytes(size, "little")
         # Translate every piece before writing any: a split access faults as a whole.

@@ -52,6 +52,10 @@ _LEGACY_PREFIXES = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67})
 _STRING_OPS = frozenset({"stos", "movs", "lods", "scas", "cmps", "inse", "outs", "insb", "insw",
                          "insd"})
 
+# A SIB index field of 100b without REX.X means "no index" whatever the scale (SDM Vol. 2A
+# Table 2-3); capstone names that pseudo-register riz (eiz with a 32-bit address size).
+_NO_INDEX = frozenset({0, cx.X86_REG_RIZ, cx.X86_REG_EIZ})
+
 _REG_KIND = {capstone.CS_OP_REG: "reg", capstone.CS_OP_IMM: "imm", capstone.CS_OP_MEM: "mem"}
 
 
@@ -108,7 +112,7 @@ class Decoder:
                 ops.append(Operand(
                     "mem", o.size,
                     base=cs.reg_name(m.base) if m.base else "",
-                    index=cs.reg_name(m.index) if m.index else "",
+                    index=cs.reg_name(m.index) if m.index not in _NO_INDEX else "",
                     scale=m.scale, disp=m.disp,
                     segment=cs.reg_name(m.segment) if m.segment in (cx.X86_REG_FS, cx.X86_REG_GS) else ""))
             else:

@@ -66,7 +66,7 @@ class Gen:
         if key in self._addr:
             return self._addr[key]
         parts = []
-        if o.base == "rip":
+        if o.base in ("rip", "eip"):      # eip: RIP-relative with a 32-bit address size
             base = (self.next_rip + o.disp) & M64
             parts.append(str(base))
         else:
@@ -230,7 +230,14 @@ def generate(d) -> InsnCode:
     if emit is None:
         raise UnsupportedInstruction(d.address, d.text)
     g = Gen(d)
-    emit(g)
+    try:
+        emit(g)
+    except UnsupportedInstruction:
+        raise
+    except Exception as e:
+        # An operand form the emitter does not know (a register it has no name for, ...):
+        # the instruction cannot run here, which is what the user needs to hear.
+        raise UnsupportedInstruction(d.address, d.text) from e
     ends = g.ends_block
     if not ends:
         g.emit(f"cpu.rip = {g.next_rip}")

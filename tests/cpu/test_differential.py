@@ -379,9 +379,9 @@ class Generator:
         pre = f"{PTR[size]} ptr " if ptr else ""
         bases = [b for b in self.bases if rex or b < 8]
         idxs = [x for x in self.indexes if rex or x < 8]
-        modes = ["rip", "rsp", "rip"] if rip else ["rsp"]
+        modes = ["rip", "rsp", "rip", "riz"] if rip else ["rsp", "riz"]
         if bases:
-            modes += ["base", "base_d8", "base_d32"]
+            modes += ["base", "base_d8", "base_d32", "riz"]
             if idxs:
                 modes += ["bisd", "bisd", "addr32"]
         if idxs:
@@ -393,6 +393,14 @@ class Generator:
         if mode == "rsp":
             d = r.randrange(0, 0x80)
             text = f"[rsp + {d:#x}]" if d else "[rsp]"
+        elif mode == "riz":
+            # A SIB byte whose index field is 100b (no REX.X): no index, whatever the scale
+            # (SDM Vol. 2A Table 2-3); capstone and keystone spell it riz, eiz with 0x67.
+            b = r.choice(bases + [RSP])
+            needs = b >= 8
+            d = r.choice((0, r.randint(-128, 127))) if b != RSP else r.randrange(0, 0x80)
+            names, no_index = (R32, "eiz") if b != RSP and r.random() < 0.3 else (R64, "riz")
+            text = f"[{names[b]} + {no_index}*{r.choice((1, 2, 4, 8))}{self._disp(d)}]"
         elif mode.startswith("base"):
             b = r.choice(bases)
             needs = b >= 8
@@ -1235,8 +1243,26 @@ def required_keys() -> set:
     return req
 
 
+@lru_cache(maxsize=None)
+def _detail_cs():
+    import capstone
+    cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    cs.detail = True
+    return cs
+
+
+def _sib_without_index(raw: bytes) -> bool:
+    """A memory ModRM with a SIB byte whose index field is 100b and no REX.X (the decoder
+    itself drops the pseudo-register, and capstone hides it from some listings)."""
+    insn = next(_detail_cs().disasm(raw, 0), None)
+    return (insn is not None and insn.modrm >> 6 != 3 and insn.modrm & 7 == 4
+            and insn.sib >> 3 & 7 == 4 and not insn.rex & 2)
+
+
 def _mem_modes(o, d) -> set:
     modes = set()
+    if _sib_without_index(d.raw):
+        modes.add("sib-no-index " + ("eiz" if d.addr_size == 4 else "riz"))
     if o.base == "rip":
         return {"rip"}
     if d.addr_size == 4:
@@ -1303,7 +1329,7 @@ def test_coverage():
     assert not missing, f"forms never generated: {missing}"
     want_modes = {"rip", "absolute", "addr32", "base", "base+disp8", "base+disp32"}
     want_modes |= {f"base+index*{k}" for k in (1, 2, 4, 8)} | {f"base+index*{k}+disp" for k in (1, 2, 4, 8)}
-    want_modes |= {f"index*{k}+disp32" for k in (1, 2, 4, 8)}
+    want_modes |= {f"index*{k}+disp32" for k in (1, 2, 4, 8)} | {"sib-no-index riz", "sib-no-index eiz"}
     want_modes |= {"base=" + r for r in R64} | {"index=" + r for r in R64 if r != "rsp"}
     assert not want_modes - modes, f"addressing modes never generated: {sorted(want_modes - modes)}"
     want_regs = set(HIGH8) | set(R8[4:]) | {r + " written" for r in HIGH8 + R8[5:]}

@@ -1,13 +1,13 @@
 """Control transfer: jmp, jcc, call, ret, loop family, jrcxz."""
 
-from kvmdbg.bits import M64
+from kvmdbg.bits import M64, NONCANONICAL
 from kvmdbg.cpu.flags import ALIASES, CONDITIONS
 from kvmdbg.cpu.translate import handles
 
 
 def _canonical_check(g, t: str) -> None:
     # A jump to a non-canonical address faults on the jump itself (RIP stays on it).
-    g.emit(f"if ({t} + 0x800000000000) >> 48: raise GuestFault(13, 0)")
+    g.emit(f"if {NONCANONICAL.format(t)}: raise GuestFault(13, 0)")
 
 
 def _target(g) -> str:

@@ -2,7 +2,7 @@
 (in data.py), TLB control, descriptor tables, port I/O, vmcall, ud2, SMAP (stac/clac),
 protection keys (wrpkru/rdpkru), fences and cache-line flushes."""
 
-from kvmdbg.bits import MASKS
+from kvmdbg.bits import MASKS, NONCANONICAL
 from kvmdbg.cpu.faults import GP, PFERR_USER, SS, UD
 from kvmdbg.cpu.regs import AC, CR4_PKE
 from kvmdbg.cpu.translate import handles
@@ -197,5 +197,5 @@ def clflush(g):
     a = g.addr(o)
     with g.block(f"if cpu.fast_r.get({a} >> 12) is None:"):
         if g.uses_ss(o):
-            g.emit(f"if ({a} + 0x800000000000) >> 48: raise GuestFault({SS}, 0)")
+            g.emit(f"if {NONCANONICAL.format(a)}: raise GuestFault({SS}, 0)")
         g.emit(f"cpu.translate({a}, {PFERR_USER} if cpu.cs & 3 == 3 else 0)")
