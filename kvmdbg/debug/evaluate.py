@@ -18,12 +18,14 @@ from dataclasses import dataclass
 from kvmdbg.bits import M64, sign_extend
 from kvmdbg.cpu.faults import GuestFault
 from kvmdbg.cpu.regs import CR0_BITS, CR4_BITS, EFER_BITS, RFLAGS_BITS, SUBREGS
-from kvmdbg.debug.expr import (S8, S16, S32, S64, STR, STRUCT, U32, U64, VOID, Assign,
-                               Binary, Cast, Deref, Dollar, ExprError, Field, Num, Space, Str,
-                               Symbol, Type, Unary, parse)
+from kvmdbg.debug.expr import (S8, S16, S32, S64, STR, STRUCT, U32, U64, VOID, AddrOf, Assign,
+                               Binary, Cast, Deref, Dollar, ExprError, Field, Num, SizeOf, Space,
+                               Str, Symbol, Type, Unary, parse)
 
-PTR = Type("void *", 8, False, "ptr", U64)
-CODE = Type("code *", 8, False, "code", U64)
+PTR = Type("void *", 8, False, "ptr", VOID)          # $rsp, $rbp, $cr2: arithmetic in bytes
+CODE = Type("code *", 8, False, "code", U64)          # $pc and symbols: shown as <sym+off>
+TEXT = Type("<text variable, no debug info>", 1, False, "text")
+TEXT_PTR = Type("<text variable, no debug info> *", 8, False, "ptr", TEXT)   # &flip
 FLAGS_RFLAGS = Type("i386_eflags", 8, False, "flags", bits=RFLAGS_BITS)
 FLAGS_CR0 = Type("i386_cr0", 8, False, "flags", bits=CR0_BITS)
 FLAGS_CR4 = Type("i386_cr4", 8, False, "flags", bits=CR4_BITS)
@@ -103,16 +105,46 @@ def make_int(v: int, t: Type) -> Value:
 
 
 class Evaluator:
-    def __init__(self, session, vcpu: int | None = None, event=None):
+    """Values of expression trees. Evaluation keeps its own stack (each inner node is a
+    generator that yields the operands it needs), so a tree 10,000 deep or a sum of
+    10,000 terms costs memory in proportion, never Python recursion."""
+
+    def __init__(self, session, vcpu: int | None = None, event=None, effects: bool = True):
         self.s = session
         self.vcpu = session.current if vcpu is None else vcpu
         self.event = event          # the event a catchpoint condition is tested on
+        self.effects = effects      # False under sizeof: no memory read, no assignment
 
     # --- entry points ---
 
     def value(self, node) -> Value:
-        m = getattr(self, "_" + type(node).__name__.lower())
-        return m(node)
+        leaf = _LEAVES.get(type(node))
+        if leaf is not None:
+            return leaf(self, node)
+        effects = self.effects
+        try:
+            return self._run(node)
+        finally:
+            self.effects = effects
+
+    def _run(self, node) -> Value:
+        stack = [_INNER[type(node)](self, node)]
+        sent = None
+        while True:
+            try:
+                child = stack[-1].send(sent)
+            except StopIteration as done:
+                stack.pop()
+                sent = done.value
+                if not stack:
+                    return sent
+                continue
+            leaf = _LEAVES.get(type(child))
+            if leaf is not None:
+                sent = leaf(self, child)
+            else:
+                stack.append(_INNER[type(child)](self, child))
+                sent = None
 
     # --- leaves ---
 
@@ -128,9 +160,8 @@ class Evaluator:
             return Value(syms[n.name], CODE)
         raise ExprError(f'No symbol "{n.name}" in current context.')
 
-    def _space(self, n: Space) -> Value:
-        v = self.value(n.operand)
-        return Value(v.as_int() & M64, U64, space=n.space)
+    def _sizeof_type(self, n: SizeOf) -> Value:
+        return Value(n.type.size if n.type.kind != "ptr" else 8, U64)
 
     def _dollar(self, n: Dollar) -> Value:
         name = n.name
@@ -160,13 +191,46 @@ class Evaluator:
             return Value(self.vcpu, S64, readonly)
         if name in s.convenience:
             v = s.convenience[name]
-            return Value(v.v, v.type, LValue("conv", name))
+            return Value(v.v, v.type, LValue("conv", name), v.space)
         return Value(None, VOID, LValue("conv", name))
 
-    # --- operators ---
+    # --- inner nodes: generators that yield their operands ---
 
-    def _field(self, n: Field) -> Value:
-        base = self.value(n.operand)
+    def _space(self, n: Space):
+        v = yield n.operand
+        return Value(v.as_int() & M64, U64, space=n.space)
+
+    def _sizeof(self, n: SizeOf):
+        if n.operand is None:
+            return self._sizeof_type(n)
+        effects, self.effects = self.effects, False
+        v = yield n.operand
+        self.effects = effects
+        t = v.type
+        if t.kind == "str":
+            size = len(v.v) + 1 if isinstance(v.v, str) else 1
+        elif t.kind == "void":
+            size = 1                                # gdb's sizeof(void)
+        elif t.kind == "struct":
+            raise ExprError("sizeof of an event is not defined (it is not in memory).")
+        else:
+            size = t.size
+        return Value(size, U64)
+
+    def _addrof(self, n: AddrOf):
+        if isinstance(n.operand, Symbol):
+            addr = self._symbol(n.operand).v
+            return Value(addr, TEXT_PTR)
+        v = yield n.operand
+        lv = v.lval
+        if isinstance(n.operand, Deref) and v.type is CODE:   # &*&flip
+            return Value(v.v, TEXT_PTR)
+        if lv is None or lv.kind != "mem":
+            raise ExprError("Attempt to take address of value not located in memory.")
+        return Value(lv.address, v.type.pointer(), space="" if lv.space == "gva" else lv.space)
+
+    def _field(self, n: Field):
+        base = yield n.operand
         if base.type is STRUCT:
             ev = base.v
             if n.name in ("seq", "name", "vcpu", "step"):
@@ -195,10 +259,12 @@ class Evaluator:
         v = (base.as_int() >> shift) & ((1 << width) - 1)
         return Value(v, S64, LValue("field", lv.name, lv.vcpu, shift=shift, width=width))
 
-    def _unary(self, n: Unary) -> Value:
-        v = self.value(n.operand)
+    def _unary(self, n: Unary):
+        v = yield n.operand
         if n.op == "!":
             return Value(0 if v.truthy() else 1, S32)
+        if v.type.kind in ("ptr", "code") and n.op != "+":
+            raise ExprError("Argument to arithmetic operation not a number or boolean.")
         x = v.as_int()
         t = v.type if v.type.kind == "int" and v.type.size == 8 else S64
         if n.op == "-":
@@ -207,49 +273,68 @@ class Evaluator:
             return make_int(~x, t)
         return make_int(x, t)
 
-    def _cast(self, n: Cast) -> Value:
-        v = self.value(n.operand)
+    def _cast(self, n: Cast):
+        v = yield n.operand
         if n.type.kind == "ptr":
             return Value(v.as_int() & M64, n.type, space=v.space)
         return make_int(v.as_int(), n.type)
 
-    def _deref(self, n: Deref) -> Value:
-        v = self.value(n.operand)
+    def _deref(self, n: Deref):
+        v = yield n.operand
         if n.type is not None:
             t = n.type
         elif v.type.kind == "ptr" and v.type.pointee is not None:
             t = v.type.pointee
+            if t.kind == "void":
+                raise ExprError("Attempt to dereference a generic pointer.")
+            if t is TEXT:                               # *&flip is flip
+                return Value(v.as_int() & M64, CODE)
         else:
             t = U64
         if t.kind == "ptr":
             t = Type(t.name, 8, False, "ptr", t.pointee)
         space = v.space or "gva"
         addr = v.as_int() & M64
-        data = self.s.read_memory(addr, t.size, space)
-        raw = int.from_bytes(data, "little")
+        if not self.effects:
+            raw = 0
+        else:
+            raw = int.from_bytes(self.s.read_memory(addr, t.size, space), "little")
         out = make_int(raw, t) if t.kind in ("int", "char") else Value(raw, t)
         out.lval = LValue("mem", vcpu=self.vcpu, space=space, address=addr, size=t.size)
         return out
 
-    def _binary(self, n: Binary) -> Value:
+    def _binary(self, n: Binary):
         op = n.op
         if op in ("&&", "||"):
-            left = self.value(n.left).truthy()
+            left = (yield n.left).truthy()
             if op == "&&" and not left:
                 return Value(0, S32)
             if op == "||" and left:
                 return Value(1, S32)
-            return Value(1 if self.value(n.right).truthy() else 0, S32)
-        a = self.value(n.left)
-        b = self.value(n.right)
+            return Value(1 if (yield n.right).truthy() else 0, S32)
+        a = yield n.left
+        b = yield n.right
         if op in ("==", "!=") and (isinstance(a.v, str) or isinstance(b.v, str)):
             if not (isinstance(a.v, str) and isinstance(b.v, str)):
                 raise ExprError("Cannot compare a string with a number.")
             return Value(int((a.v == b.v) == (op == "==")), S32)
         x, y = a.as_int(), b.as_int()
-        if a.type.kind == "ptr" and op in ("+", "-") and b.type.kind != "ptr":
-            step = a.type.pointee.size if a.type.pointee and a.type.pointee.size else 1
-            return Value((x + y * step if op == "+" else x - y * step) & M64, a.type, space=a.space)
+        pa, pb = a.type.kind in ("ptr", "code"), b.type.kind in ("ptr", "code")
+        if pa or pb:
+            if op in ("==", "!=", "<", "<=", ">", ">="):
+                x, y = x & M64, y & M64
+            elif op == "-" and pa and pb:
+                if a.type != b.type:
+                    raise ExprError(f"First argument of `-' is a pointer and second argument is "
+                                    f"neither an integer nor a pointer of the same type.")
+                d, step = sign_extend((x - y) & M64, 64), _step(a.type)
+                return Value(d // step if d >= 0 else -(-d // step), S64)
+            elif op == "+" or (op == "-" and pa):
+                p, k = (a, y) if pa else (b, x)
+                addr = p.v + k * _step(p.type) if op == "+" else p.v - k * _step(p.type)
+                return Value(addr & M64, p.type, space=p.space)
+            else:
+                raise ExprError("Argument to arithmetic operation not a number or boolean.")
         t = U64 if (a.type.size == 8 and not a.type.signed and a.type.kind == "int") or \
             (b.type.size == 8 and not b.type.signed and b.type.kind == "int") else S64
         x, y = make_int(x, t).v, make_int(y, t).v
@@ -261,6 +346,8 @@ class Evaluator:
             r = x * y
         elif op in ("/", "%"):
             if y == 0:
+                if not self.effects:
+                    return Value(0, t)
                 raise ExprError("Division by zero")
             q = abs(x) // abs(y)
             if (x < 0) != (y < 0):
@@ -284,10 +371,26 @@ class Evaluator:
             out.space = a.space
         return out
 
-    def _assign(self, n: Assign) -> Value:
-        target = self.value(n.target)
-        new = self.value(n.value)
+    def _assign(self, n: Assign):
+        target = yield n.target
+        new = yield n.value
+        if not self.effects:
+            return Value(target.v, target.type)
         return assign(self.s, target, new)
+
+
+def _step(t: Type) -> int:
+    """What one unit of pointer arithmetic is: the pointed-to type's size, 1 for void and code."""
+    if t.kind == "ptr" and t.pointee is not None and t.pointee.size:
+        return t.pointee.size
+    return 1
+
+
+_LEAVES = {Num: Evaluator._num, Str: Evaluator._str, Symbol: Evaluator._symbol,
+           Dollar: Evaluator._dollar}
+_INNER = {Space: Evaluator._space, SizeOf: Evaluator._sizeof, AddrOf: Evaluator._addrof,
+          Field: Evaluator._field, Unary: Evaluator._unary, Cast: Evaluator._cast,
+          Deref: Evaluator._deref, Binary: Evaluator._binary, Assign: Evaluator._assign}
 
 
 # --- assignment ---
@@ -299,8 +402,8 @@ def assign(s, target: Value, new: Value) -> Value:
     if lv.kind == "conv":
         if lv.name.startswith("_") and lv.name in ("_step", "_event", "_vcpu"):
             raise ExprError(f"${lv.name} is read-only.")
-        s.convenience[lv.name] = Value(new.v, new.type)
-        return Value(new.v, new.type)
+        s.convenience[lv.name] = Value(new.v, new.type, space=new.space)
+        return Value(new.v, new.type, space=new.space)
     x = new.as_int()
     if lv.kind == "mem":
         t = target.type

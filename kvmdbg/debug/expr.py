@@ -7,8 +7,11 @@
     $_step $_exitcode $_event.root $foo    convenience variables (user ones with `set $foo = 1`)
     flip  start                            symbols of the program
     *(u64*)gpa:0x7000  *(u32*)$rsp  {u16}0x1000  *ADDR     memory (gva unless gpa:/hpa:)
-    (u8)$rax                               truncation casts: u8 u16 u32 u64 s8 .. s64, char, int, long
+    (u8)$rax  (u64 *)$rsp                  casts: u8 u16 u32 u64 s8 .. s64, char, int, long, TYPE *
+    &flip  &*(u64*)0x7000  sizeof(u32)  sizeof $eax     address of memory or a symbol; sizes
     + - * / % & | ^ << >> ~ ! == != < <= > >= && || ( )   with C precedence
+    $rsp + 8  (u64 *)$rsp + 1              pointer arithmetic in units of the pointed-to type
+                                           ($rsp, $rbp are void *, $pc code: bytes)
     LVALUE = EXPR                          assignment (set, print)
 
 This module only parses: text -> a tree of small node objects. evaluate.py gives
@@ -49,14 +52,19 @@ VOID = Type("void", 0, False, "void")
 STR = Type("string", 0, False, "str")
 STRUCT = Type("struct", 0, False, "struct")
 
-TYPE_NAMES = {
+def _named(t: Type, name: str) -> Type:
+    """t under the name it was written with, so `(long *)$rsp` prints as gdb prints it."""
+    return t if t.name == name else Type(name, t.size, t.signed, t.kind, t.pointee, t.bits)
+
+
+TYPE_NAMES = {name: _named(t, name) for name, t in {
     "u8": U8, "u16": U16, "u32": U32, "u64": U64,
     "s8": S8, "s16": S16, "s32": S32, "s64": S64,
     "i8": S8, "i16": S16, "i32": S32, "i64": S64,
     "uint8_t": U8, "uint16_t": U16, "uint32_t": U32, "uint64_t": U64,
     "int8_t": S8, "int16_t": S16, "int32_t": S32, "int64_t": S64,
     "char": CHAR, "short": S16, "int": S32, "long": S64, "unsigned": U32,
-}
+}.items()}
 
 
 # --- nodes ---
@@ -106,6 +114,19 @@ class Unary:
 class Deref:
     operand: object
     type: Type | None = None     # the size to read; None: the operand's pointee, else u64
+
+
+@dataclass
+class AddrOf:
+    """&LVALUE: the address of memory (or of a symbol)."""
+    operand: object
+
+
+@dataclass
+class SizeOf:
+    """sizeof EXPR or sizeof(TYPE): the size in bytes, the operand never evaluated for effect."""
+    operand: object = None
+    type: Type | None = None
 
 
 @dataclass
@@ -202,7 +223,7 @@ def tokenize(text: str):
             body = unescape(m.group("chr")[1:-1])
             if len(body) != 1:
                 raise ExprError(f"Invalid character constant {m.group('chr')}.")
-            toks.append(("num", ord(body)))
+            toks.append(("char", ord(body) & 0xFF))
         elif kind == "space":
             toks.append(("space", m.group("space")[:-1]))
         elif kind == "dollar":
@@ -219,12 +240,20 @@ def _is_octal(raw: str) -> bool:
     return len(raw) > 1 and raw[0] == "0" and raw[1].isdigit()
 
 
-# --- parser (precedence climbing, C's table) ---
+# --- parser (operator precedence with explicit stacks: no recursion per level or term) ---
 
+# C's binary operators, loosest first; `=` (assignment) is looser still and right-associative.
 _BINARY = [
     ("||",), ("&&",), ("|",), ("^",), ("&",), ("==", "!="), ("<", "<=", ">", ">="),
     ("<<", ">>"), ("+", "-"), ("*", "/", "%"),
 ]
+_PREC = {"=": 0} | {op: level + 1 for level, ops in enumerate(_BINARY) for op in ops}
+_PREFIX = ("-", "+", "!", "~", "*", "&")
+
+MAX_DEPTH = 10_000
+"""Parentheses and operators waiting for their operands, at most (gdb's parser stack holds
+10,000 entries). Long flat sums need only a few: a left-associative operator is applied
+as soon as the next one of no higher precedence arrives."""
 
 
 class _Parser:
@@ -249,7 +278,10 @@ class _Parser:
 
     def expect(self, op: str) -> None:
         if not self.accept(op):
-            raise ExprError(f"A syntax error in expression, near `{self._rest()}'.")
+            raise self.syntax_error()
+
+    def syntax_error(self) -> ExprError:
+        return ExprError(f"A syntax error in expression, near `{self._rest()}'.")
 
     def _rest(self) -> str:
         # Rebuild the text from the current token on, for gdb's "near `...'" message.
@@ -257,37 +289,117 @@ class _Parser:
         if kind == "end":
             return ""
         needle = {"dollar": f"${val}", "space": f"{val}:"}.get(kind, str(val))
-        pos = self.text.find(needle) if kind not in ("num", "str") else -1
+        pos = self.text.find(needle) if kind not in ("num", "str", "char") else -1
         return self.text[pos:] if pos >= 0 else needle
 
     def parse(self):
         if self.peek()[0] == "end":
             raise ExprError("Argument required (expression to compute).")
-        node = self.assignment()
+        node = self.expression()
         if self.peek()[0] != "end":
-            raise ExprError(f"A syntax error in expression, near `{self._rest()}'.")
+            raise self.syntax_error()
         return node
 
-    def assignment(self):
-        left = self.binary(0)
-        if self.accept("="):
-            return Assign(left, self.assignment())
-        return left
+    def expression(self):
+        """Operands go on `out`; on `ops`, '(' marks, prefix operators (a function that
+        builds the node) and binary operators waiting for their right operand."""
+        out: list = []
+        ops: list = []
+        opened = 0                      # '(' marks on ops
 
-    def binary(self, level: int):
-        if level == len(_BINARY):
-            return self.unary()
-        node = self.binary(level + 1)
-        while True:
-            kind, val = self.peek()
-            if kind == "op" and val in _BINARY[level]:
-                self.take()
-                node = Binary(val, node, self.binary(level + 1))
+        def reduce_one():
+            kind, what = ops.pop()
+            if kind == "prefix":
+                out.append(what(out.pop()))
             else:
-                return node
+                right = out.pop()
+                left = out.pop()
+                out.append(Assign(left, right) if what == "=" else Binary(what, left, right))
+
+        def push(entry):
+            if len(ops) >= MAX_DEPTH:
+                raise ExprError(f"Expression too deeply nested (more than {MAX_DEPTH:,} "
+                                "parentheses and operators waiting for their operands).")
+            ops.append(entry)
+
+        while True:
+            # An operand, after any prefix operators.
+            kind, val = self.peek()
+            if kind == "op" and val in _PREFIX:
+                self.take()
+                push(("prefix", _PREFIX_NODES[val]))
+                continue
+            if kind == "op" and val == "{":
+                self.take()
+                t = self._type_name()
+                self.expect("}")
+                push(("prefix", lambda x, t=t: Deref(x, t)))
+                continue
+            if kind == "space":
+                self.take()
+                push(("prefix", lambda x, sp=val: Space(sp, x)))
+                continue
+            if (kind, val) == ("ident", "sizeof"):
+                self.take()
+                t = self._cast_type()
+                if t is None:
+                    push(("prefix", lambda x: SizeOf(x)))
+                    continue
+                out.append(SizeOf(None, t))
+            else:
+                t = self._cast_type()
+                if t is not None:
+                    push(("prefix", lambda x, t=t: Cast(t, x)))
+                    continue
+                if (kind, val) == ("op", "("):
+                    self.take()
+                    push(("(", None))
+                    opened += 1
+                    continue
+                out.append(self.primary())
+            self._postfix(out)
+            # Then binary operators and closing parentheses, until the next operand.
+            while True:
+                kind, val = self.peek()
+                if kind == "op" and val == ")" and opened:
+                    self.take()
+                    while ops[-1][0] != "(":
+                        reduce_one()
+                    ops.pop()
+                    opened -= 1
+                    self._postfix(out)
+                    continue
+                if kind == "op" and val in _PREC:
+                    prec = _PREC[val]
+                    while ops and ops[-1][0] != "(" and (
+                            ops[-1][0] == "prefix" or _PREC[ops[-1][1]] > prec or
+                            (_PREC[ops[-1][1]] == prec and val != "=")):
+                        reduce_one()
+                    self.take()
+                    push(("binary", val))
+                    break
+                # The end of the expression.
+                while ops:
+                    if ops[-1][0] == "(":
+                        raise self.syntax_error()
+                    reduce_one()
+                return out.pop()
+
+    def _postfix(self, out: list) -> None:
+        while self.accept("."):
+            kind, name = self.take()
+            if kind != "ident":
+                raise ExprError("A syntax error in expression, near `.'.")
+            out[-1] = Field(out[-1], name)
+
+    def _type_name(self) -> Type:
+        tk, tname = self.take()
+        if tk != "ident" or tname not in TYPE_NAMES:
+            raise ExprError(f"No type named {tname or '?'}.")
+        return TYPE_NAMES[tname]
 
     def _cast_type(self):
-        """At '(' TYPE ['*'] ')': the Type (pointer if starred), else None without consuming."""
+        """At '(' TYPE ['*'...] ')': the Type (pointer if starred), else None without consuming."""
         if self.peek() != ("op", "("):
             return None
         kind, name = self.peek(1)
@@ -296,7 +408,8 @@ class _Parser:
         t = TYPE_NAMES[name]
         k = 2
         if name == "unsigned" and self.peek(2)[0] == "ident" and self.peek(2)[1] in ("char", "short", "int", "long"):
-            t = {"char": U8, "short": U16, "int": U32, "long": U64}[self.peek(2)[1]]
+            word = self.peek(2)[1]
+            t = _named({"char": U8, "short": U16, "int": U32, "long": U64}[word], f"unsigned {word}")
             k = 3
         stars = 0
         while self.peek(k) == ("op", "*"):
@@ -309,44 +422,14 @@ class _Parser:
             t = t.pointer()
         return t
 
-    def unary(self):
-        kind, val = self.peek()
-        if kind == "op" and val in ("-", "+", "!", "~"):
-            self.take()
-            return Unary(val, self.unary())
-        if kind == "op" and val == "*":
-            self.take()
-            return Deref(self.unary())
-        if kind == "op" and val == "{":
-            self.take()
-            tk, tname = self.take()
-            if tk != "ident" or tname not in TYPE_NAMES:
-                raise ExprError(f"No type named {tname or '?'}.")
-            self.expect("}")
-            return Deref(self.unary(), TYPE_NAMES[tname])
-        if kind == "space":
-            self.take()
-            return Space(val, self.unary())
-        t = self._cast_type()
-        if t is not None:
-            return Cast(t, self.unary())
-        return self.postfix()
-
-    def postfix(self):
-        node = self.primary()
-        while self.accept("."):
-            kind, name = self.take()
-            if kind != "ident":
-                raise ExprError("A syntax error in expression, near `.'.")
-            node = Field(node, name)
-        return node
-
     def primary(self):
         kind, val = self.take()
         if kind == "num":
             if val >> 64:
                 raise ExprError("Numeric constant too large.")
             return Num(val, S64 if val < 1 << 63 else U64)
+        if kind == "char":
+            return Num(val - 256 if val >= 128 else val, CHAR)
         if kind == "str":
             return Str(val)
         if kind == "dollar":
@@ -357,19 +440,29 @@ class _Parser:
             # A dotted identifier is a symbol name (assemblers allow dots); fields are
             # only taken after a $name ($cr4.smep, $_event.root).
             return Symbol(val)
-        if kind == "op" and val == "(":
-            node = self.assignment()
-            self.expect(")")
-            return node
         self.i -= 1
-        if kind == "end":
-            raise ExprError("A syntax error in expression, near `'.")
-        raise ExprError(f"A syntax error in expression, near `{self._rest()}'.")
+        raise self.syntax_error()
+
+
+_PREFIX_NODES = {
+    "-": lambda x: Unary("-", x), "+": lambda x: Unary("+", x), "!": lambda x: Unary("!", x),
+    "~": lambda x: Unary("~", x), "*": lambda x: Deref(x), "&": lambda x: AddrOf(x),
+}
 
 
 def parse(text: str):
     """Parse an expression; ExprError with a one-line message if it is malformed."""
     return _Parser(text).parse()
+
+
+def walk(node):
+    """Every node of a tree, without recursion (trees can be 10,000 deep)."""
+    todo = [node]
+    while todo:
+        n = todo.pop()
+        yield n
+        todo.extend(v for v in vars(n).values() if hasattr(v, "__dataclass_fields__")
+                    and not isinstance(v, Type))
 
 
 def split_condition(text: str) -> tuple[str, str | None]:

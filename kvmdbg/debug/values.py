@@ -74,8 +74,8 @@ def format_natural(s, val) -> str:
         return "{" + ", ".join(parts) + "}"
     if t.kind == "char":
         return format_int(s, v, "c", 1)
-    if t.kind == "ptr":
-        return f"({t.name}) {v:#x}"
+    if t.kind == "ptr":                 # gdb's `print symbol on`: <sym+off> after the address
+        return f"({t.name}) {s.location(v)}"
     if t.kind == "code":
         return s.location(v)
     if t.kind == "flags":

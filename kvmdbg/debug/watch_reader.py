@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from kvmdbg.bits import PAGE_SHIFT
 from kvmdbg.debug.evaluate import make_int
-from kvmdbg.debug.expr import Deref, Dollar
+from kvmdbg.debug.expr import Deref, Dollar, walk
 
 P, PS = 1, 0x80
 ADDR = ((1 << 52) - 1) & ~0xFFF
@@ -21,9 +21,7 @@ ADDR = ((1 << 52) - 1) & ~0xFFF
 
 def _constant(node) -> bool:
     """True if the expression tree reads no register, variable or memory."""
-    if isinstance(node, (Dollar, Deref)):
-        return False
-    return all(_constant(v) for v in vars(node).values() if hasattr(v, "__dataclass_fields__"))
+    return not any(isinstance(n, (Dollar, Deref)) for n in walk(node))
 
 
 def reader_for(session, wp):

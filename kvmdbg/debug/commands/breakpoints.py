@@ -7,7 +7,7 @@ from kvmdbg.debug import catchpoints
 from kvmdbg.debug.breakpoints import Breakpoint, Catchpoint, Watchpoint, parse_numbers
 from kvmdbg.debug.commands.registry import no_arguments, usage_error
 from kvmdbg.debug.evaluate import Evaluator
-from kvmdbg.debug.expr import U64, Deref, Dollar, ExprError, Field, Space, parse, split_condition
+from kvmdbg.debug.expr import U64, Deref, Dollar, ExprError, Field, Space, parse, split_condition, walk
 from kvmdbg.debug.state import BlockReader, confirm
 from kvmdbg.errors import CommandError
 
@@ -96,11 +96,7 @@ def _watch(s, fn, arg: str, access: str) -> None:
 
 
 def _depends_on_state(node) -> bool:
-    if isinstance(node, (Dollar, Deref)):
-        return True
-    if isinstance(node, Field):
-        return True
-    return any(_depends_on_state(v) for v in vars(node).values() if hasattr(v, "__dataclass_fields__"))
+    return any(isinstance(n, (Dollar, Deref, Field)) for n in walk(node))
 
 
 def watch(s, arg: str) -> None:

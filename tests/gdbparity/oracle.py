@@ -1,0 +1,86 @@
+"""gdb as the oracle: run /usr/bin/gdb in batch mode, with no program or on a tiny static
+one built here (GNU as and ld), and compare kvmdbg's answers with its own.
+
+Tests that need gdb are skipped with a reason when it is not installed; they also state
+gdb's answer in the test, so they still say what gdb does.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from tests.helpers import run_cli
+
+GDB = shutil.which("gdb")
+needs_gdb = pytest.mark.skipif(GDB is None, reason="gdb is not installed (the oracle)")
+needs_gdb_program = pytest.mark.skipif(
+    GDB is None or shutil.which("as") is None or shutil.which("ld") is None,
+    reason="gdb and GNU binutils (as, ld) are needed to build the oracle's program")
+
+SMEP = "programs/smep_flip.bin"
+
+# A static program with a call, a rip-relative load and a data word: enough for $rsp,
+# $pc, $_ after x, and disassembly of calls and rip-relative operands.
+PROGRAM = """
+.intel_syntax noprefix
+.globl _start
+_start:
+  lea rax, [rip + msg]
+  call flip
+  mov rax, [rip + msg]
+  mov eax, 60
+  xor edi, edi
+  syscall
+flip:
+  nop
+  ret
+.data
+msg: .quad 0x1122334455667788
+"""
+
+
+def gdb(*commands: str, program: str | None = None, stdin: str | None = None) -> list[str]:
+    """The lines gdb prints (stdout and stderr together, in order) for -batch -ex CMD..."""
+    args = [GDB, "-batch", "-nx"]
+    for c in commands:
+        args += ["-ex", c]
+    if program:
+        args.append(program)
+    p = subprocess.run(args, capture_output=False, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, input=stdin, text=True, timeout=120,
+                       env=dict(os.environ, TERM="dumb", LC_ALL="C"))
+    return p.stdout.splitlines()
+
+
+@functools.lru_cache(maxsize=None)
+def gdb_program(tmpdir: str) -> str:
+    src = os.path.join(tmpdir, "t.S")
+    with open(src, "w") as f:
+        f.write(PROGRAM)
+    subprocess.run(["as", src, "-o", src[:-2] + ".o"], check=True)
+    subprocess.run(["ld", src[:-2] + ".o", "-o", src[:-2]], check=True)
+    return src[:-2]
+
+
+@pytest.fixture(scope="session")
+def oracle_program(tmp_path_factory):
+    return gdb_program(str(tmp_path_factory.mktemp("oracle")))
+
+
+def kvmdbg(*commands: str, program: str = SMEP, options=(), stdin=None):
+    """(status, stdout lines, stderr lines) of `kvmdbg -batch OPTIONS -ex CMD... PROGRAM`."""
+    args = ["-batch", *options]
+    for c in commands:
+        args += ["-ex", c]
+    rc, out, err = run_cli(*args, program, stdin=stdin)
+    return rc, out.splitlines(), err.splitlines()
+
+
+def values(lines: list[str]) -> list[str]:
+    """'$1 = 7' -> '7' for every value-history line."""
+    return [ln.split(" = ", 1)[1] for ln in lines if ln.startswith("$") and " = " in ln]
