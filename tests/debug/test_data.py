@@ -37,7 +37,7 @@ def test_x_instructions_mark_rip_and_remember_last_address():
                                   "   0x100003 <start+3>:\tshr r9, 0x20"]
     assert run(s, "x/i") == ["   0x100007 <start+7>:\tjne 0x10000f"]
     assert run(s, "x/xg 0x100000") == ["0x100000 <start>:\t0x7520e9c149d18949"]
-    assert run(s, "p $_", "p/x $__") == ["$1 = (void *) 0x100000 <start>", "$2 = 0x7520e9c149d18949"]
+    assert run(s, "p $_", "p/x $__") == ["$1 = (s64 *) 0x100000 <start>", "$2 = 0x7520e9c149d18949"]
 
 
 def test_x_errors():

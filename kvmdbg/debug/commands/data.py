@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 
 from kvmdbg.debug.commands.registry import no_arguments, usage_error
-from kvmdbg.debug.evaluate import PTR, Value, evaluate
+from kvmdbg.debug.evaluate import Value, evaluate
 from kvmdbg.debug.expr import ExprError
 from kvmdbg.debug.state import Display, confirm
 from kvmdbg.debug.values import PRINT_FORMATS, c_string, format_int, format_value
@@ -15,15 +15,18 @@ SIZES = {"b": 1, "h": 2, "w": 4, "g": 8}
 X_FORMATS = "xduotacfsiz"
 PER_LINE = {"b": 8, "h": 8, "w": 4, "g": 2}
 MAX_STRING = 200
+MAX_COUNT = 2**31 - 1          # gdb's x count is a C int
 
 
 def split_format(fn, arg: str, letters: str, allow_size=True):
-    """'/4gx rest' -> ('4gx', 'rest'); anything else -> ('', arg)."""
+    """'/4gx rest' -> ('4gx', 'rest'); anything else -> ('', arg). A count may be negative
+    ('/-4gx': x examines backward)."""
     if not arg.startswith("/"):
         return "", arg
     spec, _, rest = arg[1:].partition(" ")
-    for ch in spec:
-        if not (ch.isdigit() or ch in letters or (allow_size and ch in SIZES)):
+    for i, ch in enumerate(spec):
+        if not (ch.isdigit() or ch in letters or (allow_size and ch in SIZES) or
+                (ch == "-" and i == 0 and allow_size)):
             raise usage_error(fn, f"Undefined output format \"{ch}\".")
     return spec, rest.strip()
 
@@ -71,6 +74,7 @@ def examine(s, fn, arg: str, default_space: str, name: str) -> None:
     spec, expr = split_format(fn, arg, X_FORMATS)
     digits = "".join(c for c in spec if c.isdigit())
     count = int(digits) if digits else 1
+    backward = spec.startswith("-")
     fmt, size, size_given = ex.fmt, ex.size, False
     for ch in spec:
         if ch in SIZES:
@@ -79,6 +83,14 @@ def examine(s, fn, arg: str, default_space: str, name: str) -> None:
             fmt = ch
     if count < 1:
         raise usage_error(fn, "Count must be at least 1.")
+    if count > MAX_COUNT:
+        raise usage_error(fn, f"Item count {'-' if backward else ''}{count} out of range: 1 to "
+                              f"{MAX_COUNT} units (-1 to -{MAX_COUNT} examine backward).")
+    if backward and fmt == "i":
+        raise CommandError("x/-Ni is not supported: without line information there is no "
+                           "telling where the instructions before an address start.")
+    if backward and fmt == "s":
+        raise CommandError("x/-Ns is not supported: examine strings forward from their start.")
     if expr:
         val = evaluate(s, expr)
         if not isinstance(val.v, int):
@@ -96,12 +108,18 @@ def examine(s, fn, arg: str, default_space: str, name: str) -> None:
         last = _examine_strings(s, addr, space, count)
     elif fmt == "i":
         last = _examine_insns(s, addr, space, count)
+    elif backward:                     # gdb: the N units before ADDR; x continues below them
+        start = (addr - count * SIZES[size]) & ((1 << 64) - 1)
+        _examine_units(s, start, space, count, fmt, size)
+        last = start, space
+        ex.size = size
     else:
         last = _examine_units(s, addr, space, count, fmt, size)
         ex.size = size
     ex.fmt = fmt
     ex.next_address, ex.space = last
-    s.state.next_repeat = f"{name}/{count}{fmt}" + (size if fmt not in "si" else "")
+    s.state.next_repeat = f"{name}/{'-' if backward else ''}{count}{fmt}" + \
+        (size if fmt not in "si" else "")
 
 
 def _prefix(space: str) -> str:
@@ -130,7 +148,7 @@ def _examine_units(s, addr, space, count, fmt, size):
         s.message(f"{_label(s, space, addr)}:\t" + "\t".join(items))
         addr += n * k
         done += k
-    _set_examined(s, addr - n, last_val, n)
+    _set_examined(s, addr - n, last_val, n, space)
     return addr, space
 
 
@@ -143,15 +161,21 @@ def _unit(s, raw: int, fmt: str, n: int) -> str:
     return format_int(s, raw, fmt, n, pad=fmt in "xzt")
 
 
-def _set_examined(s, addr: int, value, size: int) -> None:
-    """gdb's $_ (last address examined) and $__ (its contents)."""
-    from kvmdbg.debug.expr import U8, U16, U32, U64
-    s.convenience["_"] = Value(addr, PTR)
-    if value is not None:
-        s.convenience["__"] = Value(value, {1: U8, 2: U16, 4: U32, 8: U64}[size])
+def _set_examined(s, addr: int, value, size: int, space: str) -> None:
+    """gdb's $_ (the address of the last unit examined, a pointer to the unit's type) and
+    $__ (its contents; void after x/s and x/i, whose units gdb does not fetch as values)."""
+    from kvmdbg.debug.evaluate import make_int
+    from kvmdbg.debug.expr import S8, S16, S32, S64
+    t = {1: S8, 2: S16, 4: S32, 8: S64}[size]
+    s.convenience["_"] = Value(addr, t.pointer(), space="" if space == "gva" else space)
+    if value is None:
+        s.convenience.pop("__", None)
+    else:
+        s.convenience["__"] = make_int(value, t)
 
 
 def _examine_strings(s, addr, space, count):
+    start = addr
     for _ in range(count):
         start = addr
         raw = bytearray()
@@ -165,15 +189,17 @@ def _examine_strings(s, addr, space, count):
         if len(raw) >= MAX_STRING:
             text += "..."
         s.message(f"{_label(s, space, start)}:\t{text}")
-    _set_examined(s, addr - 1, None, 1)
+    _set_examined(s, start, None, 1, space)
     return addr, space
 
 
 def _examine_insns(s, addr, space, count):
     from kvmdbg.debug.commands.code import insn_lines
+    start = addr
     for line, nxt in insn_lines(s, addr, space, count):
         s.message(line, style="disasm")
-        addr = nxt
+        start, addr = addr, nxt
+    _set_examined(s, start, None, 1, space)
     return addr, space
 
 
@@ -182,7 +208,9 @@ def x(s, arg: str) -> None:
 
     Examine memory: N units (default 1) of size U (b h w g) in format F (x d u o t a c f
     s i z), at ADDR: a guest-virtual address unless written gpa:ADDR or hpa:ADDR.
-    Format and size are remembered; without ADDR, x continues after the last one.
+    Format and size are remembered; without ADDR, x continues after the last one. A
+    negative N shows the N units below ADDR (x/-4gx $rsp), and x then continues below them.
+    $_ is the address of the last unit shown and $__ its contents (void after s and i).
     Examples: x/4gx $rsp, x/8xb gpa:0x1000, x/3i $pc, x/s message
     """
     examine(s, x, arg, "gva", "x")

@@ -192,6 +192,13 @@ def no_arguments(cmd_fn, arg: str) -> None:
         raise usage_error(cmd_fn, f"Unexpected argument \"{arg.strip()}\".")
 
 
+def check_range(what: str, value: int, lo: int, hi: int, extra: str = "") -> int:
+    """value, or the one-line error naming the field and its range (the --vcpus wording)."""
+    if not lo <= value <= hi:
+        raise CommandError(f"{what} must be between {lo} and {hi}{extra} (got {value}).")
+    return value
+
+
 def usage_error(cmd_fn, detail: str = "") -> CommandError:
     usage = (cmd_fn.__doc__ or "").strip().splitlines()[0]
     msg = f"{detail}  Usage: {usage}" if detail else f"Usage: {usage}"
