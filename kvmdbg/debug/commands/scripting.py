@@ -194,6 +194,8 @@ def format_printf(s, fmt: str, args: list) -> str:
         pos = m.end()
         flags, width, prec, length, conv = m.groups()
         if conv == "%":
+            if flags or width or prec is not None or length:
+                raise CommandError("Unrecognized format specifier '%' in printf")
             out.append("%")
             continue
         if width == "*":
@@ -206,12 +208,15 @@ def format_printf(s, fmt: str, args: list) -> str:
         elif conv == "c":
             out.append((spec + "c") % chr(val.as_int() & 0xFF))
         elif conv == "p":
-            out.append((spec + "s") % f"{val.as_int() & ((1 << 64) - 1):#x}")
+            p = val.as_int() & ((1 << 64) - 1)
+            out.append((spec.replace("#", "") + "s") % (f"{p:#x}" if p else "(nil)"))   # glibc's
         else:
             n = val.as_int()
-            if conv in "ouxX":
-                n &= (1 << 64) - 1        # unsigned conversions see the 64-bit pattern
-            out.append((spec + ("d" if conv in "iu" else conv)) % n)
+            n &= (1 << 64) - 1            # the 64-bit pattern, unsigned or signed (C's %ld)
+            if conv in "di" and n >> 63:
+                n -= 1 << 64
+            out.append(c_integer(flags, int(width) if width else 0,
+                                 int(prec) if prec is not None else None, conv, n))
     tail = fmt[pos:]
     if "%" in tail:
         bad = tail[tail.index("%") + 1:tail.index("%") + 2] or "%"
@@ -220,6 +225,31 @@ def format_printf(s, fmt: str, args: list) -> str:
     if i != len(args):
         raise CommandError("Wrong number of arguments for specified format-string")
     return "".join(out)
+
+
+def c_integer(flags: str, width: int, prec: int | None, conv: str, n: int) -> str:
+    """One integer conversion as C's printf does it (Python's % differs: `%#x` of 0 is 0,
+    not 0x0; `%#o` of 8 is 010, not 0o10; `%.0d` of 0 is empty)."""
+    if width < 0:                       # a negative `*` width is the `-` flag (C)
+        flags, width = flags + "-", -width
+    digits = {"d": str, "i": str, "u": str, "o": lambda v: f"{v:o}", "x": lambda v: f"{v:x}",
+              "X": lambda v: f"{v:X}"}[conv](abs(n))
+    if prec is not None:
+        digits = "" if prec == 0 and n == 0 else digits.rjust(prec, "0")
+    if conv == "o" and "#" in flags and not digits.startswith("0"):
+        digits = "0" + digits
+    sign = "-" if n < 0 else "+" if "+" in flags and conv in "di" else \
+        " " if " " in flags and conv in "di" else ""
+    if conv in "xX" and "#" in flags and n:
+        sign += "0" + conv
+    pad = width - len(sign) - len(digits)
+    if pad <= 0:
+        return sign + digits
+    if "-" in flags:
+        return sign + digits + " " * pad
+    if "0" in flags and prec is None:
+        return sign + "0" * pad + digits
+    return " " * pad + sign + digits
 
 
 def _c_string_at(s, addr: int) -> str:
