@@ -70,8 +70,6 @@ def _init_file() -> str:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from kvmdbg.debug.session import Session
-    from kvmdbg.debug.commands import QuitRequest
-    from kvmdbg.debug import script
 
     output = Output()
     out = output.out
@@ -101,6 +99,7 @@ def main(argv=None) -> int:
     if color:
         from kvmdbg.repl.style import make_styler
         session.styler = make_styler(session)
+    session.out_raw = output.raw
     if args.batch:
         session.state.settings.confirm = False       # -batch answers every question yes
     session.unicode_output = (sys.stdout.encoding or "").lower().replace("-", "") == "utf8"
@@ -109,6 +108,15 @@ def main(argv=None) -> int:
             f"{args.program} loaded at {session.program.address:#x}")
         out('Type "help" for a list of commands, "help mmu" for the ideas behind the views.')
     _install_interrupt(session)
+    try:
+        return _run_session(session, args, output, tty, color)
+    finally:
+        session.flush_output()          # `echo b` at the very end prints b, no newline
+
+
+def _run_session(session, args, output, tty, color) -> int:
+    from kvmdbg.debug.commands import QuitRequest
+    from kvmdbg.debug import script
     failed = False
     try:
         if not args.nx and os.path.isfile(_init_file()):
@@ -148,14 +156,33 @@ class Output:
         sys.stdout.flush()
         self._write(sys.stderr, text)
 
-    def replay(self, captured) -> None:
-        for stream, text in captured:
-            self._write(stream, text)
+    def raw(self, text: str) -> None:
+        """Text without a newline (what echo/printf left open before an error or a prompt)."""
+        if self.capture is not None:
+            self.capture.append((sys.stdout, text, ""))
+            return
+        self._write(sys.stdout, text, "")
 
     @staticmethod
-    def _write(stream, text: str) -> None:
+    def lines(captured) -> list:
+        """The captured output as lines (pieces written without a newline joined on)."""
+        lines, open_line = [], ""
+        for _stream, text, *end in captured:
+            if end and end[0] == "":
+                open_line += text
+            else:
+                lines.append(open_line + text)
+                open_line = ""
+        return lines + ([open_line] if open_line else [])
+
+    def replay(self, captured) -> None:
+        for stream, text, *end in captured:
+            self._write(stream, text, *end)
+
+    @staticmethod
+    def _write(stream, text: str, end: str = "\n") -> None:
         try:
-            stream.write(text + "\n")
+            stream.write(text + end)
             stream.flush()
         except BrokenPipeError:         # `kvmdbg ... | head`: the reader left
             raise SystemExit(0) from None

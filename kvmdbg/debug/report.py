@@ -181,7 +181,6 @@ def run_breakpoint_commands(s) -> bool:
             lines, st.pending_commands = st.pending_commands, []
             for line in lines:
                 ok = s._run(line) and ok
-                s._flush_partial()
                 if is_resuming(s, line):
                     break
     finally:

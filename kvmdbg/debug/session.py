@@ -101,6 +101,7 @@ class Session:
         self.current = 0                      # the vCPU commands refer to
         self._out = out
         self._err = err
+        self.out_raw = None                   # fn(text) that writes without a newline (the CLI)
         self.lines: list[str] = []            # captured output when no sink is given
         self.errors: list[str] = []
         self.last_stop: Stop | None = None
@@ -176,8 +177,14 @@ class Session:
     # --- output ---
 
     def message(self, text: str, style: str | None = None) -> None:
-        """One line of output. style ('disasm', ...) lets a UI colour it; logs stay plain."""
-        self._flush_partial()
+        """One line of output. style ('disasm', ...) lets a UI colour it; logs stay plain.
+        Text that echo/printf left without a newline starts the line, as on gdb's stream."""
+        if self.state.partial:
+            head, self.state.partial = self.state.partial, ""
+            if style is not None and self.styler is not None:
+                text = self.styler(text, style)
+                style = None
+            text = head + text
         log = self.state.log
         if log is not None:
             log.write(text)
@@ -191,23 +198,42 @@ class Session:
             self.lines.append(text)
 
     def write(self, text: str) -> None:
-        """Output without an implied newline (echo, printf): whole lines go out as they
-        complete; the rest waits for more text or the end of the top-level command."""
+        """Output without an implied newline (echo, printf), as gdb's stream has it: whole
+        lines go out as they complete; the rest waits for the next output (`echo b` then
+        `echo c\\n` print "bc"). Before an error, a prompt or the end of the session it
+        goes out as it is (flush_output); with no sink that takes text without a newline
+        (the Python API's captured lines), at the end of the top-level command."""
         text = self.state.partial + text
-        *done, self.state.partial = text.split("\n")
-        keep = self.state.partial
+        *done, keep = text.split("\n")
+        self.state.partial = ""
         for line in done:
-            self.state.partial = ""
             self.message(line)
         self.state.partial = keep
 
+    def flush_output(self) -> None:
+        """Send text still waiting for its newline to the output as it is."""
+        text, self.state.partial = self.state.partial, ""
+        if not text:
+            return
+        if self.out_raw is None:
+            self.message(text)
+            return
+        log = self.state.log
+        if log is not None:
+            log.write(text, end="")
+            if self.state.settings.logging_redirect:
+                return
+        self.out_raw(text)
+
     def _flush_partial(self) -> None:
-        if self.state.partial:
-            line, self.state.partial = self.state.partial, ""
-            self.message(line)
+        if self.out_raw is None:
+            self.flush_output()
 
     def error(self, text: str) -> None:
-        self._flush_partial()
+        if self._err is not None:
+            self.flush_output()
+        else:
+            self._flush_partial()
         self.errors.append(text)
         if self._err is not None:
             if self.state.log is not None:

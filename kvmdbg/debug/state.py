@@ -58,8 +58,8 @@ class LogFile:
         self.path = path
         self._f = open(path, "w" if overwrite else "a", encoding="utf-8")
 
-    def write(self, text: str) -> None:
-        self._f.write(strip_ansi(text) + "\n")
+    def write(self, text: str, end: str = "\n") -> None:
+        self._f.write(strip_ansi(text) + end)
         self._f.flush()
 
     def close(self) -> None:

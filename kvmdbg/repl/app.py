@@ -87,6 +87,7 @@ def interact(session, output=None, color: bool = False) -> int:
     )
     while True:
         text = BLOCK_PROMPT if session.state.block is not None else PROMPT
+        session.flush_output()          # gdb: `echo b` leaves the prompt after the b
         try:
             line = prompt.prompt(text)
         except KeyboardInterrupt:
@@ -112,7 +113,7 @@ def _run_paged(session, output, line, run) -> None:
         run(session, line)
     finally:
         captured, output.capture = output.capture, None
-    if not page([text for _, text in captured], session.state.settings.height):
+    if not page(output.lines(captured), session.state.settings.height):
         output.replay(captured)
 
 

@@ -55,8 +55,9 @@ def test_arg_reaches_rdx_and_vcpus_get_their_index():
 
 def test_ex_and_x_run_in_order_and_errors_set_exit_status(tmp_path):
     script = tmp_path / "cmds.kvmdbg"
-    script.write_text("# comment\necho from-file\n\nstepi 2\n")
-    rc, out, err = kvmdbg("-batch", "-ex", "echo first", "-x", str(script), "-ex", "echo last", SMEP)
+    script.write_text("# comment\necho from-file\\n\n\nstepi 2\n")
+    rc, out, err = kvmdbg("-batch", "-ex", "echo first\\n", "-x", str(script), "-ex", "echo last",
+                          SMEP)
     assert rc == 0, err
     lines = out.splitlines()
     assert lines[0] == "first" and lines[1] == "from-file" and lines[-1] == "last"

@@ -46,15 +46,22 @@ msg: .quad 0x1122334455667788
 
 def gdb(*commands: str, program: str | None = None, stdin: str | None = None) -> list[str]:
     """The lines gdb prints (stdout and stderr together, in order) for -batch -ex CMD..."""
-    args = [GDB, "-batch", "-nx"]
+    return gdb_text(*commands, program=program, stdin=stdin, stderr=True).splitlines()
+
+
+def gdb_text(*commands: str, program: str | None = None, stdin: str | None = None,
+             stderr: bool = False, options=()) -> str:
+    """What gdb writes to stdout (and stderr, if asked) for -batch -ex CMD..., as it is."""
+    args = [GDB, "-batch", "-nx", *options]
     for c in commands:
         args += ["-ex", c]
     if program:
         args.append(program)
-    p = subprocess.run(args, capture_output=False, stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, input=stdin, text=True, timeout=120,
+    p = subprocess.run(args, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT if stderr else subprocess.DEVNULL,
+                       input=stdin, text=True, timeout=120,
                        env=dict(os.environ, TERM="dumb", LC_ALL="C"))
-    return p.stdout.splitlines()
+    return p.stdout
 
 
 @functools.lru_cache(maxsize=None)

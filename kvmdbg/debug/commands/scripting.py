@@ -139,9 +139,12 @@ def document(s, arg: str) -> None:
 def echo(s, arg: str) -> None:
     """echo TEXT
 
-    Print TEXT; C escapes such as \\n are understood, and no newline is added except
-    at the end of the command.
+    Print TEXT; C escapes such as \\n are understood. No newline is added, as in gdb:
+    end TEXT with \\n (`echo b` then `echo c\\n` print "bc"). Blanks around TEXT are
+    dropped; a \\ at its very end stands for nothing, so `echo a \\` prints "a ".
     """
+    if (len(arg) - len(arg.rstrip("\\"))) % 2:
+        arg = arg[:-1]
     s.write(unescape(arg))
 
 
