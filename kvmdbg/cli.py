@@ -18,6 +18,8 @@ class _Parser(argparse.ArgumentParser):
         if message.startswith("unrecognized arguments: "):
             opt = message.split(": ", 1)[1].split()[0]
             message = f"unrecognized option '{opt}'"
+        elif message.startswith("argument --arg: --arg "):
+            message = message[len("argument --arg: "):]
         sys.stderr.write(f"kvmdbg: {message}\nUse `kvmdbg --help' for a complete list of options.\n")
         raise SystemExit(2)
 
@@ -49,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override one profile knob (repeatable)")
     p.add_argument("--vcpus", metavar="N", type=_int, default=1, help="number of vCPUs (default 1)")
     p.add_argument("--mem", metavar="SIZE", default="16M", help="guest RAM, e.g. 16M (default), up to 1G")
-    p.add_argument("--arg", metavar="N", type=_int, default=0, help="value placed in RDX at start")
+    p.add_argument("--arg", metavar="N", type=_rdx, default=0,
+                   help="value placed in RDX at start (-2**63 to 2**64-1)")
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
     p.add_argument("--version", action="version", version=f"kvmdbg {__version__}")
     return p
@@ -60,6 +63,17 @@ def _int(text: str) -> int:
         return int(text, 0)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid number '{text}'") from None
+
+
+ARG_MIN, ARG_MAX = -(1 << 63), (1 << 64) - 1      # as debug/commands/registry.py (no import here)
+
+
+def _rdx(text: str) -> int:
+    n = _int(text)
+    if not ARG_MIN <= n <= ARG_MAX:
+        raise argparse.ArgumentTypeError(f"--arg must be between {ARG_MIN} and {ARG_MAX} "
+                                         f"(RDX is 64 bits) (got {n}).")
+    return n
 
 
 def _init_file() -> str:

@@ -267,6 +267,10 @@ class BreakpointTable:
             v.cpu.stop_reason = CATCHPOINT
 
 
+MAX_NUMBER = 2**31 - 1          # gdb's breakpoint numbers are C ints
+MAX_RANGE = 100_000
+
+
 def parse_numbers(text: str, usage_fn=None, noun: str = "breakpoint") -> list[int]:
     """'1 3-5 $bpnum' style lists of breakpoint numbers (gdb's number_or_range_parser)."""
     from kvmdbg.debug.commands.registry import usage_error
@@ -276,12 +280,15 @@ def parse_numbers(text: str, usage_fn=None, noun: str = "breakpoint") -> list[in
             if "-" in word.strip("-"):
                 lo, hi = word.split("-", 1)
                 a, b = int(lo, 0), int(hi, 0)
-                if a > b or a < 0:
+                if a > b or a < 0 or b > MAX_NUMBER:
                     raise ValueError
+                if b - a >= MAX_RANGE:       # the work follows the text, not the numbers in it
+                    raise CommandError(f"Bad {noun} range '{word}': at most {MAX_RANGE:,} "
+                                       "numbers in one range.")
                 out.extend(range(a, b + 1))
             else:
                 n = int(word, 0)
-                if n < 0:
+                if n < 0 or n > MAX_NUMBER:
                     raise ValueError
                 out.append(n)
         except ValueError:

@@ -91,3 +91,22 @@ def kvmdbg(*commands: str, program: str = SMEP, options=(), stdin=None):
 def values(lines: list[str]) -> list[str]:
     """'$1 = 7' -> '7' for every value-history line."""
     return [ln.split(" = ", 1)[1] for ln in lines if ln.startswith("$") and " = " in ln]
+
+
+CALLS = """start: call a; mov rbx, 1; hlt
+a: push rbp; call b; pop rbp; ret
+b: nop; call c; ret
+c: nop; nop; ret"""
+
+
+def raw_program(directory, source: str = CALLS, name: str = "calls") -> str:
+    """NAME.bin and NAME.sym from Intel-syntax source with `label:`s (';' separates lines),
+    as tools/build_programs.py would leave them; the path of the .bin."""
+    import pathlib
+
+    from tests.debug.util import assemble
+    code, symbols = assemble(source)
+    d = pathlib.Path(directory)
+    (d / f"{name}.bin").write_bytes(code)
+    (d / f"{name}.sym").write_text("".join(f"{a:016x} t {n}\n" for n, a in sorted(symbols.items())))
+    return str(d / f"{name}.bin")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from kvmdbg.debug import catchpoints
 from kvmdbg.debug.breakpoints import Breakpoint, Catchpoint, Watchpoint, parse_numbers
-from kvmdbg.debug.commands.registry import no_arguments, usage_error
+from kvmdbg.debug.commands.registry import MAX_COUNT, check_range, no_arguments, usage_error
 from kvmdbg.debug.evaluate import Evaluator
 from kvmdbg.debug.expr import U64, Deref, Dollar, ExprError, Field, Space, parse, split_condition, walk
 from kvmdbg.debug.state import BlockReader, confirm
@@ -254,6 +254,7 @@ def enable(s, arg: str) -> None:
             count = int(words[1], 0)
         except ValueError:
             raise usage_error(enable, f"Invalid number \"{words[1]}\".") from None
+        check_range("The hit count", count, 1, MAX_COUNT)
         disposition = "dis"
         words = words[2:]
     text = " ".join(words)
@@ -304,6 +305,7 @@ def ignore(s, arg: str) -> None:
         raise usage_error(ignore, f"Invalid number \"{words[1]}\".") from None
     if len(n) != 1 or count < 0:
         raise usage_error(ignore, f"Bad arguments \"{arg}\".")
+    check_range("The ignore count", count, 0, MAX_COUNT)
     p = s.breakpoints.get(n[0])
     p.ignore_count = count
     if count == 0:

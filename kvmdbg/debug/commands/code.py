@@ -135,6 +135,7 @@ def backtrace(s, arg: str) -> None:
 
     The current instruction, then return addresses found on the stack (words that
     follow a CALL instruction): a heuristic, since the guest has no frame information.
+    N shows the innermost N frames, -N the outermost N (gdb's rule).
     """
     limit = 64
     if arg:
@@ -142,6 +143,18 @@ def backtrace(s, arg: str) -> None:
             limit = int(arg, 0)
         except ValueError:
             raise usage_error(backtrace, f"Invalid number \"{arg}\".") from None
+        if abs(limit) >= 1 << 64:
+            raise usage_error(backtrace, "Numeric constant too large.")
+    outermost = limit < 0
+    frames = return_addresses(s, 64 if outermost else limit)
+    shown = list(enumerate(frames))
+    shown = shown[limit:] if outermost else shown[:limit]
+    for i, a in shown:
+        s.message(f"#{i:<3}{s.location(a)}")
+
+
+def return_addresses(s, limit: int = 64) -> list:
+    """The current RIP, then the return addresses found on the stack, innermost first."""
     cpu = s.cpu
     frames = [cpu.rip]
     rsp = cpu.r[4]
@@ -154,8 +167,7 @@ def backtrace(s, arg: str) -> None:
             break
         if word and _follows_call(s, word):
             frames.append(word)
-    for i, a in enumerate(frames[:limit]):
-        s.message(f"#{i:<3}{s.location(a)}")
+    return frames[:limit]
 
 
 def _follows_call(s, ret: int) -> bool:

@@ -253,6 +253,8 @@ def display(s, arg: str) -> None:
     display/3i $pc). Without EXPR, show every display now.
     """
     spec, expr = split_format(display, arg, X_FORMATS)
+    if spec.startswith("-"):
+        raise usage_error(display, "A negative count is for x only (display shows forward).")
     if not expr:
         for d in s.state.displays:
             if d.enabled:

@@ -9,7 +9,7 @@ import re
 
 from kvmdbg.debug import catchpoints
 from kvmdbg.debug.commands.mmu import is_shadow, parse_int, roots_of
-from kvmdbg.debug.commands.registry import usage_error
+from kvmdbg.debug.commands.registry import ARG_MAX, ARG_MIN, MAX_COUNT, check_range, usage_error
 from kvmdbg.errors import CommandError, ConfigError
 from kvmdbg.kvm.boot import resolve_machine
 from kvmdbg.kvm.profiles import KNOB_HELP, with_knob
@@ -97,7 +97,7 @@ def info_events(s, arg: str) -> None:
         if words[i] == "-n":
             if i + 1 >= len(words):
                 raise usage_error(info_events, "-n needs a number.")
-            n = parse_int(words[i + 1])
+            n = check_range("info events -n", parse_int(words[i + 1]), 1, MAX_COUNT)
             i += 2
             continue
         filt = words[i]
@@ -251,8 +251,8 @@ def set_arg(s, arg: str) -> None:
     """
     if not arg:
         raise usage_error(set_arg)
-    n = parse_int(arg)
-    _boot_setting(s, "arg", n, f"RDX = {n:#x}")
+    n = check_range("set arg", parse_int(arg), ARG_MIN, ARG_MAX, " (RDX is 64 bits)")
+    _boot_setting(s, "arg", n, f"RDX = {n & ARG_MAX:#x}")
     s.arg = n
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from kvmdbg.bits import M64, PAGE_SHIFT
 from kvmdbg.debug import guest_walk
-from kvmdbg.debug.commands.registry import usage_error
+from kvmdbg.debug.commands.registry import check_range, usage_error
 from kvmdbg.debug.evaluate import evaluate_address
 from kvmdbg.errors import CommandError
 from kvmdbg.mmu import mmu_internal as R
@@ -80,11 +80,33 @@ def parse_int(text: str) -> int:
         raise CommandError(f"Invalid number \"{text}\".") from None
 
 
+MAX_GFN = (1 << 40) - 1         # 52-bit guest-physical addresses
+
+
+def parse_gfn(text: str) -> int:
+    """The N of gfn:N, checked against the 52-bit guest-physical address space."""
+    return check_range("gfn", parse_int(text), 0, MAX_GFN, f" ({MAX_GFN:#x})")
+
+
+def parse_gfn_range(text: str) -> tuple[int, int]:
+    """gfn:START[-END] (END included) -> (START, END + 1)."""
+    start, dash, end = text.partition("-")
+    if not start:
+        raise CommandError(f"gfn:{text}: a gfn is not negative.")
+    lo = parse_gfn(start)
+    if not dash:
+        return lo, lo + 1
+    hi = parse_gfn(end)
+    if hi < lo:
+        raise CommandError(f"gfn:{text}: the end of the range is below its start.")
+    return lo, hi + 1
+
+
 def _gfn_of(s, text: str) -> int:
     """gfn:N, gpa:ADDR, or a guest-virtual address (walked in the guest tables)."""
     t = text.strip()
     if t.startswith("gfn:"):
-        return parse_int(t[4:])
+        return parse_gfn(t[4:])
     addr, space = evaluate_address(s, t)
     if space == "gpa":
         return addr >> PAGE_SHIFT
@@ -256,9 +278,7 @@ def info_sptes(s, arg: str) -> None:
     root_arg = ""
     for w in words:
         if w.startswith("gfn:"):
-            rng = w[4:].split("-")
-            lo = parse_int(rng[0])
-            hi = parse_int(rng[1]) + 1 if len(rng) > 1 else lo + 1
+            lo, hi = parse_gfn_range(w[4:])
         else:
             root_arg = w
     root = _current_root(s, root_arg)
@@ -334,7 +354,7 @@ def info_shadow(s, arg: str) -> None:
     if arg.strip():
         if not arg.strip().startswith("gfn:"):
             raise usage_error(info_shadow, f"Unknown argument \"{arg.strip()}\".")
-        want = parse_int(arg.strip()[4:])
+        want = parse_gfn(arg.strip()[4:])
     rows = [sp for gfn in sorted(sh.hash) for sp in sh.hash[gfn] if want is None or gfn == want]
     if not rows:
         s.message("No shadow pages.")

@@ -192,6 +192,10 @@ def no_arguments(cmd_fn, arg: str) -> None:
         raise usage_error(cmd_fn, f"Unexpected argument \"{arg.strip()}\".")
 
 
+MAX_COUNT = 2**31 - 1          # counts (stepi N, x/N, ignore N C, ...) are gdb's C ints
+ARG_MIN, ARG_MAX = -(1 << 63), (1 << 64) - 1      # --arg / set arg: a 64-bit RDX, either sign
+
+
 def check_range(what: str, value: int, lo: int, hi: int, extra: str = "") -> int:
     """value, or the one-line error naming the field and its range (the --vcpus wording)."""
     if not lo <= value <= hi:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from kvmdbg.cpu.regs import RSP
 from kvmdbg.debug import stops
-from kvmdbg.debug.commands.registry import no_arguments, usage_error
+from kvmdbg.debug.commands.registry import MAX_COUNT, no_arguments, usage_error
 from kvmdbg.debug.evaluate import evaluate_address
 from kvmdbg.debug.report import report, snapshot_all
 from kvmdbg.debug.state import confirm
@@ -34,6 +34,8 @@ def parse_count(fn, arg: str, s=None) -> int:
             raise usage_error(fn, f"Invalid number \"{arg}\".") from None
     if n < 1:
         raise usage_error(fn, f"Invalid number \"{arg}\".")
+    if n > MAX_COUNT:
+        raise usage_error(fn, f"Count {n} out of range: 1 to {MAX_COUNT}.")
     return n
 
 

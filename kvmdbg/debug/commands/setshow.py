@@ -8,7 +8,7 @@ reg.sub("set").add(...), and the matching `show` entries with reg.sub("show").ad
 
 from __future__ import annotations
 
-from kvmdbg.debug.commands.registry import split_word, usage_error
+from kvmdbg.debug.commands.registry import check_range, split_word, usage_error
 from kvmdbg.debug.evaluate import evaluate_node
 from kvmdbg.debug.expr import Assign, Symbol, parse
 from kvmdbg.debug.state import LogFile
@@ -94,12 +94,22 @@ def set_style(s, arg: str) -> None:
     s.state.settings.style = parse_bool(set_style, " ".join(words))
 
 
+MAX_LINES = 2**32 - 2            # gdb's uinteger settings: 0 (or "unlimited") to UINT_MAX - 1
+
+
 def _set_number(fn, attr):
     def setter(s, arg: str) -> None:
-        try:
-            n = int(arg, 0) if arg not in ("unlimited", "") else 0
-        except ValueError:
-            raise usage_error(fn, f"Invalid number \"{arg}\".") from None
+        if not arg:
+            raise usage_error(fn, 'Argument required (integer to set it to, or "unlimited").')
+        if arg == "unlimited":
+            n = 0
+        else:
+            try:
+                n = int(arg, 0)
+            except ValueError:          # gdb takes an expression: set height $rows - 2
+                from kvmdbg.debug.evaluate import evaluate
+                n = evaluate(s, arg).as_int()
+        check_range(attr, n, 0, MAX_LINES, ', or "unlimited"')
         setattr(s.state.settings, attr, n)
     return setter
 
@@ -208,7 +218,7 @@ def show_height(s, arg: str) -> None:
 
     Lines per page for the pager."""
     h = s.state.settings.height
-    s.message(f"Number of lines gdb thinks are in a page is {h or 'unlimited'}.")
+    s.message(f"Number of lines kvmdbg thinks are in a page is {h or 'unlimited'}.")
 
 
 def show_width(s, arg: str) -> None:
@@ -216,7 +226,7 @@ def show_width(s, arg: str) -> None:
 
     Characters per line."""
     w = s.state.settings.width
-    s.message(f"Number of characters gdb thinks are in a line is {w or 'unlimited'}.")
+    s.message(f"Number of characters kvmdbg thinks are in a line is {w or 'unlimited'}.")
 
 
 def show_logging(s, arg: str) -> None:
