@@ -69,11 +69,30 @@ def gva_to_gpa(vm, cpu, va: int) -> int:
     return w.gpa
 
 
+def read_gpa(vm, gpa: int, n: int, va: int | None = None) -> bytes:
+    """Guest-physical memory as the debugger reads it: RAM (untouched pages as zeros), and
+    an error for a gpa that is in no memslot. There is no device behind such a gpa (the
+    VMM answers the guest's own MMIO reads with all ones; the debugger does not pretend)."""
+    out = b""
+    while n:
+        chunk = min(n, 4096 - (gpa & 0xFFF))
+        if vm.memslots.lookup(gpa >> 12) is None:
+            where = f"gpa:{gpa:#x} (gpa is in no memslot)" if va is None else \
+                f"{va:#x} (gpa {gpa:#x} is in no memslot)"
+            raise CommandError(f"Cannot access memory at address {where}")
+        out += vm.peek_gpa(gpa, chunk)
+        gpa += chunk
+        if va is not None:
+            va += chunk
+        n -= chunk
+    return out
+
+
 def read_gva(vm, cpu, va: int, n: int) -> bytes:
     out = b""
     while n:
         chunk = min(n, 4096 - (va & 0xFFF))
-        out += vm.peek_gpa(gva_to_gpa(vm, cpu, va), chunk)
+        out += read_gpa(vm, gva_to_gpa(vm, cpu, va), chunk, va)
         va += chunk
         n -= chunk
     return out

@@ -268,7 +268,7 @@ class Session:
     def read_memory(self, addr: int, n: int, space: str = "gva") -> bytes:
         """Read guest memory without side effects (no A/D bits, TLB fills or exits)."""
         if space == "gpa":
-            return self.vm.peek_gpa(addr, n)
+            return guest_walk.read_gpa(self.vm, addr, n)
         if space == "hpa":
             return memory.read_hpa(self.vm, addr, n)
         if space != "gva":
