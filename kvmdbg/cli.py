@@ -233,18 +233,35 @@ if __name__ == "__main__":
 
 def _compare(args, out) -> int:
     """kvmdbg --compare A,B[,...] PROGRAM: the compare table, without a session."""
-    from kvmdbg.debug.compare import format_table, run_one
+    import signal
+
+    from kvmdbg.debug.compare import format_table, interrupted_line, run_all
     from kvmdbg.kvm import boot
     names = [n.strip() for n in args.compare.split(",") if n.strip()]
     if len(names) < 2:
         sys.stderr.write("kvmdbg: --compare needs two profiles or more, e.g. --compare v5.15,v6.6\n")
         return 2
+    asked = []
+
+    def on_sigint(signum, frame):       # the first Ctrl-C stops the run between instructions
+        if asked:
+            raise KeyboardInterrupt
+        asked.append(signum)
+
+    signal.signal(signal.SIGINT, on_sigint)
     try:
         program = boot.load_program(args.program)
-        results = [run_one(program, n, args.vcpus, args.mem, args.arg, args.set) for n in names]
+        results, not_run = run_all(program, names, args.vcpus, args.mem, args.arg, args.set,
+                                   interrupted=lambda: bool(asked))
     except (KvmdbgError, ValueError) as e:
         sys.stderr.write(f"kvmdbg: {e}\n")
         return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("kvmdbg: interrupted.\n")
+        return 130
     for line in format_table(results):
         out(line)
+    if asked:
+        sys.stderr.write(f"kvmdbg: {interrupted_line(results, not_run)}\n")
+        return 130
     return 0

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kvmdbg.cpu import vmx
-from kvmdbg.kvm.boot import make_vm
-from kvmdbg.kvm.scheduler import run_vm
+from kvmdbg.kvm.boot import make_vm, resolve_machine
+from kvmdbg.kvm.scheduler import INTERRUPTED, run_vm
 
 
 @dataclass
@@ -31,9 +31,9 @@ class Result:
 
 
 def run_one(program, profile_name: str, vcpus: int, mem, arg: int, knobs=(),
-            max_steps: int = 10**9) -> Result:
+            max_steps: int = 10**9, interrupted=lambda: False) -> Result:
     vm = make_vm(program, profile_name, knobs, vcpus, mem, arg)
-    reason, _v = run_vm(vm, max_steps)
+    reason, _v = run_vm(vm, max_steps, interrupted=interrupted)
     cycles = max(v.cpu.cycles for v in vm.vcpus)
     if len(vm.markers) >= 3:              # a marker per loop iteration
         iterations, unit = len(vm.markers) - 1, "marker interval"
@@ -48,6 +48,27 @@ def run_one(program, profile_name: str, vcpus: int, mem, arg: int, knobs=(),
     stats = dict(vm.stats)
     stats["instructions"] = sum(v.cpu.steps for v in vm.vcpus)
     return Result(vm.profile.name, reason, cycles, iterations, unit, stats, by_reason)
+
+
+def run_all(program, names, vcpus: int, mem, arg: int, knobs=(), max_steps: int = 10**9,
+            interrupted=lambda: False):
+    """(results, names not run): every profile and knob is checked before any runs (a typo
+    in the last name costs nothing), then each runs in turn until one is interrupted."""
+    for name in names:
+        resolve_machine(name, knobs, vcpus, mem)          # ConfigError naming what is wrong
+    results = []
+    for i, name in enumerate(names):
+        results.append(run_one(program, name, vcpus, mem, arg, knobs, max_steps, interrupted))
+        if results[-1].reason == INTERRUPTED:
+            return results, list(names[i + 1:])
+    return results, []
+
+
+def interrupted_line(results, not_run) -> str:
+    last = results[-1]
+    steps = last.stats.get("instructions", 0)
+    rest = f"; not run: {', '.join(not_run)}" if not_run else ""
+    return f"Interrupted: {last.profile} stopped after {steps:,} instructions{rest}."
 
 
 ROWS = (
