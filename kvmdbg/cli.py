@@ -189,6 +189,12 @@ class Output:
                 open_line = ""
         return lines + ([open_line] if open_line else [])
 
+    def stop_capture(self) -> None:
+        """Print what was captured so far and let the rest of the command print as it goes."""
+        captured, self.capture = self.capture, None
+        if captured:
+            self.replay(captured)
+
     def replay(self, captured) -> None:
         for stream, text, *end in captured:
             self._write(stream, text, *end)

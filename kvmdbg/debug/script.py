@@ -18,13 +18,17 @@ def source_file(session, path: str, verbose: bool = False) -> bool:
         session.error(f"{path}: not a text file.")
         return False
     open_before = session.state.block
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        if verbose and session.state.block is None:
-            session.message(f"+{line.strip()}")
-        if not session.run_command(line, where=f"{path}:{lineno}: Error in sourced command file:"):
-            return False
+    session.state.sourcing += 1
+    try:
+        for lineno, line in enumerate(lines, 1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            if verbose and session.state.block is None:
+                session.message(f"+{line.strip()}")
+            if not session.run_command(line, where=f"{path}:{lineno}: Error in sourced command file:"):
+                return False
+    finally:
+        session.state.sourcing -= 1
     if session.state.block is not None and session.state.block is not open_before:
         kind = session.state.block.kind
         session.state.block = None

@@ -114,13 +114,18 @@ class DebuggerState:
     step_hint_shown: bool = False
     in_breakpoint_commands: bool = False
     source_dirs: list = field(default_factory=list)
+    sourcing: int = 0                # command files being read (source, -x, the init file)
     translate_sections: list = field(default_factory=list)   # fn(s, gva, gpa) -> lines
 
 
 def confirm(session, question: str) -> bool:
     """gdb's query(): ask the person at the terminal; otherwise answer yes and say so.
-    With `set confirm off` (and in -batch) nothing is asked or printed."""
-    if not session.state.settings.confirm:
+    With `set confirm off` (and in -batch) nothing is asked or printed, nor for commands
+    that no one typed: lines of a command file, of a user-defined command or of a
+    breakpoint's command list (gdb runs them with from_tty 0, and its commands then do
+    not query)."""
+    st = session.state
+    if not st.settings.confirm or st.sourcing or st.user_depth or st.in_breakpoint_commands:
         return True
     if session.ask is not None:
         return session.ask(question + "(y or n) ")

@@ -76,7 +76,13 @@ def interact(session, output=None, color: bool = False) -> int:
     from kvmdbg.debug.commands import QuitRequest
     from kvmdbg.debug.repeat import run_typed_line
     session.interactive = True
-    session.ask = _ask
+
+    def ask(question: str) -> bool:
+        if output is not None:
+            output.stop_capture()       # what the command printed so far comes first
+        return _ask(question)
+
+    session.ask = ask
     prompt = PromptSession(
         history=_history(),
         auto_suggest=AutoSuggestFromHistory(),
@@ -113,7 +119,10 @@ def _run_paged(session, output, line, run) -> None:
         run(session, line)
     finally:
         captured, output.capture = output.capture, None
-    if not page(output.lines(captured), session.state.settings.height):
+    if captured is None:                # a question made it print as it went
+        return
+    settings = session.state.settings
+    if not page(output.lines(captured), settings.height, settings.width):
         output.replay(captured)
 
 
@@ -126,4 +135,7 @@ def _pages(session, line: str) -> bool:
         cmd, _ = session.commands.resolve(line)
     except Exception:
         return False
-    return not cmd.resumes and cmd.name not in ("shell", "define", "document", "commands")
+    # Commands that run other commands (source, user-defined ones) show their output as
+    # it comes: a `shell sleep 4` in a sourced file must not hold back what came before.
+    return not cmd.resumes and cmd.category != "user-defined" and \
+        cmd.name not in ("shell", "define", "document", "commands", "source")

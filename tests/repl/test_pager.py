@@ -8,7 +8,7 @@ from tests.debug.util import smep
 
 def test_long_output_goes_to_the_pager_and_short_output_does_not(monkeypatch, capsys):
     paged = []
-    monkeypatch.setattr(pager, "page", lambda lines, height=0: paged.append(lines) or len(lines) > 20)
+    monkeypatch.setattr(pager, "page", lambda lines, height=0, width=0: paged.append(lines) or len(lines) > 20)
     out = Output()
     s = smep(out=out.out, err=out.err)
     app._run_paged(s, out, "x/64xg 0x100000", run_typed_line)
