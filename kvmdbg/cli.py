@@ -12,6 +12,22 @@ from kvmdbg.errors import KvmdbgError
 DEFAULT_PROFILE = "v6.12"     # kvm/profiles.py DEFAULT (kept here so --help needs no imports)
 
 
+COLOR_CHOICES = ("auto", "always", "never")
+
+
+def _bare_color(argv: list) -> list:
+    """`--color` alone means --color=always (ls, grep); `--color WHEN` with one of the words
+    is still taken; any other next word (the program) is not the colour's."""
+    out = []
+    for i, a in enumerate(argv):
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        out.append("--color=always" if a == "--color" and nxt not in COLOR_CHOICES else a)
+        if a == "--":
+            out.extend(argv[i + 1:])
+            break
+    return out
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         # One line, gdb style, instead of argparse's usage block.
@@ -53,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mem", metavar="SIZE", default="16M", help="guest RAM, e.g. 16M (default), up to 1G")
     p.add_argument("--arg", metavar="N", type=_rdx, default=0,
                    help="value placed in RDX at start (-2**63 to 2**64-1)")
-    p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    p.add_argument("--color", metavar="WHEN", choices=COLOR_CHOICES, default="auto",
+                   help="colour: auto (a terminal and no NO_COLOR, the default), always (also "
+                        "with NO_COLOR or into a pipe), never; a bare --color is always, as for ls")
     p.add_argument("--version", action="version", version=f"kvmdbg {__version__}")
     return p
 
@@ -82,7 +100,7 @@ def _init_file() -> str:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_bare_color(sys.argv[1:] if argv is None else list(argv)))
     from kvmdbg.debug.session import Session
 
     output = Output()
@@ -109,10 +127,18 @@ def main(argv=None) -> int:
 
     interactive = not args.batch
     tty = sys.stdin.isatty() and interactive
-    color = use_color(args.color, sys.stdout) and (args.color == "always" or not args.batch)
+    # Colour can be used on a terminal (not in -batch), or anywhere with --color=always; it
+    # is on unless NO_COLOR or --color=never says otherwise (`set style enabled` changes it).
+    color = args.color == "always" or (sys.stdout.isatty() and not args.batch)
+    no_color = bool(os.environ.get("NO_COLOR"))
+    session.state.settings.style = args.color == "always" or (args.color == "auto" and not no_color)
+    session.style_why = "--color=never" if args.color == "never" else \
+        "NO_COLOR is set" if args.color == "auto" and no_color else ""
     if color:
         from kvmdbg.repl.style import make_styler
         session.styler = make_styler(session)
+    else:
+        session.style_why = "in -batch" if args.batch else "when the output is not a terminal"
     session.out_raw = output.raw
     if args.batch:
         session.state.settings.confirm = False       # -batch answers every question yes
@@ -209,11 +235,12 @@ class Output:
 
 
 def use_color(choice: str, stream) -> bool:
-    """Never with a non-empty NO_COLOR (the project's rule, stricter than no-color.org's
-    "flags may override"); otherwise --color always|never, and auto means a terminal."""
-    if os.environ.get("NO_COLOR") or choice == "never":
-        return False
-    return choice == "always" or stream.isatty()
+    """--color always|never decide; auto means a terminal and no (non-empty) NO_COLOR.
+    NO_COLOR is a default, not an override: no-color.org asks that "command-line arguments
+    ... override $NO_COLOR", so --color=always (and `set style enabled on`) win over it."""
+    if choice != "auto":
+        return choice == "always"
+    return stream.isatty() and not os.environ.get("NO_COLOR")
 
 
 def _install_interrupt(session) -> None:

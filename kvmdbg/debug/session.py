@@ -121,6 +121,7 @@ class Session:
         self.context_providers: list = []     # fn(session, stop) -> lines shown after each stop
         self.restart_hooks: list = []         # fn(session) after `run`/`starti` rebuilt the VM
         self.styler = None                    # fn(text, style) -> text; set by the UI for colour
+        self.style_why = ""                   # why colour is off or unused (for `show style`)
         self.interactive = False              # a person types the commands (REPL)
         self.ask = None                       # fn(question) -> bool; None: answer yes, say so
         self._depth = 0

@@ -16,7 +16,7 @@ import os
 from prompt_toolkit import PromptSession
 from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
 from prompt_toolkit.history import FileHistory, InMemoryHistory
-from prompt_toolkit.lexers import PygmentsLexer
+from prompt_toolkit.lexers import DynamicLexer, PygmentsLexer
 from prompt_toolkit.output import ColorDepth
 
 from kvmdbg.repl.completer import KvmdbgCompleter
@@ -76,6 +76,10 @@ def interact(session, output=None, color: bool = False) -> int:
     from kvmdbg.debug.commands import QuitRequest
     from kvmdbg.debug.repeat import run_typed_line
     session.interactive = True
+    lexer = PygmentsLexer(KvmdbgLexer)
+
+    def styled() -> bool:               # colour possible (a terminal) and switched on
+        return color and session.state.settings.style
 
     def ask(question: str) -> bool:
         if output is not None:
@@ -88,14 +92,18 @@ def interact(session, output=None, color: bool = False) -> int:
         auto_suggest=AutoSuggestFromHistory(),
         completer=KvmdbgCompleter(session),
         complete_while_typing=False,
-        lexer=PygmentsLexer(KvmdbgLexer) if color else None,
-        color_depth=None if color else ColorDepth.DEPTH_1_BIT,
+        lexer=DynamicLexer(lambda: lexer if styled() else None),
+        color_depth=ColorDepth.DEPTH_1_BIT,
     )
+    terminal_depth = prompt.app.output.get_default_color_depth()
+    if terminal_depth == ColorDepth.DEPTH_1_BIT and os.environ.get("NO_COLOR"):
+        terminal_depth = ColorDepth.DEPTH_8_BIT     # prompt_toolkit's own NO_COLOR default
     while True:
         text = BLOCK_PROMPT if session.state.block is not None else PROMPT
         session.flush_output()          # gdb: `echo b` leaves the prompt after the b
         try:
-            line = prompt.prompt(text)
+            line = prompt.prompt(text, color_depth=terminal_depth if styled() else
+                                 ColorDepth.DEPTH_1_BIT)
         except KeyboardInterrupt:
             continue                    # Ctrl-C at the prompt: the line is dropped
         except EOFError:

@@ -43,6 +43,6 @@ def test_colour_rules(monkeypatch):
     assert use_color("always", io.StringIO()) and not use_color("never", Tty())
     monkeypatch.setenv("NO_COLOR", "1")
     assert not use_color("auto", Tty())
-    assert not use_color("always", Tty())              # the issue: never when NO_COLOR is set
+    assert use_color("always", Tty())                  # issue 13: an explicit flag wins (no-color.org)
     monkeypatch.setenv("NO_COLOR", "")                 # set but empty counts as unset
     assert use_color("always", io.StringIO())

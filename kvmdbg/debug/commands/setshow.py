@@ -86,12 +86,16 @@ def set_pagination(s, arg: str) -> None:
 def set_style(s, arg: str) -> None:
     """set style enabled on|off
 
-    Colour on or off (colour is used only on a terminal, and never with NO_COLOR).
+    Colour on or off. It is on by default on a terminal unless NO_COLOR is set (or
+    --color=never); `set style enabled on` turns it on even then. Colour needs a terminal,
+    or --color=always; `show style` says what is in effect.
     """
     words = arg.split()
     if words[:1] == ["enabled"]:
         words = words[1:]
     s.state.settings.style = parse_bool(set_style, " ".join(words))
+    if s.styler is not None:
+        s.style_why = ""
 
 
 MAX_LINES = 2**32 - 2            # gdb's uinteger settings: 0 (or "unlimited") to UINT_MAX - 1
@@ -209,8 +213,18 @@ def show_pagination(s, arg: str) -> None:
 def show_style(s, arg: str) -> None:
     """show style
 
-    Whether colour is allowed."""
-    s.message(f"CLI output styling is {'enabled' if s.state.settings.style else 'disabled'}.")
+    Whether colour is on, and if it is not in effect, why."""
+    on = s.state.settings.style
+    state = "enabled" if on else "disabled"
+    if s.styler is None:
+        why = s.style_why or "when the output is not a terminal"
+        s.message(f"CLI output styling is {state}; colour is not used {why} "
+                  "(--color=always forces it).")
+    elif not on and s.style_why:
+        s.message(f"CLI output styling is disabled: {s.style_why} "
+                  "(\"set style enabled on\" turns it on).")
+    else:
+        s.message(f"CLI output styling is {state}.")
 
 
 def show_height(s, arg: str) -> None:
