@@ -33,7 +33,10 @@ class _Parser(argparse.ArgumentParser):
         # One line, gdb style, instead of argparse's usage block.
         if message.startswith("unrecognized arguments: "):
             opt = message.split(": ", 1)[1].split()[0]
-            message = f"unrecognized option '{opt}'"
+            if opt.startswith("-"):
+                message = f"unrecognized option '{opt}'"
+            else:                       # a second program path (argparse has taken one)
+                message = f"only one program may be given (the second is '{opt}')"
         elif message.startswith("argument --arg: --arg "):
             message = message[len("argument --arg: "):]
         sys.stderr.write(f"kvmdbg: {message}\nUse `kvmdbg --help' for a complete list of options.\n")
