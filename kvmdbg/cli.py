@@ -147,7 +147,9 @@ def main(argv=None) -> int:
         session.state.settings.confirm = False       # -batch answers every question yes
     session.unicode_output = (sys.stdout.encoding or "").lower().replace("-", "") == "utf8"
     if interactive and not args.quiet:
-        out(f"kvmdbg {__version__} -- KVM profile {args.kvm}, {args.vcpus} vCPU(s), "
+        n = args.vcpus
+        ids = f"vcpu 0 = thread 1" if n == 1 else f"vcpus 0-{n - 1} = threads 1-{n}"
+        out(f"kvmdbg {__version__} -- KVM profile {args.kvm}, {n} vCPU(s) ({ids}), "
             f"{args.program} loaded at {session.program.address:#x}")
         out('Type "help" for a list of commands, "help mmu" for the ideas behind the views.')
     _install_interrupt(session)

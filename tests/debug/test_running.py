@@ -78,8 +78,8 @@ def test_vcpu_selects_what_commands_refer_to():
     assert run(s, "vcpu 2") == ["Invalid vCPU 2: this VM has 2."]
     assert run(s, "vcpu x") == ['Invalid vCPU number "x".  Usage: vcpu [N]']
     out = run(s, "info vcpus")
-    assert out[0].split() == ["Id", "State", "Step", "Cycles", "Where"]
-    assert out[2].startswith("* 1   runnable              1")
+    assert out[0].split() == ["Id", "Thread", "State", "Step", "Cycles", "Where"]
+    assert out[2].startswith("* 1   2       runnable              1")
 
 
 def test_ctrl_c_stops_a_continue_between_instructions():

@@ -224,8 +224,9 @@ def _restart(s) -> bool:
 def vcpu(s, arg: str) -> None:
     """vcpu [N]
 
-    Select vCPU N: the one registers, memory (gva), stepi and the other commands refer
-    to. Without N, say which is selected.
+    Select vCPU N (KVM's vCPU id, from 0): the one registers, memory (gva), stepi and the
+    other commands refer to. Without N, say which is selected. `thread N+1` is the same
+    vCPU in gdb's numbering.
     """
     if not arg:
         v = s.vm.vcpus[s.current]
@@ -246,18 +247,71 @@ def vcpu(s, arg: str) -> None:
     show_next_insn(s, cpu.rip)
 
 
+def _state(cpu) -> str:
+    return "shutdown" if cpu.shutdown else "halted" if cpu.halted else "runnable"
+
+
 def info_vcpus(s, arg: str) -> None:
     """info vcpus
 
-    Every vCPU: its state, step, clock in cycles and where it is; `*` marks the selected one.
+    Every vCPU: its id (KVM's, from 0) and thread number (gdb's, from 1), state, step,
+    clock in cycles and where it is; `*` marks the selected one.
     """
     no_arguments(info_vcpus, arg)
-    s.message(f"  {'Id':<4}{'State':<11}{'Step':>12}{'Cycles':>14}  Where")
+    s.message(f"  {'Id':<4}{'Thread':<8}{'State':<11}{'Step':>12}{'Cycles':>14}  Where")
     for v in s.vm.vcpus:
         c = v.cpu
-        state = "shutdown" if c.shutdown else "halted" if c.halted else "runnable"
         mark = "*" if v.index == s.current else " "
-        s.message(f"{mark} {v.index:<4}{state:<11}{c.steps:>12}{c.cycles:>14}  {s.location(c.rip)}")
+        s.message(f"{mark} {v.index:<4}{v.index + 1:<8}{_state(c):<11}{c.steps:>12}{c.cycles:>14}  "
+                  f"{s.location(c.rip)}")
+
+
+def info_threads(s, arg: str) -> None:
+    """info threads [N...]
+
+    The vCPUs as gdb (and QEMU's gdb stub) number threads: thread 1 is vCPU 0. Id, the
+    vCPU and its state, and where it is; `*` marks the selected one.
+    """
+    vcpus = s.vm.vcpus
+    wanted = None
+    if arg.strip():
+        wanted = set()
+        for w in arg.split():
+            if not w.isdigit() or not 1 <= int(w) <= len(vcpus):
+                raise CommandError(f"No threads match '{arg.strip()}'.")
+            wanted.add(int(w) - 1)
+    rows = [(f"vCPU {v.index} ({_state(v.cpu)})", v) for v in vcpus
+            if wanted is None or v.index in wanted]
+    width = max(len(t) for t, _ in rows) + 2
+    s.message(f"  {'Id':<5}{'Target Id':<{width}}Frame")
+    for target, v in rows:
+        mark = "*" if v.index == s.current else " "
+        s.message(f"{mark} {v.index + 1:<5}{target:<{width}}{s.location(v.cpu.rip)}, step "
+                  f"{v.cpu.steps}")
+
+
+def thread(s, arg: str) -> None:
+    """thread [N]
+
+    Select thread N, gdb's name for vCPU N-1 (threads count from 1, as in gdb and QEMU's gdb
+    stub; `vcpu` takes KVM's ids, from 0). Without N, say which is selected.
+    """
+    n = len(s.vm.vcpus)
+    if not arg:
+        s.message(f"[Current thread is {s.current + 1} (vCPU {s.current})]")
+        return
+    text = arg.strip()
+    if not text.isdigit() or int(text) == 0:
+        raise CommandError(f"Invalid thread ID: {text}")
+    t = int(text)
+    if t > n:
+        raise CommandError(f"Unknown thread {t}.")
+    s.current = t - 1
+    cpu = s.vm.vcpus[t - 1].cpu
+    s.message(f"[Switching to thread {t} (vCPU {t - 1})]")
+    s.message(f"#0  {s.location(cpu.rip)}, vcpu {t - 1}, step {cpu.steps}")
+    from kvmdbg.debug.report import show_next_insn
+    show_next_insn(s, cpu.rip)
 
 
 def register(reg) -> None:
@@ -271,5 +325,7 @@ def register(reg) -> None:
             repeatable=True, resumes=True)
     reg.add("until", until, category="running", repeatable=True, resumes=True)
     reg.add("advance", advance, category="running", resumes=True)
-    reg.add("vcpu", vcpu, aliases=("thread",), category="running")
-    reg.sub("info").add("vcpus", info_vcpus, aliases=("threads",), category="status")
+    reg.add("vcpu", vcpu, category="running")
+    reg.add("thread", thread, category="running")
+    reg.sub("info").add("vcpus", info_vcpus, category="status")
+    reg.sub("info").add("threads", info_threads, category="status")
