@@ -58,7 +58,8 @@ def register_type(name: str) -> Type:
         return {1: S8, 2: S16, 4: S32, 8: S64}[size]
     return {"rip": CODE, "eflags": FLAGS_RFLAGS, "cr0": FLAGS_CR0, "cr4": FLAGS_CR4,
             "efer": FLAGS_EFER, "cr3": CR3_TYPE, "cr2": PTR, "cr8": S64, "pkru": U32,
-            "fs_base": S64, "gs_base": S64}.get(name, S32)
+            "fs_base": S64, "gs_base": S64, "k_gs_base": S64, "pat": U64,
+            "tsc_aux": U32}.get(name, S32)
 
 
 @dataclass

@@ -26,29 +26,59 @@ def cr3_text(value: int, pcide: bool) -> str:
     return f"[ PDBR={value >> 12:#x} ]"
 
 
-def register_rows(cpu, symbols=None):
-    """(name, value, natural) rows in gdb's `info registers` order."""
+# gdb's order (QEMU's gdb stub target description for x86-64 system mode), as `info
+# registers` shows it; `info all-registers` adds what else the CPU model holds.
+GDB_GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
+            "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+SEGMENT_SELECTORS = ("cs", "ss", "ds", "es", "fs", "gs")
+GROUPS = {
+    "general": GDB_GPRS + ("rip", "eflags"),
+    "segment": SEGMENT_SELECTORS + ("fs_base", "gs_base", "k_gs_base", "gdtr", "idtr"),
+    "system": ("cr0", "cr2", "cr3", "cr4", "cr8", "efer", "pat", "tsc_aux", "pkru"),
+}
+MAIN = GDB_GPRS + ("rip", "eflags") + SEGMENT_SELECTORS + \
+    ("fs_base", "gs_base", "k_gs_base", "cr0", "cr2", "cr3", "cr4", "cr8", "efer")
+EXTRA = ("gdtr", "idtr", "pat", "tsc_aux", "pkru")         # info all-registers only
+PAT_TYPES = {0: "UC", 1: "WC", 4: "WT", 5: "WP", 6: "WB", 7: "UC-"}
+
+
+def pat_text(value: int) -> str:
+    return "[ " + " ".join(f"PA{i}={PAT_TYPES.get(value >> (8 * i) & 7, '?')}"
+                           for i in range(8)) + " ]"
+
+
+def register_rows(cpu, symbols=None, every: bool = False):
+    """(name, value, natural) rows in gdb's `info registers` order; with every, the rest
+    the CPU model holds (descriptor tables, PAT, TSC_AUX, PKRU) after them."""
+    gpr = dict(zip(GPR_NAMES, cpu.r))
     rows = []
-    for i, n in enumerate(GPR_NAMES):
-        v = cpu.r[i]
+    for n in GDB_GPRS:
+        v = gpr[n]
         natural = f"{v:#x}" if n in ("rsp", "rbp") else str(v - (1 << 64) if v >> 63 else v)
         rows.append((n, v, natural))
     sym = symbols.lookup(cpu.rip) if symbols else ""
     rows.append(("rip", cpu.rip, f"{cpu.rip:#x}" + (f" {sym}" if sym else "")))
     fl = cpu.get_rflags()
     rows.append(("eflags", fl, eflags_text(fl)))
-    for n in ("cs", "ss", "ds", "es", "fs", "gs"):
+    for n in SEGMENT_SELECTORS:
         v = getattr(cpu, n)
         rows.append((n, v, str(v)))
     rows.append(("fs_base", cpu.fs_base, str(cpu.fs_base)))
     rows.append(("gs_base", cpu.gs_base, str(cpu.gs_base)))
+    rows.append(("k_gs_base", cpu.kernel_gs_base, str(cpu.kernel_gs_base)))
     rows.append(("cr0", cpu.cr0, flag_names(cpu.cr0, CR0_BITS, True)))
     rows.append(("cr2", cpu.cr2, f"{cpu.cr2:#x}"))
     rows.append(("cr3", cpu.cr3, cr3_text(cpu.cr3, bool(cpu.cr4 >> 17 & 1))))
     rows.append(("cr4", cpu.cr4, flag_names(cpu.cr4, CR4_BITS, True)))
     rows.append(("cr8", cpu.cr8, str(cpu.cr8)))
     rows.append(("efer", cpu.efer, flag_names(cpu.efer, EFER_BITS, True)))
-    rows.append(("pkru", cpu.pkru, f"{cpu.pkru:#x}"))
+    if every:
+        for n in ("gdtr", "idtr"):
+            base, limit = getattr(cpu, n)
+            rows.append((n, base, f"{{base = {base:#x}, limit = {limit:#x}}}"))
+        rows.append(("pat", cpu.pat, pat_text(cpu.pat)))
+        rows.append(("tsc_aux", cpu.tsc_aux, str(cpu.tsc_aux)))
+        rows.append(("pkru", cpu.pkru, f"{cpu.pkru:#x}"))
     return rows
 
 

@@ -25,7 +25,7 @@ from kvmdbg.errors import CommandError, KvmdbgError
 # --- register snapshots behind the `*` marks ---
 
 def snapshot(cpu) -> dict:
-    return {name: value for name, value, _ in register_rows(cpu)}
+    return {name: value for name, value, _ in register_rows(cpu, every=True)}
 
 
 def snapshot_all(s) -> None:

@@ -39,7 +39,9 @@ class Registers:
     """Dict-like view of one vCPU's registers by name (gprs, sub-registers, rip, eflags, crs)."""
 
     SPECIAL = ("rip", "eflags", "rflags", "cr0", "cr2", "cr3", "cr4", "cr8", "efer", "pkru",
-               "fs_base", "gs_base", "cs", "ss", "ds", "es", "fs", "gs")
+               "fs_base", "gs_base", "k_gs_base", "pat", "tsc_aux", "cs", "ss", "ds", "es", "fs",
+               "gs")
+    ATTRS = {"k_gs_base": "kernel_gs_base"}     # gdb's name -> the Cpu attribute
 
     def __init__(self, cpu):
         self._cpu = cpu
@@ -58,7 +60,7 @@ class Registers:
         if name in ("eflags", "rflags"):
             return c.get_rflags()
         if name in self.SPECIAL:
-            return getattr(c, name)
+            return getattr(c, self.ATTRS.get(name, name))
         raise KeyError(name)
 
     def __setitem__(self, name: str, value: int) -> None:
@@ -75,7 +77,7 @@ class Registers:
             c.set_rflags(value & 0x3F7FD5)
             c.flush_fast()
         elif name in self.SPECIAL:
-            setattr(c, name, value & M64)
+            setattr(c, self.ATTRS.get(name, name), value & M64)
             c.flush_fast()
         else:
             raise KeyError(name)

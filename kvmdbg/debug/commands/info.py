@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from kvmdbg.cpu.regs import CR0_BITS, CR4_BITS, EFER_BITS
 from kvmdbg.debug.commands.registry import list_subcommands, no_arguments
-from kvmdbg.debug.formats import cr3_text, flag_names, format_register_row, register_rows
+from kvmdbg.debug.formats import (GROUPS, cr3_text, flag_names, format_register_row,
+                                  register_rows)
 from kvmdbg.debug.report import changed_registers
 from kvmdbg.errors import CommandError
 
@@ -44,28 +45,50 @@ def info(s, arg: str) -> None:
     list_subcommands(s, "info", "an info command")
 
 
-def info_registers(s, arg: str) -> None:
-    """info registers [REG...]
+def info_registers(s, arg: str, every: bool = False) -> None:
+    """info registers [REG...|general|segment|system|all]
 
     Registers of the current vCPU in gdb's three columns: name, hex value, natural
-    value (RFLAGS, CR0, CR3, CR4, EFER decoded in brackets). `*` marks a register that
-    changed since the previous stop.
+    value (RFLAGS, CR0, CR3, CR4, EFER decoded in brackets), in gdb's order: rax rbx rcx
+    rdx rsi rdi rbp rsp r8-r15 rip eflags, the selectors cs ss ds es fs gs, fs_base
+    gs_base k_gs_base, cr0 cr2 cr3 cr4 cr8 efer. `*` marks a register that changed since
+    the previous stop. A group name shows that group: general (the GPRs, rip, eflags),
+    segment (selectors, bases, gdtr, idtr), system (CRs, EFER, PAT, TSC_AUX, PKRU), all
+    (as `info all-registers`).
     """
-    rows = register_rows(s.cpu, s.symbols)
+    rows = register_rows(s.cpu, s.symbols, every=True)
     changed = changed_registers(s, s.current)
     wanted = [w.lstrip("$") for w in arg.split()]
-    if wanted:
-        by_name = {r[0]: r for r in rows}
-        aliases = {"rflags": "eflags", "pc": "rip", "sp": "rsp", "fp": "rbp"}
+    by_name = {r[0]: r for r in rows}
+    if not wanted:
+        rows = rows if every else register_rows(s.cpu, s.symbols)
+    else:
+        aliases = {"rflags": "eflags", "pc": "rip", "sp": "rsp", "fp": "rbp",
+                   "kernel_gs_base": "k_gs_base"}
         picked = []
         for w in wanted:
             key = aliases.get(w, w)
-            if key not in by_name:
+            if key in GROUPS:
+                picked.extend(by_name[n] for n in GROUPS[key])
+            elif key == "all":
+                picked.extend(rows)
+            elif key in by_name:
+                picked.append(by_name[key])
+            else:
                 raise CommandError(f"Invalid register `{w}'")
-            picked.append(by_name[key])
         rows = picked
     for name, value, natural in rows:
         s.message(format_register_row(name, value, natural, name in changed))
+
+
+def info_all_registers(s, arg: str) -> None:
+    """info all-registers [REG...]
+
+    Every register the CPU model holds: those of `info registers`, then the descriptor
+    tables (gdtr, idtr: base and limit), PAT (decoded), TSC_AUX and PKRU. There are no
+    x87/SSE, debug (DR0-DR7) or segment-descriptor registers in the model to show.
+    """
+    info_registers(s, arg, every=True)
 
 
 def info_cr(s, arg: str) -> None:
@@ -119,6 +142,7 @@ def register(reg) -> None:
     reg.add("info", info, aliases=("i", "inf"), category="status")
     sub = reg.sub("info")
     sub.add("registers", info_registers, aliases=("r", "reg"), category="data")
+    sub.add("all-registers", info_all_registers, category="data")
     sub.add("cr", info_cr, category="data")
     sub.add("program", info_program, category="status")
     reg.add("creg", creg, category="data")
