@@ -189,17 +189,29 @@ def _resume_fast(s, scope, limit: int, target) -> Outcome:
     while True:
         bps = _breakpoint_set(s, target)
         before = total_steps(vm)
+        again = set()
         for index in sorted(step_off):
             v = vm.vcpus[index]
             if bps and v.cpu.rip in bps and limit > 0:
+                steps = v.cpu.steps
                 out = _step_off(s, v, scope)
                 if out is not None:
                     return out
-        step_off = set()
+                # The instruction led to a stop address again (a `ret` that returns to
+                # itself, a jump to its own start): that is a new arrival, which the
+                # scheduler would take for the start it steps off.
+                if v.cpu.rip in bps and v.cpu.steps > steps and not v.cpu.halted:
+                    out = at_breakpoint(s, v, target)
+                    if out is not None:
+                        return out
+                    again.add(index)
+        step_off = again
         limit -= total_steps(vm) - before
         before = total_steps(vm)
         if limit <= 0:
             return Outcome(s._stop(STEP_LIMIT, s.current))
+        if again:
+            continue
         if scope is None:
             reason, v = scheduler.run_vm(vm, limit, bps, lambda: _interrupted(s))
         else:

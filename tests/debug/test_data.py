@@ -83,7 +83,7 @@ def test_disassemble_function_range_raw_and_markers():
         "   0x100003 <start+3>:\t49 c1 e9 20\tshr r9, 0x20",
         "   0x100007 <start+7>:\t75 06\tjne 0x10000f",
         "End of assembler dump."]
-    assert run(s, "u 5,1") == ["Invalid range: the end is not after the start."]
+    assert run(s, "disassemble 5,1") == ["Invalid range: the end is not after the start."]
     assert run(s, "disassemble /q") == [
         'Invalid disassembly modifier "q".  Usage: disassemble[/r] [ADDR[,+LEN]|START,END]']
 

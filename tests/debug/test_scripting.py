@@ -116,6 +116,6 @@ def test_ambiguous_and_undefined_commands_use_gdb_wording():
     # gdb's fixed short names win over prefixes.
     for short, full in (("s", "step"), ("si", "stepi"), ("n", "next"), ("ni", "nexti"),
                         ("c", "continue"), ("b", "break"), ("tb", "tbreak"), ("d", "delete"),
-                        ("i", "info"), ("p", "print"), ("x", "x"), ("u", "disassemble"),
+                        ("i", "info"), ("p", "print"), ("x", "x"), ("u", "until"),
                         ("bt", "backtrace"), ("q", "quit")):
         assert s.commands.lookup(short).name == full

@@ -64,11 +64,57 @@ def gdb_text(*commands: str, program: str | None = None, stdin: str | None = Non
     return p.stdout
 
 
+# Nested calls, as CALLS below is for kvmdbg: start -> a -> b -> c.
+NESTED = """
+.intel_syntax noprefix
+.globl _start
+_start:
+  call a
+  mov ebx, 1
+  mov eax, 60
+  xor edi, edi
+  syscall
+a: push rbp
+  call b
+  pop rbp
+  ret
+b: nop
+  call c
+  ret
+c: nop
+  nop
+  ret
+"""
+
+
+# f calls itself (rcx = 3 levels); `back: ret` returns to `back` in the caller.
+RECURSIVE = """
+.intel_syntax noprefix
+.globl _start
+_start:
+  mov rcx, 3
+  call f
+  mov eax, 60
+  xor edi, edi
+  syscall
+f: dec rcx
+  jz leaf
+again: call f
+back: ret
+leaf: ret
+"""
+RECURSIVE_KVMDBG = """start: mov rcx, 3; call f; hlt
+f: dec rcx; jz leaf
+again: call f
+back: ret
+leaf: ret"""
+
+
 @functools.lru_cache(maxsize=None)
-def gdb_program(tmpdir: str) -> str:
-    src = os.path.join(tmpdir, "t.S")
+def gdb_program(tmpdir: str, source: str = PROGRAM, name: str = "t") -> str:
+    src = os.path.join(tmpdir, f"{name}.S")
     with open(src, "w") as f:
-        f.write(PROGRAM)
+        f.write(source)
     subprocess.run(["as", src, "-o", src[:-2] + ".o"], check=True)
     subprocess.run(["ld", src[:-2] + ".o", "-o", src[:-2]], check=True)
     return src[:-2]
@@ -77,6 +123,38 @@ def gdb_program(tmpdir: str) -> str:
 @pytest.fixture(scope="session")
 def oracle_program(tmp_path_factory):
     return gdb_program(str(tmp_path_factory.mktemp("oracle")))
+
+
+@pytest.fixture(scope="session")
+def oracle_recursive(tmp_path_factory):
+    return gdb_program(str(tmp_path_factory.mktemp("oracle")), RECURSIVE, "recursive")
+
+
+@pytest.fixture(scope="session")
+def oracle_nested(tmp_path_factory):
+    return gdb_program(str(tmp_path_factory.mktemp("oracle")), NESTED, "nested")
+
+
+def gdb_session(program: str, commands, timeout: int = 30) -> list:
+    """What gdb prints for each command typed at its prompt (from_tty 1, as a person types):
+    [(command, text before the next prompt)]. Answers y to a question."""
+    import pexpect
+    c = pexpect.spawn(GDB, ["-nx", "-q", program], encoding="utf-8", timeout=timeout,
+                      env=dict(os.environ, TERM="dumb"))
+    out = []
+    try:
+        c.expect(r"\(gdb\) ")
+        for cmd in commands:
+            c.sendline(cmd)
+            text = ""
+            while c.expect([r"\(gdb\) ", r"\(y or n\) "]) == 1:
+                text += c.before + c.after
+                c.sendline("y")
+            text += c.before
+            out.append((cmd, text.split("\r\n", 1)[1] if "\r\n" in text else ""))
+    finally:
+        c.close(force=True)
+    return out
 
 
 def kvmdbg(*commands: str, program: str = SMEP, options=(), stdin=None):

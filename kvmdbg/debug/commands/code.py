@@ -146,17 +146,18 @@ def backtrace(s, arg: str) -> None:
         if abs(limit) >= 1 << 64:
             raise usage_error(backtrace, "Numeric constant too large.")
     outermost = limit < 0
-    frames = return_addresses(s, 64 if outermost else limit)
+    frames = [a for a, _slot in stack_frames(s, 64 if outermost else limit)]
     shown = list(enumerate(frames))
     shown = shown[limit:] if outermost else shown[:limit]
     for i, a in shown:
         s.message(f"#{i:<3}{s.location(a)}")
 
 
-def return_addresses(s, limit: int = 64) -> list:
-    """The current RIP, then the return addresses found on the stack, innermost first."""
+def stack_frames(s, limit: int = 64) -> list:
+    """(address, stack slot) of the current RIP (slot None), then of each return address
+    found on the stack (a word that follows a CALL instruction), innermost first."""
     cpu = s.cpu
-    frames = [cpu.rip]
+    frames = [(cpu.rip, None)]
     rsp = cpu.r[4]
     for off in range(0, 0x2000, 8):
         if len(frames) >= limit:
@@ -166,7 +167,7 @@ def return_addresses(s, limit: int = 64) -> list:
         except KvmdbgError:
             break
         if word and _follows_call(s, word):
-            frames.append(word)
+            frames.append((word, (rsp + off) & M64))
     return frames[:limit]
 
 
@@ -179,6 +180,20 @@ def _follows_call(s, ret: int) -> bool:
         if got and got[0][1] == length and got[0][2] == "call":
             return True
     return False
+
+
+def bochs_u(s, arg: str) -> None:
+    """Bochs's `u /N [ADDR]`: N instructions (default 1) from ADDR (default the current one)."""
+    spec, _, rest = arg[1:].partition(" ")
+    if not spec.isdigit() or int(spec) < 1:
+        raise CommandError(f"Bochs's u takes a count: u/N [ADDR] (got \"/{spec}\"); "
+                           "disassemble has the other forms.")
+    count = int(spec)
+    if count > 1 << 20:
+        raise CommandError(f"Count {count} out of range: 1 to {1 << 20} instructions.")
+    addr = evaluate(s, rest).as_int() & M64 if rest.strip() else s.cpu.rip
+    for line, _next in insn_lines(s, addr, "gva", count):
+        s.message(line, style="disasm")
 
 
 def info_symbol(s, arg: str) -> None:
@@ -198,6 +213,6 @@ def info_symbol(s, arg: str) -> None:
 
 
 def register(reg) -> None:
-    reg.add("disassemble", disassemble, aliases=("u",), category="data", repeatable=True)
+    reg.add("disassemble", disassemble, category="data", repeatable=True)
     reg.add("backtrace", backtrace, aliases=("bt", "where"), category="status")
     reg.sub("info").add("symbol", info_symbol, category="data")

@@ -46,7 +46,7 @@ def info(s, arg: str) -> None:
 
 
 def info_registers(s, arg: str, every: bool = False) -> None:
-    """info registers [REG...|general|segment|system|all]
+    """info registers [REG...]
 
     Registers of the current vCPU in gdb's three columns: name, hex value, natural
     value (RFLAGS, CR0, CR3, CR4, EFER decoded in brackets), in gdb's order: rax rbx rcx

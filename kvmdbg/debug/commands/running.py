@@ -151,12 +151,57 @@ def until(s, arg: str) -> None:
     """until [ADDR]
 
     Run until ADDR is reached on the current vCPU (or another stop comes first).
-    Without ADDR, like nexti.
+    Without ADDR, like nexti. `u` is gdb's abbreviation of it; Bochs's `u/N [ADDR]`
+    (a slash and a count: disassemble N instructions) is still understood, and
+    `disassemble` is the command for the other forms.
     """
+    if arg.startswith("/"):
+        from kvmdbg.debug.commands.code import bochs_u
+        bochs_u(s, arg)
+        return
     if not arg:
         nexti(s, "")
         return
     _run_to(s, _location(s, until, arg))
+
+
+def finish(s, arg: str) -> None:
+    """finish
+
+    Run until the current function returns: to the first return address found on the
+    stack (a word after a CALL; the same heuristic as backtrace, since raw programs have
+    no frame information), with the stack popped past it, so a recursive call of the same
+    function does not count.
+    """
+    no_arguments(finish, arg)
+    _check_runnable(s)
+    from kvmdbg.debug.commands.code import stack_frames
+    frames = stack_frames(s, 2)
+    if len(frames) < 2:
+        raise CommandError('"finish" not meaningful in the outermost frame.')
+    (rip, _), (ret, slot) = frames
+    s.message(f"Run till exit from #0  {s.location(rip)}")
+    report(s, stops.resume(s, target=stops.Target(s.current, ret, (slot + 8) & ((1 << 64) - 1))))
+
+
+def jump(s, arg: str) -> None:
+    """jump ADDR
+
+    Resume the current vCPU at ADDR (set its RIP and continue, as gdb does; every vCPU
+    runs). A breakpoint at ADDR stops it there at once.
+    """
+    address = _location(s, jump, arg)
+    _check_runnable(s, every=True)
+    from kvmdbg.debug.evaluate import write_register
+    write_register(s, s.current, "rip", address)
+    s.message(f"Continuing at {address:#x}.")
+    v = s.vm.vcpus[s.current]
+    if address in s.breakpoints.addresses():
+        outcome = stops.at_breakpoint(s, v, None)
+        if outcome is not None:
+            report(s, outcome)
+            return
+    report(s, stops.resume(s))
 
 
 def advance(s, arg: str) -> None:
@@ -323,7 +368,9 @@ def register(reg) -> None:
     reg.add("next", next_, aliases=("n",), category="running", repeatable=True, resumes=True)
     reg.add("continue", continue_, aliases=("c", "cont", "fg"), category="running",
             repeatable=True, resumes=True)
-    reg.add("until", until, category="running", repeatable=True, resumes=True)
+    reg.add("until", until, aliases=("u",), category="running", repeatable=True, resumes=True)
+    reg.add("finish", finish, aliases=("fin",), category="running", resumes=True)
+    reg.add("jump", jump, aliases=("j",), category="running", resumes=True)
     reg.add("advance", advance, category="running", resumes=True)
     reg.add("vcpu", vcpu, category="running")
     reg.add("thread", thread, category="running")
