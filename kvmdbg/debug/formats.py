@@ -2,7 +2,31 @@
 
 from __future__ import annotations
 
+import re
+
 from kvmdbg.cpu.regs import CR0_BITS, CR4_BITS, EFER_BITS, GPR_NAMES, RFLAGS_BITS
+
+_BRANCH_TARGET = re.compile(r"0x[0-9a-f]+")
+_RIP_RELATIVE = re.compile(r"\[rip (?P<sign>[+-]) (?P<disp>0x[0-9a-f]+|\d+)\]")
+_BRANCHES = ("call", "jmp", "loop", "loope", "loopne", "jrcxz", "jecxz", "xbegin")
+
+
+def insn_text(symbols, address: int, size: int, mnemonic: str, op_str: str) -> str:
+    """An instruction as gdb shows it: a direct branch's target with its symbol
+    (`call 0x100033 <flip>`), a rip-relative operand's address after `#` (`lea rax,
+    [rip + 0xff9]        # 0x102000 <msg>`)."""
+    text = f"{mnemonic} {op_str}".strip()
+    base = mnemonic.split()[-1] if mnemonic else ""
+    if (base in _BRANCHES or base.startswith("j")) and _BRANCH_TARGET.fullmatch(op_str):
+        sym = symbols.lookup(int(op_str, 16)) if symbols else ""
+        return f"{text} {sym}" if sym else text
+    m = _RIP_RELATIVE.search(op_str)
+    if m:
+        disp = int(m.group("disp"), 0)
+        target = (address + size + (disp if m.group("sign") == "+" else -disp)) & ((1 << 64) - 1)
+        sym = symbols.lookup(target) if symbols else ""
+        return f"{text}        # {target:#x}" + (f" {sym}" if sym else "")
+    return text
 
 
 def flag_names(value: int, names, high_first: bool) -> str:

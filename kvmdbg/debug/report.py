@@ -145,9 +145,15 @@ def show_context(s, stop, changed: dict) -> None:
 
 
 def show_next_insn(s, rip: int) -> None:
+    from kvmdbg.debug.formats import insn_text
     d = s.decode_at(rip)
     label = s.location(rip)
-    s.message(f"=> {label}:\t{d.text if d is not None else '(bad)'}", style="disasm")
+    if d is None:
+        text = "(bad)"
+    else:
+        prefix = d.text[:len(d.text) - len(f"{d.mnemonic} {d.op_str}".strip())]
+        text = prefix + insn_text(s.symbols, rip, d.length, d.mnemonic, d.op_str)
+    s.message(f"=> {label}:\t{text}", style="disasm")
 
 
 def show_displays(s) -> None:

@@ -35,7 +35,7 @@ def test_x_instructions_mark_rip_and_remember_last_address():
     s = smep()
     assert run(s, "x/2i $pc") == ["=> 0x100000 <start>:\tmov r9, rdx",
                                   "   0x100003 <start+3>:\tshr r9, 0x20"]
-    assert run(s, "x/i") == ["   0x100007 <start+7>:\tjne 0x10000f"]
+    assert run(s, "x/i") == ["   0x100007 <start+7>:\tjne 0x10000f <start+15>"]
     assert run(s, "x/xg 0x100000") == ["0x100000 <start>:\t0x7520e9c149d18949"]
     assert run(s, "p $_", "p/x $__") == ["$1 = (s64 *) 0x100000 <start>", "$2 = 0x7520e9c149d18949"]
 
@@ -81,7 +81,7 @@ def test_disassemble_function_range_raw_and_markers():
         "Dump of assembler code from 0x100000 to 0x100009:",
         "=> 0x100000 <start>:\t49 89 d1\tmov r9, rdx",
         "   0x100003 <start+3>:\t49 c1 e9 20\tshr r9, 0x20",
-        "   0x100007 <start+7>:\t75 06\tjne 0x10000f",
+        "   0x100007 <start+7>:\t75 06\tjne 0x10000f <start+15>",
         "End of assembler dump."]
     assert run(s, "disassemble 5,1") == ["Invalid range: the end is not after the start."]
     assert run(s, "disassemble /q") == [

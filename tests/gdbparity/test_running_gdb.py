@@ -91,7 +91,7 @@ def test_u_is_until_as_in_gdb_and_bochs_u_slash_n_disassembles(oracle_nested, tm
     rc, out, err = kvmdbg("u", "u/2", "u/1 start", "u/q", "help u", program=raw_program(tmp_path))
     assert out[0] == "0x100005 <start+5>, vcpu 0, step 11"             # nexti over the call
     assert out[3:6] == ["=> 0x100005 <start+5>:\tmov rbx, 1", "   0x10000c <start+12>:\thlt",
-                        "   0x100000 <start>:\tcall 0x10000d"]
+                        "   0x100000 <start>:\tcall 0x10000d <a>"]
     assert err == ["Bochs's u takes a count: u/N [ADDR] (got \"/q\"); disassemble has the "
                    "other forms."]
     assert out[6] == "until [ADDR]"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from kvmdbg.bits import M64
 from kvmdbg.debug.commands.registry import usage_error
 from kvmdbg.debug.evaluate import evaluate
+from kvmdbg.debug.formats import insn_text
 from kvmdbg.errors import CommandError, KvmdbgError
 
 MAX_FUNCTION = 4096        # a "function" (symbol to next symbol) longer than this is cut
@@ -44,7 +45,7 @@ def insn_lines(s, addr: int, space: str, count: int):
             addr += 1
             continue
         a, size, mnem, ops = found[0]
-        yield f"{mark}{label}:\t{mnem} {ops}".rstrip(), a + size
+        yield f"{mark}{label}:\t{insn_text(s.symbols, a, size, mnem, ops)}", a + size
         addr = a + size
 
 
@@ -118,7 +119,8 @@ def disassemble(s, arg: str) -> None:
         where = f"<+{a - start}>" if name else s.symbols.lookup(a)
         label = f"{a:#x} {where}".rstrip()
         rawtext = f"\t{' '.join(f'{b:02x}' for b in code[a - start:a - start + size])}" if raw else ""
-        s.message(f"{mark}{label}:{rawtext}\t{mnem} {ops}".rstrip(), style="disasm")
+        s.message(f"{mark}{label}:{rawtext}\t{insn_text(s.symbols, a, size, mnem, ops)}",
+                  style="disasm")
         pos = a + size
     if pos < min(end, start + len(code)):
         s.message(f"   {pos:#x}:\t(bad)")
