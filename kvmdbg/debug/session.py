@@ -386,8 +386,8 @@ class Session:
                 self.error(str(e))
         except KeyboardInterrupt:
             self.error("Quit")
-        except RecursionError:
-            self.error("Max user call depth exceeded -- command aborted.")
+        except RecursionError:          # not user commands (they count their own depth)
+            self.error("Command nested too deeply for the Python stack -- command aborted.")
         except Exception as e:          # a bug: one line, and the session carries on
             self.error(f"internal error: {type(e).__name__}: {e}")
         finally:

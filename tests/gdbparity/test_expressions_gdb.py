@@ -128,3 +128,16 @@ def test_address_of_a_symbol_and_of_memory(oracle_program):
                    "$2 = (<text variable, no debug info> *) 0x100034 <flip+1>",
                    "$3 = (long *) 0x80000", "$4 = 0x100033 <flip>", "$5 = 0x7000"]
     assert err == ["Attempt to take address of value not located in memory."] * 2
+
+
+def test_expression_depth_and_user_command_recursion_have_their_own_messages(tmp_path):
+    # gdb: a user command that calls itself ends with "Max user call depth exceeded --
+    # command aborted."; that message is for user commands only.
+    script = tmp_path / "defs.kvmdbg"
+    script.write_text("define loop\nloop\nend\ndefine deep\np " + "(" * 10001 + "1" + ")" * 10001
+                      + "\nend\ndefine fine\np " + "(" * 9000 + "7" + ")" * 9000 + "\nend\n")
+    rc, out, err = kvmdbg("loop", "deep", "fine", options=["-x", str(script)])
+    assert err == ["Max user call depth exceeded -- command aborted.",
+                   "Expression too deeply nested (more than 10,000 parentheses and operators "
+                   "waiting for their operands)."]
+    assert out == ["$1 = 7"]
