@@ -88,3 +88,12 @@ def test_backtrace_with_a_negative_count_shows_the_outermost_frames(tmp_path):
                       "#2  0x100013 <a+6>", "#3  0x100005 <start+5>",
                       "#0  0x10001c <c>",
                       "$1 = 1"]
+
+
+def test_a_cost_is_a_cycle_count_that_fits_32_bits():
+    rc, out, err = kvmdbg("set cost vmexit 99999999999999999999999", "set cost vmexit -1",
+                          "set cost vmexit 4294967295")
+    assert err == ["cost vmexit must be between 0 and 4294967295 cycles (got "
+                   "99999999999999999999999).",
+                   "cost vmexit must be between 0 and 4294967295 cycles (got -1)."]
+    assert out == ["cost vmexit = 4294967295"]

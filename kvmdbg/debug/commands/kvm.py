@@ -182,6 +182,9 @@ def set_kvm(s, arg: str) -> None:
     s.message(f"{knob} = {value}")
 
 
+MAX_COST = 2**32 - 1                # cycles for one event (about 1.4 s at 3 GHz)
+
+
 def set_cost(s, arg: str) -> None:
     """set cost NAME CYCLES
 
@@ -191,9 +194,7 @@ def set_cost(s, arg: str) -> None:
     if len(words) != 2:
         raise usage_error(set_cost)
     name, cycles = words
-    n = parse_int(cycles)
-    if n < 0:
-        raise CommandError("A cost cannot be negative.")
+    n = check_range(f"cost {name}", parse_int(cycles), 0, MAX_COST, " cycles")
     try:
         s.vm.costs.set(name, n)
     except KeyError:
