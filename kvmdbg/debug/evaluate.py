@@ -204,6 +204,9 @@ class Evaluator:
     def _sizeof(self, n: SizeOf):
         if n.operand is None:
             return self._sizeof_type(n)
+        if isinstance(n.operand, Symbol):           # gdb: a text variable is 1 byte
+            self._symbol(n.operand)
+            return Value(TEXT.size, U64)
         effects, self.effects = self.effects, False
         v = yield n.operand
         self.effects = effects

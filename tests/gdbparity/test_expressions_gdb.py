@@ -103,13 +103,14 @@ def test_sizeof_of_types_is_gdbs(oracle_program):
 
 @needs_gdb_program
 def test_sizeof_of_registers_and_memory_reads_nothing(oracle_program):
-    # gdb: sizeof $eax is 4, sizeof $sp 8, and sizeof *(int *)0 is 4 without reading 0.
-    exprs = ["sizeof $eax", "sizeof $sp", "sizeof(*(int *)0)", "sizeof $rax"]
+    # gdb: sizeof $eax is 4, sizeof $sp 8, and sizeof *(int *)0 is 4 without reading 0;
+    # a symbol without debug information is a 1-byte text variable.
+    exprs = ["sizeof $eax", "sizeof $sp", "sizeof(*(int *)0)", "sizeof $rax", "sizeof(flip)"]
     theirs = values(gdb("starti", *[f"p {e}" for e in exprs], program=oracle_program))
     rc, out, err = kvmdbg(*[f"p {e}" for e in exprs], "p sizeof($rax = 5)", "p $rax",
                           "p sizeof(u16)", "p sizeof *(u16 *)0x8000000000")
-    assert values(out)[:4] == theirs == ["4", "8", "4", "8"]
-    assert values(out)[4:] == ["8", "0", "2", "2"], err       # sizeof assigns nothing
+    assert values(out)[:5] == theirs == ["4", "8", "4", "8", "1"]
+    assert values(out)[5:] == ["8", "0", "2", "2"], err       # sizeof assigns nothing
 
 
 @needs_gdb_program
