@@ -15,12 +15,10 @@ from kvmdbg.cpu.faults import (ACC_IMPLICIT, GP, PF, PFERR_FETCH, PFERR_USER, PF
                                UD, GuestFault)
 from kvmdbg.cpu.regs import AC, CR0_ET, CR0_PE, CR0_PG, CR4_PCIDE, CR4_PGE, RFLAGS_FIXED
 from kvmdbg.cpu.tlb import GLOBAL, Tlb
-from kvmdbg.cpu.translate import generate, make_handler
+from kvmdbg.cpu.translate import form_block, generate, make_handler
 from kvmdbg.cpu.vmx import EXCEPTION_NMI, VmExit
 from kvmdbg.cpu.walker import access_error, walk
-from kvmdbg.errors import UnsupportedInstruction
 
-MAX_BLOCK = 32
 _MAX_MEMO_MODES = 64          # modes (each with its walk memo) kept; a bound, not a policy
 
 _materialize = _flags.materialize
@@ -466,8 +464,7 @@ class Cpu:
         return h
 
     def fetch_block(self, rip: int):
-        """The basic-block handler starting at rip: straight-line code up to a control
-        transfer, a mode-changing instruction, the end of the page or MAX_BLOCK."""
+        """The block handler starting at rip (translate.form_block says where it ends)."""
         dc = self.decode_cache
         # _known_handler, inlined: this runs after every flush. Calling it (together with
         # Tlb.flush_ep4ta going through _drop) measured 8% slower SMEP flips.
@@ -482,22 +479,9 @@ class Cpu:
         if h is None and len(code.pages) > 1:
             h = dc.blocks[key] = make_handler([code])    # crosses a page: alone, never in bcache
         elif h is None:
-            codes = [code]
-            pages = set(code.pages)
-            nxt = (rip + code.d.length) & M64
-            while not (codes[-1].ends or codes[-1].stops) and len(codes) < MAX_BLOCK \
-                    and nxt >> 12 == rip >> 12:
-                try:
-                    _k, c = self._insn_code(nxt)
-                except (GuestFault, UnsupportedInstruction):
-                    break           # raised again, precisely, when execution gets there
-                if c.sync or len(c.pages) > 1:
-                    break
-                codes.append(c)
-                pages.update(c.pages)
-                nxt = (nxt + c.d.length) & M64
+            codes = form_block(code, lambda a: self._insn_code(a)[1])
             h = dc.blocks[key] = make_handler(codes, loop=True)
-            dc.track(key, sorted(pages))
+            dc.track(key, sorted({p for c in codes for p in c.pages}))
         if len(code.pages) == 1:        # the run loop re-validates only a bcache entry's first page
             self.bcache[rip] = h
         return h

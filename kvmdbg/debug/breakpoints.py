@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from kvmdbg.debug import catchpoints
 from kvmdbg.debug.expr import ExprError, parse
 from kvmdbg.errors import CommandError, KvmdbgError
+from kvmdbg.stop_reason import CATCHPOINT
 
-CATCHPOINT = "catchpoint"
 
 
 @dataclass

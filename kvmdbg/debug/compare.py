@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from kvmdbg.cpu import vmx
 from kvmdbg.kvm.boot import make_vm
 from kvmdbg.kvm.scheduler import run_vm
+from kvmdbg.stop_reason import HALTED
 
 
 @dataclass
@@ -102,6 +103,6 @@ def format_table(results: list) -> list:
     for label, key in ROWS:
         row(label, [r.stats.get(key, 0) for r in results])
     ends = {r.reason for r in results}
-    if ends != {"halted"}:
+    if ends != {HALTED}:
         lines.append("runs ended by: " + ", ".join(f"{r.profile}: {r.reason}" for r in results))
     return lines

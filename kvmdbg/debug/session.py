@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kvmdbg.bits import M64
-from kvmdbg.cpu.executor import HALTED, SHUTDOWN
 from kvmdbg.cpu.regs import SUBREGS
 from kvmdbg.debug import guest_walk, memory
 from kvmdbg.debug.symbols import Symbols
@@ -20,9 +19,8 @@ from kvmdbg.errors import CommandError, ConfigError, UnsupportedInstruction
 from kvmdbg.kvm import boot as bootmod
 from kvmdbg.kvm.scheduler import run_vm
 from kvmdbg.kvm.vm import Vm
+from kvmdbg.stop_reason import HALTED, SHUTDOWN, UNSUPPORTED
 
-UNSUPPORTED = "unsupported"
-INTERRUPTED = "interrupted"
 
 
 @dataclass

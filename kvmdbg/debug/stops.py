@@ -21,20 +21,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kvmdbg.cpu.executor import BREAKPOINT, HALTED, SHUTDOWN, STEP_LIMIT
 from kvmdbg.cpu.regs import RSP
 from kvmdbg.debug import access
-from kvmdbg.debug.breakpoints import CATCHPOINT
 from kvmdbg.debug.evaluate import Value, evaluate_node
 from kvmdbg.debug.expr import Type
 from kvmdbg.errors import KvmdbgError, UnsupportedInstruction
 from kvmdbg.kvm import scheduler
+from kvmdbg.stop_reason import (BREAKPOINT, HALTED, INTERRUPTED, REACHED, SHUTDOWN, STEP_LIMIT,
+                                UNSUPPORTED, VMEXIT, WATCHPOINT, CATCHPOINT)
 
-WATCHPOINT = "watchpoint"
-REACHED = "location"          # nexti / until / advance got where they were going
-INTERRUPTED = "interrupted"
-UNSUPPORTED = "unsupported"
-VMEXIT = "vmexit"             # kvm/vcpu.py: a vCPU left guest mode; enter again and go on
 ERROR = Type("error", 0, False, "error")
 CHUNK = 50_000                # instructions between checks for Ctrl-C when stepping one vCPU
 

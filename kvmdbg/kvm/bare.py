@@ -11,6 +11,7 @@ from kvmdbg.cpu import executor, system
 from kvmdbg.cpu.cpu import Cpu
 from kvmdbg.cpu.translate import generate
 from kvmdbg.kvm.cpuid import guest_cpuid
+from kvmdbg.stop_reason import HALTED
 
 KVM_ENOSYS = 1000
 
@@ -74,7 +75,7 @@ class BareVcpu:
     def hlt(self, cpu) -> None:
         cpu.halted = True
         cpu.pending = True
-        cpu.stop_reason = "halted"
+        cpu.stop_reason = HALTED
 
     def vmcall(self, cpu) -> None:
         cpu.r[0] = -KVM_ENOSYS & M64

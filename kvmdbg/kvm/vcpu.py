@@ -19,9 +19,9 @@ from kvmdbg.kvm import x86
 from kvmdbg.kvm.cpuid import guest_cpuid
 from kvmdbg.mmu import mmu as M
 from kvmdbg.mmu.mmu_internal import RetPF
+from kvmdbg.stop_reason import HALTED, VMEXIT
 
 KVM_ENOSYS = 1000
-VMEXIT = "vmexit"
 _CR_WRITE_STAT = {0: "cr0_writes", 3: "cr3_writes", 4: "cr4_writes"}   # guest MOV to CRn, exit or not
 
 # KVM_POSSIBLE_CR4_GUEST_BITS (6.x) and the bits that must stay intercepted without EPT.
@@ -385,7 +385,7 @@ class Vcpu:
         self.vmexit(V.HLT)
         self.kvm.stats["halt_exits"] += 1
         cpu.halted = True
-        cpu.stop_reason = "halted" if cpu.stop_reason == VMEXIT else cpu.stop_reason
+        cpu.stop_reason = HALTED if cpu.stop_reason == VMEXIT else cpu.stop_reason
 
     def vmcall(self, cpu) -> None:
         self.vmexit(V.VMCALL)

@@ -55,7 +55,7 @@ def pushfq(g):
     g.emit(f"r[4] = {sp}")
 
 
-@handles("popfq", "popf")
+@handles("popfq", "popf", stops=True)
 def popfq(g):
     size = 8 if g.d.mnemonic == "popfq" else 2
     v = g.load(g.value("r[4]"), size, ss=True)
