@@ -87,3 +87,48 @@ def test_checker_catches_a_violation(tmp_path, monkeypatch):
         test_imports_point_down()
     with pytest.raises(AssertionError, match="only cpu/decoder.py"):
         test_third_party_ui_and_decoder_confined()
+
+
+# Registers the CPU's mode (and so its fast paths) depends on: written only through the
+# Cpu's setters, which drop what depends on them (kvmdbg/cpu/cpu.py lists every cache).
+MODE_REGISTERS = {"cr0", "cr3", "cr4", "efer", "pkru", "cs", "hw_cr0_on"}
+# The run loop's own flags: the debugger asks through Cpu.request_stop / withdraw_stop /
+# set_single_step instead.
+RUN_LOOP_FLAGS = {"single_step", "pending", "stop_reason"}
+
+
+def _attribute_stores(path: Path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        targets = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        for t in targets:
+            for sub in ast.walk(t):
+                if isinstance(sub, ast.Attribute) and isinstance(sub.ctx, ast.Store):
+                    yield node.lineno, sub.attr
+
+
+def test_mode_registers_are_written_through_the_cpu_setters():
+    problems = [f"{name}:{line} assigns .{attr}"
+                for name, path in _modules() if name != "kvmdbg.cpu.cpu"
+                for line, attr in _attribute_stores(path) if attr in MODE_REGISTERS]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_debugger_does_not_touch_the_run_loop_flags():
+    problems = []
+    for name, path in _modules():
+        if _layer(name) not in ("debug", "repl", "cli"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in RUN_LOOP_FLAGS:
+                problems.append(f"{name}:{node.lineno} uses .{node.attr}")
+    assert not problems, "\n".join(problems)
+
+
+def test_store_finder_sees_plain_augmented_and_tuple_stores(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("cpu.cr0 = 1\ncpu.cr4 |= 2\na.x, cpu.cs = 1, 2\nprint(cpu.efer)\n")
+    assert [attr for _, attr in _attribute_stores(f)] == ["cr0", "cr4", "x", "cs"]

@@ -333,7 +333,6 @@ def write_register(s, vcpu: int, name: str, value: int) -> None:
             return
     except GuestFault as f:
         raise ExprError(f"Cannot set ${name} to {value:#x}: the CPU refuses it ({f}).") from None
-    cpu.flush_fast()
 
 
 # --- convenience for commands ---

@@ -38,6 +38,9 @@ class Registers:
 
     SPECIAL = ("rip", "eflags", "rflags", "cr0", "cr2", "cr3", "cr4", "cr8", "efer", "pkru",
                "fs_base", "gs_base", "cs", "ss", "ds", "es", "fs", "gs")
+    # registers the CPU's mode depends on: written through its setters
+    MODE_SETTERS = {"cr0": "set_cr0", "cr3": "set_cr3", "cr4": "set_cr4", "efer": "set_efer",
+                    "pkru": "set_pkru", "cs": "set_cs"}
 
     def __init__(self, cpu):
         self._cpu = cpu
@@ -71,10 +74,10 @@ class Registers:
                 c.r[i] = (c.r[i] & ~m & M64) | ((value << shift) & m)
         elif name in ("eflags", "rflags"):
             c.set_rflags(value & 0x3F7FD5)
-            c.flush_fast()
+        elif name in self.MODE_SETTERS:
+            getattr(c, self.MODE_SETTERS[name])(value & M64)
         elif name in self.SPECIAL:
             setattr(c, name, value & M64)
-            c.flush_fast()
         else:
             raise KeyError(name)
 

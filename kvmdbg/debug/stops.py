@@ -12,7 +12,7 @@ Two engines, chosen per resume:
 
 Catchpoints need no engine of their own: the BreakpointTable's bus listener
 marks the vCPU pending, and the run loop stops after the current instruction.
-While catchpoints are enabled the fast engine sets cpu.single_step, so the run
+While catchpoints are enabled the fast engine single-steps the CPUs, so the run
 loop takes single instructions and stops right after the one that caused the
 event rather than at the end of its block.
 """
@@ -82,9 +82,7 @@ def resume(s, scope: int | None = None, max_steps: int | None = None,
     finally:
         table.running = False
         for v in s.vm.vcpus:       # a catch on a vCPU that did not run again must not linger
-            if v.cpu.stop_reason == CATCHPOINT:
-                v.cpu.pending = False
-                v.cpu.stop_reason = None
+            v.cpu.withdraw_stop(CATCHPOINT)
 
 
 def _interrupted(s) -> bool:
@@ -133,7 +131,7 @@ def _breakpoint_set(s, target):
         bps.add(target.address)
     precise = bool(s.breakpoints.catchpoints())
     for v in s.vm.vcpus:
-        v.cpu.single_step = precise
+        v.cpu.set_single_step(precise)
     return bps or None
 
 

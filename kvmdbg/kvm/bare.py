@@ -23,15 +23,11 @@ class BareVcpu:
     def __init__(self, vm, index: int):
         self.vm = self.kvm = vm
         self.index = index
-        self._gfn_cache: dict[int, tuple] = {}
         self.gpa_generation = vm.gpa_generation    # CpuOps: moves when memslots change
         self.cpu = Cpu(self, vm.decode_cache, index=index, vpid=index + 1, translator=generate)
 
     def after_set_sregs(self) -> None:
         pass
-
-    def memslots_changed(self) -> None:
-        self._gfn_cache.clear()
 
     def make_request(self, req: str) -> None:
         pass
@@ -46,7 +42,7 @@ class BareVcpu:
     # --- CpuOps ---
 
     def translate_gpa(self, gpa: int, kind: int, walk: bool):
-        return self.vm.host_page_of(gpa, self._gfn_cache)
+        return self.vm.host_page_of(gpa)
 
     def mmio_read(self, gpa: int, size: int) -> int:
         return (1 << (8 * size)) - 1

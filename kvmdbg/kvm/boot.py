@@ -118,13 +118,14 @@ def boot(vm, program: Program, arg: int = 0) -> None:
     n = len(vm.vcpus)
     for v in vm.vcpus:
         c = v.cpu
-        c.cr0 = CR0_BOOT
-        c.cr4 = CR4_BOOT
-        c.efer = EFER_BOOT
-        c.cr3 = PML4
+        c.set_cr0(CR0_BOOT)
+        c.set_cr4(CR4_BOOT)
+        c.set_efer(EFER_BOOT)
+        c.set_cr3(PML4)
         c.gdtr = (GDT, len(GDT_ENTRIES) * 8 - 1)
         c.idtr = (0, 0)
-        c.cs, c.ss = 0x08, 0x10
+        c.set_cs(0x08)
+        c.ss = 0x10
         c.ds = c.es = c.fs = c.gs = 0x10
         c.set_rflags(0x2)
         c.r[:] = [0] * 16
@@ -134,7 +135,6 @@ def boot(vm, program: Program, arg: int = 0) -> None:
         c.r[RSI] = n
         c.r[RDX] = arg & 0xFFFF_FFFF_FFFF_FFFF
         c.rip = program.address
-        c.flush_fast()
         v.after_set_sregs()
 
 

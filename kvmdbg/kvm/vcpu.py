@@ -48,7 +48,6 @@ class Vcpu:
             # CpuOps.translate_gpa is the EPT translation itself: the page walker calls it
             # for every paging-structure read, so skip the method in between.
             self.translate_gpa = self.ept.translate
-        self._gfn_cache: dict[int, tuple] = {}
         # vmx_l1_guest_owned_cr0_bits / set_cr4_guest_host_mask (kvm-mmu-spec 2.2)
         self.cr0_guest_owned = CR0_TS | (CR0_WP if p.tdp_enabled and p.cr0_wp_guest_owned else 0)
         cr4 = POSSIBLE_CR4_GUEST_BITS
@@ -64,7 +63,7 @@ class Vcpu:
             # Shadow paging (vmx.c with enable_ept=0): the hardware walks KVM's tables, runs
             # with CR0.WP forced on, and #PF and INVLPG exit.
             self.cpu.walk_fn = walker.walk_shadow
-            self.cpu.hw_cr0_on = CR0_WP
+            self.cpu.set_hw_cr0_on(CR0_WP)
             self.cpu.pf_exiting = True
             self.cpu.invlpg_exiting = True
 
@@ -102,9 +101,6 @@ class Vcpu:
     def after_set_sregs(self) -> None:
         """KVM_SET_SREGS: userspace set CR0/CR3/CR4/EFER; reset the MMU context."""
         x86.kvm_mmu_reset_context(self)
-
-    def memslots_changed(self) -> None:
-        self._gfn_cache.clear()
 
     # --- entry (vcpu_enter_guest) ---
 
@@ -223,7 +219,6 @@ class Vcpu:
             cpu.tlb.flush_all()
         else:
             cpu.tlb.flush_vpid(cpu.vpid)
-        cpu.flush_fast()
 
     def flush_tlb_gva(self, gva: int) -> None:
         """vmx_flush_tlb_gva: INVVPID individual-address."""
@@ -238,7 +233,6 @@ class Vcpu:
         if self.ept is not None:
             self.ept.invept_single(ep4ta)
         self.cpu.tlb.flush_ep4ta(ep4ta)
-        self.cpu.flush_fast()
 
     def flush_tlb_all(self) -> None:
         if self.ept is None:
@@ -251,7 +245,6 @@ class Vcpu:
         if self.ept is not None:
             self.ept.invept_all()
         self.cpu.tlb.flush_all()
-        self.cpu.flush_fast()
 
     def flush_tlb_guest(self) -> None:
         kvm = self.kvm
@@ -259,14 +252,13 @@ class Vcpu:
         kvm.charge(self, "invvpid")
         kvm.trace("kvmdbg:invvpid", self.index, type="single-context", vpid=self.cpu.vpid)
         self.cpu.tlb.flush_vpid(self.cpu.vpid)
-        self.cpu.flush_fast()
 
     # --- CpuOps: memory ---
 
     def translate_gpa(self, gpa: int, kind: int, walk: bool):
         if self.ept is not None:
             return self.ept.translate(gpa, kind, walk)
-        return self.vm.host_page_of(gpa, self._gfn_cache)
+        return self.vm.host_page_of(gpa)
 
     def hpa_to_gpa(self, hpa: int) -> int:
         """The guest-physical address behind a host page the shadow tables map (bookkeeping
@@ -348,14 +340,10 @@ class Vcpu:
 
     def write_cr0(self, value: int) -> None:
         """vmx_set_cr0: GUEST_CR0 and the read shadow; a VMWRITE flushes nothing."""
-        cpu = self.cpu
-        cpu.cr0 = value | 0x10
-        cpu.flush_fast()
+        self.cpu.set_cr0(value | 0x10)
 
     def write_cr4(self, value: int) -> None:
-        cpu = self.cpu
-        cpu.cr4 = value
-        cpu.flush_fast()
+        self.cpu.set_cr4(value)
 
     def set_efer(self, cpu, value: int) -> None:
         self.vmexit(V.MSR_WRITE, info1=0xC0000080)

@@ -58,6 +58,8 @@ class Vm:
         # Moves on every SPTE or memslot change: the CPUs' walk memos watch it.
         self.gpa_generation = Generation()
         self.memslots = Memslots(self.gpa_generation)
+        self._gfn_cache: dict[int, tuple] = {}      # see host_page_of
+        self._gfn_cache_generation = -1
         self.bus = bus or EventBus()
         self.stats = Stats()
         self.exit_reasons: dict[int, int] = {}     # VMX basic exit reason -> count
@@ -220,8 +222,6 @@ class Vm:
             self.memslots.create(slot)
         self.trace("kvmdbg:memslot", self.current_vcpu_index(), op=op, slot=slot.id,
                    base_gfn=slot.base_gfn, npages=slot.npages, generation=self.memslots.generation)
-        for v in self.vcpus:
-            v.memslots_changed()
 
     # --- guest-physical memory as the VMM sees it ---
 
@@ -233,11 +233,15 @@ class Vm:
         pfn = self.host.hva_to_pfn(slot.gfn_to_hva(gfn))
         return self.host.pages[pfn], pfn
 
-    def host_page_of(self, gpa: int, cache: dict):
+    def host_page_of(self, gpa: int):
         """(host page or None for MMIO, hpa, writable, executable) behind a gpa, as the
-        CpuOps translate_gpa answers without second-level tables; `cache` is the caller's
-        gfn cache (cleared by the caller when memslots change)."""
+        CpuOps translate_gpa answers without second-level tables. The answers are cached
+        per gfn while the memslots stay as they are (their generation says so)."""
         gfn = gpa >> PAGE_SHIFT
+        cache = self._gfn_cache
+        if self._gfn_cache_generation != self.memslots.generation:
+            cache.clear()
+            self._gfn_cache_generation = self.memslots.generation
         hit = cache.get(gfn)
         if hit is not None:
             return hit

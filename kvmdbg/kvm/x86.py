@@ -401,8 +401,7 @@ def kvm_set_cr3(vcpu, cr3: int) -> None:
     if cr3 != cpu.cr3:
         cr3 = system.check_cr3(cpu, cr3)
         kvm_mmu_new_pgd(vcpu, cr3)
-        cpu.cr3 = cr3
-        cpu.flush_fast()
+        cpu.set_cr3(cr3)
     if not skip_flush:
         kvm_invalidate_pcid(vcpu, pcid)
 
@@ -468,8 +467,7 @@ def kvm_set_efer(vcpu, efer: int) -> None:
     cpu = vcpu.cpu
     old = cpu.efer
     new = system.check_efer(cpu, efer)
-    cpu.efer = new
-    cpu.flush_fast()
+    cpu.set_efer(new)
     if (old ^ new) & (EFER_NXE | EFER_LME):
         kvm_mmu_reset_context(vcpu)
 

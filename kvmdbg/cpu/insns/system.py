@@ -144,8 +144,8 @@ def vmcall(g):
 # --- SMAP and protection keys ---
 #
 # AC and PKRU are part of every data access's permission check (walker.access_error) and
-# of the mode the CPU memoises walks under (Cpu._select_mode), so a change of either must
-# be followed by cpu.flush_fast(), as POPF does for AC, and the block ends after them
+# of the mode the CPU memoises walks under (Cpu._select_mode): they are written through
+# cpu.set_rflags / cpu.set_pkru, which drop the fast paths, and the block ends after them
 # (stops=True).
 
 
@@ -156,9 +156,9 @@ def stac(g):
     # so only the CPL is left to check.
     g.emit(f"if cpu.cs & 3: raise GuestFault({UD})")
     if g.d.mnemonic == "stac":
-        g.emit(f"if not cpu.rflags & {AC:#x}: cpu.rflags |= {AC:#x}; cpu.flush_fast()")
+        g.emit(f"cpu.set_rflags(materialize(cpu) | {AC:#x})")
     else:
-        g.emit(f"if cpu.rflags & {AC:#x}: cpu.rflags &= ~{AC:#x}; cpu.flush_fast()")
+        g.emit(f"cpu.set_rflags(materialize(cpu) & ~{AC:#x})")
 
 
 @handles("wrpkru", stops=True)
@@ -168,7 +168,7 @@ def wrpkru(g):
     g.emit(f"if not cpu.cr4 & {CR4_PKE:#x}: raise GuestFault({UD})")
     g.emit(f"if r[1] & 0xffffffff or r[2] & 0xffffffff: raise GuestFault({GP}, 0)")
     v = g.value("r[0] & 0xffffffff")
-    g.emit(f"if cpu.pkru != {v}: cpu.pkru = {v}; cpu.flush_fast()")
+    g.emit(f"cpu.set_pkru({v})")
 
 
 @handles("rdpkru")
