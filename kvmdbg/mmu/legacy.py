@@ -10,6 +10,7 @@ die at their last put.
 from __future__ import annotations
 
 from kvmdbg.mmu.mmu_internal import ROLE_INVALID, MmuPage
+from kvmdbg.mmu.tdp_iter import nonzero_entries
 
 
 def _trace_get(kvm, vcpu, sp: MmuPage, created: bool) -> None:
@@ -72,7 +73,7 @@ def prepare_zap_tree(kvm, sp: MmuPage, payer) -> None:
               gfn=sp.gfn, role=sp.role, root_count=sp.root_count, unsync=False)
     level = sp.role & 0xF
     span = 9 * (level - 1)
-    for i, _old in list(tdp.present_entries(sp)):
+    for i, _old in list(nonzero_entries(sp)):
         tdp.tdp_mmu_set_spte(sp, i, 0, sp.gfn + (i << span))
     n = kvm.stats["sptes_zapped"] - before
     kvm.stats["mmu_shadow_zapped"] += 1

@@ -28,6 +28,7 @@ from kvmdbg.mmu import spte as S
 from kvmdbg.mmu.mmu_internal import ACC_WRITE, MmuPage, RetPF
 from kvmdbg.mmu.page_track import PageTrack
 from kvmdbg.mmu.shadow_sync import ShadowSync
+from kvmdbg.mmu.tdp_iter import nonzero_entries
 
 KVM_MIN_FREE_MMU_PAGES = 5
 KVM_REFILL_PAGES = 25
@@ -402,7 +403,7 @@ class ShadowMmu(PageTrack, ShadowSync):
         self._trace_page("kvm_mmu_prepare_zap_page", None, sp)
         kvm.stats["mmu_shadow_zapped"] += 1
         nr = self.zap_unsync_children(sp, invalid)
-        for i, _v in list(kvm.tdp_mmu.present_entries(sp)):
+        for i, _v in list(nonzero_entries(sp)):
             self.zap_pte(sp, i)
         for parent, i in list(sp.parent_ptes):
             self.drop_parent_pte(sp, parent, i)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from kvmdbg.mmu import mmu_internal as R
 from kvmdbg.mmu import paging_tmpl as PT
 from kvmdbg.mmu import spte as S
+from kvmdbg.mmu.tdp_iter import nonzero_entries
 
 if TYPE_CHECKING:
     from kvmdbg.mmu.shadow_mmu import ShadowPage
@@ -139,7 +140,7 @@ class ShadowSync:
         if sp.direct or (sp.role ^ vcpu.mmu.root_role) & ~_SYNC_ROLE_IGN:
             ret = -1
         else:
-            for i, _v in list(kvm.tdp_mmu.present_entries(sp)):
+            for i, _v in list(nonzero_entries(sp)):
                 ret |= self.sync_spte(vcpu, sp, i)
         if ret < 0:
             self.prepare_zap_page(sp, invalid)

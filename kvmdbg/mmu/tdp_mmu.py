@@ -13,7 +13,8 @@ in the hash (mmu.py) and whose roots survive unload; `sp.tdp_mmu_page` says whic
 from __future__ import annotations
 
 from kvmdbg.mmu import spte as S
-from kvmdbg.mmu.mmu_internal import ROLE_INVALID, MmuPage, RetPF, role_smm
+from kvmdbg.mmu.mmu_internal import ROLE_INVALID, MmuPage, RetPF, role_level, role_smm
+from kvmdbg.mmu.tdp_iter import for_each_tdp_pte, nonzero_entries, read_spte
 
 PUT_SYNC_ZAP, PUT_ASYNC_ZAP, PUT_KEEP = "sync_zap", "async_zap", "keep"
 
@@ -104,7 +105,7 @@ class TdpMmu:
             return
         # An invalid root's SPTEs are already gone (or going): unlink and free it.
         self.unlink_root(root)
-        if any(True for _ in self.present_entries(root)):
+        if next(nonzero_entries(root), None) is not None:
             self.zap_root(root, payer=vcpu)
         self.free_root(root, who)
 
@@ -157,19 +158,8 @@ class TdpMmu:
 
     # --- SPTE access ---
 
-    @staticmethod
-    def read_spte(sp: MmuPage, index: int) -> int:
-        o = index << 3
-        return int.from_bytes(sp.spt[o:o + 8], "little")
-
-    @staticmethod
-    def present_entries(sp: MmuPage):
-        """(index, spte) of every non-zero entry, in index order."""
-        spt = sp.spt
-        mv = memoryview(spt).cast("Q")
-        for i, v in enumerate(mv):
-            if v:
-                yield i, v
+    read_spte = staticmethod(read_spte)
+    nonzero_entries = staticmethod(nonzero_entries)
 
     def tdp_mmu_set_spte(self, sp: MmuPage, index: int, new: int, gfn: int) -> None:
         """The single place an SPTE changes; bookkeeping hangs on handle_changed_spte."""
@@ -177,7 +167,7 @@ class TdpMmu:
         old = int.from_bytes(sp.spt[o:o + 8], "little")
         sp.spt[o:o + 8] = new.to_bytes(8, "little")
         self.generation.value += 1
-        self.handle_changed_spte(sp, gfn, old, new, sp.role & 0xF)
+        self.handle_changed_spte(sp, gfn, old, new, role_level(sp.role))
 
     def handle_changed_spte(self, sp: MmuPage, gfn: int, old: int, new: int, level: int) -> None:
         if old == new:
@@ -214,9 +204,9 @@ class TdpMmu:
         kvm.trace("kvm_mmu_prepare_zap_page", kvm.current_vcpu_index(),
                   mmu_valid_gen=sp.mmu_valid_gen, gfn=sp.gfn, role=sp.role,
                   root_count=sp.root_count, unsync=False)
-        level = sp.role & 0xF
+        level = role_level(sp.role)
         span = 9 * (level - 1)
-        for i, old in list(self.present_entries(sp)):
+        for i, old in list(nonzero_entries(sp)):
             o = i << 3
             sp.spt[o:o + 8] = S.REMOVED_SPTE.to_bytes(8, "little")
             self.generation.value += 1
@@ -227,7 +217,7 @@ class TdpMmu:
         """handle_removed_pt when nobody listens: the same end state and counters, counted
         in bulk instead of one handle_changed_spte call per SPTE."""
         stats = self.kvm.stats
-        level = sp.role & 0xF
+        level = role_level(sp.role)
         entries = [v for v in memoryview(sp.spt).cast("Q") if v and v != S.REMOVED_SPTE]
         leaves = 0
         for v in entries:
@@ -252,10 +242,8 @@ class TdpMmu:
         """tdp_mmu_zap_root: zap every SPTE of the root; the cost goes to `payer`."""
         kvm = self.kvm
         before = kvm.stats["sptes_zapped"]
-        level = root.role & 0xF
-        span = 9 * (level - 1)
-        for i, _old in list(self.present_entries(root)):
-            self.tdp_mmu_set_spte(root, i, 0, root.gfn + (i << span))
+        for it in for_each_tdp_pte(self.pages, root, min_level=role_level(root.role)):
+            self.tdp_mmu_set_spte(it.sp, it.index, 0, it.gfn)
         n = kvm.stats["sptes_zapped"] - before
         kvm.charge(payer, "spte_zap", n)
         kvm.trace("kvmdbg:root_zap", payer.index if hasattr(payer, "index") else -1,
@@ -271,40 +259,25 @@ class TdpMmu:
             flush |= self._zap_leafs(root, start_gfn, end_gfn)
         return flush
 
-    def _zap_leafs(self, sp: MmuPage, start: int, end: int) -> bool:
-        level = sp.role & 0xF
-        span = 9 * (level - 1)
+    def _zap_leafs(self, root: MmuPage, start: int, end: int) -> bool:
+        """tdp_mmu_zap_leafs: every present leaf of one root in [start, end)."""
         flush = False
-        for i, spte in list(self.present_entries(sp)):
-            gfn = sp.gfn + (i << span)
-            if gfn >= end or gfn + (1 << span) <= start:
-                continue
-            if S.is_mmio_spte(spte) or spte == S.REMOVED_SPTE:
-                continue
-            if S.is_last_spte(spte, level):
-                self.tdp_mmu_set_spte(sp, i, 0, gfn)
+        for it in for_each_tdp_pte(self.pages, root, start, end):
+            if S.is_shadow_present_pte(it.old_spte) and S.is_last_spte(it.old_spte, it.level):
+                self.tdp_mmu_set_spte(it.sp, it.index, 0, it.gfn)
                 flush = True
-            else:
-                child = self.pages.get(S.spte_to_pfn(spte))
-                if child is not None:
-                    flush |= self._zap_leafs(child, start, end)
         return flush
 
     def count_sptes(self, sp: MmuPage) -> tuple[int, int]:
         """(leaf SPTEs, tables) under sp, sp included as a table."""
         leaves, tables = 0, 1
-        level = sp.role & 0xF
-        for _i, spte in self.present_entries(sp):
-            if not S.is_shadow_present_pte(spte):
+        for it in for_each_tdp_pte(self.pages, sp):
+            if not S.is_shadow_present_pte(it.old_spte):
                 continue
-            if S.is_last_spte(spte, level):
+            if S.is_last_spte(it.old_spte, it.level):
                 leaves += 1
-            else:
-                child = self.pages.get(S.spte_to_pfn(spte))
-                if child is not None:
-                    l2, t2 = self.count_sptes(child)
-                    leaves += l2
-                    tables += t2
+            elif it.old_spte and S.spte_to_pfn(it.old_spte) in self.pages:
+                tables += 1
         return leaves, tables
 
     # --- the page fault path (kvm_tdp_mmu_map) ---
@@ -314,30 +287,24 @@ class TdpMmu:
         kvm = self.kvm
         gfn = fault.gfn
         kvm.trace("kvm_mmu_spte_requested", vcpu.index, gfn=gfn, pfn=fault.pfn, level=fault.goal_level)
-        sp = root
-        level = root.role & 0xF
-        while True:
-            span = 9 * (level - 1)
-            index = (gfn >> span) & 511
-            spte = self.read_spte(sp, index)
+        # tdp_mmu_for_each_pte(iter, mmu, gfn, gfn + 1): a missing table is built where the
+        # walk stands, and the walk then steps down into it.
+        for it in for_each_tdp_pte(self.pages, root, gfn, gfn + 1):
+            spte, level = it.old_spte, it.level
             if spte == S.REMOVED_SPTE:
                 return RetPF.RETRY
             if level == fault.goal_level:
-                return self._map_target_level(vcpu, sp, index, spte, level, fault)
+                return self._map_target_level(vcpu, it.sp, it.index, spte, level, fault)
             if S.is_shadow_present_pte(spte) and not S.is_large_pte(spte):
-                sp = self.pages[S.spte_to_pfn(spte)]
-                level -= 1
                 continue
-            child_gfn = gfn & ~((1 << span) - 1)
-            child = alloc_child(sp, child_gfn, level - 1)
-            child.parent = sp
-            child.parent_index = index
+            child = alloc_child(it.sp, it.gfn, level - 1)
+            child.parent = it.sp
+            child.parent_index = it.index
             if S.is_shadow_present_pte(spte):
                 self._split_huge(child, spte, level - 1)
-            self.tdp_mmu_set_spte(sp, index, S.make_nonleaf_spte(child.pfn), child_gfn)
+            self.tdp_mmu_set_spte(it.sp, it.index, S.make_nonleaf_spte(child.pfn), it.gfn)
             kvm.charge(vcpu, "sp_alloc")
-            sp = child
-            level -= 1
+        raise AssertionError("the walk ended above the goal level")
 
     def _split_huge(self, child: MmuPage, huge: int, level: int) -> None:
         """kvm_mmu_split_huge_page: fill the new table with 512 smaller leaves."""

@@ -14,6 +14,7 @@ from kvmdbg.debug.evaluate import evaluate_address
 from kvmdbg.errors import CommandError
 from kvmdbg.mmu import mmu_internal as R
 from kvmdbg.mmu import spte as S
+from kvmdbg.mmu.tdp_iter import for_each_tdp_pte, nonzero_entries
 
 
 # --- helpers ---
@@ -286,19 +287,12 @@ def info_sptes(s, arg: str) -> None:
 
 
 def _collect_leaves(vm, sp, out, lo, hi) -> None:
-    level = sp.level
-    span = 9 * (level - 1)
-    for i, spte in vm.tdp_mmu.present_entries(sp):
-        gfn = sp.gfn + (i << span)
-        if gfn >= hi or gfn + (1 << span) <= lo:
-            continue
-        if S.is_last_spte(spte, level) or not S.is_shadow_present_pte(spte):
-            if spte != S.REMOVED_SPTE:
-                out.append((gfn, spte, level))
-            continue
-        child = vm.tdp_mmu.pages.get(S.spte_to_pfn(spte))
-        if child is not None:
-            _collect_leaves(vm, child, out, lo, hi)
+    """(gfn, spte, level) of every leaf and MMIO SPTE under a TDP root in [lo, hi)."""
+    for it in for_each_tdp_pte(vm.tdp_mmu.pages, sp, lo, hi):
+        spte = it.old_spte
+        if spte and spte != S.REMOVED_SPTE and (S.is_last_spte(spte, it.level)
+                                                or not S.is_shadow_present_pte(spte)):
+            out.append((it.gfn, spte, it.level))
 
 
 def _collect_shadow_leaves(vm, sp, va_base: int, out, lo, hi) -> None:
@@ -306,7 +300,7 @@ def _collect_shadow_leaves(vm, sp, va_base: int, out, lo, hi) -> None:
     level = sp.level
     span = 12 + 9 * (level - 1)
     shadowed = getattr(sp, "shadowed", {})
-    for i, spte in vm.tdp_mmu.present_entries(sp):
+    for i, spte in nonzero_entries(sp):
         va = va_base | (i << span)
         if i & 256 and level == 4:
             va |= ~((1 << 48) - 1) & M64          # canonical upper half
