@@ -102,6 +102,15 @@ def ext_fields(ext: int) -> dict:
     return {name: int(bool(ext & bit)) for name, bit in EXT_FIELDS}
 
 
+class KvmBug(AssertionError):
+    """What KVM_BUG_ON / BUG() / WARN_ON_ONCE would report: the model broke an invariant
+    the kernel checks (a bug in kvmdbg, never in the guest)."""
+
+
+def kvm_bug(message: str):
+    raise KvmBug(f"KVM bug: {message}")
+
+
 class RetPF(IntEnum):
     """Outcomes of a page fault (RET_PF_*, mmu_internal.h)."""
     CONTINUE = 0

@@ -13,7 +13,7 @@ in the hash (mmu.py) and whose roots survive unload; `sp.tdp_mmu_page` says whic
 from __future__ import annotations
 
 from kvmdbg.mmu import spte as S
-from kvmdbg.mmu.mmu_internal import ROLE_INVALID, MmuPage, RetPF, role_level, role_smm
+from kvmdbg.mmu.mmu_internal import ROLE_INVALID, MmuPage, RetPF, kvm_bug, role_level, role_smm
 from kvmdbg.mmu.tdp_iter import for_each_tdp_pte, nonzero_entries, read_spte
 
 PUT_SYNC_ZAP, PUT_ASYNC_ZAP, PUT_KEEP = "sync_zap", "async_zap", "keep"
@@ -162,14 +162,17 @@ class TdpMmu:
     nonzero_entries = staticmethod(nonzero_entries)
 
     def tdp_mmu_set_spte(self, sp: MmuPage, index: int, new: int, gfn: int) -> None:
-        """The single place an SPTE changes; bookkeeping hangs on handle_changed_spte."""
+        """The single place an SPTE changes; bookkeeping hangs on handle_changed_spte.
+        It runs before the store, so a change the kernel would BUG() on leaves the table
+        as it was (nothing reads the entry in between in this single-threaded model)."""
         o = index << 3
         old = int.from_bytes(sp.spt[o:o + 8], "little")
+        self.handle_changed_spte(sp, gfn, old, new, role_level(sp.role))
         sp.spt[o:o + 8] = new.to_bytes(8, "little")
         self.generation.value += 1
-        self.handle_changed_spte(sp, gfn, old, new, role_level(sp.role))
 
     def handle_changed_spte(self, sp: MmuPage, gfn: int, old: int, new: int, level: int) -> None:
+        """handle_changed_spte: bookkeeping for one SPTE change, with the kernel's checks."""
         if old == new:
             return
         kvm = self.kvm
@@ -177,6 +180,15 @@ class TdpMmu:
         is_present = S.is_shadow_present_pte(new)
         was_leaf = was_present and S.is_last_spte(old, level)
         is_leaf = is_present and S.is_last_spte(new, level)
+        if was_leaf and is_leaf and S.spte_to_pfn(old) != S.spte_to_pfn(new):
+            # KVM BUG()s: a present leaf is never pointed at another pfn without a zap first.
+            kvm_bug(f"present leaf SPTE at gfn {gfn:#x} level {level} replaced: "
+                    f"{old:#x} -> {new:#x}")
+        if not was_present and not is_present:
+            # WARN_ON_ONCE: non-present to non-present happens only to or from MMIO, or
+            # while a table is being removed (the SPTE frozen).
+            if not (S.is_mmio_spte(old) or S.is_mmio_spte(new) or new == S.REMOVED_SPTE):
+                kvm_bug(f"non-present SPTE at gfn {gfn:#x} changed: {old:#x} -> {new:#x}")
         if kvm.bus.active:
             if sp.tdp_mmu_page:
                 kvm.trace("kvm_tdp_mmu_spte_changed", kvm.current_vcpu_index(), gfn=gfn,
@@ -196,43 +208,46 @@ class TdpMmu:
                 self.handle_removed_pt(child)
 
     def handle_removed_pt(self, sp: MmuPage) -> None:
-        """A table was unlinked: zap everything below it, then free it."""
+        """A table was unlinked: account for each entry as handle_changed_spte(old,
+        REMOVED_SPTE) would, recursing into the tables below, and free it. One path whether
+        or not anyone traces: the bookkeeping is written out here (and summed per table)
+        because a zap spends most of its time in this loop. KVM freezes each entry first
+        for concurrent walkers; nothing walks a table between its unlinking and its freeing
+        in this single-threaded model, so the entries are left as they are."""
         kvm = self.kvm
-        if not kvm.bus.active:
-            self._remove_quietly(sp)
-            return
-        kvm.trace("kvm_mmu_prepare_zap_page", kvm.current_vcpu_index(),
-                  mmu_valid_gen=sp.mmu_valid_gen, gfn=sp.gfn, role=sp.role,
-                  root_count=sp.root_count, unsync=False)
+        trace = kvm.bus.active
+        if trace:
+            kvm.trace("kvm_mmu_prepare_zap_page", kvm.current_vcpu_index(),
+                      mmu_valid_gen=sp.mmu_valid_gen, gfn=sp.gfn, role=sp.role,
+                      root_count=sp.root_count, unsync=False)
+            trace = sp.tdp_mmu_page
         level = role_level(sp.role)
         span = 9 * (level - 1)
-        for i, old in list(nonzero_entries(sp)):
-            o = i << 3
-            sp.spt[o:o + 8] = S.REMOVED_SPTE.to_bytes(8, "little")
-            self.generation.value += 1
-            self.handle_changed_spte(sp, sp.gfn + (i << span), old, S.REMOVED_SPTE, level)
-        self.free_page(sp)
-
-    def _remove_quietly(self, sp: MmuPage) -> None:
-        """handle_removed_pt when nobody listens: the same end state and counters, counted
-        in bulk instead of one handle_changed_spte call per SPTE."""
-        stats = self.kvm.stats
-        level = role_level(sp.role)
-        entries = [v for v in memoryview(sp.spt).cast("Q") if v and v != S.REMOVED_SPTE]
-        leaves = 0
-        for v in entries:
-            if not v & S.SPTE_MMU_PRESENT:
+        removed = S.REMOVED_SPTE
+        present_bit, large_bit = S.SPTE_MMU_PRESENT, S.PT_PAGE_SIZE
+        entries = zapped = leaves = 0
+        for i, old in nonzero_entries(sp):
+            if old == removed:
                 continue
-            if level == 1 or v & S.PT_PAGE_SIZE:
+            entries += 1
+            if trace:
+                kvm.trace("kvm_tdp_mmu_spte_changed", kvm.current_vcpu_index(),
+                          gfn=sp.gfn + (i << span), old_spte=old, new_spte=removed,
+                          level=level, as_id=role_smm(sp.role))
+            if not old & present_bit:
+                continue                                     # an MMIO SPTE
+            zapped += 1
+            if level == 1 or old & large_bit:
                 leaves += 1
             else:
-                child = self.pages.get(S.spte_to_pfn(v))
+                child = self.pages.get(S.spte_to_pfn(old))
                 if child is not None:
-                    self._remove_quietly(child)
-        present = sum(1 for v in entries if v & S.SPTE_MMU_PRESENT)
-        stats["sptes_zapped"] += present
-        stats[("pages_4k", "pages_2m", "pages_1g")[level - 1]] -= leaves
-        self.live_sptes -= len(entries)
+                    self.handle_removed_pt(child)
+        stats = kvm.stats
+        stats["sptes_zapped"] += zapped
+        if leaves:
+            stats[("pages_4k", "pages_2m", "pages_1g")[level - 1]] -= leaves
+        self.live_sptes -= entries
         self.generation.value += 1
         self.free_page(sp)
 

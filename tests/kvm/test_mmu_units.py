@@ -237,3 +237,60 @@ def test_memslot_move_flushes_the_old_range(quirk):
 def M_path(vm, root, gfn):
     from kvmdbg.debug.commands.mmu import spte_path
     return spte_path(vm, root, gfn)[-1][3]
+
+
+# --- the invariants handle_changed_spte checks (tdp_mmu.c) ---
+
+def _leaf_of(vm, v, gfn):
+    from kvmdbg.mmu.tdp_iter import for_each_tdp_pte
+    *_, it = for_each_tdp_pte(vm.tdp_mmu.pages, v.mmu.root.sp, gfn, gfn + 1)
+    return it
+
+
+def test_a_present_leaf_is_never_repointed_without_a_zap():
+    """handle_changed_spte: 'a present leaf SPTE should never be directly replaced with
+    another present leaf SPTE pointing to a different PFN' (the kernel BUG()s); the same
+    pfn with other bits, and the zap-then-map sequence, are fine."""
+    vm, v = entered_vm()
+    x86.kvm_mmu_page_fault(v, 0x200000, 2)
+    it = _leaf_of(vm, v, 0x200)
+    pfn = S.spte_to_pfn(it.old_spte)
+    with pytest.raises(R.KvmBug, match="present leaf"):
+        vm.tdp_mmu.tdp_mmu_set_spte(it.sp, it.index, S.make_spte(pfn + 1, 1), it.gfn)
+    vm.tdp_mmu.tdp_mmu_set_spte(it.sp, it.index, S.make_spte(pfn, 1, writable=False), it.gfn)
+    vm.tdp_mmu.tdp_mmu_set_spte(it.sp, it.index, 0, it.gfn)
+    vm.tdp_mmu.tdp_mmu_set_spte(it.sp, it.index, S.make_spte(pfn + 1, 1), it.gfn)
+
+
+def test_non_present_changes_only_to_or_from_mmio():
+    """handle_changed_spte WARNs when a non-present SPTE changes to another non-present
+    value unless one side is an MMIO SPTE or the new one is the frozen REMOVED_SPTE."""
+    vm, v = entered_vm()
+    x86.kvm_mmu_page_fault(v, 0x200000, 2)
+    it = _leaf_of(vm, v, 0x201)                      # a hole next to the leaf
+    assert it.old_spte == 0 and it.level == 1
+    mmio = S.make_mmio_spte(0x201, vm.memslots.generation)
+    vm.tdp_mmu.tdp_mmu_set_spte(it.sp, it.index, mmio, it.gfn)
+    vm.tdp_mmu.tdp_mmu_set_spte(it.sp, it.index, 0, it.gfn)
+    with pytest.raises(R.KvmBug, match="non-present"):
+        vm.tdp_mmu.tdp_mmu_set_spte(it.sp, it.index, 0x5000, it.gfn)   # no present bit, not MMIO
+
+
+def test_removal_accounts_the_same_with_and_without_tracing():
+    """One removal path: zapping the same tree with the event bus on or off leaves the same
+    counters (each zapped SPTE counted once, each leaf leaves pages_4k)."""
+    def zap(trace):
+        vm, v = entered_vm()
+        if trace:
+            vm.bus.set_keep(10**6)
+        for gpa in (0x1000, 0x200000, 0x400000, 0xF00000, 0xF01000):
+            x86.kvm_mmu_page_fault(v, gpa, 2)
+        mmio = vm.mem_size + 0x1000                          # no memslot: an MMIO SPTE
+        x86.kvm_mmu_page_fault(v, mmio, 2)
+        created = vm.stats["sptes_created"]
+        vm.tdp_mmu.zap_root(v.mmu.root.sp, v)
+        assert vm.stats["sptes_zapped"] == created           # everything present went
+        assert vm.stats["pages_4k"] == 0 and vm.tdp_mmu.live_sptes == 0
+        return {k: vm.stats[k] for k in ("sptes_zapped", "sptes_created", "pages_4k",
+                                         "tables_freed", "tables_allocated")}
+    assert zap(True) == zap(False)
