@@ -37,7 +37,9 @@ class Vcpu:
         self.index = index
         p = vm.profile
         self.mmu = M.KvmMmu()
-        self.requests: set[str] = set()
+        # vmx_vcpu_load_vmcs: the first load on a pCPU (KVM_CREATE_VCPU's vcpu_load) asks
+        # for a flush of every context, served at the first entry.
+        self.requests: set[str] = {x86.KVM_REQ_TLB_FLUSH}
         self.in_kvm = True                 # outside guest mode: the next run enters first
         self.smm = False
         self.ep4ta = 0
@@ -123,15 +125,8 @@ class Vcpu:
                 x86.kvm_mmu_load_pgd(self)
             if x86.KVM_REQ_TLB_FLUSH in reqs:
                 reqs.discard(x86.KVM_REQ_TLB_FLUSH)
-                reqs.discard(x86.KVM_REQ_TLB_FLUSH_CURRENT)
-                kvm.stats["tlb_flush"] += 1
-                self.flush_tlb_all()
-            if x86.KVM_REQ_TLB_FLUSH_CURRENT in reqs:
-                reqs.discard(x86.KVM_REQ_TLB_FLUSH_CURRENT)
-                self.flush_tlb_current()
-            if x86.KVM_REQ_TLB_FLUSH_GUEST in reqs:
-                reqs.discard(x86.KVM_REQ_TLB_FLUSH_GUEST)
-                x86.kvm_vcpu_flush_tlb_guest(self)
+                x86.kvm_vcpu_flush_tlb_all(self)
+            x86.kvm_service_local_tlb_flush_requests(self)
             if "KVM_REQ_SMI" in reqs:
                 reqs.discard("KVM_REQ_SMI")
                 self.process_smi()

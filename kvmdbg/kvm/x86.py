@@ -165,6 +165,23 @@ def kvm_mmu_sync_prev_roots(vcpu) -> None:
         vcpu.kvm.shadow.sync_root(vcpu, info.sp)
 
 
+# The three local flushes each count one tlb_flush (x86.c), whatever the vendor hook then
+# finds to do; kvm_mmu_load's own flush calls the hook directly and is not counted.
+
+def kvm_vcpu_flush_tlb_all(vcpu) -> None:
+    """KVM_REQ_TLB_FLUSH: every context, which covers a pending FLUSH_CURRENT too."""
+    vcpu.kvm.stats["tlb_flush"] += 1
+    vcpu.flush_tlb_all()
+    vcpu.requests.discard(KVM_REQ_TLB_FLUSH_CURRENT)
+
+
+def kvm_vcpu_flush_tlb_current(vcpu) -> None:
+    """KVM_REQ_TLB_FLUSH_CURRENT: counted even when vmx_flush_tlb_current does nothing
+    because the root is invalid (a SMEP 0->1 flip unloaded it; kvm_mmu_load flushes)."""
+    vcpu.kvm.stats["tlb_flush"] += 1
+    vcpu.flush_tlb_current()
+
+
 def kvm_vcpu_flush_tlb_guest(vcpu) -> None:
     """KVM_REQ_TLB_FLUSH_GUEST: with shadow paging a guest TLB flush is INVPCID(all), so
     every root is synced first; then vmx_flush_tlb_guest."""
@@ -173,6 +190,16 @@ def kvm_vcpu_flush_tlb_guest(vcpu) -> None:
         kvm_mmu_sync_roots(vcpu)
         kvm_mmu_sync_prev_roots(vcpu)
     vcpu.flush_tlb_guest()
+
+
+def kvm_service_local_tlb_flush_requests(vcpu) -> None:
+    reqs = vcpu.requests
+    if KVM_REQ_TLB_FLUSH_CURRENT in reqs:
+        reqs.discard(KVM_REQ_TLB_FLUSH_CURRENT)
+        kvm_vcpu_flush_tlb_current(vcpu)
+    if KVM_REQ_TLB_FLUSH_GUEST in reqs:
+        reqs.discard(KVM_REQ_TLB_FLUSH_GUEST)
+        kvm_vcpu_flush_tlb_guest(vcpu)
 
 
 def is_obsolete_root(kvm, sp) -> bool:
