@@ -93,13 +93,14 @@ class Vcpu:
         if not cpu.stop_reason:
             cpu.stop_reason = VMEXIT
 
-    def kick(self) -> None:
-        """kvm_vcpu_kick: an IPI takes a vCPU in guest mode out of it."""
+    def kick(self) -> bool:
+        """kvm_vcpu_kick: an IPI takes a vCPU in guest mode out of it (True if it was)."""
         if self.in_kvm or self.cpu.halted:
-            return
+            return False
         self.kvm.stats["irq_exits"] += 1
         self.kvm.charge(self, "kick")
         self.vmexit(V.EXTERNAL_INTERRUPT)
+        return True
 
     def after_set_sregs(self) -> None:
         """KVM_SET_SREGS: userspace set CR0/CR3/CR4/EFER; reset the MMU context."""

@@ -149,18 +149,25 @@ class Vm:
 
     # --- requests and TLB flushes across vCPUs ---
 
-    def make_all_cpus_request(self, req: str) -> None:
-        """kvm_make_all_cpus_request: set req everywhere, kick vCPUs that are in guest mode."""
+    def make_all_cpus_request(self, req: str) -> bool:
+        """kvm_make_all_cpus_request: set req on every vCPU and kick the ones in guest mode,
+        except the vCPU whose thread asks (kvm_make_vcpu_request, kvm_request_needs_ipi).
+        True if a vCPU had to be kicked (kvm_kick_many_cpus sent IPIs)."""
+        kicked = False
         for v in self.vcpus:
             v.make_request(req)
             if v is not self.current:
-                v.kick()
+                kicked |= v.kick()
+        return kicked
 
     def flush_remote_tlbs(self) -> None:
-        """kvm_flush_remote_tlbs: on VMX+EPT, KVM_REQ_TLB_FLUSH on every vCPU (INVEPT)."""
-        self.stats["remote_tlb_flush"] += 1
+        """kvm_flush_remote_tlbs: KVM_REQ_TLB_FLUSH on every vCPU (INVEPT at its next entry).
+        Every call is a remote_tlb_flush_request; it is a remote_tlb_flush only if a vCPU
+        was kicked out of guest mode (x86 without Hyper-V has no kvm_arch_flush_remote_tlbs)."""
+        self.stats["remote_tlb_flush_requests"] += 1
         self.trace("kvmdbg:remote_tlb_flush", self.current_vcpu_index())
-        self.make_all_cpus_request(KVM_REQ_TLB_FLUSH)
+        if self.make_all_cpus_request(KVM_REQ_TLB_FLUSH):
+            self.stats["remote_tlb_flush"] += 1
 
     # --- kvm_mmu_zap_all_fast and memslot changes (4.6) ---
 

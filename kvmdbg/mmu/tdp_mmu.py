@@ -152,7 +152,7 @@ class TdpMmu:
         for root in list(self.roots):
             if root.tdp_mmu_scheduled_root_to_zap:
                 root.tdp_mmu_scheduled_root_to_zap = False
-                self.zap_root(root, payer=payer)
+                self.zap_root(root, payer=payer, flush=kvm.profile.invalid_root_zap_flush)
                 self.put_root(root, None)
 
     # --- SPTE access ---
@@ -248,14 +248,18 @@ class TdpMmu:
 
     # --- zapping ---
 
-    def zap_root(self, root: MmuPage, payer=None) -> int:
-        """tdp_mmu_zap_root: zap every SPTE of the root; the cost goes to `payer`."""
+    def zap_root(self, root: MmuPage, payer=None, flush: bool = False) -> int:
+        """tdp_mmu_zap_root: zap every SPTE of the root; the cost goes to `payer`. flush:
+        a remote TLB flush per top-level SPTE zapped, as zap_gfn_range(shared=true) did
+        through tdp_mmu_zap_spte_atomic before v5.18."""
         kvm = self.kvm
         before = kvm.stats["sptes_zapped"]
         level = root.role & 0xF
         span = 9 * (level - 1)
         for i, _old in list(self.present_entries(root)):
             self.tdp_mmu_set_spte(root, i, 0, root.gfn + (i << span))
+            if flush:
+                kvm.flush_remote_tlbs()
         n = kvm.stats["sptes_zapped"] - before
         kvm.charge(payer, "spte_zap", n)
         kvm.trace("kvmdbg:root_zap", payer.index if hasattr(payer, "index") else -1,

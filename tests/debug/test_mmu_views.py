@@ -70,7 +70,7 @@ def test_info_mmu_memslots_kvm_costs():
     assert mmu[3].startswith("root_role 0x") and "direct" in mmu[3]
     assert run(s, "info memslots")[2].split() == ["0", "0", "0x0", "4096", "0x7f0000000000", "-"]
     kvm = run(s, "info kvm")
-    assert kvm[0].startswith("profile v6.12: ") and len(kvm) == 13
+    assert kvm[0].startswith("profile v6.12: ") and len(kvm) == 14
     costs = run(s, "info costs")
     assert costs[0].split()[:2] == ["insn", "1"] and any(c.startswith("vmexit") for c in costs)
 

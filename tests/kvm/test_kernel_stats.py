@@ -47,3 +47,113 @@ def test_tlb_flush_is_per_vcpu_and_summed_over_vcpus():
     vm = run_program("smep_flip_2vcpu", "v6.12", vcpus=2, arg=100)
     assert vm.stop[0] == "halted"
     assert vm.stats["tlb_flush"] == (2 * smep_sets(50) + 1) + (smep_sets(50) + 1)
+
+
+# --- remote_tlb_flush_requests / remote_tlb_flush: kvm_flush_remote_tlbs (kvm_main.c) ---
+#
+# kvm_flush_remote_tlbs counts every call in remote_tlb_flush_requests, and counts
+# remote_tlb_flush only when kvm_make_all_cpus_request(KVM_REQ_TLB_FLUSH) returns true, i.e.
+# when kvm_kick_many_cpus had a vCPU to IPI: one in guest mode (kvm_request_needs_ipi) other
+# than the caller's own. Both are VM stats, counted once per call.
+#
+# programs/memslot_overlay.S: each round overlays gfn 0x300 (the VMM deletes the RAM slot
+# and creates the two halves and the page: one DELETE) and removes it (deletes the three,
+# re-creates the original: three DELETEs), touching its working set after each. With one
+# vCPU, every memslot ioctl runs while that vCPU is in its KVM_EXIT_IO, outside guest mode.
+
+ROUNDS = 100
+
+
+def test_memslot_overlay_v5_15_flushes_once_per_delete_that_finds_a_populated_root():
+    """v5.13-v5.17: kvm_mmu_zap_all_fast -> kvm_tdp_mmu_zap_invalidated_roots zaps with
+    zap_gfn_range(shared=true), whose tdp_mmu_zap_spte_atomic flushes per top-level SPTE it
+    zaps; the 16 MiB guest is under one PML4 entry. The first DELETE of an overlay and of a
+    removal finds the root the vCPU refaulted since; the 2nd and 3rd DELETEs of a removal
+    find it zapped already. 2 per round, and no vCPU to kick: remote_tlb_flush stays 0.
+    Each flush leaves KVM_REQ_TLB_FLUSH on the vCPU, served (kvm_vcpu_flush_tlb_all) at the
+    next entry, one per round trip, plus the first-load flush."""
+    vm = run_program("memslot_overlay", "v5.15", arg=ROUNDS)
+    s = vm.stats
+    assert vm.stop[0] == "halted"
+    assert s["remote_tlb_flush_requests"] == 2 * ROUNDS
+    assert s["remote_tlb_flush"] == 0
+    assert s["tlb_flush"] == 2 * ROUNDS + 1
+
+
+def test_memslot_overlay_v6_tdp_mmu_zaps_invalidated_roots_without_flushing():
+    """From v5.18 (the zap on a workqueue, then 0df9dab891ff's zap in the ioctl),
+    kvm_tdp_mmu_zap_invalidated_roots documents that no TLB flush is needed (KVM flushes
+    when it loads a new root) and tdp_mmu_zap_root never calls kvm_flush_remote_tlbs."""
+    for kvm in ("v6.1", "v6.12"):
+        s = run_program("memslot_overlay", kvm, arg=10).stats
+        assert s["remote_tlb_flush_requests"] == 0 == s["remote_tlb_flush"]
+        assert s["tlb_flush"] == 1                      # the first load only
+
+
+KICK = """
+    test rdi, rdi
+    jnz second
+    mov qword ptr [0x200000], 1     # vCPU 0: map a page, then overlay gfn 0x300
+    mov eax, 0x300
+    mov dx, 0x510
+    out dx, eax
+    mov qword ptr [0x201000], 1     # release vCPU 1
+    hlt
+second:
+    {second}
+"""
+SPIN = """
+spin:
+    cmp qword ptr [0x201000], 0
+    je spin
+    hlt
+"""
+
+
+def _two_vcpus(second: str, knobs=()):
+    from kvmdbg.kvm.boot import Program, boot
+    from kvmdbg.kvm.profiles import get_profile, with_knob
+    from kvmdbg.kvm.scheduler import run_vm
+    from kvmdbg.kvm.vm import Vm
+    from tests.helpers import asm
+    profile = get_profile("v6.12")
+    for k in knobs:
+        profile = with_knob(profile, k)
+    vm = Vm(16 << 20, 2, profile=profile)
+    boot(vm, Program(asm(KICK.format(second=second))))
+    assert run_vm(vm, 10**6)[0] == "halted"
+    return vm.stats
+
+
+def test_a_remote_flush_kicks_the_other_vcpu_when_it_is_in_guest_mode():
+    """v6.12 without KVM_X86_QUIRK_SLOT_ZAP_ALL: the DELETE runs kvm_mmu_zap_memslot, which
+    zaps the slot's leaves and calls kvm_flush_remote_tlbs_memslot (no range flush on VMX
+    without Hyper-V, so kvm_flush_remote_tlbs). vCPU 1 is spinning in guest mode while vCPU
+    0 is in its KVM_EXIT_IO: kvm_make_all_cpus_request IPIs it, so this one request is a
+    remote_tlb_flush, and vCPU 1 takes an external-interrupt exit (irq_exits, in
+    handle_external_interrupt). tlb_flush: each vCPU's first load, then KVM_REQ_TLB_FLUSH
+    served once by each vCPU."""
+    s = _two_vcpus(SPIN, ["slot_zap_all=0"])
+    assert s["remote_tlb_flush_requests"] == 1
+    assert s["remote_tlb_flush"] == 1
+    assert s["irq_exits"] == 1
+    assert s["tlb_flush"] == 2 + 2
+
+
+def test_a_remote_flush_neither_wakes_nor_counts_a_halted_vcpu():
+    """KVM_REQ_TLB_FLUSH is KVM_REQUEST_WAIT | KVM_REQUEST_NO_WAKEUP: a vCPU blocked in HLT
+    is outside guest mode, so it is neither woken (kvm_vcpu_wake_up is skipped) nor sent an
+    IPI, and the request is not a remote_tlb_flush. vCPU 1 halts at once and stays halted."""
+    s = _two_vcpus("hlt", ["slot_zap_all=0"])
+    assert s["remote_tlb_flush_requests"] == 1
+    assert s["remote_tlb_flush"] == 0
+    assert s["irq_exits"] == 0
+
+
+def test_with_the_quirk_the_obsolete_roots_request_kicks_and_nothing_flushes():
+    """v6.12 with the quirk: kvm_mmu_zap_all_fast's kvm_make_all_cpus_request(
+    KVM_REQ_MMU_FREE_OBSOLETE_ROOTS) kicks the spinning vCPU 1 (one irq exit), and the TDP
+    MMU path never calls kvm_flush_remote_tlbs."""
+    s = _two_vcpus(SPIN)
+    assert s["remote_tlb_flush_requests"] == 0 == s["remote_tlb_flush"]
+    assert s["irq_exits"] == 1

@@ -201,7 +201,7 @@ def test_profiles_are_complete_and_knobs_are_checked():
     assert {"v5.10", "v5.15", "v6.1", "v6.4", "v6.6", "v6.12", "rfc-skip-post-set-cr4",
             "smep-guest-owned", "legacy-mmu", "shadow"} <= set(PROFILES)
     for p in PROFILES.values():
-        assert p.summary and len(p.knobs()) == 12
+        assert p.summary and len(p.knobs()) == 13
     assert get_profile("v6.4").tdp_put_last_ref == "keep"
     assert get_profile("v6.1").invalid_root_zap == "workqueue"
     with pytest.raises(ConfigError, match="valid: v5.10"):

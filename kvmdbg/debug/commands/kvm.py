@@ -15,8 +15,9 @@ from kvmdbg.kvm.boot import resolve_machine
 from kvmdbg.kvm.profiles import KNOB_HELP, with_knob
 
 EVENT_LOG_SIZE = 200_000        # events remembered for `info events` (a ring)
-RUNTIME_KNOBS = ("tdp_put_last_ref", "invalid_root_zap", "cr4_flush_split", "cr0_wp_no_unload",
-                 "slot_zap_all", "rfc_skip_post_set_cr4", "huge_pages", "tdp_root_role_has_guest_bits")
+RUNTIME_KNOBS = ("tdp_put_last_ref", "invalid_root_zap", "invalid_root_zap_flush", "cr4_flush_split",
+                 "cr0_wp_no_unload", "slot_zap_all", "rfc_skip_post_set_cr4", "huge_pages",
+                 "tdp_root_role_has_guest_bits")
 
 
 
