@@ -65,10 +65,11 @@ class Vm:
         self.decode_cache = DecodeCache()
         self.tdp_mmu = TdpMmu(self)
         self.mmu_valid_gen = 0
-        self.mmu_page_hash: dict[tuple[int, int], object] = {}   # legacy MMU: (gfn, role) -> page
-        # Shadow paging (tdp_enabled=0): shadow pages by (gfn, role), write tracking, rmaps.
-        self.shadow = (ShadowMmu(self, mem_size >> PAGE_SHIFT, MAXPHYADDR)
-                       if not self.profile.tdp_enabled else None)
+        # Without the TDP MMU every MMU page is a shadow page (mmu.c): shadow paging's, or
+        # the legacy MMU's direct ones. `shadow` is set only for shadow paging (ept=0).
+        self.shadow_mmu = (ShadowMmu(self, mem_size >> PAGE_SHIFT, MAXPHYADDR)
+                           if not self.profile.tdp_mmu else None)
+        self.shadow = self.shadow_mmu if not self.profile.tdp_enabled else None
         self.worker = Worker()
         huge = 0
         if self.profile.huge_pages:
@@ -174,7 +175,7 @@ class Vm:
     def kvm_mmu_zap_all_fast(self) -> None:
         self.trace("kvm_mmu_zap_all_fast", self.current_vcpu_index(),
                    mmu_valid_gen=self.mmu_valid_gen,
-                   mmu_used_pages=self.shadow.n_used if self.shadow else len(self.tdp_mmu.pages))
+                   mmu_used_pages=self.shadow_mmu.n_used if self.shadow_mmu else len(self.tdp_mmu.pages))
         self.mmu_valid_gen ^= 1
         if self.profile.tdp_mmu:
             self.tdp_mmu.invalidate_all_roots()
@@ -184,15 +185,10 @@ class Vm:
             self.tdp_mmu.zap_invalidated_roots(self.current)
 
     def kvm_zap_obsolete_pages(self) -> None:
-        """Legacy MMU pages of the old generation: roots still in use become invalid and
-        wait for their last put; the rest are zapped now (kvm_mmu_prepare_zap_page)."""
-        if self.shadow is not None:
-            self.shadow.zap_obsolete_pages()
-            return
-        if self.profile.tdp_mmu:
-            return
-        from kvmdbg.mmu import legacy
-        legacy.zap_obsolete_pages(self)
+        """Shadow MMU pages (shadow paging's or the legacy MMU's) of the old generation:
+        each is zapped now; roots still in use become invalid and wait for their last put."""
+        if self.shadow_mmu is not None:
+            self.shadow_mmu.zap_obsolete_pages()
 
     def kvm_arch_flush_shadow_memslot(self, slot: Memslot) -> None:
         if self.profile.slot_zap_all:
@@ -207,7 +203,7 @@ class Vm:
     def _all_valid_roots(self):
         if self.profile.tdp_mmu:
             return self.tdp_mmu.roots
-        return [sp for sp in self.mmu_page_hash.values() if sp.parent is None and not sp.role & ROLE_INVALID]
+        return [sp for sp in self.shadow_mmu.active if sp.number and not sp.role & ROLE_INVALID]
 
     def set_memory_region(self, op: str, slot: Memslot, new_base_gfn: int | None = None) -> None:
         """KVM_SET_USER_MEMORY_REGION: create, delete or move (KVM_MR_MOVE), as the VMM asks.

@@ -87,10 +87,8 @@ def mmu_free_root_page(vcpu, sp, invalid: list) -> None:
     kvm = vcpu.kvm
     if sp.tdp_mmu_page:
         kvm.tdp_mmu.put_root(sp, vcpu)
-    elif isinstance(sp, SH.ShadowPage):
-        kvm.shadow.free_root(vcpu, sp, invalid)
     else:
-        legacy.mmu_free_root_page(kvm, sp, vcpu)
+        kvm.shadow_mmu.free_root(vcpu, sp, invalid)      # shadow paging or the legacy MMU
 
 
 def kvm_mmu_free_roots(vcpu, roots_to_free: int) -> None:
@@ -108,7 +106,7 @@ def kvm_mmu_free_roots(vcpu, roots_to_free: int) -> None:
         mmu_free_root_page(vcpu, mmu.root.sp, invalid)
         mmu.root = M.INVALID_ROOT
     if invalid:
-        vcpu.kvm.shadow.commit_zap_page(invalid)
+        vcpu.kvm.shadow_mmu.commit_zap_page(invalid)
 
 
 def kvm_mmu_load(vcpu) -> None:

@@ -1,9 +1,10 @@
-"""The shadow MMU (tdp_enabled=0): shadow pages keyed by (gfn, role), their SPTEs and rmaps,
+"""The shadow MMU: shadow pages keyed by (gfn, role), their SPTEs and rmaps,
 alloc/free, roots, zap + commit, reclaim, and the obsolete-generation sweep (mirrors the
 shadow half of arch/x86/kvm/mmu/mmu.c and FNAME(fetch) of paging_tmpl.h; kvm-mmu-spec
 sections 4.3, 4.4, 4.7, 6). Two jobs live in their own modules and are mixed into ShadowMmu:
 write tracking of the guest's page tables (page_track.py) and unsync/sync of last-level
-tables (shadow_sync.py).
+tables (shadow_sync.py). With EPT but tdp_mmu=0 the legacy MMU's direct pages are kept
+here too (legacy.py): the kernel zaps and frees both kinds with the same code.
 
 A shadow page shadows one guest page table (gfn) for one role; the hardware walks these
 tables instead of the guest's (GVA -> HPA, legacy PTE format, spte.py's shadow flavour).
@@ -393,19 +394,24 @@ class ShadowMmu(PageTrack, ShadowSync):
                     self.drop_parent_pte(child, sp, i)
                 else:
                     self._write(sp, i, 0)
-        elif S.is_shadow_mmio_spte(pte):
+        elif S.is_shadow_mmio_spte(pte) or S.is_mmio_spte(pte):     # legacy MMU: EPT format
             self._write(sp, i, 0)
 
     def prepare_zap_page(self, sp: ShadowPage, invalid: list) -> tuple[bool, int]:
-        """__kvm_mmu_prepare_zap_page: (list unstable, pages zapped)."""
+        """__kvm_mmu_prepare_zap_page: (list unstable, pages zapped). mmu_shadow_zapped
+        counts every call, so a root zapped while in use counts again at its last put."""
         kvm = self.kvm
         self._trace_page("kvm_mmu_prepare_zap_page", None, sp)
         kvm.stats["mmu_shadow_zapped"] += 1
         nr = self.zap_unsync_children(sp, invalid)
+        before = kvm.stats["sptes_zapped"]
         for i, _v in list(kvm.tdp_mmu.present_entries(sp)):
             self.zap_pte(sp, i)
         for parent, i in list(sp.parent_ptes):
             self.drop_parent_pte(sp, parent, i)
+        zapped = kvm.stats["sptes_zapped"] - before
+        kvm.charge(None, "spte_zap", zapped)
+        was_invalid = sp.invalid
         unstable = nr > 0
         if not sp.invalid and not sp.role & (R.ROLE_DIRECT | R.ROLE_PASSTHROUGH):
             self.unaccount_shadowed(sp)
@@ -421,9 +427,22 @@ class ShadowMmu(PageTrack, ShadowSync):
         else:
             zapped_root = not self.is_obsolete(sp)
         sp.role |= R.ROLE_INVALID
+        if sp.number:
+            self._trace_root_zap(sp, was_invalid, zapped)
         if zapped_root:
             kvm.make_all_cpus_request(KVM_REQ_MMU_FREE_OBSOLETE_ROOTS)
         return unstable, nr
+
+    def _trace_root_zap(self, sp: ShadowPage, was_invalid: bool, zapped: int) -> None:
+        """The kvmdbg: root events (catch root-zap, timeline): a root in use becomes
+        invalid; a root's SPTEs are zapped."""
+        kvm = self.kvm
+        if sp.root_count and not was_invalid:
+            kvm.stats["roots_invalidated"] += 1
+            kvm.trace("kvmdbg:root_invalidate", -1, root=sp.number, hpa=sp.hpa)
+        if zapped:
+            kvm.trace("kvmdbg:root_zap", kvm.current_vcpu_index(), root=sp.number, hpa=sp.hpa,
+                      sptes=zapped)
 
     def zap_unsync_children(self, parent: ShadowPage, invalid: list) -> int:
         if parent.level == 1:

@@ -6,8 +6,8 @@ refcounted with each version's put behaviour, one function through which every
 SPTE changes (tdp_mmu_set_spte -> handle_changed_spte), recursive teardown of
 removed tables, and the events KVM's tracepoints would show.
 
-The same table code also serves the legacy direct MMU (tdp_mmu=0), whose pages live
-in the hash (mmu.py) and whose roots survive unload; `sp.tdp_mmu_page` says which.
+The same table code also installs the legacy direct MMU's SPTEs (tdp_mmu=0), whose
+pages are the shadow MMU's (legacy.py, shadow_mmu.py); `sp.tdp_mmu_page` says which.
 """
 
 from __future__ import annotations
@@ -42,9 +42,6 @@ class TdpMmu:
         return sp
 
     def free_page(self, sp: MmuPage) -> None:
-        if sp.hashed:
-            self.kvm.mmu_page_hash.pop((sp.gfn, sp.role), None)
-            sp.hashed = False
         sp.freed = True
         self.pages.pop(sp.pfn, None)
         self.kvm.host.free_page(sp.pfn)

@@ -157,3 +157,36 @@ def test_with_the_quirk_the_obsolete_roots_request_kicks_and_nothing_flushes():
     s = _two_vcpus(SPIN)
     assert s["remote_tlb_flush_requests"] == 0 == s["remote_tlb_flush"]
     assert s["irq_exits"] == 1
+
+
+# --- mmu_shadow_zapped: ++kvm->stat.mmu_shadow_zapped in __kvm_mmu_prepare_zap_page ---
+
+def test_legacy_mmu_zaps_obsolete_pages_one_by_one_and_the_root_again_at_its_last_put():
+    """arch/x86/kvm/mmu/mmu.c, tdp_mmu=0 with EPT: the EPT tables are shadow pages. Each
+    DELETE runs kvm_mmu_zap_all_fast -> kvm_zap_obsolete_pages, which calls
+    __kvm_mmu_prepare_zap_page on every obsolete page on active_mmu_pages: the root (in use
+    by the vCPU: kept, marked invalid, off the list) and its tables, then
+    kvm_mmu_commit_zap_page flushes once. At the next entry
+    KVM_REQ_MMU_FREE_OBSOLETE_ROOTS -> kvm_mmu_free_roots -> mmu_free_root_page drops the
+    root's last reference: kvm_mmu_prepare_zap_page counts it again, and the commit flushes
+    again. memslot_overlay's tree is 5 pages: root, PDPT, PD, and the page tables for gfns
+    0-0x1ff (code, stack, the guest's page tables) and 0x200-0x3ff (working set, overlay
+    page). Two DELETEs per round find a tree (as in the v5.15 test above), so 2 x (5 + 1)
+    zaps and 2 x 2 flush requests per round; both flushes of a DELETE are served by one
+    kvm_vcpu_flush_tlb_all at the entry after it. Shadow paging runs the same kernel code,
+    and the guest's own tables happen to make a 5-page tree too."""
+    for kvm in ("legacy-mmu", "shadow"):
+        vm = run_program("memslot_overlay", kvm, arg=ROUNDS)
+        s = vm.stats
+        assert vm.stop[0] == "halted"
+        assert s["mmu_shadow_zapped"] == ROUNDS * 2 * (5 + 1), kvm
+        assert s["remote_tlb_flush_requests"] == ROUNDS * 2 * 2, kvm
+        assert s["remote_tlb_flush"] == 0, kvm
+        assert s["tlb_flush"] == ROUNDS * 2 + 1, kvm
+
+
+def test_the_tdp_mmu_counts_no_shadow_zaps():
+    """mmu_shadow_zapped is bumped only by __kvm_mmu_prepare_zap_page; the TDP MMU frees
+    its tables in handle_removed_pt (tdp_mmu.c), which counts nothing."""
+    s = run_program("memslot_overlay", "v6.12", arg=10).stats
+    assert s["mmu_shadow_zapped"] == 0
