@@ -316,12 +316,11 @@ def kvm_shadow_page_fault(vcpu, addr: int, error_code: int) -> RetPF:
     tables). Returns FIXED/SPURIOUS (re-execute), EMULATE or RETRY."""
     kvm = vcpu.kvm
     shadow = kvm.shadow
-    kvm.stats["pf_taken"] += 1
     root = vcpu.mmu.root.sp
-    if root is None or is_obsolete_root(kvm, root):
-        return RetPF.RETRY                                   # is_page_fault_stale
-    if error_code & M.PFERR_RSVD:
-        # handle_mmio_page_fault: an MMIO SPTE of the current memslot generation.
+    stale = root is None or is_obsolete_root(kvm, root)
+    if error_code & M.PFERR_RSVD and not stale:
+        # handle_mmio_page_fault: an MMIO SPTE of the current memslot generation is
+        # emulated by kvm_mmu_page_fault before kvm_mmu_do_page_fault counts pf_taken.
         _sp, _i, spte = shadow.leaf_spte(root, addr)
         if S.is_shadow_mmio_spte(spte):
             gen = S.get_mmio_spte_gen(spte)
@@ -333,6 +332,9 @@ def kvm_shadow_page_fault(vcpu, addr: int, error_code: int) -> RetPF:
                     kvm.trace("handle_mmio_page_fault", vcpu.index, addr=addr,
                               gfn=S.shadow_mmio_gfn(spte), access=7)
                 return RetPF.EMULATE
+    kvm.stats["pf_taken"] += 1
+    if stale:
+        return RetPF.RETRY                                   # is_page_fault_stale
     pfec = error_code & (M.PFERR_WRITE | M.PFERR_USER | M.PFERR_FETCH)
     try:
         w = guest_walk(vcpu, addr, pfec)
@@ -365,10 +367,10 @@ def kvm_shadow_page_fault(vcpu, addr: int, error_code: int) -> RetPF:
 def kvm_mmu_invlpg(vcpu, gva: int) -> None:
     """An INVLPG exit: INVVPID for the address, then sync its SPTE in every unsync page on
     its path, in the current and the previous roots (kvm_mmu_invalidate_addr)."""
+    vcpu.kvm.stats["invlpg"] += 1          # kvm_mmu_invlpg counts a non-canonical one too
     if not canonical(gva):
         return
     vcpu.flush_tlb_gva(gva)
-    vcpu.kvm.stats["invlpg"] += 1
     shadow = vcpu.kvm.shadow
     if shadow is None:
         return

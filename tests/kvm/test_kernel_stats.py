@@ -190,3 +190,98 @@ def test_the_tdp_mmu_counts_no_shadow_zaps():
     its tables in handle_removed_pt (tdp_mmu.c), which counts nothing."""
     s = run_program("memslot_overlay", "v6.12", arg=10).stats
     assert s["mmu_shadow_zapped"] == 0
+
+
+# --- pf_guest, pf_taken, invlpg ---
+
+STALE_SMAP = """
+    lea rax, [rip + handler]        # #PF gate (interrupt gate, selector 0x08) at 0x6f000
+    mov rcx, rax
+    and ecx, 0xffff
+    mov rdx, rax
+    shr rdx, 16
+    shl rdx, 48
+    or rcx, rdx
+    mov rdx, 0x00008e0000080000
+    or rcx, rdx
+    mov [0x6f000 + 14 * 16], rcx
+    shr rax, 32
+    mov [0x6f000 + 14 * 16 + 8], rax
+    sub rsp, 16
+    mov word ptr [rsp], 0xfff
+    mov qword ptr [rsp + 2], 0x6f000
+    lidt [rsp]
+    or qword ptr [0x1000], 4        # gva 0x20000000: a 2 MiB user page onto MMIO
+    or qword ptr [0x2000], 4
+    mov rax, 0x20000087
+    mov [0x3000 + 0x100 * 8], rax
+    mov rax, cr4                    # SMAP on, a CR0.WP round trip (re-inits cpu_role)
+    or rax, 0x200000
+    mov cr4, rax
+    mov rax, cr0
+    xor rax, 0x10000
+    mov cr0, rax
+    xor rax, 0x10000
+    mov cr0, rax
+    mov rax, cr4                    # SMAP off: the supervisor write below is allowed
+    and rax, ~0x200000
+    mov cr4, rax
+    mov rax, [0x6f000]              # map what delivering a #PF reads and writes (IDT,
+    mov rax, [0x500]                # GDT, stack) in the current EPT root
+    mov rax, [rsp]
+    mov dword ptr [0x20000000], 0x1234
+    hlt
+handler:
+    hlt
+"""
+
+
+def test_a_pf_the_emulator_injects_is_a_pf_guest():
+    """kvm_inject_page_fault (x86.c) does ++vcpu->stat.pf_guest; KVM's emulator reaches it
+    through kvm_inject_emulated_page_fault. This guest is smap_mmio.S's pattern with the
+    IDT, GDT and stack mapped in the EPT just before, so delivering the #PF takes no exit: under the RFC patch kvm_post_set_cr4 is skipped, the
+    cpu_role the emulator checks still has SMAP, and emulating the MMIO write injects one
+    #PF (one emulation, one pf_guest); a correct KVM emulates the write and injects none."""
+    from kvmdbg.kvm.scheduler import run_vm
+    from tests.helpers import machine
+    for kvm, injected in (("rfc-skip-post-set-cr4", 1), ("v6.12", 0)):
+        vm, _cpu = machine(STALE_SMAP, kvm=kvm)
+        assert run_vm(vm, 10_000)[0] == "halted"
+        assert vm.stats["insn_emulation"] == 1
+        assert vm.stats["pf_guest"] == injected
+        assert len(vm.mmio_writes) == 1 - injected
+
+
+SHADOW_MMIO = """
+    mov rax, 0x20000083             # map gpa 0x20000000 (no memslot) at the same gva
+    mov [0x3000 + 0x100 * 8], rax
+    mov rbx, 0x20000000
+    mov dword ptr [rbx], 1
+    mov dword ptr [rbx], 2
+    mov rax, 0x8000000000000000
+    invlpg [rax]                    # non-canonical: a NOP, but still an INVLPG exit
+    invlpg [rbx]
+    hlt
+"""
+
+
+def test_shadow_mmio_and_invlpg_counters():
+    """mmu.c, shadow paging: kvm_mmu_page_fault sends a reserved-bit #PF on a current MMIO
+    SPTE (handle_mmio_page_fault) straight to the emulator, before kvm_mmu_do_page_fault,
+    which is where pf_taken and the outcome counters (pf_fixed, pf_emulate, pf_spurious)
+    live; so every pf_taken ends in one outcome or an injected #PF (pf_guest), and the
+    second MMIO write is an emulation without a pf_emulate. The first MMIO write builds the
+    MMIO SPTE (pf_mmio_spte_created, in mmu_set_spte). Each MMIO write is one userspace
+    exit (mmio_exits, x86_emulate_instruction). kvm_mmu_invlpg counts invlpg after
+    kvm_mmu_invalidate_addr, which returns early for a non-canonical address."""
+    from kvmdbg.kvm.scheduler import run_vm
+    from tests.helpers import machine
+    vm, _cpu = machine(SHADOW_MMIO, kvm="shadow")
+    assert run_vm(vm, 10_000)[0] == "halted"
+    s = vm.stats
+    assert [w[3] for w in vm.mmio_writes] == [1, 2]
+    assert s["pf_taken"] == s["pf_fixed"] + s["pf_emulate"] + s["pf_spurious"] + s["pf_guest"]
+    assert s["insn_emulation"] == s["pf_emulate"] + 1
+    assert s["pf_mmio_spte_created"] == 1
+    assert s["mmio_exits"] == 2
+    assert s["invlpg"] == 2
