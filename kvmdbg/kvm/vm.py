@@ -103,7 +103,7 @@ class Vm:
         cycles = self.costs.values[cost] * n
         if who.__class__ is Worker:
             who.clock += cycles
-            self.stats["worker_cycles"] += cycles
+            self.stats["kvmdbg_worker_cycles"] += cycles
         else:
             who.cpu.extra_cycles += cycles
 
@@ -210,7 +210,7 @@ class Vm:
         DELETE and MOVE flush the old range's SPTEs (kvm_arch_flush_shadow_memslot)."""
         who = self.current
         self.charge(who, "memslot_ioctl")
-        self.stats["memslot_changes"] += 1
+        self.stats["kvmdbg_memslot_changes"] += 1
         if op == "delete":
             old = self.memslots.delete(slot.id)
             self.kvm_arch_flush_shadow_memslot(old)

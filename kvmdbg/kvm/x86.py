@@ -67,7 +67,7 @@ def kvm_init_mmu(vcpu) -> None:
 
 def kvm_mmu_reset_context(vcpu) -> None:
     kvm = vcpu.kvm
-    kvm.stats["mmu_resets"] += 1
+    kvm.stats["kvmdbg_mmu_resets"] += 1
     if kvm.bus.active:
         kvm.trace("kvmdbg:mmu_reset_context", vcpu.index)
     vcpu.cpu.extra_cycles += kvm.costs.values["mmu_reset"]
@@ -77,7 +77,7 @@ def kvm_mmu_reset_context(vcpu) -> None:
 
 def kvm_mmu_unload(vcpu) -> None:
     kvm = vcpu.kvm
-    kvm.stats["mmu_unloads"] += 1
+    kvm.stats["kvmdbg_mmu_unloads"] += 1
     if kvm.bus.active:
         kvm.trace("kvmdbg:mmu_unload", vcpu.index)
     kvm_mmu_free_roots(vcpu, M.KVM_MMU_ROOTS_ALL)
@@ -112,7 +112,7 @@ def kvm_mmu_free_roots(vcpu, roots_to_free: int) -> None:
 def kvm_mmu_load(vcpu) -> None:
     kvm = vcpu.kvm
     p = kvm.profile
-    kvm.stats["mmu_loads"] += 1
+    kvm.stats["kvmdbg_mmu_loads"] += 1
     vcpu.cpu.extra_cycles += kvm.costs.values["mmu_load"]
     role = vcpu.mmu.root_role
     if not p.tdp_enabled:
@@ -386,7 +386,7 @@ def kvm_mmu_new_pgd(vcpu, new_pgd: int) -> None:
     kvm = vcpu.kvm
     mmu = vcpu.mmu
     hit = M.fast_pgd_switch(mmu, new_pgd, mmu.root_role, lambda mask: kvm_mmu_free_roots(vcpu, mask))
-    kvm.stats["pgd_switch_hits" if hit else "pgd_switch_misses"] += 1
+    kvm.stats["kvmdbg_pgd_switch_hits" if hit else "kvmdbg_pgd_switch_misses"] += 1
     if kvm.bus.active:
         kvm.trace("kvmdbg:fast_pgd_switch", vcpu.index, pgd=new_pgd, hit=hit,
                   root=mmu.root.sp.number if mmu.root.sp is not None else 0)

@@ -37,7 +37,7 @@ def mmu_alloc_root(kvm, vcpu, role: int) -> MmuPage:
     if created:
         sp.number = kvm.tdp_mmu.next_root_number
         kvm.tdp_mmu.next_root_number += 1
-        kvm.stats["roots_allocated"] += 1
+        kvm.stats["kvmdbg_roots_allocated"] += 1
         kvm.charge(vcpu, "root_alloc")
     sp.root_count += 1
     if created:

@@ -125,9 +125,9 @@ class ShadowMmu(PageTrack, ShadowSync):
         stats = kvm.stats
         if was != now:
             if now:
-                stats["sptes_created"] += 1
+                stats["kvmdbg_sptes_created"] += 1
             else:
-                stats["sptes_zapped"] += 1
+                stats["kvmdbg_sptes_zapped"] += 1
             if (now and S.is_last_spte(new, level)) or (was and S.is_last_spte(old, level)):
                 stats[("pages_4k", "pages_2m", "pages_1g")[level - 1]] += 1 if now else -1
         return old
@@ -218,7 +218,7 @@ class ShadowMmu(PageTrack, ShadowSync):
         sp.mmu_valid_gen = kvm.mmu_valid_gen
         sp.created_step = kvm.now_step()
         kvm.tdp_mmu.pages[pfn] = sp
-        kvm.stats["tables_allocated"] += 1
+        kvm.stats["kvmdbg_tables_allocated"] += 1
         self.active[sp] = None
         self.n_used += 1
         self.hash.setdefault(gfn, []).insert(0, sp)
@@ -404,12 +404,12 @@ class ShadowMmu(PageTrack, ShadowSync):
         self._trace_page("kvm_mmu_prepare_zap_page", None, sp)
         kvm.stats["mmu_shadow_zapped"] += 1
         nr = self.zap_unsync_children(sp, invalid)
-        before = kvm.stats["sptes_zapped"]
+        before = kvm.stats["kvmdbg_sptes_zapped"]
         for i, _v in list(kvm.tdp_mmu.present_entries(sp)):
             self.zap_pte(sp, i)
         for parent, i in list(sp.parent_ptes):
             self.drop_parent_pte(sp, parent, i)
-        zapped = kvm.stats["sptes_zapped"] - before
+        zapped = kvm.stats["kvmdbg_sptes_zapped"] - before
         kvm.charge(None, "spte_zap", zapped)
         was_invalid = sp.invalid
         unstable = nr > 0
@@ -438,7 +438,7 @@ class ShadowMmu(PageTrack, ShadowSync):
         invalid; a root's SPTEs are zapped."""
         kvm = self.kvm
         if sp.root_count and not was_invalid:
-            kvm.stats["roots_invalidated"] += 1
+            kvm.stats["kvmdbg_roots_invalidated"] += 1
             kvm.trace("kvmdbg:root_invalidate", -1, root=sp.number, hpa=sp.hpa)
         if zapped:
             kvm.trace("kvmdbg:root_zap", kvm.current_vcpu_index(), root=sp.number, hpa=sp.hpa,
@@ -482,7 +482,7 @@ class ShadowMmu(PageTrack, ShadowSync):
             if not bucket:
                 del self.hash[sp.gfn]
         if sp.number:
-            kvm.stats["roots_freed"] += 1
+            kvm.stats["kvmdbg_roots_freed"] += 1
             kvm.trace("kvmdbg:root_free", kvm.current_vcpu_index(), root=sp.number, hpa=sp.hpa)
         kvm.tdp_mmu.free_page(sp)
 
@@ -520,7 +520,7 @@ class ShadowMmu(PageTrack, ShadowSync):
             kvm.tdp_mmu.next_root_number += 1
         sp.root_count += 1
         if created:
-            kvm.stats["roots_allocated"] += 1
+            kvm.stats["kvmdbg_roots_allocated"] += 1
             kvm.charge(vcpu, "root_alloc")
             # kvm_mmu_get_page traced root_count 0 (before the increment, as KVM does).
             kvm.trace("kvmdbg:root_alloc", vcpu.index, root=sp.number, hpa=sp.hpa, role=sp.role,

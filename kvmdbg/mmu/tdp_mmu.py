@@ -38,14 +38,14 @@ class TdpMmu:
         sp.mmu_valid_gen = kvm.mmu_valid_gen
         sp.created_step = kvm.now_step()
         self.pages[pfn] = sp
-        kvm.stats["tables_allocated"] += 1
+        kvm.stats["kvmdbg_tables_allocated"] += 1
         return sp
 
     def free_page(self, sp: MmuPage) -> None:
         sp.freed = True
         self.pages.pop(sp.pfn, None)
         self.kvm.host.free_page(sp.pfn)
-        self.kvm.stats["tables_freed"] += 1
+        self.kvm.stats["kvmdbg_tables_freed"] += 1
 
     # --- roots (tdp_mmu.c) ---
 
@@ -67,7 +67,7 @@ class TdpMmu:
         # edbdb43fc96b: the TDP MMU itself holds a reference until the root is invalidated.
         root.root_count = 2 if kvm.profile.tdp_put_last_ref == PUT_KEEP else 1
         self.roots.insert(0, root)
-        kvm.stats["roots_allocated"] += 1
+        kvm.stats["kvmdbg_roots_allocated"] += 1
         kvm.charge(vcpu, "root_alloc")
         kvm.trace("kvm_mmu_get_page", vcpu.index, mmu_valid_gen=root.mmu_valid_gen, gfn=0,
                   role=root.role, root_count=root.root_count, unsync=False, created=True,
@@ -89,7 +89,7 @@ class TdpMmu:
             # 22b94c4b63eb: mark invalid, keep one reference for the worker, queue the zap.
             root.role |= ROLE_INVALID
             root.root_count = 1
-            kvm.stats["roots_invalidated"] += 1
+            kvm.stats["kvmdbg_roots_invalidated"] += 1
             kvm.trace("kvmdbg:root_invalidate", who, root=root.number, hpa=root.hpa)
             kvm.queue_work(lambda worker: self._zap_root_work(root, worker), f"zap root #{root.number}")
             return
@@ -111,7 +111,7 @@ class TdpMmu:
 
     def free_root(self, root: MmuPage, who: int) -> None:
         kvm = self.kvm
-        kvm.stats["roots_freed"] += 1
+        kvm.stats["kvmdbg_roots_freed"] += 1
         kvm.trace("kvmdbg:root_free", who, root=root.number, hpa=root.hpa)
         self.free_page(root)
 
@@ -132,7 +132,7 @@ class TdpMmu:
                     continue
                 root.root_count += 1          # a reference for whoever zaps it
             root.role |= ROLE_INVALID
-            kvm.stats["roots_invalidated"] += 1
+            kvm.stats["kvmdbg_roots_invalidated"] += 1
             kvm.trace("kvmdbg:root_invalidate", -1, root=root.number, hpa=root.hpa)
             if kvm.profile.invalid_root_zap == "workqueue":
                 kvm.queue_work(lambda worker, r=root: self._zap_root_work(r, worker),
@@ -194,9 +194,9 @@ class TdpMmu:
             key = ("pages_4k", "pages_2m", "pages_1g")[level - 1]
             stats[key] += 1 if is_leaf else -1
         if was_present and not is_present:
-            stats["sptes_zapped"] += 1
+            stats["kvmdbg_sptes_zapped"] += 1
         elif is_present and not was_present:
-            stats["sptes_created"] += 1
+            stats["kvmdbg_sptes_created"] += 1
         if was_present and not was_leaf and (not is_present or is_leaf):
             child = self.pages.get(S.spte_to_pfn(old))
             if child is not None:
@@ -237,7 +237,7 @@ class TdpMmu:
                 if child is not None:
                     self._remove_quietly(child)
         present = sum(1 for v in entries if v & S.SPTE_MMU_PRESENT)
-        stats["sptes_zapped"] += present
+        stats["kvmdbg_sptes_zapped"] += present
         stats[("pages_4k", "pages_2m", "pages_1g")[level - 1]] -= leaves
         self.live_sptes -= len(entries)
         self.generation.value += 1
@@ -250,14 +250,14 @@ class TdpMmu:
         a remote TLB flush per top-level SPTE zapped, as zap_gfn_range(shared=true) did
         through tdp_mmu_zap_spte_atomic before v5.18."""
         kvm = self.kvm
-        before = kvm.stats["sptes_zapped"]
+        before = kvm.stats["kvmdbg_sptes_zapped"]
         level = root.role & 0xF
         span = 9 * (level - 1)
         for i, _old in list(self.present_entries(root)):
             self.tdp_mmu_set_spte(root, i, 0, root.gfn + (i << span))
             if flush:
                 kvm.flush_remote_tlbs()
-        n = kvm.stats["sptes_zapped"] - before
+        n = kvm.stats["kvmdbg_sptes_zapped"] - before
         kvm.charge(payer, "spte_zap", n)
         kvm.trace("kvmdbg:root_zap", payer.index if hasattr(payer, "index") else -1,
                   root=root.number, hpa=root.hpa, sptes=n)

@@ -285,3 +285,27 @@ def test_shadow_mmio_and_invlpg_counters():
     assert s["pf_mmio_spte_created"] == 1
     assert s["mmio_exits"] == 2
     assert s["invlpg"] == 2
+
+
+# --- names: a counter is a kernel stat or is called kvmdbg_* ---
+
+def test_every_counter_is_a_kernel_stat_or_a_kvmdbg_one_and_the_help_says_who_bumps_it():
+    """kvm_stat and KVM_GET_STATS_FD readers know the names in x86.c's kvm_vcpu_stats_desc
+    / kvm_vm_stats_desc and KVM_GENERIC_VM_STATS; kvmdbg's own counters must not look like
+    one of them. `help info stats` names the kernel function behind each kernel stat."""
+    import re
+
+    from kvmdbg.debug.commands.kvm import all_stats, info_stats
+    from kvmdbg.kvm.stats import KVM_STATS, SIM_PREFIX
+    seen = set()
+    for name, kvm, vcpus in (("memslot_overlay", "legacy-mmu", 1), ("pvshim", "shadow", 1),
+                             ("smep_flip_2vcpu", "v5.15", 2), ("smm_like", "v6.1", 1)):
+        seen |= set(all_stats(run_program(name, kvm, vcpus=vcpus, arg=4)))
+    assert {"tlb_flush", "remote_tlb_flush_requests", "mmu_shadow_zapped"} <= seen
+    assert sorted(k for k in seen if k not in KVM_STATS and not k.startswith(SIM_PREFIX)) == []
+    lines = info_stats.__doc__.splitlines()
+    for stat in KVM_STATS:
+        i = next(i for i, line in enumerate(lines) if re.match(rf"\s+(\w+, )*{stat}\b", line))
+        where = re.sub(r"\b(" + "|".join(KVM_STATS) + r")\b|,", "", lines[i]).strip()
+        where = where or lines[i + 1]           # a group of names: the functions follow
+        assert re.search(r"\b_*(kvm|vcpu|x86|tdp|handle)_\w+", where), stat

@@ -137,17 +137,17 @@ def test_first_faults_build_three_two_one_tables():
     region allocates 3 / 2 / 1 tables plus the leaf."""
     vm, v = entered_vm()
     def tables(gpa):
-        before = vm.stats["tables_allocated"]
+        before = vm.stats["kvmdbg_tables_allocated"]
         assert x86.kvm_mmu_page_fault(v, gpa, 2) == R.RetPF.FIXED
-        return vm.stats["tables_allocated"] - before
+        return vm.stats["kvmdbg_tables_allocated"] - before
     assert tables(0x200000) == 3
     assert tables(0x400000) == 1
     assert tables(0x401000) == 0
     vm2, v2 = entered_vm(mem=1 << 30)
     x86.kvm_mmu_page_fault(v2, 0x1000, 2)
-    before = vm2.stats["tables_allocated"]
+    before = vm2.stats["kvmdbg_tables_allocated"]
     x86.kvm_mmu_page_fault(v2, 0x4000_0000 - 0x1000, 2)        # same 1 GiB, new 2 MiB
-    assert vm2.stats["tables_allocated"] - before == 1
+    assert vm2.stats["kvmdbg_tables_allocated"] - before == 1
 
 
 def test_zapping_a_root_tears_down_every_table():
@@ -157,9 +157,9 @@ def test_zapping_a_root_tears_down_every_table():
     root = v.mmu.root.sp
     leaves, tables = vm.tdp_mmu.count_sptes(root)
     assert leaves == 4
-    freed = vm.stats["tables_freed"]
+    freed = vm.stats["kvmdbg_tables_freed"]
     vm.tdp_mmu.zap_root(root, v)
-    assert vm.stats["tables_freed"] - freed == tables - 1          # all but the root itself
+    assert vm.stats["kvmdbg_tables_freed"] - freed == tables - 1   # all but the root itself
     assert vm.tdp_mmu.count_sptes(root) == (0, 1)
 
 
