@@ -38,7 +38,8 @@ def flips_per_second(profile: str, program: Program, flips: int) -> float:
     t = time.perf_counter()
     run_vm(vm, 10**12)
     dt = time.perf_counter() - t
-    assert vm.stats["cr_exits"] == flips or vm.stats["cr_exits"] == 0, vm.stats["cr_exits"]
+    exits = vm.stats["kvmdbg_cr_exits"]
+    assert exits == flips or exits == 0, exits
     return flips / dt
 
 
@@ -55,7 +56,7 @@ def shadow_faults_per_second(pages: int = 20_000) -> float:
     run_vm(vm, 10**12)
     dt = time.perf_counter() - t
     assert vm.stats["pf_fixed"] >= pages, vm.stats["pf_fixed"]
-    return vm.stats["pf_exits"] / dt
+    return vm.stats["kvmdbg_pf_exits"] / dt
 
 
 def _entered_vm():
@@ -77,11 +78,11 @@ def _map(v, npages: int) -> None:
 def zap_rate(npages: int = 65536) -> float:
     vm, v = _entered_vm()
     _map(v, npages)
-    before = vm.stats["sptes_zapped"]
+    before = vm.stats["kvmdbg_sptes_zapped"]
     t = time.perf_counter()
     vm.tdp_mmu.zap_root(v.mmu.root.sp, payer=v)
     dt = time.perf_counter() - t
-    return (vm.stats["sptes_zapped"] - before) / dt
+    return (vm.stats["kvmdbg_sptes_zapped"] - before) / dt
 
 
 def bytes_per_spte(npages: int = 65536) -> float:

@@ -39,30 +39,30 @@ def run_one(program, profile_name: str, vcpus: int, mem, arg: int, knobs=(),
     if len(vm.markers) >= 3:              # a marker per loop iteration
         iterations, unit = len(vm.markers) - 1, "marker interval"
         cycles = vm.markers[-1][2] - vm.markers[0][2]
-    elif vm.stats["cr4_writes"]:
-        iterations, unit = vm.stats["cr4_writes"], "CR4 write"
-    elif vm.stats["cr0_writes"]:
-        iterations, unit = vm.stats["cr0_writes"], "CR0 write"
+    elif vm.stats["kvmdbg_cr4_writes"]:
+        iterations, unit = vm.stats["kvmdbg_cr4_writes"], "CR4 write"
+    elif vm.stats["kvmdbg_cr0_writes"]:
+        iterations, unit = vm.stats["kvmdbg_cr0_writes"], "CR0 write"
     else:
         iterations, unit = 1, "run"
     by_reason = {vmx.EXIT_NAMES.get(r, str(r)): n for r, n in sorted(vm.exit_reasons.items())}
     stats = dict(vm.stats)
-    stats["instructions"] = sum(v.cpu.steps for v in vm.vcpus)
+    stats["kvmdbg_instructions"] = sum(v.cpu.steps for v in vm.vcpus)
     return Result(vm.profile.name, reason, cycles, iterations, unit, stats, by_reason)
 
 
 ROWS = (
-    ("roots allocated", "roots_allocated"),
-    ("roots freed", "roots_freed"),
-    ("EPT violations", "ept_violations"),
-    ("SPTEs created", "sptes_created"),
-    ("SPTEs zapped", "sptes_zapped"),
-    ("MMU resets", "mmu_resets"),
-    ("INVEPT", "invept"),
-    ("INVVPID", "invvpid"),
+    ("roots allocated", "kvmdbg_roots_allocated"),
+    ("roots freed", "kvmdbg_roots_freed"),
+    ("EPT violations", "kvmdbg_ept_violations"),
+    ("SPTEs created", "kvmdbg_sptes_created"),
+    ("SPTEs zapped", "kvmdbg_sptes_zapped"),
+    ("MMU resets", "kvmdbg_mmu_resets"),
+    ("INVEPT", "kvmdbg_invept"),
+    ("INVVPID", "kvmdbg_invvpid"),
     ("remote TLB flushes", "remote_tlb_flush"),
-    ("worker cycles", "worker_cycles"),
-    ("instructions", "instructions"),
+    ("worker cycles", "kvmdbg_worker_cycles"),
+    ("instructions", "kvmdbg_instructions"),
 )
 
 

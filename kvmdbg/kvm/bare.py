@@ -32,8 +32,8 @@ class BareVcpu:
     def make_request(self, req: str) -> None:
         pass
 
-    def kick(self) -> None:
-        pass
+    def kick(self) -> bool:
+        return False
 
     def run(self, max_steps: int, breakpoints=None, skip_first: bool = True) -> str:
         self.vm.current = self

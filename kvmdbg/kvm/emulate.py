@@ -71,6 +71,7 @@ def emulate_instruction(vcpu) -> None:
             del cpu.rd, cpu.wr, cpu.read_miss, cpu.write_miss
         cpu.steps += 1
     except paging_tmpl.WalkFault as f:
+        kvm.stats["pf_guest"] += 1         # kvm_inject_emulated_page_fault -> kvm_inject_page_fault
         kvm.trace("kvm_inj_exception", vcpu.index, exception=PF, has_error=True,
                   error_code=f.error_code)
         raise GuestFault(PF, f.error_code, f.address) from None

@@ -22,7 +22,8 @@ from kvmdbg.mmu.mmu_internal import RetPF
 from kvmdbg.stop_reason import HALTED, VMEXIT
 
 KVM_ENOSYS = 1000
-_CR_WRITE_STAT = {0: "cr0_writes", 3: "cr3_writes", 4: "cr4_writes"}   # guest MOV to CRn, exit or not
+# guest MOV to CRn, exit or not
+_CR_WRITE_STAT = {0: "kvmdbg_cr0_writes", 3: "kvmdbg_cr3_writes", 4: "kvmdbg_cr4_writes"}
 
 # KVM_POSSIBLE_CR4_GUEST_BITS (6.x) and the bits that must stay intercepted without EPT.
 POSSIBLE_CR4_GUEST_BITS = (CR4_PVI | CR4_DE | CR4_PCE | CR4_OSFXSR | CR4_OSXMMEXCPT | CR4_PGE
@@ -37,7 +38,9 @@ class Vcpu:
         self.index = index
         p = vm.profile
         self.mmu = M.KvmMmu()
-        self.requests: set[str] = set()
+        # vmx_vcpu_load_vmcs: the first load on a pCPU (KVM_CREATE_VCPU's vcpu_load) asks
+        # for a flush of every context, served at the first entry.
+        self.requests: set[str] = {x86.KVM_REQ_TLB_FLUSH}
         self.in_kvm = True                 # outside guest mode: the next run enters first
         self.smm = False
         self.ep4ta = 0
@@ -90,13 +93,14 @@ class Vcpu:
         if not cpu.stop_reason:
             cpu.stop_reason = VMEXIT
 
-    def kick(self) -> None:
-        """kvm_vcpu_kick: an IPI takes a vCPU in guest mode out of it."""
+    def kick(self) -> bool:
+        """kvm_vcpu_kick: an IPI takes a vCPU in guest mode out of it (True if it was)."""
         if self.in_kvm or self.cpu.halted:
-            return
+            return False
         self.kvm.stats["irq_exits"] += 1
         self.kvm.charge(self, "kick")
         self.vmexit(V.EXTERNAL_INTERRUPT)
+        return True
 
     def after_set_sregs(self) -> None:
         """KVM_SET_SREGS: userspace set CR0/CR3/CR4/EFER; reset the MMU context."""
@@ -119,15 +123,8 @@ class Vcpu:
                 x86.kvm_mmu_load_pgd(self)
             if x86.KVM_REQ_TLB_FLUSH in reqs:
                 reqs.discard(x86.KVM_REQ_TLB_FLUSH)
-                reqs.discard(x86.KVM_REQ_TLB_FLUSH_CURRENT)
-                kvm.stats["tlb_flush"] += 1
-                self.flush_tlb_all()
-            if x86.KVM_REQ_TLB_FLUSH_CURRENT in reqs:
-                reqs.discard(x86.KVM_REQ_TLB_FLUSH_CURRENT)
-                self.flush_tlb_current()
-            if x86.KVM_REQ_TLB_FLUSH_GUEST in reqs:
-                reqs.discard(x86.KVM_REQ_TLB_FLUSH_GUEST)
-                x86.kvm_vcpu_flush_tlb_guest(self)
+                x86.kvm_vcpu_flush_tlb_all(self)
+            x86.kvm_service_local_tlb_flush_requests(self)
             if "KVM_REQ_SMI" in reqs:
                 reqs.discard("KVM_REQ_SMI")
                 self.process_smi()
@@ -209,7 +206,7 @@ class Vcpu:
     def _invvpid(self, kind: str, gva: int = 0) -> None:
         kvm = self.kvm
         cpu = self.cpu
-        kvm.stats["invvpid"] += 1
+        kvm.stats["kvmdbg_invvpid"] += 1
         cpu.extra_cycles += kvm.costs.values["invvpid"]
         if kvm.bus.active:
             kvm.trace("kvmdbg:invvpid", self.index, type=kind, vpid=cpu.vpid)
@@ -226,7 +223,7 @@ class Vcpu:
 
     def _invept_single(self, ep4ta: int) -> None:
         kvm = self.kvm
-        kvm.stats["invept"] += 1
+        kvm.stats["kvmdbg_invept"] += 1
         self.cpu.extra_cycles += kvm.costs.values["invept"]
         if kvm.bus.active:
             kvm.trace("kvmdbg:invept", self.index, type="single-context", eptp=ep4ta)
@@ -239,7 +236,7 @@ class Vcpu:
             self._invvpid("all-context")        # vmx_flush_tlb_all without EPT
             return
         kvm = self.kvm
-        kvm.stats["invept"] += 1
+        kvm.stats["kvmdbg_invept"] += 1
         kvm.charge(self, "invept")
         kvm.trace("kvmdbg:invept", self.index, type="all-context", eptp=0)
         if self.ept is not None:
@@ -248,7 +245,7 @@ class Vcpu:
 
     def flush_tlb_guest(self) -> None:
         kvm = self.kvm
-        kvm.stats["invvpid"] += 1
+        kvm.stats["kvmdbg_invvpid"] += 1
         kvm.charge(self, "invvpid")
         kvm.trace("kvmdbg:invvpid", self.index, type="single-context", vpid=self.cpu.vpid)
         self.cpu.tlb.flush_vpid(self.cpu.vpid)
@@ -282,7 +279,7 @@ class Vcpu:
             # handle_exception_nmi -> kvm_handle_page_fault: a #PF on KVM's shadow tables.
             addr, code = exit_.qualification, exit_.error_code
             self.vmexit(V.EXCEPTION_NMI, info1=addr, intr_info=0x80000B0E, error_code=code)
-            kvm.stats["pf_exits"] += 1
+            kvm.stats["kvmdbg_pf_exits"] += 1
             kvm.charge(self, "pf_intercept")
             if kvm.bus.active:
                 kvm.trace("kvm_page_fault", self.index, guest_rip=cpu.rip, fault_address=addr,
@@ -293,14 +290,14 @@ class Vcpu:
             return
         if exit_.reason == V.EPT_VIOLATION:
             self.vmexit(V.EPT_VIOLATION, info1=exit_.qualification, info2=gpa)
-            kvm.stats["ept_violations"] += 1
+            kvm.stats["kvmdbg_ept_violations"] += 1
             kvm.charge(self, "ept_violation")
             kvm.trace("kvm_page_fault", self.index, guest_rip=cpu.rip, fault_address=gpa,
                       error_code=exit_.qualification)
             ret = x86.kvm_mmu_page_fault(self, gpa, M.ept_violation_error_code(exit_.qualification))
         else:
             self.vmexit(V.EPT_MISCONFIG, info2=gpa)
-            kvm.stats["ept_misconfigs"] += 1
+            kvm.stats["kvmdbg_ept_misconfigs"] += 1
             ret = emulate.handle_mmio_page_fault(self, gpa)
         if ret == RetPF.EMULATE:
             emulate.emulate_instruction(self)
@@ -308,7 +305,7 @@ class Vcpu:
     # --- CpuOps: control registers ---
 
     def set_cr(self, cpu, n: int, value: int) -> None:
-        self.kvm.stats[_CR_WRITE_STAT.get(n, "cr_writes")] += 1
+        self.kvm.stats[_CR_WRITE_STAT.get(n, "kvmdbg_cr_writes")] += 1
         if n == 0:
             if not (value ^ cpu.cr0) & ~self.cr0_guest_owned & M64:
                 system.arch_set_cr(cpu, 0, value)        # guest-owned bits only: no exit
@@ -333,7 +330,7 @@ class Vcpu:
         kvm = self.kvm
         qual = n | (0 << 4)          # access type 0 = MOV to CR; the GPR field is not modelled
         self.vmexit(V.CR_ACCESS, info1=qual)
-        kvm.stats["cr_exits"] += 1
+        kvm.stats["kvmdbg_cr_exits"] += 1
         self.cpu.extra_cycles += kvm.costs.values["cr_access"]
         if kvm.bus.active:
             kvm.trace("kvm_cr", self.index, rw=1, cr=n, val=value)

@@ -67,10 +67,11 @@ class Vm:
         self.decode_cache = DecodeCache()
         self.tdp_mmu = TdpMmu(self)
         self.mmu_valid_gen = 0
-        self.mmu_page_hash: dict[tuple[int, int], object] = {}   # legacy MMU: (gfn, role) -> page
-        # Shadow paging (tdp_enabled=0): shadow pages by (gfn, role), write tracking, rmaps.
-        self.shadow = (ShadowMmu(self, mem_size >> PAGE_SHIFT, MAXPHYADDR)
-                       if not self.profile.tdp_enabled else None)
+        # Without the TDP MMU every MMU page is a shadow page (mmu.c): shadow paging's, or
+        # the legacy MMU's direct ones. `shadow` is set only for shadow paging (ept=0).
+        self.shadow_mmu = (ShadowMmu(self, mem_size >> PAGE_SHIFT, MAXPHYADDR)
+                           if not self.profile.tdp_mmu else None)
+        self.shadow = self.shadow_mmu if not self.profile.tdp_enabled else None
         self.worker = Worker()
         huge = 0
         if self.profile.huge_pages:
@@ -104,7 +105,7 @@ class Vm:
         cycles = self.costs.values[cost] * n
         if who.__class__ is Worker:
             who.clock += cycles
-            self.stats["worker_cycles"] += cycles
+            self.stats["kvmdbg_worker_cycles"] += cycles
         else:
             who.cpu.extra_cycles += cycles
 
@@ -151,25 +152,32 @@ class Vm:
 
     # --- requests and TLB flushes across vCPUs ---
 
-    def make_all_cpus_request(self, req: str) -> None:
-        """kvm_make_all_cpus_request: set req everywhere, kick vCPUs that are in guest mode."""
+    def make_all_cpus_request(self, req: str) -> bool:
+        """kvm_make_all_cpus_request: set req on every vCPU and kick the ones in guest mode,
+        except the vCPU whose thread asks (kvm_make_vcpu_request, kvm_request_needs_ipi).
+        True if a vCPU had to be kicked (kvm_kick_many_cpus sent IPIs)."""
+        kicked = False
         for v in self.vcpus:
             v.make_request(req)
             if v is not self.current:
-                v.kick()
+                kicked |= v.kick()
+        return kicked
 
     def flush_remote_tlbs(self) -> None:
-        """kvm_flush_remote_tlbs: on VMX+EPT, KVM_REQ_TLB_FLUSH on every vCPU (INVEPT)."""
-        self.stats["remote_tlb_flush"] += 1
+        """kvm_flush_remote_tlbs: KVM_REQ_TLB_FLUSH on every vCPU (INVEPT at its next entry).
+        Every call is a remote_tlb_flush_request; it is a remote_tlb_flush only if a vCPU
+        was kicked out of guest mode (x86 without Hyper-V has no kvm_arch_flush_remote_tlbs)."""
+        self.stats["remote_tlb_flush_requests"] += 1
         self.trace("kvmdbg:remote_tlb_flush", self.current_vcpu_index())
-        self.make_all_cpus_request(KVM_REQ_TLB_FLUSH)
+        if self.make_all_cpus_request(KVM_REQ_TLB_FLUSH):
+            self.stats["remote_tlb_flush"] += 1
 
     # --- kvm_mmu_zap_all_fast and memslot changes (4.6) ---
 
     def kvm_mmu_zap_all_fast(self) -> None:
         self.trace("kvm_mmu_zap_all_fast", self.current_vcpu_index(),
                    mmu_valid_gen=self.mmu_valid_gen,
-                   mmu_used_pages=self.shadow.n_used if self.shadow else len(self.tdp_mmu.pages))
+                   mmu_used_pages=self.shadow_mmu.n_used if self.shadow_mmu else len(self.tdp_mmu.pages))
         self.mmu_valid_gen ^= 1
         if self.profile.tdp_mmu:
             self.tdp_mmu.invalidate_all_roots()
@@ -179,15 +187,10 @@ class Vm:
             self.tdp_mmu.zap_invalidated_roots(self.current)
 
     def kvm_zap_obsolete_pages(self) -> None:
-        """Legacy MMU pages of the old generation: roots still in use become invalid and
-        wait for their last put; the rest are zapped now (kvm_mmu_prepare_zap_page)."""
-        if self.shadow is not None:
-            self.shadow.zap_obsolete_pages()
-            return
-        if self.profile.tdp_mmu:
-            return
-        from kvmdbg.mmu import legacy
-        legacy.zap_obsolete_pages(self)
+        """Shadow MMU pages (shadow paging's or the legacy MMU's) of the old generation:
+        each is zapped now; roots still in use become invalid and wait for their last put."""
+        if self.shadow_mmu is not None:
+            self.shadow_mmu.zap_obsolete_pages()
 
     def kvm_arch_flush_shadow_memslot(self, slot: Memslot) -> None:
         if self.profile.slot_zap_all:
@@ -202,14 +205,14 @@ class Vm:
     def _all_valid_roots(self):
         if self.profile.tdp_mmu:
             return self.tdp_mmu.roots
-        return [sp for sp in self.mmu_page_hash.values() if sp.parent is None and not sp.role & ROLE_INVALID]
+        return [sp for sp in self.shadow_mmu.active if sp.number and not sp.role & ROLE_INVALID]
 
     def set_memory_region(self, op: str, slot: Memslot, new_base_gfn: int | None = None) -> None:
         """KVM_SET_USER_MEMORY_REGION: create, delete or move (KVM_MR_MOVE), as the VMM asks.
         DELETE and MOVE flush the old range's SPTEs (kvm_arch_flush_shadow_memslot)."""
         who = self.current
         self.charge(who, "memslot_ioctl")
-        self.stats["memslot_changes"] += 1
+        self.stats["kvmdbg_memslot_changes"] += 1
         if op == "delete":
             old = self.memslots.delete(slot.id)
             self.kvm_arch_flush_shadow_memslot(old)

@@ -67,7 +67,7 @@ def kvm_init_mmu(vcpu) -> None:
 
 def kvm_mmu_reset_context(vcpu) -> None:
     kvm = vcpu.kvm
-    kvm.stats["mmu_resets"] += 1
+    kvm.stats["kvmdbg_mmu_resets"] += 1
     if kvm.bus.active:
         kvm.trace("kvmdbg:mmu_reset_context", vcpu.index)
     vcpu.cpu.extra_cycles += kvm.costs.values["mmu_reset"]
@@ -77,7 +77,7 @@ def kvm_mmu_reset_context(vcpu) -> None:
 
 def kvm_mmu_unload(vcpu) -> None:
     kvm = vcpu.kvm
-    kvm.stats["mmu_unloads"] += 1
+    kvm.stats["kvmdbg_mmu_unloads"] += 1
     if kvm.bus.active:
         kvm.trace("kvmdbg:mmu_unload", vcpu.index)
     kvm_mmu_free_roots(vcpu, M.KVM_MMU_ROOTS_ALL)
@@ -87,10 +87,8 @@ def mmu_free_root_page(vcpu, sp, invalid: list) -> None:
     kvm = vcpu.kvm
     if sp.tdp_mmu_page:
         kvm.tdp_mmu.put_root(sp, vcpu)
-    elif isinstance(sp, SH.ShadowPage):
-        kvm.shadow.free_root(vcpu, sp, invalid)
     else:
-        legacy.mmu_free_root_page(kvm, sp, vcpu)
+        kvm.shadow_mmu.free_root(vcpu, sp, invalid)      # shadow paging or the legacy MMU
 
 
 def kvm_mmu_free_roots(vcpu, roots_to_free: int) -> None:
@@ -108,13 +106,13 @@ def kvm_mmu_free_roots(vcpu, roots_to_free: int) -> None:
         mmu_free_root_page(vcpu, mmu.root.sp, invalid)
         mmu.root = M.INVALID_ROOT
     if invalid:
-        vcpu.kvm.shadow.commit_zap_page(invalid)
+        vcpu.kvm.shadow_mmu.commit_zap_page(invalid)
 
 
 def kvm_mmu_load(vcpu) -> None:
     kvm = vcpu.kvm
     p = kvm.profile
-    kvm.stats["mmu_loads"] += 1
+    kvm.stats["kvmdbg_mmu_loads"] += 1
     vcpu.cpu.extra_cycles += kvm.costs.values["mmu_load"]
     role = vcpu.mmu.root_role
     if not p.tdp_enabled:
@@ -165,6 +163,23 @@ def kvm_mmu_sync_prev_roots(vcpu) -> None:
         vcpu.kvm.shadow.sync_root(vcpu, info.sp)
 
 
+# The three local flushes each count one tlb_flush (x86.c), whatever the vendor hook then
+# finds to do; kvm_mmu_load's own flush calls the hook directly and is not counted.
+
+def kvm_vcpu_flush_tlb_all(vcpu) -> None:
+    """KVM_REQ_TLB_FLUSH: every context, which covers a pending FLUSH_CURRENT too."""
+    vcpu.kvm.stats["tlb_flush"] += 1
+    vcpu.flush_tlb_all()
+    vcpu.requests.discard(KVM_REQ_TLB_FLUSH_CURRENT)
+
+
+def kvm_vcpu_flush_tlb_current(vcpu) -> None:
+    """KVM_REQ_TLB_FLUSH_CURRENT: counted even when vmx_flush_tlb_current does nothing
+    because the root is invalid (a SMEP 0->1 flip unloaded it; kvm_mmu_load flushes)."""
+    vcpu.kvm.stats["tlb_flush"] += 1
+    vcpu.flush_tlb_current()
+
+
 def kvm_vcpu_flush_tlb_guest(vcpu) -> None:
     """KVM_REQ_TLB_FLUSH_GUEST: with shadow paging a guest TLB flush is INVPCID(all), so
     every root is synced first; then vmx_flush_tlb_guest."""
@@ -173,6 +188,16 @@ def kvm_vcpu_flush_tlb_guest(vcpu) -> None:
         kvm_mmu_sync_roots(vcpu)
         kvm_mmu_sync_prev_roots(vcpu)
     vcpu.flush_tlb_guest()
+
+
+def kvm_service_local_tlb_flush_requests(vcpu) -> None:
+    reqs = vcpu.requests
+    if KVM_REQ_TLB_FLUSH_CURRENT in reqs:
+        reqs.discard(KVM_REQ_TLB_FLUSH_CURRENT)
+        kvm_vcpu_flush_tlb_current(vcpu)
+    if KVM_REQ_TLB_FLUSH_GUEST in reqs:
+        reqs.discard(KVM_REQ_TLB_FLUSH_GUEST)
+        kvm_vcpu_flush_tlb_guest(vcpu)
 
 
 def is_obsolete_root(kvm, sp) -> bool:
@@ -291,12 +316,11 @@ def kvm_shadow_page_fault(vcpu, addr: int, error_code: int) -> RetPF:
     tables). Returns FIXED/SPURIOUS (re-execute), EMULATE or RETRY."""
     kvm = vcpu.kvm
     shadow = kvm.shadow
-    kvm.stats["pf_taken"] += 1
     root = vcpu.mmu.root.sp
-    if root is None or is_obsolete_root(kvm, root):
-        return RetPF.RETRY                                   # is_page_fault_stale
-    if error_code & M.PFERR_RSVD:
-        # handle_mmio_page_fault: an MMIO SPTE of the current memslot generation.
+    stale = root is None or is_obsolete_root(kvm, root)
+    if error_code & M.PFERR_RSVD and not stale:
+        # handle_mmio_page_fault: an MMIO SPTE of the current memslot generation is
+        # emulated by kvm_mmu_page_fault before kvm_mmu_do_page_fault counts pf_taken.
         _sp, _i, spte = shadow.leaf_spte(root, addr)
         if S.is_shadow_mmio_spte(spte):
             gen = S.get_mmio_spte_gen(spte)
@@ -308,6 +332,9 @@ def kvm_shadow_page_fault(vcpu, addr: int, error_code: int) -> RetPF:
                     kvm.trace("handle_mmio_page_fault", vcpu.index, addr=addr,
                               gfn=S.shadow_mmio_gfn(spte), access=7)
                 return RetPF.EMULATE
+    kvm.stats["pf_taken"] += 1
+    if stale:
+        return RetPF.RETRY                                   # is_page_fault_stale
     pfec = error_code & (M.PFERR_WRITE | M.PFERR_USER | M.PFERR_FETCH)
     try:
         w = guest_walk(vcpu, addr, pfec)
@@ -340,10 +367,10 @@ def kvm_shadow_page_fault(vcpu, addr: int, error_code: int) -> RetPF:
 def kvm_mmu_invlpg(vcpu, gva: int) -> None:
     """An INVLPG exit: INVVPID for the address, then sync its SPTE in every unsync page on
     its path, in the current and the previous roots (kvm_mmu_invalidate_addr)."""
+    vcpu.kvm.stats["invlpg"] += 1          # kvm_mmu_invlpg counts a non-canonical one too
     if not canonical(gva):
         return
     vcpu.flush_tlb_gva(gva)
-    vcpu.kvm.stats["invlpg"] += 1
     shadow = vcpu.kvm.shadow
     if shadow is None:
         return
@@ -359,7 +386,7 @@ def kvm_mmu_new_pgd(vcpu, new_pgd: int) -> None:
     kvm = vcpu.kvm
     mmu = vcpu.mmu
     hit = M.fast_pgd_switch(mmu, new_pgd, mmu.root_role, lambda mask: kvm_mmu_free_roots(vcpu, mask))
-    kvm.stats["pgd_switch_hits" if hit else "pgd_switch_misses"] += 1
+    kvm.stats["kvmdbg_pgd_switch_hits" if hit else "kvmdbg_pgd_switch_misses"] += 1
     if kvm.bus.active:
         kvm.trace("kvmdbg:fast_pgd_switch", vcpu.index, pgd=new_pgd, hit=hit,
                   root=mmu.root.sp.number if mmu.root.sp is not None else 0)

@@ -1,9 +1,10 @@
-"""The shadow MMU (tdp_enabled=0): shadow pages keyed by (gfn, role), their SPTEs and rmaps,
+"""The shadow MMU: shadow pages keyed by (gfn, role), their SPTEs and rmaps,
 alloc/free, roots, zap + commit, reclaim, and the obsolete-generation sweep (mirrors the
 shadow half of arch/x86/kvm/mmu/mmu.c and FNAME(fetch) of paging_tmpl.h; kvm-mmu-spec
 sections 4.3, 4.4, 4.7, 6). Two jobs live in their own modules and are mixed into ShadowMmu:
 write tracking of the guest's page tables (page_track.py) and unsync/sync of last-level
-tables (shadow_sync.py).
+tables (shadow_sync.py). With EPT but tdp_mmu=0 the legacy MMU's direct pages are kept
+here too (legacy.py): the kernel zaps and frees both kinds with the same code.
 
 A shadow page shadows one guest page table (gfn) for one role; the hardware walks these
 tables instead of the guest's (GVA -> HPA, legacy PTE format, spte.py's shadow flavour).
@@ -125,9 +126,9 @@ class ShadowMmu(PageTrack, ShadowSync):
         stats = kvm.stats
         if was != now:
             if now:
-                stats["sptes_created"] += 1
+                stats["kvmdbg_sptes_created"] += 1
             else:
-                stats["sptes_zapped"] += 1
+                stats["kvmdbg_sptes_zapped"] += 1
             if (now and S.is_last_spte(new, level)) or (was and S.is_last_spte(old, level)):
                 stats[("pages_4k", "pages_2m", "pages_1g")[level - 1]] += 1 if now else -1
         return old
@@ -218,7 +219,7 @@ class ShadowMmu(PageTrack, ShadowSync):
         sp.mmu_valid_gen = kvm.mmu_valid_gen
         sp.created_step = kvm.now_step()
         kvm.tdp_mmu.pages[pfn] = sp
-        kvm.stats["tables_allocated"] += 1
+        kvm.stats["kvmdbg_tables_allocated"] += 1
         self.active[sp] = None
         self.n_used += 1
         self.hash.setdefault(gfn, []).insert(0, sp)
@@ -394,19 +395,24 @@ class ShadowMmu(PageTrack, ShadowSync):
                     self.drop_parent_pte(child, sp, i)
                 else:
                     self._write(sp, i, 0)
-        elif S.is_shadow_mmio_spte(pte):
+        elif S.is_shadow_mmio_spte(pte) or S.is_mmio_spte(pte):     # legacy MMU: EPT format
             self._write(sp, i, 0)
 
     def prepare_zap_page(self, sp: ShadowPage, invalid: list) -> tuple[bool, int]:
-        """__kvm_mmu_prepare_zap_page: (list unstable, pages zapped)."""
+        """__kvm_mmu_prepare_zap_page: (list unstable, pages zapped). mmu_shadow_zapped
+        counts every call, so a root zapped while in use counts again at its last put."""
         kvm = self.kvm
         self._trace_page("kvm_mmu_prepare_zap_page", None, sp)
         kvm.stats["mmu_shadow_zapped"] += 1
         nr = self.zap_unsync_children(sp, invalid)
+        before = kvm.stats["kvmdbg_sptes_zapped"]
         for i, _v in list(nonzero_entries(sp)):
             self.zap_pte(sp, i)
         for parent, i in list(sp.parent_ptes):
             self.drop_parent_pte(sp, parent, i)
+        zapped = kvm.stats["kvmdbg_sptes_zapped"] - before
+        kvm.charge(None, "spte_zap", zapped)
+        was_invalid = sp.invalid
         unstable = nr > 0
         if not sp.invalid and not sp.role & (R.ROLE_DIRECT | R.ROLE_PASSTHROUGH):
             self.unaccount_shadowed(sp)
@@ -422,9 +428,22 @@ class ShadowMmu(PageTrack, ShadowSync):
         else:
             zapped_root = not self.is_obsolete(sp)
         sp.role |= R.ROLE_INVALID
+        if sp.number:
+            self._trace_root_zap(sp, was_invalid, zapped)
         if zapped_root:
             kvm.make_all_cpus_request(KVM_REQ_MMU_FREE_OBSOLETE_ROOTS)
         return unstable, nr
+
+    def _trace_root_zap(self, sp: ShadowPage, was_invalid: bool, zapped: int) -> None:
+        """The kvmdbg: root events (catch root-zap, timeline): a root in use becomes
+        invalid; a root's SPTEs are zapped."""
+        kvm = self.kvm
+        if sp.root_count and not was_invalid:
+            kvm.stats["kvmdbg_roots_invalidated"] += 1
+            kvm.trace("kvmdbg:root_invalidate", -1, root=sp.number, hpa=sp.hpa)
+        if zapped:
+            kvm.trace("kvmdbg:root_zap", kvm.current_vcpu_index(), root=sp.number, hpa=sp.hpa,
+                      sptes=zapped)
 
     def zap_unsync_children(self, parent: ShadowPage, invalid: list) -> int:
         if parent.level == 1:
@@ -464,7 +483,7 @@ class ShadowMmu(PageTrack, ShadowSync):
             if not bucket:
                 del self.hash[sp.gfn]
         if sp.number:
-            kvm.stats["roots_freed"] += 1
+            kvm.stats["kvmdbg_roots_freed"] += 1
             kvm.trace("kvmdbg:root_free", kvm.current_vcpu_index(), root=sp.number, hpa=sp.hpa)
         kvm.tdp_mmu.free_page(sp)
 
@@ -502,7 +521,7 @@ class ShadowMmu(PageTrack, ShadowSync):
             kvm.tdp_mmu.next_root_number += 1
         sp.root_count += 1
         if created:
-            kvm.stats["roots_allocated"] += 1
+            kvm.stats["kvmdbg_roots_allocated"] += 1
             kvm.charge(vcpu, "root_alloc")
             # kvm_mmu_get_page traced root_count 0 (before the increment, as KVM does).
             kvm.trace("kvmdbg:root_alloc", vcpu.index, root=sp.number, hpa=sp.hpa, role=sp.role,

@@ -133,7 +133,7 @@ class ShadowSync:
     def sync_page(self, vcpu, sp: ShadowPage, invalid: list) -> int:
         """kvm_sync_page: resync every SPTE from the gPTEs; zap the page if it cannot be."""
         kvm = self.kvm
-        kvm.stats["mmu_sync_pages"] += 1
+        kvm.stats["kvmdbg_mmu_sync_pages"] += 1
         kvm.charge(vcpu, "sync_page")
         self._trace_page("kvm_mmu_sync_page", vcpu, sp)
         ret = 0

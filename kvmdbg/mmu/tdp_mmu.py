@@ -6,8 +6,8 @@ refcounted with each version's put behaviour, one function through which every
 SPTE changes (tdp_mmu_set_spte -> handle_changed_spte), recursive teardown of
 removed tables, and the events KVM's tracepoints would show.
 
-The same table code also serves the legacy direct MMU (tdp_mmu=0), whose pages live
-in the hash (mmu.py) and whose roots survive unload; `sp.tdp_mmu_page` says which.
+The same table code also installs the legacy direct MMU's SPTEs (tdp_mmu=0), whose
+pages are the shadow MMU's (legacy.py, shadow_mmu.py); `sp.tdp_mmu_page` says which.
 """
 
 from __future__ import annotations
@@ -39,17 +39,14 @@ class TdpMmu:
         sp.mmu_valid_gen = kvm.mmu_valid_gen
         sp.created_step = kvm.now_step()
         self.pages[pfn] = sp
-        kvm.stats["tables_allocated"] += 1
+        kvm.stats["kvmdbg_tables_allocated"] += 1
         return sp
 
     def free_page(self, sp: MmuPage) -> None:
-        if sp.hashed:
-            self.kvm.mmu_page_hash.pop((sp.gfn, sp.role), None)
-            sp.hashed = False
         sp.freed = True
         self.pages.pop(sp.pfn, None)
         self.kvm.host.free_page(sp.pfn)
-        self.kvm.stats["tables_freed"] += 1
+        self.kvm.stats["kvmdbg_tables_freed"] += 1
 
     # --- roots (tdp_mmu.c) ---
 
@@ -71,7 +68,7 @@ class TdpMmu:
         # edbdb43fc96b: the TDP MMU itself holds a reference until the root is invalidated.
         root.root_count = 2 if kvm.profile.tdp_put_last_ref == PUT_KEEP else 1
         self.roots.insert(0, root)
-        kvm.stats["roots_allocated"] += 1
+        kvm.stats["kvmdbg_roots_allocated"] += 1
         kvm.charge(vcpu, "root_alloc")
         kvm.trace("kvm_mmu_get_page", vcpu.index, mmu_valid_gen=root.mmu_valid_gen, gfn=0,
                   role=root.role, root_count=root.root_count, unsync=False, created=True,
@@ -93,7 +90,7 @@ class TdpMmu:
             # 22b94c4b63eb: mark invalid, keep one reference for the worker, queue the zap.
             root.role |= ROLE_INVALID
             root.root_count = 1
-            kvm.stats["roots_invalidated"] += 1
+            kvm.stats["kvmdbg_roots_invalidated"] += 1
             kvm.trace("kvmdbg:root_invalidate", who, root=root.number, hpa=root.hpa)
             kvm.queue_work(lambda worker: self._zap_root_work(root, worker), f"zap root #{root.number}")
             return
@@ -115,7 +112,7 @@ class TdpMmu:
 
     def free_root(self, root: MmuPage, who: int) -> None:
         kvm = self.kvm
-        kvm.stats["roots_freed"] += 1
+        kvm.stats["kvmdbg_roots_freed"] += 1
         kvm.trace("kvmdbg:root_free", who, root=root.number, hpa=root.hpa)
         self.free_page(root)
 
@@ -136,7 +133,7 @@ class TdpMmu:
                     continue
                 root.root_count += 1          # a reference for whoever zaps it
             root.role |= ROLE_INVALID
-            kvm.stats["roots_invalidated"] += 1
+            kvm.stats["kvmdbg_roots_invalidated"] += 1
             kvm.trace("kvmdbg:root_invalidate", -1, root=root.number, hpa=root.hpa)
             if kvm.profile.invalid_root_zap == "workqueue":
                 kvm.queue_work(lambda worker, r=root: self._zap_root_work(r, worker),
@@ -153,7 +150,7 @@ class TdpMmu:
         for root in list(self.roots):
             if root.tdp_mmu_scheduled_root_to_zap:
                 root.tdp_mmu_scheduled_root_to_zap = False
-                self.zap_root(root, payer=payer)
+                self.zap_root(root, payer=payer, flush=kvm.profile.invalid_root_zap_flush)
                 self.put_root(root, None)
 
     # --- SPTE access ---
@@ -199,9 +196,9 @@ class TdpMmu:
             key = ("pages_4k", "pages_2m", "pages_1g")[level - 1]
             stats[key] += 1 if is_leaf else -1
         if was_present and not is_present:
-            stats["sptes_zapped"] += 1
+            stats["kvmdbg_sptes_zapped"] += 1
         elif is_present and not was_present:
-            stats["sptes_created"] += 1
+            stats["kvmdbg_sptes_created"] += 1
         if was_present and not was_leaf and (not is_present or is_leaf):
             child = self.pages.get(S.spte_to_pfn(old))
             if child is not None:
@@ -244,7 +241,7 @@ class TdpMmu:
                 if child is not None:
                     self.handle_removed_pt(child)
         stats = kvm.stats
-        stats["sptes_zapped"] += zapped
+        stats["kvmdbg_sptes_zapped"] += zapped
         if leaves:
             stats[("pages_4k", "pages_2m", "pages_1g")[level - 1]] -= leaves
         self.live_sptes -= entries
@@ -253,13 +250,17 @@ class TdpMmu:
 
     # --- zapping ---
 
-    def zap_root(self, root: MmuPage, payer=None) -> int:
-        """tdp_mmu_zap_root: zap every SPTE of the root; the cost goes to `payer`."""
+    def zap_root(self, root: MmuPage, payer=None, flush: bool = False) -> int:
+        """tdp_mmu_zap_root: zap every SPTE of the root; the cost goes to `payer`. flush:
+        a remote TLB flush per top-level SPTE zapped, as zap_gfn_range(shared=true) did
+        through tdp_mmu_zap_spte_atomic before v5.18."""
         kvm = self.kvm
-        before = kvm.stats["sptes_zapped"]
+        before = kvm.stats["kvmdbg_sptes_zapped"]
         for it in for_each_tdp_pte(self.pages, root, min_level=role_level(root.role)):
             self.tdp_mmu_set_spte(it.sp, it.index, 0, it.gfn)
-        n = kvm.stats["sptes_zapped"] - before
+            if flush:
+                kvm.flush_remote_tlbs()
+        n = kvm.stats["kvmdbg_sptes_zapped"] - before
         kvm.charge(payer, "spte_zap", n)
         kvm.trace("kvmdbg:root_zap", payer.index if hasattr(payer, "index") else -1,
                   root=root.number, hpa=root.hpa, sptes=n)

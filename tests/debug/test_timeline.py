@@ -42,7 +42,7 @@ def cells(line):
 def test_v5_15_draws_a_root_per_flip_each_zapped(v515):
     out = v515.execute("timeline --ascii --roots 0")
     lines = root_lines(out)
-    assert len(lines) == FLIPS + 1 == v515.vm.stats["roots_allocated"]
+    assert len(lines) == FLIPS + 1 == v515.vm.stats["kvmdbg_roots_allocated"]
     assert [int(re.match(r"root #(\d+)", l).group(1)) for l in lines] == list(range(1, FLIPS + 2))
     assert all("x" in cells(l) for l in lines[:-1])          # every root but the last is zapped
     assert "x" not in cells(lines[-1])

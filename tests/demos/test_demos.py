@@ -36,8 +36,8 @@ def test_every_program_with_a_demo_exists():
 def test_smep_flip_demo():
     out = run_demo("smep_flip")
     assert "Catchpoint 1 (root-zap root #1" in out
-    assert counter(out, "roots_allocated") == [21, 1]
-    assert counter(out, "ept_violations")[1] == 22
+    assert counter(out, "kvmdbg_roots_allocated") == [21, 1]
+    assert counter(out, "kvmdbg_ept_violations")[1] == 22
     assert table_row(out, "roots allocated")[:2] == ["21", "1"]
     v515, v66 = (float(x.replace(",", "")) for x in table_row(out, "cycles per CR4 write")[:2])
     assert v515 > 5 * v66
@@ -46,8 +46,8 @@ def test_smep_flip_demo():
 def test_smep_flip_2vcpu_demo():
     out = run_demo("smep_flip_2vcpu")
     before, after = out.split("Both flipping")
-    assert "roots_freed" not in before.split("Marker 2")[1]        # nothing freed yet
-    assert counter(after, "roots_freed")[0] >= 10
+    assert "kvmdbg_roots_freed" not in before.split("Marker 2")[1]        # nothing freed yet
+    assert counter(after, "kvmdbg_roots_freed")[0] >= 10
     assert table_row(out, "roots freed")[1] == "0"                 # v6.6
 
 
@@ -65,7 +65,7 @@ def test_memslot_overlay_demo():
     assert re.search(r"^[* ]\s+1\s+0x[0-9a-f]+\s+\d+\s+invalid", out, re.M)
     assert re.search(r"worker kvmdbg:root_zap", out)
     assert re.search(r"vcpu0 kvmdbg:root_zap", out)
-    assert counter(out, "roots_allocated")[-1] == 1                # without the quirk
+    assert counter(out, "kvmdbg_roots_allocated")[-1] == 1                # without the quirk
 
 
 def test_smap_mmio_demo():

@@ -137,17 +137,17 @@ def test_first_faults_build_three_two_one_tables():
     region allocates 3 / 2 / 1 tables plus the leaf."""
     vm, v = entered_vm()
     def tables(gpa):
-        before = vm.stats["tables_allocated"]
+        before = vm.stats["kvmdbg_tables_allocated"]
         assert x86.kvm_mmu_page_fault(v, gpa, 2) == R.RetPF.FIXED
-        return vm.stats["tables_allocated"] - before
+        return vm.stats["kvmdbg_tables_allocated"] - before
     assert tables(0x200000) == 3
     assert tables(0x400000) == 1
     assert tables(0x401000) == 0
     vm2, v2 = entered_vm(mem=1 << 30)
     x86.kvm_mmu_page_fault(v2, 0x1000, 2)
-    before = vm2.stats["tables_allocated"]
+    before = vm2.stats["kvmdbg_tables_allocated"]
     x86.kvm_mmu_page_fault(v2, 0x4000_0000 - 0x1000, 2)        # same 1 GiB, new 2 MiB
-    assert vm2.stats["tables_allocated"] - before == 1
+    assert vm2.stats["kvmdbg_tables_allocated"] - before == 1
 
 
 def test_zapping_a_root_tears_down_every_table():
@@ -157,9 +157,9 @@ def test_zapping_a_root_tears_down_every_table():
     root = v.mmu.root.sp
     leaves, tables = vm.tdp_mmu.count_sptes(root)
     assert leaves == 4
-    freed = vm.stats["tables_freed"]
+    freed = vm.stats["kvmdbg_tables_freed"]
     vm.tdp_mmu.zap_root(root, v)
-    assert vm.stats["tables_freed"] - freed == tables - 1          # all but the root itself
+    assert vm.stats["kvmdbg_tables_freed"] - freed == tables - 1   # all but the root itself
     assert vm.tdp_mmu.count_sptes(root) == (0, 1)
 
 
@@ -201,7 +201,7 @@ def test_profiles_are_complete_and_knobs_are_checked():
     assert {"v5.10", "v5.15", "v6.1", "v6.4", "v6.6", "v6.12", "rfc-skip-post-set-cr4",
             "smep-guest-owned", "legacy-mmu", "shadow"} <= set(PROFILES)
     for p in PROFILES.values():
-        assert p.summary and len(p.knobs()) == 12
+        assert p.summary and len(p.knobs()) == 13
     assert get_profile("v6.4").tdp_put_last_ref == "keep"
     assert get_profile("v6.1").invalid_root_zap == "workqueue"
     with pytest.raises(ConfigError, match="valid: v5.10"):
@@ -287,10 +287,10 @@ def test_removal_accounts_the_same_with_and_without_tracing():
             x86.kvm_mmu_page_fault(v, gpa, 2)
         mmio = vm.mem_size + 0x1000                          # no memslot: an MMIO SPTE
         x86.kvm_mmu_page_fault(v, mmio, 2)
-        created = vm.stats["sptes_created"]
+        created = vm.stats["kvmdbg_sptes_created"]
         vm.tdp_mmu.zap_root(v.mmu.root.sp, v)
-        assert vm.stats["sptes_zapped"] == created           # everything present went
+        assert vm.stats["kvmdbg_sptes_zapped"] == created           # everything present went
         assert vm.stats["pages_4k"] == 0 and vm.tdp_mmu.live_sptes == 0
-        return {k: vm.stats[k] for k in ("sptes_zapped", "sptes_created", "pages_4k",
-                                         "tables_freed", "tables_allocated")}
+        return {k: vm.stats[k] for k in ("kvmdbg_sptes_zapped", "kvmdbg_sptes_created", "pages_4k",
+                                         "kvmdbg_tables_freed", "kvmdbg_tables_allocated")}
     assert zap(True) == zap(False)
