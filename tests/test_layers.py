@@ -11,7 +11,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "kvmdbg"
 
-RANK = {"bits": 0, "errors": 0, "version": 0, "generation": 0, "stop_reason": 0, "events": 1, "mem": 2, "cpu": 3, "mmu": 3, "kvm": 4,
+RANK = {"arch": 0.5, "bits": 0, "errors": 0, "version": 0, "generation": 0, "stop_reason": 0, "events": 1, "mem": 2, "cpu": 3, "mmu": 3, "kvm": 4,
         "debug": 5, "repl": 6, "cli": 7, "__init__": 8, "__main__": 8}
 
 
@@ -132,3 +132,45 @@ def test_store_finder_sees_plain_augmented_and_tuple_stores(tmp_path):
     f = tmp_path / "m.py"
     f.write_text("cpu.cr0 = 1\ncpu.cr4 |= 2\na.x, cpu.cs = 1, 2\nprint(cpu.efer)\n")
     assert [attr for _, attr in _attribute_stores(f)] == ["cr0", "cr4", "x", "cs"]
+
+
+# Architectural and kernel-ABI constants live in kvmdbg/arch (issue #11): the layers above
+# import them and never define their own copies.
+ARCH_CONSTANT = __import__("re").compile(
+    r"^(CR0_|CR4_|EFER_|PFERR_|ACC_(EXEC|WRITE|USER|ALL)|KVM_REQ_|PT_|PT64_"
+    r"|PAGE_(PRESENT|RW|USER|PWT|PCD|ACCESSED|DIRTY|PSE|GLOBAL|NX)"
+    r"|EPT_(R|W|X|MT_|IPAT|ACCESSED|DIRTY|PAGE_SIZE))"
+    r"|^(P|RW|US|PWT|PCD|A|D|PS|G|XD|NX)$")
+
+
+def _module_level_definitions(path: Path):
+    for node in ast.parse(path.read_text()).body:
+        targets = node.targets if isinstance(node, ast.Assign) else (
+            [node.target] if isinstance(node, ast.AnnAssign) else [])
+        for t in targets:
+            for sub in ast.walk(t):
+                if isinstance(sub, ast.Name):
+                    yield node.lineno, sub.id
+
+
+def test_arch_constants_are_defined_only_in_arch():
+    problems = [f"{name}:{line} defines {ident}"
+                for name, path in _modules() if _layer(name) != "arch"
+                for line, ident in _module_level_definitions(path)
+                if ARCH_CONSTANT.search(ident)
+                and not ident.endswith(("_BITS", "_VALID", "_BOOT", "_ROLE_BITS", "_ROLE_BITS_PRE_LAI"))]
+    assert not problems, "\n".join(problems)
+
+
+def test_arch_imports_only_bits():
+    problems = [f"{name} imports {imp}" for name, path in _modules() if _layer(name) == "arch"
+                for imp in _imports(path) if imp.startswith("kvmdbg") and imp != "kvmdbg.bits"]
+    assert not problems, "\n".join(problems)
+
+
+def test_arch_constant_pattern_covers_what_it_names():
+    for ident in ("CR0_PG", "CR4_SMEP", "EFER_NXE", "PFERR_WRITE", "ACC_USER", "KVM_REQ_TLB_FLUSH",
+                  "PAGE_PRESENT", "PT_WRITABLE", "EPT_X", "EPT_MT_WB", "P", "XD"):
+        assert ARCH_CONSTANT.search(ident), ident
+    for ident in ("PAGE_SIZE", "ACC_IMPLICIT", "EPT_QUAL_READ", "PFN_MASK", "PML4"):
+        assert not ARCH_CONSTANT.search(ident), ident

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kvmdbg.arch.pgtable_types import PAGE_PRESENT as P, PAGE_PSE as PS, PAGE_RW as RW
 from kvmdbg.bits import PAGE_SIZE, parse_size
 from kvmdbg.cpu.regs import (CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_OSFXSR,
                              CR4_OSXMMEXCPT, CR4_PAE, EFER_LMA, EFER_LME, EFER_NXE, RBP, RDI,
@@ -32,7 +33,6 @@ CR4_BOOT = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT
 EFER_BOOT = EFER_LME | EFER_LMA | EFER_NXE
 GDT_ENTRIES = (0, 0x00AF9A000000FFFF, 0x00CF92000000FFFF)   # null, code 0x08 (L=1), data 0x10
 
-P, RW, PS = 1, 2, 0x80
 
 
 @dataclass

@@ -125,8 +125,8 @@ class Vcpu:
                 reqs.discard(x86.KVM_REQ_TLB_FLUSH)
                 x86.kvm_vcpu_flush_tlb_all(self)
             x86.kvm_service_local_tlb_flush_requests(self)
-            if "KVM_REQ_SMI" in reqs:
-                reqs.discard("KVM_REQ_SMI")
+            if x86.KVM_REQ_SMI in reqs:
+                reqs.discard(x86.KVM_REQ_SMI)
                 self.process_smi()
         x86.kvm_mmu_reload(self)
         self.in_kvm = False

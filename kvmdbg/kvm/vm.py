@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from kvmdbg.arch.kvm_host import KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, KVM_REQ_TLB_FLUSH
 from kvmdbg.bits import PAGE_SHIFT
 from kvmdbg.cpu.decode_cache import DecodeCache
 from kvmdbg.cpu.regs import MAXPHYADDR
@@ -28,8 +29,6 @@ PORT_CONSOLE = 0xE9
 PORT_APM_CNT = 0xB2          # writes raise an SMI, as on a PC chipset
 PORT_OVERLAY, PORT_UNOVERLAY, PORT_MARKER, PORT_KICK = 0x510, 0x511, 0x512, 0x513
 
-KVM_REQ_TLB_FLUSH = "KVM_REQ_TLB_FLUSH"
-KVM_REQ_MMU_FREE_OBSOLETE_ROOTS = "KVM_REQ_MMU_FREE_OBSOLETE_ROOTS"
 
 
 class Worker:

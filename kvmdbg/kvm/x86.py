@@ -8,6 +8,10 @@ kvm_mmu_reload, kvm_mmu_unload, kvm_mmu_free_roots, kvm_mmu_page_fault.
 
 from __future__ import annotations
 
+from kvmdbg.arch.kvm_host import (KVM_REQ_LOAD_MMU_PGD, KVM_REQ_MMU_FREE_OBSOLETE_ROOTS,  # noqa: F401
+                                  KVM_REQ_MMU_RELOAD, KVM_REQ_MMU_SYNC, KVM_REQ_SMI,
+                                  KVM_REQ_TLB_FLUSH, KVM_REQ_TLB_FLUSH_CURRENT,
+                                  KVM_REQ_TLB_FLUSH_GUEST)
 from kvmdbg.bits import canonical
 from kvmdbg.cpu import system
 from kvmdbg.cpu.faults import GP, PF, GuestFault
@@ -21,13 +25,6 @@ from kvmdbg.mmu import shadow_mmu as SH
 from kvmdbg.mmu import spte as S
 from kvmdbg.mmu.mmu_internal import ACC_EXEC, ACC_USER, ACC_WRITE, PageFault, RetPF
 
-KVM_REQ_TLB_FLUSH = "KVM_REQ_TLB_FLUSH"
-KVM_REQ_TLB_FLUSH_CURRENT = "KVM_REQ_TLB_FLUSH_CURRENT"
-KVM_REQ_TLB_FLUSH_GUEST = "KVM_REQ_TLB_FLUSH_GUEST"
-KVM_REQ_MMU_FREE_OBSOLETE_ROOTS = "KVM_REQ_MMU_FREE_OBSOLETE_ROOTS"
-KVM_REQ_MMU_RELOAD = "KVM_REQ_MMU_RELOAD"
-KVM_REQ_MMU_SYNC = "KVM_REQ_MMU_SYNC"
-KVM_REQ_LOAD_MMU_PGD = "KVM_REQ_LOAD_MMU_PGD"
 _CR3_ADDR = ((1 << 52) - 1) & ~0xFFF
 
 CR0_ROLE_BITS = M.KVM_MMU_CR0_ROLE_BITS

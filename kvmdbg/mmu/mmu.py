@@ -10,15 +10,15 @@ smm, kvm); nothing here imports the CPU model.
 
 from __future__ import annotations
 
+from kvmdbg.arch.kvm_host import (PFERR_FETCH, PFERR_PK, PFERR_PRESENT, PFERR_RSVD,  # noqa: F401
+                                  PFERR_USER, PFERR_WRITE)
+from kvmdbg.arch.msr_index import EFER_LMA, EFER_NXE as EFER_NX
+from kvmdbg.arch.processor_flags import (CR0_PG, CR0_WP, CR4_LA57, CR4_PAE, CR4_PGE, CR4_PKE,
+                                         CR4_PSE, CR4_SMAP, CR4_SMEP)
 from kvmdbg.mmu import mmu_internal as R
 from kvmdbg.mmu import spte as S
 from kvmdbg.mmu.mmu_internal import ACC_ALL, PageFault, RetPF
 
-# Architectural bits the roles are computed from (kept here: mmu never imports cpu).
-CR0_PG, CR0_WP = 1 << 31, 1 << 16
-CR4_PSE, CR4_PAE, CR4_PGE, CR4_LA57 = 1 << 4, 1 << 5, 1 << 7, 1 << 12
-CR4_SMEP, CR4_SMAP, CR4_PKE = 1 << 20, 1 << 21, 1 << 22
-EFER_NX, EFER_LMA = 1 << 11, 1 << 10
 
 KVM_MMU_CR0_ROLE_BITS = CR0_PG | CR0_WP
 KVM_MMU_CR4_ROLE_BITS = CR4_PSE | CR4_PAE | CR4_LA57 | CR4_SMEP | CR4_SMAP | CR4_PKE
@@ -137,7 +137,6 @@ def kvm_calc_tdp_mmu_root_page_role(cpu_role: int, has_guest_bits: bool, tdp_lev
 
 # --- permission tables (3.9, 3.10) ---
 
-PFERR_PRESENT, PFERR_WRITE, PFERR_USER, PFERR_RSVD, PFERR_FETCH, PFERR_PK = 1, 2, 4, 8, 16, 32
 _BITMASK_INPUTS = (R.ROLE_CR0_WP | R.ROLE_EFER_NX | (R.EXT_CR4_SMEP | R.EXT_CR4_SMAP
                                                      | R.EXT_CR4_PKE) << 32)
 

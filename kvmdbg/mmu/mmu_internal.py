@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from kvmdbg.arch.kvm_host import ACC_ALL, ACC_EXEC, ACC_USER, ACC_WRITE  # noqa: F401
+
 # union kvm_mmu_page_role (kvm-mmu-spec 3.1)
 ROLE_LEVEL_MASK = 0xF
 ROLE_HAS_4_BYTE_GPTE = 1 << 4
@@ -36,8 +38,6 @@ EXT_CR4_SMEP = 1 << 5
 EXT_CR4_LA57 = 1 << 6
 EXT_EFER_LMA = 1 << 7
 
-ACC_EXEC, ACC_WRITE, ACC_USER = 1, 2, 4
-ACC_ALL = 7
 
 BASE_FIELDS = (
     ("has_4_byte_gpte", ROLE_HAS_4_BYTE_GPTE), ("direct", ROLE_DIRECT), ("invalid", ROLE_INVALID),

@@ -15,13 +15,12 @@ plus W and U from the access, and I/D for fetches when EFER.NX or CR4.SMEP is on
 
 from __future__ import annotations
 
+from kvmdbg.arch.pgtable_types import (PAGE_ACCESSED as A, PAGE_DIRTY as D, PAGE_NX as XD,
+                                       PAGE_PRESENT as P, PAGE_PSE as PS, PTE_ADDR_MASK as ADDR)
 from kvmdbg.mmu import mmu as M
 from kvmdbg.mmu import mmu_internal as R
 from kvmdbg.mmu.mmu_internal import ACC_EXEC, ACC_USER, ACC_WRITE
 
-P, RW, US, A, D, PS = 1, 2, 4, 0x20, 0x40, 0x80
-XD = 1 << 63
-ADDR = ((1 << 52) - 1) & ~0xFFF
 RSVD_2M = ((1 << 21) - 1) & ~((1 << 13) - 1)     # bits 13..20 of a 2 MiB leaf
 RSVD_1G = ((1 << 30) - 1) & ~((1 << 13) - 1)     # bits 13..29 of a 1 GiB leaf
 

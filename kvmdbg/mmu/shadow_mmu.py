@@ -23,6 +23,7 @@ emulate (retry_instruction) heuristics.
 
 from __future__ import annotations
 
+from kvmdbg.arch.kvm_host import KVM_REQ_MMU_FREE_OBSOLETE_ROOTS
 from kvmdbg.mmu import mmu_internal as R
 from kvmdbg.mmu import paging_tmpl as PT
 from kvmdbg.mmu import spte as S
@@ -36,7 +37,6 @@ KVM_REFILL_PAGES = 25
 KVM_PERMILLE_MMU_PAGES = 20
 KVM_MIN_ALLOC_MMU_PAGES = 64
 
-KVM_REQ_MMU_FREE_OBSOLETE_ROOTS = "KVM_REQ_MMU_FREE_OBSOLETE_ROOTS"
 _CHILD_ROLE_CLEAR = R.ROLE_LEVEL_MASK | (7 << R.ROLE_ACCESS_SHIFT) | R.ROLE_DIRECT \
     | R.ROLE_PASSTHROUGH | (3 << R.ROLE_QUADRANT_SHIFT)
 
