@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kvmdbg.kvm import x86  # noqa: E402
+from kvmdbg.mmu import mmu as M  # noqa: E402
 from kvmdbg.kvm.boot import Program, boot, load_program  # noqa: E402
 from kvmdbg.kvm.profiles import get_profile  # noqa: E402
 from kvmdbg.kvm.scheduler import run_vm  # noqa: E402
@@ -72,7 +72,7 @@ def _entered_vm():
 def _map(v, npages: int) -> None:
     """Map npages 4 KiB pages through the real fault path."""
     for gfn in range(0x1000, 0x1000 + npages):
-        x86.kvm_mmu_page_fault(v, gfn << 12, 2)
+        M.kvm_mmu_page_fault(v, gfn << 12, 2)
 
 
 def zap_rate(npages: int = 65536) -> float:

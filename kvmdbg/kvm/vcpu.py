@@ -12,6 +12,7 @@ from kvmdbg.bits import M64
 from kvmdbg.cpu import executor, system, walker
 from kvmdbg.cpu import vmx as V
 from kvmdbg.cpu.cpu import Cpu
+from kvmdbg.cpu.faults import PF, GuestFault
 from kvmdbg.cpu.regs import (CR0_TS, CR0_WP, CR4_DE, CR4_FSGSBASE, CR4_OSFXSR, CR4_OSXMMEXCPT,
                              CR4_PAE, CR4_PCE, CR4_PGE, CR4_PSE, CR4_PVI, CR4_SMEP, CR4_TSD)
 from kvmdbg.cpu.translate import generate
@@ -38,6 +39,7 @@ class Vcpu:
         self.index = index
         p = vm.profile
         self.mmu = M.KvmMmu()
+        self.mmu.ops = vm.mmu_ops          # the MMU this vCPU runs on, picked by the VM
         # vmx_vcpu_load_vmcs: the first load on a pCPU (KVM_CREATE_VCPU's vcpu_load) asks
         # for a flush of every context, served at the first entry.
         self.requests: set[str] = {x86.KVM_REQ_TLB_FLUSH}
@@ -59,6 +61,7 @@ class Vcpu:
         elif p.cr4_smep_guest_owned:
             cr4 |= CR4_SMEP
         self.cr4_guest_owned = cr4
+        self.guest_pku = p.tdp_enabled      # KVM hides PKU from the guest without TDP
         self.cpu = Cpu(self, vm.decode_cache, index=index, vpid=index + 1, translator=generate)
         self.cpu.walk_cost = vm.costs["tlb_miss"]
         self.host_pages = vm.host.pages
@@ -104,7 +107,7 @@ class Vcpu:
 
     def after_set_sregs(self) -> None:
         """KVM_SET_SREGS: userspace set CR0/CR3/CR4/EFER; reset the MMU context."""
-        x86.kvm_mmu_reset_context(self)
+        M.kvm_mmu_reset_context(self)
 
     # --- entry (vcpu_enter_guest) ---
 
@@ -114,13 +117,13 @@ class Vcpu:
         if reqs:
             if x86.KVM_REQ_MMU_FREE_OBSOLETE_ROOTS in reqs:
                 reqs.discard(x86.KVM_REQ_MMU_FREE_OBSOLETE_ROOTS)
-                x86.kvm_mmu_free_obsolete_roots(self)
+                M.kvm_mmu_free_obsolete_roots(self)
             if x86.KVM_REQ_MMU_SYNC in reqs:
                 reqs.discard(x86.KVM_REQ_MMU_SYNC)
-                x86.kvm_mmu_sync_roots(self)
+                M.kvm_mmu_sync_roots(self)
             if x86.KVM_REQ_LOAD_MMU_PGD in reqs:
                 reqs.discard(x86.KVM_REQ_LOAD_MMU_PGD)
-                x86.kvm_mmu_load_pgd(self)
+                M.kvm_mmu_load_pgd(self)
             if x86.KVM_REQ_TLB_FLUSH in reqs:
                 reqs.discard(x86.KVM_REQ_TLB_FLUSH)
                 x86.kvm_vcpu_flush_tlb_all(self)
@@ -128,7 +131,7 @@ class Vcpu:
             if x86.KVM_REQ_SMI in reqs:
                 reqs.discard(x86.KVM_REQ_SMI)
                 self.process_smi()
-        x86.kvm_mmu_reload(self)
+        M.kvm_mmu_reload(self)
         self.in_kvm = False
         if kvm.bus.active:
             kvm.trace("kvm_entry", self.index, rip=self.cpu.rip)
@@ -139,12 +142,12 @@ class Vcpu:
         kvm = self.kvm
         kvm.trace("kvmdbg:smm", self.index, transition="enter")
         self.smm = True
-        x86.kvm_mmu_reset_context(self)
-        x86.kvm_mmu_reload(self)
+        M.kvm_mmu_reset_context(self)
+        M.kvm_mmu_reload(self)
         kvm.charge(self, "smm_transition")
         kvm.trace("kvmdbg:smm", self.index, transition="rsm")
         self.smm = False
-        x86.kvm_mmu_reset_context(self)
+        M.kvm_mmu_reset_context(self)
 
     def run(self, max_steps: int, breakpoints=None, skip_first: bool = True) -> str:
         """Enter (if outside guest mode) and run guest code. Returns executor reasons or VMEXIT."""
@@ -250,6 +253,16 @@ class Vcpu:
         kvm.trace("kvmdbg:invvpid", self.index, type="single-context", vpid=self.cpu.vpid)
         self.cpu.tlb.flush_vpid(self.cpu.vpid)
 
+    def inject_page_fault(self, error_code: int, address: int):
+        """kvm_inject_page_fault: the guest takes #PF(error_code) at address (KVM's own
+        walker said so, for its emulator or for shadow paging)."""
+        kvm = self.kvm
+        kvm.stats["pf_guest"] += 1
+        if kvm.bus.active:
+            kvm.trace("kvm_inj_exception", self.index, exception=PF, has_error=True,
+                      error_code=error_code)
+        raise GuestFault(PF, error_code, address) from None
+
     # --- CpuOps: memory ---
 
     def translate_gpa(self, gpa: int, kind: int, walk: bool):
@@ -284,7 +297,7 @@ class Vcpu:
             if kvm.bus.active:
                 kvm.trace("kvm_page_fault", self.index, guest_rip=cpu.rip, fault_address=addr,
                           error_code=code)
-            ret = x86.kvm_mmu_page_fault(self, addr, code)
+            ret = M.kvm_mmu_page_fault(self, addr, code)
             if ret == RetPF.EMULATE:
                 emulate.emulate_instruction(self)
             return
@@ -294,7 +307,7 @@ class Vcpu:
             kvm.charge(self, "ept_violation")
             kvm.trace("kvm_page_fault", self.index, guest_rip=cpu.rip, fault_address=gpa,
                       error_code=exit_.qualification)
-            ret = x86.kvm_mmu_page_fault(self, gpa, M.ept_violation_error_code(exit_.qualification))
+            ret = M.kvm_mmu_page_fault(self, gpa, M.ept_violation_error_code(exit_.qualification))
         else:
             self.vmexit(V.EPT_MISCONFIG, info2=gpa)
             kvm.stats["kvmdbg_ept_misconfigs"] += 1
@@ -359,12 +372,12 @@ class Vcpu:
 
     def cpuid(self, cpu, leaf: int, subleaf: int):
         self.vmexit(V.CPUID)
-        return guest_cpuid(leaf, subleaf, cpu, pku=self.kvm.profile.tdp_enabled)
+        return guest_cpuid(leaf, subleaf, cpu, pku=self.guest_pku)
 
     def invlpg(self, cpu, va: int) -> None:
         """INVLPG exiting (shadow paging): handle_invlpg -> kvm_mmu_invlpg."""
         self.vmexit(V.INVLPG, info1=va)
-        x86.kvm_mmu_invlpg(self, va)
+        M.kvm_mmu_invlpg(self, va)
 
     def hlt(self, cpu) -> None:
         self.vmexit(V.HLT)

@@ -15,6 +15,7 @@ from kvmdbg.cpu.decode_cache import DecodeCache
 from kvmdbg.cpu.regs import MAXPHYADDR
 from kvmdbg.events import EventBus
 from kvmdbg.generation import Generation
+from kvmdbg.kvm import policies
 from kvmdbg.kvm.costs import CostTable
 from kvmdbg.kvm.profiles import DEFAULT, PROFILES, Profile
 from kvmdbg.kvm.stats import Stats
@@ -64,6 +65,7 @@ class Vm:
         self.exit_reasons: dict[int, int] = {}     # VMX basic exit reason -> count
         self.costs = CostTable()
         self.decode_cache = DecodeCache()
+        self.tdp_mmu_enabled = self.profile.tdp_mmu       # KVM's tdp_mmu_enabled
         self.tdp_mmu = TdpMmu(self)
         self.mmu_valid_gen = 0
         # Without the TDP MMU every MMU page is a shadow page (mmu.c): shadow paging's, or
@@ -71,9 +73,12 @@ class Vm:
         self.shadow_mmu = (ShadowMmu(self, mem_size >> PAGE_SHIFT, MAXPHYADDR)
                            if not self.profile.tdp_mmu else None)
         self.shadow = self.shadow_mmu if not self.profile.tdp_enabled else None
+        self.mmu_ops = policies.mmu_ops(self.profile, self)   # every vCPU's mmu.ops
+        # Behaviour is chosen here, once (kvm/policies.py); nothing below reads the profile.
+        policies.apply(self, self.profile)
         self.worker = Worker()
         huge = 0
-        if self.profile.huge_pages:
+        if self.huge_pages:
             huge = 30 if mem_size >= 1 << 30 else 21
         self.ram_hva = self.host.mmap(mem_size, huge)
         self.memslots.create(Memslot(0, 0, mem_size >> PAGE_SHIFT, self.ram_hva))
@@ -86,6 +91,10 @@ class Vm:
         self.vmm = Vmm(self)
         self.bare = bare
         self.vcpus = [(BareVcpu if bare else Vcpu)(self, i) for i in range(nr_vcpus)]
+
+    def set_profile(self, profile: Profile) -> None:
+        """A run-time knob changed (`set kvm`): choose the behaviour again."""
+        policies.apply(self, profile)
 
     # --- time, stats, events ---
 
@@ -178,11 +187,11 @@ class Vm:
                    mmu_valid_gen=self.mmu_valid_gen,
                    mmu_used_pages=self.shadow_mmu.n_used if self.shadow_mmu else len(self.tdp_mmu.pages))
         self.mmu_valid_gen ^= 1
-        if self.profile.tdp_mmu:
+        if self.tdp_mmu_enabled:
             self.tdp_mmu.invalidate_all_roots()
         self.make_all_cpus_request(KVM_REQ_MMU_FREE_OBSOLETE_ROOTS)
         self.kvm_zap_obsolete_pages()
-        if self.profile.tdp_mmu:
+        if self.tdp_mmu_enabled:
             self.tdp_mmu.zap_invalidated_roots(self.current)
 
     def kvm_zap_obsolete_pages(self) -> None:
@@ -192,17 +201,10 @@ class Vm:
             self.shadow_mmu.zap_obsolete_pages()
 
     def kvm_arch_flush_shadow_memslot(self, slot: Memslot) -> None:
-        if self.profile.slot_zap_all:
-            self.kvm_mmu_zap_all_fast()
-        elif self.shadow is not None:
-            self.shadow.zap_gfn_range(slot.base_gfn, slot.end_gfn)
-        else:
-            # kvm_mmu_zap_memslot: only the slot's leaf SPTEs; roots survive.
-            if self.tdp_mmu.zap_leafs(slot.base_gfn, slot.end_gfn, self._all_valid_roots()):
-                self.flush_remote_tlbs()
+        self.policies.flush_shadow_memslot(self, slot)
 
-    def _all_valid_roots(self):
-        if self.profile.tdp_mmu:
+    def all_valid_roots(self):
+        if self.tdp_mmu_enabled:
             return self.tdp_mmu.roots
         return [sp for sp in self.shadow_mmu.active if sp.number and not sp.role & ROLE_INVALID]
 

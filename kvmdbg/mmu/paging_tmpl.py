@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from kvmdbg.arch.pgtable_types import (PAGE_ACCESSED as A, PAGE_DIRTY as D, PAGE_NX as XD,
                                        PAGE_PRESENT as P, PAGE_PSE as PS, PTE_ADDR_MASK as ADDR)
+from kvmdbg.arch.pgtable_types import MAXPHYADDR
+from kvmdbg.arch.processor_flags import AC, CR4_PKE
 from kvmdbg.mmu import mmu as M
 from kvmdbg.mmu import mmu_internal as R
 from kvmdbg.mmu.mmu_internal import ACC_EXEC, ACC_USER, ACC_WRITE
@@ -171,3 +173,15 @@ def gva_to_gpa(mmu: M.KvmMmu, read_gpa, write_gpa, cr3: int, gva: int, pfec: int
     w = walk_addr(mmu, read_gpa, write_gpa, cr3, gva, pfec, rflags_ac, pkru, refresh, trace,
                   maxphyaddr)
     return (w.gfn << 12) | (gva & 0xFFF)
+
+
+def walk_vcpu(vcpu, gva: int, pfec: int) -> GuestWalker:
+    """FNAME(walk_addr) on the vCPU's current guest state (CR3, RFLAGS.AC, PKRU), with the
+    lazy CR0.WP refresh and tracing when anyone listens."""
+    kvm = vcpu.kvm
+    cpu = vcpu.cpu
+    trace = (lambda name, **f: kvm.trace(name, vcpu.index, **f)) if kvm.bus.active else None
+    return walk_addr(vcpu.mmu, kvm.read_gpa, kvm.write_gpa, cpu.cr3, gva, pfec,
+                     bool(cpu.get_rflags() & AC), cpu.pkru if cpu.cr4 & CR4_PKE else 0,
+                     M.refresh_passthrough_bits(vcpu), trace, MAXPHYADDR)
+

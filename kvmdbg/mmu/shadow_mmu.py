@@ -24,9 +24,12 @@ emulate (retry_instruction) heuristics.
 from __future__ import annotations
 
 from kvmdbg.arch.kvm_host import KVM_REQ_MMU_FREE_OBSOLETE_ROOTS
+from kvmdbg.arch.pgtable_types import PTE_ADDR_MASK as CR3_ADDR_MASK
+from kvmdbg.mmu import mmu as M
 from kvmdbg.mmu import mmu_internal as R
 from kvmdbg.mmu import paging_tmpl as PT
 from kvmdbg.mmu import spte as S
+from kvmdbg.mmu.mmu import MmuOps, RootInfo
 from kvmdbg.mmu.mmu_internal import ACC_WRITE, MmuPage, RetPF
 from kvmdbg.mmu.page_track import PageTrack
 from kvmdbg.mmu.shadow_sync import ShadowSync
@@ -573,3 +576,97 @@ class ShadowMmu(PageTrack, ShadowSync):
 
     def unused_pages(self) -> int:
         return self.n_max - self.n_used
+
+
+# --- FNAME(page_fault): the #PF intercept ---
+
+def shadow_page_fault(vcpu, addr: int, error_code: int) -> RetPF:
+    """A #PF the hardware raised on KVM's shadow tables: either the guest's own fault
+    (injected, as its tables say) or a missing/insufficient SPTE (built from the guest's
+    tables). Returns FIXED/SPURIOUS (re-execute), EMULATE or RETRY."""
+    kvm = vcpu.kvm
+    shadow = kvm.shadow
+    root = vcpu.mmu.root.sp
+    stale = root is None or M.is_obsolete_root(kvm, root)
+    if error_code & M.PFERR_RSVD and not stale:
+        # handle_mmio_page_fault: an MMIO SPTE of the current memslot generation is
+        # emulated by kvm_mmu_page_fault before kvm_mmu_do_page_fault counts pf_taken.
+        _sp, _i, spte = shadow.leaf_spte(root, addr)
+        if S.is_shadow_mmio_spte(spte):
+            gen = S.get_mmio_spte_gen(spte)
+            if kvm.bus.active:
+                kvm.trace("check_mmio_spte", vcpu.index, kvm_gen=kvm.memslots.generation & S.MMIO_GEN_MASK,
+                          spte_gen=gen, spte=spte)
+            if gen == kvm.memslots.generation & S.MMIO_GEN_MASK:
+                if kvm.bus.active:
+                    kvm.trace("handle_mmio_page_fault", vcpu.index, addr=addr,
+                              gfn=S.shadow_mmio_gfn(spte), access=7)
+                return RetPF.EMULATE
+    kvm.stats["pf_taken"] += 1
+    if stale:
+        return RetPF.RETRY                                   # is_page_fault_stale
+    pfec = error_code & (M.PFERR_WRITE | M.PFERR_USER | M.PFERR_FETCH)
+    try:
+        w = PT.walk_vcpu(vcpu, addr, pfec)
+    except PT.WalkFault as f:
+        vcpu.inject_page_fault(f.error_code, f.address)
+    write = bool(error_code & M.PFERR_WRITE)
+    gfn = w.gfn
+    slot = kvm.memslots.lookup(gfn)
+    if error_code & M.PFERR_PRESENT and write and shadow.is_write_tracked(gfn):
+        # page_fault_handle_page_track: a write to a write-protected guest page table.
+        shadow.clear_flood(root, addr)
+        kvm.stats["pf_emulate"] += 1
+        return RetPF.EMULATE
+    pfn = kvm.host.hva_to_pfn(slot.gfn_to_hva(gfn)) if slot is not None else 0
+    host_writable = slot is not None and not slot.flags & 2            # KVM_MEM_READONLY
+    base = vcpu.mmu.cpu_role & 0xFFFF_FFFF
+    if (write and not w.pte_access & R.ACC_WRITE and not base & R.ROLE_CR0_WP
+            and not error_code & M.PFERR_USER and slot is not None):
+        # Guest CR0.WP=0: a supervisor write to a read-only page is allowed; the SPTE
+        # becomes a writable kernel page (and NX with SMEP) (kvm-mmu-spec 6.4).
+        w.pte_access = (w.pte_access | R.ACC_WRITE) & ~R.ACC_USER
+        if vcpu.mmu.cpu_role >> 32 & R.EXT_CR4_SMEP:
+            w.pte_access &= ~R.ACC_EXEC
+    shadow.make_mmu_pages_available()
+    ret = shadow.fetch(vcpu, root, addr, w, slot, pfn, write, host_writable)
+    M.count_outcome(kvm, ret)
+    return ret
+
+
+class ShadowMmuOps(MmuOps):
+    """init_kvm_softmmu (ept=0): the root shadows the guest's CR3, found by (gfn, role) in
+    the hash and synced on load; faults are the #PF intercept; unsync pages are synced on
+    KVM_REQ_MMU_SYNC and INVLPG."""
+
+    direct = False
+
+    def __init__(self, kvm):
+        super().__init__()
+        self.kvm = kvm
+
+    def root_role(self, cpu_role: int) -> int:
+        return kvm_calc_shadow_root_role(cpu_role)
+
+    def alloc_root(self, vcpu) -> RootInfo:
+        """mmu_alloc_shadow_roots, then kvm_mmu_sync_roots."""
+        shadow = self.kvm.shadow
+        shadow.make_mmu_pages_available()
+        pgd = vcpu.cpu.cr3
+        root = shadow.alloc_root(vcpu, (pgd & CR3_ADDR_MASK) >> 12, vcpu.mmu.root_role)
+        vcpu.mmu.root = RootInfo(pgd, root)
+        shadow.sync_root(vcpu, root)
+        return vcpu.mmu.root
+
+    def free_root(self, vcpu, sp, invalid: list) -> None:
+        self.kvm.shadow.free_root(vcpu, sp, invalid)
+
+    def page_fault(self, vcpu, addr: int, error_code: int) -> RetPF:
+        return shadow_page_fault(vcpu, addr, error_code)
+
+    def sync_root(self, vcpu, sp) -> None:
+        self.kvm.shadow.sync_root(vcpu, sp)
+
+    def invalidate_addr(self, vcpu, gva: int, sp) -> None:
+        self.kvm.shadow.invalidate_addr(vcpu, gva, sp)
+

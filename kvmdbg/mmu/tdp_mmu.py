@@ -13,17 +13,94 @@ pages are the shadow MMU's (legacy.py, shadow_mmu.py); `sp.tdp_mmu_page` says wh
 from __future__ import annotations
 
 from kvmdbg.mmu import spte as S
+from kvmdbg.mmu.mmu import MmuOps, RootInfo, direct_page_fault, kvm_calc_tdp_mmu_root_page_role
 from kvmdbg.mmu.mmu_internal import ROLE_INVALID, MmuPage, RetPF, kvm_bug, role_level, role_smm
 from kvmdbg.mmu.tdp_iter import for_each_tdp_pte, nonzero_entries, read_spte
 
-PUT_SYNC_ZAP, PUT_ASYNC_ZAP, PUT_KEEP = "sync_zap", "async_zap", "keep"
+
+
+# --- what each era does with roots, one small class per behaviour (chosen by kvm/policies.py) ---
+
+class ZapOnLastPut:
+    """v5.10-v5.17: the task dropping a valid root's last reference zaps the whole root."""
+
+    mmu_holds_a_reference = False
+
+    def last_put(self, tdp, root: MmuPage, vcpu, who: int) -> bool:
+        if root.role & ROLE_INVALID:
+            return False
+        tdp.unlink_root(root)
+        tdp.zap_root(root, payer=vcpu)
+        tdp.free_root(root, who)
+        return True
+
+
+class ZapOnWorker:
+    """22b94c4b63eb (v5.18): the last put marks the root invalid, keeps one reference for
+    the worker and queues the zap (kvm-tdp-mmu-zap)."""
+
+    mmu_holds_a_reference = False
+
+    def last_put(self, tdp, root: MmuPage, vcpu, who: int) -> bool:
+        if root.role & ROLE_INVALID:
+            return False
+        kvm = tdp.kvm
+        root.role |= ROLE_INVALID
+        root.root_count = 1
+        kvm.stats["kvmdbg_roots_invalidated"] += 1
+        kvm.trace("kvmdbg:root_invalidate", who, root=root.number, hpa=root.hpa)
+        kvm.queue_work(lambda worker: tdp._zap_root_work(root, worker), f"zap root #{root.number}")
+        return True
+
+
+class KeepUntilInvalidated:
+    """edbdb43fc96b (v6.4): the TDP MMU holds a reference of its own until the root is
+    invalidated, so the vCPUs' last put never frees a valid root."""
+
+    mmu_holds_a_reference = True
+
+    def last_put(self, tdp, root: MmuPage, vcpu, who: int) -> bool:
+        return False
+
+
+class ZapInvalidatedOnWorker:
+    """v5.18-v6.5: kvm_tdp_mmu_invalidate_all_roots queues each root's zap on the worker,
+    and kvm_tdp_mmu_zap_invalidated_roots waits for it (flush_workqueue)."""
+
+    def schedule(self, tdp, root: MmuPage) -> None:
+        tdp.kvm.queue_work(lambda worker: tdp._zap_root_work(root, worker),
+                           f"zap root #{root.number}")
+
+    def zap_invalidated(self, tdp, payer) -> None:
+        tdp.kvm.flush_workqueue(payer)
+
+
+class ZapInvalidatedInPlace:
+    """Before v5.18 and from 0df9dab891ff (v6.6): the memslot update zaps the invalidated
+    roots itself. flush_each: a remote TLB flush per top-level SPTE zapped, as
+    zap_gfn_range(shared=true) did through tdp_mmu_zap_spte_atomic before v5.18."""
+
+    def __init__(self, flush_each: bool = False):
+        self.flush_each = flush_each
+
+    def schedule(self, tdp, root: MmuPage) -> None:
+        root.tdp_mmu_scheduled_root_to_zap = True
+
+    def zap_invalidated(self, tdp, payer) -> None:
+        for root in list(tdp.roots):
+            if root.tdp_mmu_scheduled_root_to_zap:
+                root.tdp_mmu_scheduled_root_to_zap = False
+                tdp.zap_root(root, payer=payer, flush=self.flush_each)
+                tdp.put_root(root, None)
 
 
 class TdpMmu:
     """Per-VM MMU page bookkeeping: kvm->arch.tdp_mmu_roots plus the page allocator."""
 
-    def __init__(self, kvm):
+    def __init__(self, kvm, root_put=None, invalidated_zap=None):
         self.kvm = kvm
+        self.root_put = root_put or KeepUntilInvalidated()
+        self.invalidated_zap = invalidated_zap or ZapInvalidatedInPlace()
         self.roots: list[MmuPage] = []        # tdp_mmu_roots, newest first (list_add_rcu)
         self.pages: dict[int, MmuPage] = {}   # pfn -> page (KVM finds it via the struct page)
         self.next_root_number = 1
@@ -66,7 +143,7 @@ class TdpMmu:
         root.number = self.next_root_number
         self.next_root_number += 1
         # edbdb43fc96b: the TDP MMU itself holds a reference until the root is invalidated.
-        root.root_count = 2 if kvm.profile.tdp_put_last_ref == PUT_KEEP else 1
+        root.root_count = 2 if self.root_put.mmu_holds_a_reference else 1
         self.roots.insert(0, root)
         kvm.stats["kvmdbg_roots_allocated"] += 1
         kvm.charge(vcpu, "root_alloc")
@@ -76,7 +153,7 @@ class TdpMmu:
         return root
 
     def put_root(self, root: MmuPage, vcpu=None) -> None:
-        """kvm_tdp_mmu_put_root with the profile's behaviour at the last reference."""
+        """kvm_tdp_mmu_put_root with the era's behaviour at the last reference (root_put)."""
         kvm = self.kvm
         root.root_count -= 1
         who = vcpu.index if vcpu is not None else -1
@@ -85,20 +162,7 @@ class TdpMmu:
                       root_count=root.root_count)
         if root.root_count > 0:
             return
-        policy = kvm.profile.tdp_put_last_ref
-        if policy == PUT_ASYNC_ZAP and not root.role & ROLE_INVALID:
-            # 22b94c4b63eb: mark invalid, keep one reference for the worker, queue the zap.
-            root.role |= ROLE_INVALID
-            root.root_count = 1
-            kvm.stats["kvmdbg_roots_invalidated"] += 1
-            kvm.trace("kvmdbg:root_invalidate", who, root=root.number, hpa=root.hpa)
-            kvm.queue_work(lambda worker: self._zap_root_work(root, worker), f"zap root #{root.number}")
-            return
-        if policy == PUT_SYNC_ZAP and not root.role & ROLE_INVALID:
-            # v5.10-v5.17: the task dropping the last reference zaps the whole root.
-            self.unlink_root(root)
-            self.zap_root(root, payer=vcpu)
-            self.free_root(root, who)
+        if self.root_put.last_put(self, root, vcpu, who):
             return
         # An invalid root's SPTEs are already gone (or going): unlink and free it.
         self.unlink_root(root)
@@ -124,7 +188,7 @@ class TdpMmu:
     def invalidate_all_roots(self) -> None:
         """kvm_tdp_mmu_invalidate_all_roots (called by kvm_mmu_zap_all_fast)."""
         kvm = self.kvm
-        keep = kvm.profile.tdp_put_last_ref == PUT_KEEP
+        keep = self.root_put.mmu_holds_a_reference
         for root in list(self.roots):
             if root.role & ROLE_INVALID:
                 continue
@@ -135,23 +199,11 @@ class TdpMmu:
             root.role |= ROLE_INVALID
             kvm.stats["kvmdbg_roots_invalidated"] += 1
             kvm.trace("kvmdbg:root_invalidate", -1, root=root.number, hpa=root.hpa)
-            if kvm.profile.invalid_root_zap == "workqueue":
-                kvm.queue_work(lambda worker, r=root: self._zap_root_work(r, worker),
-                               f"zap root #{root.number}")
-            else:
-                root.tdp_mmu_scheduled_root_to_zap = True
+            self.invalidated_zap.schedule(self, root)
 
     def zap_invalidated_roots(self, payer) -> None:
         """kvm_tdp_mmu_zap_invalidated_roots: wait for the workers, or zap here (0df9dab891ff)."""
-        kvm = self.kvm
-        if kvm.profile.invalid_root_zap == "workqueue":
-            kvm.flush_workqueue(payer)
-            return
-        for root in list(self.roots):
-            if root.tdp_mmu_scheduled_root_to_zap:
-                root.tdp_mmu_scheduled_root_to_zap = False
-                self.zap_root(root, payer=payer, flush=kvm.profile.invalid_root_zap_flush)
-                self.put_root(root, None)
+        self.invalidated_zap.zap_invalidated(self, payer)
 
     # --- SPTE access ---
 
@@ -350,3 +402,32 @@ class TdpMmu:
         kvm.trace("kvm_mmu_set_spte", vcpu.index, gfn=fault.gfn, spte=new, level=level,
                   r=True, x=True, u=True)
         return RetPF.FIXED
+
+
+class TdpMmuOps(MmuOps):
+    """init_kvm_tdp_mmu with the TDP MMU on: roots from tdp_mmu_roots by role, faults
+    through kvm_tdp_mmu_map. has_guest_bits: the root role carries guest CR0.WP and
+    EFER.NX, as before the 2022 cpu_role/root_role split."""
+
+    def __init__(self, kvm, has_guest_bits: bool):
+        super().__init__()
+        self.kvm = kvm
+        self.has_guest_bits = has_guest_bits
+
+    def root_role(self, cpu_role: int) -> int:
+        return kvm_calc_tdp_mmu_root_page_role(cpu_role, self.has_guest_bits)
+
+    def alloc_root(self, vcpu) -> RootInfo:
+        return RootInfo(0, self.kvm.tdp_mmu.get_vcpu_root(vcpu, vcpu.mmu.root_role))
+
+    def free_root(self, vcpu, sp, invalid: list) -> None:
+        self.kvm.tdp_mmu.put_root(sp, vcpu)
+
+    def page_fault(self, vcpu, addr: int, error_code: int):
+        return direct_page_fault(vcpu, addr, error_code, self._map)
+
+    def _map(self, vcpu, root, fault):
+        tdp = self.kvm.tdp_mmu
+        return tdp.map(vcpu, root, fault,
+                       lambda parent, gfn, level: tdp.alloc_page((parent.role & ~0xF) | level, gfn, True))
+

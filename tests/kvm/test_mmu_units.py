@@ -138,22 +138,22 @@ def test_first_faults_build_three_two_one_tables():
     vm, v = entered_vm()
     def tables(gpa):
         before = vm.stats["kvmdbg_tables_allocated"]
-        assert x86.kvm_mmu_page_fault(v, gpa, 2) == R.RetPF.FIXED
+        assert M.kvm_mmu_page_fault(v, gpa, 2) == R.RetPF.FIXED
         return vm.stats["kvmdbg_tables_allocated"] - before
     assert tables(0x200000) == 3
     assert tables(0x400000) == 1
     assert tables(0x401000) == 0
     vm2, v2 = entered_vm(mem=1 << 30)
-    x86.kvm_mmu_page_fault(v2, 0x1000, 2)
+    M.kvm_mmu_page_fault(v2, 0x1000, 2)
     before = vm2.stats["kvmdbg_tables_allocated"]
-    x86.kvm_mmu_page_fault(v2, 0x4000_0000 - 0x1000, 2)        # same 1 GiB, new 2 MiB
+    M.kvm_mmu_page_fault(v2, 0x4000_0000 - 0x1000, 2)        # same 1 GiB, new 2 MiB
     assert vm2.stats["kvmdbg_tables_allocated"] - before == 1
 
 
 def test_zapping_a_root_tears_down_every_table():
     vm, v = entered_vm()
     for gpa in (0x1000, 0x200000, 0x400000, 0xF00000):
-        x86.kvm_mmu_page_fault(v, gpa, 2)
+        M.kvm_mmu_page_fault(v, gpa, 2)
     root = v.mmu.root.sp
     leaves, tables = vm.tdp_mmu.count_sptes(root)
     assert leaves == 4
@@ -165,7 +165,7 @@ def test_zapping_a_root_tears_down_every_table():
 
 def test_ept_hardware_misconfig_and_violation():
     vm, v = entered_vm()
-    x86.kvm_mmu_page_fault(v, 0x5000, 2)
+    M.kvm_mmu_page_fault(v, 0x5000, 2)
     ept = v.ept
     page, hpa, w, x = ept.translate(0x5000, V.WRITE, False)
     assert w and x and page is vm.host.pages[hpa >> 12]
@@ -191,7 +191,7 @@ def test_huge_pages_when_the_memslot_and_host_allow():
     v = vm.vcpus[0]
     vm.current = v
     v.enter_guest()
-    x86.kvm_mmu_page_fault(v, 0x1234_5000, 2)
+    M.kvm_mmu_page_fault(v, 0x1234_5000, 2)
     assert vm.stats["pages_1g"] == 1
 
 
@@ -217,10 +217,10 @@ def test_profiles_are_complete_and_knobs_are_checked():
 def test_memslot_move_flushes_the_old_range(quirk):
     from kvmdbg.mem import Memslot
     vm, v = entered_vm(profile="v6.12")
-    vm.profile = with_knob(vm.profile, f"slot_zap_all={quirk}")
+    vm.set_profile(with_knob(vm.profile, f"slot_zap_all={quirk}"))
     vm.set_memory_region("create", Memslot(5, 0x8000, 16, vm.host.mmap(16 << 12)))
-    x86.kvm_mmu_page_fault(v, 0x8000 << 12, 2)
-    x86.kvm_mmu_page_fault(v, 0x100 << 12, 2)
+    M.kvm_mmu_page_fault(v, 0x8000 << 12, 2)
+    M.kvm_mmu_page_fault(v, 0x100 << 12, 2)
     gen = vm.memslots.generation
     vm.set_memory_region("move", vm.memslots.by_id(5), new_base_gfn=0x9000)
     assert vm.memslots.lookup(0x9000).id == 5 and vm.memslots.lookup(0x8000) is None
@@ -252,7 +252,7 @@ def test_a_present_leaf_is_never_repointed_without_a_zap():
     another present leaf SPTE pointing to a different PFN' (the kernel BUG()s); the same
     pfn with other bits, and the zap-then-map sequence, are fine."""
     vm, v = entered_vm()
-    x86.kvm_mmu_page_fault(v, 0x200000, 2)
+    M.kvm_mmu_page_fault(v, 0x200000, 2)
     it = _leaf_of(vm, v, 0x200)
     pfn = S.spte_to_pfn(it.old_spte)
     with pytest.raises(R.KvmBug, match="present leaf"):
@@ -266,7 +266,7 @@ def test_non_present_changes_only_to_or_from_mmio():
     """handle_changed_spte WARNs when a non-present SPTE changes to another non-present
     value unless one side is an MMIO SPTE or the new one is the frozen REMOVED_SPTE."""
     vm, v = entered_vm()
-    x86.kvm_mmu_page_fault(v, 0x200000, 2)
+    M.kvm_mmu_page_fault(v, 0x200000, 2)
     it = _leaf_of(vm, v, 0x201)                      # a hole next to the leaf
     assert it.old_spte == 0 and it.level == 1
     mmio = S.make_mmio_spte(0x201, vm.memslots.generation)
@@ -284,9 +284,9 @@ def test_removal_accounts_the_same_with_and_without_tracing():
         if trace:
             vm.bus.set_keep(10**6)
         for gpa in (0x1000, 0x200000, 0x400000, 0xF00000, 0xF01000):
-            x86.kvm_mmu_page_fault(v, gpa, 2)
+            M.kvm_mmu_page_fault(v, gpa, 2)
         mmio = vm.mem_size + 0x1000                          # no memslot: an MMIO SPTE
-        x86.kvm_mmu_page_fault(v, mmio, 2)
+        M.kvm_mmu_page_fault(v, mmio, 2)
         created = vm.stats["kvmdbg_sptes_created"]
         vm.tdp_mmu.zap_root(v.mmu.root.sp, v)
         assert vm.stats["kvmdbg_sptes_zapped"] == created           # everything present went

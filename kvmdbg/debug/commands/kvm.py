@@ -223,9 +223,10 @@ def set_kvm(s, arg: str) -> None:
     if knob in s.vm.profile.knobs() and knob not in RUNTIME_KNOBS:
         raise CommandError(f"Knob '{knob}' shapes the VM as it is built; restart with --set {knob}={value}.")
     try:
-        s.vm.profile = with_knob(s.vm.profile, f"{knob}={value}")
+        profile = with_knob(s.vm.profile, f"{knob}={value}")
     except ConfigError as e:
         raise CommandError(str(e)) from None
+    s.vm.set_profile(profile)
     s.message(f"{knob} = {value}")
 
 

@@ -21,7 +21,7 @@ from kvmdbg.mmu.tdp_iter import for_each_tdp_pte, nonzero_entries
 
 def roots_of(vm):
     """Every root page that still exists (TDP roots, or legacy roots in the hash)."""
-    if vm.profile.tdp_mmu:
+    if vm.tdp_mmu_enabled:
         roots = list(vm.tdp_mmu.roots)
     else:
         roots = [sp for sp in vm.tdp_mmu.pages.values() if sp.number and sp.parent is None]
