@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kvmdbg.bits import M64
+from kvmdbg.bits import M64, PAGE_SHIFT
 from kvmdbg.cpu.regs import SUBREGS
 from kvmdbg.debug import guest_walk, memory
 from kvmdbg.debug.symbols import Symbols
@@ -260,6 +260,41 @@ class Session:
                 raise CommandError(str(e)) from None
             return
         guest_walk.write_gva(self.vm, self.cpu, addr, bytes(data))
+
+    def shadowed_page_tables(self, addr: int, n: int, space: str = "gva") -> list[int]:
+        """The gfns that n bytes at addr (gva, gpa or hpa) land in and that KVM shadows as
+        guest page tables: a valid shadow page with guest PTEs exists for the gfn (an
+        upper-level table, write-tracked, or a last-level one, write-protected or unsync).
+        Only under shadow paging; looked up without side effects. A write from here is a
+        write through the VMM's own mapping, which KVM never sees: the SPTEs built from
+        the old gPTEs stay until the page is resynced or zapped (kvm_mmu_pte_write, now
+        kvm_mmu_track_write, runs only for the writes KVM itself emulates)."""
+        shadow = getattr(self.vm, "shadow", None)
+        if shadow is None or not shadow.hash:
+            return []
+        by_pfn = None
+        found: list[int] = []
+        for a, _chunk in memory.pieces(addr, n):
+            if space == "gpa":
+                gfns = [a >> PAGE_SHIFT]
+            elif space == "gva":
+                w = guest_walk.walk(self.vm, self.cpu, a)
+                gfns = [] if w.gpa is None else [w.gpa >> PAGE_SHIFT]
+            elif space == "hpa":
+                if by_pfn is None:          # host pfn -> the shadowed gfns backed by it
+                    by_pfn = {}
+                    for gfn in shadow.hash:
+                        slot = self.vm.memslots.lookup(gfn)
+                        pfn = None if slot is None else self.vm.host.lookup_pfn(slot.gfn_to_hva(gfn))
+                        if pfn is not None:
+                            by_pfn.setdefault(pfn, []).append(gfn)
+                gfns = by_pfn.get(a >> PAGE_SHIFT, [])
+            else:
+                gfns = []
+            for gfn in gfns:
+                if gfn not in found and any(shadow.valid_pages(gfn, with_gptes=True)):
+                    found.append(gfn)
+        return found
 
     def decode_at(self, addr: int):
         """The instruction at a guest-virtual address (read without side effects), or None."""

@@ -224,6 +224,13 @@ class Vm:
             self.memslots.create(slot)
         else:
             self.memslots.create(slot)
+        if self.bare:
+            # No KVM to zap and flush (kvm_arch_flush_shadow_memslot ends in a remote TLB
+            # flush), but the TLB entries hold the host page of each gpa: without this the
+            # CPU read and fetched a deleted slot's page while writes, re-walked for their
+            # dirty bit, reached the new one. A TLB may drop entries at any time.
+            for v in self.vcpus:
+                v.cpu.tlb.flush_all()
         self.trace("kvmdbg:memslot", self.current_vcpu_index(), op=op, slot=slot.id,
                    base_gfn=slot.base_gfn, npages=slot.npages, generation=self.memslots.generation)
 
