@@ -2,7 +2,7 @@
 
 import re
 from pathlib import Path
-from tests.helpers import run_cli
+from tests.helpers import ept_sptes, run_cli
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,13 +60,6 @@ def smep_flip_pages() -> tuple[set, set]:
         return {1, 2, 3} | {(0x4000 >> 12) + (g >> 9) for g in gfns}
 
     return code | tables(code), code | data | tables(code | data)
-
-
-def ept_sptes(gfns) -> int:
-    """SPTEs that map gfns with 4 KiB leaves in a 4-level EPT: a leaf per page plus the
-    non-leaf entries that reach them, one per distinct PML4, PDPT and PD index (SDM 28.3.2
-    in the 2016 edition: gpa bits 47:39, 38:30 and 29:21, i.e. gfn >> 27, >> 18, >> 9)."""
-    return len(gfns) + sum(len({g >> shift for g in gfns}) for shift in (27, 18, 9))
 
 
 def test_smep_flip_demo():
