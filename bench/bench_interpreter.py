@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({p['pages']:,} pages)")
     boot_s = startup_seconds()
     print(f"boot --mem 1G:    {boot_s * 1000:8.1f} ms = {ref.loops(boot_s):.3f} reference loops")
+    print(ref.end_line())
     return 0
 
 

@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
           f"= {ref.per_loop(z.rate):,.1f} per reference loop")
     sptes, per = sptes_and_bytes(p["zap_pages"])
     print(f"TDP MMU memory:                 {per:10.1f} bytes per SPTE ({sptes:,} SPTEs)")
+    print(ref.end_line())
     return 0
 
 

@@ -65,6 +65,7 @@ def main() -> None:
             verdict = "ok" if med < TARGET else "over target"
             print(f"{name:<26} median {med * 1000:6.0f} ms   best {min(times) * 1000:6.0f} ms   "
                   f"(target < {TARGET * 1000:.0f} ms: {verdict}) = {ref.loops(med):.2f} reference loops")
+    print(ref.end_line())
 
 
 if __name__ == "__main__":
