@@ -69,8 +69,18 @@ def test_info_mmu_memslots_kvm_costs():
     assert "cr4_smep=1" in mmu[2]                                 # 3 flips: SMEP ends on
     assert mmu[3].startswith("root_role 0x") and "direct" in mmu[3]
     assert run(s, "info memslots")[2].split() == ["0", "0", "0x0", "4096", "0x7f0000000000", "-"]
+    # info kvm (design section 6): the profile, then each knob with its value, one line
+    # each. Which knobs a profile has is checked against the design in test_mmu_units.py.
     kvm = run(s, "info kvm")
-    assert kvm[0].startswith("profile v6.12: ") and len(kvm) == 14
+    assert kvm[0] == f"profile v6.12: {s.vm.profile.summary}"
+    shown = dict(line.split()[:2] for line in kvm[1:])
+    assert len(shown) == len(kvm) - 1 and set(shown) == set(s.vm.profile.knobs())
+    # Spec section 1: v6.12 is v6.6 (roots kept, edbdb43fc96b; invalidated roots zapped
+    # synchronously, 0df9dab891ff) with the SLOT_ZAP_ALL quirk, on by default.
+    assert {k: shown[k] for k in ("tdp_enabled", "tdp_mmu", "tdp_put_last_ref", "invalid_root_zap",
+                                  "slot_zap_all", "rfc_skip_post_set_cr4")} == {
+        "tdp_enabled": "1", "tdp_mmu": "1", "tdp_put_last_ref": "keep", "invalid_root_zap": "sync",
+        "slot_zap_all": "1", "rfc_skip_post_set_cr4": "0"}
     costs = run(s, "info costs")
     assert costs[0].split()[:2] == ["insn", "1"] and any(c.startswith("vmexit") for c in costs)
 

@@ -6,7 +6,6 @@ import pytest
 
 from kvmdbg.cpu import vmx as V
 from kvmdbg.errors import ConfigError
-from kvmdbg.kvm import x86
 from kvmdbg.kvm.boot import Program, boot
 from kvmdbg.kvm.profiles import PROFILES, get_profile, with_knob
 from kvmdbg.kvm.vm import Vm
@@ -197,11 +196,55 @@ def test_huge_pages_when_the_memslot_and_host_allow():
 
 # --- profiles ---
 
+# Design section 6: the knobs, each one upstream change (spec section 1), and the values
+# the two multi-valued ones take. kvmdbg adds two the design does not list: huge_pages (TDP
+# huge leaves, off so SPTE counts stay easy to reason about) and invalid_root_zap_flush
+# (v5.13-v5.17 flushed remote TLBs per top-level SPTE when zapping invalidated roots).
+# So 11 + 2 knobs in every profile; a new knob belongs in one of these two lists.
+DESIGN_KNOBS = {"tdp_enabled", "tdp_mmu", "tdp_root_role_has_guest_bits", "tdp_put_last_ref",
+                "invalid_root_zap", "cr4_flush_split", "cr0_wp_no_unload", "cr0_wp_guest_owned",
+                "cr4_smep_guest_owned", "slot_zap_all", "rfc_skip_post_set_cr4"}
+KVMDBG_KNOBS = {"huge_pages", "invalid_root_zap_flush"}
+CHOICE_KNOBS = {"tdp_put_last_ref": {"sync_zap", "async_zap", "keep"},
+                "invalid_root_zap": {"workqueue", "sync"}}
+
+# Spec section 1, "Suggested presets" (each preset as the spec describes it; knobs the spec
+# leaves to inference are not listed).
+_V5_10 = dict(tdp_root_role_has_guest_bits=True, tdp_put_last_ref="sync_zap",
+              cr4_flush_split=False, cr0_wp_no_unload=False, cr0_wp_guest_owned=False)
+_V6_1 = dict(_V5_10, tdp_root_role_has_guest_bits=False, tdp_put_last_ref="async_zap",
+             invalid_root_zap="workqueue", cr4_flush_split=True)
+_V6_4 = dict(_V6_1, tdp_put_last_ref="keep", cr0_wp_no_unload=True, cr0_wp_guest_owned=True)
+_V6_6 = dict(_V6_4, invalid_root_zap="sync")
+SPEC_PRESETS = {
+    "v5.10": _V5_10, "v5.15": dict(_V5_10, tdp_mmu=True), "v6.1": _V6_1, "v6.4": _V6_4,
+    "v6.6": _V6_6, "v6.12": dict(_V6_6, slot_zap_all=True),
+    "smep-guest-owned": dict(_V6_6, cr4_smep_guest_owned=True),
+    "rfc-skip-post-set-cr4": dict(_V5_10, rfc_skip_post_set_cr4=True),     # design section 6
+    "legacy-mmu": dict(tdp_mmu=False), "shadow": dict(tdp_enabled=False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SPEC_PRESETS))
+def test_each_preset_sets_the_knobs_the_spec_gives_it(name):
+    knobs = get_profile(name).knobs()
+    assert {k: knobs[k] for k in SPEC_PRESETS[name]} == SPEC_PRESETS[name]
+
+
 def test_profiles_are_complete_and_knobs_are_checked():
-    assert {"v5.10", "v5.15", "v6.1", "v6.4", "v6.6", "v6.12", "rfc-skip-post-set-cr4",
-            "smep-guest-owned", "legacy-mmu", "shadow"} <= set(PROFILES)
+    from kvmdbg.kvm.profiles import KNOB_HELP
+    assert set(SPEC_PRESETS) <= set(PROFILES)
     for p in PROFILES.values():
-        assert p.summary and len(p.knobs()) == 13
+        knobs = p.knobs()
+        assert p.summary and set(knobs) == DESIGN_KNOBS | KVMDBG_KNOBS
+        for k, value in knobs.items():
+            assert value in CHOICE_KNOBS[k] if k in CHOICE_KNOBS else isinstance(value, bool), k
+    assert set(KNOB_HELP) == DESIGN_KNOBS | KVMDBG_KNOBS                  # info kvm explains each
+    for knob, values in CHOICE_KNOBS.items():
+        for value in values:
+            assert getattr(with_knob(get_profile("v6.1"), f"{knob}={value}"), knob) == value
+        with pytest.raises(ConfigError, match="takes one of"):
+            with_knob(get_profile("v6.1"), f"{knob}=never")
     assert get_profile("v6.4").tdp_put_last_ref == "keep"
     assert get_profile("v6.1").invalid_root_zap == "workqueue"
     with pytest.raises(ConfigError, match="valid: v5.10"):
