@@ -109,12 +109,12 @@ class ZapRun:
 def zap(npages: int = 65536) -> ZapRun:
     vm, v = _entered_vm()
     _map(v, npages)
-    before, created = vm.stats[SPTES_ZAPPED], vm.tdp_mmu.live_sptes
+    before, created = vm.stats[SPTES_ZAPPED], vm.mmu_pages.live_sptes
     t = time.perf_counter()
     vm.tdp_mmu.zap_root(v.mmu.root.sp, payer=v)
     dt = time.perf_counter() - t
     zapped = vm.stats[SPTES_ZAPPED] - before
-    return ZapRun(zapped / dt, npages, created, zapped, vm.tdp_mmu.live_sptes)
+    return ZapRun(zapped / dt, npages, created, zapped, vm.mmu_pages.live_sptes)
 
 
 def sptes_and_bytes(npages: int = 65536) -> tuple[int, float]:
@@ -125,11 +125,11 @@ def sptes_and_bytes(npages: int = 65536) -> tuple[int, float]:
         vm.host.hva_to_pfn(vm.memslots.lookup(gfn).gfn_to_hva(gfn))
     tracemalloc.start()
     base, _ = tracemalloc.get_traced_memory()
-    before = vm.tdp_mmu.live_sptes
+    before = vm.mmu_pages.live_sptes
     _map(v, npages)
     used, _ = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    sptes = vm.tdp_mmu.live_sptes - before
+    sptes = vm.mmu_pages.live_sptes - before
     return sptes, (used - base) / sptes
 
 

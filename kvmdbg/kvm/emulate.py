@@ -16,6 +16,7 @@ from kvmdbg.mmu import mmu as M
 from kvmdbg.mmu import paging_tmpl
 from kvmdbg.mmu import spte as S
 from kvmdbg.mmu.mmu_internal import RetPF
+from kvmdbg.mmu.tdp_iter import read_spte
 
 
 def handle_mmio_page_fault(vcpu, gpa: int) -> RetPF:
@@ -38,10 +39,10 @@ def _leaf_spte(kvm, root, gfn: int) -> int:
     sp = root
     level = root.role & 0xF
     while True:
-        spte = kvm.tdp_mmu.read_spte(sp, (gfn >> (9 * (level - 1))) & 511)
+        spte = read_spte(sp, (gfn >> (9 * (level - 1))) & 511)
         if level == 1 or not S.is_shadow_present_pte(spte) or S.is_large_pte(spte):
             return spte
-        sp = kvm.tdp_mmu.pages.get(S.spte_to_pfn(spte))
+        sp = kvm.mmu_pages.pages.get(S.spte_to_pfn(spte))
         if sp is None:
             return 0
         level -= 1

@@ -21,6 +21,7 @@ from kvmdbg.kvm.profiles import DEFAULT, PROFILES, Profile
 from kvmdbg.kvm.stats import Stats
 from kvmdbg.mem import HostMemory, Memslot, Memslots
 from kvmdbg.mmu.mmu_internal import ROLE_INVALID
+from kvmdbg.mmu.mmu_pages import MmuPages
 from kvmdbg.mmu.shadow_mmu import ShadowMmu
 from kvmdbg.mmu.tdp_mmu import TdpMmu
 
@@ -66,6 +67,7 @@ class Vm:
         self.costs = CostTable()
         self.decode_cache = DecodeCache()
         self.tdp_mmu_enabled = self.profile.tdp_mmu       # KVM's tdp_mmu_enabled
+        self.mmu_pages = MmuPages(self)                   # every MMU's page-table pages
         self.tdp_mmu = TdpMmu(self)
         self.mmu_valid_gen = 0
         # Without the TDP MMU every MMU page is a shadow page (mmu.c): shadow paging's, or
@@ -185,7 +187,7 @@ class Vm:
     def kvm_mmu_zap_all_fast(self) -> None:
         self.trace("kvm_mmu_zap_all_fast", self.current_vcpu_index(),
                    mmu_valid_gen=self.mmu_valid_gen,
-                   mmu_used_pages=self.shadow_mmu.n_used if self.shadow_mmu else len(self.tdp_mmu.pages))
+                   mmu_used_pages=self.shadow_mmu.n_used if self.shadow_mmu else len(self.mmu_pages.pages))
         self.mmu_valid_gen ^= 1
         if self.tdp_mmu_enabled:
             self.tdp_mmu.invalidate_all_roots()

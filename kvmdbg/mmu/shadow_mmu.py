@@ -120,9 +120,9 @@ class ShadowMmu(PageTrack, ShadowSync):
             return old
         sp.spt[o:o + 8] = new.to_bytes(8, "little")
         kvm = self.kvm
-        tdp = kvm.tdp_mmu
-        tdp.generation.value += 1         # the CPU's walk memo watches this (gpa_generation)
-        tdp.live_sptes += (1 if new else 0) - (1 if old else 0)
+        pool = kvm.mmu_pages
+        pool.generation.value += 1        # the CPU's walk memo watches this (gpa_generation)
+        pool.live_sptes += (1 if new else 0) - (1 if old else 0)
         level = sp.role & R.ROLE_LEVEL_MASK
         was = S.is_shadow_present_pte(old)
         now = S.is_shadow_present_pte(new)
@@ -217,12 +217,7 @@ class ShadowMmu(PageTrack, ShadowSync):
 
     def alloc(self, gfn: int, role: int) -> ShadowPage:
         kvm = self.kvm
-        pfn = kvm.host.alloc_page()
-        sp = ShadowPage(role, gfn, pfn, kvm.host.pages[pfn])
-        sp.mmu_valid_gen = kvm.mmu_valid_gen
-        sp.created_step = kvm.now_step()
-        kvm.tdp_mmu.pages[pfn] = sp
-        kvm.stats["kvmdbg_tables_allocated"] += 1
+        sp = kvm.mmu_pages.alloc_page(role, gfn, cls=ShadowPage)
         self.active[sp] = None
         self.n_used += 1
         self.hash.setdefault(gfn, []).insert(0, sp)
@@ -283,7 +278,7 @@ class ShadowMmu(PageTrack, ShadowSync):
         flush = False
         if S.is_shadow_present_pte(old):
             if not S.is_last_spte(old, level):
-                child = kvm.tdp_mmu.pages.get(S.spte_to_pfn(old))
+                child = kvm.mmu_pages.pages.get(S.spte_to_pfn(old))
                 if child is not None:
                     self.drop_parent_pte(child, sp, i)
                 flush = True
@@ -317,7 +312,7 @@ class ShadowMmu(PageTrack, ShadowSync):
     def fetch(self, vcpu, root: ShadowPage, addr: int, w: PT.GuestWalker, slot, pfn: int,
               write: bool, host_writable: bool) -> RetPF:
         kvm = self.kvm
-        pages = kvm.tdp_mmu.pages
+        pages = kvm.mmu_pages.pages
         sp = root
         level = root.level
         while True:
@@ -357,7 +352,7 @@ class ShadowMmu(PageTrack, ShadowSync):
 
     def clear_flood(self, root: ShadowPage, addr: int) -> None:
         """shadow_page_table_clear_flood: the tables translating addr are in use."""
-        pages = self.kvm.tdp_mmu.pages
+        pages = self.kvm.mmu_pages.pages
         sp = root
         level = root.level
         while sp is not None:
@@ -370,7 +365,7 @@ class ShadowMmu(PageTrack, ShadowSync):
 
     def leaf_spte(self, root: ShadowPage, addr: int) -> tuple[ShadowPage, int, int]:
         """(page, index, spte) of the last SPTE on addr's path (for MMIO faults and views)."""
-        pages = self.kvm.tdp_mmu.pages
+        pages = self.kvm.mmu_pages.pages
         sp = root
         level = root.level
         while True:
@@ -393,7 +388,7 @@ class ShadowMmu(PageTrack, ShadowSync):
             if S.is_last_spte(pte, sp.level):
                 self.drop_spte(sp, i)
             else:
-                child = self.kvm.tdp_mmu.pages.get(S.spte_to_pfn(pte))
+                child = self.kvm.mmu_pages.pages.get(S.spte_to_pfn(pte))
                 if child is not None:
                     self.drop_parent_pte(child, sp, i)
                 else:
@@ -488,7 +483,7 @@ class ShadowMmu(PageTrack, ShadowSync):
         if sp.number:
             kvm.stats["kvmdbg_roots_freed"] += 1
             kvm.trace("kvmdbg:root_free", kvm.current_vcpu_index(), root=sp.number, hpa=sp.hpa)
-        kvm.tdp_mmu.free_page(sp)
+        kvm.mmu_pages.free_page(sp)
 
     # --- reclaim (make_mmu_pages_available) ---
 
@@ -520,8 +515,7 @@ class ShadowMmu(PageTrack, ShadowSync):
         kvm = self.kvm
         sp, created = self.get_shadow_page(vcpu, gfn, role)
         if not sp.number:
-            sp.number = kvm.tdp_mmu.next_root_number
-            kvm.tdp_mmu.next_root_number += 1
+            sp.number = kvm.mmu_pages.new_root_number()
         sp.root_count += 1
         if created:
             kvm.stats["kvmdbg_roots_allocated"] += 1

@@ -63,7 +63,7 @@ class ShadowSync:
 
     def unsync_walk(self, sp: ShadowPage, out: list, seen: set) -> None:
         """mmu_unsync_walk: the unsync pages below sp; stale unsync_child bits are cleared."""
-        pages = self.kvm.tdp_mmu.pages
+        pages = self.kvm.mmu_pages.pages
         for i in sorted(sp.unsync_child_bitmap):
             ent = self.read(sp, i)
             child = pages.get(S.spte_to_pfn(ent)) if S.is_shadow_present_pte(ent) \
@@ -174,7 +174,7 @@ class ShadowSync:
         """__kvm_mmu_invalidate_addr: sync the one SPTE for addr in each unsync page on its path."""
         if root is None or root.freed:
             return
-        pages = self.kvm.tdp_mmu.pages
+        pages = self.kvm.mmu_pages.pages
         sp = root
         level = root.level
         while sp is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from kvmdbg.mmu import spte as S
 from kvmdbg.mmu.mmu import MmuOps, RootInfo, direct_page_fault, kvm_calc_tdp_mmu_root_page_role
 from kvmdbg.mmu.mmu_internal import ROLE_INVALID, MmuPage, RetPF, kvm_bug, role_level, role_smm
-from kvmdbg.mmu.tdp_iter import for_each_tdp_pte, nonzero_entries, read_spte
+from kvmdbg.mmu.tdp_iter import for_each_tdp_pte, nonzero_entries
 
 
 
@@ -95,35 +95,17 @@ class ZapInvalidatedInPlace:
 
 
 class TdpMmu:
-    """Per-VM MMU page bookkeeping: kvm->arch.tdp_mmu_roots plus the page allocator."""
+    """kvm->arch.tdp_mmu_roots and the TDP MMU's table code (map, zap, teardown). The
+    table code also builds the legacy direct MMU's tables (legacy.py). Pages come from the
+    VM's pool (mmu_pages.py), which every MMU shares."""
 
     def __init__(self, kvm, root_put=None, invalidated_zap=None):
         self.kvm = kvm
         self.root_put = root_put or KeepUntilInvalidated()
         self.invalidated_zap = invalidated_zap or ZapInvalidatedInPlace()
         self.roots: list[MmuPage] = []        # tdp_mmu_roots, newest first (list_add_rcu)
-        self.pages: dict[int, MmuPage] = {}   # pfn -> page (KVM finds it via the struct page)
-        self.next_root_number = 1
-        self.live_sptes = 0                   # present SPTEs in all pages (leaf + non-leaf)
-        self.generation = kvm.gpa_generation  # bumped on every SPTE change (kvmdbg/generation.py)
-
-    # --- pages ---
-
-    def alloc_page(self, role: int, gfn: int, tdp: bool) -> MmuPage:
-        kvm = self.kvm
-        pfn = kvm.host.alloc_page()
-        sp = MmuPage(role, gfn, pfn, kvm.host.pages[pfn], tdp)
-        sp.mmu_valid_gen = kvm.mmu_valid_gen
-        sp.created_step = kvm.now_step()
-        self.pages[pfn] = sp
-        kvm.stats["kvmdbg_tables_allocated"] += 1
-        return sp
-
-    def free_page(self, sp: MmuPage) -> None:
-        sp.freed = True
-        self.pages.pop(sp.pfn, None)
-        self.kvm.host.free_page(sp.pfn)
-        self.kvm.stats["kvmdbg_tables_freed"] += 1
+        self.pool = kvm.mmu_pages
+        self.pages = self.pool.pages          # pfn -> page, for walking tables
 
     # --- roots (tdp_mmu.c) ---
 
@@ -139,9 +121,8 @@ class TdpMmu:
                     kvm.trace("kvmdbg:root_get", vcpu.index, root=root.number, hpa=root.hpa,
                               root_count=root.root_count)
                 return root
-        root = self.alloc_page(role, 0, True)
-        root.number = self.next_root_number
-        self.next_root_number += 1
+        root = self.pool.alloc_page(role, 0, True)
+        root.number = self.pool.new_root_number()
         # edbdb43fc96b: the TDP MMU itself holds a reference until the root is invalidated.
         root.root_count = 2 if self.root_put.mmu_holds_a_reference else 1
         self.roots.insert(0, root)
@@ -178,7 +159,7 @@ class TdpMmu:
         kvm = self.kvm
         kvm.stats["kvmdbg_roots_freed"] += 1
         kvm.trace("kvmdbg:root_free", who, root=root.number, hpa=root.hpa)
-        self.free_page(root)
+        self.pool.free_page(root)
 
     def _zap_root_work(self, root: MmuPage, worker) -> None:
         """tdp_mmu_zap_root_work: zap on the worker, then put the worker's reference."""
@@ -207,9 +188,6 @@ class TdpMmu:
 
     # --- SPTE access ---
 
-    read_spte = staticmethod(read_spte)
-    nonzero_entries = staticmethod(nonzero_entries)
-
     def tdp_mmu_set_spte(self, sp: MmuPage, index: int, new: int, gfn: int) -> None:
         """The single place an SPTE changes; bookkeeping hangs on handle_changed_spte.
         It runs before the store, so a change the kernel would BUG() on leaves the table
@@ -218,7 +196,7 @@ class TdpMmu:
         old = int.from_bytes(sp.spt[o:o + 8], "little")
         self.handle_changed_spte(sp, gfn, old, new, role_level(sp.role))
         sp.spt[o:o + 8] = new.to_bytes(8, "little")
-        self.generation.value += 1
+        self.pool.generation.value += 1
 
     def handle_changed_spte(self, sp: MmuPage, gfn: int, old: int, new: int, level: int) -> None:
         """handle_changed_spte: bookkeeping for one SPTE change, with the kernel's checks."""
@@ -242,7 +220,7 @@ class TdpMmu:
             if sp.tdp_mmu_page:
                 kvm.trace("kvm_tdp_mmu_spte_changed", kvm.current_vcpu_index(), gfn=gfn,
                           old_spte=old, new_spte=new, level=level, as_id=role_smm(sp.role))
-        self.live_sptes += (1 if new and new != S.REMOVED_SPTE else 0) - (1 if old and old != S.REMOVED_SPTE else 0)
+        self.pool.live_sptes += (1 if new and new != S.REMOVED_SPTE else 0) - (1 if old and old != S.REMOVED_SPTE else 0)
         stats = kvm.stats
         if was_leaf != is_leaf:
             key = ("pages_4k", "pages_2m", "pages_1g")[level - 1]
@@ -296,9 +274,9 @@ class TdpMmu:
         stats["kvmdbg_sptes_zapped"] += zapped
         if leaves:
             stats[("pages_4k", "pages_2m", "pages_1g")[level - 1]] -= leaves
-        self.live_sptes -= entries
-        self.generation.value += 1
-        self.free_page(sp)
+        self.pool.live_sptes -= entries
+        self.pool.generation.value += 1
+        self.pool.free_page(sp)
 
     # --- zapping ---
 
@@ -429,5 +407,5 @@ class TdpMmuOps(MmuOps):
     def _map(self, vcpu, root, fault):
         tdp = self.kvm.tdp_mmu
         return tdp.map(vcpu, root, fault,
-                       lambda parent, gfn, level: tdp.alloc_page((parent.role & ~0xF) | level, gfn, True))
+                       lambda parent, gfn, level: tdp.pool.alloc_page((parent.role & ~0xF) | level, gfn, True))
 

@@ -286,7 +286,7 @@ def M_path(vm, root, gfn):
 
 def _leaf_of(vm, v, gfn):
     from kvmdbg.mmu.tdp_iter import for_each_tdp_pte
-    *_, it = for_each_tdp_pte(vm.tdp_mmu.pages, v.mmu.root.sp, gfn, gfn + 1)
+    *_, it = for_each_tdp_pte(vm.mmu_pages.pages, v.mmu.root.sp, gfn, gfn + 1)
     return it
 
 
@@ -333,7 +333,7 @@ def test_removal_accounts_the_same_with_and_without_tracing():
         created = vm.stats["kvmdbg_sptes_created"]
         vm.tdp_mmu.zap_root(v.mmu.root.sp, v)
         assert vm.stats["kvmdbg_sptes_zapped"] == created           # everything present went
-        assert vm.stats["pages_4k"] == 0 and vm.tdp_mmu.live_sptes == 0
+        assert vm.stats["pages_4k"] == 0 and vm.mmu_pages.live_sptes == 0
         return {k: vm.stats[k] for k in ("kvmdbg_sptes_zapped", "kvmdbg_sptes_created", "pages_4k",
                                          "kvmdbg_tables_freed", "kvmdbg_tables_allocated")}
     assert zap(True) == zap(False)

@@ -205,7 +205,7 @@ def test_recording_events_changes_nothing_else(kvm):
     nonzero = lambda st: {k: v for k, v in st.items() if v}  # noqa: E731
     assert nonzero(quiet.stats) == nonzero(loud.stats)
     assert [v.cpu.cycles for v in quiet.vcpus] == [v.cpu.cycles for v in loud.vcpus]
-    assert quiet.tdp_mmu.live_sptes == loud.tdp_mmu.live_sptes
+    assert quiet.mmu_pages.live_sptes == loud.mmu_pages.live_sptes
 
 
 # --- MMIO: the first access installs an MMIO SPTE, later ones take the misconfig path ---

@@ -44,7 +44,7 @@ def all_stats(vm) -> dict:
     st["kvmdbg_cycles"] = max(v.cpu.cycles for v in vm.vcpus)
     st["kvmdbg_tlb_misses"] = sum(v.cpu.walks for v in vm.vcpus)
     st["kvmdbg_tlb_entries"] = sum(len(v.cpu.tlb) for v in vm.vcpus)
-    st["kvmdbg_live_sptes"] = vm.tdp_mmu.live_sptes
+    st["kvmdbg_live_sptes"] = vm.mmu_pages.live_sptes
     return st
 
 

@@ -14,7 +14,7 @@ from kvmdbg.debug.evaluate import evaluate_address
 from kvmdbg.errors import CommandError
 from kvmdbg.mmu import mmu_internal as R
 from kvmdbg.mmu import spte as S
-from kvmdbg.mmu.tdp_iter import for_each_tdp_pte, nonzero_entries
+from kvmdbg.mmu.tdp_iter import for_each_tdp_pte, nonzero_entries, read_spte
 
 
 # --- helpers ---
@@ -24,7 +24,7 @@ def roots_of(vm):
     if vm.tdp_mmu_enabled:
         roots = list(vm.tdp_mmu.roots)
     else:
-        roots = [sp for sp in vm.tdp_mmu.pages.values() if sp.number and sp.parent is None]
+        roots = [sp for sp in vm.mmu_pages.pages.values() if sp.number and sp.parent is None]
     # invalid roots unlinked from the list but still held by a vCPU
     for v in vm.vcpus:
         mmu = getattr(v, "mmu", None)
@@ -112,11 +112,11 @@ def spte_path(vm, root, gfn: int) -> list:
     level = root.level
     while True:
         index = (gfn >> (9 * (level - 1))) & 511
-        spte = vm.tdp_mmu.read_spte(sp, index)
+        spte = read_spte(sp, index)
         out.append((level, index, sp.hpa + index * 8, spte))
         if not S.is_shadow_present_pte(spte) or S.is_last_spte(spte, level):
             return out
-        sp = vm.tdp_mmu.pages.get(S.spte_to_pfn(spte))
+        sp = vm.mmu_pages.pages.get(S.spte_to_pfn(spte))
         if sp is None:
             return out
         level -= 1
@@ -125,7 +125,7 @@ def spte_path(vm, root, gfn: int) -> list:
 def _path_lines(vm, root, gfn: int) -> list:
     lines = []
     shadow = is_shadow(vm)
-    pages = vm.tdp_mmu.pages
+    pages = vm.mmu_pages.pages
     for level, index, sptep, spte in spte_path(vm, root, gfn):
         sp = pages.get(sptep >> PAGE_SHIFT)
         what = ""
@@ -288,7 +288,7 @@ def info_sptes(s, arg: str) -> None:
 
 def _collect_leaves(vm, sp, out, lo, hi) -> None:
     """(gfn, spte, level) of every leaf and MMIO SPTE under a TDP root in [lo, hi)."""
-    for it in for_each_tdp_pte(vm.tdp_mmu.pages, sp, lo, hi):
+    for it in for_each_tdp_pte(vm.mmu_pages.pages, sp, lo, hi):
         spte = it.old_spte
         if spte and spte != S.REMOVED_SPTE and (S.is_last_spte(spte, it.level)
                                                 or not S.is_shadow_present_pte(spte)):
@@ -309,7 +309,7 @@ def _collect_shadow_leaves(vm, sp, va_base: int, out, lo, hi) -> None:
             if lo <= gfn < hi:
                 out.append((va, gfn, spte, sp))
             continue
-        child = vm.tdp_mmu.pages.get(S.spte_to_pfn(spte))
+        child = vm.mmu_pages.pages.get(S.spte_to_pfn(spte))
         if child is not None:
             _collect_shadow_leaves(vm, child, va, out, lo, hi)
 
@@ -384,7 +384,7 @@ def _is_stale(s, e, ep4ta: int) -> str:
         return f"guest: {w.error}"
     if w.gpa & ~0xFFF != e.gpa:
         return f"guest now maps gpa {w.gpa & ~0xFFF:#x}"
-    root = s.vm.tdp_mmu.pages.get(ep4ta >> PAGE_SHIFT)
+    root = s.vm.mmu_pages.pages.get(ep4ta >> PAGE_SHIFT)
     if root is None:
         return "its shadow root is gone" if is_shadow(s.vm) else "its EPT root is gone"
     key = e.vpn if is_shadow(s.vm) else e.gpa >> PAGE_SHIFT
