@@ -12,7 +12,7 @@ makes every page obsolete, and a root still in use dies at its last put.
 
 from __future__ import annotations
 
-from kvmdbg.mmu.mmu import MmuOps, RootInfo, direct_page_fault, kvm_calc_tdp_mmu_root_page_role
+from kvmdbg.mmu.mmu import DirectMmuOps, RootInfo
 from kvmdbg.mmu.mmu_internal import MmuPage
 
 
@@ -56,18 +56,10 @@ def alloc_child(kvm, vcpu, parent: MmuPage, gfn: int, level: int) -> MmuPage:
     return sp
 
 
-class LegacyMmuOps(MmuOps):
+class LegacyMmuOps(DirectMmuOps):
     """init_kvm_tdp_mmu with tdp_mmu=0: direct roots found by role in the hash (they
     survive unload), freed by the shadow MMU's code, faults through direct_map (the TDP
     table walk with shadow pages for tables)."""
-
-    def __init__(self, kvm, has_guest_bits: bool):
-        super().__init__()
-        self.kvm = kvm
-        self.has_guest_bits = has_guest_bits
-
-    def root_role(self, cpu_role: int) -> int:
-        return kvm_calc_tdp_mmu_root_page_role(cpu_role, self.has_guest_bits)
 
     def alloc_root(self, vcpu) -> RootInfo:
         return RootInfo(0, mmu_alloc_root(self.kvm, vcpu, vcpu.mmu.root_role))
@@ -75,11 +67,7 @@ class LegacyMmuOps(MmuOps):
     def free_root(self, vcpu, sp, invalid: list) -> None:
         self.kvm.shadow_mmu.free_root(vcpu, sp, invalid)
 
-    def page_fault(self, vcpu, addr: int, error_code: int):
-        return direct_page_fault(vcpu, addr, error_code, self._map)
-
-    def _map(self, vcpu, root, fault):
+    def map_fault(self, vcpu, root, fault):
         kvm = self.kvm
         return kvm.tdp_mmu.map(vcpu, root, fault,
                                lambda parent, gfn, level: alloc_child(kvm, vcpu, parent, gfn, level))
-

@@ -306,6 +306,27 @@ class MmuOps:
         """kvm_mmu_invalidate_addr for one root (shadow paging's unsync pages)."""
 
 
+class DirectMmuOps(MmuOps):
+    """init_kvm_tdp_mmu: both direct MMUs share the root role and the fault path
+    (direct_page_fault); they differ in where roots come from and how tables are built."""
+
+    def __init__(self, kvm, has_guest_bits: bool):
+        super().__init__()
+        self.kvm = kvm
+        # The root role carries guest CR0.WP and EFER.NX, as before the 2022 split.
+        self.has_guest_bits = has_guest_bits
+
+    def root_role(self, cpu_role: int) -> int:
+        return kvm_calc_tdp_mmu_root_page_role(cpu_role, self.has_guest_bits)
+
+    def page_fault(self, vcpu, addr: int, error_code: int) -> RetPF:
+        return direct_page_fault(vcpu, addr, error_code, self.map_fault)
+
+    def map_fault(self, vcpu, root, fault) -> RetPF:
+        """kvm_tdp_mmu_map or direct_map."""
+        raise NotImplementedError
+
+
 # --- the MMU context of a vCPU (mmu.c) ---
 
 def kvm_init_mmu(vcpu) -> None:

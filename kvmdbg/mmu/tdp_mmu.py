@@ -13,7 +13,7 @@ pages are the shadow MMU's (legacy.py, shadow_mmu.py); `sp.tdp_mmu_page` says wh
 from __future__ import annotations
 
 from kvmdbg.mmu import spte as S
-from kvmdbg.mmu.mmu import MmuOps, RootInfo, direct_page_fault, kvm_calc_tdp_mmu_root_page_role
+from kvmdbg.mmu.mmu import DirectMmuOps, RootInfo
 from kvmdbg.mmu.mmu_internal import ROLE_INVALID, MmuPage, RetPF, kvm_bug, role_level, role_smm
 from kvmdbg.mmu.tdp_iter import for_each_tdp_pte, nonzero_entries
 
@@ -382,18 +382,9 @@ class TdpMmu:
         return RetPF.FIXED
 
 
-class TdpMmuOps(MmuOps):
+class TdpMmuOps(DirectMmuOps):
     """init_kvm_tdp_mmu with the TDP MMU on: roots from tdp_mmu_roots by role, faults
-    through kvm_tdp_mmu_map. has_guest_bits: the root role carries guest CR0.WP and
-    EFER.NX, as before the 2022 cpu_role/root_role split."""
-
-    def __init__(self, kvm, has_guest_bits: bool):
-        super().__init__()
-        self.kvm = kvm
-        self.has_guest_bits = has_guest_bits
-
-    def root_role(self, cpu_role: int) -> int:
-        return kvm_calc_tdp_mmu_root_page_role(cpu_role, self.has_guest_bits)
+    through kvm_tdp_mmu_map."""
 
     def alloc_root(self, vcpu) -> RootInfo:
         return RootInfo(0, self.kvm.tdp_mmu.get_vcpu_root(vcpu, vcpu.mmu.root_role))
@@ -401,11 +392,7 @@ class TdpMmuOps(MmuOps):
     def free_root(self, vcpu, sp, invalid: list) -> None:
         self.kvm.tdp_mmu.put_root(sp, vcpu)
 
-    def page_fault(self, vcpu, addr: int, error_code: int):
-        return direct_page_fault(vcpu, addr, error_code, self._map)
-
-    def _map(self, vcpu, root, fault):
+    def map_fault(self, vcpu, root, fault):
         tdp = self.kvm.tdp_mmu
         return tdp.map(vcpu, root, fault,
                        lambda parent, gfn, level: tdp.pool.alloc_page((parent.role & ~0xF) | level, gfn, True))
-
