@@ -15,25 +15,21 @@ page-fault path) it visits the zero entries too, as kvm_tdp_mmu_map needs.
 
 from __future__ import annotations
 
-from kvmdbg.mmu.mmu_internal import role_level
-from kvmdbg.mmu.spte import is_last_spte, is_shadow_present_pte, spte_to_pfn
+from kvmdbg.bits import UNPACK_FROM
+from kvmdbg.mmu.mmu_internal import ROLE_LEVEL_MASK
+from kvmdbg.mmu.spte import PFN_MASK, PT_PAGE_SIZE, SPTE_MMU_PRESENT
+
+_U64 = UNPACK_FROM[8]
 
 GFN_LIMIT = 1 << 40            # above any gfn a 52-bit guest-physical space has
 
 
 class TdpIter:
-    """Where the walk stands: the table (sp), the entry's index in it, the SPTE as read,
-    the first gfn the entry maps and its level (struct tdp_iter's sptep, old_spte, gfn,
-    level)."""
+    """Where the walk stands (struct tdp_iter): the table (sp), the entry's index in it,
+    the SPTE as read (old_spte), the first gfn the entry maps and its level. As in the
+    kernel, the walk moves one iterator: read its fields before the next step."""
 
     __slots__ = ("sp", "index", "old_spte", "gfn", "level")
-
-    def __init__(self, sp, index: int, old_spte: int, gfn: int, level: int):
-        self.sp = sp
-        self.index = index
-        self.old_spte = old_spte
-        self.gfn = gfn
-        self.level = level
 
     def __repr__(self) -> str:
         return (f"TdpIter(level={self.level}, index={self.index}, gfn={self.gfn:#x}, "
@@ -49,44 +45,58 @@ def nonzero_entries(sp):
 
 
 def read_spte(sp, index: int) -> int:
-    return memoryview(sp.spt).cast("Q")[index]
+    return _U64(sp.spt, index << 3)[0]
+
+
+def _steps_down(spte: int, level: int) -> bool:
+    return bool(spte & SPTE_MMU_PRESENT) and level > 1 and not spte & PT_PAGE_SIZE
 
 
 def for_each_tdp_pte(pages, root, start: int = 0, end: int = GFN_LIMIT, min_level: int = 1):
-    """Yield a TdpIter for each SPTE under root overlapping [start, end), in pre-order,
+    """Yield the iterator at each SPTE under root overlapping [start, end), in pre-order,
     not stepping down below min_level (for_each_tdp_pte_min_level). `pages` maps a
     table's pfn to its MmuPage."""
-    one_gfn = end - start == 1
-    stack = [_entries(root, start, end, one_gfn)]
+    it = TdpIter()
+    if end - start == 1:
+        # One gfn (the page-fault path): one entry a level, zero entries included.
+        sp = root
+        while True:
+            level = sp.role & ROLE_LEVEL_MASK
+            span = 9 * (level - 1)
+            i = (start >> span) & 511
+            it.sp, it.index, it.gfn, it.level = sp, i, sp.gfn + (i << span), level
+            it.old_spte = _U64(sp.spt, i << 3)[0]
+            yield it
+            if level <= min_level:
+                return
+            spte = _U64(sp.spt, i << 3)[0]                   # it may have changed
+            if not _steps_down(spte, level):
+                return
+            sp = pages.get((spte & PFN_MASK) >> 12)          # try_step_down
+            if sp is None:
+                return
+    stack = [(root, nonzero_entries(root))]
     while stack:
-        it = next(stack[-1], None)
-        if it is None:
-            stack.pop()                                          # step up
+        sp, entries = stack[-1]
+        level = sp.role & ROLE_LEVEL_MASK
+        span = 9 * (level - 1)
+        for i, spte in entries:                              # try_step_side
+            gfn = sp.gfn + (i << span)
+            if gfn >= end:
+                break
+            if gfn + (1 << span) <= start:
+                continue
+            it.sp, it.index, it.old_spte, it.gfn, it.level = sp, i, spte, gfn, level
+            yield it
+            if level > min_level:
+                spte = _U64(sp.spt, i << 3)[0]               # it may have changed
+                if _steps_down(spte, level):
+                    child = pages.get((spte & PFN_MASK) >> 12)
+                    if child is not None:                    # try_step_down
+                        stack.append((child, nonzero_entries(child)))
+                        break
+        else:
+            stack.pop()                                      # step up
             continue
-        yield it
-        level = it.level
-        if level <= min_level:
-            continue
-        spte = read_spte(it.sp, it.index)                        # it may have changed
-        if is_shadow_present_pte(spte) and not is_last_spte(spte, level):
-            child = pages.get(spte_to_pfn(spte))
-            if child is not None:
-                stack.append(_entries(child, start, end, one_gfn))   # try_step_down
-
-
-def _entries(sp, start: int, end: int, every: bool):
-    level = role_level(sp.role)
-    span = 9 * (level - 1)
-    base = sp.gfn
-    if every:
-        i = (start >> span) & 511
-        if base <= start < base + (512 << span):
-            yield TdpIter(sp, i, read_spte(sp, i), base + (i << span), level)
-        return
-    size = 1 << span
-    for i, spte in nonzero_entries(sp):
-        gfn = base + (i << span)
-        if gfn >= end:
-            return
-        if gfn + size > start:
-            yield TdpIter(sp, i, spte, gfn, level)
+        if stack[-1][0] is sp:                               # ran past end: step up
+            stack.pop()
