@@ -2,7 +2,10 @@
 """Interpreter benchmarks: guest instructions per second and bytes per touched guest page.
 
 Run: python bench/bench_interpreter.py          (about 20 s on the project's 2-core machine)
-Prints one line per figure. Nothing here is asserted: targets live in the README.
+     python bench/bench_interpreter.py --quick  (small parameters: checks the figures run)
+Prints the reference loop's time (bench/reference_loop.py), then one line per figure with
+the work it measured and, for speeds, the figure divided by the reference loop's. Nothing
+here is asserted: targets live in the README.
 """
 
 from __future__ import annotations
@@ -14,34 +17,75 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.reference_loop import Reference  # noqa: E402
 from kvmdbg.cpu.executor import run  # noqa: E402
 from kvmdbg.kvm.boot import Program, boot  # noqa: E402
 from kvmdbg.kvm.vm import Vm  # noqa: E402
 
-# Hand-assembled so the benchmark needs nothing but kvmdbg (sources in the comments).
-ALU_LOOP = bytes.fromhex(
-    "48c7c1c0c62d00"      # mov rcx, 3000000
-    "4801c8"              # l: add rax, rcx
-    "4831c3"              #    xor rbx, rax
-    "4883ea01"            #    sub rdx, 1
-    "4c8d0418"            #    lea r8, [rax + rbx]
-    "49c1e003"            #    shl r8, 3
-    "48ffc9"              #    dec rcx
-    "75e9"                #    jnz l
-    "f4")                 # hlt
+# Hand-assembled so the benchmark needs nothing but kvmdbg; the sources are below (and
+# tests/test_bench_smoke.py assembles them to check the bytes).
+ALU_SOURCE = """
+    mov rcx, {iterations}
+l:  add rax, rcx
+    xor rbx, rax
+    sub rdx, 1
+    lea r8, [rax + rbx]
+    shl r8, 3
+    dec rcx
+    jnz l
+    hlt
+"""
 
-MEM_LOOP = bytes.fromhex(
-    "48c7c1a0860100"      # mov rcx, 100000
-    "48c7c600002000"      # l: mov rsi, 0x200000
-    "ba10000000"          #    mov edx, 16
-    "48890e"              # t: mov [rsi], rcx
-    "48034608"            #    add rax, [rsi + 8]
-    "4881c600100000"      #    add rsi, 0x1000
-    "ffca"                #    dec edx
-    "75ee"                #    jnz t
-    "48ffc9"              #    dec rcx
-    "75dd"                #    jnz l
-    "f4")                 # hlt
+MEM_SOURCE = """
+    mov rcx, {iterations}
+l:  mov rsi, 0x200000
+    mov edx, 16
+t:  mov [rsi], rcx
+    add rax, [rsi + 8]
+    add rsi, 0x1000
+    dec edx
+    jnz t
+    dec rcx
+    jnz l
+    hlt
+"""
+
+
+def _imm32(n: int) -> str:
+    return n.to_bytes(4, "little").hex()
+
+
+def alu_loop(iterations: int) -> bytes:
+    return bytes.fromhex(
+        "48c7c1" + _imm32(iterations) +   # mov rcx, iterations
+        "4801c8"              # l: add rax, rcx
+        "4831c3"              #    xor rbx, rax
+        "4883ea01"            #    sub rdx, 1
+        "4c8d0418"            #    lea r8, [rax + rbx]
+        "49c1e003"            #    shl r8, 3
+        "48ffc9"              #    dec rcx
+        "75e9"                #    jnz l
+        "f4")                 # hlt
+
+
+def mem_loop(iterations: int) -> bytes:
+    return bytes.fromhex(
+        "48c7c1" + _imm32(iterations) +   # mov rcx, iterations
+        "48c7c600002000"      # l: mov rsi, 0x200000
+        "ba10000000"          #    mov edx, 16
+        "48890e"              # t: mov [rsi], rcx
+        "48034608"            #    add rax, [rsi + 8]
+        "4881c600100000"      #    add rsi, 0x1000
+        "ffca"                #    dec edx
+        "75ee"                #    jnz t
+        "48ffc9"              #    dec rcx
+        "75dd"                #    jnz l
+        "f4")                 # hlt
+
+
+# The parameters of a run: loop iterations, and guest pages touched for the memory figure.
+FULL = {"alu_iterations": 3_000_000, "mem_iterations": 100_000, "pages": 4096}
+QUICK = {"alu_iterations": 2_000, "mem_iterations": 100, "pages": 64}
 
 
 def measure(code: bytes, steps: int) -> tuple[float, int]:
@@ -75,13 +119,21 @@ def startup_seconds() -> float:
     return time.perf_counter() - t
 
 
-def main() -> int:
-    ips, n = measure(ALU_LOOP, 30_000_000)
-    print(f"alu loop:         {ips / 1e6:6.2f} M guest instructions/s ({n} instructions)")
-    ips, n = measure(MEM_LOOP, 30_000_000)
-    print(f"memory loop:      {ips / 1e6:6.2f} M guest instructions/s ({n} instructions, 16 pages)")
-    print(f"host memory:      {bytes_per_page():8.0f} bytes per touched guest page")
-    print(f"boot --mem 1G:    {startup_seconds() * 1000:8.1f} ms")
+def main(argv: list[str] | None = None) -> int:
+    p = QUICK if "--quick" in (sys.argv[1:] if argv is None else argv) else FULL
+    ref = Reference()
+    print(ref.line())
+    for name, code, iterations, what in (
+            ("alu loop:", alu_loop(p["alu_iterations"]), p["alu_iterations"], ""),
+            ("memory loop:", mem_loop(p["mem_iterations"]), p["mem_iterations"], ", 16 pages")):
+        ips, n = measure(code, 1 << 62)                  # each loop ends at its hlt
+        print(f"{name:<17} {ips / 1e6:6.2f} M guest instructions/s ({n:,} instructions, "
+              f"{iterations:,} iterations{what}) = {ref.per_loop(ips) / 1e6:.3f} M per reference loop")
+    print(f"host memory:      {bytes_per_page(p['pages']):8.0f} bytes per touched guest page "
+          f"({p['pages']:,} pages)")
+    boot_s = startup_seconds()
+    print(f"boot --mem 1G:    {boot_s * 1000:8.1f} ms = {ref.loops(boot_s):.3f} reference loops")
+    print(ref.end_line())
     return 0
 
 

@@ -69,3 +69,12 @@ def run_cli(*args, stdin=None, env=None, encoding="utf-8"):
                        input=None if stdin is None else stdin.encode(encoding), env=e,
                        cwd=Path(__file__).resolve().parent.parent, timeout=300)
     return p.returncode, p.stdout.decode(encoding), p.stderr.decode(encoding)
+
+
+def ept_sptes(gfns) -> int:
+    """SPTEs that map the guest frames gfns with 4 KiB leaves in a 4-level EPT: a leaf per
+    frame plus the non-leaf entries that reach them, one per distinct PML4, PDPT and PD
+    index (SDM 28.3.2, 2016 edition: gpa bits 47:39, 38:30 and 29:21, i.e. gfn >> 27,
+    gfn >> 18 and gfn >> 9)."""
+    gfns = set(gfns)
+    return len(gfns) + sum(len({g >> shift for g in gfns}) for shift in (27, 18, 9))

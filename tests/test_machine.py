@@ -71,6 +71,8 @@ def test_mmio_reads_all_ones_and_writes_are_recorded():
 
 def test_self_modifying_code_is_seen_at_once():
     # The loop rewrites the immediate of 'mov eax, imm32' that runs right after the store.
+    # EDX keeps each pass's value in its own hex digit (a plain sum could not tell stale
+    # code from new: 0 + 3 + 3 == 3 + 2 + 1).
     src = """
         mov ecx, 3
     top:
@@ -78,14 +80,15 @@ def test_self_modifying_code_is_seen_at_once():
         mov dword ptr [rbx], ecx
     target:
         mov eax, 0
-        add edx, eax
+        shl edx, 4
+        or edx, eax
         dec ecx
         jnz top
         hlt
     """
     vm, cpu = machine(src)
     assert run(cpu, 1000) == "halted"
-    assert cpu.r[2] == 3 + 2 + 1
+    assert cpu.r[2] == 0x321
     assert vm.decode_cache.dropped > 0
 
 

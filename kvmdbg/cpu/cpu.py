@@ -2,8 +2,26 @@
 
 Memory access has a fast path per access kind: dicts from guest page number to
 host page, valid for the current mode only (CPL, CR0/CR3/CR4, EFER, AC, PKRU,
-the EPT root). Anything that changes the mode or flushes the TLB clears them
-(``flush_fast``). A miss goes to the TLB, then the page walker.
+the EPT root). A miss goes to the TLB, then the page walker.
+
+Every cache of the simulation, and the one place that invalidates it:
+
+- fast_r / fast_w / fast_x and the selected mode: ``flush_fast``, called by the
+  mode-register setters below (set_cr0/cr3/cr4/efer/pkru/cs/hw_cr0_on, set_rflags
+  for AC), by the TLB after every invalidation (Tlb.on_invalidate), by the vCPU
+  when it loads another EPT root (Vcpu.load_mmu_pgd) and by KVM's emulator, which
+  needs every access on its slow path (kvm/emulate.py);
+- icache / bcache (rip -> handler): never dropped; a handler is used only while
+  its code page is in fast_x, so each is re-validated after a flush;
+- the walk memo (per mode in _modes): the decode cache's pt_generation (a write to
+  a paging structure) and the shared gpa generation (kvmdbg/generation.py: an SPTE
+  or a memslot changed), compared on each TLB miss;
+- the decode cache (decoded instructions and block handlers per (gva, hpa)):
+  DecodeCache.note_write, on a write to a page that holds decoded code;
+- the hardware TLB: only the architectural flushes (SDM 4.10.4, INVEPT/INVVPID);
+- outside cpu/: the EPT walk memo (cpu/vmx.py EptHardware: the gpa generation),
+  Vm.host_page_of's gfn cache (the memslots' generation), the role memo of
+  kvm_init_mmu (a pure function of its key: never invalidated).
 """
 
 from __future__ import annotations
@@ -15,12 +33,10 @@ from kvmdbg.cpu.faults import (ACC_IMPLICIT, GP, PF, PFERR_FETCH, PFERR_USER, PF
                                UD, GuestFault)
 from kvmdbg.cpu.regs import AC, CR0_ET, CR0_PE, CR0_PG, CR4_PCIDE, CR4_PGE, RFLAGS_FIXED
 from kvmdbg.cpu.tlb import GLOBAL, Tlb
-from kvmdbg.cpu.translate import generate, make_handler
+from kvmdbg.cpu.translate import form_block, generate, make_handler
 from kvmdbg.cpu.vmx import EXCEPTION_NMI, VmExit
 from kvmdbg.cpu.walker import access_error, walk
-from kvmdbg.errors import UnsupportedInstruction
 
-MAX_BLOCK = 32
 _MAX_MEMO_MODES = 64          # modes (each with its walk memo) kept; a bound, not a policy
 
 _materialize = _flags.materialize
@@ -84,6 +100,7 @@ class Cpu:
         self.stop_reason = None
         self.delivering = None         # vector being delivered (double-fault rules)
         self.tlb = Tlb()
+        self.tlb.on_invalidate = self.flush_fast   # fast paths are copies of TLB entries
         self.decode_cache = decode_cache
         self.translator = translator
         self.decoder = Decoder()
@@ -119,7 +136,66 @@ class Cpu:
 
     def set_rflags(self, value: int) -> None:
         self.lf = None
+        if (value ^ self.rflags) & AC:            # AC is part of the mode (SMAP)
+            self.flush_fast()
         self.rflags = value | RFLAGS_FIXED
+
+    # Every write of a register the mode depends on goes through one of these (a test
+    # checks that nothing else assigns them), so the fast paths never outlive their mode.
+
+    def set_cr0(self, value: int) -> None:
+        if value != self.cr0:
+            self.cr0 = value
+            self.flush_fast()
+
+    def set_cr3(self, value: int) -> None:
+        if value != self.cr3:
+            self.cr3 = value
+            self.flush_fast()
+
+    def set_cr4(self, value: int) -> None:
+        if value != self.cr4:
+            self.cr4 = value
+            self.flush_fast()
+
+    def set_efer(self, value: int) -> None:
+        if value != self.efer:
+            self.efer = value
+            self.flush_fast()
+
+    def set_pkru(self, value: int) -> None:
+        if value != self.pkru:
+            self.pkru = value
+            self.flush_fast()
+
+    def set_cs(self, selector: int) -> None:
+        """CS; a change of CPL (its low bits) changes the mode."""
+        if (selector ^ self.cs) & 3:
+            self.flush_fast()
+        self.cs = selector
+
+    def set_hw_cr0_on(self, bits: int) -> None:
+        if bits != self.hw_cr0_on:
+            self.hw_cr0_on = bits
+            self.flush_fast()
+
+    # --- run control, for the hypervisor and the debugger ---
+
+    def request_stop(self, reason) -> None:
+        """End the run loop after the current instruction, with this reason."""
+        self.pending = True
+        self.stop_reason = reason
+
+    def withdraw_stop(self, reason) -> None:
+        """Forget a stop requested with this reason that no run took."""
+        if self.stop_reason == reason:
+            self.pending = False
+            self.stop_reason = None
+
+    def set_single_step(self, on: bool) -> None:
+        """One instruction per handler call, so a stop requested by an instruction's side
+        effect is taken right after it, not at the end of its block."""
+        self.single_step = on
 
     # --- fast paths ---
 
@@ -242,7 +318,6 @@ class Cpu:
     def _fault_flush(self, vpn: int, pcid: int) -> None:
         """A #PF invalidates the TLB entries for the faulting address (SDM 4.10.4.2)."""
         self.tlb.flush_page(self.vpid, pcid, vpn, True)
-        self.flush_fast()
 
     # --- data access ---
 
@@ -466,8 +541,7 @@ class Cpu:
         return h
 
     def fetch_block(self, rip: int):
-        """The basic-block handler starting at rip: straight-line code up to a control
-        transfer, a mode-changing instruction, the end of the page or MAX_BLOCK."""
+        """The block handler starting at rip (translate.form_block says where it ends)."""
         dc = self.decode_cache
         # _known_handler, inlined: this runs after every flush. Calling it (together with
         # Tlb.flush_ep4ta going through _drop) measured 8% slower SMEP flips.
@@ -482,22 +556,9 @@ class Cpu:
         if h is None and len(code.pages) > 1:
             h = dc.blocks[key] = make_handler([code])    # crosses a page: alone, never in bcache
         elif h is None:
-            codes = [code]
-            pages = set(code.pages)
-            nxt = (rip + code.d.length) & M64
-            while not (codes[-1].ends or codes[-1].stops) and len(codes) < MAX_BLOCK \
-                    and nxt >> 12 == rip >> 12:
-                try:
-                    _k, c = self._insn_code(nxt)
-                except (GuestFault, UnsupportedInstruction):
-                    break           # raised again, precisely, when execution gets there
-                if c.sync or len(c.pages) > 1:
-                    break
-                codes.append(c)
-                pages.update(c.pages)
-                nxt = (nxt + c.d.length) & M64
+            codes = form_block(code, lambda a: self._insn_code(a)[1])
             h = dc.blocks[key] = make_handler(codes, loop=True)
-            dc.track(key, sorted(pages))
+            dc.track(key, sorted({p for c in codes for p in c.pages}))
         if len(code.pages) == 1:        # the run loop re-validates only a bcache entry's first page
             self.bcache[rip] = h
         return h

@@ -8,16 +8,12 @@ faulting instruction and ``h.index`` says how many before it retired.
 
 from __future__ import annotations
 
-from kvmdbg.cpu.cpu import MAX_BLOCK
+from kvmdbg.cpu.translate import MAX_BLOCK
 from kvmdbg.cpu.faults import GuestFault, TripleFault
 from kvmdbg.cpu.interrupts import deliver
 from kvmdbg.cpu.vmx import VmExit
 
-STEP_LIMIT = "step-limit"
-VMEXIT = "vmexit"            # a CpuOps stop reason: the vCPU left guest mode
-BREAKPOINT = "breakpoint"
-HALTED = "halted"
-SHUTDOWN = "shutdown"
+from kvmdbg.stop_reason import BREAKPOINT, HALTED, SHUTDOWN, STEP_LIMIT, VMEXIT
 
 
 def run(cpu, max_steps: int, breakpoints=None, skip_first: bool = True) -> str:

@@ -1,5 +1,9 @@
 """Architectural exceptions raised inside the interpreter and delivered through the IDT."""
 
+# Page-fault error code bits (SDM 4.7; KVM's PFERR_* names), defined in kvmdbg/arch.
+from kvmdbg.arch.kvm_host import (PFERR_FETCH, PFERR_PK, PFERR_PRESENT,  # noqa: F401
+                                  PFERR_RSVD, PFERR_USER, PFERR_WRITE)
+
 DE, DB, NMI, BP, OF_, BR, UD, NM, DF, TS, NP, SS, GP, PF, MF, AC_, MC = (
     0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 16, 17, 18)
 
@@ -12,13 +16,6 @@ HAS_ERROR_CODE = frozenset({DF, TS, NP, SS, GP, PF, AC_})
 # Contributory exceptions for the double-fault rules (SDM Vol. 3A, Table 6-4/6-5).
 CONTRIBUTORY = frozenset({DE, TS, NP, SS, GP})
 
-# Page-fault error code bits (also KVM's PFERR_* names).
-PFERR_PRESENT = 1 << 0
-PFERR_WRITE = 1 << 1
-PFERR_USER = 1 << 2
-PFERR_RSVD = 1 << 3
-PFERR_FETCH = 1 << 4
-PFERR_PK = 1 << 5
 # Not an architectural bit: marks implicit supervisor accesses (GDT/IDT/TSS reads)
 # in the access word handed to the walker; never appears in an error code.
 ACC_IMPLICIT = 1 << 16

@@ -89,28 +89,22 @@ def _push_frame(cpu, vector: int, code: int | None) -> None:
     # The writes are supervisor accesses to the new stack. The CPU's fast paths are
     # per-CPL, so they are dropped around a temporary CPL change.
     saved_cs = cpu.cs
-    cpu.cs = (cpu.cs & ~3) | new_cpl
-    if new_cpl != old_cpl:
-        cpu.flush_fast()
+    cpu.set_cs((cpu.cs & ~3) | new_cpl)
     try:
         for value in frame:
             rsp = (rsp - 8) & M64
             cpu.wr(rsp, 8, value)
     except BaseException:         # a fault, or a VM exit (an EPT violation on the new stack)
-        cpu.cs = saved_cs
-        if new_cpl != old_cpl:
-            cpu.flush_fast()
+        cpu.set_cs(saved_cs)
         raise
     cpu.r[4] = rsp
     cpu.ss = new_ss
-    cpu.cs = selector
+    cpu.set_cs(selector)
     cpu.rip = offset
     keep = ~(TF | NT | RF)
     if gate_type == 0xE:
         keep &= ~IF
     cpu.set_rflags(rflags & keep)
-    if new_cpl != old_cpl:
-        cpu.flush_fast()
 
 
 # RFLAGS bits IRETQ loads in 64-bit mode at any CPL (SDM Vol. 2A, IRET: CF PF AF ZF SF TF
@@ -143,9 +137,7 @@ def iretq(cpu) -> None:
         keep_mask |= IOPL | VIF | VIP
     new_flags = (old_flags & ~keep_mask & ~VM) | (rflags & keep_mask)
     cpu.rip = rip
-    cpu.cs = cs
+    cpu.set_cs(cs)
     cpu.ss = ss
     cpu.r[4] = new_rsp
     cpu.set_rflags(new_flags)
-    if new_cpl != old_cpl or (old_flags ^ new_flags) & AC:
-        cpu.flush_fast()

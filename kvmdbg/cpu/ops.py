@@ -43,3 +43,21 @@ class CpuOps(Protocol):
     def hlt(self, cpu) -> None: ...
 
     def vmcall(self, cpu) -> None: ...
+
+    def handle_exit(self, cpu, exit_) -> None:
+        """A VmExit raised in the middle of an instruction (an EPT violation or misconfig,
+        a #PF intercept): the hypervisor handles it; raising GuestFault injects one."""
+
+    def invlpg(self, cpu, va: int) -> None:
+        """INVLPG with INVLPG exiting on (shadow paging): the hypervisor invalidates."""
+
+    def reenter(self) -> bool:
+        """Optional: after a VM exit the run loop calls it to enter guest mode again at
+        once; True if it did (the run goes on), False to stop with the exit."""
+
+    # Shadow paging only (walker.walk_shadow walks the hypervisor's tables in host memory):
+    host_pages: dict          # pfn -> bytearray
+
+    def hpa_to_gpa(self, hpa: int) -> int:
+        """The guest-physical address behind a host page the shadow tables map."""
+

@@ -101,16 +101,16 @@ def arch_set_cr(cpu, n: int, value: int) -> None:
     if n == 0:
         check_cr0(cpu, value)
         old = cpu.cr0
-        cpu.cr0 = value | CR0_ET
+        cpu.set_cr0(value | CR0_ET)
         cr0_flush(cpu, old, cpu.cr0)
     elif n == 3:
         stored = check_cr3(cpu, value)
-        cpu.cr3 = stored
+        cpu.set_cr3(stored)
         cr3_flush(cpu, value)
     elif n == 4:
         check_cr4(cpu, value)
         old = cpu.cr4
-        cpu.cr4 = value
+        cpu.set_cr4(value)
         cr4_flush(cpu, old, value)
     elif n == 8:
         if value & ~0xF:
@@ -118,12 +118,10 @@ def arch_set_cr(cpu, n: int, value: int) -> None:
         cpu.cr8 = value
     else:
         raise GuestFault(GP, 0)
-    cpu.flush_fast()
 
 
 def arch_set_efer(cpu, value: int) -> None:
-    cpu.efer = check_efer(cpu, value)
-    cpu.flush_fast()
+    cpu.set_efer(check_efer(cpu, value))
 
 
 def rdmsr(cpu, index: int) -> int:
@@ -179,7 +177,6 @@ def invlpg(cpu, va: int) -> None:
         return
     if canonical(va):
         cpu.tlb.flush_page(cpu.vpid, cpu.pcid, va >> 12, True)
-    cpu.flush_fast()
 
 
 def invpcid(cpu, kind: int, desc_lo: int, desc_hi: int) -> None:
@@ -199,4 +196,3 @@ def invpcid(cpu, kind: int, desc_lo: int, desc_hi: int) -> None:
         tlb.flush_vpid(cpu.vpid, include_global=True)
     else:
         tlb.flush_vpid(cpu.vpid, include_global=False)
-    cpu.flush_fast()

@@ -14,6 +14,10 @@ from __future__ import annotations
 GLOBAL = -1          # the PCID tag of global entries (usable with any PCID)
 
 
+def _nothing() -> None:
+    pass
+
+
 class TlbEntry:
     __slots__ = ("vpn", "page", "hpa", "gpa", "user", "writable", "nx", "dirty", "glob",
                  "pkey", "size_shift", "ept_w", "ept_x")
@@ -44,6 +48,9 @@ class Tlb:
         self.large_tags: set = set()    # contexts that may hold pieces of large pages
         self.fills = 0
         self.flushes = 0
+        # Called after every invalidation: the owner's copies of entries (the CPU's fast
+        # paths) go with them.
+        self.on_invalidate = _nothing
 
     def __len__(self) -> int:
         return sum(len(c) for c in self.contexts.values())
@@ -96,6 +103,7 @@ class Tlb:
                 n += len(self.contexts.pop(tag))
                 self.large_tags.discard(tag)
         self.flushes += 1
+        self.on_invalidate()
         return n
 
     def flush_page(self, vpid: int, pcid: int, vpn: int, include_global: bool) -> int:
@@ -120,6 +128,7 @@ class Tlb:
             if tag in self.large_tags:
                 n += self._drop_large(ctx, vpn)
         self.flushes += 1
+        self.on_invalidate()
         return n
 
     @staticmethod
@@ -151,6 +160,7 @@ class Tlb:
                 n += len(contexts.pop(tag))
                 self.large_tags.discard(tag)
         self.flushes += 1
+        self.on_invalidate()
         return n
 
     def flush_all(self) -> int:
@@ -158,4 +168,5 @@ class Tlb:
         self.contexts.clear()
         self.large_tags.clear()
         self.flushes += 1
+        self.on_invalidate()
         return n

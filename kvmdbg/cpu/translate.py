@@ -17,17 +17,23 @@ from kvmdbg.cpu.faults import GuestFault
 from kvmdbg.cpu.regs import SUBREGS
 from kvmdbg.errors import UnsupportedInstruction
 
-EMITTERS: dict = {}
+EMITTERS: dict = {}           # mnemonic -> (emitter, stops, sync)
+MAX_BLOCK = 32                # instructions per block handler
 
 # Base registers whose memory operands default to the stack segment (SDM Vol. 1 3.7.5).
 _SS_BASES = frozenset({"rsp", "rbp", "esp", "ebp"})
 
 
-def handles(*mnemonics: str):
-    """Register an emitter for mnemonics (capstone's spelling, without prefixes)."""
+def handles(*mnemonics: str, stops: bool = False, sync: bool = False):
+    """Register an emitter for mnemonics (capstone's spelling, without prefixes).
+
+    stops: the instruction may change the mode (translations, permissions, CPL) or hand
+    control to the outside although it falls through, so its block ends after it.
+    sync: it reads the step count, so it is always first in its block (the count is exact).
+    Facts that depend on the operands the emitter states itself (Gen.stop_block)."""
     def register(fn):
         for m in mnemonics:
-            EMITTERS[m] = fn
+            EMITTERS[m] = (fn, stops, sync)
         return fn
     return register
 
@@ -42,6 +48,8 @@ class Gen:
         self._n = 0
         self._addr: dict[int, str] = {}
         self.ends_block = False    # set by emitters that set cpu.rip themselves
+        self.stops_block = False   # see handles(stops=...); set by stop_block()
+        self.writes = False        # writes memory (set by store() and writes_memory())
 
     # --- plumbing ---
 
@@ -57,6 +65,15 @@ class Gen:
 
     def unsupported(self):
         raise UnsupportedInstruction(self.d.address, self.d.text)
+
+    def stop_block(self) -> None:
+        """This form may change the mode: the block ends after it (as handles(stops=True))."""
+        self.stops_block = True
+
+    def writes_memory(self) -> None:
+        """The emitted code writes guest memory other than through store() (cpu.wr in a
+        loop, a helper), so a block checks for self-modification after it."""
+        self.writes = True
 
     # --- operands ---
 
@@ -138,6 +155,7 @@ class Gen:
 
     def store(self, a: str, n: int, value: str, ss: bool = False) -> None:
         """Inline fast path of cpu.wr (ss as for load)."""
+        self.writes = True
         p, o = self.tmp(), self.tmp()
         self.emit(f"{p} = cpu.fast_w.get({a} >> 12); {o} = {a} & 0xfff")
         put = f"{p}[{o}] = {value}" if n == 1 else f"P{n}({p}, {o}, {value})"
@@ -198,14 +216,6 @@ def _globals() -> dict:
 
 _GLOBALS: dict | None = None
 
-# Instructions after which a block must end although they fall through: they can
-# change the mode (translations, permissions, CPL) or hand control to the outside.
-_STOPS = frozenset({"wrmsr", "invlpg", "invpcid", "popfq", "popf", "lgdt", "lidt",
-                    "cli", "sti", "in", "cpuid", "stac", "clac", "wrpkru"})
-_SPECIAL_REGS = frozenset({"cr0", "cr2", "cr3", "cr4", "cr8", "cs", "ds", "es", "fs", "gs", "ss"})
-# Instructions that read the step count: always first in their block, so it is exact.
-_SYNC = frozenset({"rdtsc", "rdmsr"})
-
 
 class InsnCode:
     """One instruction's generated source and how it may sit in a block."""
@@ -226,9 +236,10 @@ def generate(d) -> InsnCode:
     """Decoded -> InsnCode. Raises UnsupportedInstruction for unknown mnemonics."""
     if not EMITTERS:
         from kvmdbg.cpu import insns  # noqa: F401  (fills EMITTERS)
-    emit = EMITTERS.get(d.mnemonic)
-    if emit is None:
+    entry = EMITTERS.get(d.mnemonic)
+    if entry is None:
         raise UnsupportedInstruction(d.address, d.text)
+    emit, stops, sync = entry
     g = Gen(d)
     try:
         emit(g)
@@ -241,10 +252,30 @@ def generate(d) -> InsnCode:
     ends = g.ends_block
     if not ends:
         g.emit(f"cpu.rip = {g.next_rip}")
-    writes = any("cpu.wr(" in line or "cpu.write_miss" in line or "system." in line or "interrupts." in line for line in g.lines)
-    stops = d.mnemonic in _STOPS or (d.mnemonic == "mov" and any(
-        o.kind == "reg" and o.reg in _SPECIAL_REGS for o in d.operands))
-    return InsnCode(d, g.lines, ends, stops, d.mnemonic in _SYNC, writes)
+    return InsnCode(d, g.lines, ends, stops or g.stops_block, sync, g.writes)
+
+
+def form_block(first: InsnCode, code_at) -> list:
+    """The instructions of the block that starts with `first`: straight-line code up to a
+    control transfer, a mode-changing instruction, the end of the page or MAX_BLOCK.
+    code_at(address) fetches the InsnCode at an address (it may fault: the block then
+    ends before it, and the fault is raised again, precisely, when execution gets there).
+    An instruction that must start its block, or that crosses into another page, starts
+    the next block instead."""
+    codes = [first]
+    start = first.d.address
+    nxt = (start + first.d.length) & M64
+    while not (codes[-1].ends or codes[-1].stops) and len(codes) < MAX_BLOCK \
+            and nxt >> 12 == start >> 12:
+        try:
+            c = code_at(nxt)
+        except (GuestFault, UnsupportedInstruction):
+            break
+        if c.sync or len(c.pages) > 1:
+            break
+        codes.append(c)
+        nxt = (nxt + c.d.length) & M64
+    return codes
 
 
 def _compile(src: str, name: str):

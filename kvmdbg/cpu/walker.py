@@ -14,9 +14,10 @@ from kvmdbg.cpu.faults import (ACC_IMPLICIT, PF, PFERR_FETCH, PFERR_PK, PFERR_PR
 from kvmdbg.cpu.regs import (AC, CR0_PG, CR0_WP, CR4_PKE, CR4_PGE, CR4_SMAP, CR4_SMEP,
                              EFER_LMA, EFER_NXE, MAXPHYADDR)
 from kvmdbg.cpu.tlb import TlbEntry
+from kvmdbg.arch.pgtable_types import (PAGE_ACCESSED as A, PAGE_DIRTY as D, PAGE_GLOBAL as G,
+                                       PAGE_NX as XD, PAGE_PRESENT as P, PAGE_PSE as PS,
+                                       PAGE_RW as RW, PAGE_USER as US)
 
-P, RW, US, PWT, PCD, A, D, PS, G = (1 << i for i in range(9))
-XD = 1 << 63
 ADDR_MASK = mask(MAXPHYADDR - 1, 12)
 RSVD_HIGH = mask(51, MAXPHYADDR)           # bits MAXPHYADDR..51 must be zero
 RSVD_2M = mask(20, 13)                     # low address bits of a 2 MiB leaf

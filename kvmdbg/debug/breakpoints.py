@@ -7,8 +7,8 @@ is tested first, then the hit is counted, then the ignore count is used up.
 
 Catchpoints listen on the VM's event bus only while at least one is enabled:
 subscribing makes every emitter build its event, which costs time in hot paths.
-When one fires during a run, the vCPU the event names gets cpu.pending with
-stop_reason 'catchpoint', so the run loop stops after the current instruction.
+When one fires during a run, the vCPU the event names is asked to stop
+(Cpu.request_stop(CATCHPOINT)), so the run loop stops after the current instruction.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from kvmdbg.debug import catchpoints
 from kvmdbg.debug.expr import ExprError, parse
 from kvmdbg.errors import CommandError, KvmdbgError
+from kvmdbg.stop_reason import CATCHPOINT
 
-CATCHPOINT = "catchpoint"
 
 
 @dataclass
@@ -263,8 +263,7 @@ class BreakpointTable:
             self.caught.append((cp, ev, err))
             vcpus = self.s.vm.vcpus
             v = vcpus[ev.vcpu] if 0 <= ev.vcpu < len(vcpus) else vcpus[self.s.current]
-            v.cpu.pending = True
-            v.cpu.stop_reason = CATCHPOINT
+            v.cpu.request_stop(CATCHPOINT)
 
 
 MAX_NUMBER = 2**31 - 1          # gdb's breakpoint numbers are C ints

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from kvmdbg.cpu import vmx
 from kvmdbg.kvm.boot import make_vm, resolve_machine
-from kvmdbg.kvm.scheduler import INTERRUPTED, run_vm
+from kvmdbg.kvm.scheduler import run_vm
+from kvmdbg.stop_reason import HALTED, INTERRUPTED
 
 
 @dataclass
@@ -38,15 +39,15 @@ def run_one(program, profile_name: str, vcpus: int, mem, arg: int, knobs=(),
     if len(vm.markers) >= 3:              # a marker per loop iteration
         iterations, unit = len(vm.markers) - 1, "marker interval"
         cycles = vm.markers[-1][2] - vm.markers[0][2]
-    elif vm.stats["cr4_writes"]:
-        iterations, unit = vm.stats["cr4_writes"], "CR4 write"
-    elif vm.stats["cr0_writes"]:
-        iterations, unit = vm.stats["cr0_writes"], "CR0 write"
+    elif vm.stats["kvmdbg_cr4_writes"]:
+        iterations, unit = vm.stats["kvmdbg_cr4_writes"], "CR4 write"
+    elif vm.stats["kvmdbg_cr0_writes"]:
+        iterations, unit = vm.stats["kvmdbg_cr0_writes"], "CR0 write"
     else:
         iterations, unit = 1, "run"
     by_reason = {vmx.EXIT_NAMES.get(r, str(r)): n for r, n in sorted(vm.exit_reasons.items())}
     stats = dict(vm.stats)
-    stats["instructions"] = sum(v.cpu.steps for v in vm.vcpus)
+    stats["kvmdbg_instructions"] = sum(v.cpu.steps for v in vm.vcpus)
     return Result(vm.profile.name, reason, cycles, iterations, unit, stats, by_reason)
 
 
@@ -66,23 +67,23 @@ def run_all(program, names, vcpus: int, mem, arg: int, knobs=(), max_steps: int 
 
 def interrupted_line(results, not_run) -> str:
     last = results[-1]
-    steps = last.stats.get("instructions", 0)
+    steps = last.stats.get("kvmdbg_instructions", 0)
     rest = f"; not run: {', '.join(not_run)}" if not_run else ""
     return f"Interrupted: {last.profile} stopped after {steps:,} instructions{rest}."
 
 
 ROWS = (
-    ("roots allocated", "roots_allocated"),
-    ("roots freed", "roots_freed"),
-    ("EPT violations", "ept_violations"),
-    ("SPTEs created", "sptes_created"),
-    ("SPTEs zapped", "sptes_zapped"),
-    ("MMU resets", "mmu_resets"),
-    ("INVEPT", "invept"),
-    ("INVVPID", "invvpid"),
+    ("roots allocated", "kvmdbg_roots_allocated"),
+    ("roots freed", "kvmdbg_roots_freed"),
+    ("EPT violations", "kvmdbg_ept_violations"),
+    ("SPTEs created", "kvmdbg_sptes_created"),
+    ("SPTEs zapped", "kvmdbg_sptes_zapped"),
+    ("MMU resets", "kvmdbg_mmu_resets"),
+    ("INVEPT", "kvmdbg_invept"),
+    ("INVVPID", "kvmdbg_invvpid"),
     ("remote TLB flushes", "remote_tlb_flush"),
-    ("worker cycles", "worker_cycles"),
-    ("instructions", "instructions"),
+    ("worker cycles", "kvmdbg_worker_cycles"),
+    ("instructions", "kvmdbg_instructions"),
 )
 
 
@@ -123,6 +124,6 @@ def format_table(results: list) -> list:
     for label, key in ROWS:
         row(label, [r.stats.get(key, 0) for r in results])
     ends = {r.reason for r in results}
-    if ends != {"halted"}:
+    if ends != {HALTED}:
         lines.append("runs ended by: " + ", ".join(f"{r.profile}: {r.reason}" for r in results))
     return lines

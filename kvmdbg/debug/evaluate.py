@@ -115,6 +115,7 @@ class Evaluator:
         self.vcpu = session.current if vcpu is None else vcpu
         self.event = event          # the event a catchpoint condition is tested on
         self.effects = effects      # False under sizeof: no memory read, no assignment
+        self.shadowed_noted: set = set()    # gfns a write note was given for (assign)
 
     # --- entry points ---
 
@@ -380,7 +381,7 @@ class Evaluator:
         new = yield n.value
         if not self.effects:
             return Value(target.v, target.type)
-        return assign(self.s, target, new)
+        return assign(self.s, target, new, self)
 
 
 def _step(t: Type) -> int:
@@ -399,7 +400,7 @@ _INNER = {Space: Evaluator._space, SizeOf: Evaluator._sizeof, AddrOf: Evaluator.
 
 # --- assignment ---
 
-def assign(s, target: Value, new: Value) -> Value:
+def assign(s, target: Value, new: Value, evaluator=None) -> Value:
     lv = target.lval
     if lv is None:
         raise ExprError("Left operand of assignment is not an lvalue.")
@@ -411,8 +412,11 @@ def assign(s, target: Value, new: Value) -> Value:
     x = new.as_int()
     if lv.kind == "mem":
         t = target.type
+        # Looked up before the write: a gva write translates through the tables it may change.
+        shadowed = s.shadowed_page_tables(lv.address, lv.size, lv.space)
         s.write_memory(lv.address, (x & ((1 << (8 * lv.size)) - 1)).to_bytes(lv.size, "little"),
                        lv.space)
+        _note_shadowed(s, shadowed, evaluator)
         return make_int(x, t) if t.kind in ("int", "char") else Value(x & M64, t)
     regs = s.vcpu(lv.vcpu).regs
     if lv.kind == "field":
@@ -423,6 +427,23 @@ def assign(s, target: Value, new: Value) -> Value:
     write_register(s, lv.vcpu, lv.name, x)
     t = register_type(lv.name)
     return make_int(regs[lv.name], t) if t.kind == "int" else Value(regs[lv.name], t)
+
+
+def _note_shadowed(s, gfns: list, evaluator) -> None:
+    """One line after a debugger write into guest page tables that KVM shadows (once per
+    gfn for one expression). Real KVM would not see such a write either: a VMM's (or a
+    gdb stub's) write through its own mapping of guest memory never reaches the page-track
+    notifier; only the writes KVM emulates do (kvm_mmu_pte_write, kvm_mmu_track_write
+    since v6.7, arch/x86/kvm/mmu/mmu.c)."""
+    if evaluator is not None:
+        gfns = [g for g in gfns if g not in evaluator.shadowed_noted]
+        evaluator.shadowed_noted.update(gfns)
+    if len(gfns) == 1:
+        s.message(f"gfn {gfns[0]:#x} is a shadowed page table: KVM does not see this write "
+                  "until the page is resynced or zapped")
+    elif gfns:
+        s.message(f"gfns {' and '.join(f'{g:#x}' for g in gfns)} are shadowed page tables: KVM "
+                  "does not see this write until the pages are resynced or zapped")
 
 
 def write_register(s, vcpu: int, name: str, value: int) -> None:
@@ -440,7 +461,6 @@ def write_register(s, vcpu: int, name: str, value: int) -> None:
             return
     except GuestFault as f:
         raise ExprError(f"Cannot set ${name} to {value:#x}: the CPU refuses it ({f}).") from None
-    cpu.flush_fast()
 
 
 # --- convenience for commands ---

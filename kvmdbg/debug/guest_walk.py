@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kvmdbg.arch.pgtable_types import PAGE_PRESENT as P, PAGE_PSE as PS, PTE_ADDR_MASK as ADDR
 from kvmdbg.errors import CommandError
 
-P, RW, US, PS = 1, 2, 4, 0x80
-XD = 1 << 63
-ADDR = ((1 << 52) - 1) & ~0xFFF
 LEVEL_NAMES = {4: "PML4E", 3: "PDPTE", 2: "PDE", 1: "PTE"}
 
 

@@ -12,7 +12,8 @@ from kvmdbg.bits import PAGE_SHIFT, PAGE_SIZE
 from kvmdbg.errors import CommandError
 
 
-def _pieces(addr: int, n: int):
+def pieces(addr: int, n: int):
+    """(address, length) of each page's part of n bytes at addr."""
     while n > 0:
         chunk = min(n, PAGE_SIZE - (addr & 0xFFF))
         yield addr, chunk
@@ -30,7 +31,7 @@ def _page(vm, hpa: int):
 
 def read_hpa(vm, hpa: int, n: int) -> bytes:
     out = bytearray()
-    for a, chunk in _pieces(hpa, n):
+    for a, chunk in pieces(hpa, n):
         off = a & 0xFFF
         out += _page(vm, a)[off:off + chunk]
     return bytes(out)
@@ -39,7 +40,7 @@ def read_hpa(vm, hpa: int, n: int) -> bytes:
 def write_hpa(vm, hpa: int, data: bytes) -> None:
     """A write behind everybody's back (host memory): the decode cache is told, nothing else."""
     pos = 0
-    for a, chunk in _pieces(hpa, len(data)):
+    for a, chunk in pieces(hpa, len(data)):
         off = a & 0xFFF
         _page(vm, a)[off:off + chunk] = data[pos:pos + chunk]
         vm.decode_cache.note_write(a >> PAGE_SHIFT)

@@ -15,11 +15,10 @@ KVM model's MMU summary plugs in there: Session.context_providers), and the
 
 from __future__ import annotations
 
-from kvmdbg.cpu.executor import BREAKPOINT, HALTED, SHUTDOWN, STEP_LIMIT
-from kvmdbg.debug.breakpoints import CATCHPOINT
 from kvmdbg.debug.formats import register_rows
-from kvmdbg.debug.stops import INTERRUPTED, REACHED, UNSUPPORTED, WATCHPOINT
 from kvmdbg.debug.values import format_natural
+from kvmdbg.stop_reason import (BREAKPOINT, CATCHPOINT, HALTED, INTERRUPTED, REACHED, SHUTDOWN,
+                                STEP_LIMIT, UNSUPPORTED, WATCHPOINT)
 from kvmdbg.errors import CommandError, KvmdbgError
 
 # --- register snapshots behind the `*` marks ---

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kvmdbg.bits import M64
-from kvmdbg.cpu.executor import HALTED, SHUTDOWN
+from kvmdbg.bits import M64, PAGE_SHIFT
 from kvmdbg.cpu.regs import SUBREGS
 from kvmdbg.debug import guest_walk, memory
 from kvmdbg.debug.symbols import Symbols
@@ -20,9 +19,8 @@ from kvmdbg.errors import CommandError, ConfigError, UnsupportedInstruction
 from kvmdbg.kvm import boot as bootmod
 from kvmdbg.kvm.scheduler import run_vm
 from kvmdbg.kvm.vm import Vm
+from kvmdbg.stop_reason import HALTED, SHUTDOWN, UNSUPPORTED
 
-UNSUPPORTED = "unsupported"
-INTERRUPTED = "interrupted"
 
 
 @dataclass
@@ -42,6 +40,9 @@ class Registers:
                "fs_base", "gs_base", "k_gs_base", "pat", "tsc_aux", "cs", "ss", "ds", "es", "fs",
                "gs")
     ATTRS = {"k_gs_base": "kernel_gs_base"}     # gdb's name -> the Cpu attribute
+    # registers the CPU's mode depends on: written through its setters
+    MODE_SETTERS = {"cr0": "set_cr0", "cr3": "set_cr3", "cr4": "set_cr4", "efer": "set_efer",
+                    "pkru": "set_pkru", "cs": "set_cs"}
 
     def __init__(self, cpu):
         self._cpu = cpu
@@ -75,10 +76,10 @@ class Registers:
                 c.r[i] = (c.r[i] & ~m & M64) | ((value << shift) & m)
         elif name in ("eflags", "rflags"):
             c.set_rflags(value & 0x3F7FD5)
-            c.flush_fast()
+        elif name in self.MODE_SETTERS:
+            getattr(c, self.MODE_SETTERS[name])(value & M64)
         elif name in self.SPECIAL:
             setattr(c, self.ATTRS.get(name, name), value & M64)
-            c.flush_fast()
         else:
             raise KeyError(name)
 
@@ -288,6 +289,41 @@ class Session:
                 raise CommandError(str(e)) from None
             return
         guest_walk.write_gva(self.vm, self.cpu, addr, bytes(data))
+
+    def shadowed_page_tables(self, addr: int, n: int, space: str = "gva") -> list[int]:
+        """The gfns that n bytes at addr (gva, gpa or hpa) land in and that KVM shadows as
+        guest page tables: a valid shadow page with guest PTEs exists for the gfn (an
+        upper-level table, write-tracked, or a last-level one, write-protected or unsync).
+        Only under shadow paging; looked up without side effects. A write from here is a
+        write through the VMM's own mapping, which KVM never sees: the SPTEs built from
+        the old gPTEs stay until the page is resynced or zapped (kvm_mmu_pte_write, now
+        kvm_mmu_track_write, runs only for the writes KVM itself emulates)."""
+        shadow = getattr(self.vm, "shadow", None)
+        if shadow is None or not shadow.hash:
+            return []
+        by_pfn = None
+        found: list[int] = []
+        for a, _chunk in memory.pieces(addr, n):
+            if space == "gpa":
+                gfns = [a >> PAGE_SHIFT]
+            elif space == "gva":
+                w = guest_walk.walk(self.vm, self.cpu, a)
+                gfns = [] if w.gpa is None else [w.gpa >> PAGE_SHIFT]
+            elif space == "hpa":
+                if by_pfn is None:          # host pfn -> the shadowed gfns backed by it
+                    by_pfn = {}
+                    for gfn in shadow.hash:
+                        slot = self.vm.memslots.lookup(gfn)
+                        pfn = None if slot is None else self.vm.host.lookup_pfn(slot.gfn_to_hva(gfn))
+                        if pfn is not None:
+                            by_pfn.setdefault(pfn, []).append(gfn)
+                gfns = by_pfn.get(a >> PAGE_SHIFT, [])
+            else:
+                gfns = []
+            for gfn in gfns:
+                if gfn not in found and any(shadow.valid_pages(gfn, with_gptes=True)):
+                    found.append(gfn)
+        return found
 
     def decode_at(self, addr: int):
         """The instruction at a guest-virtual address (read without side effects), or None."""

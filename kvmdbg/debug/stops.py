@@ -12,7 +12,7 @@ Two engines, chosen per resume:
 
 Catchpoints need no engine of their own: the BreakpointTable's bus listener
 marks the vCPU pending, and the run loop stops after the current instruction.
-While catchpoints are enabled the fast engine sets cpu.single_step, so the run
+While catchpoints are enabled the fast engine single-steps the CPUs, so the run
 loop takes single instructions and stops right after the one that caused the
 event rather than at the end of its block.
 """
@@ -21,20 +21,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kvmdbg.cpu.executor import BREAKPOINT, HALTED, SHUTDOWN, STEP_LIMIT
 from kvmdbg.cpu.regs import RSP
 from kvmdbg.debug import access
-from kvmdbg.debug.breakpoints import CATCHPOINT
 from kvmdbg.debug.evaluate import Value, evaluate_node
 from kvmdbg.debug.expr import Type
 from kvmdbg.errors import KvmdbgError, UnsupportedInstruction
 from kvmdbg.kvm import scheduler
+from kvmdbg.stop_reason import (BREAKPOINT, HALTED, INTERRUPTED, REACHED, SHUTDOWN, STEP_LIMIT,
+                                UNSUPPORTED, VMEXIT, WATCHPOINT, CATCHPOINT)
 
-WATCHPOINT = "watchpoint"
-REACHED = "location"          # nexti / until / advance got where they were going
-INTERRUPTED = "interrupted"
-UNSUPPORTED = "unsupported"
-VMEXIT = "vmexit"             # kvm/vcpu.py: a vCPU left guest mode; enter again and go on
 ERROR = Type("error", 0, False, "error")
 CHUNK = 50_000                # instructions between checks for Ctrl-C when stepping one vCPU
 
@@ -87,9 +82,7 @@ def resume(s, scope: int | None = None, max_steps: int | None = None,
     finally:
         table.running = False
         for v in s.vm.vcpus:       # a catch on a vCPU that did not run again must not linger
-            if v.cpu.stop_reason == CATCHPOINT:
-                v.cpu.pending = False
-                v.cpu.stop_reason = None
+            v.cpu.withdraw_stop(CATCHPOINT)
 
 
 def _interrupted(s) -> bool:
@@ -138,7 +131,7 @@ def _breakpoint_set(s, target):
         bps.add(target.address)
     precise = bool(s.breakpoints.catchpoints())
     for v in s.vm.vcpus:
-        v.cpu.single_step = precise
+        v.cpu.set_single_step(precise)
     return bps or None
 
 

@@ -11,12 +11,11 @@ evaluator, which gives the same answer the slow way.
 
 from __future__ import annotations
 
+from kvmdbg.arch.pgtable_types import PAGE_PRESENT as P, PAGE_PSE as PS, PTE_ADDR_MASK as ADDR
 from kvmdbg.bits import PAGE_SHIFT
 from kvmdbg.debug.evaluate import make_int
 from kvmdbg.debug.expr import Deref, Dollar, walk
 
-P, PS = 1, 0x80
-ADDR = ((1 << 52) - 1) & ~0xFFF
 
 
 def _constant(node) -> bool:

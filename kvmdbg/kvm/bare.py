@@ -11,6 +11,7 @@ from kvmdbg.cpu import executor, system
 from kvmdbg.cpu.cpu import Cpu
 from kvmdbg.cpu.translate import generate
 from kvmdbg.kvm.cpuid import guest_cpuid
+from kvmdbg.stop_reason import HALTED
 
 KVM_ENOSYS = 1000
 
@@ -22,21 +23,17 @@ class BareVcpu:
     def __init__(self, vm, index: int):
         self.vm = self.kvm = vm
         self.index = index
-        self._gfn_cache: dict[int, tuple] = {}
         self.gpa_generation = vm.gpa_generation    # CpuOps: moves when memslots change
         self.cpu = Cpu(self, vm.decode_cache, index=index, vpid=index + 1, translator=generate)
 
     def after_set_sregs(self) -> None:
         pass
 
-    def memslots_changed(self) -> None:
-        self._gfn_cache.clear()
-
     def make_request(self, req: str) -> None:
         pass
 
-    def kick(self) -> None:
-        pass
+    def kick(self) -> bool:
+        return False
 
     def run(self, max_steps: int, breakpoints=None, skip_first: bool = True) -> str:
         self.vm.current = self
@@ -45,7 +42,7 @@ class BareVcpu:
     # --- CpuOps ---
 
     def translate_gpa(self, gpa: int, kind: int, walk: bool):
-        return self.vm.host_page_of(gpa, self._gfn_cache)
+        return self.vm.host_page_of(gpa)
 
     def mmio_read(self, gpa: int, size: int) -> int:
         return (1 << (8 * size)) - 1
@@ -74,7 +71,7 @@ class BareVcpu:
     def hlt(self, cpu) -> None:
         cpu.halted = True
         cpu.pending = True
-        cpu.stop_reason = "halted"
+        cpu.stop_reason = HALTED
 
     def vmcall(self, cpu) -> None:
         cpu.r[0] = -KVM_ENOSYS & M64

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kvmdbg.arch.pgtable_types import PAGE_PRESENT as P, PAGE_PSE as PS, PAGE_RW as RW
 from kvmdbg.bits import PAGE_SIZE, parse_size
 from kvmdbg.cpu.regs import (CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_OSFXSR,
                              CR4_OSXMMEXCPT, CR4_PAE, EFER_LMA, EFER_LME, EFER_NXE, RBP, RDI,
@@ -32,7 +33,6 @@ CR4_BOOT = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT
 EFER_BOOT = EFER_LME | EFER_LMA | EFER_NXE
 GDT_ENTRIES = (0, 0x00AF9A000000FFFF, 0x00CF92000000FFFF)   # null, code 0x08 (L=1), data 0x10
 
-P, RW, PS = 1, 2, 0x80
 
 
 @dataclass
@@ -118,13 +118,14 @@ def boot(vm, program: Program, arg: int = 0) -> None:
     n = len(vm.vcpus)
     for v in vm.vcpus:
         c = v.cpu
-        c.cr0 = CR0_BOOT
-        c.cr4 = CR4_BOOT
-        c.efer = EFER_BOOT
-        c.cr3 = PML4
+        c.set_cr0(CR0_BOOT)
+        c.set_cr4(CR4_BOOT)
+        c.set_efer(EFER_BOOT)
+        c.set_cr3(PML4)
         c.gdtr = (GDT, len(GDT_ENTRIES) * 8 - 1)
         c.idtr = (0, 0)
-        c.cs, c.ss = 0x08, 0x10
+        c.set_cs(0x08)
+        c.ss = 0x10
         c.ds = c.es = c.fs = c.gs = 0x10
         c.set_rflags(0x2)
         c.r[:] = [0] * 16
@@ -134,7 +135,6 @@ def boot(vm, program: Program, arg: int = 0) -> None:
         c.r[RSI] = n
         c.r[RDX] = arg & 0xFFFF_FFFF_FFFF_FFFF
         c.rip = program.address
-        c.flush_fast()
         v.after_set_sregs()
 
 

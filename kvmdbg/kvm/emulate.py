@@ -9,14 +9,14 @@ memslots, and MMIO to userspace. Hence a stale cpu_role shows up here and only h
 
 from __future__ import annotations
 
-from kvmdbg.cpu.faults import PF, GuestFault
+from kvmdbg.cpu.faults import GuestFault
 from kvmdbg.cpu.regs import AC, CR4_PKE, MAXPHYADDR
 from kvmdbg.cpu.translate import make_handler
-from kvmdbg.kvm import x86
 from kvmdbg.mmu import mmu as M
 from kvmdbg.mmu import paging_tmpl
 from kvmdbg.mmu import spte as S
 from kvmdbg.mmu.mmu_internal import RetPF
+from kvmdbg.mmu.tdp_iter import read_spte
 
 
 def handle_mmio_page_fault(vcpu, gpa: int) -> RetPF:
@@ -32,17 +32,17 @@ def handle_mmio_page_fault(vcpu, gpa: int) -> RetPF:
             kvm.trace("handle_mmio_page_fault", vcpu.index, addr=gpa, gfn=gpa >> 12, access=7)
             return RetPF.EMULATE
     # Stale generation (a memslot changed): take the full fault path again.
-    return x86.kvm_mmu_page_fault(vcpu, gpa, M.PFERR_RSVD)
+    return M.kvm_mmu_page_fault(vcpu, gpa, M.PFERR_RSVD)
 
 
 def _leaf_spte(kvm, root, gfn: int) -> int:
     sp = root
     level = root.role & 0xF
     while True:
-        spte = kvm.tdp_mmu.read_spte(sp, (gfn >> (9 * (level - 1))) & 511)
+        spte = read_spte(sp, (gfn >> (9 * (level - 1))) & 511)
         if level == 1 or not S.is_shadow_present_pte(spte) or S.is_large_pte(spte):
             return spte
-        sp = kvm.tdp_mmu.pages.get(S.spte_to_pfn(spte))
+        sp = kvm.mmu_pages.pages.get(S.spte_to_pfn(spte))
         if sp is None:
             return 0
         level -= 1
@@ -71,9 +71,7 @@ def emulate_instruction(vcpu) -> None:
             del cpu.rd, cpu.wr, cpu.read_miss, cpu.write_miss
         cpu.steps += 1
     except paging_tmpl.WalkFault as f:
-        kvm.trace("kvm_inj_exception", vcpu.index, exception=PF, has_error=True,
-                  error_code=f.error_code)
-        raise GuestFault(PF, f.error_code, f.address) from None
+        vcpu.inject_page_fault(f.error_code, f.address)     # kvm_inject_emulated_page_fault
 
 
 class _Emulator:
@@ -98,7 +96,7 @@ class _Emulator:
         return paging_tmpl.gva_to_gpa(
             self.vcpu.mmu, kvm.read_gpa, kvm.write_gpa, cpu.cr3, gva, pfec,
             bool(cpu.get_rflags() & AC), cpu.pkru if cpu.cr4 & CR4_PKE else 0,
-            refresh=x86.refresh_passthrough_bits(self.vcpu),
+            refresh=M.refresh_passthrough_bits(self.vcpu),
             trace=(lambda name, **f: kvm.trace(name, self.vcpu.index, **f)) if kvm.bus.active else None,
             maxphyaddr=MAXPHYADDR)
 

@@ -27,6 +27,10 @@ class Profile:
     tdp_put_last_ref: str = PUT_KEEP
     # How roots invalidated by kvm_mmu_zap_all_fast are zapped (4.5, 0df9dab891ff).
     invalid_root_zap: str = ZAP_SYNC
+    # Zapping invalidated roots flushes remote TLBs once per top-level SPTE it zaps
+    # (tdp_mmu_zap_spte_atomic, v5.13-v5.17); dropped in v5.18 (Sean Christopherson's
+    # "KVM: x86/mmu: Document that zapping invalidated roots doesn't need to flush" series).
+    invalid_root_zap_flush: bool = False
     # kvm_post_set_cr4 requests TLB flushes separately from the MMU reset (f4bc051fc91a);
     # off: PGE is an MMU role bit and PGE/PCIDE changes reset the MMU (pre-Lai, <= v5.15).
     cr4_flush_split: bool = True
@@ -53,6 +57,7 @@ KNOB_HELP = {
     "tdp_root_role_has_guest_bits": "TDP root role includes CR0.WP and EFER.NX (<= v5.18)",
     "tdp_put_last_ref": "last vCPU put of a TDP root: sync_zap | async_zap | keep (edbdb43fc96b)",
     "invalid_root_zap": "invalidated roots zapped by: workqueue | sync (0df9dab891ff)",
+    "invalid_root_zap_flush": "zapping invalidated roots flushes remote TLBs (<= v5.17)",
     "cr4_flush_split": "kvm_post_set_cr4 flushes separately from the MMU reset (f4bc051fc91a)",
     "cr0_wp_no_unload": "WP-only CR0 change: kvm_init_mmu only, no unload (01b31714bd90)",
     "cr0_wp_guest_owned": "CR0.WP guest-owned with EPT, lazy refresh (fb509f76acc8, cf9f4c0eb169)",
@@ -65,14 +70,14 @@ KNOB_HELP = {
 V5_10 = Profile(
     "v5.10", "TDP MMU (opt-in then); WP/NX in the TDP role; vCPU zaps freed roots; PGE a role bit",
     tdp_mmu=True, tdp_root_role_has_guest_bits=True, tdp_put_last_ref=PUT_SYNC_ZAP,
-    invalid_root_zap=ZAP_SYNC, cr4_flush_split=False, cr0_wp_no_unload=False,
-    cr0_wp_guest_owned=False, slot_zap_all=True)
+    invalid_root_zap=ZAP_SYNC, invalid_root_zap_flush=True, cr4_flush_split=False,
+    cr0_wp_no_unload=False, cr0_wp_guest_owned=False, slot_zap_all=True)
 V5_15 = replace(
     V5_10, name="v5.15",
     summary="TDP MMU on by default (v5.14); roots freed and zapped by the vCPU on last put")
 V6_1 = replace(
     V5_15, name="v6.1", tdp_root_role_has_guest_bits=False, tdp_put_last_ref=PUT_ASYNC_ZAP,
-    invalid_root_zap=ZAP_WORKQUEUE, cr4_flush_split=True,
+    invalid_root_zap=ZAP_WORKQUEUE, invalid_root_zap_flush=False, cr4_flush_split=True,
     summary="cpu_role/root_role split; async zap on a workqueue (22b94c4b63eb); flush split (f4bc051fc91a)")
 V6_4 = replace(
     V6_1, name="v6.4", tdp_put_last_ref=PUT_KEEP, cr0_wp_no_unload=True, cr0_wp_guest_owned=True,

@@ -9,11 +9,9 @@ when the worker's clock is the smallest. Nothing looks at wall-clock time.
 
 from __future__ import annotations
 
-from kvmdbg.cpu.executor import HALTED, SHUTDOWN, STEP_LIMIT
-from kvmdbg.kvm.vcpu import VMEXIT
+from kvmdbg.stop_reason import HALTED, INTERRUPTED, SHUTDOWN, STEP_LIMIT, VMEXIT
 
 SLICE = 1000
-INTERRUPTED = "interrupted"
 
 
 def pick(vm):

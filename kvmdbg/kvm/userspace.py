@@ -7,6 +7,7 @@ a one-page slot between them), remove it again, record a marker, kick a vCPU.
 
 from __future__ import annotations
 
+from kvmdbg.arch.kvm_host import KVM_REQ_SMI
 from kvmdbg.kvm.vm import (PORT_APM_CNT, PORT_CONSOLE, PORT_KICK, PORT_MARKER, PORT_OVERLAY,
                            PORT_UNOVERLAY)
 from kvmdbg.mem import Memslot
@@ -41,7 +42,7 @@ class Vmm:
             kvm.markers.append((vcpu.index, vcpu.cpu.steps, vcpu.cpu.cycles, value))
             kvm.trace("kvmdbg:marker", vcpu.index, value=value)
         elif port == PORT_APM_CNT:
-            vcpu.make_request("KVM_REQ_SMI")      # the chipset raises an SMI (KVM_SMI)
+            vcpu.make_request(KVM_REQ_SMI)      # the chipset raises an SMI (KVM_SMI)
         elif port == PORT_KICK:
             kvm.io_exits.append((vcpu.index, port, size, value))
             self.kick(value)

@@ -12,6 +12,7 @@ from kvmdbg.bits import M64
 from kvmdbg.cpu import executor, system, walker
 from kvmdbg.cpu import vmx as V
 from kvmdbg.cpu.cpu import Cpu
+from kvmdbg.cpu.faults import PF, GuestFault
 from kvmdbg.cpu.regs import (CR0_TS, CR0_WP, CR4_DE, CR4_FSGSBASE, CR4_OSFXSR, CR4_OSXMMEXCPT,
                              CR4_PAE, CR4_PCE, CR4_PGE, CR4_PSE, CR4_PVI, CR4_SMEP, CR4_TSD)
 from kvmdbg.cpu.translate import generate
@@ -19,10 +20,11 @@ from kvmdbg.kvm import x86
 from kvmdbg.kvm.cpuid import guest_cpuid
 from kvmdbg.mmu import mmu as M
 from kvmdbg.mmu.mmu_internal import RetPF
+from kvmdbg.stop_reason import HALTED, VMEXIT
 
 KVM_ENOSYS = 1000
-VMEXIT = "vmexit"
-_CR_WRITE_STAT = {0: "cr0_writes", 3: "cr3_writes", 4: "cr4_writes"}   # guest MOV to CRn, exit or not
+# guest MOV to CRn, exit or not
+_CR_WRITE_STAT = {0: "kvmdbg_cr0_writes", 3: "kvmdbg_cr3_writes", 4: "kvmdbg_cr4_writes"}
 
 # KVM_POSSIBLE_CR4_GUEST_BITS (6.x) and the bits that must stay intercepted without EPT.
 POSSIBLE_CR4_GUEST_BITS = (CR4_PVI | CR4_DE | CR4_PCE | CR4_OSFXSR | CR4_OSXMMEXCPT | CR4_PGE
@@ -37,7 +39,10 @@ class Vcpu:
         self.index = index
         p = vm.profile
         self.mmu = M.KvmMmu()
-        self.requests: set[str] = set()
+        self.mmu.ops = vm.mmu_ops          # the MMU this vCPU runs on, picked by the VM
+        # vmx_vcpu_load_vmcs: the first load on a pCPU (KVM_CREATE_VCPU's vcpu_load) asks
+        # for a flush of every context, served at the first entry.
+        self.requests: set[str] = {x86.KVM_REQ_TLB_FLUSH}
         self.in_kvm = True                 # outside guest mode: the next run enters first
         self.smm = False
         self.ep4ta = 0
@@ -48,7 +53,6 @@ class Vcpu:
             # CpuOps.translate_gpa is the EPT translation itself: the page walker calls it
             # for every paging-structure read, so skip the method in between.
             self.translate_gpa = self.ept.translate
-        self._gfn_cache: dict[int, tuple] = {}
         # vmx_l1_guest_owned_cr0_bits / set_cr4_guest_host_mask (kvm-mmu-spec 2.2)
         self.cr0_guest_owned = CR0_TS | (CR0_WP if p.tdp_enabled and p.cr0_wp_guest_owned else 0)
         cr4 = POSSIBLE_CR4_GUEST_BITS
@@ -57,6 +61,7 @@ class Vcpu:
         elif p.cr4_smep_guest_owned:
             cr4 |= CR4_SMEP
         self.cr4_guest_owned = cr4
+        self.guest_pku = p.tdp_enabled      # KVM hides PKU from the guest without TDP
         self.cpu = Cpu(self, vm.decode_cache, index=index, vpid=index + 1, translator=generate)
         self.cpu.walk_cost = vm.costs["tlb_miss"]
         self.host_pages = vm.host.pages
@@ -64,7 +69,7 @@ class Vcpu:
             # Shadow paging (vmx.c with enable_ept=0): the hardware walks KVM's tables, runs
             # with CR0.WP forced on, and #PF and INVLPG exit.
             self.cpu.walk_fn = walker.walk_shadow
-            self.cpu.hw_cr0_on = CR0_WP
+            self.cpu.set_hw_cr0_on(CR0_WP)
             self.cpu.pf_exiting = True
             self.cpu.invlpg_exiting = True
 
@@ -91,20 +96,18 @@ class Vcpu:
         if not cpu.stop_reason:
             cpu.stop_reason = VMEXIT
 
-    def kick(self) -> None:
-        """kvm_vcpu_kick: an IPI takes a vCPU in guest mode out of it."""
+    def kick(self) -> bool:
+        """kvm_vcpu_kick: an IPI takes a vCPU in guest mode out of it (True if it was)."""
         if self.in_kvm or self.cpu.halted:
-            return
+            return False
         self.kvm.stats["irq_exits"] += 1
         self.kvm.charge(self, "kick")
         self.vmexit(V.EXTERNAL_INTERRUPT)
+        return True
 
     def after_set_sregs(self) -> None:
         """KVM_SET_SREGS: userspace set CR0/CR3/CR4/EFER; reset the MMU context."""
-        x86.kvm_mmu_reset_context(self)
-
-    def memslots_changed(self) -> None:
-        self._gfn_cache.clear()
+        M.kvm_mmu_reset_context(self)
 
     # --- entry (vcpu_enter_guest) ---
 
@@ -114,28 +117,21 @@ class Vcpu:
         if reqs:
             if x86.KVM_REQ_MMU_FREE_OBSOLETE_ROOTS in reqs:
                 reqs.discard(x86.KVM_REQ_MMU_FREE_OBSOLETE_ROOTS)
-                x86.kvm_mmu_free_obsolete_roots(self)
+                M.kvm_mmu_free_obsolete_roots(self)
             if x86.KVM_REQ_MMU_SYNC in reqs:
                 reqs.discard(x86.KVM_REQ_MMU_SYNC)
-                x86.kvm_mmu_sync_roots(self)
+                M.kvm_mmu_sync_roots(self)
             if x86.KVM_REQ_LOAD_MMU_PGD in reqs:
                 reqs.discard(x86.KVM_REQ_LOAD_MMU_PGD)
-                x86.kvm_mmu_load_pgd(self)
+                M.kvm_mmu_load_pgd(self)
             if x86.KVM_REQ_TLB_FLUSH in reqs:
                 reqs.discard(x86.KVM_REQ_TLB_FLUSH)
-                reqs.discard(x86.KVM_REQ_TLB_FLUSH_CURRENT)
-                kvm.stats["tlb_flush"] += 1
-                self.flush_tlb_all()
-            if x86.KVM_REQ_TLB_FLUSH_CURRENT in reqs:
-                reqs.discard(x86.KVM_REQ_TLB_FLUSH_CURRENT)
-                self.flush_tlb_current()
-            if x86.KVM_REQ_TLB_FLUSH_GUEST in reqs:
-                reqs.discard(x86.KVM_REQ_TLB_FLUSH_GUEST)
-                x86.kvm_vcpu_flush_tlb_guest(self)
-            if "KVM_REQ_SMI" in reqs:
-                reqs.discard("KVM_REQ_SMI")
+                x86.kvm_vcpu_flush_tlb_all(self)
+            x86.kvm_service_local_tlb_flush_requests(self)
+            if x86.KVM_REQ_SMI in reqs:
+                reqs.discard(x86.KVM_REQ_SMI)
                 self.process_smi()
-        x86.kvm_mmu_reload(self)
+        M.kvm_mmu_reload(self)
         self.in_kvm = False
         if kvm.bus.active:
             kvm.trace("kvm_entry", self.index, rip=self.cpu.rip)
@@ -146,12 +142,12 @@ class Vcpu:
         kvm = self.kvm
         kvm.trace("kvmdbg:smm", self.index, transition="enter")
         self.smm = True
-        x86.kvm_mmu_reset_context(self)
-        x86.kvm_mmu_reload(self)
+        M.kvm_mmu_reset_context(self)
+        M.kvm_mmu_reload(self)
         kvm.charge(self, "smm_transition")
         kvm.trace("kvmdbg:smm", self.index, transition="rsm")
         self.smm = False
-        x86.kvm_mmu_reset_context(self)
+        M.kvm_mmu_reset_context(self)
 
     def run(self, max_steps: int, breakpoints=None, skip_first: bool = True) -> str:
         """Enter (if outside guest mode) and run guest code. Returns executor reasons or VMEXIT."""
@@ -213,7 +209,7 @@ class Vcpu:
     def _invvpid(self, kind: str, gva: int = 0) -> None:
         kvm = self.kvm
         cpu = self.cpu
-        kvm.stats["invvpid"] += 1
+        kvm.stats["kvmdbg_invvpid"] += 1
         cpu.extra_cycles += kvm.costs.values["invvpid"]
         if kvm.bus.active:
             kvm.trace("kvmdbg:invvpid", self.index, type=kind, vpid=cpu.vpid)
@@ -223,7 +219,6 @@ class Vcpu:
             cpu.tlb.flush_all()
         else:
             cpu.tlb.flush_vpid(cpu.vpid)
-        cpu.flush_fast()
 
     def flush_tlb_gva(self, gva: int) -> None:
         """vmx_flush_tlb_gva: INVVPID individual-address."""
@@ -231,42 +226,49 @@ class Vcpu:
 
     def _invept_single(self, ep4ta: int) -> None:
         kvm = self.kvm
-        kvm.stats["invept"] += 1
+        kvm.stats["kvmdbg_invept"] += 1
         self.cpu.extra_cycles += kvm.costs.values["invept"]
         if kvm.bus.active:
             kvm.trace("kvmdbg:invept", self.index, type="single-context", eptp=ep4ta)
         if self.ept is not None:
             self.ept.invept_single(ep4ta)
         self.cpu.tlb.flush_ep4ta(ep4ta)
-        self.cpu.flush_fast()
 
     def flush_tlb_all(self) -> None:
         if self.ept is None:
             self._invvpid("all-context")        # vmx_flush_tlb_all without EPT
             return
         kvm = self.kvm
-        kvm.stats["invept"] += 1
+        kvm.stats["kvmdbg_invept"] += 1
         kvm.charge(self, "invept")
         kvm.trace("kvmdbg:invept", self.index, type="all-context", eptp=0)
         if self.ept is not None:
             self.ept.invept_all()
         self.cpu.tlb.flush_all()
-        self.cpu.flush_fast()
 
     def flush_tlb_guest(self) -> None:
         kvm = self.kvm
-        kvm.stats["invvpid"] += 1
+        kvm.stats["kvmdbg_invvpid"] += 1
         kvm.charge(self, "invvpid")
         kvm.trace("kvmdbg:invvpid", self.index, type="single-context", vpid=self.cpu.vpid)
         self.cpu.tlb.flush_vpid(self.cpu.vpid)
-        self.cpu.flush_fast()
+
+    def inject_page_fault(self, error_code: int, address: int):
+        """kvm_inject_page_fault: the guest takes #PF(error_code) at address (KVM's own
+        walker said so, for its emulator or for shadow paging)."""
+        kvm = self.kvm
+        kvm.stats["pf_guest"] += 1
+        if kvm.bus.active:
+            kvm.trace("kvm_inj_exception", self.index, exception=PF, has_error=True,
+                      error_code=error_code)
+        raise GuestFault(PF, error_code, address) from None
 
     # --- CpuOps: memory ---
 
     def translate_gpa(self, gpa: int, kind: int, walk: bool):
         if self.ept is not None:
             return self.ept.translate(gpa, kind, walk)
-        return self.vm.host_page_of(gpa, self._gfn_cache)
+        return self.vm.host_page_of(gpa)
 
     def hpa_to_gpa(self, hpa: int) -> int:
         """The guest-physical address behind a host page the shadow tables map (bookkeeping
@@ -290,25 +292,25 @@ class Vcpu:
             # handle_exception_nmi -> kvm_handle_page_fault: a #PF on KVM's shadow tables.
             addr, code = exit_.qualification, exit_.error_code
             self.vmexit(V.EXCEPTION_NMI, info1=addr, intr_info=0x80000B0E, error_code=code)
-            kvm.stats["pf_exits"] += 1
+            kvm.stats["kvmdbg_pf_exits"] += 1
             kvm.charge(self, "pf_intercept")
             if kvm.bus.active:
                 kvm.trace("kvm_page_fault", self.index, guest_rip=cpu.rip, fault_address=addr,
                           error_code=code)
-            ret = x86.kvm_mmu_page_fault(self, addr, code)
+            ret = M.kvm_mmu_page_fault(self, addr, code)
             if ret == RetPF.EMULATE:
                 emulate.emulate_instruction(self)
             return
         if exit_.reason == V.EPT_VIOLATION:
             self.vmexit(V.EPT_VIOLATION, info1=exit_.qualification, info2=gpa)
-            kvm.stats["ept_violations"] += 1
+            kvm.stats["kvmdbg_ept_violations"] += 1
             kvm.charge(self, "ept_violation")
             kvm.trace("kvm_page_fault", self.index, guest_rip=cpu.rip, fault_address=gpa,
                       error_code=exit_.qualification)
-            ret = x86.kvm_mmu_page_fault(self, gpa, M.ept_violation_error_code(exit_.qualification))
+            ret = M.kvm_mmu_page_fault(self, gpa, M.ept_violation_error_code(exit_.qualification))
         else:
             self.vmexit(V.EPT_MISCONFIG, info2=gpa)
-            kvm.stats["ept_misconfigs"] += 1
+            kvm.stats["kvmdbg_ept_misconfigs"] += 1
             ret = emulate.handle_mmio_page_fault(self, gpa)
         if ret == RetPF.EMULATE:
             emulate.emulate_instruction(self)
@@ -316,7 +318,7 @@ class Vcpu:
     # --- CpuOps: control registers ---
 
     def set_cr(self, cpu, n: int, value: int) -> None:
-        self.kvm.stats[_CR_WRITE_STAT.get(n, "cr_writes")] += 1
+        self.kvm.stats[_CR_WRITE_STAT.get(n, "kvmdbg_cr_writes")] += 1
         if n == 0:
             if not (value ^ cpu.cr0) & ~self.cr0_guest_owned & M64:
                 system.arch_set_cr(cpu, 0, value)        # guest-owned bits only: no exit
@@ -341,21 +343,17 @@ class Vcpu:
         kvm = self.kvm
         qual = n | (0 << 4)          # access type 0 = MOV to CR; the GPR field is not modelled
         self.vmexit(V.CR_ACCESS, info1=qual)
-        kvm.stats["cr_exits"] += 1
+        kvm.stats["kvmdbg_cr_exits"] += 1
         self.cpu.extra_cycles += kvm.costs.values["cr_access"]
         if kvm.bus.active:
             kvm.trace("kvm_cr", self.index, rw=1, cr=n, val=value)
 
     def write_cr0(self, value: int) -> None:
         """vmx_set_cr0: GUEST_CR0 and the read shadow; a VMWRITE flushes nothing."""
-        cpu = self.cpu
-        cpu.cr0 = value | 0x10
-        cpu.flush_fast()
+        self.cpu.set_cr0(value | 0x10)
 
     def write_cr4(self, value: int) -> None:
-        cpu = self.cpu
-        cpu.cr4 = value
-        cpu.flush_fast()
+        self.cpu.set_cr4(value)
 
     def set_efer(self, cpu, value: int) -> None:
         self.vmexit(V.MSR_WRITE, info1=0xC0000080)
@@ -374,18 +372,18 @@ class Vcpu:
 
     def cpuid(self, cpu, leaf: int, subleaf: int):
         self.vmexit(V.CPUID)
-        return guest_cpuid(leaf, subleaf, cpu, pku=self.kvm.profile.tdp_enabled)
+        return guest_cpuid(leaf, subleaf, cpu, pku=self.guest_pku)
 
     def invlpg(self, cpu, va: int) -> None:
         """INVLPG exiting (shadow paging): handle_invlpg -> kvm_mmu_invlpg."""
         self.vmexit(V.INVLPG, info1=va)
-        x86.kvm_mmu_invlpg(self, va)
+        M.kvm_mmu_invlpg(self, va)
 
     def hlt(self, cpu) -> None:
         self.vmexit(V.HLT)
         self.kvm.stats["halt_exits"] += 1
         cpu.halted = True
-        cpu.stop_reason = "halted" if cpu.stop_reason == VMEXIT else cpu.stop_reason
+        cpu.stop_reason = HALTED if cpu.stop_reason == VMEXIT else cpu.stop_reason
 
     def vmcall(self, cpu) -> None:
         self.vmexit(V.VMCALL)

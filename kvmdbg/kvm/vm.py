@@ -9,16 +9,19 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from kvmdbg.arch.kvm_host import KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, KVM_REQ_TLB_FLUSH
 from kvmdbg.bits import PAGE_SHIFT
 from kvmdbg.cpu.decode_cache import DecodeCache
 from kvmdbg.cpu.regs import MAXPHYADDR
 from kvmdbg.events import EventBus
 from kvmdbg.generation import Generation
+from kvmdbg.kvm import policies
 from kvmdbg.kvm.costs import CostTable
 from kvmdbg.kvm.profiles import DEFAULT, PROFILES, Profile
 from kvmdbg.kvm.stats import Stats
 from kvmdbg.mem import HostMemory, Memslot, Memslots
 from kvmdbg.mmu.mmu_internal import ROLE_INVALID
+from kvmdbg.mmu.mmu_pages import MmuPages
 from kvmdbg.mmu.shadow_mmu import ShadowMmu
 from kvmdbg.mmu.tdp_mmu import TdpMmu
 
@@ -28,8 +31,6 @@ PORT_CONSOLE = 0xE9
 PORT_APM_CNT = 0xB2          # writes raise an SMI, as on a PC chipset
 PORT_OVERLAY, PORT_UNOVERLAY, PORT_MARKER, PORT_KICK = 0x510, 0x511, 0x512, 0x513
 
-KVM_REQ_TLB_FLUSH = "KVM_REQ_TLB_FLUSH"
-KVM_REQ_MMU_FREE_OBSOLETE_ROOTS = "KVM_REQ_MMU_FREE_OBSOLETE_ROOTS"
 
 
 class Worker:
@@ -58,20 +59,28 @@ class Vm:
         # Moves on every SPTE or memslot change: the CPUs' walk memos watch it.
         self.gpa_generation = Generation()
         self.memslots = Memslots(self.gpa_generation)
+        self._gfn_cache: dict[int, tuple] = {}      # see host_page_of
+        self._gfn_cache_generation = -1
         self.bus = bus or EventBus()
         self.stats = Stats()
         self.exit_reasons: dict[int, int] = {}     # VMX basic exit reason -> count
         self.costs = CostTable()
         self.decode_cache = DecodeCache()
+        self.tdp_mmu_enabled = self.profile.tdp_mmu       # KVM's tdp_mmu_enabled
+        self.mmu_pages = MmuPages(self)                   # every MMU's page-table pages
         self.tdp_mmu = TdpMmu(self)
         self.mmu_valid_gen = 0
-        self.mmu_page_hash: dict[tuple[int, int], object] = {}   # legacy MMU: (gfn, role) -> page
-        # Shadow paging (tdp_enabled=0): shadow pages by (gfn, role), write tracking, rmaps.
-        self.shadow = (ShadowMmu(self, mem_size >> PAGE_SHIFT, MAXPHYADDR)
-                       if not self.profile.tdp_enabled else None)
+        # Without the TDP MMU every MMU page is a shadow page (mmu.c): shadow paging's, or
+        # the legacy MMU's direct ones. `shadow` is set only for shadow paging (ept=0).
+        self.shadow_mmu = (ShadowMmu(self, mem_size >> PAGE_SHIFT, MAXPHYADDR)
+                           if not self.profile.tdp_mmu else None)
+        self.shadow = self.shadow_mmu if not self.profile.tdp_enabled else None
+        self.mmu_ops = policies.mmu_ops(self.profile, self)   # every vCPU's mmu.ops
+        # Behaviour is chosen here, once (kvm/policies.py); nothing below reads the profile.
+        policies.apply(self, self.profile)
         self.worker = Worker()
         huge = 0
-        if self.profile.huge_pages:
+        if self.huge_pages:
             huge = 30 if mem_size >= 1 << 30 else 21
         self.ram_hva = self.host.mmap(mem_size, huge)
         self.memslots.create(Memslot(0, 0, mem_size >> PAGE_SHIFT, self.ram_hva))
@@ -84,6 +93,10 @@ class Vm:
         self.vmm = Vmm(self)
         self.bare = bare
         self.vcpus = [(BareVcpu if bare else Vcpu)(self, i) for i in range(nr_vcpus)]
+
+    def set_profile(self, profile: Profile) -> None:
+        """A run-time knob changed (`set kvm`): choose the behaviour again."""
+        policies.apply(self, profile)
 
     # --- time, stats, events ---
 
@@ -102,7 +115,7 @@ class Vm:
         cycles = self.costs.values[cost] * n
         if who.__class__ is Worker:
             who.clock += cycles
-            self.stats["worker_cycles"] += cycles
+            self.stats["kvmdbg_worker_cycles"] += cycles
         else:
             who.cpu.extra_cycles += cycles
 
@@ -149,65 +162,60 @@ class Vm:
 
     # --- requests and TLB flushes across vCPUs ---
 
-    def make_all_cpus_request(self, req: str) -> None:
-        """kvm_make_all_cpus_request: set req everywhere, kick vCPUs that are in guest mode."""
+    def make_all_cpus_request(self, req: str) -> bool:
+        """kvm_make_all_cpus_request: set req on every vCPU and kick the ones in guest mode,
+        except the vCPU whose thread asks (kvm_make_vcpu_request, kvm_request_needs_ipi).
+        True if a vCPU had to be kicked (kvm_kick_many_cpus sent IPIs)."""
+        kicked = False
         for v in self.vcpus:
             v.make_request(req)
             if v is not self.current:
-                v.kick()
+                kicked |= v.kick()
+        return kicked
 
     def flush_remote_tlbs(self) -> None:
-        """kvm_flush_remote_tlbs: on VMX+EPT, KVM_REQ_TLB_FLUSH on every vCPU (INVEPT)."""
-        self.stats["remote_tlb_flush"] += 1
+        """kvm_flush_remote_tlbs: KVM_REQ_TLB_FLUSH on every vCPU (INVEPT at its next entry).
+        Every call is a remote_tlb_flush_request; it is a remote_tlb_flush only if a vCPU
+        was kicked out of guest mode (x86 without Hyper-V has no kvm_arch_flush_remote_tlbs)."""
+        self.stats["remote_tlb_flush_requests"] += 1
         self.trace("kvmdbg:remote_tlb_flush", self.current_vcpu_index())
-        self.make_all_cpus_request(KVM_REQ_TLB_FLUSH)
+        if self.make_all_cpus_request(KVM_REQ_TLB_FLUSH):
+            self.stats["remote_tlb_flush"] += 1
 
     # --- kvm_mmu_zap_all_fast and memslot changes (4.6) ---
 
     def kvm_mmu_zap_all_fast(self) -> None:
         self.trace("kvm_mmu_zap_all_fast", self.current_vcpu_index(),
                    mmu_valid_gen=self.mmu_valid_gen,
-                   mmu_used_pages=self.shadow.n_used if self.shadow else len(self.tdp_mmu.pages))
+                   mmu_used_pages=self.shadow_mmu.n_used if self.shadow_mmu else len(self.mmu_pages.pages))
         self.mmu_valid_gen ^= 1
-        if self.profile.tdp_mmu:
+        if self.tdp_mmu_enabled:
             self.tdp_mmu.invalidate_all_roots()
         self.make_all_cpus_request(KVM_REQ_MMU_FREE_OBSOLETE_ROOTS)
         self.kvm_zap_obsolete_pages()
-        if self.profile.tdp_mmu:
+        if self.tdp_mmu_enabled:
             self.tdp_mmu.zap_invalidated_roots(self.current)
 
     def kvm_zap_obsolete_pages(self) -> None:
-        """Legacy MMU pages of the old generation: roots still in use become invalid and
-        wait for their last put; the rest are zapped now (kvm_mmu_prepare_zap_page)."""
-        if self.shadow is not None:
-            self.shadow.zap_obsolete_pages()
-            return
-        if self.profile.tdp_mmu:
-            return
-        from kvmdbg.mmu import legacy
-        legacy.zap_obsolete_pages(self)
+        """Shadow MMU pages (shadow paging's or the legacy MMU's) of the old generation:
+        each is zapped now; roots still in use become invalid and wait for their last put."""
+        if self.shadow_mmu is not None:
+            self.shadow_mmu.zap_obsolete_pages()
 
     def kvm_arch_flush_shadow_memslot(self, slot: Memslot) -> None:
-        if self.profile.slot_zap_all:
-            self.kvm_mmu_zap_all_fast()
-        elif self.shadow is not None:
-            self.shadow.zap_gfn_range(slot.base_gfn, slot.end_gfn)
-        else:
-            # kvm_mmu_zap_memslot: only the slot's leaf SPTEs; roots survive.
-            if self.tdp_mmu.zap_leafs(slot.base_gfn, slot.end_gfn, self._all_valid_roots()):
-                self.flush_remote_tlbs()
+        self.policies.flush_shadow_memslot(self, slot)
 
-    def _all_valid_roots(self):
-        if self.profile.tdp_mmu:
+    def all_valid_roots(self):
+        if self.tdp_mmu_enabled:
             return self.tdp_mmu.roots
-        return [sp for sp in self.mmu_page_hash.values() if sp.parent is None and not sp.role & ROLE_INVALID]
+        return [sp for sp in self.shadow_mmu.active if sp.number and not sp.role & ROLE_INVALID]
 
     def set_memory_region(self, op: str, slot: Memslot, new_base_gfn: int | None = None) -> None:
         """KVM_SET_USER_MEMORY_REGION: create, delete or move (KVM_MR_MOVE), as the VMM asks.
         DELETE and MOVE flush the old range's SPTEs (kvm_arch_flush_shadow_memslot)."""
         who = self.current
         self.charge(who, "memslot_ioctl")
-        self.stats["memslot_changes"] += 1
+        self.stats["kvmdbg_memslot_changes"] += 1
         if op == "delete":
             old = self.memslots.delete(slot.id)
             self.kvm_arch_flush_shadow_memslot(old)
@@ -218,10 +226,15 @@ class Vm:
             self.memslots.create(slot)
         else:
             self.memslots.create(slot)
+        if self.bare:
+            # No KVM to zap and flush (kvm_arch_flush_shadow_memslot ends in a remote TLB
+            # flush), but the TLB entries hold the host page of each gpa: without this the
+            # CPU read and fetched a deleted slot's page while writes, re-walked for their
+            # dirty bit, reached the new one. A TLB may drop entries at any time.
+            for v in self.vcpus:
+                v.cpu.tlb.flush_all()
         self.trace("kvmdbg:memslot", self.current_vcpu_index(), op=op, slot=slot.id,
                    base_gfn=slot.base_gfn, npages=slot.npages, generation=self.memslots.generation)
-        for v in self.vcpus:
-            v.memslots_changed()
 
     # --- guest-physical memory as the VMM sees it ---
 
@@ -233,11 +246,15 @@ class Vm:
         pfn = self.host.hva_to_pfn(slot.gfn_to_hva(gfn))
         return self.host.pages[pfn], pfn
 
-    def host_page_of(self, gpa: int, cache: dict):
+    def host_page_of(self, gpa: int):
         """(host page or None for MMIO, hpa, writable, executable) behind a gpa, as the
-        CpuOps translate_gpa answers without second-level tables; `cache` is the caller's
-        gfn cache (cleared by the caller when memslots change)."""
+        CpuOps translate_gpa answers without second-level tables. The answers are cached
+        per gfn while the memslots stay as they are (their generation says so)."""
         gfn = gpa >> PAGE_SHIFT
+        cache = self._gfn_cache
+        if self._gfn_cache_generation != self.memslots.generation:
+            cache.clear()
+            self._gfn_cache_generation = self.memslots.generation
         hit = cache.get(gfn)
         if hit is not None:
             return hit

@@ -1,15 +1,19 @@
-"""The legacy direct MMU (tdp_mmu=0): EPT tables built as shadow pages in the hash.
+"""The legacy direct MMU (tdp_mmu=0): EPT tables built as direct shadow pages.
 
-Pages are found by (gfn, role) in kvm->arch.mmu_page_hash; a root whose
-root_count drops to 0 simply stays hashed for the next load (mmu_free_root_page
-zaps only roots that are already invalid). kvm_mmu_zap_all_fast makes every page
-of the old generation obsolete; obsolete roots still in use are invalidated and
-die at their last put.
+With the TDP MMU off, KVM builds the EPT out of the shadow MMU's pages (mmu.c): found by
+(gfn, role) in mmu_page_hash, kept on active_mmu_pages, and zapped, committed and freed
+by the same code as shadow paging's pages. So these pages live in the VM's ShadowMmu
+(shadow_mmu.py), which does the lookups, the zaps (__kvm_mmu_prepare_zap_page, counting
+mmu_shadow_zapped per page), kvm_zap_obsolete_pages and mmu_free_root_page; only the walk
+that installs SPTEs is the TDP MMU table code's (tdp_mmu.py's map, in the EPT format).
+A root whose root_count drops to 0 stays hashed for the next load; kvm_mmu_zap_all_fast
+makes every page obsolete, and a root still in use dies at its last put.
 """
 
 from __future__ import annotations
 
-from kvmdbg.mmu.mmu_internal import ROLE_INVALID, MmuPage
+from kvmdbg.mmu.mmu import DirectMmuOps, RootInfo
+from kvmdbg.mmu.mmu_internal import MmuPage
 
 
 def _trace_get(kvm, vcpu, sp: MmuPage, created: bool) -> None:
@@ -18,29 +22,22 @@ def _trace_get(kvm, vcpu, sp: MmuPage, created: bool) -> None:
               unsync=False, created=created, root=sp.number, hpa=sp.hpa)
 
 
-def _is_obsolete(kvm, sp: MmuPage) -> bool:
-    return bool(sp.role & ROLE_INVALID) or sp.mmu_valid_gen != kvm.mmu_valid_gen
-
-
 def get_shadow_page(kvm, vcpu, gfn: int, role: int) -> tuple[MmuPage, bool]:
-    """kvm_mmu_get_shadow_page: (page, created). A miss counts mmu_cache_miss."""
-    sp = kvm.mmu_page_hash.get((gfn, role))
-    if sp is not None and not _is_obsolete(kvm, sp):
+    """kvm_mmu_get_shadow_page for a direct role: (page, created). A miss counts
+    mmu_cache_miss (kvm_mmu_find_shadow_page)."""
+    shadow = kvm.shadow_mmu
+    sp = shadow.find(vcpu, gfn, role, [])          # direct pages are never unsync
+    if sp is not None:
         _trace_get(kvm, vcpu, sp, False)
         return sp, False
-    kvm.stats["mmu_cache_miss"] += 1
-    sp = kvm.tdp_mmu.alloc_page(role, gfn, False)
-    sp.hashed = True
-    kvm.mmu_page_hash[(gfn, role)] = sp
-    return sp, True
+    return shadow.alloc(gfn, role), True
 
 
 def mmu_alloc_root(kvm, vcpu, role: int) -> MmuPage:
     sp, created = get_shadow_page(kvm, vcpu, 0, role)
     if created:
-        sp.number = kvm.tdp_mmu.next_root_number
-        kvm.tdp_mmu.next_root_number += 1
-        kvm.stats["roots_allocated"] += 1
+        sp.number = kvm.mmu_pages.new_root_number()
+        kvm.stats["kvmdbg_roots_allocated"] += 1
         kvm.charge(vcpu, "root_alloc")
     sp.root_count += 1
     if created:
@@ -49,52 +46,28 @@ def mmu_alloc_root(kvm, vcpu, role: int) -> MmuPage:
 
 
 def alloc_child(kvm, vcpu, parent: MmuPage, gfn: int, level: int) -> MmuPage:
+    """The table for (gfn, level) under parent; the caller links it (TdpMmu.map). The link
+    is recorded in parent_ptes, as __link_shadow_page does, so a zap can unlink it."""
     role = (parent.role & ~0xF) | level
     sp, created = get_shadow_page(kvm, vcpu, gfn, role)
     if created:
         _trace_get(kvm, vcpu, sp, True)
+    sp.parent_ptes[(parent, (gfn >> (9 * level)) & 511)] = None
     return sp
 
 
-def mmu_free_root_page(kvm, root: MmuPage, vcpu) -> None:
-    root.root_count -= 1
-    kvm.trace("kvmdbg:root_put", vcpu.index if vcpu is not None else -1, root=root.number,
-              hpa=root.hpa, root_count=root.root_count)
-    if root.root_count == 0 and root.role & ROLE_INVALID:
-        prepare_zap_tree(kvm, root, vcpu)
+class LegacyMmuOps(DirectMmuOps):
+    """init_kvm_tdp_mmu with tdp_mmu=0: direct roots found by role in the hash (they
+    survive unload), freed by the shadow MMU's code, faults through direct_map (the TDP
+    table walk with shadow pages for tables)."""
 
+    def alloc_root(self, vcpu) -> RootInfo:
+        return RootInfo(0, mmu_alloc_root(self.kvm, vcpu, vcpu.mmu.root_role))
 
-def prepare_zap_tree(kvm, sp: MmuPage, payer) -> None:
-    """kvm_mmu_prepare_zap_page on a whole tree, then commit (one remote TLB flush)."""
-    tdp = kvm.tdp_mmu
-    before = kvm.stats["sptes_zapped"]
-    kvm.trace("kvm_mmu_prepare_zap_page", kvm.current_vcpu_index(), mmu_valid_gen=sp.mmu_valid_gen,
-              gfn=sp.gfn, role=sp.role, root_count=sp.root_count, unsync=False)
-    level = sp.role & 0xF
-    span = 9 * (level - 1)
-    for i, _old in list(tdp.present_entries(sp)):
-        tdp.tdp_mmu_set_spte(sp, i, 0, sp.gfn + (i << span))
-    n = kvm.stats["sptes_zapped"] - before
-    kvm.stats["mmu_shadow_zapped"] += 1
-    kvm.charge(payer, "spte_zap", n)
-    kvm.trace("kvmdbg:root_zap", kvm.current_vcpu_index(), root=sp.number, hpa=sp.hpa, sptes=n)
-    kvm.stats["roots_freed"] += 1
-    kvm.trace("kvmdbg:root_free", kvm.current_vcpu_index(), root=sp.number, hpa=sp.hpa)
-    tdp.free_page(sp)
-    kvm.flush_remote_tlbs()
+    def free_root(self, vcpu, sp, invalid: list) -> None:
+        self.kvm.shadow_mmu.free_root(vcpu, sp, invalid)
 
-
-def zap_obsolete_pages(kvm) -> None:
-    """kvm_zap_obsolete_pages for roots of the old generation (their trees go with them)."""
-    roots = sorted((sp for sp in kvm.mmu_page_hash.values() if sp.parent is None and sp.gfn == 0
-                    and sp.number and sp.mmu_valid_gen != kvm.mmu_valid_gen),
-                   key=lambda sp: sp.number)
-    for sp in roots:
-        kvm.mmu_page_hash.pop((sp.gfn, sp.role), None)
-        sp.hashed = False
-        if sp.root_count > 0:
-            sp.role |= ROLE_INVALID
-            kvm.stats["roots_invalidated"] += 1
-            kvm.trace("kvmdbg:root_invalidate", -1, root=sp.number, hpa=sp.hpa)
-        else:
-            prepare_zap_tree(kvm, sp, kvm.current)
+    def map_fault(self, vcpu, root, fault):
+        kvm = self.kvm
+        return kvm.tdp_mmu.map(vcpu, root, fault,
+                               lambda parent, gfn, level: alloc_child(kvm, vcpu, parent, gfn, level))

@@ -2,23 +2,27 @@
 
 Mirrors arch/x86/kvm/mmu/mmu.c: kvm_calc_cpu_role, kvm_init_mmu,
 kvm_mmu_reset_context (= unload + init, in every version), kvm_mmu_load/reload/
-unload, kvm_mmu_free_roots, fast_pgd_switch and the prev_roots LRU,
-update_permission_bitmask/permission_fault, and kvm_mmu_page_fault for direct
-(TDP) MMUs. The vCPU is reached through plain fields (cr0, cr4, efer, rflags,
-smm, kvm); nothing here imports the CPU model.
+unload, kvm_mmu_free_roots, kvm_mmu_free_obsolete_roots, kvm_mmu_new_pgd with
+fast_pgd_switch and the prev_roots LRU, kvm_mmu_invlpg, update_permission_bitmask/
+permission_fault, and kvm_mmu_page_fault, which hands each fault to the MMU the vCPU
+runs on (MmuOps: the TDP MMU, the legacy direct MMU or shadow paging, picked once).
+The vCPU is reached through plain fields (cpu.cr0, cpu.cr4, cpu.efer, smm, kvm) and a
+few of its methods (load_mmu_pgd, flush_tlb_current, flush_tlb_gva, make_request);
+nothing here imports the CPU model.
 """
 
 from __future__ import annotations
 
+from kvmdbg.arch.kvm_host import (KVM_REQ_LOAD_MMU_PGD, PFERR_FETCH, PFERR_PK,  # noqa: F401
+                                  PFERR_PRESENT, PFERR_RSVD, PFERR_USER, PFERR_WRITE)
+from kvmdbg.bits import canonical
+from kvmdbg.arch.msr_index import EFER_LMA, EFER_NXE as EFER_NX
+from kvmdbg.arch.processor_flags import (CR0_PG, CR0_WP, CR4_LA57, CR4_PAE, CR4_PGE, CR4_PKE,
+                                         CR4_PSE, CR4_SMAP, CR4_SMEP)
 from kvmdbg.mmu import mmu_internal as R
 from kvmdbg.mmu import spte as S
 from kvmdbg.mmu.mmu_internal import ACC_ALL, PageFault, RetPF
 
-# Architectural bits the roles are computed from (kept here: mmu never imports cpu).
-CR0_PG, CR0_WP = 1 << 31, 1 << 16
-CR4_PSE, CR4_PAE, CR4_PGE, CR4_LA57 = 1 << 4, 1 << 5, 1 << 7, 1 << 12
-CR4_SMEP, CR4_SMAP, CR4_PKE = 1 << 20, 1 << 21, 1 << 22
-EFER_NX, EFER_LMA = 1 << 11, 1 << 10
 
 KVM_MMU_CR0_ROLE_BITS = CR0_PG | CR0_WP
 KVM_MMU_CR4_ROLE_BITS = CR4_PSE | CR4_PAE | CR4_LA57 | CR4_SMEP | CR4_SMAP | CR4_PKE
@@ -68,6 +72,7 @@ class KvmMmu:
         self.root_role = 0
         self.permissions = (0,) * 16
         self.pkru_mask = 0
+        self.ops = None            # MmuOps: the MMU this context runs on (set by the vCPU)
 
     @property
     def cpu_base(self) -> int:
@@ -137,7 +142,6 @@ def kvm_calc_tdp_mmu_root_page_role(cpu_role: int, has_guest_bits: bool, tdp_lev
 
 # --- permission tables (3.9, 3.10) ---
 
-PFERR_PRESENT, PFERR_WRITE, PFERR_USER, PFERR_RSVD, PFERR_FETCH, PFERR_PK = 1, 2, 4, 8, 16, 32
 _BITMASK_INPUTS = (R.ROLE_CR0_WP | R.ROLE_EFER_NX | (R.EXT_CR4_SMEP | R.EXT_CR4_SMAP
                                                      | R.EXT_CR4_PKE) << 32)
 
@@ -263,6 +267,284 @@ def fast_pgd_switch(mmu: KvmMmu, new_pgd: int, role: int, free_root) -> bool:
     if mmu.root.valid:
         return cached_root_find_and_keep_current(mmu, new_pgd, role, free_root)
     return cached_root_find_without_current(mmu, new_pgd, role)
+
+
+# --- the MMU each vCPU runs on, picked once (init_kvm_tdp_mmu / init_kvm_softmmu) ---
+
+class MmuOps:
+    """What differs between the three MMUs: the TDP MMU (tdp_mmu.py), the legacy direct MMU
+    (legacy.py) and shadow paging (shadow_mmu.py). KVM picks init_kvm_tdp_mmu or
+    init_kvm_softmmu in kvm_init_mmu; here the VM picks one object when it is built, and
+    every vCPU's struct kvm_mmu points at it (mmu.ops)."""
+
+    direct = True
+
+    def __init__(self) -> None:
+        # (cr0, cr4, efer, smm) -> (cpu_role, root_role): a pure function of the registers
+        # and this MMU, so a guest flipping one CR bit asks for the same two answers.
+        self.roles_memo: dict = {}
+
+    def root_role(self, cpu_role: int) -> int:
+        raise NotImplementedError
+
+    def alloc_root(self, vcpu) -> RootInfo:
+        """mmu_alloc_direct_roots / mmu_alloc_shadow_roots."""
+        raise NotImplementedError
+
+    def free_root(self, vcpu, sp, invalid: list) -> None:
+        """mmu_free_root_page: put the vCPU's reference; zapped pages go on `invalid`."""
+        raise NotImplementedError
+
+    def page_fault(self, vcpu, addr: int, error_code: int) -> RetPF:
+        """kvm_tdp_page_fault or FNAME(page_fault)."""
+        raise NotImplementedError
+
+    def sync_root(self, vcpu, sp) -> None:
+        """kvm_mmu_sync_roots for one root: nothing to sync in a direct MMU."""
+
+    def invalidate_addr(self, vcpu, gva: int, sp) -> None:
+        """kvm_mmu_invalidate_addr for one root (shadow paging's unsync pages)."""
+
+
+class DirectMmuOps(MmuOps):
+    """init_kvm_tdp_mmu: both direct MMUs share the root role and the fault path
+    (direct_page_fault); they differ in where roots come from and how tables are built."""
+
+    def __init__(self, kvm, has_guest_bits: bool):
+        super().__init__()
+        self.kvm = kvm
+        # The root role carries guest CR0.WP and EFER.NX, as before the 2022 split.
+        self.has_guest_bits = has_guest_bits
+
+    def root_role(self, cpu_role: int) -> int:
+        return kvm_calc_tdp_mmu_root_page_role(cpu_role, self.has_guest_bits)
+
+    def page_fault(self, vcpu, addr: int, error_code: int) -> RetPF:
+        return direct_page_fault(vcpu, addr, error_code, self.map_fault)
+
+    def map_fault(self, vcpu, root, fault) -> RetPF:
+        """kvm_tdp_mmu_map or direct_map."""
+        raise NotImplementedError
+
+
+# --- the MMU context of a vCPU (mmu.c) ---
+
+def kvm_init_mmu(vcpu) -> None:
+    """Compute cpu_role and root_role; rebuild permission tables only if they changed."""
+    cpu = vcpu.cpu
+    mmu = vcpu.mmu
+    ops = mmu.ops
+    key = (cpu.cr0, cpu.cr4, cpu.efer, vcpu.smm)
+    roles = ops.roles_memo.get(key)
+    if roles is None:
+        cpu_role = kvm_calc_cpu_role(cpu.cr0, cpu.cr4, cpu.efer, smm=vcpu.smm)
+        if len(ops.roles_memo) >= 4096:
+            ops.roles_memo.clear()
+        roles = ops.roles_memo[key] = (cpu_role, ops.root_role(cpu_role))
+    cpu_role, root_role = roles
+    if cpu_role == mmu.cpu_role and root_role == mmu.root_role:
+        return
+    mmu.cpu_role = cpu_role
+    mmu.root_role = root_role
+    update_permission_bitmask(mmu, ept=False)
+    kvm = vcpu.kvm
+    if kvm.bus.active:
+        kvm.trace("kvmdbg:init_mmu", vcpu.index, cpu_role=cpu_role, root_role=root_role)
+
+
+def kvm_mmu_reset_context(vcpu) -> None:
+    kvm = vcpu.kvm
+    kvm.stats["kvmdbg_mmu_resets"] += 1
+    if kvm.bus.active:
+        kvm.trace("kvmdbg:mmu_reset_context", vcpu.index)
+    vcpu.cpu.extra_cycles += kvm.costs.values["mmu_reset"]
+    kvm_mmu_unload(vcpu)
+    kvm_init_mmu(vcpu)
+
+
+def kvm_mmu_unload(vcpu) -> None:
+    kvm = vcpu.kvm
+    kvm.stats["kvmdbg_mmu_unloads"] += 1
+    if kvm.bus.active:
+        kvm.trace("kvmdbg:mmu_unload", vcpu.index)
+    kvm_mmu_free_roots(vcpu, KVM_MMU_ROOTS_ALL)
+
+
+def kvm_mmu_free_roots(vcpu, roots_to_free: int) -> None:
+    """Put the selected roots (prev_roots first, then the current one, as KVM does); shadow
+    pages zapped on the way are committed with one remote TLB flush."""
+    mmu = vcpu.mmu
+    ops = mmu.ops
+    prev = mmu.prev_roots
+    invalid: list = []
+    if prev.count(INVALID_ROOT) != len(prev):            # TDP never fills prev_roots
+        for i, info in enumerate(prev):
+            if info.sp is not None and roots_to_free & (2 << i):
+                ops.free_root(vcpu, info.sp, invalid)
+                prev[i] = INVALID_ROOT
+    if roots_to_free & KVM_MMU_ROOT_CURRENT and mmu.root.sp is not None:
+        ops.free_root(vcpu, mmu.root.sp, invalid)
+        mmu.root = INVALID_ROOT
+    if invalid:
+        vcpu.kvm.shadow_mmu.commit_zap_page(invalid)
+
+
+def kvm_mmu_load(vcpu) -> None:
+    kvm = vcpu.kvm
+    kvm.stats["kvmdbg_mmu_loads"] += 1
+    vcpu.cpu.extra_cycles += kvm.costs.values["mmu_load"]
+    mmu = vcpu.mmu
+    mmu.root = mmu.ops.alloc_root(vcpu)
+    root = mmu.root.sp
+    vcpu.load_mmu_pgd(root)
+    if kvm.bus.active:
+        kvm.trace("kvmdbg:mmu_load", vcpu.index, root=root.number, hpa=root.hpa)
+    # kvm_mmu_load flushes the current context unconditionally: the root's past is unknown.
+    vcpu.flush_tlb_current()
+
+
+def kvm_mmu_reload(vcpu) -> None:
+    if vcpu.mmu.root.sp is None:
+        kvm_mmu_load(vcpu)
+
+
+def kvm_mmu_load_pgd(vcpu) -> None:
+    """KVM_REQ_LOAD_MMU_PGD: point the hardware at the current root (no flush)."""
+    root = vcpu.mmu.root.sp
+    if root is not None:
+        vcpu.load_mmu_pgd(root)
+
+
+def kvm_mmu_sync_roots(vcpu) -> None:
+    """KVM_REQ_MMU_SYNC: resync the unsync pages under the current root."""
+    vcpu.mmu.ops.sync_root(vcpu, vcpu.mmu.root.sp)
+
+
+def kvm_mmu_sync_prev_roots(vcpu) -> None:
+    for info in vcpu.mmu.prev_roots:
+        vcpu.mmu.ops.sync_root(vcpu, info.sp)
+
+
+def is_obsolete_root(kvm, sp) -> bool:
+    if sp is None:
+        return False
+    if sp.role & R.ROLE_INVALID or sp.freed:
+        return True
+    return (not sp.tdp_mmu_page) and sp.mmu_valid_gen != kvm.mmu_valid_gen
+
+
+def kvm_mmu_free_obsolete_roots(vcpu) -> None:
+    mmu = vcpu.mmu
+    mask = 0
+    if is_obsolete_root(vcpu.kvm, mmu.root.sp):
+        mask |= KVM_MMU_ROOT_CURRENT
+    for i in range(KVM_MMU_NUM_PREV_ROOTS):
+        if is_obsolete_root(vcpu.kvm, mmu.prev_roots[i].sp):
+            mask |= KVM_MMU_ROOT_PREVIOUS(i)
+    kvm_mmu_free_roots(vcpu, mask)
+
+
+def refresh_passthrough_bits(vcpu):
+    """kvm_mmu_refresh_passthrough_bits (cf9f4c0eb169): with TDP and a guest-owned
+    CR0.WP, pick up the live WP before an emulated permission check. None when CR0.WP
+    always exits (the role is then never stale)."""
+    if not vcpu.cr0_guest_owned & CR0_WP:
+        return None
+
+    def refresh(mmu):
+        wp = bool(vcpu.cpu.cr0 & CR0_WP)
+        if wp == bool(mmu.cpu_role & R.ROLE_CR0_WP):
+            return
+        mmu.cpu_role ^= R.ROLE_CR0_WP
+        update_permission_bitmask(mmu, ept=False)
+    return refresh
+
+
+def kvm_mmu_page_fault(vcpu, addr: int, error_code: int) -> RetPF:
+    """Every MMU fault (an EPT violation or misconfig, or the #PF intercept) goes to the MMU
+    the vCPU was initialised with."""
+    return vcpu.mmu.ops.page_fault(vcpu, addr, error_code)
+
+
+def kvm_mmu_invlpg(vcpu, gva: int) -> None:
+    """An INVLPG exit: INVVPID for the address, then sync its SPTE in every unsync page on
+    its path, in the current and the previous roots (kvm_mmu_invalidate_addr)."""
+    vcpu.kvm.stats["invlpg"] += 1          # kvm_mmu_invlpg counts a non-canonical one too
+    if not canonical(gva):
+        return
+    vcpu.flush_tlb_gva(gva)
+    mmu = vcpu.mmu
+    mmu.ops.invalidate_addr(vcpu, gva, mmu.root.sp)
+    for info in mmu.prev_roots:
+        mmu.ops.invalidate_addr(vcpu, gva, info.sp)
+
+
+def kvm_mmu_new_pgd(vcpu, new_pgd: int) -> None:
+    """A CR3 change: fast_pgd_switch over prev_roots; a miss leaves the root invalid and
+    kvm_mmu_reload finds (or builds) the new one by (gfn, role) in the hash."""
+    kvm = vcpu.kvm
+    mmu = vcpu.mmu
+    hit = fast_pgd_switch(mmu, new_pgd, mmu.root_role, lambda mask: kvm_mmu_free_roots(vcpu, mask))
+    kvm.stats["kvmdbg_pgd_switch_hits" if hit else "kvmdbg_pgd_switch_misses"] += 1
+    if kvm.bus.active:
+        kvm.trace("kvmdbg:fast_pgd_switch", vcpu.index, pgd=new_pgd, hit=hit,
+                  root=mmu.root.sp.number if mmu.root.sp is not None else 0)
+    if not hit:
+        return
+    vcpu.make_request(KVM_REQ_LOAD_MMU_PGD)
+    if not mmu.root_role & R.ROLE_DIRECT:
+        mmu.root.sp.write_flooding_count = 0
+
+
+# --- the direct MMUs' page fault (direct_page_fault; kvm-mmu-spec 5.1, 5.3, 5.4) ---
+
+def kvm_mmu_hugepage_adjust(kvm, fault, slot) -> None:
+    """goal_level = the largest level the memslot (whole, aligned range) and the host
+    mapping level allow (kvm-mmu-spec 5.4; no NX-huge-page mitigation, no dirty logging)."""
+    for level in (3, 2):
+        span = 9 * (level - 1)
+        base = fault.gfn & ~((1 << span) - 1)
+        if base < slot.base_gfn or base + (1 << span) > slot.end_gfn:
+            continue
+        hva = slot.gfn_to_hva(base)
+        if hva & ((1 << (span + 12)) - 1):
+            continue                                    # gfn and hva not aligned alike
+        if kvm.host.host_mapping_level(hva) >= level:
+            fault.req_level = fault.goal_level = level
+            return
+
+
+_OUTCOME_STATS = {RetPF.FIXED: "pf_fixed", RetPF.SPURIOUS: "pf_spurious", RetPF.EMULATE: "pf_emulate"}
+
+
+def count_outcome(kvm, ret: RetPF) -> None:
+    """KVM's pf_fixed / pf_spurious / pf_emulate counters."""
+    stat = _OUTCOME_STATS.get(ret)
+    if stat is not None:
+        kvm.stats[stat] += 1
+
+
+def direct_page_fault(vcpu, gpa: int, error_code: int, map_fault) -> RetPF:
+    """kvm_tdp_page_fault -> direct_page_fault: resolve the pfn (and the level the
+    memslot and host allow), then map it with `map_fault(vcpu, root, fault)`
+    (kvm_tdp_mmu_map, or direct_map for the legacy MMU)."""
+    kvm = vcpu.kvm
+    kvm.stats["pf_taken"] += 1
+    fault = PageFault(gpa, error_code)
+    slot = kvm.memslots.lookup(fault.gfn)
+    fault.slot = slot
+    if slot is not None:
+        fault.map_writable = not slot.flags & 2          # KVM_MEM_READONLY
+        if kvm.huge_pages:
+            kvm_mmu_hugepage_adjust(kvm, fault, slot)
+        base_gfn = fault.gfn & ~((1 << (9 * (fault.goal_level - 1))) - 1)
+        fault.pfn = kvm.host.hva_to_pfn(slot.gfn_to_hva(base_gfn))
+    root = vcpu.mmu.root.sp
+    if root is None or is_obsolete_root(kvm, root):
+        return RetPF.RETRY                                  # is_page_fault_stale
+    ret = map_fault(vcpu, root, fault)
+    count_outcome(kvm, ret)
+    return ret
 
 
 # --- faults (5.1, 5.3) ---

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from kvmdbg.arch.kvm_host import ACC_ALL, ACC_EXEC, ACC_USER, ACC_WRITE  # noqa: F401
+
 # union kvm_mmu_page_role (kvm-mmu-spec 3.1)
 ROLE_LEVEL_MASK = 0xF
 ROLE_HAS_4_BYTE_GPTE = 1 << 4
@@ -36,8 +38,6 @@ EXT_CR4_SMEP = 1 << 5
 EXT_CR4_LA57 = 1 << 6
 EXT_EFER_LMA = 1 << 7
 
-ACC_EXEC, ACC_WRITE, ACC_USER = 1, 2, 4
-ACC_ALL = 7
 
 BASE_FIELDS = (
     ("has_4_byte_gpte", ROLE_HAS_4_BYTE_GPTE), ("direct", ROLE_DIRECT), ("invalid", ROLE_INVALID),
@@ -102,6 +102,15 @@ def ext_fields(ext: int) -> dict:
     return {name: int(bool(ext & bit)) for name, bit in EXT_FIELDS}
 
 
+class KvmBug(AssertionError):
+    """What KVM_BUG_ON / BUG() / WARN_ON_ONCE would report: the model broke an invariant
+    the kernel checks (a bug in kvmdbg, never in the guest)."""
+
+
+def kvm_bug(message: str):
+    raise KvmBug(f"KVM bug: {message}")
+
+
 class RetPF(IntEnum):
     """Outcomes of a page fault (RET_PF_*, mmu_internal.h)."""
     CONTINUE = 0
@@ -117,7 +126,7 @@ class MmuPage:
 
     __slots__ = ("role", "gfn", "pfn", "hpa", "spt", "tdp_mmu_page", "root_count", "parent",
                  "parent_index", "tdp_mmu_scheduled_root_to_zap", "mmu_valid_gen",
-                 "created_step", "number", "freed", "hashed")
+                 "created_step", "number", "freed")
 
     def __init__(self, role: int, gfn: int, pfn: int, spt: bytearray, tdp_mmu_page: bool):
         self.role = role
@@ -134,7 +143,6 @@ class MmuPage:
         self.created_step = 0
         self.number = 0                  # root number shown to users (#1, #2, ...)
         self.freed = False
-        self.hashed = False
 
     @property
     def level(self) -> int:

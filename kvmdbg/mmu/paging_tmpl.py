@@ -15,13 +15,14 @@ plus W and U from the access, and I/D for fetches when EFER.NX or CR4.SMEP is on
 
 from __future__ import annotations
 
+from kvmdbg.arch.pgtable_types import (PAGE_ACCESSED as A, PAGE_DIRTY as D, PAGE_NX as XD,
+                                       PAGE_PRESENT as P, PAGE_PSE as PS, PTE_ADDR_MASK as ADDR)
+from kvmdbg.arch.pgtable_types import MAXPHYADDR
+from kvmdbg.arch.processor_flags import AC, CR4_PKE
 from kvmdbg.mmu import mmu as M
 from kvmdbg.mmu import mmu_internal as R
 from kvmdbg.mmu.mmu_internal import ACC_EXEC, ACC_USER, ACC_WRITE
 
-P, RW, US, A, D, PS = 1, 2, 4, 0x20, 0x40, 0x80
-XD = 1 << 63
-ADDR = ((1 << 52) - 1) & ~0xFFF
 RSVD_2M = ((1 << 21) - 1) & ~((1 << 13) - 1)     # bits 13..20 of a 2 MiB leaf
 RSVD_1G = ((1 << 30) - 1) & ~((1 << 13) - 1)     # bits 13..29 of a 1 GiB leaf
 
@@ -172,3 +173,15 @@ def gva_to_gpa(mmu: M.KvmMmu, read_gpa, write_gpa, cr3: int, gva: int, pfec: int
     w = walk_addr(mmu, read_gpa, write_gpa, cr3, gva, pfec, rflags_ac, pkru, refresh, trace,
                   maxphyaddr)
     return (w.gfn << 12) | (gva & 0xFFF)
+
+
+def walk_vcpu(vcpu, gva: int, pfec: int) -> GuestWalker:
+    """FNAME(walk_addr) on the vCPU's current guest state (CR3, RFLAGS.AC, PKRU), with the
+    lazy CR0.WP refresh and tracing when anyone listens."""
+    kvm = vcpu.kvm
+    cpu = vcpu.cpu
+    trace = (lambda name, **f: kvm.trace(name, vcpu.index, **f)) if kvm.bus.active else None
+    return walk_addr(vcpu.mmu, kvm.read_gpa, kvm.write_gpa, cpu.cr3, gva, pfec,
+                     bool(cpu.get_rflags() & AC), cpu.pkru if cpu.cr4 & CR4_PKE else 0,
+                     M.refresh_passthrough_bits(vcpu), trace, MAXPHYADDR)
+

@@ -1,9 +1,10 @@
-"""The shadow MMU (tdp_enabled=0): shadow pages keyed by (gfn, role), their SPTEs and rmaps,
+"""The shadow MMU: shadow pages keyed by (gfn, role), their SPTEs and rmaps,
 alloc/free, roots, zap + commit, reclaim, and the obsolete-generation sweep (mirrors the
 shadow half of arch/x86/kvm/mmu/mmu.c and FNAME(fetch) of paging_tmpl.h; kvm-mmu-spec
 sections 4.3, 4.4, 4.7, 6). Two jobs live in their own modules and are mixed into ShadowMmu:
 write tracking of the guest's page tables (page_track.py) and unsync/sync of last-level
-tables (shadow_sync.py).
+tables (shadow_sync.py). With EPT but tdp_mmu=0 the legacy MMU's direct pages are kept
+here too (legacy.py): the kernel zaps and frees both kinds with the same code.
 
 A shadow page shadows one guest page table (gfn) for one role; the hardware walks these
 tables instead of the guest's (GVA -> HPA, legacy PTE format, spte.py's shadow flavour).
@@ -22,19 +23,23 @@ emulate (retry_instruction) heuristics.
 
 from __future__ import annotations
 
+from kvmdbg.arch.kvm_host import KVM_REQ_MMU_FREE_OBSOLETE_ROOTS
+from kvmdbg.arch.pgtable_types import PTE_ADDR_MASK as CR3_ADDR_MASK
+from kvmdbg.mmu import mmu as M
 from kvmdbg.mmu import mmu_internal as R
 from kvmdbg.mmu import paging_tmpl as PT
 from kvmdbg.mmu import spte as S
+from kvmdbg.mmu.mmu import MmuOps, RootInfo
 from kvmdbg.mmu.mmu_internal import ACC_WRITE, MmuPage, RetPF
 from kvmdbg.mmu.page_track import PageTrack
 from kvmdbg.mmu.shadow_sync import ShadowSync
+from kvmdbg.mmu.tdp_iter import nonzero_entries
 
 KVM_MIN_FREE_MMU_PAGES = 5
 KVM_REFILL_PAGES = 25
 KVM_PERMILLE_MMU_PAGES = 20
 KVM_MIN_ALLOC_MMU_PAGES = 64
 
-KVM_REQ_MMU_FREE_OBSOLETE_ROOTS = "KVM_REQ_MMU_FREE_OBSOLETE_ROOTS"
 _CHILD_ROLE_CLEAR = R.ROLE_LEVEL_MASK | (7 << R.ROLE_ACCESS_SHIFT) | R.ROLE_DIRECT \
     | R.ROLE_PASSTHROUGH | (3 << R.ROLE_QUADRANT_SHIFT)
 
@@ -115,18 +120,18 @@ class ShadowMmu(PageTrack, ShadowSync):
             return old
         sp.spt[o:o + 8] = new.to_bytes(8, "little")
         kvm = self.kvm
-        tdp = kvm.tdp_mmu
-        tdp.generation.value += 1         # the CPU's walk memo watches this (gpa_generation)
-        tdp.live_sptes += (1 if new else 0) - (1 if old else 0)
+        pool = kvm.mmu_pages
+        pool.generation.value += 1        # the CPU's walk memo watches this (gpa_generation)
+        pool.live_sptes += (1 if new else 0) - (1 if old else 0)
         level = sp.role & R.ROLE_LEVEL_MASK
         was = S.is_shadow_present_pte(old)
         now = S.is_shadow_present_pte(new)
         stats = kvm.stats
         if was != now:
             if now:
-                stats["sptes_created"] += 1
+                stats["kvmdbg_sptes_created"] += 1
             else:
-                stats["sptes_zapped"] += 1
+                stats["kvmdbg_sptes_zapped"] += 1
             if (now and S.is_last_spte(new, level)) or (was and S.is_last_spte(old, level)):
                 stats[("pages_4k", "pages_2m", "pages_1g")[level - 1]] += 1 if now else -1
         return old
@@ -212,12 +217,7 @@ class ShadowMmu(PageTrack, ShadowSync):
 
     def alloc(self, gfn: int, role: int) -> ShadowPage:
         kvm = self.kvm
-        pfn = kvm.host.alloc_page()
-        sp = ShadowPage(role, gfn, pfn, kvm.host.pages[pfn])
-        sp.mmu_valid_gen = kvm.mmu_valid_gen
-        sp.created_step = kvm.now_step()
-        kvm.tdp_mmu.pages[pfn] = sp
-        kvm.stats["tables_allocated"] += 1
+        sp = kvm.mmu_pages.alloc_page(role, gfn, cls=ShadowPage)
         self.active[sp] = None
         self.n_used += 1
         self.hash.setdefault(gfn, []).insert(0, sp)
@@ -278,7 +278,7 @@ class ShadowMmu(PageTrack, ShadowSync):
         flush = False
         if S.is_shadow_present_pte(old):
             if not S.is_last_spte(old, level):
-                child = kvm.tdp_mmu.pages.get(S.spte_to_pfn(old))
+                child = kvm.mmu_pages.pages.get(S.spte_to_pfn(old))
                 if child is not None:
                     self.drop_parent_pte(child, sp, i)
                 flush = True
@@ -312,7 +312,7 @@ class ShadowMmu(PageTrack, ShadowSync):
     def fetch(self, vcpu, root: ShadowPage, addr: int, w: PT.GuestWalker, slot, pfn: int,
               write: bool, host_writable: bool) -> RetPF:
         kvm = self.kvm
-        pages = kvm.tdp_mmu.pages
+        pages = kvm.mmu_pages.pages
         sp = root
         level = root.level
         while True:
@@ -352,7 +352,7 @@ class ShadowMmu(PageTrack, ShadowSync):
 
     def clear_flood(self, root: ShadowPage, addr: int) -> None:
         """shadow_page_table_clear_flood: the tables translating addr are in use."""
-        pages = self.kvm.tdp_mmu.pages
+        pages = self.kvm.mmu_pages.pages
         sp = root
         level = root.level
         while sp is not None:
@@ -365,7 +365,7 @@ class ShadowMmu(PageTrack, ShadowSync):
 
     def leaf_spte(self, root: ShadowPage, addr: int) -> tuple[ShadowPage, int, int]:
         """(page, index, spte) of the last SPTE on addr's path (for MMIO faults and views)."""
-        pages = self.kvm.tdp_mmu.pages
+        pages = self.kvm.mmu_pages.pages
         sp = root
         level = root.level
         while True:
@@ -388,24 +388,29 @@ class ShadowMmu(PageTrack, ShadowSync):
             if S.is_last_spte(pte, sp.level):
                 self.drop_spte(sp, i)
             else:
-                child = self.kvm.tdp_mmu.pages.get(S.spte_to_pfn(pte))
+                child = self.kvm.mmu_pages.pages.get(S.spte_to_pfn(pte))
                 if child is not None:
                     self.drop_parent_pte(child, sp, i)
                 else:
                     self._write(sp, i, 0)
-        elif S.is_shadow_mmio_spte(pte):
+        elif S.is_shadow_mmio_spte(pte) or S.is_mmio_spte(pte):     # legacy MMU: EPT format
             self._write(sp, i, 0)
 
     def prepare_zap_page(self, sp: ShadowPage, invalid: list) -> tuple[bool, int]:
-        """__kvm_mmu_prepare_zap_page: (list unstable, pages zapped)."""
+        """__kvm_mmu_prepare_zap_page: (list unstable, pages zapped). mmu_shadow_zapped
+        counts every call, so a root zapped while in use counts again at its last put."""
         kvm = self.kvm
         self._trace_page("kvm_mmu_prepare_zap_page", None, sp)
         kvm.stats["mmu_shadow_zapped"] += 1
         nr = self.zap_unsync_children(sp, invalid)
-        for i, _v in list(kvm.tdp_mmu.present_entries(sp)):
+        before = kvm.stats["kvmdbg_sptes_zapped"]
+        for i, _v in list(nonzero_entries(sp)):
             self.zap_pte(sp, i)
         for parent, i in list(sp.parent_ptes):
             self.drop_parent_pte(sp, parent, i)
+        zapped = kvm.stats["kvmdbg_sptes_zapped"] - before
+        kvm.charge(None, "spte_zap", zapped)
+        was_invalid = sp.invalid
         unstable = nr > 0
         if not sp.invalid and not sp.role & (R.ROLE_DIRECT | R.ROLE_PASSTHROUGH):
             self.unaccount_shadowed(sp)
@@ -421,9 +426,22 @@ class ShadowMmu(PageTrack, ShadowSync):
         else:
             zapped_root = not self.is_obsolete(sp)
         sp.role |= R.ROLE_INVALID
+        if sp.number:
+            self._trace_root_zap(sp, was_invalid, zapped)
         if zapped_root:
             kvm.make_all_cpus_request(KVM_REQ_MMU_FREE_OBSOLETE_ROOTS)
         return unstable, nr
+
+    def _trace_root_zap(self, sp: ShadowPage, was_invalid: bool, zapped: int) -> None:
+        """The kvmdbg: root events (catch root-zap, timeline): a root in use becomes
+        invalid; a root's SPTEs are zapped."""
+        kvm = self.kvm
+        if sp.root_count and not was_invalid:
+            kvm.stats["kvmdbg_roots_invalidated"] += 1
+            kvm.trace("kvmdbg:root_invalidate", -1, root=sp.number, hpa=sp.hpa)
+        if zapped:
+            kvm.trace("kvmdbg:root_zap", kvm.current_vcpu_index(), root=sp.number, hpa=sp.hpa,
+                      sptes=zapped)
 
     def zap_unsync_children(self, parent: ShadowPage, invalid: list) -> int:
         if parent.level == 1:
@@ -463,9 +481,9 @@ class ShadowMmu(PageTrack, ShadowSync):
             if not bucket:
                 del self.hash[sp.gfn]
         if sp.number:
-            kvm.stats["roots_freed"] += 1
+            kvm.stats["kvmdbg_roots_freed"] += 1
             kvm.trace("kvmdbg:root_free", kvm.current_vcpu_index(), root=sp.number, hpa=sp.hpa)
-        kvm.tdp_mmu.free_page(sp)
+        kvm.mmu_pages.free_page(sp)
 
     # --- reclaim (make_mmu_pages_available) ---
 
@@ -497,11 +515,10 @@ class ShadowMmu(PageTrack, ShadowSync):
         kvm = self.kvm
         sp, created = self.get_shadow_page(vcpu, gfn, role)
         if not sp.number:
-            sp.number = kvm.tdp_mmu.next_root_number
-            kvm.tdp_mmu.next_root_number += 1
+            sp.number = kvm.mmu_pages.new_root_number()
         sp.root_count += 1
         if created:
-            kvm.stats["roots_allocated"] += 1
+            kvm.stats["kvmdbg_roots_allocated"] += 1
             kvm.charge(vcpu, "root_alloc")
             # kvm_mmu_get_page traced root_count 0 (before the increment, as KVM does).
             kvm.trace("kvmdbg:root_alloc", vcpu.index, root=sp.number, hpa=sp.hpa, role=sp.role,
@@ -553,3 +570,97 @@ class ShadowMmu(PageTrack, ShadowSync):
 
     def unused_pages(self) -> int:
         return self.n_max - self.n_used
+
+
+# --- FNAME(page_fault): the #PF intercept ---
+
+def shadow_page_fault(vcpu, addr: int, error_code: int) -> RetPF:
+    """A #PF the hardware raised on KVM's shadow tables: either the guest's own fault
+    (injected, as its tables say) or a missing/insufficient SPTE (built from the guest's
+    tables). Returns FIXED/SPURIOUS (re-execute), EMULATE or RETRY."""
+    kvm = vcpu.kvm
+    shadow = kvm.shadow
+    root = vcpu.mmu.root.sp
+    stale = root is None or M.is_obsolete_root(kvm, root)
+    if error_code & M.PFERR_RSVD and not stale:
+        # handle_mmio_page_fault: an MMIO SPTE of the current memslot generation is
+        # emulated by kvm_mmu_page_fault before kvm_mmu_do_page_fault counts pf_taken.
+        _sp, _i, spte = shadow.leaf_spte(root, addr)
+        if S.is_shadow_mmio_spte(spte):
+            gen = S.get_mmio_spte_gen(spte)
+            if kvm.bus.active:
+                kvm.trace("check_mmio_spte", vcpu.index, kvm_gen=kvm.memslots.generation & S.MMIO_GEN_MASK,
+                          spte_gen=gen, spte=spte)
+            if gen == kvm.memslots.generation & S.MMIO_GEN_MASK:
+                if kvm.bus.active:
+                    kvm.trace("handle_mmio_page_fault", vcpu.index, addr=addr,
+                              gfn=S.shadow_mmio_gfn(spte), access=7)
+                return RetPF.EMULATE
+    kvm.stats["pf_taken"] += 1
+    if stale:
+        return RetPF.RETRY                                   # is_page_fault_stale
+    pfec = error_code & (M.PFERR_WRITE | M.PFERR_USER | M.PFERR_FETCH)
+    try:
+        w = PT.walk_vcpu(vcpu, addr, pfec)
+    except PT.WalkFault as f:
+        vcpu.inject_page_fault(f.error_code, f.address)
+    write = bool(error_code & M.PFERR_WRITE)
+    gfn = w.gfn
+    slot = kvm.memslots.lookup(gfn)
+    if error_code & M.PFERR_PRESENT and write and shadow.is_write_tracked(gfn):
+        # page_fault_handle_page_track: a write to a write-protected guest page table.
+        shadow.clear_flood(root, addr)
+        kvm.stats["pf_emulate"] += 1
+        return RetPF.EMULATE
+    pfn = kvm.host.hva_to_pfn(slot.gfn_to_hva(gfn)) if slot is not None else 0
+    host_writable = slot is not None and not slot.flags & 2            # KVM_MEM_READONLY
+    base = vcpu.mmu.cpu_role & 0xFFFF_FFFF
+    if (write and not w.pte_access & R.ACC_WRITE and not base & R.ROLE_CR0_WP
+            and not error_code & M.PFERR_USER and slot is not None):
+        # Guest CR0.WP=0: a supervisor write to a read-only page is allowed; the SPTE
+        # becomes a writable kernel page (and NX with SMEP) (kvm-mmu-spec 6.4).
+        w.pte_access = (w.pte_access | R.ACC_WRITE) & ~R.ACC_USER
+        if vcpu.mmu.cpu_role >> 32 & R.EXT_CR4_SMEP:
+            w.pte_access &= ~R.ACC_EXEC
+    shadow.make_mmu_pages_available()
+    ret = shadow.fetch(vcpu, root, addr, w, slot, pfn, write, host_writable)
+    M.count_outcome(kvm, ret)
+    return ret
+
+
+class ShadowMmuOps(MmuOps):
+    """init_kvm_softmmu (ept=0): the root shadows the guest's CR3, found by (gfn, role) in
+    the hash and synced on load; faults are the #PF intercept; unsync pages are synced on
+    KVM_REQ_MMU_SYNC and INVLPG."""
+
+    direct = False
+
+    def __init__(self, kvm):
+        super().__init__()
+        self.kvm = kvm
+
+    def root_role(self, cpu_role: int) -> int:
+        return kvm_calc_shadow_root_role(cpu_role)
+
+    def alloc_root(self, vcpu) -> RootInfo:
+        """mmu_alloc_shadow_roots, then kvm_mmu_sync_roots."""
+        shadow = self.kvm.shadow
+        shadow.make_mmu_pages_available()
+        pgd = vcpu.cpu.cr3
+        root = shadow.alloc_root(vcpu, (pgd & CR3_ADDR_MASK) >> 12, vcpu.mmu.root_role)
+        vcpu.mmu.root = RootInfo(pgd, root)
+        shadow.sync_root(vcpu, root)
+        return vcpu.mmu.root
+
+    def free_root(self, vcpu, sp, invalid: list) -> None:
+        self.kvm.shadow.free_root(vcpu, sp, invalid)
+
+    def page_fault(self, vcpu, addr: int, error_code: int) -> RetPF:
+        return shadow_page_fault(vcpu, addr, error_code)
+
+    def sync_root(self, vcpu, sp) -> None:
+        self.kvm.shadow.sync_root(vcpu, sp)
+
+    def invalidate_addr(self, vcpu, gva: int, sp) -> None:
+        self.kvm.shadow.invalidate_addr(vcpu, gva, sp)
+

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from kvmdbg.mmu import mmu_internal as R
 from kvmdbg.mmu import paging_tmpl as PT
 from kvmdbg.mmu import spte as S
+from kvmdbg.mmu.tdp_iter import nonzero_entries
 
 if TYPE_CHECKING:
     from kvmdbg.mmu.shadow_mmu import ShadowPage
@@ -62,7 +63,7 @@ class ShadowSync:
 
     def unsync_walk(self, sp: ShadowPage, out: list, seen: set) -> None:
         """mmu_unsync_walk: the unsync pages below sp; stale unsync_child bits are cleared."""
-        pages = self.kvm.tdp_mmu.pages
+        pages = self.kvm.mmu_pages.pages
         for i in sorted(sp.unsync_child_bitmap):
             ent = self.read(sp, i)
             child = pages.get(S.spte_to_pfn(ent)) if S.is_shadow_present_pte(ent) \
@@ -132,14 +133,14 @@ class ShadowSync:
     def sync_page(self, vcpu, sp: ShadowPage, invalid: list) -> int:
         """kvm_sync_page: resync every SPTE from the gPTEs; zap the page if it cannot be."""
         kvm = self.kvm
-        kvm.stats["mmu_sync_pages"] += 1
+        kvm.stats["kvmdbg_mmu_sync_pages"] += 1
         kvm.charge(vcpu, "sync_page")
         self._trace_page("kvm_mmu_sync_page", vcpu, sp)
         ret = 0
         if sp.direct or (sp.role ^ vcpu.mmu.root_role) & ~_SYNC_ROLE_IGN:
             ret = -1
         else:
-            for i, _v in list(kvm.tdp_mmu.present_entries(sp)):
+            for i, _v in list(nonzero_entries(sp)):
                 ret |= self.sync_spte(vcpu, sp, i)
         if ret < 0:
             self.prepare_zap_page(sp, invalid)
@@ -173,7 +174,7 @@ class ShadowSync:
         """__kvm_mmu_invalidate_addr: sync the one SPTE for addr in each unsync page on its path."""
         if root is None or root.freed:
             return
-        pages = self.kvm.tdp_mmu.pages
+        pages = self.kvm.mmu_pages.pages
         sp = root
         level = root.level
         while sp is not None:

@@ -8,16 +8,9 @@ from __future__ import annotations
 
 from kvmdbg.bits import mask
 
-EPT_R = 1 << 0                     # shadow_user_mask / present mask
-EPT_W = 1 << 1                     # PT_WRITABLE_MASK
-EPT_X = 1 << 2                     # shadow_x_mask
-EPT_MT_SHIFT = 3                   # bits 5:3 memory type
-EPT_MT_WB = 6
-EPT_MT_UC = 0
-EPT_IPAT = 1 << 6
-PT_PAGE_SIZE = 1 << 7              # leaf at level > 1
-EPT_ACCESSED = 1 << 8              # VMX_EPT_ACCESS_BIT
-EPT_DIRTY = 1 << 9                 # VMX_EPT_DIRTY_BIT
+# EPT_R is shadow_user_mask / the present mask, EPT_W PT_WRITABLE_MASK, EPT_X shadow_x_mask.
+from kvmdbg.arch.vmx import (EPT_ACCESSED, EPT_DIRTY, EPT_MT_SHIFT, EPT_MT_WB,  # noqa: F401
+                             EPT_PAGE_SIZE as PT_PAGE_SIZE, EPT_R, EPT_W, EPT_X)
 SPTE_MMU_PRESENT = 1 << 11         # software: "KVM considers this SPTE present"
 SPTE_TDP_AD_SHIFT = 52             # 0 = A/D enabled, 1 = disabled, 2 = wrprot-only
 EPT_SPTE_HOST_WRITABLE = 1 << 57
@@ -103,18 +96,16 @@ def spte_str(spte: int, level: int) -> str:
 # --- the legacy/shadow flavour (kvm_mmu_reset_all_pte_masks; shadow paging, tdp_enabled=0) ---
 # Hardware bits are those of an x86 PTE; KVM's own live in the ignored bits 9-11.
 
-PT_PRESENT = 1 << 0
-PT_WRITABLE = 1 << 1
-PT_USER = 1 << 2
-PT_ACCESSED = 1 << 5
-PT_DIRTY = 1 << 6
-PT64_NX = 1 << 63
+from kvmdbg.arch.pgtable_types import (PAGE_ACCESSED as PT_ACCESSED,  # noqa: E402,F401
+                                       PAGE_DIRTY as PT_DIRTY, PAGE_NX as PT64_NX,
+                                       PAGE_PRESENT as PT_PRESENT, PAGE_RW as PT_WRITABLE,
+                                       PAGE_USER as PT_USER)
 SPTE_HOST_WRITABLE = 1 << 9        # DEFAULT_SPTE_HOST_WRITABLE
 SPTE_MMU_WRITABLE = 1 << 10        # DEFAULT_SPTE_MMU_WRITABLE
 SHADOW_MMIO_VALUE = PT_PRESENT | (1 << 51)      # present + a reserved PA bit: #PF with RSVD
 SHADOW_MMIO_MASK = SHADOW_MMIO_VALUE
 
-ACC_EXEC, ACC_WRITE, ACC_USER = 1, 2, 4
+from kvmdbg.arch.kvm_host import ACC_EXEC, ACC_USER, ACC_WRITE  # noqa: E402,F401
 
 
 def is_shadow_mmio_spte(spte: int) -> bool:

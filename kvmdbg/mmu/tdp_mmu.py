@@ -6,49 +6,106 @@ refcounted with each version's put behaviour, one function through which every
 SPTE changes (tdp_mmu_set_spte -> handle_changed_spte), recursive teardown of
 removed tables, and the events KVM's tracepoints would show.
 
-The same table code also serves the legacy direct MMU (tdp_mmu=0), whose pages live
-in the hash (mmu.py) and whose roots survive unload; `sp.tdp_mmu_page` says which.
+The same table code also installs the legacy direct MMU's SPTEs (tdp_mmu=0), whose
+pages are the shadow MMU's (legacy.py, shadow_mmu.py); `sp.tdp_mmu_page` says which.
 """
 
 from __future__ import annotations
 
 from kvmdbg.mmu import spte as S
-from kvmdbg.mmu.mmu_internal import ROLE_INVALID, MmuPage, RetPF, role_smm
+from kvmdbg.mmu.mmu import DirectMmuOps, RootInfo
+from kvmdbg.mmu.mmu_internal import ROLE_INVALID, MmuPage, RetPF, kvm_bug, role_level, role_smm
+from kvmdbg.mmu.tdp_iter import for_each_tdp_pte, nonzero_entries
 
-PUT_SYNC_ZAP, PUT_ASYNC_ZAP, PUT_KEEP = "sync_zap", "async_zap", "keep"
+
+
+# --- what each era does with roots, one small class per behaviour (chosen by kvm/policies.py) ---
+
+class ZapOnLastPut:
+    """v5.10-v5.17: the task dropping a valid root's last reference zaps the whole root."""
+
+    mmu_holds_a_reference = False
+
+    def last_put(self, tdp, root: MmuPage, vcpu, who: int) -> bool:
+        if root.role & ROLE_INVALID:
+            return False
+        tdp.unlink_root(root)
+        tdp.zap_root(root, payer=vcpu)
+        tdp.free_root(root, who)
+        return True
+
+
+class ZapOnWorker:
+    """22b94c4b63eb (v5.18): the last put marks the root invalid, keeps one reference for
+    the worker and queues the zap (kvm-tdp-mmu-zap)."""
+
+    mmu_holds_a_reference = False
+
+    def last_put(self, tdp, root: MmuPage, vcpu, who: int) -> bool:
+        if root.role & ROLE_INVALID:
+            return False
+        kvm = tdp.kvm
+        root.role |= ROLE_INVALID
+        root.root_count = 1
+        kvm.stats["kvmdbg_roots_invalidated"] += 1
+        kvm.trace("kvmdbg:root_invalidate", who, root=root.number, hpa=root.hpa)
+        kvm.queue_work(lambda worker: tdp._zap_root_work(root, worker), f"zap root #{root.number}")
+        return True
+
+
+class KeepUntilInvalidated:
+    """edbdb43fc96b (v6.4): the TDP MMU holds a reference of its own until the root is
+    invalidated, so the vCPUs' last put never frees a valid root."""
+
+    mmu_holds_a_reference = True
+
+    def last_put(self, tdp, root: MmuPage, vcpu, who: int) -> bool:
+        return False
+
+
+class ZapInvalidatedOnWorker:
+    """v5.18-v6.5: kvm_tdp_mmu_invalidate_all_roots queues each root's zap on the worker,
+    and kvm_tdp_mmu_zap_invalidated_roots waits for it (flush_workqueue)."""
+
+    def schedule(self, tdp, root: MmuPage) -> None:
+        tdp.kvm.queue_work(lambda worker: tdp._zap_root_work(root, worker),
+                           f"zap root #{root.number}")
+
+    def zap_invalidated(self, tdp, payer) -> None:
+        tdp.kvm.flush_workqueue(payer)
+
+
+class ZapInvalidatedInPlace:
+    """Before v5.18 and from 0df9dab891ff (v6.6): the memslot update zaps the invalidated
+    roots itself. flush_each: a remote TLB flush per top-level SPTE zapped, as
+    zap_gfn_range(shared=true) did through tdp_mmu_zap_spte_atomic before v5.18."""
+
+    def __init__(self, flush_each: bool = False):
+        self.flush_each = flush_each
+
+    def schedule(self, tdp, root: MmuPage) -> None:
+        root.tdp_mmu_scheduled_root_to_zap = True
+
+    def zap_invalidated(self, tdp, payer) -> None:
+        for root in list(tdp.roots):
+            if root.tdp_mmu_scheduled_root_to_zap:
+                root.tdp_mmu_scheduled_root_to_zap = False
+                tdp.zap_root(root, payer=payer, flush=self.flush_each)
+                tdp.put_root(root, None)
 
 
 class TdpMmu:
-    """Per-VM MMU page bookkeeping: kvm->arch.tdp_mmu_roots plus the page allocator."""
+    """kvm->arch.tdp_mmu_roots and the TDP MMU's table code (map, zap, teardown). The
+    table code also builds the legacy direct MMU's tables (legacy.py). Pages come from the
+    VM's pool (mmu_pages.py), which every MMU shares."""
 
-    def __init__(self, kvm):
+    def __init__(self, kvm, root_put=None, invalidated_zap=None):
         self.kvm = kvm
+        self.root_put = root_put or KeepUntilInvalidated()
+        self.invalidated_zap = invalidated_zap or ZapInvalidatedInPlace()
         self.roots: list[MmuPage] = []        # tdp_mmu_roots, newest first (list_add_rcu)
-        self.pages: dict[int, MmuPage] = {}   # pfn -> page (KVM finds it via the struct page)
-        self.next_root_number = 1
-        self.live_sptes = 0                   # present SPTEs in all pages (leaf + non-leaf)
-        self.generation = kvm.gpa_generation  # bumped on every SPTE change (kvmdbg/generation.py)
-
-    # --- pages ---
-
-    def alloc_page(self, role: int, gfn: int, tdp: bool) -> MmuPage:
-        kvm = self.kvm
-        pfn = kvm.host.alloc_page()
-        sp = MmuPage(role, gfn, pfn, kvm.host.pages[pfn], tdp)
-        sp.mmu_valid_gen = kvm.mmu_valid_gen
-        sp.created_step = kvm.now_step()
-        self.pages[pfn] = sp
-        kvm.stats["tables_allocated"] += 1
-        return sp
-
-    def free_page(self, sp: MmuPage) -> None:
-        if sp.hashed:
-            self.kvm.mmu_page_hash.pop((sp.gfn, sp.role), None)
-            sp.hashed = False
-        sp.freed = True
-        self.pages.pop(sp.pfn, None)
-        self.kvm.host.free_page(sp.pfn)
-        self.kvm.stats["tables_freed"] += 1
+        self.pool = kvm.mmu_pages
+        self.pages = self.pool.pages          # pfn -> page, for walking tables
 
     # --- roots (tdp_mmu.c) ---
 
@@ -64,13 +121,12 @@ class TdpMmu:
                     kvm.trace("kvmdbg:root_get", vcpu.index, root=root.number, hpa=root.hpa,
                               root_count=root.root_count)
                 return root
-        root = self.alloc_page(role, 0, True)
-        root.number = self.next_root_number
-        self.next_root_number += 1
+        root = self.pool.alloc_page(role, 0, True)
+        root.number = self.pool.new_root_number()
         # edbdb43fc96b: the TDP MMU itself holds a reference until the root is invalidated.
-        root.root_count = 2 if kvm.profile.tdp_put_last_ref == PUT_KEEP else 1
+        root.root_count = 2 if self.root_put.mmu_holds_a_reference else 1
         self.roots.insert(0, root)
-        kvm.stats["roots_allocated"] += 1
+        kvm.stats["kvmdbg_roots_allocated"] += 1
         kvm.charge(vcpu, "root_alloc")
         kvm.trace("kvm_mmu_get_page", vcpu.index, mmu_valid_gen=root.mmu_valid_gen, gfn=0,
                   role=root.role, root_count=root.root_count, unsync=False, created=True,
@@ -78,7 +134,7 @@ class TdpMmu:
         return root
 
     def put_root(self, root: MmuPage, vcpu=None) -> None:
-        """kvm_tdp_mmu_put_root with the profile's behaviour at the last reference."""
+        """kvm_tdp_mmu_put_root with the era's behaviour at the last reference (root_put)."""
         kvm = self.kvm
         root.root_count -= 1
         who = vcpu.index if vcpu is not None else -1
@@ -87,24 +143,11 @@ class TdpMmu:
                       root_count=root.root_count)
         if root.root_count > 0:
             return
-        policy = kvm.profile.tdp_put_last_ref
-        if policy == PUT_ASYNC_ZAP and not root.role & ROLE_INVALID:
-            # 22b94c4b63eb: mark invalid, keep one reference for the worker, queue the zap.
-            root.role |= ROLE_INVALID
-            root.root_count = 1
-            kvm.stats["roots_invalidated"] += 1
-            kvm.trace("kvmdbg:root_invalidate", who, root=root.number, hpa=root.hpa)
-            kvm.queue_work(lambda worker: self._zap_root_work(root, worker), f"zap root #{root.number}")
-            return
-        if policy == PUT_SYNC_ZAP and not root.role & ROLE_INVALID:
-            # v5.10-v5.17: the task dropping the last reference zaps the whole root.
-            self.unlink_root(root)
-            self.zap_root(root, payer=vcpu)
-            self.free_root(root, who)
+        if self.root_put.last_put(self, root, vcpu, who):
             return
         # An invalid root's SPTEs are already gone (or going): unlink and free it.
         self.unlink_root(root)
-        if any(True for _ in self.present_entries(root)):
+        if next(nonzero_entries(root), None) is not None:
             self.zap_root(root, payer=vcpu)
         self.free_root(root, who)
 
@@ -114,9 +157,9 @@ class TdpMmu:
 
     def free_root(self, root: MmuPage, who: int) -> None:
         kvm = self.kvm
-        kvm.stats["roots_freed"] += 1
+        kvm.stats["kvmdbg_roots_freed"] += 1
         kvm.trace("kvmdbg:root_free", who, root=root.number, hpa=root.hpa)
-        self.free_page(root)
+        self.pool.free_page(root)
 
     def _zap_root_work(self, root: MmuPage, worker) -> None:
         """tdp_mmu_zap_root_work: zap on the worker, then put the worker's reference."""
@@ -126,7 +169,7 @@ class TdpMmu:
     def invalidate_all_roots(self) -> None:
         """kvm_tdp_mmu_invalidate_all_roots (called by kvm_mmu_zap_all_fast)."""
         kvm = self.kvm
-        keep = kvm.profile.tdp_put_last_ref == PUT_KEEP
+        keep = self.root_put.mmu_holds_a_reference
         for root in list(self.roots):
             if root.role & ROLE_INVALID:
                 continue
@@ -135,51 +178,28 @@ class TdpMmu:
                     continue
                 root.root_count += 1          # a reference for whoever zaps it
             root.role |= ROLE_INVALID
-            kvm.stats["roots_invalidated"] += 1
+            kvm.stats["kvmdbg_roots_invalidated"] += 1
             kvm.trace("kvmdbg:root_invalidate", -1, root=root.number, hpa=root.hpa)
-            if kvm.profile.invalid_root_zap == "workqueue":
-                kvm.queue_work(lambda worker, r=root: self._zap_root_work(r, worker),
-                               f"zap root #{root.number}")
-            else:
-                root.tdp_mmu_scheduled_root_to_zap = True
+            self.invalidated_zap.schedule(self, root)
 
     def zap_invalidated_roots(self, payer) -> None:
         """kvm_tdp_mmu_zap_invalidated_roots: wait for the workers, or zap here (0df9dab891ff)."""
-        kvm = self.kvm
-        if kvm.profile.invalid_root_zap == "workqueue":
-            kvm.flush_workqueue(payer)
-            return
-        for root in list(self.roots):
-            if root.tdp_mmu_scheduled_root_to_zap:
-                root.tdp_mmu_scheduled_root_to_zap = False
-                self.zap_root(root, payer=payer)
-                self.put_root(root, None)
+        self.invalidated_zap.zap_invalidated(self, payer)
 
     # --- SPTE access ---
 
-    @staticmethod
-    def read_spte(sp: MmuPage, index: int) -> int:
-        o = index << 3
-        return int.from_bytes(sp.spt[o:o + 8], "little")
-
-    @staticmethod
-    def present_entries(sp: MmuPage):
-        """(index, spte) of every non-zero entry, in index order."""
-        spt = sp.spt
-        mv = memoryview(spt).cast("Q")
-        for i, v in enumerate(mv):
-            if v:
-                yield i, v
-
     def tdp_mmu_set_spte(self, sp: MmuPage, index: int, new: int, gfn: int) -> None:
-        """The single place an SPTE changes; bookkeeping hangs on handle_changed_spte."""
+        """The single place an SPTE changes; bookkeeping hangs on handle_changed_spte.
+        It runs before the store, so a change the kernel would BUG() on leaves the table
+        as it was (nothing reads the entry in between in this single-threaded model)."""
         o = index << 3
         old = int.from_bytes(sp.spt[o:o + 8], "little")
+        self.handle_changed_spte(sp, gfn, old, new, role_level(sp.role))
         sp.spt[o:o + 8] = new.to_bytes(8, "little")
-        self.generation.value += 1
-        self.handle_changed_spte(sp, gfn, old, new, sp.role & 0xF)
+        self.pool.generation.value += 1
 
     def handle_changed_spte(self, sp: MmuPage, gfn: int, old: int, new: int, level: int) -> None:
+        """handle_changed_spte: bookkeeping for one SPTE change, with the kernel's checks."""
         if old == new:
             return
         kvm = self.kvm
@@ -187,76 +207,90 @@ class TdpMmu:
         is_present = S.is_shadow_present_pte(new)
         was_leaf = was_present and S.is_last_spte(old, level)
         is_leaf = is_present and S.is_last_spte(new, level)
+        if was_leaf and is_leaf and S.spte_to_pfn(old) != S.spte_to_pfn(new):
+            # KVM BUG()s: a present leaf is never pointed at another pfn without a zap first.
+            kvm_bug(f"present leaf SPTE at gfn {gfn:#x} level {level} replaced: "
+                    f"{old:#x} -> {new:#x}")
+        if not was_present and not is_present:
+            # WARN_ON_ONCE: non-present to non-present happens only to or from MMIO, or
+            # while a table is being removed (the SPTE frozen).
+            if not (S.is_mmio_spte(old) or S.is_mmio_spte(new) or new == S.REMOVED_SPTE):
+                kvm_bug(f"non-present SPTE at gfn {gfn:#x} changed: {old:#x} -> {new:#x}")
         if kvm.bus.active:
             if sp.tdp_mmu_page:
                 kvm.trace("kvm_tdp_mmu_spte_changed", kvm.current_vcpu_index(), gfn=gfn,
                           old_spte=old, new_spte=new, level=level, as_id=role_smm(sp.role))
-        self.live_sptes += (1 if new and new != S.REMOVED_SPTE else 0) - (1 if old and old != S.REMOVED_SPTE else 0)
+        self.pool.live_sptes += (1 if new and new != S.REMOVED_SPTE else 0) - (1 if old and old != S.REMOVED_SPTE else 0)
         stats = kvm.stats
         if was_leaf != is_leaf:
             key = ("pages_4k", "pages_2m", "pages_1g")[level - 1]
             stats[key] += 1 if is_leaf else -1
         if was_present and not is_present:
-            stats["sptes_zapped"] += 1
+            stats["kvmdbg_sptes_zapped"] += 1
         elif is_present and not was_present:
-            stats["sptes_created"] += 1
+            stats["kvmdbg_sptes_created"] += 1
         if was_present and not was_leaf and (not is_present or is_leaf):
             child = self.pages.get(S.spte_to_pfn(old))
             if child is not None:
                 self.handle_removed_pt(child)
 
     def handle_removed_pt(self, sp: MmuPage) -> None:
-        """A table was unlinked: zap everything below it, then free it."""
+        """A table was unlinked: account for each entry as handle_changed_spte(old,
+        REMOVED_SPTE) would, recursing into the tables below, and free it. One path whether
+        or not anyone traces: the bookkeeping is written out here (and summed per table)
+        because a zap spends most of its time in this loop. KVM freezes each entry first
+        for concurrent walkers; nothing walks a table between its unlinking and its freeing
+        in this single-threaded model, so the entries are left as they are."""
         kvm = self.kvm
-        if not kvm.bus.active:
-            self._remove_quietly(sp)
-            return
-        kvm.trace("kvm_mmu_prepare_zap_page", kvm.current_vcpu_index(),
-                  mmu_valid_gen=sp.mmu_valid_gen, gfn=sp.gfn, role=sp.role,
-                  root_count=sp.root_count, unsync=False)
-        level = sp.role & 0xF
+        trace = kvm.bus.active
+        if trace:
+            kvm.trace("kvm_mmu_prepare_zap_page", kvm.current_vcpu_index(),
+                      mmu_valid_gen=sp.mmu_valid_gen, gfn=sp.gfn, role=sp.role,
+                      root_count=sp.root_count, unsync=False)
+            trace = sp.tdp_mmu_page
+        level = role_level(sp.role)
         span = 9 * (level - 1)
-        for i, old in list(self.present_entries(sp)):
-            o = i << 3
-            sp.spt[o:o + 8] = S.REMOVED_SPTE.to_bytes(8, "little")
-            self.generation.value += 1
-            self.handle_changed_spte(sp, sp.gfn + (i << span), old, S.REMOVED_SPTE, level)
-        self.free_page(sp)
-
-    def _remove_quietly(self, sp: MmuPage) -> None:
-        """handle_removed_pt when nobody listens: the same end state and counters, counted
-        in bulk instead of one handle_changed_spte call per SPTE."""
-        stats = self.kvm.stats
-        level = sp.role & 0xF
-        entries = [v for v in memoryview(sp.spt).cast("Q") if v and v != S.REMOVED_SPTE]
-        leaves = 0
-        for v in entries:
-            if not v & S.SPTE_MMU_PRESENT:
+        removed = S.REMOVED_SPTE
+        present_bit, large_bit = S.SPTE_MMU_PRESENT, S.PT_PAGE_SIZE
+        entries = zapped = leaves = 0
+        for i, old in nonzero_entries(sp):
+            if old == removed:
                 continue
-            if level == 1 or v & S.PT_PAGE_SIZE:
+            entries += 1
+            if trace:
+                kvm.trace("kvm_tdp_mmu_spte_changed", kvm.current_vcpu_index(),
+                          gfn=sp.gfn + (i << span), old_spte=old, new_spte=removed,
+                          level=level, as_id=role_smm(sp.role))
+            if not old & present_bit:
+                continue                                     # an MMIO SPTE
+            zapped += 1
+            if level == 1 or old & large_bit:
                 leaves += 1
             else:
-                child = self.pages.get(S.spte_to_pfn(v))
+                child = self.pages.get(S.spte_to_pfn(old))
                 if child is not None:
-                    self._remove_quietly(child)
-        present = sum(1 for v in entries if v & S.SPTE_MMU_PRESENT)
-        stats["sptes_zapped"] += present
-        stats[("pages_4k", "pages_2m", "pages_1g")[level - 1]] -= leaves
-        self.live_sptes -= len(entries)
-        self.generation.value += 1
-        self.free_page(sp)
+                    self.handle_removed_pt(child)
+        stats = kvm.stats
+        stats["kvmdbg_sptes_zapped"] += zapped
+        if leaves:
+            stats[("pages_4k", "pages_2m", "pages_1g")[level - 1]] -= leaves
+        self.pool.live_sptes -= entries
+        self.pool.generation.value += 1
+        self.pool.free_page(sp)
 
     # --- zapping ---
 
-    def zap_root(self, root: MmuPage, payer=None) -> int:
-        """tdp_mmu_zap_root: zap every SPTE of the root; the cost goes to `payer`."""
+    def zap_root(self, root: MmuPage, payer=None, flush: bool = False) -> int:
+        """tdp_mmu_zap_root: zap every SPTE of the root; the cost goes to `payer`. flush:
+        a remote TLB flush per top-level SPTE zapped, as zap_gfn_range(shared=true) did
+        through tdp_mmu_zap_spte_atomic before v5.18."""
         kvm = self.kvm
-        before = kvm.stats["sptes_zapped"]
-        level = root.role & 0xF
-        span = 9 * (level - 1)
-        for i, _old in list(self.present_entries(root)):
-            self.tdp_mmu_set_spte(root, i, 0, root.gfn + (i << span))
-        n = kvm.stats["sptes_zapped"] - before
+        before = kvm.stats["kvmdbg_sptes_zapped"]
+        for it in for_each_tdp_pte(self.pages, root, min_level=role_level(root.role)):
+            self.tdp_mmu_set_spte(it.sp, it.index, 0, it.gfn)
+            if flush:
+                kvm.flush_remote_tlbs()
+        n = kvm.stats["kvmdbg_sptes_zapped"] - before
         kvm.charge(payer, "spte_zap", n)
         kvm.trace("kvmdbg:root_zap", payer.index if hasattr(payer, "index") else -1,
                   root=root.number, hpa=root.hpa, sptes=n)
@@ -271,40 +305,25 @@ class TdpMmu:
             flush |= self._zap_leafs(root, start_gfn, end_gfn)
         return flush
 
-    def _zap_leafs(self, sp: MmuPage, start: int, end: int) -> bool:
-        level = sp.role & 0xF
-        span = 9 * (level - 1)
+    def _zap_leafs(self, root: MmuPage, start: int, end: int) -> bool:
+        """tdp_mmu_zap_leafs: every present leaf of one root in [start, end)."""
         flush = False
-        for i, spte in list(self.present_entries(sp)):
-            gfn = sp.gfn + (i << span)
-            if gfn >= end or gfn + (1 << span) <= start:
-                continue
-            if S.is_mmio_spte(spte) or spte == S.REMOVED_SPTE:
-                continue
-            if S.is_last_spte(spte, level):
-                self.tdp_mmu_set_spte(sp, i, 0, gfn)
+        for it in for_each_tdp_pte(self.pages, root, start, end):
+            if S.is_shadow_present_pte(it.old_spte) and S.is_last_spte(it.old_spte, it.level):
+                self.tdp_mmu_set_spte(it.sp, it.index, 0, it.gfn)
                 flush = True
-            else:
-                child = self.pages.get(S.spte_to_pfn(spte))
-                if child is not None:
-                    flush |= self._zap_leafs(child, start, end)
         return flush
 
     def count_sptes(self, sp: MmuPage) -> tuple[int, int]:
         """(leaf SPTEs, tables) under sp, sp included as a table."""
         leaves, tables = 0, 1
-        level = sp.role & 0xF
-        for _i, spte in self.present_entries(sp):
-            if not S.is_shadow_present_pte(spte):
+        for it in for_each_tdp_pte(self.pages, sp):
+            if not S.is_shadow_present_pte(it.old_spte):
                 continue
-            if S.is_last_spte(spte, level):
+            if S.is_last_spte(it.old_spte, it.level):
                 leaves += 1
-            else:
-                child = self.pages.get(S.spte_to_pfn(spte))
-                if child is not None:
-                    l2, t2 = self.count_sptes(child)
-                    leaves += l2
-                    tables += t2
+            elif it.old_spte and S.spte_to_pfn(it.old_spte) in self.pages:
+                tables += 1
         return leaves, tables
 
     # --- the page fault path (kvm_tdp_mmu_map) ---
@@ -314,30 +333,24 @@ class TdpMmu:
         kvm = self.kvm
         gfn = fault.gfn
         kvm.trace("kvm_mmu_spte_requested", vcpu.index, gfn=gfn, pfn=fault.pfn, level=fault.goal_level)
-        sp = root
-        level = root.role & 0xF
-        while True:
-            span = 9 * (level - 1)
-            index = (gfn >> span) & 511
-            spte = self.read_spte(sp, index)
+        # tdp_mmu_for_each_pte(iter, mmu, gfn, gfn + 1): a missing table is built where the
+        # walk stands, and the walk then steps down into it.
+        for it in for_each_tdp_pte(self.pages, root, gfn, gfn + 1):
+            spte, level = it.old_spte, it.level
             if spte == S.REMOVED_SPTE:
                 return RetPF.RETRY
             if level == fault.goal_level:
-                return self._map_target_level(vcpu, sp, index, spte, level, fault)
+                return self._map_target_level(vcpu, it.sp, it.index, spte, level, fault)
             if S.is_shadow_present_pte(spte) and not S.is_large_pte(spte):
-                sp = self.pages[S.spte_to_pfn(spte)]
-                level -= 1
                 continue
-            child_gfn = gfn & ~((1 << span) - 1)
-            child = alloc_child(sp, child_gfn, level - 1)
-            child.parent = sp
-            child.parent_index = index
+            child = alloc_child(it.sp, it.gfn, level - 1)
+            child.parent = it.sp
+            child.parent_index = it.index
             if S.is_shadow_present_pte(spte):
                 self._split_huge(child, spte, level - 1)
-            self.tdp_mmu_set_spte(sp, index, S.make_nonleaf_spte(child.pfn), child_gfn)
+            self.tdp_mmu_set_spte(it.sp, it.index, S.make_nonleaf_spte(child.pfn), it.gfn)
             kvm.charge(vcpu, "sp_alloc")
-            sp = child
-            level -= 1
+        raise AssertionError("the walk ended above the goal level")
 
     def _split_huge(self, child: MmuPage, huge: int, level: int) -> None:
         """kvm_mmu_split_huge_page: fill the new table with 512 smaller leaves."""
@@ -367,3 +380,19 @@ class TdpMmu:
         kvm.trace("kvm_mmu_set_spte", vcpu.index, gfn=fault.gfn, spte=new, level=level,
                   r=True, x=True, u=True)
         return RetPF.FIXED
+
+
+class TdpMmuOps(DirectMmuOps):
+    """init_kvm_tdp_mmu with the TDP MMU on: roots from tdp_mmu_roots by role, faults
+    through kvm_tdp_mmu_map."""
+
+    def alloc_root(self, vcpu) -> RootInfo:
+        return RootInfo(0, self.kvm.tdp_mmu.get_vcpu_root(vcpu, vcpu.mmu.root_role))
+
+    def free_root(self, vcpu, sp, invalid: list) -> None:
+        self.kvm.tdp_mmu.put_root(sp, vcpu)
+
+    def map_fault(self, vcpu, root, fault):
+        tdp = self.kvm.tdp_mmu
+        return tdp.map(vcpu, root, fault,
+                       lambda parent, gfn, level: tdp.pool.alloc_page((parent.role & ~0xF) | level, gfn, True))

@@ -69,8 +69,18 @@ def test_info_mmu_memslots_kvm_costs():
     assert "cr4_smep=1" in mmu[2]                                 # 3 flips: SMEP ends on
     assert mmu[3].startswith("root_role 0x") and "direct" in mmu[3]
     assert run(s, "info memslots")[2].split() == ["0", "0", "0x0", "4096", "0x7f0000000000", "-"]
+    # info kvm (design section 6): the profile, then each knob with its value, one line
+    # each. Which knobs a profile has is checked against the design in test_mmu_units.py.
     kvm = run(s, "info kvm")
-    assert kvm[0].startswith("profile v6.12: ") and len(kvm) == 13
+    assert kvm[0] == f"profile v6.12: {s.vm.profile.summary}"
+    shown = dict(line.split()[:2] for line in kvm[1:])
+    assert len(shown) == len(kvm) - 1 and set(shown) == set(s.vm.profile.knobs())
+    # Spec section 1: v6.12 is v6.6 (roots kept, edbdb43fc96b; invalidated roots zapped
+    # synchronously, 0df9dab891ff) with the SLOT_ZAP_ALL quirk, on by default.
+    assert {k: shown[k] for k in ("tdp_enabled", "tdp_mmu", "tdp_put_last_ref", "invalid_root_zap",
+                                  "slot_zap_all", "rfc_skip_post_set_cr4")} == {
+        "tdp_enabled": "1", "tdp_mmu": "1", "tdp_put_last_ref": "keep", "invalid_root_zap": "sync",
+        "slot_zap_all": "1", "rfc_skip_post_set_cr4": "0"}
     costs = run(s, "info costs")
     assert costs[0].split()[:2] == ["insn", "1"] and any(c.startswith("vmexit") for c in costs)
 
@@ -81,9 +91,9 @@ def test_info_events_and_stats():
     zaps = run(s, "info events -n 100 root-zap")
     assert len(zaps) == 3 and all("kvmdbg:root_zap" in z for z in zaps)
     assert run(s, "info events nosuchevent") == ["No nosuchevent events recorded."]
-    stats = run(s, "info stats ^roots")
-    assert stats[1].split() == ["roots_allocated", "4", "+4"]
-    assert stats[2].split() == ["roots_freed", "3", "+3"]
+    stats = run(s, "info stats ^kvmdbg_roots")
+    assert stats[1].split() == ["kvmdbg_roots_allocated", "4", "+4"]
+    assert stats[2].split() == ["kvmdbg_roots_freed", "3", "+3"]
     assert run(s, "info stats (") [0].startswith('Invalid regular expression "("')
 
 
@@ -91,7 +101,7 @@ def test_set_kvm_and_set_cost():
     s = smep(kvm="v6.1", arg=3)
     assert run(s, "set kvm tdp_put_last_ref keep") == ["tdp_put_last_ref = keep"]
     run(s, "continue")
-    assert s.vm.stats["roots_allocated"] == 1                     # kept from then on
+    assert s.vm.stats["kvmdbg_roots_allocated"] == 1              # kept from then on
     assert run(s, "set kvm tdp_mmu 0") == [
         "Knob 'tdp_mmu' shapes the VM as it is built; restart with --set tdp_mmu=0."]
     assert run(s, "set kvm nosuch 1")[0].startswith("unknown knob 'nosuch'")
@@ -103,7 +113,7 @@ def test_set_kvm_and_set_cost():
 def test_set_profile_then_starti_rebuilds_under_it():
     s = smep(arg=3)
     run(s, "set profile v5.15", "starti", "continue")
-    assert s.vm.profile.name == "v5.15" and s.vm.stats["roots_allocated"] == 4
+    assert s.vm.profile.name == "v5.15" and s.vm.stats["kvmdbg_roots_allocated"] == 4
     assert run(s, "set profile nope")[0].startswith("unknown KVM profile 'nope'")
 
 

@@ -6,11 +6,15 @@ the first entry to the end of the run.
 """
 
 import re
+import subprocess
+import sys
 
 import pytest
 
 from kvmdbg import Session
+from kvmdbg.debug.commands.pictures import timeline
 from kvmdbg.debug.pictures.timeline import ASCII, LABEL_WIDTH, UNICODE
+from tests.helpers import run_cli
 
 FLIPS = 30
 
@@ -42,7 +46,7 @@ def cells(line):
 def test_v5_15_draws_a_root_per_flip_each_zapped(v515):
     out = v515.execute("timeline --ascii --roots 0")
     lines = root_lines(out)
-    assert len(lines) == FLIPS + 1 == v515.vm.stats["roots_allocated"]
+    assert len(lines) == FLIPS + 1 == v515.vm.stats["kvmdbg_roots_allocated"]
     assert [int(re.match(r"root #(\d+)", l).group(1)) for l in lines] == list(range(1, FLIPS + 2))
     assert all("x" in cells(l) for l in lines[:-1])          # every root but the last is zapped
     assert "x" not in cells(lines[-1])
@@ -52,9 +56,21 @@ def test_v5_15_draws_a_root_per_flip_each_zapped(v515):
 
 
 def test_many_roots_fold_into_one_line(v515):
-    out = v515.execute("timeline --ascii")                  # default: at most 24 root lines
-    assert len(root_lines(out)) == 24
-    assert "7 more roots (#13-#19) in this range" in out
+    # v5.15 allocates FLIPS + 1 roots (S1: one at the first entry, a fresh one after every
+    # flip). The command's help promises at most "default N" root lines with the middle
+    # ones folded; with N even the first N/2 and the last N/2 stay, and the FLIPS + 1 - N
+    # between them become one line naming the first and the last folded root.
+    limit = int(re.search(r"default\s+(\d+)", timeline.__doc__).group(1))
+    roots = FLIPS + 1
+    assert roots > limit and limit % 2 == 0
+    out = v515.execute("timeline --ascii").splitlines()
+    numbers = [int(re.match(r"root #(\d+)", l).group(1)) for l in root_lines("\n".join(out))]
+    head, tail = list(range(1, limit // 2 + 1)), list(range(roots - limit // 2 + 1, roots + 1))
+    assert numbers == head + tail
+    fold = out.index(next(l for l in out if l.startswith(f"root #{head[-1]} "))) + 1
+    assert out[fold].split() == [ASCII.ellipsis, str(roots - limit), "more", "roots",
+                                 f"(#{head[-1] + 1}-#{tail[0] - 1})", "in", "this", "range"]
+    assert out[fold + 1].startswith(f"root #{tail[0]} ")
 
 
 def test_v6_12_one_root_spans_the_whole_run(v612):
@@ -97,8 +113,32 @@ def test_ascii_by_default_unicode_on_request(v612):
     assert ASCII.alive in plain
 
 
-def test_output_is_deterministic():
-    assert ran().execute("timeline") == ran().execute("timeline")
+# Design section 5 ("Determinism"): same inputs, same output, byte for byte, with no
+# hash-order dependence. Within one process every run shares one hash seed, so iterating a
+# set of strings gives the same order twice and a dependence on it cannot show; two real
+# CLI processes with different PYTHONHASHSEED values can. The seeds are checked to reorder
+# a set of strings, so the comparison has the power to fail.
+SEEDS = ("1", "2")
+SET_ORDER = "print(list({'kvm_exit', 'kvm_cr', 'root_zap', 'root_alloc', 'marker', 'memslot'}))"
+
+
+@pytest.mark.parametrize("program, kvm, arg", [
+    ("smep_flip", "v5.15", FLIPS),              # a root per flip, folded and unfolded
+    ("memslot_overlay", "v6.1", 3),             # memslot changes, markers, the zap worker
+])
+def test_output_is_deterministic_across_processes_and_hash_seeds(program, kvm, arg):
+    orders = {subprocess.run([sys.executable, "-c", SET_ORDER], capture_output=True,
+                             env={"PYTHONHASHSEED": seed}).stdout for seed in SEEDS}
+    assert len(orders) == 2, "the seeds do not reorder a set of strings: pick others"
+    args = ("-batch", "--kvm", kvm, "--arg", str(arg), "-ex", "continue", "-ex", "timeline",
+            "-ex", "timeline --ascii --roots 0", "-ex", "info roots", f"programs/{program}.bin")
+    outs = []
+    for seed in SEEDS:
+        rc, out, err = run_cli(*args, env={"PYTHONHASHSEED": seed})
+        assert rc == 0 and not err, err
+        outs.append(out.encode("utf-8"))
+    assert outs[0].count(b"\nroot #") >= 2             # the timeline was drawn, with its roots
+    assert outs[0] == outs[1]
 
 
 def test_a_range_zooms_in(v515):

@@ -82,15 +82,15 @@ def test_slices_match_the_run(v515_trace):
     stats = s.vm.stats
     exits = [e for e in events if e["ph"] == "X" and e["cat"] == "exit"]
     assert len(exits) == stats["exits"]
-    assert Counter(e["name"] for e in exits)["CR_ACCESS"] == stats["cr_exits"]
+    assert Counter(e["name"] for e in exits)["CR_ACCESS"] == stats["kvmdbg_cr_exits"]
     assert all(e["dur"] > 0 for e in exits if e["name"] == "CR_ACCESS")
     roots = [e for e in events if e["ph"] == "X" and e["cat"] == "root" and e["name"].startswith("root #")]
-    assert len(roots) == stats["roots_allocated"]
-    assert sum(e["args"]["freed"] for e in roots) == stats["roots_freed"]
+    assert len(roots) == stats["kvmdbg_roots_allocated"]
+    assert sum(e["args"]["freed"] for e in roots) == stats["kvmdbg_roots_freed"]
     zaps = [e for e in events if e["ph"] == "i" and e["name"] == "zap"]
-    assert len(zaps) == stats["roots_freed"]
+    assert len(zaps) == stats["kvmdbg_roots_freed"]
     flushes = [e for e in events if e["ph"] == "i" and e["cat"] == "flush"]
-    assert len(flushes) >= stats["invept"]
+    assert len(flushes) >= stats["kvmdbg_invept"]
 
 
 def test_slices_on_one_track_do_not_overlap(v515_trace):

@@ -6,7 +6,6 @@ import pytest
 
 from kvmdbg.cpu import vmx as V
 from kvmdbg.errors import ConfigError
-from kvmdbg.kvm import x86
 from kvmdbg.kvm.boot import Program, boot
 from kvmdbg.kvm.profiles import PROFILES, get_profile, with_knob
 from kvmdbg.kvm.vm import Vm
@@ -137,35 +136,35 @@ def test_first_faults_build_three_two_one_tables():
     region allocates 3 / 2 / 1 tables plus the leaf."""
     vm, v = entered_vm()
     def tables(gpa):
-        before = vm.stats["tables_allocated"]
-        assert x86.kvm_mmu_page_fault(v, gpa, 2) == R.RetPF.FIXED
-        return vm.stats["tables_allocated"] - before
+        before = vm.stats["kvmdbg_tables_allocated"]
+        assert M.kvm_mmu_page_fault(v, gpa, 2) == R.RetPF.FIXED
+        return vm.stats["kvmdbg_tables_allocated"] - before
     assert tables(0x200000) == 3
     assert tables(0x400000) == 1
     assert tables(0x401000) == 0
     vm2, v2 = entered_vm(mem=1 << 30)
-    x86.kvm_mmu_page_fault(v2, 0x1000, 2)
-    before = vm2.stats["tables_allocated"]
-    x86.kvm_mmu_page_fault(v2, 0x4000_0000 - 0x1000, 2)        # same 1 GiB, new 2 MiB
-    assert vm2.stats["tables_allocated"] - before == 1
+    M.kvm_mmu_page_fault(v2, 0x1000, 2)
+    before = vm2.stats["kvmdbg_tables_allocated"]
+    M.kvm_mmu_page_fault(v2, 0x4000_0000 - 0x1000, 2)        # same 1 GiB, new 2 MiB
+    assert vm2.stats["kvmdbg_tables_allocated"] - before == 1
 
 
 def test_zapping_a_root_tears_down_every_table():
     vm, v = entered_vm()
     for gpa in (0x1000, 0x200000, 0x400000, 0xF00000):
-        x86.kvm_mmu_page_fault(v, gpa, 2)
+        M.kvm_mmu_page_fault(v, gpa, 2)
     root = v.mmu.root.sp
     leaves, tables = vm.tdp_mmu.count_sptes(root)
     assert leaves == 4
-    freed = vm.stats["tables_freed"]
+    freed = vm.stats["kvmdbg_tables_freed"]
     vm.tdp_mmu.zap_root(root, v)
-    assert vm.stats["tables_freed"] - freed == tables - 1          # all but the root itself
+    assert vm.stats["kvmdbg_tables_freed"] - freed == tables - 1   # all but the root itself
     assert vm.tdp_mmu.count_sptes(root) == (0, 1)
 
 
 def test_ept_hardware_misconfig_and_violation():
     vm, v = entered_vm()
-    x86.kvm_mmu_page_fault(v, 0x5000, 2)
+    M.kvm_mmu_page_fault(v, 0x5000, 2)
     ept = v.ept
     page, hpa, w, x = ept.translate(0x5000, V.WRITE, False)
     assert w and x and page is vm.host.pages[hpa >> 12]
@@ -191,17 +190,61 @@ def test_huge_pages_when_the_memslot_and_host_allow():
     v = vm.vcpus[0]
     vm.current = v
     v.enter_guest()
-    x86.kvm_mmu_page_fault(v, 0x1234_5000, 2)
+    M.kvm_mmu_page_fault(v, 0x1234_5000, 2)
     assert vm.stats["pages_1g"] == 1
 
 
 # --- profiles ---
 
+# Design section 6: the knobs, each one upstream change (spec section 1), and the values
+# the two multi-valued ones take. kvmdbg adds two the design does not list: huge_pages (TDP
+# huge leaves, off so SPTE counts stay easy to reason about) and invalid_root_zap_flush
+# (v5.13-v5.17 flushed remote TLBs per top-level SPTE when zapping invalidated roots).
+# So 11 + 2 knobs in every profile; a new knob belongs in one of these two lists.
+DESIGN_KNOBS = {"tdp_enabled", "tdp_mmu", "tdp_root_role_has_guest_bits", "tdp_put_last_ref",
+                "invalid_root_zap", "cr4_flush_split", "cr0_wp_no_unload", "cr0_wp_guest_owned",
+                "cr4_smep_guest_owned", "slot_zap_all", "rfc_skip_post_set_cr4"}
+KVMDBG_KNOBS = {"huge_pages", "invalid_root_zap_flush"}
+CHOICE_KNOBS = {"tdp_put_last_ref": {"sync_zap", "async_zap", "keep"},
+                "invalid_root_zap": {"workqueue", "sync"}}
+
+# Spec section 1, "Suggested presets" (each preset as the spec describes it; knobs the spec
+# leaves to inference are not listed).
+_V5_10 = dict(tdp_root_role_has_guest_bits=True, tdp_put_last_ref="sync_zap",
+              cr4_flush_split=False, cr0_wp_no_unload=False, cr0_wp_guest_owned=False)
+_V6_1 = dict(_V5_10, tdp_root_role_has_guest_bits=False, tdp_put_last_ref="async_zap",
+             invalid_root_zap="workqueue", cr4_flush_split=True)
+_V6_4 = dict(_V6_1, tdp_put_last_ref="keep", cr0_wp_no_unload=True, cr0_wp_guest_owned=True)
+_V6_6 = dict(_V6_4, invalid_root_zap="sync")
+SPEC_PRESETS = {
+    "v5.10": _V5_10, "v5.15": dict(_V5_10, tdp_mmu=True), "v6.1": _V6_1, "v6.4": _V6_4,
+    "v6.6": _V6_6, "v6.12": dict(_V6_6, slot_zap_all=True),
+    "smep-guest-owned": dict(_V6_6, cr4_smep_guest_owned=True),
+    "rfc-skip-post-set-cr4": dict(_V5_10, rfc_skip_post_set_cr4=True),     # design section 6
+    "legacy-mmu": dict(tdp_mmu=False), "shadow": dict(tdp_enabled=False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SPEC_PRESETS))
+def test_each_preset_sets_the_knobs_the_spec_gives_it(name):
+    knobs = get_profile(name).knobs()
+    assert {k: knobs[k] for k in SPEC_PRESETS[name]} == SPEC_PRESETS[name]
+
+
 def test_profiles_are_complete_and_knobs_are_checked():
-    assert {"v5.10", "v5.15", "v6.1", "v6.4", "v6.6", "v6.12", "rfc-skip-post-set-cr4",
-            "smep-guest-owned", "legacy-mmu", "shadow"} <= set(PROFILES)
+    from kvmdbg.kvm.profiles import KNOB_HELP
+    assert set(SPEC_PRESETS) <= set(PROFILES)
     for p in PROFILES.values():
-        assert p.summary and len(p.knobs()) == 12
+        knobs = p.knobs()
+        assert p.summary and set(knobs) == DESIGN_KNOBS | KVMDBG_KNOBS
+        for k, value in knobs.items():
+            assert value in CHOICE_KNOBS[k] if k in CHOICE_KNOBS else isinstance(value, bool), k
+    assert set(KNOB_HELP) == DESIGN_KNOBS | KVMDBG_KNOBS                  # info kvm explains each
+    for knob, values in CHOICE_KNOBS.items():
+        for value in values:
+            assert getattr(with_knob(get_profile("v6.1"), f"{knob}={value}"), knob) == value
+        with pytest.raises(ConfigError, match="takes one of"):
+            with_knob(get_profile("v6.1"), f"{knob}=never")
     assert get_profile("v6.4").tdp_put_last_ref == "keep"
     assert get_profile("v6.1").invalid_root_zap == "workqueue"
     with pytest.raises(ConfigError, match="valid: v5.10"):
@@ -217,10 +260,10 @@ def test_profiles_are_complete_and_knobs_are_checked():
 def test_memslot_move_flushes_the_old_range(quirk):
     from kvmdbg.mem import Memslot
     vm, v = entered_vm(profile="v6.12")
-    vm.profile = with_knob(vm.profile, f"slot_zap_all={quirk}")
+    vm.set_profile(with_knob(vm.profile, f"slot_zap_all={quirk}"))
     vm.set_memory_region("create", Memslot(5, 0x8000, 16, vm.host.mmap(16 << 12)))
-    x86.kvm_mmu_page_fault(v, 0x8000 << 12, 2)
-    x86.kvm_mmu_page_fault(v, 0x100 << 12, 2)
+    M.kvm_mmu_page_fault(v, 0x8000 << 12, 2)
+    M.kvm_mmu_page_fault(v, 0x100 << 12, 2)
     gen = vm.memslots.generation
     vm.set_memory_region("move", vm.memslots.by_id(5), new_base_gfn=0x9000)
     assert vm.memslots.lookup(0x9000).id == 5 and vm.memslots.lookup(0x8000) is None
@@ -237,3 +280,60 @@ def test_memslot_move_flushes_the_old_range(quirk):
 def M_path(vm, root, gfn):
     from kvmdbg.debug.commands.mmu import spte_path
     return spte_path(vm, root, gfn)[-1][3]
+
+
+# --- the invariants handle_changed_spte checks (tdp_mmu.c) ---
+
+def _leaf_of(vm, v, gfn):
+    from kvmdbg.mmu.tdp_iter import for_each_tdp_pte
+    *_, it = for_each_tdp_pte(vm.mmu_pages.pages, v.mmu.root.sp, gfn, gfn + 1)
+    return it
+
+
+def test_a_present_leaf_is_never_repointed_without_a_zap():
+    """handle_changed_spte: 'a present leaf SPTE should never be directly replaced with
+    another present leaf SPTE pointing to a different PFN' (the kernel BUG()s); the same
+    pfn with other bits, and the zap-then-map sequence, are fine."""
+    vm, v = entered_vm()
+    M.kvm_mmu_page_fault(v, 0x200000, 2)
+    it = _leaf_of(vm, v, 0x200)
+    pfn = S.spte_to_pfn(it.old_spte)
+    with pytest.raises(R.KvmBug, match="present leaf"):
+        vm.tdp_mmu.tdp_mmu_set_spte(it.sp, it.index, S.make_spte(pfn + 1, 1), it.gfn)
+    vm.tdp_mmu.tdp_mmu_set_spte(it.sp, it.index, S.make_spte(pfn, 1, writable=False), it.gfn)
+    vm.tdp_mmu.tdp_mmu_set_spte(it.sp, it.index, 0, it.gfn)
+    vm.tdp_mmu.tdp_mmu_set_spte(it.sp, it.index, S.make_spte(pfn + 1, 1), it.gfn)
+
+
+def test_non_present_changes_only_to_or_from_mmio():
+    """handle_changed_spte WARNs when a non-present SPTE changes to another non-present
+    value unless one side is an MMIO SPTE or the new one is the frozen REMOVED_SPTE."""
+    vm, v = entered_vm()
+    M.kvm_mmu_page_fault(v, 0x200000, 2)
+    it = _leaf_of(vm, v, 0x201)                      # a hole next to the leaf
+    assert it.old_spte == 0 and it.level == 1
+    mmio = S.make_mmio_spte(0x201, vm.memslots.generation)
+    vm.tdp_mmu.tdp_mmu_set_spte(it.sp, it.index, mmio, it.gfn)
+    vm.tdp_mmu.tdp_mmu_set_spte(it.sp, it.index, 0, it.gfn)
+    with pytest.raises(R.KvmBug, match="non-present"):
+        vm.tdp_mmu.tdp_mmu_set_spte(it.sp, it.index, 0x5000, it.gfn)   # no present bit, not MMIO
+
+
+def test_removal_accounts_the_same_with_and_without_tracing():
+    """One removal path: zapping the same tree with the event bus on or off leaves the same
+    counters (each zapped SPTE counted once, each leaf leaves pages_4k)."""
+    def zap(trace):
+        vm, v = entered_vm()
+        if trace:
+            vm.bus.set_keep(10**6)
+        for gpa in (0x1000, 0x200000, 0x400000, 0xF00000, 0xF01000):
+            M.kvm_mmu_page_fault(v, gpa, 2)
+        mmio = vm.mem_size + 0x1000                          # no memslot: an MMIO SPTE
+        M.kvm_mmu_page_fault(v, mmio, 2)
+        created = vm.stats["kvmdbg_sptes_created"]
+        vm.tdp_mmu.zap_root(v.mmu.root.sp, v)
+        assert vm.stats["kvmdbg_sptes_zapped"] == created           # everything present went
+        assert vm.stats["pages_4k"] == 0 and vm.mmu_pages.live_sptes == 0
+        return {k: vm.stats[k] for k in ("kvmdbg_sptes_zapped", "kvmdbg_sptes_created", "pages_4k",
+                                         "kvmdbg_tables_freed", "kvmdbg_tables_allocated")}
+    assert zap(True) == zap(False)

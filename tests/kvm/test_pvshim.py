@@ -22,8 +22,8 @@ def test_only_smep_flips_exit_cr3_switches_do_not():
     vm = run_program("pvshim", "v6.12", arg=rounds, events=True)
     transitions = 2 * rounds
     assert vm.stop[0] == "halted" and bytes(vm.console) == b"pvshim: done\n"
-    assert vm.stats["cr3_writes"] == vm.stats["cr4_writes"] == transitions
-    assert vm.stats["cr_exits"] == transitions
+    assert vm.stats["kvmdbg_cr3_writes"] == vm.stats["kvmdbg_cr4_writes"] == transitions
+    assert vm.stats["kvmdbg_cr_exits"] == transitions
     assert {e.fields["cr"] for e in events(vm, "kvm_cr")} == {4}
     # The shim's own tables really were walked: their page was faulted into the EPT.
     assert SHIM_TABLES_GFN in {e.fields["gfn"] for e in events(vm, "kvm_mmu_spte_requested")}
@@ -35,19 +35,19 @@ def test_v5_15_rebuilds_the_ept_on_every_transition():
     vm = run_program("pvshim", "v5.15", arg=rounds)
     s = vm.stats
     transitions = 2 * rounds
-    assert s["roots_allocated"] == transitions + 1
-    assert s["roots_freed"] == transitions
+    assert s["kvmdbg_roots_allocated"] == transitions + 1
+    assert s["kvmdbg_roots_freed"] == transitions
     # After each flip the next context's working set refaults (and its page tables).
-    assert s["ept_violations"] >= transitions * WORKING_SET
+    assert s["kvmdbg_ept_violations"] >= transitions * WORKING_SET
 
 
 def test_v6_12_keeps_one_root_and_stops_faulting_after_warm_up():
     rounds = 12
     vm = run_program("pvshim", "v6.12", arg=rounds, events=True)
-    assert vm.stats["roots_allocated"] == 1 and vm.stats["roots_freed"] == 0
+    assert vm.stats["kvmdbg_roots_allocated"] == 1 and vm.stats["kvmdbg_roots_freed"] == 0
     second_round = next(e.seq for e in events(vm, "kvmdbg:marker") if e.fields["value"] == 2)
     late = [e for e in events(vm, "kvm_exit")
             if e.seq > second_round and e.fields["exit_reason"] == "EPT_VIOLATION"]
     assert late == []
     longer = run_program("pvshim", "v6.12", arg=4 * rounds)
-    assert longer.stats["ept_violations"] == vm.stats["ept_violations"]
+    assert longer.stats["kvmdbg_ept_violations"] == vm.stats["kvmdbg_ept_violations"]

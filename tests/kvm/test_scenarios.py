@@ -26,33 +26,33 @@ def test_s1_freeing_kvms_rebuild_the_ept_on_every_flip(kvm):
     vm = run_program("smep_flip", kvm, arg=flips)
     s = vm.stats
     assert vm.stop[0] == "halted"
-    assert s["cr_exits"] == flips
-    assert s["roots_allocated"] == flips + 1
-    assert s["roots_freed"] == flips
+    assert s["kvmdbg_cr_exits"] == flips
+    assert s["kvmdbg_roots_allocated"] == flips + 1
+    assert s["kvmdbg_roots_freed"] == flips
     # The working set (and the guest's own page tables) refault after every flip.
-    assert s["ept_violations"] >= (flips + 1) * WORKING_SET
-    assert s["sptes_zapped"] >= flips * WORKING_SET
+    assert s["kvmdbg_ept_violations"] >= (flips + 1) * WORKING_SET
+    assert s["kvmdbg_sptes_zapped"] >= flips * WORKING_SET
 
 
 @pytest.mark.parametrize("kvm", KEEPING)
 def test_s1_keeping_kvms_reuse_one_root_and_stop_faulting(kvm):
     short = run_program("smep_flip", kvm, arg=10).stats
     long = run_program("smep_flip", kvm, arg=60).stats
-    assert short["roots_allocated"] == long["roots_allocated"] == 1
-    assert long["roots_freed"] == 0
+    assert short["kvmdbg_roots_allocated"] == long["kvmdbg_roots_allocated"] == 1
+    assert long["kvmdbg_roots_freed"] == 0
     # No EPT violation after warm-up: 50 more flips cost no more faults.
-    assert long["ept_violations"] == short["ept_violations"]
-    assert long["mmu_resets"] - short["mmu_resets"] == 50      # still an unload per flip
-    assert long["invept"] - short["invept"] == 50              # one context flush per flip
+    assert long["kvmdbg_ept_violations"] == short["kvmdbg_ept_violations"]
+    assert long["kvmdbg_mmu_resets"] - short["kvmdbg_mmu_resets"] == 50    # still an unload per flip
+    assert long["kvmdbg_invept"] - short["kvmdbg_invept"] == 50            # one context flush per flip
 
 
 def test_s1_v6_1_zaps_on_the_worker_and_v5_15_on_the_vcpu():
     v61 = run_program("smep_flip", "v6.1", arg=10, events=True)
     v515 = run_program("smep_flip", "v5.15", arg=10, events=True)
     assert {e.vcpu for e in names(v61, "kvmdbg:root_zap")} == {-1}
-    assert v61.stats["worker_cycles"] > 0
+    assert v61.stats["kvmdbg_worker_cycles"] > 0
     assert {e.vcpu for e in names(v515, "kvmdbg:root_zap")} == {0}
-    assert v515.stats["worker_cycles"] == 0
+    assert v515.stats["kvmdbg_worker_cycles"] == 0
 
 
 def test_s1_flush_requests_follow_kvm_post_set_cr4():
@@ -78,16 +78,16 @@ def test_s1_a_flip_is_at_least_five_times_dearer_when_roots_die():
 def test_s4_guest_owned_smep_takes_no_exits():
     vm = run_program("smep_flip", "smep-guest-owned", arg=50)
     s = vm.stats
-    assert s["cr_exits"] == 0
-    assert s["mmu_resets"] == 1           # the boot-time KVM_SET_SREGS only
-    assert s["roots_allocated"] == 1
+    assert s["kvmdbg_cr_exits"] == 0
+    assert s["kvmdbg_mmu_resets"] == 1           # the boot-time KVM_SET_SREGS only
+    assert s["kvmdbg_roots_allocated"] == 1
 
 
 def test_rfc_patch_skips_the_reset():
     vm = run_program("smep_flip", "rfc-skip-post-set-cr4", arg=50)
-    assert vm.stats["cr_exits"] == 50
-    assert vm.stats["mmu_resets"] == 1
-    assert vm.stats["roots_allocated"] == 1
+    assert vm.stats["kvmdbg_cr_exits"] == 50
+    assert vm.stats["kvmdbg_mmu_resets"] == 1
+    assert vm.stats["kvmdbg_roots_allocated"] == 1
 
 
 # --- S2: two vCPUs, the second halted until kicked ---
@@ -110,7 +110,7 @@ def test_s2_halted_vcpu_keeps_the_root_alive_until_it_flips_too(kvm):
 def test_s2_keeping_kvms_never_free(kvm):
     vm = run_program("smep_flip_2vcpu", kvm, vcpus=2, arg=100, events=True)
     assert _frees_around_kick(vm) == (0, 0)
-    assert vm.stats["roots_allocated"] == 1
+    assert vm.stats["kvmdbg_roots_allocated"] == 1
 
 
 # --- S3: CR0.WP toggles ---
@@ -122,14 +122,16 @@ def test_s3_wp_toggles_per_era():
     wps = {bool(e.fields["role"] & (1 << 13)) for e in names(old, "kvm_mmu_get_page")
            if e.fields.get("created") and e.fields["gfn"] == 0 and "root" in e.fields}
     assert wps == {True, False}
-    assert old.stats["roots_allocated"] == toggles + 1
+    assert old.stats["kvmdbg_roots_allocated"] == toggles + 1
     v61 = run_program("cr0_wp_flip", "v6.1", arg=toggles)
-    assert v61.stats["cr_exits"] == toggles and v61.stats["roots_allocated"] == toggles + 1
+    assert v61.stats["kvmdbg_cr_exits"] == toggles
+    assert v61.stats["kvmdbg_roots_allocated"] == toggles + 1
     no_unload = run_program("cr0_wp_flip", "v6.1", arg=toggles, knobs=["cr0_wp_no_unload=1"])
-    assert no_unload.stats["cr_exits"] == toggles
-    assert no_unload.stats["roots_allocated"] == 1 and no_unload.stats["mmu_resets"] == 1
+    assert no_unload.stats["kvmdbg_cr_exits"] == toggles
+    assert no_unload.stats["kvmdbg_roots_allocated"] == 1
+    assert no_unload.stats["kvmdbg_mmu_resets"] == 1
     owned = run_program("cr0_wp_flip", "v6.6", arg=toggles)
-    assert owned.stats["cr_exits"] == 0 and owned.stats["roots_allocated"] == 1
+    assert owned.stats["kvmdbg_cr_exits"] == 0 and owned.stats["kvmdbg_roots_allocated"] == 1
 
 
 # --- S5: memslot overlay churn ---
@@ -139,26 +141,26 @@ def test_s5_overlay_zaps_every_root_on_a_worker_in_v6_1():
     assert len(names(vm, "kvm_mmu_zap_all_fast")) == 3 * 4        # 1 + 3 deletes per round
     zaps = names(vm, "kvmdbg:root_zap")
     assert zaps and {e.vcpu for e in zaps} == {-1}
-    assert vm.stats["roots_allocated"] == 1 + 2 * 3
+    assert vm.stats["kvmdbg_roots_allocated"] == 1 + 2 * 3
 
 
 def test_s5_overlay_zaps_synchronously_in_v6_6():
     vm = run_program("memslot_overlay", "v6.6", arg=3, events=True)
     zaps = names(vm, "kvmdbg:root_zap")
     assert zaps and {e.vcpu for e in zaps} == {0}
-    assert vm.stats["worker_cycles"] == 0
-    assert vm.stats["roots_allocated"] == 1 + 2 * 3
+    assert vm.stats["kvmdbg_worker_cycles"] == 0
+    assert vm.stats["kvmdbg_roots_allocated"] == 1 + 2 * 3
 
 
 def test_s5_without_the_quirk_only_the_slot_goes():
     vm = run_program("memslot_overlay", "v6.12", arg=3, knobs=["slot_zap_all=0"], events=True)
-    assert vm.stats["roots_allocated"] == 1
+    assert vm.stats["kvmdbg_roots_allocated"] == 1
     assert not names(vm, "kvm_mmu_zap_all_fast")
     assert not names(vm, "kvmdbg:root_invalidate")
     with_quirk = run_program("memslot_overlay", "v6.12", arg=3)
-    assert with_quirk.stats["roots_allocated"] == 1 + 2 * 3
+    assert with_quirk.stats["kvmdbg_roots_allocated"] == 1 + 2 * 3
     # The deleted slot is all of RAM, so every leaf still refaults, but the tables stay.
-    assert vm.stats["tables_allocated"] < with_quirk.stats["tables_allocated"] / 2
+    assert vm.stats["kvmdbg_tables_allocated"] < with_quirk.stats["kvmdbg_tables_allocated"] / 2
 
 
 # --- the RFC patch's bug ---
@@ -188,11 +190,11 @@ def test_event_logs_are_byte_identical_run_to_run():
 @pytest.mark.parametrize("kvm, roots", [("v5.15", 2 * 10 + 1), ("v6.1", 2 * 10 + 1), ("v6.6", 2)])
 def test_s7_smi_and_rsm_free_both_roots_until_v6_4(kvm, roots):
     vm = run_program("smm_like", kvm, arg=10, events=True)
-    assert vm.stats["roots_allocated"] == roots
+    assert vm.stats["kvmdbg_roots_allocated"] == roots
     smm_roots = {e.fields["root"] for e in names(vm, "kvm_mmu_get_page")
                  if e.fields.get("created") and "root" in e.fields and e.fields["role"] >> 24}
     assert smm_roots                          # the SMM root has role.smm set (as_id 1)
-    assert vm.stats["mmu_resets"] == 2 * 10 + 1
+    assert vm.stats["kvmdbg_mmu_resets"] == 2 * 10 + 1
 
 
 @pytest.mark.parametrize("kvm", ["v5.15", "v6.1", "v6.6", "legacy-mmu"])
@@ -203,7 +205,7 @@ def test_recording_events_changes_nothing_else(kvm):
     nonzero = lambda st: {k: v for k, v in st.items() if v}  # noqa: E731
     assert nonzero(quiet.stats) == nonzero(loud.stats)
     assert [v.cpu.cycles for v in quiet.vcpus] == [v.cpu.cycles for v in loud.vcpus]
-    assert quiet.tdp_mmu.live_sptes == loud.tdp_mmu.live_sptes
+    assert quiet.mmu_pages.live_sptes == loud.mmu_pages.live_sptes
 
 
 # --- MMIO: the first access installs an MMIO SPTE, later ones take the misconfig path ---

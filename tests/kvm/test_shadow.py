@@ -62,7 +62,7 @@ def test_tdp_enabled_knob_turns_any_profile_into_shadow_paging():
     vm = run_program("smep_flip", "v6.12", arg=5, knobs=["tdp_enabled=0"])
     assert vm.stop[0] == "halted" and bytes(vm.console) == b"smep_flip: done\n"
     assert vm.shadow is not None and not vm.profile.tdp_mmu
-    assert vm.stats["ept_violations"] == 0 and vm.stats["pf_exits"] > 0
+    assert vm.stats["kvmdbg_ept_violations"] == 0 and vm.stats["kvmdbg_pf_exits"] > 0
 
 
 # --- S6: pvshim, prev_roots and SMEP flips ---
@@ -72,7 +72,7 @@ def test_s6_cr3_switches_hit_prev_roots_until_a_smep_flip_empties_the_cache():
     vm = run_program("pvshim", "shadow", arg=pvshim_arg(rounds, cr3_only=cr3_only), events=True)
     assert vm.stop[0] == "halted" and bytes(vm.console) == b"pvshim: done\n"
     switches = events(vm, "kvmdbg:fast_pgd_switch")
-    assert len(switches) == vm.stats["cr3_writes"] == 2 * rounds
+    assert len(switches) == vm.stats["kvmdbg_cr3_writes"] == 2 * rounds
     first_flip = first_seq(vm, "kvm_cr", lambda e: e.fields["cr"] == CR4)
     before = [e.fields["hit"] for e in switches if e.seq < first_flip]
     after = [e.fields["hit"] for e in switches if e.seq > first_flip]
@@ -81,9 +81,9 @@ def test_s6_cr3_switches_hit_prev_roots_until_a_smep_flip_empties_the_cache():
     assert before == [False] + [True] * (2 * cr3_only)
     # Every flip unloads the MMU (current + prev roots), so each later switch misses...
     assert after and not any(after)
-    assert vm.stats["mmu_unloads"] == 1 + 2 * (rounds - cr3_only)       # + KVM_SET_SREGS
+    assert vm.stats["kvmdbg_mmu_unloads"] == 1 + 2 * (rounds - cr3_only)       # + KVM_SET_SREGS
     # ... and falls back to a hash lookup that finds the existing root.
-    assert vm.stats["roots_allocated"] == 2
+    assert vm.stats["kvmdbg_roots_allocated"] == 2
     roots_found = [e for e in events(vm, "kvm_mmu_get_page")
                    if e.seq > first_flip and e.fields["gfn"] in (0x1, 0x400)]
     assert roots_found and not any(e.fields["created"] for e in roots_found)
@@ -93,13 +93,13 @@ def test_s6_with_cr0_wp_set_smep_flips_rebuild_nothing():
     warm = run_program("pvshim", "shadow", arg=pvshim_arg(1), events=True)
     for rounds in (6, 24):
         vm = run_program("pvshim", "shadow", arg=pvshim_arg(rounds), events=True)
-        assert vm.stats["cr_exits"] == 4 * rounds           # MOV to CR3 and to CR4 both exit
-        assert vm.stats["mmu_resets"] == 1 + 2 * rounds
+        assert vm.stats["kvmdbg_cr_exits"] == 4 * rounds    # MOV to CR3 and to CR4 both exit
+        assert vm.stats["kvmdbg_mmu_resets"] == 1 + 2 * rounds
         # mmu_cache_miss stays at the value the first round trip left.
         assert vm.stats["mmu_cache_miss"] == warm.stats["mmu_cache_miss"]
         second = first_seq(vm, "kvmdbg:marker", lambda e: e.fields["value"] == 2)
         assert created_pages(vm, after=second) == []
-        assert vm.stats["pf_exits"] == warm.stats["pf_exits"]
+        assert vm.stats["kvmdbg_pf_exits"] == warm.stats["kvmdbg_pf_exits"]
         assert vm.stats["mmu_shadow_zapped"] == 0
     # Only one role: WP set, smep_andnot_wp clear.
     roles = {e.fields["role"] for e in created_pages(warm)}
@@ -125,7 +125,7 @@ def test_s6_with_cr0_wp_clear_the_first_flip_into_each_role_builds_a_tree():
     round2 = first_seq(long, "kvmdbg:marker", lambda e: e.fields["value"] == cr3_only + 2)
     assert created_pages(long, after=round2) == []
     assert long.stats["mmu_cache_miss"] == short.stats["mmu_cache_miss"]
-    assert long.stats["roots_allocated"] == short.stats["roots_allocated"]
+    assert long.stats["kvmdbg_roots_allocated"] == short.stats["kvmdbg_roots_allocated"]
     # With WP set the same program builds no second tree.
     wp = run_program("pvshim", "shadow", arg=pvshim_arg(cr3_only + 2, False, cr3_only))
     assert wp.stats["mmu_cache_miss"] < short.stats["mmu_cache_miss"]
@@ -200,7 +200,8 @@ def test_memslot_overlay_zaps_shadow_pages_through_the_generation_toggle():
     # (zapped once more, one more flush). The other two deletes find nothing valid.
     tree = 5
     assert s["mmu_shadow_zapped"] == rounds * 2 * (tree + 1)
-    assert s["remote_tlb_flush"] == rounds * 2 * 2
+    assert s["remote_tlb_flush_requests"] == rounds * 2 * 2
+    assert s["remote_tlb_flush"] == 0                     # the one vCPU is in userspace
     # Every shadow page is rebuilt (a hash miss each) after each zap; after the very last
     # one the program only runs code (no data page table).
     assert s["mmu_cache_miss"] == tree + (2 * rounds - 1) * tree + (tree - 1)
@@ -255,15 +256,15 @@ def test_pge_is_intercepted_and_flushes_with_a_sync_and_pcide_unloads():
     vm.bus.set_keep(10**5)
     run_vm(vm, 1000)
     s = vm.stats
-    assert s["cr_exits"] == 3
+    assert s["kvmdbg_cr_exits"] == 3
     reqs = [e.fields["request"] for e in events(vm, "kvmdbg:request")]
     assert reqs.count("KVM_REQ_TLB_FLUSH_GUEST") == 2       # both PGE toggles
     assert s["tlb_flush"] >= 2
     # PCIDE 0 -> 1 under shadow paging: kvm_mmu_unload, no reset.
-    assert s["mmu_unloads"] == s["mmu_resets"] + 1
+    assert s["kvmdbg_mmu_unloads"] == s["kvmdbg_mmu_resets"] + 1
     ept, _ = machine(PGE_PCIDE, kvm="v6.12")
     run_vm(ept, 1000)
-    assert ept.stats["cr_exits"] == 1                        # PGE and PCIDE are guest-owned
+    assert ept.stats["kvmdbg_cr_exits"] == 1                        # PGE and PCIDE are guest-owned
 
 
 @pytest.mark.parametrize("name, arg", [("pvshim", pvshim_arg(4, True, 1)), ("pt_edit", 0),

@@ -10,6 +10,8 @@ SEGMENTS = ("cs", "ds", "es", "fs", "gs", "ss")
 @handles("mov", "movabs")
 def mov(g):
     dst, src = g.op(0), g.op(1)
+    if any(o.kind == "reg" and (o.reg.startswith("cr") or o.reg in SEGMENTS) for o in (dst, src)):
+        g.stop_block()          # a control or segment register: the mode may change
     if dst.kind == "reg" and dst.reg.startswith("cr"):
         g.require_cpl0()
         n = int(dst.reg[2:])

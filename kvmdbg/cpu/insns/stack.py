@@ -55,7 +55,7 @@ def pushfq(g):
     g.emit(f"r[4] = {sp}")
 
 
-@handles("popfq", "popf")
+@handles("popfq", "popf", stops=True)
 def popfq(g):
     size = 8 if g.d.mnemonic == "popfq" else 2
     v = g.load(g.value("r[4]"), size, ss=True)
@@ -64,8 +64,7 @@ def popfq(g):
                    f"({POPF_MASK:#x} & ~0x3000 & ~(0x200 if cpu.cs & 3 > (({old}) >> 12 & 3) else 0)) & {MASKS[size]:#x}")
     new = g.value(f"({old} & ~{mask} & ~0x10000) | ({v} & {mask}) | 2")
     g.emit(f"r[4] = (r[4] + {size}) & {M64:#x}")
-    g.emit(f"cpu.rflags = {new}")
-    g.emit(f"if ({old} ^ {new}) & 0x40000: cpu.flush_fast()")
+    g.emit(f"cpu.set_rflags({new})")
 
 
 def _operand_size_16(g, opcode_bytes: int) -> bool:

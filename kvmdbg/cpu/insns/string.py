@@ -40,6 +40,7 @@ def _ptr(g, i: int) -> str:
 
 @handles("stosb", "stosw", "stosd", "stosq")
 def stos(g):
+    g.writes_memory()
     size = _size(g)
     am = _amask(g)
     val = g.reg_read({1: "al", 2: "ax", 4: "eax", 8: "rax"}[size])
@@ -69,6 +70,7 @@ def movs(g):
 
 
 def _one_movs(g, size, step):
+    g.writes_memory()
     am = _amask(g)
     v = g.value(f"cpu.rd({_ptr(g, 6)}, {size})")
     g.emit(f"cpu.wr({_ptr(g, 7)}, {size}, {v})")

@@ -23,13 +23,13 @@ def _iopl_check(g):
     g.emit("if cpu.cs & 3 > (cpu.rflags >> 12 & 3): raise GuestFault(13, 0)")
 
 
-@handles("cli")
+@handles("cli", stops=True)
 def cli(g):
     _iopl_check(g)
     g.emit("cpu.rflags &= ~0x200")
 
 
-@handles("sti")
+@handles("sti", stops=True)
 def sti(g):
     _iopl_check(g)
     g.emit("cpu.rflags |= 0x200")
@@ -62,39 +62,39 @@ def iretq(g):
     g.ends_block = True
 
 
-@handles("cpuid")
+@handles("cpuid", stops=True)
 def cpuid(g):
     g.emit("a, b, c, d = cpu.ops.cpuid(cpu, r[0] & 0xffffffff, r[1] & 0xffffffff)")
     g.emit("r[0] = a & 0xffffffff; r[3] = b & 0xffffffff; r[1] = c & 0xffffffff; r[2] = d & 0xffffffff")
 
 
-@handles("rdtsc")
+@handles("rdtsc", sync=True)
 def rdtsc(g):
     g.emit("if cpu.cr4 & 4 and cpu.cs & 3: raise GuestFault(13, 0)")
     g.emit("t = cpu.cycles")
     g.emit("r[0] = t & 0xffffffff; r[2] = t >> 32 & 0xffffffff")
 
 
-@handles("rdmsr")
+@handles("rdmsr", sync=True)
 def rdmsr(g):
     g.require_cpl0()
     g.emit("v = system.rdmsr(cpu, r[1] & 0xffffffff)")
     g.emit("r[0] = v & 0xffffffff; r[2] = v >> 32 & 0xffffffff")
 
 
-@handles("wrmsr")
+@handles("wrmsr", stops=True)
 def wrmsr(g):
     g.require_cpl0()
     g.emit("system.wrmsr(cpu, r[1] & 0xffffffff, (r[2] & 0xffffffff) << 32 | r[0] & 0xffffffff)")
 
 
-@handles("invlpg")
+@handles("invlpg", stops=True)
 def invlpg(g):
     g.require_cpl0()
     g.emit(f"system.invlpg(cpu, {g.addr(g.op(0))})")
 
 
-@handles("invpcid")
+@handles("invpcid", stops=True)
 def invpcid(g):
     g.require_cpl0()
     kind = g.read(g.op(0))
@@ -105,7 +105,7 @@ def invpcid(g):
     g.emit(f"system.invpcid(cpu, {kind}, {lo}, {hi})")
 
 
-@handles("lgdt", "lidt")
+@handles("lgdt", "lidt", stops=True)
 def lgdt(g):
     g.require_cpl0()
     o = g.op(0)
@@ -115,7 +115,7 @@ def lgdt(g):
     g.emit(f"cpu.{g.d.mnemonic[1:]}r = ({base}, {limit})")
 
 
-@handles("in")
+@handles("in", stops=True)
 def in_(g):
     dst, port = g.op(0), g.op(1)
     _iopl_check(g)
@@ -144,31 +144,31 @@ def vmcall(g):
 # --- SMAP and protection keys ---
 #
 # AC and PKRU are part of every data access's permission check (walker.access_error) and
-# of the mode the CPU memoises walks under (Cpu._select_mode), so a change of either must
-# be followed by cpu.flush_fast(), as POPF does for AC; the mnemonics are in translate's
-# _STOPS so the block ends after them.
+# of the mode the CPU memoises walks under (Cpu._select_mode): they are written through
+# cpu.set_rflags / cpu.set_pkru, which drop the fast paths, and the block ends after them
+# (stops=True).
 
 
-@handles("stac", "clac")
+@handles("stac", "clac", stops=True)
 def stac(g):
     # SDM STAC/CLAC: #UD if CPL > 0 or CPUID.(EAX=7,ECX=0):EBX.SMAP[bit 20] = 0. The guest's
     # CPUID (kvm/cpuid.py guest_cpuid, for KVM and bare vCPUs alike) always reports SMAP,
     # so only the CPL is left to check.
     g.emit(f"if cpu.cs & 3: raise GuestFault({UD})")
     if g.d.mnemonic == "stac":
-        g.emit(f"if not cpu.rflags & {AC:#x}: cpu.rflags |= {AC:#x}; cpu.flush_fast()")
+        g.emit(f"cpu.set_rflags(materialize(cpu) | {AC:#x})")
     else:
-        g.emit(f"if cpu.rflags & {AC:#x}: cpu.rflags &= ~{AC:#x}; cpu.flush_fast()")
+        g.emit(f"cpu.set_rflags(materialize(cpu) & ~{AC:#x})")
 
 
-@handles("wrpkru")
+@handles("wrpkru", stops=True)
 def wrpkru(g):
     # SDM WRPKRU: #UD if CR4.PKE = 0 (decode-time, so before the #GP); #GP(0) if ECX or
     # EDX is not 0; PKRU := EAX. Allowed at any CPL.
     g.emit(f"if not cpu.cr4 & {CR4_PKE:#x}: raise GuestFault({UD})")
     g.emit(f"if r[1] & 0xffffffff or r[2] & 0xffffffff: raise GuestFault({GP}, 0)")
     v = g.value("r[0] & 0xffffffff")
-    g.emit(f"if cpu.pkru != {v}: cpu.pkru = {v}; cpu.flush_fast()")
+    g.emit(f"cpu.set_pkru({v})")
 
 
 @handles("rdpkru")

@@ -15,8 +15,9 @@ from kvmdbg.kvm.boot import resolve_machine
 from kvmdbg.kvm.profiles import KNOB_HELP, with_knob
 
 EVENT_LOG_SIZE = 200_000        # events remembered for `info events` (a ring)
-RUNTIME_KNOBS = ("tdp_put_last_ref", "invalid_root_zap", "cr4_flush_split", "cr0_wp_no_unload",
-                 "slot_zap_all", "rfc_skip_post_set_cr4", "huge_pages", "tdp_root_role_has_guest_bits")
+RUNTIME_KNOBS = ("tdp_put_last_ref", "invalid_root_zap", "invalid_root_zap_flush", "cr4_flush_split",
+                 "cr0_wp_no_unload", "slot_zap_all", "rfc_skip_post_set_cr4", "huge_pages",
+                 "tdp_root_role_has_guest_bits")
 
 
 
@@ -39,11 +40,11 @@ def _record(s) -> None:
 def all_stats(vm) -> dict:
     """The VM's counters plus the per-vCPU ones folded in (cycles, instructions, TLB misses)."""
     st = dict(vm.stats)
-    st["instructions"] = sum(v.cpu.steps for v in vm.vcpus)
-    st["cycles"] = max(v.cpu.cycles for v in vm.vcpus)
-    st["tlb_misses"] = sum(v.cpu.walks for v in vm.vcpus)
-    st["tlb_entries"] = sum(len(v.cpu.tlb) for v in vm.vcpus)
-    st["live_sptes"] = vm.tdp_mmu.live_sptes
+    st["kvmdbg_instructions"] = sum(v.cpu.steps for v in vm.vcpus)
+    st["kvmdbg_cycles"] = max(v.cpu.cycles for v in vm.vcpus)
+    st["kvmdbg_tlb_misses"] = sum(v.cpu.walks for v in vm.vcpus)
+    st["kvmdbg_tlb_entries"] = sum(len(v.cpu.tlb) for v in vm.vcpus)
+    st["kvmdbg_live_sptes"] = vm.mmu_pages.live_sptes
     return st
 
 
@@ -58,13 +59,14 @@ def summary_line(s, stop) -> list:
     root = v.mmu.root.sp
     where = f"root #{root.number} hpa {root.hpa:#x} refs {root.root_count}" if root else "no root loaded"
     live = sum(1 for r in roots_of(s.vm) if not r.invalid)
-    d = {k: now.get(k, 0) - prev.get(k, 0) for k in ("exits", "ept_violations", "roots_allocated",
-                                                      "sptes_zapped", "cycles", "pf_exits")}
-    faults = (f"{d['pf_exits']} #PF exits" if is_shadow(s.vm)
-              else f"{d['ept_violations']} EPT violations")
+    d = {k: now.get(k, 0) - prev.get(k, 0)
+         for k in ("exits", "kvmdbg_ept_violations", "kvmdbg_roots_allocated",
+                   "kvmdbg_sptes_zapped", "kvmdbg_cycles", "kvmdbg_pf_exits")}
+    faults = (f"{d['kvmdbg_pf_exits']} #PF exits" if is_shadow(s.vm)
+              else f"{d['kvmdbg_ept_violations']} EPT violations")
     return [f"mmu: {where}; {live} live root(s); since last stop: {d['exits']} exits, "
-            f"{faults}, {d['roots_allocated']} roots allocated, "
-            f"{d['sptes_zapped']} SPTEs zapped, {d['cycles']} cycles"]
+            f"{faults}, {d['kvmdbg_roots_allocated']} roots allocated, "
+            f"{d['kvmdbg_sptes_zapped']} SPTEs zapped, {d['kvmdbg_cycles']} cycles"]
 
 
 
@@ -119,9 +121,54 @@ def info_events(s, arg: str) -> None:
 def info_stats(s, arg: str) -> None:
     """info stats [REGEX]
 
-    Counters with KVM's stat names (exits, pf_fixed, remote_tlb_flush, ...) and the
-    simulator's own (cycles, roots_allocated, sptes_zapped, ...): the total and the
-    change during the last run (between the two most recent stops).
+    Counters, with the total and the change during the last run (between the two most
+    recent stops): KVM's own stats under their kernel names, counted where the kernel
+    counts them, so they read as kvm_stat or a KVM_GET_STATS_FD reader would for this
+    guest on the profile's kernel; and the simulator's own, all named kvmdbg_*. REGEX
+    keeps the names it matches.
+
+    vCPU stats (x86.c's kvm_vcpu_stats_desc), shown summed over the vCPUs as kvm_stat
+    shows them, and the function that bumps each one:
+      exits                 vcpu_enter_guest: every VM exit (x86.c)
+      halt_exits            __kvm_emulate_halt: a HLT exit (x86.c)
+      io_exits              handle_io: every I/O instruction exit (vmx.c)
+      mmio_exits            x86_emulate_instruction: an emulated access handed to the VMM
+      irq_exits             handle_external_interrupt: e.g. the IPI of a kick (vmx.c)
+      insn_emulation        x86_decode_emulated_instruction: each instruction KVM decodes
+      hypercalls            kvm_emulate_hypercall: every VMCALL (x86.c)
+      pf_taken              kvm_mmu_do_page_fault: each fault given to the MMU
+      pf_fixed, pf_emulate, pf_spurious
+                            kvm_mmu_do_page_fault, by the RET_PF_* the fault handler gives
+      pf_mmio_spte_created  tdp_mmu_map_handle_target_level, mmu_set_spte: an MMIO SPTE
+      pf_guest              kvm_inject_page_fault: a #PF KVM injects (x86.c)
+      tlb_flush             kvm_vcpu_flush_tlb_all, _current and _guest: a served
+                            KVM_REQ_TLB_FLUSH, _CURRENT or _GUEST (x86.c), not the flush
+                            of kvm_mmu_load, which calls the vendor hook directly
+      invlpg                kvm_mmu_invlpg: an INVLPG exit under shadow paging (mmu.c)
+    VM stats (kvm_vm_stats_desc and KVM_GENERIC_VM_STATS), counted once per VM:
+      remote_tlb_flush_requests
+                            kvm_flush_remote_tlbs: every call (kvm_main.c; since v5.15)
+      remote_tlb_flush      kvm_flush_remote_tlbs: a call that kicked a vCPU out of guest
+                            mode (kvm_make_all_cpus_request sent an IPI)
+      mmu_shadow_zapped     __kvm_mmu_prepare_zap_page: per shadow page zapped (mmu.c)
+      mmu_cache_miss        kvm_mmu_find_shadow_page: a (gfn, role) hash miss (mmu.c)
+      mmu_pte_write         kvm_mmu_track_write: a write to a write-tracked guest table
+      mmu_pde_zapped        kvm_mmu_track_write: a non-leaf SPTE zapped by such a write
+      mmu_flooded           kvm_mmu_track_write: a page zapped as flooded or misaligned
+      mmu_recycled          kvm_mmu_zap_oldest_mmu_pages: pages reclaimed (mmu.c)
+      mmu_unsync            kvm_unsync_page, kvm_unlink_unsync_page: unsync pages now
+      pages_4k, pages_2m, pages_1g
+                            kvm_update_page_stats: present leaf SPTEs of each size now
+    Not modelled, so never shown: pf_fast (no fast page faults), the halt polling,
+    signal and window exits, nested and other stats.
+
+    The kvmdbg_* counters have no kernel equivalent: simulated cycles (of the vCPU that
+    is furthest) and instructions, roots and page-table pages allocated, invalidated and
+    freed, SPTEs created and zapped, MMU resets, loads and unloads, INVEPT and INVVPID,
+    exits by kind (CR access, EPT violation and misconfiguration, #PF intercepts),
+    guest CR writes with or without an exit, memslot changes, the zap worker's cycles,
+    prev_roots hits and misses, pages synced, and TLB misses, TLB entries and live
+    SPTEs now.
     """
     try:
         rx = re.compile(arg) if arg else None
@@ -135,9 +182,9 @@ def info_stats(s, arg: str) -> None:
     if not names:
         s.message("No matching counters." if arg else "All counters are zero.")
         return
-    s.message(f"{'counter':<22} {'total':>14} {'last run':>12}")
+    s.message(f"{'counter':<26} {'total':>14} {'last run':>12}")
     for k in names:
-        s.message(f"{k:<22} {now.get(k, 0):>14} {now.get(k, 0) - prev.get(k, 0):>+12}")
+        s.message(f"{k:<26} {now.get(k, 0):>14} {now.get(k, 0) - prev.get(k, 0):>+12}")
 
 
 def info_kvm(s, arg: str) -> None:
@@ -176,9 +223,10 @@ def set_kvm(s, arg: str) -> None:
     if knob in s.vm.profile.knobs() and knob not in RUNTIME_KNOBS:
         raise CommandError(f"Knob '{knob}' shapes the VM as it is built; restart with --set {knob}={value}.")
     try:
-        s.vm.profile = with_knob(s.vm.profile, f"{knob}={value}")
+        profile = with_knob(s.vm.profile, f"{knob}={value}")
     except ConfigError as e:
         raise CommandError(str(e)) from None
+    s.vm.set_profile(profile)
     s.message(f"{knob} = {value}")
 
 

@@ -14,16 +14,17 @@ from kvmdbg.debug.evaluate import evaluate_address
 from kvmdbg.errors import CommandError
 from kvmdbg.mmu import mmu_internal as R
 from kvmdbg.mmu import spte as S
+from kvmdbg.mmu.tdp_iter import for_each_tdp_pte, nonzero_entries, read_spte
 
 
 # --- helpers ---
 
 def roots_of(vm):
     """Every root page that still exists (TDP roots, or legacy roots in the hash)."""
-    if vm.profile.tdp_mmu:
+    if vm.tdp_mmu_enabled:
         roots = list(vm.tdp_mmu.roots)
     else:
-        roots = [sp for sp in vm.tdp_mmu.pages.values() if sp.number and sp.parent is None]
+        roots = [sp for sp in vm.mmu_pages.pages.values() if sp.number and sp.parent is None]
     # invalid roots unlinked from the list but still held by a vCPU
     for v in vm.vcpus:
         mmu = getattr(v, "mmu", None)
@@ -133,11 +134,11 @@ def spte_path(vm, root, gfn: int) -> list:
     level = root.level
     while True:
         index = (gfn >> (9 * (level - 1))) & 511
-        spte = vm.tdp_mmu.read_spte(sp, index)
+        spte = read_spte(sp, index)
         out.append((level, index, sp.hpa + index * 8, spte))
         if not S.is_shadow_present_pte(spte) or S.is_last_spte(spte, level):
             return out
-        sp = vm.tdp_mmu.pages.get(S.spte_to_pfn(spte))
+        sp = vm.mmu_pages.pages.get(S.spte_to_pfn(spte))
         if sp is None:
             return out
         level -= 1
@@ -146,7 +147,7 @@ def spte_path(vm, root, gfn: int) -> list:
 def _path_lines(vm, root, gfn: int) -> list:
     lines = []
     shadow = is_shadow(vm)
-    pages = vm.tdp_mmu.pages
+    pages = vm.mmu_pages.pages
     for level, index, sptep, spte in spte_path(vm, root, gfn):
         sp = pages.get(sptep >> PAGE_SHIFT)
         what = ""
@@ -306,19 +307,12 @@ def info_sptes(s, arg: str) -> None:
 
 
 def _collect_leaves(vm, sp, out, lo, hi) -> None:
-    level = sp.level
-    span = 9 * (level - 1)
-    for i, spte in vm.tdp_mmu.present_entries(sp):
-        gfn = sp.gfn + (i << span)
-        if gfn >= hi or gfn + (1 << span) <= lo:
-            continue
-        if S.is_last_spte(spte, level) or not S.is_shadow_present_pte(spte):
-            if spte != S.REMOVED_SPTE:
-                out.append((gfn, spte, level))
-            continue
-        child = vm.tdp_mmu.pages.get(S.spte_to_pfn(spte))
-        if child is not None:
-            _collect_leaves(vm, child, out, lo, hi)
+    """(gfn, spte, level) of every leaf and MMIO SPTE under a TDP root in [lo, hi)."""
+    for it in for_each_tdp_pte(vm.mmu_pages.pages, sp, lo, hi):
+        spte = it.old_spte
+        if spte and spte != S.REMOVED_SPTE and (S.is_last_spte(spte, it.level)
+                                                or not S.is_shadow_present_pte(spte)):
+            out.append((it.gfn, spte, it.level))
 
 
 def _collect_shadow_leaves(vm, sp, va_base: int, out, lo, hi) -> None:
@@ -326,7 +320,7 @@ def _collect_shadow_leaves(vm, sp, va_base: int, out, lo, hi) -> None:
     level = sp.level
     span = 12 + 9 * (level - 1)
     shadowed = getattr(sp, "shadowed", {})
-    for i, spte in vm.tdp_mmu.present_entries(sp):
+    for i, spte in nonzero_entries(sp):
         va = va_base | (i << span)
         if i & 256 and level == 4:
             va |= ~((1 << 48) - 1) & M64          # canonical upper half
@@ -335,7 +329,7 @@ def _collect_shadow_leaves(vm, sp, va_base: int, out, lo, hi) -> None:
             if lo <= gfn < hi:
                 out.append((va, gfn, spte, sp))
             continue
-        child = vm.tdp_mmu.pages.get(S.spte_to_pfn(spte))
+        child = vm.mmu_pages.pages.get(S.spte_to_pfn(spte))
         if child is not None:
             _collect_shadow_leaves(vm, child, va, out, lo, hi)
 
@@ -410,7 +404,7 @@ def _is_stale(s, e, ep4ta: int) -> str:
         return f"guest: {w.error}"
     if w.gpa & ~0xFFF != e.gpa:
         return f"guest now maps gpa {w.gpa & ~0xFFF:#x}"
-    root = s.vm.tdp_mmu.pages.get(ep4ta >> PAGE_SHIFT)
+    root = s.vm.mmu_pages.pages.get(ep4ta >> PAGE_SHIFT)
     if root is None:
         return "its shadow root is gone" if is_shadow(s.vm) else "its EPT root is gone"
     key = e.vpn if is_shadow(s.vm) else e.gpa >> PAGE_SHIFT

@@ -14,6 +14,7 @@ from kvmdbg.debug.evaluate import evaluate_address
 from kvmdbg.debug.report import report, snapshot_all
 from kvmdbg.debug.state import confirm
 from kvmdbg.errors import CommandError
+from kvmdbg.stop_reason import BREAKPOINT, REACHED, STEP_LIMIT
 
 
 def parse_count(fn, arg: str, s=None) -> int:
@@ -72,7 +73,7 @@ def nexti(s, arg: str) -> None:
     _check_runnable(s)
     for _ in range(n):
         outcome = _next_one(s)
-        if outcome.stop.reason not in (stops.REACHED, "step-limit") or outcome.hits:
+        if outcome.stop.reason not in (REACHED, STEP_LIMIT) or outcome.hits:
             break
     report(s, outcome)
 
@@ -123,7 +124,7 @@ def continue_(s, arg: str) -> None:
     if arg:
         n = parse_count(continue_, arg, s)
         stop = s.last_stop
-        bps = s.breakpoints.at(stop.rip) if stop is not None and stop.reason == "breakpoint" else []
+        bps = s.breakpoints.at(stop.rip) if stop is not None and stop.reason == BREAKPOINT else []
         if bps:
             bps[0].ignore_count = n - 1
             s.message(f"Will ignore next {n - 1} crossings of breakpoint {bps[0].number}.  "
@@ -251,7 +252,7 @@ def starti(s, arg: str) -> None:
     s.message(f"Starting program: {s.program.path}")
     s.message("")
     s.message("Program stopped.")
-    report(s, stops.Outcome(s._stop(stops.REACHED, 0)))
+    report(s, stops.Outcome(s._stop(REACHED, 0)))
 
 
 def _restart(s) -> bool:

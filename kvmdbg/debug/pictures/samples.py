@@ -23,7 +23,7 @@ class CounterSampler:
         if ev.name in SAMPLED and ev.vcpu >= 0:
             vm = self.vm
             self.samples.append((ev.seq, ev.cycles, ev.vcpu, len(vm.vcpus[ev.vcpu].cpu.tlb),
-                                 vm.tdp_mmu.live_sptes))
+                                 vm.mmu_pages.live_sptes))
 
 
 def start_sampling(vm):

@@ -1,0 +1,45 @@
+"""The VM's page-table pages, whichever MMU built them (struct kvm_mmu_page bookkeeping).
+
+KVM finds the kvm_mmu_page behind a table through its struct page (to_shadow_page); here
+that is one pfn -> MmuPage map for the TDP MMU's pages, the legacy MMU's and shadow
+paging's alike. The pool also counts the live SPTEs in all of them and owns the shared
+change counter that every SPTE write bumps (the CPU's walk memo watches it). Root numbers
+(#1, #2 in `info roots`) are handed out here too, so they are unique across MMUs.
+"""
+
+from __future__ import annotations
+
+from kvmdbg.mmu.mmu_internal import MmuPage
+
+
+class MmuPages:
+    def __init__(self, kvm):
+        self.kvm = kvm
+        self.pages: dict[int, MmuPage] = {}   # pfn -> page
+        self.live_sptes = 0                   # non-zero, non-removed SPTEs in all pages
+        self.generation = kvm.gpa_generation  # bumped on every SPTE change (kvmdbg/generation.py)
+        self.next_root_number = 1
+
+    def new_root_number(self) -> int:
+        n = self.next_root_number
+        self.next_root_number += 1
+        return n
+
+    def alloc_page(self, role: int, gfn: int, tdp: bool = True, cls=None) -> MmuPage:
+        """A fresh host page made a page-table page: an MmuPage (tdp says whose), or a cls
+        (shadow paging's ShadowPage)."""
+        kvm = self.kvm
+        pfn = kvm.host.alloc_page()
+        spt = kvm.host.pages[pfn]
+        sp = MmuPage(role, gfn, pfn, spt, tdp) if cls is None else cls(role, gfn, pfn, spt)
+        sp.mmu_valid_gen = kvm.mmu_valid_gen
+        sp.created_step = kvm.now_step()
+        self.pages[pfn] = sp
+        kvm.stats["kvmdbg_tables_allocated"] += 1
+        return sp
+
+    def free_page(self, sp: MmuPage) -> None:
+        sp.freed = True
+        self.pages.pop(sp.pfn, None)
+        self.kvm.host.free_page(sp.pfn)
+        self.kvm.stats["kvmdbg_tables_freed"] += 1

@@ -1,0 +1,102 @@
+"""Walking a TDP root's SPTEs in pre-order (mirrors arch/x86/kvm/mmu/tdp_iter.c).
+
+KVM's for_each_tdp_pte visits every SPTE whose range overlaps [start, end), top down:
+try_step_down into the table a present non-leaf SPTE points to, else try_step_side to
+the next entry of the same table, else step up and side. The SPTE is read again before
+stepping down (tdp_iter_next re-reads iter->old_spte), so a caller that zaps or replaces
+the entry it stands on is not walked into the table it just removed, and one that just
+installed a table is walked into it.
+
+One simplification, for speed: over a range wider than one entry the walk visits only the
+entries that are not zero (a zero SPTE has nothing below it and KVM's callers skip it),
+so zapping a root costs its live entries, not 512 per table. Over a one-gfn range (the
+page-fault path) it visits the zero entries too, as kvm_tdp_mmu_map needs.
+"""
+
+from __future__ import annotations
+
+from kvmdbg.bits import UNPACK_FROM
+from kvmdbg.mmu.mmu_internal import ROLE_LEVEL_MASK
+from kvmdbg.mmu.spte import PFN_MASK, PT_PAGE_SIZE, SPTE_MMU_PRESENT
+
+_U64 = UNPACK_FROM[8]
+
+GFN_LIMIT = 1 << 40            # above any gfn a 52-bit guest-physical space has
+
+
+class TdpIter:
+    """Where the walk stands (struct tdp_iter): the table (sp), the entry's index in it,
+    the SPTE as read (old_spte), the first gfn the entry maps and its level. As in the
+    kernel, the walk moves one iterator: read its fields before the next step."""
+
+    __slots__ = ("sp", "index", "old_spte", "gfn", "level")
+
+    def __repr__(self) -> str:
+        return (f"TdpIter(level={self.level}, index={self.index}, gfn={self.gfn:#x}, "
+                f"old_spte={self.old_spte:#x})")
+
+
+def nonzero_entries(sp):
+    """(index, spte) of every entry of one table that is not zero (present, MMIO and
+    removed SPTEs alike), in index order, read as the walk reaches them."""
+    for i, v in enumerate(memoryview(sp.spt).cast("Q")):
+        if v:
+            yield i, v
+
+
+def read_spte(sp, index: int) -> int:
+    return _U64(sp.spt, index << 3)[0]
+
+
+def _steps_down(spte: int, level: int) -> bool:
+    return bool(spte & SPTE_MMU_PRESENT) and level > 1 and not spte & PT_PAGE_SIZE
+
+
+def for_each_tdp_pte(pages, root, start: int = 0, end: int = GFN_LIMIT, min_level: int = 1):
+    """Yield the iterator at each SPTE under root overlapping [start, end), in pre-order,
+    not stepping down below min_level (for_each_tdp_pte_min_level). `pages` maps a
+    table's pfn to its MmuPage."""
+    it = TdpIter()
+    if end - start == 1:
+        # One gfn (the page-fault path): one entry a level, zero entries included.
+        sp = root
+        while True:
+            level = sp.role & ROLE_LEVEL_MASK
+            span = 9 * (level - 1)
+            i = (start >> span) & 511
+            it.sp, it.index, it.gfn, it.level = sp, i, sp.gfn + (i << span), level
+            it.old_spte = _U64(sp.spt, i << 3)[0]
+            yield it
+            if level <= min_level:
+                return
+            spte = _U64(sp.spt, i << 3)[0]                   # it may have changed
+            if not _steps_down(spte, level):
+                return
+            sp = pages.get((spte & PFN_MASK) >> 12)          # try_step_down
+            if sp is None:
+                return
+    stack = [(root, nonzero_entries(root))]
+    while stack:
+        sp, entries = stack[-1]
+        level = sp.role & ROLE_LEVEL_MASK
+        span = 9 * (level - 1)
+        for i, spte in entries:                              # try_step_side
+            gfn = sp.gfn + (i << span)
+            if gfn >= end:
+                break
+            if gfn + (1 << span) <= start:
+                continue
+            it.sp, it.index, it.old_spte, it.gfn, it.level = sp, i, spte, gfn, level
+            yield it
+            if level > min_level:
+                spte = _U64(sp.spt, i << 3)[0]               # it may have changed
+                if _steps_down(spte, level):
+                    child = pages.get((spte & PFN_MASK) >> 12)
+                    if child is not None:                    # try_step_down
+                        stack.append((child, nonzero_entries(child)))
+                        break
+        else:
+            stack.pop()                                      # step up
+            continue
+        if stack[-1][0] is sp:                               # ran past end: step up
+            stack.pop()
