@@ -6,6 +6,6 @@ from kvmdbg.version import __version__  # noqa: F401
 def __getattr__(name):
     # Lazy so that `import kvmdbg.cpu` does not pull in the debugger engine.
     if name == "Session":
-        from kvmdbg.debug.session import Session
+        from kvmdbg.debug.engine.session import Session
         return Session
     raise AttributeError(name)

@@ -104,7 +104,7 @@ def _init_file() -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(_bare_color(sys.argv[1:] if argv is None else list(argv)))
-    from kvmdbg.debug.session import Session
+    from kvmdbg.debug.engine.session import Session
 
     output = Output()
     out = output.out
@@ -161,7 +161,7 @@ def main(argv=None) -> int:
 
 def _run_session(session, args, output, tty, color) -> int:
     from kvmdbg.debug.commands import QuitRequest
-    from kvmdbg.debug import script
+    from kvmdbg.debug.engine import script
     failed = False
     try:
         if not args.nx and os.path.isfile(_init_file()):

@@ -80,7 +80,7 @@ def test_checker_catches_a_violation(tmp_path, monkeypatch):
     """The checker itself must be able to fail."""
     bad = tmp_path / "kvmdbg" / "cpu"
     bad.mkdir(parents=True)
-    (bad / "oops.py").write_text("from kvmdbg.debug.session import Session\nimport capstone\n")
+    (bad / "oops.py").write_text("from kvmdbg.debug.engine.session import Session\nimport capstone\n")
     monkeypatch.setattr(sys.modules[__name__], "PKG", tmp_path / "kvmdbg")
     import pytest
     with pytest.raises(AssertionError, match="cpu may not import debug"):

@@ -74,7 +74,7 @@ def _ask(question: str) -> bool:
 def interact(session, output=None, color: bool = False) -> int:
     """Read and run commands until quit or Ctrl-D; the exit status."""
     from kvmdbg.debug.commands import QuitRequest
-    from kvmdbg.debug.repeat import run_typed_line
+    from kvmdbg.debug.engine.repeat import run_typed_line
     session.interactive = True
     lexer = PygmentsLexer(KvmdbgLexer)
 

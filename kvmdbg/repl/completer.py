@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prompt_toolkit.completion import Completer, Completion
 
-from kvmdbg.debug.suggest import last_word, suggest
+from kvmdbg.debug.present.suggest import last_word, suggest
 
 
 class KvmdbgCompleter(Completer):

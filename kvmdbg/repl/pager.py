@@ -11,7 +11,7 @@ import os
 import shutil
 import subprocess
 
-from kvmdbg.debug.state import strip_ansi
+from kvmdbg.debug.engine.state import strip_ansi
 
 PAGER = "less -RXF"
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from kvmdbg.debug import catchpoints
+from kvmdbg.debug.engine import catchpoints
 from kvmdbg.events import Event
 from tests.debug.util import run, session
 

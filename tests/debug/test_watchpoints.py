@@ -74,7 +74,7 @@ def test_stepi_with_a_watchpoint_stops_early():
 
 
 def test_fast_reader_agrees_with_the_evaluator_and_sees_every_write():
-    from kvmdbg.debug.watch_reader import reader_for
+    from kvmdbg.debug.engine.watch_reader import reader_for
     s = session(MEM)
     run(s, "watch *(u64*)0x200000", "watch *(u32*)gpa:0x200004", "watch *(u64*)$rax")
     wps = s.breakpoints.watchpoints()

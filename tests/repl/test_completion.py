@@ -3,7 +3,7 @@
 from prompt_toolkit.completion import CompleteEvent
 from prompt_toolkit.document import Document
 
-from kvmdbg.debug.suggest import suggest
+from kvmdbg.debug.present.suggest import suggest
 from kvmdbg.repl.completer import KvmdbgCompleter
 from tests.debug.util import smep
 

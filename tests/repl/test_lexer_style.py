@@ -5,7 +5,7 @@ import io
 from pygments.token import Keyword, Name, Number, Operator
 
 from kvmdbg.cli import use_color
-from kvmdbg.debug.state import strip_ansi
+from kvmdbg.debug.engine.state import strip_ansi
 from kvmdbg.repl.lexer import KvmdbgLexer
 from kvmdbg.repl.style import make_styler
 from tests.debug.util import smep

@@ -1,7 +1,7 @@
 """Long output is paged at the terminal; commands that run the guest never are."""
 
 from kvmdbg.cli import Output
-from kvmdbg.debug.repeat import run_typed_line
+from kvmdbg.debug.engine.repeat import run_typed_line
 from kvmdbg.repl import app, pager
 from tests.debug.util import smep
 

@@ -3,12 +3,12 @@ enable, condition, ignore, commands, info breakpoints. gdb's names and messages.
 
 from __future__ import annotations
 
-from kvmdbg.debug import catchpoints
-from kvmdbg.debug.breakpoints import Breakpoint, Catchpoint, Watchpoint, parse_numbers
+from kvmdbg.debug.engine import catchpoints
+from kvmdbg.debug.engine.breakpoints import Breakpoint, Catchpoint, Watchpoint, parse_numbers
 from kvmdbg.debug.commands.registry import MAX_COUNT, check_range, no_arguments, usage_error
-from kvmdbg.debug.evaluate import Evaluator
-from kvmdbg.debug.expr import U64, Deref, Dollar, ExprError, Field, Space, parse, split_condition, walk
-from kvmdbg.debug.state import BlockReader, confirm
+from kvmdbg.debug.engine.evaluate import Evaluator
+from kvmdbg.debug.engine.expr import U64, Deref, Dollar, ExprError, Field, Space, parse, split_condition, walk
+from kvmdbg.debug.engine.state import BlockReader, confirm
 from kvmdbg.errors import CommandError
 
 

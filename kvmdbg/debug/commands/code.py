@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from kvmdbg.bits import M64
 from kvmdbg.debug.commands.registry import usage_error
-from kvmdbg.debug.evaluate import evaluate
-from kvmdbg.debug.formats import insn_text
+from kvmdbg.debug.engine.evaluate import evaluate
+from kvmdbg.debug.present.formats import insn_text
 from kvmdbg.errors import CommandError, KvmdbgError
 
 MAX_FUNCTION = 4096        # a "function" (symbol to next symbol) longer than this is cut

@@ -5,10 +5,10 @@ from __future__ import annotations
 import struct
 
 from kvmdbg.debug.commands.registry import no_arguments, usage_error
-from kvmdbg.debug.evaluate import Value, evaluate
-from kvmdbg.debug.expr import ExprError
-from kvmdbg.debug.state import Display, confirm
-from kvmdbg.debug.values import PRINT_FORMATS, c_string, format_int, format_value
+from kvmdbg.debug.engine.evaluate import Value, evaluate
+from kvmdbg.debug.engine.expr import ExprError
+from kvmdbg.debug.engine.state import Display, confirm
+from kvmdbg.debug.present.values import PRINT_FORMATS, c_string, format_int, format_value
 from kvmdbg.errors import CommandError, KvmdbgError
 
 SIZES = {"b": 1, "h": 2, "w": 4, "g": 8}
@@ -164,8 +164,8 @@ def _unit(s, raw: int, fmt: str, n: int) -> str:
 def _set_examined(s, addr: int, value, size: int, space: str) -> None:
     """gdb's $_ (the address of the last unit examined, a pointer to the unit's type) and
     $__ (its contents; void after x/s and x/i, whose units gdb does not fetch as values)."""
-    from kvmdbg.debug.evaluate import make_int
-    from kvmdbg.debug.expr import S8, S16, S32, S64
+    from kvmdbg.debug.engine.evaluate import make_int
+    from kvmdbg.debug.engine.expr import S8, S16, S32, S64
     t = {1: S8, 2: S16, 4: S32, 8: S64}[size]
     s.convenience["_"] = Value(addr, t.pointer(), space="" if space == "gva" else space)
     if value is None:
@@ -268,7 +268,7 @@ def display(s, arg: str) -> None:
 
 
 def _display_numbers(s, fn, text: str):
-    from kvmdbg.debug.breakpoints import parse_numbers
+    from kvmdbg.debug.engine.breakpoints import parse_numbers
     nums = parse_numbers(text, fn, noun="display")
     known = {d.number for d in s.state.displays}
     for n in nums:

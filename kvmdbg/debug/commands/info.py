@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from kvmdbg.cpu.regs import CR0_BITS, CR4_BITS, EFER_BITS
 from kvmdbg.debug.commands.registry import list_subcommands, no_arguments
-from kvmdbg.debug.formats import (GROUPS, cr3_text, flag_names, format_register_row,
+from kvmdbg.debug.present.formats import (GROUPS, cr3_text, flag_names, format_register_row,
                                   register_rows)
-from kvmdbg.debug.report import changed_registers
+from kvmdbg.debug.present.report import changed_registers
 from kvmdbg.errors import CommandError
 
 # Bits that are inputs of kvm_calc_cpu_role (KVM_MMU_CR0_ROLE_BITS, KVM_MMU_CR4_ROLE_BITS,

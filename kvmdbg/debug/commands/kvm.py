@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from kvmdbg.debug import catchpoints
+from kvmdbg.debug.engine import catchpoints
 from kvmdbg.debug.commands.mmu import is_shadow, parse_int, roots_of
 from kvmdbg.debug.commands.registry import ARG_MAX, ARG_MIN, MAX_COUNT, check_range, usage_error
 from kvmdbg.errors import CommandError, ConfigError

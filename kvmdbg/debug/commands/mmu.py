@@ -8,9 +8,9 @@ Everything here reads the model's state; nothing steps the guest or changes SPTE
 from __future__ import annotations
 
 from kvmdbg.bits import M64, PAGE_SHIFT
-from kvmdbg.debug import guest_walk
+from kvmdbg.debug.engine import guest_walk
 from kvmdbg.debug.commands.registry import check_range, usage_error
-from kvmdbg.debug.evaluate import evaluate_address
+from kvmdbg.debug.engine.evaluate import evaluate_address
 from kvmdbg.errors import CommandError
 from kvmdbg.mmu import mmu_internal as R
 from kvmdbg.mmu import spte as S

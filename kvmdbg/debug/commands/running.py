@@ -8,11 +8,11 @@ line and its context).
 from __future__ import annotations
 
 from kvmdbg.cpu.regs import RSP
-from kvmdbg.debug import stops
+from kvmdbg.debug.engine import stops
 from kvmdbg.debug.commands.registry import MAX_COUNT, no_arguments, usage_error
-from kvmdbg.debug.evaluate import evaluate_address
-from kvmdbg.debug.report import report, snapshot_all
-from kvmdbg.debug.state import confirm
+from kvmdbg.debug.engine.evaluate import evaluate_address
+from kvmdbg.debug.present.report import report, snapshot_all
+from kvmdbg.debug.engine.state import confirm
 from kvmdbg.errors import CommandError
 from kvmdbg.stop_reason import BREAKPOINT, REACHED, STEP_LIMIT
 
@@ -26,7 +26,7 @@ def parse_count(fn, arg: str, s=None) -> int:
     except ValueError:
         n = None
         if s is not None and arg.lstrip().startswith(("$", "(")):
-            from kvmdbg.debug.evaluate import evaluate
+            from kvmdbg.debug.engine.evaluate import evaluate
             try:
                 n = evaluate(s, arg).as_int()
             except CommandError:
@@ -193,7 +193,7 @@ def jump(s, arg: str) -> None:
     """
     address = _location(s, jump, arg)
     _check_runnable(s, every=True)
-    from kvmdbg.debug.evaluate import write_register
+    from kvmdbg.debug.engine.evaluate import write_register
     write_register(s, s.current, "rip", address)
     s.message(f"Continuing at {address:#x}.")
     v = s.vm.vcpus[s.current]
@@ -289,7 +289,7 @@ def vcpu(s, arg: str) -> None:
     cpu = s.vm.vcpus[n].cpu
     s.message(f"[Switching to vcpu {n}]")
     s.message(f"{s.location(cpu.rip)}, vcpu {n}, step {cpu.steps}")
-    from kvmdbg.debug.report import show_next_insn
+    from kvmdbg.debug.present.report import show_next_insn
     show_next_insn(s, cpu.rip)
 
 
@@ -356,7 +356,7 @@ def thread(s, arg: str) -> None:
     cpu = s.vm.vcpus[t - 1].cpu
     s.message(f"[Switching to thread {t} (vCPU {t - 1})]")
     s.message(f"#0  {s.location(cpu.rip)}, vcpu {t - 1}, step {cpu.steps}")
-    from kvmdbg.debug.report import show_next_insn
+    from kvmdbg.debug.present.report import show_next_insn
     show_next_insn(s, cpu.rip)
 
 

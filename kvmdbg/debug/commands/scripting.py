@@ -7,11 +7,11 @@ import re
 import shlex
 import subprocess
 
-from kvmdbg.debug import script
+from kvmdbg.debug.engine import script
 from kvmdbg.debug.commands.registry import split_word, usage_error
-from kvmdbg.debug.evaluate import evaluate
-from kvmdbg.debug.expr import S64, ExprError, unescape
-from kvmdbg.debug.state import BlockReader, confirm
+from kvmdbg.debug.engine.evaluate import evaluate
+from kvmdbg.debug.engine.expr import S64, ExprError, unescape
+from kvmdbg.debug.engine.state import BlockReader, confirm
 from kvmdbg.errors import CommandError
 
 MAX_USER_DEPTH = 64
@@ -290,7 +290,7 @@ def shell(s, arg: str) -> None:
     """
     if not arg:
         raise usage_error(shell, "Argument required (a shell command).")
-    from kvmdbg.debug.evaluate import Value
+    from kvmdbg.debug.engine.evaluate import Value
     try:
         p = subprocess.run(arg, shell=True, capture_output=True, text=True,
                            stdin=subprocess.DEVNULL, timeout=600)

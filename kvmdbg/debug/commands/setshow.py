@@ -9,10 +9,10 @@ reg.sub("set").add(...), and the matching `show` entries with reg.sub("show").ad
 from __future__ import annotations
 
 from kvmdbg.debug.commands.registry import check_range, split_word, usage_error
-from kvmdbg.debug.evaluate import evaluate_node
-from kvmdbg.debug.expr import Assign, Symbol, parse
-from kvmdbg.debug.state import LogFile
-from kvmdbg.debug.values import format_natural
+from kvmdbg.debug.engine.evaluate import evaluate_node
+from kvmdbg.debug.engine.expr import Assign, Symbol, parse
+from kvmdbg.debug.engine.state import LogFile
+from kvmdbg.debug.present.values import format_natural
 from kvmdbg.errors import CommandError
 from kvmdbg.version import __version__
 
@@ -111,7 +111,7 @@ def _set_number(fn, attr):
             try:
                 n = int(arg, 0)
             except ValueError:          # gdb takes an expression: set height $rows - 2
-                from kvmdbg.debug.evaluate import evaluate
+                from kvmdbg.debug.engine.evaluate import evaluate
                 n = evaluate(s, arg).as_int()
         check_range(attr, n, 0, MAX_LINES, ', or "unlimited"')
         setattr(s.state.settings, attr, n)

@@ -109,7 +109,7 @@ def complete(s, arg: str) -> None:
 
     What TAB would offer after TEXT, one whole line per candidate.
     """
-    from kvmdbg.debug.suggest import complete_lines
+    from kvmdbg.debug.present.suggest import complete_lines
     for line in complete_lines(s, arg):
         s.message(line)
 
@@ -124,7 +124,7 @@ def quit_(s, arg: str) -> None:
         try:
             code = int(arg, 0)
         except ValueError:
-            from kvmdbg.debug.evaluate import evaluate
+            from kvmdbg.debug.engine.evaluate import evaluate
             try:
                 code = evaluate(s, arg).as_int()
             except CommandError:

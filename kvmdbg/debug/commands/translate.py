@@ -9,9 +9,9 @@ nothing of roots or SPTEs.
 from __future__ import annotations
 
 from kvmdbg.bits import M64, PAGE_SHIFT
-from kvmdbg.debug import guest_walk
+from kvmdbg.debug.engine import guest_walk
 from kvmdbg.debug.commands.registry import usage_error
-from kvmdbg.debug.evaluate import evaluate
+from kvmdbg.debug.engine.evaluate import evaluate
 from kvmdbg.errors import CommandError, KvmdbgError
 
 PTE_FLAGS = (("P", 0), ("RW", 1), ("US", 2), ("PWT", 3), ("PCD", 4), ("A", 5), ("D", 6),

@@ -6,8 +6,8 @@ letters are gdb's: x d u o t c a z (and s, which is the natural format here).
 
 from __future__ import annotations
 
-from kvmdbg.debug.expr import VOID, ExprError
-from kvmdbg.debug.formats import cr3_text, eflags_text, flag_names
+from kvmdbg.debug.engine.expr import VOID, ExprError
+from kvmdbg.debug.present.formats import cr3_text, eflags_text, flag_names
 
 PRINT_FORMATS = "xduotcazsf"
 
@@ -104,13 +104,13 @@ class ValueHistory:
         self.values: list = []
 
     def add(self, val) -> int:
-        from kvmdbg.debug.evaluate import Value
+        from kvmdbg.debug.engine.evaluate import Value
         self.values.append(Value(val.v, val.type))
         return len(self.values)
 
     def lookup(self, name: str):
         """name is what follows the first '$': '' ($), '$' ($$), '$3' ($$3), '7' ($7)."""
-        from kvmdbg.debug.evaluate import Value
+        from kvmdbg.debug.engine.evaluate import Value
         n = len(self.values)
         if name == "" or name.startswith("$"):
             back = 0 if name == "" else 1 if name == "$" else int(name[1:])

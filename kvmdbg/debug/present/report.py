@@ -15,8 +15,8 @@ KVM model's MMU summary plugs in there: Session.context_providers), and the
 
 from __future__ import annotations
 
-from kvmdbg.debug.formats import register_rows
-from kvmdbg.debug.values import format_natural
+from kvmdbg.debug.present.formats import register_rows
+from kvmdbg.debug.present.values import format_natural
 from kvmdbg.stop_reason import (BREAKPOINT, CATCHPOINT, HALTED, INTERRUPTED, REACHED, SHUTDOWN,
                                 STEP_LIMIT, UNSUPPORTED, WATCHPOINT)
 from kvmdbg.errors import CommandError, KvmdbgError
@@ -64,16 +64,16 @@ def report(s, outcome) -> None:
     changed = note_stop_registers(s, stop.vcpu)
     if stop.reason == HALTED:
         if all(v.cpu.halted for v in s.vm.vcpus):
-            from kvmdbg.debug.evaluate import Value
-            from kvmdbg.debug.expr import S64
+            from kvmdbg.debug.engine.evaluate import Value
+            from kvmdbg.debug.engine.expr import S64
             s.convenience["_exitcode"] = Value(0, S64)
             s.message(f"[all vCPUs halted] {where(s, stop)}")
         else:
             s.message(f"[vcpu {stop.vcpu} halted] {where(s, stop)}")
         return
     if stop.reason == SHUTDOWN:
-        from kvmdbg.debug.evaluate import Value
-        from kvmdbg.debug.expr import S64
+        from kvmdbg.debug.engine.evaluate import Value
+        from kvmdbg.debug.engine.expr import S64
         s.convenience["_exitcode"] = Value(1, S64)
         s.error(f"Guest shut down (KVM_EXIT_SHUTDOWN) on vcpu {stop.vcpu} at step {stop.step}: "
                 f"{stop.message}")
@@ -144,7 +144,7 @@ def show_context(s, stop, changed: dict) -> None:
 
 
 def show_next_insn(s, rip: int) -> None:
-    from kvmdbg.debug.formats import insn_text
+    from kvmdbg.debug.present.formats import insn_text
     d = s.decode_at(rip)
     label = s.location(rip)
     if d is None:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kvmdbg.debug import catchpoints
-from kvmdbg.debug.expr import ExprError, parse
+from kvmdbg.debug.engine import catchpoints
+from kvmdbg.debug.engine.expr import ExprError, parse
 from kvmdbg.errors import CommandError, KvmdbgError
 from kvmdbg.stop_reason import CATCHPOINT
 
@@ -192,7 +192,7 @@ class BreakpointTable:
 
     def refresh_watch_values(self) -> None:
         """After `run`/`starti` rebuilt the VM: watch from the new values, not the old run's."""
-        from kvmdbg.debug.evaluate import evaluate_node
+        from kvmdbg.debug.engine.evaluate import evaluate_node
         for wp in self:
             if isinstance(wp, Watchpoint):
                 try:
@@ -205,7 +205,7 @@ class BreakpointTable:
     def should_stop(self, point: Stoppoint, vcpu: int, event=None):
         """(stop?, error line). A condition that cannot be evaluated stops, with the reason."""
         if point._cond_ast is not None:
-            from kvmdbg.debug.evaluate import evaluate_node
+            from kvmdbg.debug.engine.evaluate import evaluate_node
             try:
                 ok = evaluate_node(self.s, point._cond_ast, vcpu=vcpu, event=event).truthy()
             except KvmdbgError as e:

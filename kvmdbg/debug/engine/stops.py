@@ -22,9 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kvmdbg.cpu.regs import RSP
-from kvmdbg.debug import access
-from kvmdbg.debug.evaluate import Value, evaluate_node
-from kvmdbg.debug.expr import Type
+from kvmdbg.debug.engine import access
+from kvmdbg.debug.engine.evaluate import Value, evaluate_node
+from kvmdbg.debug.engine.expr import Type
 from kvmdbg.errors import KvmdbgError, UnsupportedInstruction
 from kvmdbg.kvm import scheduler
 from kvmdbg.stop_reason import (BREAKPOINT, HALTED, INTERRUPTED, REACHED, SHUTDOWN, STEP_LIMIT,
@@ -241,7 +241,7 @@ def _watch_reads(s, v, wps) -> set:
             if not kind & want:
                 continue
             if space != "gva":
-                from kvmdbg.debug import guest_walk
+                from kvmdbg.debug.engine import guest_walk
                 try:
                     a = guest_walk.gva_to_gpa(s.vm, cpu, a)
                 except KvmdbgError:
@@ -308,7 +308,7 @@ def _worker_due(vm, v) -> bool:
 
 
 def _resume_stepping(s, scope, limit: int, target) -> Outcome:
-    from kvmdbg.debug.watch_reader import reader_for
+    from kvmdbg.debug.engine.watch_reader import reader_for
     vm = s.vm
     table = s.breakpoints
     # The stop points cannot change during one resume: look them up once.

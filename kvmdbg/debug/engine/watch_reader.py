@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from kvmdbg.arch.pgtable_types import PAGE_PRESENT as P, PAGE_PSE as PS, PTE_ADDR_MASK as ADDR
 from kvmdbg.bits import PAGE_SHIFT
-from kvmdbg.debug.evaluate import make_int
-from kvmdbg.debug.expr import Deref, Dollar, walk
+from kvmdbg.debug.engine.evaluate import make_int
+from kvmdbg.debug.engine.expr import Deref, Dollar, walk
 
 
 

@@ -24,7 +24,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from kvmdbg.debug import catchpoints
+from kvmdbg.debug.engine import catchpoints
 from kvmdbg.debug.commands.registry import CLASSES, split_word
 from kvmdbg.errors import KvmdbgError
 
@@ -175,7 +175,7 @@ def _named(s, full: str, words: list):
 
 
 def _dollar(s, word: str):
-    from kvmdbg.debug.evaluate import REGISTER_ALIASES, REGISTER_FIELDS
+    from kvmdbg.debug.engine.evaluate import REGISTER_ALIASES, REGISTER_FIELDS
     if "." in word:
         base, _, _ = word[1:].partition(".")
         base = REGISTER_ALIASES.get(base, base)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from kvmdbg.bits import M64, sign_extend
 from kvmdbg.cpu.faults import GuestFault
 from kvmdbg.cpu.regs import CR0_BITS, CR4_BITS, EFER_BITS, RFLAGS_BITS, SUBREGS
-from kvmdbg.debug.expr import (S8, S16, S32, S64, STR, STRUCT, U32, U64, VOID, AddrOf, Assign,
+from kvmdbg.debug.engine.expr import (S8, S16, S32, S64, STR, STRUCT, U32, U64, VOID, AddrOf, Assign,
                                Binary, Cast, Deref, Dollar, ExprError, Field, Num, SizeOf, Space,
                                Str, Symbol, Type, Unary, parse)
 

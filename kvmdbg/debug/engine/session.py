@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from kvmdbg.bits import M64, PAGE_SHIFT
 from kvmdbg.cpu.regs import SUBREGS
-from kvmdbg.debug import guest_walk, memory
-from kvmdbg.debug.symbols import Symbols
+from kvmdbg.debug.engine import guest_walk, memory
+from kvmdbg.debug.engine.symbols import Symbols
 from kvmdbg.errors import CommandError, ConfigError, UnsupportedInstruction
 from kvmdbg.kvm import boot as bootmod
 from kvmdbg.kvm.scheduler import run_vm
@@ -112,9 +112,9 @@ class Session:
         self.interrupt_requested = False
         vm.console_sink = self._console
         # --- the debugger around the machine (breakpoints, values, output) ---
-        from kvmdbg.debug.breakpoints import BreakpointTable
-        from kvmdbg.debug.state import DebuggerState
-        from kvmdbg.debug.values import ValueHistory
+        from kvmdbg.debug.engine.breakpoints import BreakpointTable
+        from kvmdbg.debug.engine.state import DebuggerState
+        from kvmdbg.debug.present.values import ValueHistory
         self.boot_args: dict = {}             # how the VM was built, so `run` can rebuild it
         self.breakpoints = BreakpointTable(self)
         self.history = ValueHistory()         # $1, $2, ... of `print`
@@ -131,7 +131,7 @@ class Session:
         from kvmdbg.debug.commands import attach, build_registry
         self.commands = build_registry()
         attach(self)
-        from kvmdbg.debug.report import snapshot_all
+        from kvmdbg.debug.present.report import snapshot_all
         snapshot_all(self)
 
     # --- construction ---
@@ -173,7 +173,7 @@ class Session:
         self.last_stop = None
         self.last_event = None
         self.breakpoints.sync_listener()
-        from kvmdbg.debug.report import snapshot_all
+        from kvmdbg.debug.present.report import snapshot_all
         snapshot_all(self)
         for hook in self.restart_hooks:
             hook(self)
@@ -359,7 +359,7 @@ class Session:
         """Run all vCPUs (smallest clock first) until something stops them: with stop points
         set by commands (break, watch, catch), those too, as `continue` does."""
         if breakpoints is None and len(self.breakpoints):
-            from kvmdbg.debug.stops import resume
+            from kvmdbg.debug.engine.stops import resume
             self.interrupt_requested = False
             return resume(self, max_steps=max_steps).stop
         limit = self.max_continue_steps if max_steps is None else max_steps
@@ -399,7 +399,7 @@ class Session:
         ok = self._run(line, where)
         if self._depth == 0:
             self._flush_partial()
-            from kvmdbg.debug.report import run_breakpoint_commands
+            from kvmdbg.debug.present.report import run_breakpoint_commands
             ok = run_breakpoint_commands(self) and ok
         return ok
 

@@ -1,0 +1,1 @@
+"""Presentation: how values, registers, stops and suggestions are shown to a person."""
