@@ -16,7 +16,7 @@ from kvmdbg.mmu import mmu as M
 from kvmdbg.mmu import paging_tmpl
 from kvmdbg.mmu import spte as S
 from kvmdbg.mmu.mmu_internal import RetPF
-from kvmdbg.mmu.tdp_iter import read_spte
+from kvmdbg.mmu.tdp_iter import for_each_tdp_pte
 
 
 def handle_mmio_page_fault(vcpu, gpa: int) -> RetPF:
@@ -36,16 +36,11 @@ def handle_mmio_page_fault(vcpu, gpa: int) -> RetPF:
 
 
 def _leaf_spte(kvm, root, gfn: int) -> int:
-    sp = root
-    level = root.role & 0xF
-    while True:
-        spte = read_spte(sp, (gfn >> (9 * (level - 1))) & 511)
-        if level == 1 or not S.is_shadow_present_pte(spte) or S.is_large_pte(spte):
-            return spte
-        sp = kvm.mmu_pages.pages.get(S.spte_to_pfn(spte))
-        if sp is None:
-            return 0
-        level -= 1
+    """The last SPTE on gfn's path (get_mmio_spte's walk): a leaf, an MMIO SPTE or a hole."""
+    spte = 0
+    for it in for_each_tdp_pte(kvm.mmu_pages.pages, root, gfn, gfn + 1):
+        spte = it.old_spte
+    return spte
 
 
 def emulate_instruction(vcpu) -> None:
