@@ -127,7 +127,8 @@ class Vcpu:
             if x86.KVM_REQ_TLB_FLUSH in reqs:
                 reqs.discard(x86.KVM_REQ_TLB_FLUSH)
                 x86.kvm_vcpu_flush_tlb_all(self)
-            x86.kvm_service_local_tlb_flush_requests(self)
+            if x86.KVM_REQ_TLB_FLUSH_CURRENT in reqs or x86.KVM_REQ_TLB_FLUSH_GUEST in reqs:
+                x86.kvm_service_local_tlb_flush_requests(self)
             if x86.KVM_REQ_SMI in reqs:
                 reqs.discard(x86.KVM_REQ_SMI)
                 self.process_smi()
