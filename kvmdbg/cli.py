@@ -148,7 +148,7 @@ def main(argv=None) -> int:
     session.unicode_output = (sys.stdout.encoding or "").lower().replace("-", "") == "utf8"
     if interactive and not args.quiet:
         n = args.vcpus
-        ids = f"vcpu 0 = thread 1" if n == 1 else f"vcpus 0-{n - 1} = threads 1-{n}"
+        ids = "vcpu 0 = thread 1" if n == 1 else f"vcpus 0-{n - 1} = threads 1-{n}"
         out(f"kvmdbg {__version__} -- KVM profile {args.kvm}, {n} vCPU(s) ({ids}), "
             f"{args.program} loaded at {session.program.address:#x}")
         out('Type "help" for a list of commands, "help mmu" for the ideas behind the views.')

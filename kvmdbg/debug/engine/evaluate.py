@@ -330,8 +330,8 @@ class Evaluator:
                 x, y = x & M64, y & M64
             elif op == "-" and pa and pb:
                 if a.type != b.type:
-                    raise ExprError(f"First argument of `-' is a pointer and second argument is "
-                                    f"neither an integer nor a pointer of the same type.")
+                    raise ExprError("First argument of `-' is a pointer and second argument is "
+                                    "neither an integer nor a pointer of the same type.")
                 d, step = sign_extend((x - y) & M64, 64), _step(a.type)
                 return Value(d // step if d >= 0 else -(-d // step), S64)
             elif op == "+" or (op == "-" and pa):
