@@ -211,7 +211,7 @@ def choose_machine(program: Program, machine: str | None = None):
     return kind
 
 
-def make_vm(program: Program, kvm: str | None = None, knobs=(), vcpus: int = 1, mem="16M",
+def make_vm(program: Program, kvm: str | None = None, knobs=(), vcpus: int = 1, mem=None,
             arg: int = 0, keep_events: int = 0, machine: str | None = None, append: str = "",
             cpu: str | None = None):
     """A VM built from the options and booted per the contract (events kept from boot on);
