@@ -165,7 +165,9 @@ def main(argv=None) -> int:
         n = args.vcpus
         ids = f"vcpu 0 = thread 1" if n == 1 else f"vcpus 0-{n - 1} = threads 1-{n}"
         out(f"kvmdbg {__version__} -- KVM profile {args.kvm}, {n} vCPU(s) ({ids}), "
-            f"{args.program} loaded at {session.program.address:#x}")
+            + (f"{args.program} (multiboot, pc machine) entry {session.program.address:#x}"
+               if session.program.image is not None else
+               f"{args.program} loaded at {session.program.address:#x}"))
         out('Type "help" for a list of commands, "help mmu" for the ideas behind the views.')
     _install_interrupt(session)
     try:
