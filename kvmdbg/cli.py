@@ -69,7 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", metavar="KNOB=VALUE", action="append", default=[],
                    help="override one profile knob (repeatable)")
     p.add_argument("--vcpus", metavar="N", type=_int, default=1, help="number of vCPUs (default 1)")
-    p.add_argument("--mem", metavar="SIZE", default="16M", help="guest RAM, e.g. 16M (default), up to 1G")
+    p.add_argument("--mem", metavar="SIZE", default=None,
+                   help="guest RAM, e.g. 16M (the raw machine's default; pc's is 128M), up to 1G")
+    p.add_argument("--machine", metavar="NAME", default=None,
+                   help="machine kind: raw (flat binaries) or pc (multiboot images, chosen "
+                        "for them automatically); --machine list names them")
+    p.add_argument("--append", metavar="ARGS", default="",
+                   help="the multiboot command line's arguments (QEMU's -append)")
+    p.add_argument("--cpu", metavar="[MODEL][,+FEAT,-FEAT]", default=None,
+                   help="guest CPUID features, QEMU's spelling: e.g. qemu64,+pcid,-invpcid "
+                        "(features: pcid invpcid smep smap pku nx pdpe1gb x2apic)")
     p.add_argument("--arg", metavar="N", type=_rdx, default=0,
                    help="value placed in RDX at start (-2**63 to 2**64-1)")
     p.add_argument("--color", metavar="WHEN", choices=COLOR_CHOICES, default="auto",
@@ -113,6 +122,11 @@ def main(argv=None) -> int:
         for p in PROFILES.values():
             out(f"{p.name:24} {p.summary}")
         return 0
+    if args.machine == "list":
+        from kvmdbg.kvm.machine import MACHINES
+        for m in MACHINES.values():
+            out(f"{m.name:6} {m.summary} (default RAM {m.default_mem})")
+        return 0
     if args.compare is not None and args.program is not None:
         return _compare(args, out)
     if args.program is None:
@@ -120,7 +134,8 @@ def main(argv=None) -> int:
         return 2
     try:
         session = Session.load(args.program, kvm=args.kvm, knobs=args.set, vcpus=args.vcpus, mem=args.mem,
-                               arg=args.arg, out=output.out, err=output.err)
+                               arg=args.arg, out=output.out, err=output.err,
+                               machine=args.machine, append=args.append, cpu=args.cpu)
     except (KvmdbgError, ValueError) as e:
         sys.stderr.write(f"kvmdbg: {e}\n")
         return 1
@@ -150,7 +165,9 @@ def main(argv=None) -> int:
         n = args.vcpus
         ids = "vcpu 0 = thread 1" if n == 1 else f"vcpus 0-{n - 1} = threads 1-{n}"
         out(f"kvmdbg {__version__} -- KVM profile {args.kvm}, {n} vCPU(s) ({ids}), "
-            f"{args.program} loaded at {session.program.address:#x}")
+            + (f"{args.program} (multiboot, pc machine) entry {session.program.address:#x}"
+               if session.program.image is not None else
+               f"{args.program} loaded at {session.program.address:#x}"))
         out('Type "help" for a list of commands, "help mmu" for the ideas behind the views.')
     _install_interrupt(session)
     try:
@@ -172,7 +189,10 @@ def _run_session(session, args, output, tty, color) -> int:
             else:
                 failed |= not session.run_command(value)
         if args.batch:
-            return 1 if failed else 0
+            if failed:
+                return 1
+            status = session.vm.exit_status        # isa-debug-exit: QEMU's (value << 1) | 1
+            return status if status is not None else 0
         if tty:
             from kvmdbg.repl.app import interact
             return interact(session, output, color)

@@ -20,3 +20,14 @@ class UnsupportedInstruction(KvmdbgError):
         super().__init__(f"unsupported instruction at {rip:#x}: {text}")
         self.rip = rip
         self.text = text
+
+
+class UnsupportedMode(UnsupportedInstruction):
+    """The vCPU is in a mode the interpreter cannot run (it runs 64-bit long mode only)."""
+
+    def __init__(self, rip: int, mode: str = "32-bit protected mode"):
+        KvmdbgError.__init__(self, f"{mode} is not supported yet: the vCPU is stopped at "
+                                   f"{rip:#x} (a multiboot entry starts there; kvmdbg runs "
+                                   f"64-bit long mode only).")
+        self.rip = rip
+        self.text = mode

@@ -78,3 +78,28 @@ def ept_sptes(gfns) -> int:
     gfn >> 18 and gfn >> 9)."""
     gfns = set(gfns)
     return len(gfns) + sum(len({g >> shift for g in gfns}) for shift in (27, 18, 9))
+
+
+KUT_ENV = "KVMDBG_KUT_DIR"
+
+
+def kut_image(name: str):
+    """Path of a kvm-unit-tests image: in $KVMDBG_KUT_DIR, else ../shared/kut/bin/ beside
+    the project root. Missing: the test is skipped naming both places, or fails when CI is
+    set (a CI run must have the images)."""
+    import os
+    from pathlib import Path
+
+    import pytest
+    root = Path(__file__).resolve().parent.parent
+    env = os.environ.get(KUT_ENV)
+    default = (root / ".." / "shared" / "kut" / "bin").resolve()
+    where = Path(env) if env else default
+    path = where / name
+    if path.is_file():
+        return path
+    why = (f"kvm-unit-tests image {name} not found: looked in ${KUT_ENV} "
+           f"({env or 'not set'}) and {default}")
+    if os.environ.get("CI"):
+        pytest.fail(why)
+    pytest.skip(why)

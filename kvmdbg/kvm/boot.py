@@ -41,6 +41,7 @@ class Program:
     address: int = LOAD_ADDRESS
     symbols: dict[str, int] = field(default_factory=dict)
     path: str = ""
+    image: object = None        # a multiboot image (kvm/multiboot.py): booted on the PC machine
 
 
 def read_symbols(path: Path) -> dict[str, int]:
@@ -69,9 +70,53 @@ def load_program(path: str) -> Program:
     code = p.read_bytes()
     if not code:
         raise ConfigError(f"{path}: the program is empty.")
+    from kvmdbg.kvm import multiboot
+    image = multiboot.parse(str(p), code)
+    if image is not None:
+        return Program(code, image.entry, dict(image.symbols), str(p), image)
+    if multiboot.is_elf(code):
+        raise ConfigError(f"{path}: an ELF file without a multiboot header (no magic "
+                          f"{multiboot.MULTIBOOT_MAGIC:#x} in its first 8 KiB): kvmdbg boots raw "
+                          f"binaries and multiboot images.")
     sym = p.with_suffix(".sym")
     symbols = read_symbols(sym) if sym.exists() else {}
     return Program(code, LOAD_ADDRESS, symbols, str(p))
+
+
+def boot_multiboot(vm, program: Program, cmdline: str = "") -> None:
+    """QEMU's -kernel for a multiboot image: segments, the information structure, and each
+    vCPU in the state multiboot spec 3.2 asks for (the boot vCPU; the others wait, halted,
+    for a start-up IPI that is not modelled)."""
+    from kvmdbg.cpu.regs import RAX, RBX
+    from kvmdbg.kvm import multiboot as mb
+    image = program.image
+    mb.check_fits(image, vm.mem_size)
+    for seg in image.segments:
+        vm.write_gpa(seg.address, seg.data + bytes(seg.memsz - len(seg.data)))
+    for gpa, data in mb.info_structure(vm.mem_size, cmdline).items():
+        vm.write_gpa(gpa, data)
+    # A flat GDT beside the contract's: null, 32-bit code 0x08 and data 0x10, base 0, 4 GiB
+    # (spec 3.2 requires the segments, not the table: the OS loads its own).
+    vm.write_gpa(GDT, b"".join(e.to_bytes(8, "little")
+                               for e in (0, 0x00CF9A000000FFFF, 0x00CF92000000FFFF)))
+    for v in vm.vcpus:
+        c = v.cpu
+        c.set_cr0(CR0_PE | CR0_ET)       # protected mode, paging off
+        c.set_cr4(0)
+        c.set_efer(0)
+        c.set_cr3(0)
+        c.gdtr = (GDT, 3 * 8 - 1)
+        c.idtr = (0, 0)
+        c.set_cs(0x08)
+        c.ss = c.ds = c.es = c.fs = c.gs = 0x10
+        c.set_rflags(0x2)                # IF = 0, VM = 0
+        c.r[:] = [0] * 16
+        c.r[RAX] = mb.MULTIBOOT_BOOTLOADER_MAGIC
+        c.r[RBX] = mb.MBI_ADDR
+        c.rip = image.entry
+        if v.index:
+            c.halted = True
+        v.after_set_sregs()
 
 
 def check_machine(mem_size: int, nr_vcpus: int) -> None:
@@ -140,6 +185,8 @@ def boot(vm, program: Program, arg: int = 0) -> None:
 
 def resolve_machine(kvm: str | None = None, knobs=(), vcpus: int = 1, mem="16M"):
     """(profile, RAM bytes) for the command-line options, or ConfigError naming what is wrong."""
+    if mem is None:
+        mem = "16M"
     try:
         size = parse_size(mem) if isinstance(mem, str) else int(mem)
     except ValueError as e:
@@ -151,12 +198,41 @@ def resolve_machine(kvm: str | None = None, knobs=(), vcpus: int = 1, mem="16M")
     return profile, size
 
 
-def make_vm(program: Program, kvm: str | None = None, knobs=(), vcpus: int = 1, mem="16M",
-            arg: int = 0, keep_events: int = 0):
-    """A VM built from the options and booted per the contract (events kept from boot on)."""
-    profile, size = resolve_machine(kvm, knobs, vcpus, mem)
+def choose_machine(program: Program, machine: str | None = None):
+    """The machine kind: --machine NAME, else pc for a multiboot image and raw otherwise."""
+    from kvmdbg.kvm.machine import PC, RAW, get_machine
+    kind = get_machine(machine) if machine else (PC if program.image is not None else RAW)
+    if kind is RAW and program.image is not None:
+        raise ConfigError(f"{program.path}: a multiboot image needs the pc machine "
+                          f"(the raw machine loads flat binaries at {LOAD_ADDRESS:#x}).")
+    if kind is PC and program.image is None:
+        raise ConfigError(f"{program.path or 'program'}: the pc machine boots multiboot images; "
+                          f"this is a raw binary (use --machine raw).")
+    return kind
+
+
+def make_vm(program: Program, kvm: str | None = None, knobs=(), vcpus: int = 1, mem=None,
+            arg: int = 0, keep_events: int = 0, machine: str | None = None, append: str = "",
+            cpu: str | None = None):
+    """A VM built from the options and booted per the contract (events kept from boot on);
+    a multiboot image boots on the PC machine (kvm/machine.py), with `append` as its command
+    line. cpu: --cpu's text (kvm/cpuid.py parse_cpu_option)."""
+    from kvmdbg.kvm.cpuid import parse_cpu_option
+    from kvmdbg.kvm.machine import PC, pc_devices
+    kind = choose_machine(program, machine)
+    features = parse_cpu_option(cpu) if cpu else None
+    profile, size = resolve_machine(kvm, knobs, vcpus, kind.default_mem if mem is None else mem)
     vm = Vm(size, vcpus, profile=profile)
+    vm.machine = kind
+    vm.cpu_features = features
     if keep_events:
         vm.bus.set_keep(keep_events)
-    boot(vm, program, arg)
+    if kind is PC:
+        vm.devices = pc_devices(vm)
+        vm.vmm.attach(vm.devices)
+        # QEMU's multiboot loader passes "KERNEL ARGS" (hw/i386/multiboot.c); the test
+        # library's argv[0] is the first word.
+        boot_multiboot(vm, program, f"{program.path} {append}")
+    else:
+        boot(vm, program, arg)
     return vm

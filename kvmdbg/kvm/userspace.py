@@ -17,6 +17,17 @@ class Vmm:
     def __init__(self, kvm):
         self.kvm = kvm
         self.overlays: dict[int, tuple[Memslot, list[int]]] = {}   # gfn -> (original, new ids)
+        self.port_devices: dict[int, object] = {}     # port -> device (the machine's)
+        self.mmio_devices: list = []                  # devices with an MMIO range
+
+    def attach(self, devices) -> None:
+        """The machine's devices answer their ports and MMIO ranges from now on; on a machine
+        with devices, kvmdbg's VMM ports that clash with them are theirs."""
+        for dev in devices:
+            for port in dev.ports:
+                self.port_devices[port] = dev
+            if dev.mmio is not None:
+                self.mmio_devices.append(dev)
 
     # --- exits ---
 
@@ -27,6 +38,16 @@ class Vmm:
             kvm.charge(vcpu, "io_exit")
         kvm.trace("kvm_pio", vcpu.index, rw=0 if value is None else 1, port=port, size=size,
                   count=1, val=value if value is not None else 0)
+        if self.port_devices:
+            dev = self.port_devices.get(port)
+            if dev is not None:
+                if value is None:
+                    return dev.io_read(vcpu, port, size)
+                dev.io_write(vcpu, port, size, value)
+                return None
+            if port not in (PORT_CONSOLE, PORT_APM_CNT):
+                kvm.unmodelled["read" if value is None else "write"].add(port)
+                return (1 << (8 * size)) - 1 if value is None else None
         if value is None:
             return (1 << (8 * size)) - 1            # nothing answers reads
         if port == PORT_CONSOLE:
@@ -48,12 +69,26 @@ class Vmm:
             self.kick(value)
         return None
 
+    def mmio_device(self, gpa: int):
+        for dev in self.mmio_devices:
+            base, length = dev.mmio
+            if base <= gpa < base + length:
+                return dev
+        return None
+
     def mmio_read(self, vcpu, gpa: int, size: int) -> int:
         kvm = self.kvm
         kvm.stats["mmio_exits"] += 1
         kvm.charge(vcpu, "io_exit")
-        kvm.trace("kvm_mmio", vcpu.index, type="read", len=size, gpa=gpa, val=(1 << (8 * size)) - 1)
-        return (1 << (8 * size)) - 1
+        dev = self.mmio_device(gpa) if self.mmio_devices else None
+        if dev is not None:
+            value = dev.read(vcpu, gpa - dev.mmio[0], size)
+        else:
+            value = (1 << (8 * size)) - 1
+            if self.port_devices:
+                kvm.unmodelled["mmio"].add(gpa & ~0xFFF)
+        kvm.trace("kvm_mmio", vcpu.index, type="read", len=size, gpa=gpa, val=value)
+        return value
 
     def mmio_write(self, vcpu, gpa: int, size: int, value: int) -> None:
         kvm = self.kvm
@@ -61,6 +96,25 @@ class Vmm:
         kvm.charge(vcpu, "io_exit")
         kvm.mmio_writes.append((vcpu.index, gpa, size, value))
         kvm.trace("kvm_mmio", vcpu.index, type="write", len=size, gpa=gpa, val=value)
+        dev = self.mmio_device(gpa) if self.mmio_devices else None
+        if dev is not None:
+            dev.write(vcpu, gpa - dev.mmio[0], size, value)
+        elif self.port_devices:
+            kvm.unmodelled["mmio"].add(gpa & ~0xFFF)
+
+    def unmodelled_lines(self) -> list[str]:
+        """Ports and MMIO pages the guest used that no device models, each named once."""
+        kvm = self.kvm
+        lines = []
+        for kind, what in (("read", "ports read but not modelled"),
+                           ("write", "ports written but not modelled"),
+                           ("mmio", "MMIO pages used but not modelled")):
+            new = sorted(x for x in kvm.unmodelled[kind]
+                         if (kind, x) not in kvm.unmodelled_reported)
+            if new:
+                kvm.unmodelled_reported.update((kind, x) for x in new)
+                lines.append(f"{what}: " + ", ".join(f"{x:#x}" for x in new))
+        return lines
 
     # --- the teaching interface ---
 

@@ -14,9 +14,11 @@ from kvmdbg.cpu import vmx as V
 from kvmdbg.cpu.cpu import Cpu
 from kvmdbg.cpu.faults import PF, GuestFault
 from kvmdbg.cpu.regs import (CR0_TS, CR0_WP, CR4_DE, CR4_FSGSBASE, CR4_OSFXSR, CR4_OSXMMEXCPT,
-                             CR4_PAE, CR4_PCE, CR4_PGE, CR4_PSE, CR4_PVI, CR4_SMEP, CR4_TSD)
+                             CR4_PAE, CR4_PCE, CR4_PGE, CR4_PSE, CR4_PVI, CR4_SMEP, CR4_TSD,
+                             EFER_LMA)
 from kvmdbg.cpu.translate import generate
 from kvmdbg.kvm import x86
+from kvmdbg.errors import UnsupportedMode
 from kvmdbg.kvm.cpuid import guest_cpuid
 from kvmdbg.mmu import mmu as M
 from kvmdbg.mmu.mmu_internal import RetPF
@@ -157,6 +159,8 @@ class Vcpu:
         reason = self.take_stop()                # a catchpoint fired while we were not running
         if reason:
             return reason
+        if not cpu.efer & EFER_LMA and not cpu.halted:
+            raise UnsupportedMode(cpu.rip)       # a multiboot entry (32-bit, paging off)
         if self.in_kvm:
             if cpu.halted:
                 return executor.HALTED
@@ -373,7 +377,7 @@ class Vcpu:
 
     def cpuid(self, cpu, leaf: int, subleaf: int):
         self.vmexit(V.CPUID)
-        return guest_cpuid(leaf, subleaf, cpu, pku=self.guest_pku)
+        return guest_cpuid(leaf, subleaf, cpu, pku=self.guest_pku, features=self.kvm.cpu_features)
 
     def invlpg(self, cpu, va: int) -> None:
         """INVLPG exiting (shadow paging): handle_invlpg -> kvm_mmu_invlpg."""

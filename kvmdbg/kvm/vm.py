@@ -90,6 +90,14 @@ class Vm:
         self.mmio_writes: list[tuple] = []
         self.markers: list[tuple] = []
         self.current = None               # the vCPU whose thread is running (for events)
+        from kvmdbg.kvm.machine import RAW
+        self.machine = RAW                # kvm/machine.py: which devices answer (boot sets it)
+        self.devices: list = []           # the machine's devices (kvm/devices.py)
+        self.exit_status = None           # set when a device ended the run (isa-debug-exit)
+        self.exit_value = None
+        self.cpu_features = None          # the guest CPUID's features (kvm/cpuid.py); None: default
+        self.unmodelled: dict[str, set] = {"read": set(), "write": set(), "mmio": set()}
+        self.unmodelled_reported: set = set()
         self.vmm = Vmm(self)
         self.bare = bare
         self.vcpus = [(BareVcpu if bare else Vcpu)(self, i) for i in range(nr_vcpus)]

@@ -138,6 +138,20 @@ def creg(s, arg: str) -> None:
     info_cr(s, arg)
 
 
+def info_machine(s, arg: str) -> None:
+    """info machine
+
+    The machine kind (raw: kvmdbg's boot contract; pc: a PC for multiboot images, as
+    QEMU's -M pc), its RAM and vCPUs, and each device with the ports or MMIO range it
+    answers. Ports no device answers read as all ones; on the pc machine they are listed
+    when the run ends.
+    """
+    no_arguments(info_machine, arg)
+    from kvmdbg.kvm.machine import describe
+    for line in describe(s.vm):
+        s.message(line)
+
+
 def register(reg) -> None:
     reg.add("info", info, aliases=("i", "inf"), category="status")
     sub = reg.sub("info")
@@ -145,4 +159,5 @@ def register(reg) -> None:
     sub.add("all-registers", info_all_registers, category="data")
     sub.add("cr", info_cr, category="data")
     sub.add("program", info_program, category="status")
+    sub.add("machine", info_machine, category="status")
     reg.add("creg", creg, category="data")

@@ -137,10 +137,14 @@ class Session:
     # --- construction ---
 
     @classmethod
-    def load(cls, path: str, kvm: str | None = None, vcpus: int = 1, mem="16M", arg: int = 0,
-             out=None, err=None, knobs=()) -> "Session":
+    def load(cls, path: str, kvm: str | None = None, vcpus: int = 1, mem=None, arg: int = 0,
+             out=None, err=None, knobs=(), machine: str | None = None, append: str = "",
+             cpu: str | None = None) -> "Session":
+        """mem None: the machine's default (16M raw, 128M pc). A multiboot image boots on
+        the pc machine (kvm/machine.py) with `append` as its command line's arguments."""
         program = bootmod.load_program(path)
-        return cls._boot(program, vcpus, mem, arg, out, err, kvm, knobs)
+        return cls._boot(program, vcpus, mem, arg, out, err, kvm, knobs,
+                         machine=machine, append=append, cpu=cpu)
 
     @classmethod
     def from_bytes(cls, code: bytes, address: int = bootmod.LOAD_ADDRESS, vcpus: int = 1,
@@ -153,15 +157,18 @@ class Session:
         return cls._boot(program, vcpus, mem, arg, out, err, kvm)
 
     @classmethod
-    def _boot(cls, program, vcpus, mem, arg, out, err, kvm=None, knobs=()):
-        args = dict(vcpus=vcpus, mem=mem, arg=arg, kvm=kvm, knobs=tuple(knobs))
+    def _boot(cls, program, vcpus, mem, arg, out, err, kvm=None, knobs=(), **machine):
+        args = dict(vcpus=vcpus, mem=mem, arg=arg, kvm=kvm, knobs=tuple(knobs),
+                    **{k: v for k, v in machine.items() if v})
         session = cls(cls._new_vm(program, **args), program, arg, out, err)
         session.boot_args = args
         return session
 
     @staticmethod
-    def _new_vm(program, vcpus, mem, arg, kvm=None, knobs=()) -> Vm:
-        return bootmod.make_vm(program, kvm, knobs, vcpus, mem, arg)
+    def _new_vm(program, vcpus, mem, arg, kvm=None, knobs=(), machine=None, append="",
+                cpu=None) -> Vm:
+        return bootmod.make_vm(program, kvm, knobs, vcpus, mem, arg, machine=machine,
+                               append=append, cpu=cpu)
 
     def restart(self) -> None:
         """Rebuild the VM in its boot state from the same program and options (gdb's `run`).

@@ -56,6 +56,14 @@ def where(s, stop) -> str:
     return f"{s.location(stop.rip)}, vcpu {stop.vcpu}, step {stop.step}"
 
 
+def _unmodelled(s) -> None:
+    """At the end of a run: the ports and MMIO pages no device modelled, each named once."""
+    vmm = getattr(s.vm, "vmm", None)
+    if vmm is not None and hasattr(vmm, "unmodelled_lines"):
+        for line in vmm.unmodelled_lines():
+            s.message(line)
+
+
 def report(s, outcome) -> None:
     """Print a stop and its context, apply dispositions, queue breakpoint commands."""
     stop = outcome.stop
@@ -63,15 +71,28 @@ def report(s, outcome) -> None:
     silent = any(h.point.commands[:1] == ["silent"] for h in hits)
     changed = note_stop_registers(s, stop.vcpu)
     if stop.reason == HALTED:
+        status = getattr(s.vm, "exit_status", None)
+        if status is not None:
+            from kvmdbg.debug.engine.evaluate import Value
+            from kvmdbg.debug.engine.expr import S64
+            s.convenience["_exitcode"] = Value(status, S64)
+            value = s.vm.exit_value
+            how = (f"isa-debug-exit (port 0xf4) written {value:#x}" if value is not None
+                   else "power-off (port 0x8900)")
+            s.message(f"[Guest exited: {how}, exit status {status}] {where(s, stop)}")
+            _unmodelled(s)
+            return
         if all(v.cpu.halted for v in s.vm.vcpus):
             from kvmdbg.debug.engine.evaluate import Value
             from kvmdbg.debug.engine.expr import S64
             s.convenience["_exitcode"] = Value(0, S64)
             s.message(f"[all vCPUs halted] {where(s, stop)}")
+            _unmodelled(s)
         else:
             s.message(f"[vcpu {stop.vcpu} halted] {where(s, stop)}")
         return
     if stop.reason == SHUTDOWN:
+        _unmodelled(s)
         from kvmdbg.debug.engine.evaluate import Value
         from kvmdbg.debug.engine.expr import S64
         s.convenience["_exitcode"] = Value(1, S64)
