@@ -13,7 +13,8 @@ def _core(lines):
 def test_stepi_reports_location_vcpu_step_and_next_instruction():
     s = smep()
     assert _core(run(s, "stepi")) == ["0x100003 <start+3>, vcpu 0, step 1",
-                                      "=> 0x100003 <start+3>:\tshr r9, 0x20"]
+                                      "=> 0x100003 <start+3>:\tshr r9, 0x20",
+                                      "27\t\tshr\tr9, 32\t\t\t\t# working-set pages"]
     assert _core(run(s, "si 2"))[0] == "0x100009 <start+9>, vcpu 0, step 3"
     assert run(s, "stepi 0") == ['Invalid number "0".  Usage: stepi [N]']
     assert run(s, "stepi x") == ['Invalid number "x".  Usage: stepi [N]']

@@ -320,7 +320,7 @@ def directory(s, arg: str) -> None:
                 continue
             full = os.path.abspath(os.path.expanduser(d))
             if not os.path.exists(full):
-                s.error(f"Warning: {full}: No such file or directory.")
+                s.message(f"Warning: {full}: No such file or directory.")
             finder.add(full)
     if not getattr(s, "batch", False):
         s.message(f"Source directories searched: {finder.path_text()}")
