@@ -222,3 +222,18 @@ def test_elf_symbols_are_the_sym_files(name):
     from kvmdbg.kvm.boot import read_symbols
     di = read_elf(str(ROOT / "programs" / f"{name}.elf"))
     assert di.symbols == read_symbols(ROOT / "programs" / f"{name}.sym")
+
+
+def test_an_empty_line_goes_on_listing():
+    """gdb: after `list flip`, Return lists the next 10 lines; after `list -`, the 10 before."""
+    from kvmdbg import Session
+    from kvmdbg.debug.engine.repeat import run_typed_line
+    s = Session.load(str(ROOT / BIN))
+    s.sources.add(str(ROOT / "programs"))
+    run_typed_line(s, "list flip")
+    start = len(s.lines)
+    run_typed_line(s, "")
+    assert s.lines[start].startswith("47\t") and s.lines[-1].startswith("56\t")
+    run_typed_line(s, "list -")
+    run_typed_line(s, "")
+    assert s.lines[-10].startswith("27\t") and s.lines[-1].startswith("36\t")

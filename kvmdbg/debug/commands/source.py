@@ -358,18 +358,6 @@ def show_substitute_path(s, arg: str) -> None:
         s.message(f"  `{frm}' -> `{to}'.")
 
 
-def unset_substitute_path(s, arg: str) -> None:
-    """unset substitute-path [FROM]
-
-    Delete the rule for FROM, or all rules.
-    """
-    frm = arg.strip()
-    if frm and not any(f == frm for f, _ in s.sources.substitutions):
-        raise CommandError(f"No substitution rule defined for `{frm}'")
-    s.sources.substitutions = [(f, t) for f, t in s.sources.substitutions if frm and f != frm]
-    s.sources._cache.clear()
-
-
 # --- symbol-file ---
 
 def symbol_file(s, arg: str) -> None:
@@ -380,8 +368,10 @@ def symbol_file(s, arg: str) -> None:
     """
     path = arg.strip()
     if not path:
-        if getattr(s, "debug_info", None) is not None or len(s.symbols.by_name):
-            if not confirm(s, "Discard symbol table? "):
+        di = getattr(s, "debug_info", None)
+        if di is not None or len(s.symbols.by_name):
+            where = f" from `{os.path.abspath(di.path)}'" if di is not None else ""
+            if not confirm(s, f"Discard symbol table{where}? "):
                 raise CommandError("Not confirmed.")
         s.unload_symbols()
         s.message("No symbol file now.")
@@ -398,5 +388,3 @@ def register(reg) -> None:
     reg.sub("show").add("directories", show_directories, category="files")
     reg.sub("set").add("substitute-path", set_substitute_path, category="files")
     reg.sub("show").add("substitute-path", show_substitute_path, category="files")
-    if "unset" in reg.commands:
-        reg.sub("unset").add("substitute-path", unset_substitute_path, category="files")

@@ -148,7 +148,10 @@ class Session:
         from pathlib import Path
         elf = Path(path).with_suffix(".elf")
         if elf.is_file() and Path(path).suffix != ".elf":
-            session.load_symbol_file(str(elf))
+            try:
+                session.load_symbol_file(str(elf))
+            except CommandError as e:       # a broken ELF beside: the .sym's symbols stay
+                session.error(f"warning: {e}")
         return session
 
     def load_symbol_file(self, path: str, announce: bool = False) -> None:

@@ -110,8 +110,12 @@ class DebugInfo:
 def read_elf(path: str) -> DebugInfo:
     """Read an ELF's symbols and line table; CommandError (one line, gdb's words) if the
     file is missing or not an ELF."""
-    from elftools.common.exceptions import ELFError
-    from elftools.elf.elffile import ELFFile
+    try:
+        from elftools.common.exceptions import ELFError
+        from elftools.elf.elffile import ELFFile
+    except ImportError:
+        raise CommandError("Reading ELF symbols needs pyelftools (pip install pyelftools).") \
+            from None
     if not os.path.exists(path):
         raise CommandError(f"{path}: No such file or directory.")
     if os.path.isdir(path):
