@@ -237,3 +237,9 @@ def test_an_empty_line_goes_on_listing():
     run_typed_line(s, "list -")
     run_typed_line(s, "")
     assert s.lines[-10].startswith("27\t") and s.lines[-1].startswith("36\t")
+
+
+def test_advance_and_until_take_a_line():
+    out, _ = kvmdbg("advance 53", "until smep_flip.S:57")
+    assert "0x100050 <touch+14>, vcpu 0, step 82" in out and "53\t\tdec\trbx" in out
+    assert out[out.index("57\t\tlea\trsi, [rip + message]") - 2].startswith("0x100055 <done>")

@@ -190,6 +190,9 @@ def continue_(s, arg: str) -> None:
 def _location(s, fn, arg: str) -> int:
     if not arg:
         raise usage_error(fn, "Argument required (a location).")
+    from kvmdbg.debug.commands import source
+    if source.is_line_spec(s, arg):             # LINE or FILE:LINE: the line's first address
+        return source.line_location(s, *source.file_line(s, arg))[0]
     text = arg[1:] if arg.startswith("*") else arg
     addr, space = evaluate_address(s, text)
     if space != "gva":
@@ -198,9 +201,10 @@ def _location(s, fn, arg: str) -> int:
 
 
 def until(s, arg: str) -> None:
-    """until [ADDR]
+    """until [ADDR|FILE:LINE|LINE]
 
-    Run until ADDR is reached on the current vCPU (or another stop comes first).
+    Run until ADDR (or the first instruction of a source line) is reached on the current
+    vCPU (or another stop comes first).
     Without ADDR, like nexti. `u` is gdb's abbreviation of it; Bochs's `u/N [ADDR]`
     (a slash and a count: disassemble N instructions) is still understood, and
     `disassemble` is the command for the other forms.
@@ -255,9 +259,10 @@ def jump(s, arg: str) -> None:
 
 
 def advance(s, arg: str) -> None:
-    """advance ADDR
+    """advance ADDR|FILE:LINE|LINE
 
-    Run until ADDR is reached on the current vCPU (or another stop comes first).
+    Run until ADDR (or the first instruction of a source line) is reached on the current
+    vCPU (or another stop comes first).
     """
     _run_to(s, _location(s, advance, arg))
 

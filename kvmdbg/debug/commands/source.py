@@ -136,6 +136,8 @@ def info_line(s, arg: str) -> None:
         f, line, _ = file_line(s, text)
         _info_line_at(s, di, f, line)
         return
+    if di is None and not s.symbols.by_name:
+        raise CommandError(NO_SYMTAB)
     addr = address_of(s, text)
     row = di.row_at(addr) if di is not None else None
     if row is None or (not text.startswith("*") and row.address < addr):
