@@ -243,3 +243,13 @@ def test_advance_and_until_take_a_line():
     out, _ = kvmdbg("advance 53", "until smep_flip.S:57")
     assert "0x100050 <touch+14>, vcpu 0, step 82" in out and "53\t\tdec\trbx" in out
     assert out[out.index("57\t\tlea\trsi, [rip + message]") - 2].startswith("0x100055 <done>")
+
+
+@needs_gdb
+def test_first_list_and_info_line_without_argument_match_gdb():
+    """With no listing and no stop yet, `list` starts at line 1 (there is no main); `info
+    line` alone then names the first line of the last listing."""
+    cmds = ["info line", "list", "list", "info line", "list *0x100036", "info line"]
+    want = gdb("directory programs", *cmds)
+    out, err = kvmdbg("directory programs", *cmds)
+    assert out == want
