@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the scripts then exit; status 1 if any command failed")
     p.add_argument("-q", "-quiet", "--quiet", action="store_true", help="no banner")
     p.add_argument("-nx", "--nx", action="store_true", help="do not read the init file")
+    p.add_argument("--symbols", "-s", metavar="FILE",
+                   help="read symbols and the DWARF line table from the ELF FILE (default: "
+                        "PROGRAM.elf beside PROGRAM.bin, when there is one)")
     p.add_argument("--compare", metavar="A,B[,...]",
                    help="run PROGRAM under each profile and print the side-by-side table")
     p.add_argument("--kvm", metavar="PROFILE", default=DEFAULT_PROFILE,
@@ -143,6 +146,12 @@ def main(argv=None) -> int:
         sys.stderr.write(f"kvmdbg: {args.program}: {e.strerror}.\n")
         return 1
 
+    session.batch = bool(args.batch)
+    if args.symbols:
+        try:
+            session.load_symbol_file(args.symbols, announce=True)
+        except KvmdbgError as e:
+            sys.stderr.write(f"{e}\n")
     interactive = not args.batch
     tty = sys.stdin.isatty() and interactive
     # Colour can be used on a terminal (not in -batch), or anywhere with --color=always; it

@@ -20,9 +20,10 @@ def test_stepi_and_info_registers():
     lines = out.splitlines()
     assert lines[0] == "0x100029 <start+41>, vcpu 0, step 12"
     assert lines[1].startswith("=> 0x100029 <start+41>:\tadd r8, 0x200000")
-    regs = {line.split()[0]: line.split()[1] for line in lines[4:]}
-    assert lines[2] == "changed: rbx=0x186a0 rdx=0x186a0 r9=0x10 eflags=0x46"   # gdb's order
-    assert lines[3].startswith("mmu: root #1")
+    assert lines[2] == "38\t\tadd\tr8, DATA\t\t\t# this vCPU's working set"   # the source line
+    regs = {line.split()[0]: line.split()[1] for line in lines[5:]}
+    assert lines[3] == "changed: rbx=0x186a0 rdx=0x186a0 r9=0x10 eflags=0x46"   # gdb's order
+    assert lines[4].startswith("mmu: root #1")
     # Registers changed since the previous stop (the boot state) are marked with *.
     assert regs["rdx"] == "*0x186a0" and regs["rsp"] == "0x80000"
     regs = {k: v.lstrip("*") for k, v in regs.items()}

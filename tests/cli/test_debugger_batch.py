@@ -10,7 +10,7 @@ def test_breakpoint_continue_print_in_batch():
                           "-ex", "print $rbx", "-ex", "continue", "-ex", "info breakpoints", SMEP)
     assert rc == 0, err
     lines = out.splitlines()
-    assert lines[0] == "Breakpoint 1 at 0x100033 <flip>"
+    assert lines[0] == "Breakpoint 1 at 0x100033: file smep_flip.S, line 42."
     assert "Breakpoint 1, 0x100033 <flip>, vcpu 0, step 13" in lines
     assert "$1 = 3" in lines
     assert "\tbreakpoint already hit 2 times" in lines
@@ -45,7 +45,7 @@ def test_errors_are_one_line_each_exit_status_1_and_the_session_goes_on():
         'Undefined output format "q".  Usage: x[/NFU] [ADDR]',
         "A syntax error in expression, near `'.",
         "No breakpoint number 9.",
-        "Argument required (an address).  Usage: break [[*]ADDR|SYMBOL] [if EXPR]",
+        "Argument required (an address).  Usage: break [[*]ADDR|SYMBOL|FILE:LINE|LINE] [if EXPR]",
         'Undefined command: "frob".  Try "help".']
     assert out.splitlines() == ["$1 = 42"]
     assert "Traceback" not in out + err

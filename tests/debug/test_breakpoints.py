@@ -7,20 +7,21 @@ LOOP = "start: mov rax, 1; loop: inc rax; cmp rax, 5; jne loop; done: hlt"
 
 def test_break_on_symbol_stops_with_gdb_wording():
     s = smep()
-    assert run(s, "break flip") == ["Breakpoint 1 at 0x100033 <flip>"]
+    assert run(s, "break flip") == ["Breakpoint 1 at 0x100033: file smep_flip.S, line 42."]
     out = run(s, "continue")
-    assert out[:3] == ["Continuing.", "Breakpoint 1, 0x100033 <flip>, vcpu 0, step 14",
-                       "=> 0x100033 <flip>:\txor rax, 0x100000"]
+    assert out[:4] == ["Continuing.", "Breakpoint 1, 0x100033 <flip>, vcpu 0, step 14",
+                       "=> 0x100033 <flip>:\txor rax, 0x100000",
+                       "42\t\txor\trax, CR4_SMEP"]
 
 
 def test_break_forms_address_star_expression_and_current_instruction():
     s = smep()
-    assert run(s, "break *0x100039") == ["Breakpoint 1 at 0x100039 <flip+6>"]
-    assert run(s, "b 0x10003c") == ["Breakpoint 2 at 0x10003c <flip+9>"]
-    assert run(s, "br *flip + 0xf") == ["Breakpoint 3 at 0x100042 <touch>"]
-    assert run(s, "break") == ["Breakpoint 4 at 0x100000 <start>"]
+    assert run(s, "break *0x100039") == ["Breakpoint 1 at 0x100039: file smep_flip.S, line 43."]
+    assert run(s, "b 0x10003c") == ["Breakpoint 2 at 0x10003c: file smep_flip.S, line 45."]
+    assert run(s, "br *flip + 0xf") == ["Breakpoint 3 at 0x100042: file smep_flip.S, line 48."]
+    assert run(s, "break") == ["Breakpoint 4 at 0x100000: file smep_flip.S, line 26."]
     assert run(s, "tbreak touch") == ["Note: breakpoint 3 also set at pc 0x100042.",
-                                      "Temporary breakpoint 5 at 0x100042 <touch>"]
+                                      "Temporary breakpoint 5 at 0x100042: file smep_flip.S, line 48."]
 
 
 def test_info_breakpoints_columns_and_sub_lines():
@@ -112,7 +113,7 @@ def test_bad_arguments_are_one_line_with_usage():
     assert run(s, "break nowhere") == ['No symbol "nowhere" in current context.']
     assert run(s, "break gpa:0x1000")[0].startswith("Breakpoints are on guest-virtual addresses")
     assert run(s, "break loop if") == [
-        'Argument required (boolean expression after "if").  Usage: break [[*]ADDR|SYMBOL] [if EXPR]']
+        'Argument required (boolean expression after "if").  Usage: break [[*]ADDR|SYMBOL|FILE:LINE|LINE] [if EXPR]']
     assert run(s, "break loop if $rax ==") == ["A syntax error in expression, near `'."]
     assert run(s, "ignore 1") == ["Argument required (a breakpoint number and a count).  "
                                   "Usage: ignore N COUNT"]

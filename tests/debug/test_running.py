@@ -13,7 +13,8 @@ def _core(lines):
 def test_stepi_reports_location_vcpu_step_and_next_instruction():
     s = smep()
     assert _core(run(s, "stepi")) == ["0x100003 <start+3>, vcpu 0, step 1",
-                                      "=> 0x100003 <start+3>:\tshr r9, 0x20"]
+                                      "=> 0x100003 <start+3>:\tshr r9, 0x20",
+                                      "27\t\tshr\tr9, 32\t\t\t\t# working-set pages"]
     assert _core(run(s, "si 2"))[0] == "0x100009 <start+9>, vcpu 0, step 3"
     assert run(s, "stepi 0") == ['Invalid number "0".  Usage: stepi [N]']
     assert run(s, "stepi x") == ['Invalid number "x".  Usage: stepi [N]']
@@ -37,7 +38,7 @@ def test_until_and_advance_stop_at_the_location():
     s = session(CALLS)
     assert _core(run(s, "until 0x100014"))[0] == "0x100014 <start+13>, vcpu 0, step 8"
     assert _core(run(s, "advance f"))[0] == "0x100017 <f>, vcpu 0, step 10"
-    assert run(s, "advance") == ["Argument required (a location).  Usage: advance ADDR"]
+    assert run(s, "advance") == ["Argument required (a location).  Usage: advance ADDR|FILE:LINE|LINE"]
     assert run(s, "until gpa:0x100000") == [
         "Locations are guest-virtual addresses (got gpa:0x100000)."]
 

@@ -25,7 +25,7 @@ def test_thread_numbers_and_messages_are_gdbs(oracle_program):
     rc, out, err = kvmdbg("info threads", "thread", "thread 2", "info threads", "thread 0",
                           "thread 3", "thread x", "info threads 5", "vcpu", "vcpu 0", "thread",
                           program=TWO, options=["--vcpus", "2"])
-    assert out[:10] == [
+    assert out[:11] == [
         "  Id   Target Id          Frame",
         "* 1    vCPU 0 (runnable)  0x100000 <start>, step 0",
         "  2    vCPU 1 (runnable)  0x100000 <start>, step 0",
@@ -33,10 +33,11 @@ def test_thread_numbers_and_messages_are_gdbs(oracle_program):
         "[Switching to thread 2 (vCPU 1)]",
         "#0  0x100000 <start>, vcpu 1, step 0",
         "=> 0x100000 <start>:\ttest rdx, rdx",
+        "26\t\ttest\trdx, rdx",
         "  Id   Target Id          Frame",
         "  1    vCPU 0 (runnable)  0x100000 <start>, step 0",
         "* 2    vCPU 1 (runnable)  0x100000 <start>, step 0"]
-    assert out[10] == "[Current vcpu is 1 (of 2), step 0, runnable]"       # the same vCPU
+    assert out[11] == "[Current vcpu is 1 (of 2), step 0, runnable]"       # the same vCPU
     assert out[-1] == "[Current thread is 1 (vCPU 0)]"
     assert err == ["Invalid thread ID: 0", "Unknown thread 3.", "Invalid thread ID: x",
                    "No threads match '5'."]

@@ -42,7 +42,7 @@ def test_breakpoint_numbers_catch_kinds_and_their_arguments():
     s.execute("break flip")
     s.execute("watch $rax")
     got = {c.text: c.meta for c in suggest(s, "delete ")}
-    assert got == {"1": "breakpoint <flip>", "2": "watchpoint $rax"}
+    assert got == {"1": "breakpoint smep_flip.S:42", "2": "watchpoint $rax"}
     assert texts(s, "catch root") == ["root-alloc", "root-put", "root-zap"]
     assert texts(s, "tcatch tlb-flush ") == ["local", "remote"]
     assert "CR_ACCESS" in texts(s, "catch vmexit C")

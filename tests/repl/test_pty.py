@@ -159,7 +159,7 @@ def test_ctrl_c_interrupts_a_long_continue_between_instructions(kvmdbg):
 def test_blocks_prompt_and_breakpoint_commands(kvmdbg):
     c = kvmdbg("--arg", "3", SMEP)
     c.sendline("break flip")
-    c.expect("Breakpoint 1 at 0x100033 <flip>")
+    c.expect("Breakpoint 1 at 0x100033: file smep_flip.S, line 42.")
     c.expect(PROMPT)
     c.sendline("commands")
     wait_screen(c, r'End with a line saying just "end"\.', r">", x=1)

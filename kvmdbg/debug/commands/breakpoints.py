@@ -17,6 +17,9 @@ from kvmdbg.errors import CommandError
 def _breakpoint_address(s, fn, text: str) -> int:
     if not text:
         return s.cpu.rip
+    from kvmdbg.debug.commands import source
+    if source.is_line_spec(s, text):            # LINE or FILE:LINE: the line's first address
+        return source.line_location(s, *source.file_line(s, text))[0]
     expr = text[1:].strip() if text.startswith("*") else text
     if not expr:
         raise usage_error(fn, "Argument required (an address).")
@@ -46,18 +49,20 @@ def _set_breakpoint(s, fn, arg: str, temporary: bool) -> None:
 
 
 def break_(s, arg: str) -> None:
-    """break [[*]ADDR|SYMBOL] [if EXPR]
+    """break [[*]ADDR|SYMBOL|FILE:LINE|LINE] [if EXPR]
 
     Stop when a vCPU is about to execute the instruction at ADDR (a guest-virtual
-    address, an expression, or a symbol such as `flip`); without ADDR, at the current
-    instruction. With `if EXPR`, only when EXPR is non-zero then.
-    Examples: break flip, break *0x100020, break touch if $ecx == 3
+    address, an expression, or a symbol such as `flip`), or the first instruction of a
+    source line (FILE:LINE, or LINE in the current file; a line without code means the
+    next line with code, as in gdb); without ADDR, at the current instruction. With
+    `if EXPR`, only when EXPR is non-zero then.
+    Examples: break flip, break *0x100020, break smep_flip.S:45, break touch if $ecx == 3
     """
     _set_breakpoint(s, break_, arg, temporary=False)
 
 
 def tbreak(s, arg: str) -> None:
-    """tbreak [[*]ADDR|SYMBOL] [if EXPR]
+    """tbreak [[*]ADDR|SYMBOL|FILE:LINE|LINE] [if EXPR]
 
     Like break, but the breakpoint is deleted when it first stops the program.
     """

@@ -23,6 +23,7 @@ from kvmdbg.errors import CommandError
 CLASSES = {
     "breakpoints": "Making program stop at certain points.",
     "data": "Examining data.",
+    "files": "Specifying and examining files.",
     "mmu": "The KVM MMU: roots, SPTEs, the hardware TLB, memslots, events, counters.",
     "running": "Running the program.",
     "scripting": "Command files, user-defined commands, logging, the shell.",

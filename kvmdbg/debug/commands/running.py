@@ -90,27 +90,76 @@ def _next_one(s):
 def step(s, arg: str) -> None:
     """step [N]
 
-    There are no source lines here: step is stepi (with a one-time note saying so).
+    Step N source lines (default 1) on the current vCPU, entering calls, where the
+    program's line table covers the instruction (programs/NAME.elf, or symbol-file).
+    Elsewhere there are no source lines: step is stepi (with a one-time note saying so).
     """
-    parse_count(step, arg, s)
-    _step_hint(s)
-    stepi(s, arg)
+    n = parse_count(step, arg, s)
+    if _line_row(s) is None:
+        _step_hint(s)
+        stepi(s, arg)
+        return
+    _step_lines(s, n, over_calls=False)
 
 
 def next_(s, arg: str) -> None:
     """next [N]
 
-    There are no source lines here: next is nexti (with a one-time note saying so).
+    Step N source lines (default 1), running each CALL to its return (the return address
+    on the stack, as nexti), where the line table covers the instruction. Elsewhere there
+    are no source lines: next is nexti (with a one-time note saying so).
     """
-    parse_count(next_, arg, s)
-    _step_hint(s)
-    nexti(s, arg)
+    n = parse_count(next_, arg, s)
+    if _line_row(s) is None:
+        _step_hint(s)
+        nexti(s, arg)
+        return
+    _step_lines(s, n, over_calls=True)
 
 
 def _step_hint(s) -> None:
     if not s.state.step_hint_shown:
         s.state.step_hint_shown = True
         s.message("(no source lines; stepping by instruction)")
+
+
+def _line_row(s):
+    di = getattr(s, "debug_info", None)
+    return di.row_at(s.cpu.rip) if di is not None and di.has_lines else None
+
+
+def _step_lines(s, n: int, over_calls: bool) -> None:
+    """gdb's step/next: run instructions until the PC is at the start of another line
+    (or leaves the line table), stopping early for any stop point, halt or Ctrl-C."""
+    _check_runnable(s)
+    outcome = None
+    for _ in range(n):
+        outcome = _step_one_line(s, over_calls)
+        if outcome.stop.reason not in (REACHED, STEP_LIMIT) or outcome.hits:
+            break
+    report(s, outcome)
+
+
+def _step_one_line(s, over_calls: bool):
+    di = s.debug_info
+    row = di.row_at(s.cpu.rip)
+    here = (row.file, row.line)
+    while True:
+        if over_calls:
+            outcome = _next_one(s)
+        else:
+            outcome = stops.resume(s, scope=s.current, max_steps=1)
+        if outcome.stop.reason not in (REACHED, STEP_LIMIT) or outcome.hits or \
+                s.interrupt_requested:
+            return outcome
+        rip = s.cpu.rip
+        now = di.row_at(rip)
+        if now is None:
+            return outcome                      # out of the line table: stop there
+        if (now.file, now.line) != here and rip == now.address:
+            return outcome
+        if (now.file, now.line) != here:        # into the middle of another line: its end
+            here = (now.file, now.line)
 
 
 def continue_(s, arg: str) -> None:
@@ -141,6 +190,9 @@ def continue_(s, arg: str) -> None:
 def _location(s, fn, arg: str) -> int:
     if not arg:
         raise usage_error(fn, "Argument required (a location).")
+    from kvmdbg.debug.commands import source
+    if source.is_line_spec(s, arg):             # LINE or FILE:LINE: the line's first address
+        return source.line_location(s, *source.file_line(s, arg))[0]
     text = arg[1:] if arg.startswith("*") else arg
     addr, space = evaluate_address(s, text)
     if space != "gva":
@@ -149,9 +201,10 @@ def _location(s, fn, arg: str) -> int:
 
 
 def until(s, arg: str) -> None:
-    """until [ADDR]
+    """until [ADDR|FILE:LINE|LINE]
 
-    Run until ADDR is reached on the current vCPU (or another stop comes first).
+    Run until ADDR (or the first instruction of a source line) is reached on the current
+    vCPU (or another stop comes first).
     Without ADDR, like nexti. `u` is gdb's abbreviation of it; Bochs's `u/N [ADDR]`
     (a slash and a count: disassemble N instructions) is still understood, and
     `disassemble` is the command for the other forms.
@@ -206,9 +259,10 @@ def jump(s, arg: str) -> None:
 
 
 def advance(s, arg: str) -> None:
-    """advance ADDR
+    """advance ADDR|FILE:LINE|LINE
 
-    Run until ADDR is reached on the current vCPU (or another stop comes first).
+    Run until ADDR (or the first instruction of a source line) is reached on the current
+    vCPU (or another stop comes first).
     """
     _run_to(s, _location(s, advance, arg))
 

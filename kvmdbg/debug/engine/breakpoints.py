@@ -61,11 +61,22 @@ class Breakpoint(Stoppoint):
         return f"{self.address:#x}"
 
     def what(self, s) -> str:
+        row = _row(s, self.address)
+        if row is not None:
+            return f"{row.file}:{row.line}"
         return s.symbols.lookup(self.address)
 
     def announce(self, s) -> str:
         word = "Temporary breakpoint" if self.temporary else "Breakpoint"
+        row = _row(s, self.address)
+        if row is not None:         # gdb's words when the line table covers the address
+            return f"{word} {self.number} at {self.address:#x}: file {row.file}, line {row.line}."
         return f"{word} {self.number} at {s.location(self.address)}"
+
+
+def _row(s, addr: int):
+    di = getattr(s, "debug_info", None)
+    return di.row_at(addr) if di is not None else None
 
 
 WATCH_TYPES = {"write": "watchpoint", "read": "read watchpoint", "access": "acc watchpoint"}

@@ -101,6 +101,10 @@ class Session:
         self.program = program
         self.arg = arg
         self.symbols = Symbols(program.symbols)
+        from kvmdbg.debug.engine.source import SourceFinder
+        self.debug_info = None                # DebugInfo of the program's ELF (symbols, lines)
+        self.sources = SourceFinder()         # the source path (`directory`, substitute-path)
+        self.batch = False                    # -batch (the CLI sets it): fewer messages
         self.current = 0                      # the vCPU commands refer to
         self._out = out
         self._err = err
@@ -143,8 +147,32 @@ class Session:
         """mem None: the machine's default (16M raw, 128M pc). A multiboot image boots on
         the pc machine (kvm/machine.py) with `append` as its command line's arguments."""
         program = bootmod.load_program(path)
-        return cls._boot(program, vcpus, mem, arg, out, err, kvm, knobs,
-                         machine=machine, append=append, cpu=cpu)
+        session = cls._boot(program, vcpus, mem, arg, out, err, kvm, knobs,
+                            machine=machine, append=append, cpu=cpu)
+        from pathlib import Path
+        elf = Path(path).with_suffix(".elf")
+        if elf.is_file() and Path(path).suffix != ".elf":
+            try:
+                session.load_symbol_file(str(elf))
+            except CommandError as e:       # a broken ELF beside: the .sym's symbols stay
+                session.error(f"warning: {e}")
+        return session
+
+    def load_symbol_file(self, path: str, announce: bool = False) -> None:
+        """Symbols and the DWARF line table of an ELF replace the program's (gdb's
+        symbol-file). announce: say "Reading symbols from FILE..." (not in -batch)."""
+        from kvmdbg.debug.engine.source import read_elf
+        di = read_elf(path)
+        if announce and not self.batch:
+            self.message(f"Reading symbols from {path}...")
+        self.debug_info = di
+        self.symbols = Symbols(di.symbols)
+        if not di.has_lines and not self.batch:
+            self.message(f"(No debugging symbols found in {path})")
+
+    def unload_symbols(self) -> None:
+        self.debug_info = None
+        self.symbols = Symbols({})
 
     @classmethod
     def from_bytes(cls, code: bytes, address: int = bootmod.LOAD_ADDRESS, vcpus: int = 1,

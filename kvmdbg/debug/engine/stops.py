@@ -178,7 +178,12 @@ def _step_off(s, v, scope):
 
 def _resume_fast(s, scope, limit: int, target) -> Outcome:
     vm = s.vm
-    step_off = _on_reported_breakpoint(s) if scope is None else set()
+    # The vCPU sitting on the breakpoint it stopped at retires that instruction first,
+    # also when one vCPU is stepped (stepi on a `call` whose stack write exits would
+    # otherwise report the same breakpoint again).
+    step_off = _on_reported_breakpoint(s)
+    if scope is not None:
+        step_off &= {scope}
     while True:
         bps = _breakpoint_set(s, target)
         before = total_steps(vm)

@@ -174,6 +174,23 @@ def show_next_insn(s, rip: int) -> None:
         prefix = d.text[:len(d.text) - len(f"{d.mnemonic} {d.op_str}".strip())]
         text = prefix + insn_text(s.symbols, rip, d.length, d.mnemonic, d.op_str)
     s.message(f"=> {label}:\t{text}", style="disasm")
+    show_source_line(s, rip)
+
+
+def show_source_line(s, rip: int) -> None:
+    """gdb's frame line when the line table covers rip: `42\t\txor\trax, CR4_SMEP` (the
+    source text as written), or `42\tin smep_flip.S` when the file cannot be found."""
+    di = getattr(s, "debug_info", None)
+    row = di.row_at(rip) if di is not None else None
+    if row is None:
+        return
+    from kvmdbg.debug.commands import source
+    source.set_current(s, row.file, row.line)
+    text = source.source_text(s, row.file)
+    if text is None or row.line > len(text):
+        source.missing_line(s, row.file, row.line)
+    else:
+        s.message(f"{row.line}\t{text[row.line - 1]}")
 
 
 def show_displays(s) -> None:
