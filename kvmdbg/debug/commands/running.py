@@ -94,12 +94,7 @@ def step(s, arg: str) -> None:
     program's line table covers the instruction (programs/NAME.elf, or symbol-file).
     Elsewhere there are no source lines: step is stepi (with a one-time note saying so).
     """
-    n = parse_count(step, arg, s)
-    if _line_row(s) is None:
-        _step_hint(s)
-        stepi(s, arg)
-        return
-    _step_lines(s, n, over_calls=False)
+    _by_line(s, arg, step, stepi, over_calls=False)
 
 
 def next_(s, arg: str) -> None:
@@ -109,18 +104,20 @@ def next_(s, arg: str) -> None:
     on the stack, as nexti), where the line table covers the instruction. Elsewhere there
     are no source lines: next is nexti (with a one-time note saying so).
     """
-    n = parse_count(next_, arg, s)
+    _by_line(s, arg, next_, nexti, over_calls=True)
+
+
+def _by_line(s, arg: str, command, by_instruction, over_calls: bool) -> None:
+    """step/next: by source line where the line table covers the PC, else by instruction
+    (saying so once)."""
+    n = parse_count(command, arg, s)
     if _line_row(s) is None:
-        _step_hint(s)
-        nexti(s, arg)
+        if not s.state.step_hint_shown:
+            s.state.step_hint_shown = True
+            s.message("(no source lines; stepping by instruction)")
+        by_instruction(s, arg)
         return
-    _step_lines(s, n, over_calls=True)
-
-
-def _step_hint(s) -> None:
-    if not s.state.step_hint_shown:
-        s.state.step_hint_shown = True
-        s.message("(no source lines; stepping by instruction)")
+    _step_lines(s, n, over_calls=over_calls)
 
 
 def _line_row(s):
