@@ -84,8 +84,8 @@ def mem_loop(iterations: int) -> bytes:
 
 
 # The parameters of a run: loop iterations, and guest pages touched for the memory figure.
-FULL = {"alu_iterations": 3_000_000, "mem_iterations": 100_000, "pages": 4096}
-QUICK = {"alu_iterations": 2_000, "mem_iterations": 100, "pages": 64}
+FULL = {"alu_iterations": 3_000_000, "mem_iterations": 100_000, "pages": 4096, "load_mib": 32}
+QUICK = {"alu_iterations": 2_000, "mem_iterations": 100, "pages": 64, "load_mib": 1}
 
 
 def measure(code: bytes, steps: int) -> tuple[float, int]:
@@ -119,6 +119,15 @@ def startup_seconds() -> float:
     return time.perf_counter() - t
 
 
+def load_seconds(mib: int) -> float:
+    """Boot a raw program of `mib` MiB (issue #15: linear in the program's size)."""
+    code = b"\x90" * ((mib << 20) - 1) + b"\xf4"
+    t = time.perf_counter()
+    vm = Vm((mib << 20) + (2 << 20) + (1 << 20), 1, bare=True)
+    boot(vm, Program(code))
+    return time.perf_counter() - t
+
+
 def main(argv: list[str] | None = None) -> int:
     p = QUICK if "--quick" in (sys.argv[1:] if argv is None else argv) else FULL
     ref = Reference()
@@ -133,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
           f"({p['pages']:,} pages)")
     boot_s = startup_seconds()
     print(f"boot --mem 1G:    {boot_s * 1000:8.1f} ms = {ref.loops(boot_s):.3f} reference loops")
+    mib = p["load_mib"]
+    load_s = load_seconds(mib)
+    print(f"load {mib} MiB raw:  {load_s * 1000:8.1f} ms = {ref.loops(load_s):.3f} reference loops")
     print(ref.end_line())
     return 0
 

@@ -297,18 +297,19 @@ class Vm:
 
     def write_gpa(self, gpa: int, data: bytes) -> None:
         """A VMM/debugger write: goes around the CPU, so it must tell the decode cache."""
-        data = bytes(data)
-        while data:
-            chunk = min(len(data), 4096 - (gpa & 0xFFF))
+        data = memoryview(bytes(data))      # slices without copying the rest each time
+        pos, n = 0, len(data)
+        while pos < n:
+            chunk = min(n - pos, 4096 - (gpa & 0xFFF))
             got = self.gfn_to_page(gpa >> PAGE_SHIFT)
             if got is None:
                 raise ValueError(f"no memory at guest-physical address {gpa:#x}")
             page, pfn = got
             off = gpa & 0xFFF
-            page[off:off + chunk] = data[:chunk]
+            page[off:off + chunk] = data[pos:pos + chunk]
             self.decode_cache.note_write(pfn)
             gpa += chunk
-            data = data[chunk:]
+            pos += chunk
 
     # --- devices ---
 
