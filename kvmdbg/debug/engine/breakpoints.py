@@ -131,7 +131,8 @@ class BreakpointTable:
 
     def __init__(self, session):
         self.s = session
-        self._points: dict[int, Stoppoint] = {}
+        self._points: dict[int, Stoppoint] = {}   # by number, in number order
+        self._by_address: dict[int, list] = {}     # breakpoint address -> breakpoints there
         self._next = 1
         self.last_created: int | None = None
         self._bus = None
@@ -142,7 +143,7 @@ class BreakpointTable:
     # --- the table ---
 
     def __iter__(self):
-        return iter(sorted(self._points.values(), key=lambda p: p.number))
+        return iter(list(self._points.values()))     # numbers only grow: already in order
 
     def __len__(self) -> int:
         return len(self._points)
@@ -157,8 +158,20 @@ class BreakpointTable:
         self._points[point.number] = point
         self._next += 1
         self.last_created = point.number
-        self.sync_listener()
+        if isinstance(point, Breakpoint):
+            self._by_address.setdefault(point.address, []).append(point)
+        elif isinstance(point, Catchpoint):
+            self.sync_listener()
         return point
+
+    def _remove(self, point: Stoppoint) -> None:
+        self._points.pop(point.number, None)
+        if isinstance(point, Breakpoint):
+            here = self._by_address.get(point.address, [])
+            if point in here:
+                here.remove(point)
+            if not here:
+                self._by_address.pop(point.address, None)
 
     def add_breakpoint(self, address: int, temporary=False, condition="") -> Breakpoint:
         bp = Breakpoint(self._next, disposition="del" if temporary else "keep", address=address)
@@ -179,12 +192,12 @@ class BreakpointTable:
         return self._add(cp)
 
     def delete(self, number: int) -> None:
-        self.get(number)
-        del self._points[number]
+        self._remove(self.get(number))
         self.sync_listener()
 
     def delete_all(self) -> None:
         self._points.clear()
+        self._by_address.clear()
         self.sync_listener()
 
     # --- views the run loop uses ---
@@ -193,7 +206,7 @@ class BreakpointTable:
         return {p.address for p in self._points.values() if isinstance(p, Breakpoint) and p.enabled}
 
     def at(self, address: int) -> list:
-        return [p for p in self if isinstance(p, Breakpoint) and p.enabled and p.address == address]
+        return [p for p in self._by_address.get(address, ()) if p.enabled]
 
     def watchpoints(self) -> list:
         return [p for p in self if isinstance(p, Watchpoint) and p.enabled]
@@ -233,7 +246,7 @@ class BreakpointTable:
     def after_stop(self, point: Stoppoint) -> None:
         """Dispositions: temporary ones go, `enable once`/`enable count` ones disable."""
         if point.disposition == "del":
-            self._points.pop(point.number, None)
+            self._remove(point)
             self.sync_listener()
         elif point.disposition == "dis":
             if point.enable_count > 0:
