@@ -84,8 +84,9 @@ def mem_loop(iterations: int) -> bytes:
 
 
 # The parameters of a run: loop iterations, and guest pages touched for the memory figure.
-FULL = {"alu_iterations": 3_000_000, "mem_iterations": 100_000, "pages": 4096, "load_mib": 32}
-QUICK = {"alu_iterations": 2_000, "mem_iterations": 100, "pages": 64, "load_mib": 1}
+FULL = {"alu_iterations": 3_000_000, "mem_iterations": 100_000, "pages": 4096, "load_mib": 32,
+        "breakpoints": 10_000}
+QUICK = {"alu_iterations": 2_000, "mem_iterations": 100, "pages": 64, "load_mib": 1, "breakpoints": 100}
 
 
 def measure(code: bytes, steps: int) -> tuple[float, int]:
@@ -128,6 +129,18 @@ def load_seconds(mib: int) -> float:
     return time.perf_counter() - t
 
 
+def breakpoints_seconds(n: int) -> float:
+    """Set n breakpoints as a script would (issue #15: linear in n)."""
+    from kvmdbg.debug.engine.session import Session
+    root = Path(__file__).resolve().parent.parent
+    s = Session.load(str(root / "programs" / "smep_flip.bin"), out=lambda *a: None,
+                     err=lambda *a: None)
+    t = time.perf_counter()
+    for i in range(n):
+        s.execute(f"break *{0x100000 + i}")
+    return time.perf_counter() - t
+
+
 def main(argv: list[str] | None = None) -> int:
     p = QUICK if "--quick" in (sys.argv[1:] if argv is None else argv) else FULL
     ref = Reference()
@@ -145,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     mib = p["load_mib"]
     load_s = load_seconds(mib)
     print(f"load {mib} MiB raw:  {load_s * 1000:8.1f} ms = {ref.loops(load_s):.3f} reference loops")
+    nbp = p["breakpoints"]
+    bp_s = breakpoints_seconds(nbp)
+    print(f"{nbp:,} breakpoints: {bp_s * 1000:8.1f} ms = {ref.loops(bp_s):.3f} reference loops")
     print(ref.end_line())
     return 0
 
