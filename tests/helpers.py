@@ -21,6 +21,26 @@ def asm(source: str, address: int = LOAD_ADDRESS) -> bytes:
     return bytes(code or b"")
 
 
+def patch_loop(passes: int) -> str:
+    """A loop that rewrites, in each pass, the immediate of the `mov eax, imm32` right after
+    its store (the same basic block), and keeps each pass's value in a hex digit of EDX:
+    code that sees its stores at once ends with EDX = passes..1 (0x321 for 3), stale code
+    one store behind (SDM Vol. 3A 11.6: a store to a prefetched instruction is seen)."""
+    return f"""
+        mov ecx, {passes}
+    top:
+        lea rbx, [rip + target + 1]
+        mov dword ptr [rbx], ecx
+    target:
+        mov eax, 0
+        shl edx, 4
+        or edx, eax
+        dec ecx
+        jnz top
+        hlt
+    """
+
+
 def machine(code, mem: int = 16 << 20, vcpus: int = 1, arg: int = 0, kvm=None):
     """A VM booted per the boot contract with `code` (asm text or bytes) at 0x100000.
 

@@ -4,7 +4,7 @@ import tracemalloc
 
 from kvmdbg.cpu.executor import run
 from kvmdbg.kvm.boot import GDT, PD, PDPT, PML4, PT0
-from tests.helpers import asm, machine
+from tests.helpers import asm, machine, patch_loop
 
 
 def q(vm, gpa):
@@ -73,20 +73,7 @@ def test_self_modifying_code_is_seen_at_once():
     # The loop rewrites the immediate of 'mov eax, imm32' that runs right after the store.
     # EDX keeps each pass's value in its own hex digit (a plain sum could not tell stale
     # code from new: 0 + 3 + 3 == 3 + 2 + 1).
-    src = """
-        mov ecx, 3
-    top:
-        lea rbx, [rip + target + 1]
-        mov dword ptr [rbx], ecx
-    target:
-        mov eax, 0
-        shl edx, 4
-        or edx, eax
-        dec ecx
-        jnz top
-        hlt
-    """
-    vm, cpu = machine(src)
+    vm, cpu = machine(patch_loop(3))
     assert run(cpu, 1000) == "halted"
     assert cpu.r[2] == 0x321
     assert vm.decode_cache.dropped > 0

@@ -29,7 +29,7 @@ import re
 import pytest
 
 from kvmdbg.kvm.boot import PT0
-from tests.helpers import asm, run_cli
+from tests.helpers import asm, patch_loop, run_cli
 
 VA, OLD, NEW = 0x105000, 0x105000, 0x106000
 PTE = PT0 + (VA >> 12) * 8
@@ -138,19 +138,7 @@ def test_code_patched_by_the_debugger_runs(program, kvm, run):
 # A loop that rewrites, in each pass, the immediate of the instruction right after the
 # store (the same basic block): SDM Vol. 3A 11.6 / 19.29.1, P6 and later processors see a
 # store to a prefetched instruction at once, so pass k loads the value stored in pass k.
-PATCH_LOOP = """
-        mov ecx, 4
-    top:
-        lea rbx, [rip + target + 1]
-        mov dword ptr [rbx], ecx
-    target:
-        mov eax, 0
-        shl edx, 4
-        or edx, eax
-        dec ecx
-        jnz top
-        hlt
-"""
+PATCH_LOOP = patch_loop(4)
 
 
 @pytest.mark.parametrize("run", ("continue", "stepi 100", "stepi"))

@@ -42,7 +42,7 @@ from unicorn import x86_const as U
 from kvmdbg.cpu.executor import HALTED
 from kvmdbg.kvm import scheduler
 from kvmdbg.kvm.boot import LOAD_ADDRESS, PT0, Program, make_vm
-from tests.helpers import asm, machine
+from tests.helpers import asm, machine, patch_loop
 
 M64 = (1 << 64) - 1
 CODE = LOAD_ADDRESS
@@ -227,19 +227,7 @@ SAME_BLOCK = {
         hlt
     """, RAX, 0x2222, 0x1111),
     # A looping block rewrites, in each pass, the instruction right after the store.
-    "looping-block-this-pass": ("""
-        mov ecx, 4
-    top:
-        lea rbx, [rip + target + 1]
-        mov dword ptr [rbx], ecx
-    target:
-        mov eax, 0
-        shl edx, 4
-        or edx, eax
-        dec ecx
-        jnz top
-        hlt
-    """, RDX, 0x4321, 0x0432),         # stale: each pass one store behind
+    "looping-block-this-pass": (patch_loop(4), RDX, 0x4321, 0x0432),         # stale: each pass one store behind
     # A looping block rewrites its own first instruction for the next pass.
     "looping-block-next-pass": ("""
         mov ecx, 4
