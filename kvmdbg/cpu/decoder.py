@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import capstone
 from capstone import x86 as cx
 
-from kvmdbg.cpu.regs import SUBREGS
 
 MAX_INSN_LEN = 15
 
@@ -119,7 +118,3 @@ class Decoder:
                 ops.append(Operand("other", o.size))
         return Decoded(insn.address, insn.size, bytes(insn.bytes), mnem, insn.op_str, ops,
                        rep=rep, lock=lock, addr_size=addr_size)
-
-
-def is_gpr(name: str) -> bool:
-    return name in SUBREGS

@@ -563,10 +563,6 @@ def ept_violation_error_code(qual: int) -> int:
     return code
 
 
-def new_page_fault(gpa: int, error_code: int) -> PageFault:
-    return PageFault(gpa, error_code, is_tdp=True)
-
-
 __all__ = ["KvmMmu", "RootInfo", "RetPF", "S", "kvm_calc_cpu_role", "kvm_calc_tdp_mmu_root_page_role",
            "update_permission_bitmask", "permission_fault", "fast_pgd_switch",
            "ept_violation_error_code", "KVM_MMU_ROOTS_ALL", "KVM_MMU_ROOT_CURRENT",
