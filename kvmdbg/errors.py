@@ -31,3 +31,14 @@ class UnsupportedMode(UnsupportedInstruction):
                                    f"64-bit long mode only).")
         self.rip = rip
         self.text = mode
+
+
+class UnsupportedPaging(UnsupportedInstruction):
+    """The guest's paging mode is one the chosen MMU does not model (KVM's shadow paging of
+    a PAE or 32-bit guest): the run stops instead of building wrong shadow tables."""
+
+    def __init__(self, rip: int, mode: str):
+        KvmdbgError.__init__(self, f"shadow paging of a {mode} guest is not modelled yet "
+                                   f"(the vCPU is stopped at {rip:#x}; an EPT profile runs it)")
+        self.rip = rip
+        self.text = mode

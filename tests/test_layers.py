@@ -91,7 +91,7 @@ def test_checker_catches_a_violation(tmp_path, monkeypatch):
 
 # Registers the CPU's mode (and so its fast paths) depends on: written only through the
 # Cpu's setters, which drop what depends on them (kvmdbg/cpu/cpu.py lists every cache).
-MODE_REGISTERS = {"cr0", "cr3", "cr4", "efer", "pkru", "cs", "hw_cr0_on"}
+MODE_REGISTERS = {"cr0", "cr3", "cr4", "efer", "pkru", "pdptes", "cs", "hw_cr0_on"}
 # The run loop's own flags: the debugger asks through Cpu.request_stop / withdraw_stop /
 # set_single_step instead.
 RUN_LOOP_FLAGS = {"single_step", "pending", "stop_reason"}

@@ -20,3 +20,8 @@ KVM_REQ_MMU_RELOAD = "KVM_REQ_MMU_RELOAD"
 KVM_REQ_MMU_SYNC = "KVM_REQ_MMU_SYNC"
 KVM_REQ_LOAD_MMU_PGD = "KVM_REQ_LOAD_MMU_PGD"
 KVM_REQ_SMI = "KVM_REQ_SMI"
+
+# Root levels of a guest's paging mode (mmu.h): 32-bit paging, PAE paging, 4-level paging.
+PT32_ROOT_LEVEL = 2
+PT32E_ROOT_LEVEL = 3
+PT64_ROOT_4LEVEL = 4

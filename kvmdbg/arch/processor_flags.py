@@ -13,3 +13,8 @@ CR4_VME, CR4_PVI, CR4_TSD, CR4_DE, CR4_PSE, CR4_PAE = 1 << 0, 1 << 1, 1 << 2, 1 
 CR4_MCE, CR4_PGE, CR4_PCE, CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 6, 1 << 7, 1 << 8, 1 << 9, 1 << 10
 CR4_UMIP, CR4_LA57, CR4_VMXE, CR4_SMXE, CR4_FSGSBASE = 1 << 11, 1 << 12, 1 << 13, 1 << 14, 1 << 16
 CR4_PCIDE, CR4_OSXSAVE, CR4_SMEP, CR4_SMAP, CR4_PKE = 1 << 17, 1 << 18, 1 << 20, 1 << 21, 1 << 22
+
+# A MOV to CR0 / CR4 that changes one of these loads the PDPTE registers when PAE paging is
+# in use after it (SDM Vol. 3A 4.4.1; KVM's X86_CR0_PDPTR_BITS / X86_CR4_PDPTR_BITS).
+CR0_PDPTR_BITS = CR0_CD | CR0_NW | CR0_PG
+CR4_PDPTR_BITS = CR4_PGE | CR4_PSE | CR4_PAE | CR4_SMEP

@@ -7,7 +7,7 @@ the EPT root). A miss goes to the TLB, then the page walker.
 Every cache of the simulation, and the one place that invalidates it:
 
 - fast_r / fast_w / fast_x and the selected mode: ``flush_fast``, called by the
-  mode-register setters below (set_cr0/cr3/cr4/efer/pkru/cs/hw_cr0_on, set_rflags
+  mode-register setters below (set_cr0/cr3/cr4/efer/pkru/pdptes/cs/hw_cr0_on, set_rflags
   for AC), by the TLB after every invalidation (Tlb.on_invalidate), by the vCPU
   when it loads another EPT root (Vcpu.load_mmu_pgd) and by KVM's emulator, which
   needs every access on its slow path (kvm/emulate.py);
@@ -73,6 +73,7 @@ class Cpu:
         self.idtr = (0, 0)
         self.tss_rsp0 = None           # stack for CPL3 -> CPL0 delivery (no TSS modelled)
         self.pkru = 0
+        self.pdptes = (0, 0, 0, 0)     # the PDPTE registers of PAE paging (set_pdptes)
         self.pat = 0x0007040600070406
         self.tsc_aux = 0
         self.steps = 0                 # instructions retired (and exceptions taken)
@@ -161,6 +162,13 @@ class Cpu:
     def set_efer(self, value: int) -> None:
         if value != self.efer:
             self.efer = value
+            self.flush_fast()
+
+    def set_pdptes(self, values: tuple) -> None:
+        """The four PDPTE registers (SDM Vol. 3A 4.4.1); only cpu/system.py's PDPTE load
+        and KVM's load_pdptrs (the VMCS fields a VM entry loads) call this."""
+        if values != self.pdptes:
+            self.pdptes = values
             self.flush_fast()
 
     def set_pkru(self, value: int) -> None:
@@ -296,7 +304,7 @@ class Cpu:
         # Everything a walk's result or its permission checks depend on, besides the
         # access kind (part of the memo's key) and the tables themselves (generations).
         key = (self.cr3, self.ops.ep4ta, self.cr0 | self.hw_cr0_on, self.cr4, self.efer,
-               self.rflags & AC, self.pkru)
+               self.rflags & AC, self.pkru, self.pdptes)
         mode = self._modes.get(key)
         if mode is None:
             cr3, ep4ta, _cr0, cr4 = key[:4]

@@ -7,10 +7,12 @@ The TLB invalidations follow SDM Vol. 3A 4.10.4.1 rule by rule.
 
 from __future__ import annotations
 
-from kvmdbg.bits import M32, canonical, mask
+from kvmdbg.arch.pgtable_types import PAE_PDPT_ADDR_MASK, PAE_PDPTE_RSVD, PAGE_PRESENT
+from kvmdbg.bits import M32, UNPACK_FROM, canonical, mask
 from kvmdbg.cpu.faults import GP, GuestFault
-from kvmdbg.cpu.regs import (CR0_CD, CR0_ET, CR0_NW, CR0_PE, CR0_PG, CR4_LA57, CR4_PAE,
-                             CR4_PCIDE, CR4_PGE, CR4_PKE, CR4_SMAP, CR4_SMEP, EFER_LMA,
+from kvmdbg.cpu.regs import (CR0_CD, CR0_ET, CR0_NW, CR0_PDPTR_BITS, CR0_PE, CR0_PG, CR4_LA57,
+                             CR4_PAE, CR4_PCIDE, CR4_PDPTR_BITS, CR4_PGE, CR4_PKE, CR4_SMAP,
+                             CR4_SMEP, EFER_LMA,
                              EFER_LME, EFER_NXE, EFER_SCE, MAXPHYADDR, MSR_EFER, MSR_FS_BASE,
                              MSR_GS_BASE, MSR_KERNEL_GS_BASE, MSR_PAT, MSR_TSC, MSR_TSC_AUX)
 
@@ -22,6 +24,7 @@ CR0_VALID = M32                     # bits 63:32 reserved (#GP); 31:0 reserved b
 CR4_VALID = 0x7FF | CR4_PCIDE | CR4_SMEP | CR4_SMAP | CR4_PKE
 EFER_VALID = EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE
 CR3_RSVD = mask(62, MAXPHYADDR)     # bit 63 is the PCID no-flush hint, never stored
+_U64 = UNPACK_FROM[8]
 
 
 def long_mode(cpu) -> bool:
@@ -71,6 +74,61 @@ def check_efer(cpu, value: int) -> int:
     return (value & ~EFER_LMA) | (cpu.efer & EFER_LMA)   # LMA is read-only to software
 
 
+# --- the PDPTE registers of PAE paging (SDM Vol. 3A 4.4.1) ---
+
+def pae_paging(cr0: int, cr4: int, efer: int) -> bool:
+    """PAE paging is in use: CR0.PG and CR4.PAE outside IA-32e mode (SDM 4.4)."""
+    return bool(cr0 & CR0_PG and cr4 & CR4_PAE and not efer & EFER_LMA)
+
+
+def read_pdptes(cpu, cr3: int) -> tuple:
+    """The four PDPTEs of the 32-byte table at CR3[31:5] (Table 4-7), read by guest-physical
+    address as the walker reads tables (through EPT under a hypervisor). #GP(0) if a present
+    one sets a reserved bit (Table 4-8), raised before the MOV has any effect."""
+    ops = cpu.ops
+    gpa = cr3 & PAE_PDPT_ADDR_MASK
+    page, _hpa, _w, _x = ops.translate_gpa(gpa, 0, True)      # 0: a read (walker.READ)
+    if page is None:
+        pdptes = tuple(ops.mmio_read(gpa + 8 * i, 8) for i in range(4))
+    else:
+        pdptes = tuple(_U64(page, (gpa & 0xFFF) + 8 * i)[0] for i in range(4))
+    for e in pdptes:
+        if e & PAGE_PRESENT and e & PAE_PDPTE_RSVD:
+            raise GuestFault(GP, 0)
+    return pdptes
+
+
+def pdptes_for_cr0(cpu, old: int, new: int):
+    """What a MOV to CR0 loads into the PDPTE registers, or None: it changes CD, NW or PG
+    and PAE paging is in use after it (EFER.LME clear: LMA will follow LME)."""
+    if ((old ^ new) & CR0_PDPTR_BITS and new & CR0_PG and cpu.cr4 & CR4_PAE
+            and not cpu.efer & EFER_LME):
+        return read_pdptes(cpu, cpu.cr3)
+    return None
+
+
+def pdptes_for_cr4(cpu, old: int, new: int):
+    """What a MOV to CR4 loads: it changes PAE, PGE, PSE or SMEP and PAE paging is in use
+    after it (SMAP and PKE are not in the SDM's list)."""
+    if (old ^ new) & CR4_PDPTR_BITS and pae_paging(cpu.cr0, new, cpu.efer):
+        return read_pdptes(cpu, cpu.cr3)
+    return None
+
+
+def pdptes_for_cr3(cpu, cr3: int):
+    """What a MOV to CR3 loads: every MOV to CR3 while PAE paging is in use, even of the
+    same value (so software reloads changed PDPTEs that way)."""
+    if pae_paging(cpu.cr0, cpu.cr4, cpu.efer):
+        return read_pdptes(cpu, cr3)
+    return None
+
+
+def load_pdptes(cpu, pdptes) -> None:
+    """Commit what a pdptes_for_* returned, once the MOV has stored its register."""
+    if pdptes is not None:
+        cpu.set_pdptes(pdptes)
+
+
 def cr0_flush(cpu, old: int, new: int) -> None:
     """MOV to CR0 clearing PG invalidates everything (SDM 4.10.4.1)."""
     if old & CR0_PG and not new & CR0_PG:
@@ -101,16 +159,22 @@ def arch_set_cr(cpu, n: int, value: int) -> None:
     if n == 0:
         check_cr0(cpu, value)
         old = cpu.cr0
+        pdptes = pdptes_for_cr0(cpu, old, value | CR0_ET)
         cpu.set_cr0(value | CR0_ET)
+        load_pdptes(cpu, pdptes)
         cr0_flush(cpu, old, cpu.cr0)
     elif n == 3:
         stored = check_cr3(cpu, value)
+        pdptes = pdptes_for_cr3(cpu, stored)
         cpu.set_cr3(stored)
+        load_pdptes(cpu, pdptes)
         cr3_flush(cpu, value)
     elif n == 4:
         check_cr4(cpu, value)
         old = cpu.cr4
+        pdptes = pdptes_for_cr4(cpu, old, value)
         cpu.set_cr4(value)
+        load_pdptes(cpu, pdptes)
         cr4_flush(cpu, old, value)
     elif n == 8:
         if value & ~0xF:

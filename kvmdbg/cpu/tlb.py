@@ -1,8 +1,8 @@
 """The hardware TLB of one logical processor, tagged as SDM Vol. 3C 28.3 says.
 
 Entries are combined GVA->HPA translations tagged by (VPID, PCID or GLOBAL, EP4TA).
-Every entry covers one 4 KiB page; an entry made from a 2 MiB or 1 GiB guest page
-remembers that page's size so INVLPG drops all of its pieces (SDM 4.10.2.3 lets a
+Every entry covers one 4 KiB page; an entry made from a 2 MiB, 4 MiB (32-bit paging) or
+1 GiB guest page remembers that page's size so INVLPG drops all of its pieces (SDM 4.10.2.3 lets a
 processor cache a large page as smaller entries). Paging-structure caches are
 not modelled: a walk always reads memory, which is what a processor that just
 flushed them would do. Capacity is bounded per context with FIFO eviction,
@@ -34,7 +34,7 @@ class TlbEntry:
         self.dirty = dirty          # the leaf's D bit was set when the entry was made
         self.glob = glob            # G bit with CR4.PGE
         self.pkey = pkey            # protection key of the leaf
-        self.size_shift = size_shift    # 12, 21 or 30: the guest page this piece belongs to
+        self.size_shift = size_shift    # 12, 21, 22 or 30: the guest page this piece belongs to
         self.ept_w = ept_w          # EPT permissions granted at fill time
         self.ept_x = ept_x
 

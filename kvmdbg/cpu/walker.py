@@ -1,4 +1,5 @@
-"""The hardware page walker: 4-level paging with 4 KiB, 2 MiB and 1 GiB pages.
+"""The hardware page walker: 4-level paging with 4 KiB, 2 MiB and 1 GiB pages, PAE paging
+(4 KiB, 2 MiB) and 32-bit paging (4 KiB, 4 MiB with CR4.PSE).
 
 Applies SDM Vol. 3A 4.6 (access rights) and 4.7 (page-fault error codes) and
 sets accessed/dirty flags (4.8) only for accesses that succeed. Every
@@ -11,18 +12,20 @@ from __future__ import annotations
 from kvmdbg.bits import UNPACK_FROM, mask
 from kvmdbg.cpu.faults import (ACC_IMPLICIT, PF, PFERR_FETCH, PFERR_PK, PFERR_PRESENT,
                                PFERR_RSVD, PFERR_USER, PFERR_WRITE, GuestFault)
-from kvmdbg.cpu.regs import (AC, CR0_PG, CR0_WP, CR4_PKE, CR4_PGE, CR4_SMAP, CR4_SMEP,
-                             EFER_LMA, EFER_NXE, MAXPHYADDR)
+from kvmdbg.cpu.regs import (AC, CR0_PG, CR0_WP, CR4_PAE, CR4_PKE, CR4_PGE, CR4_PSE, CR4_SMAP,
+                             CR4_SMEP, EFER_LMA, EFER_NXE, MAXPHYADDR)
 from kvmdbg.cpu.tlb import TlbEntry
 from kvmdbg.arch.pgtable_types import (PAGE_ACCESSED as A, PAGE_DIRTY as D, PAGE_GLOBAL as G,
                                        PAGE_NX as XD, PAGE_PRESENT as P, PAGE_PSE as PS,
-                                       PAGE_RW as RW, PAGE_USER as US)
+                                       PAGE_RW as RW, PAGE_USER as US, PAE_PTE_RSVD,
+                                       PT32_4M_ADDR_MASK, PT32_4M_RSVD, PT32_ADDR_MASK)
 
 ADDR_MASK = mask(MAXPHYADDR - 1, 12)
 RSVD_HIGH = mask(51, MAXPHYADDR)           # bits MAXPHYADDR..51 must be zero
 RSVD_2M = mask(20, 13)                     # low address bits of a 2 MiB leaf
 RSVD_1G = mask(29, 13)                     # low address bits of a 1 GiB leaf
 _U64 = UNPACK_FROM[8]
+_U32 = UNPACK_FROM[4]
 
 # Access kinds handed to CpuOps.translate_gpa
 READ, WRITE, FETCH = 0, 1, 2
@@ -61,18 +64,20 @@ def access_error(cpu, user: bool, writable: bool, nx: bool, pkey: int, acc: int)
 def error_bits(cpu, acc: int) -> int:
     """W, U and I/D bits of a #PF error code for this access."""
     code = acc & (PFERR_WRITE | PFERR_USER)
-    if acc & PFERR_FETCH and (cpu.efer & EFER_NXE or cpu.cr4 & CR4_SMEP):
+    # I/D: SMEP, or EFER.NXE with CR4.PAE (PAE or 4-level paging; not 32-bit paging).
+    cr4 = cpu.cr4
+    if acc & PFERR_FETCH and (cpu.efer & EFER_NXE and cr4 & CR4_PAE or cr4 & CR4_SMEP):
         code |= PFERR_FETCH
     return code
 
 
-def _read_entry(ops, gpa: int, pt_pages: list):
+def _read_entry(ops, gpa: int, pt_pages: list, size: int = 8, unpack=_U64):
     page, hpa, _w, _x = ops.translate_gpa(gpa, READ, True)
     off = gpa & 0xFFF
     if page is None:
-        return int.from_bytes(ops.mmio_read(gpa, 8).to_bytes(8, "little"), "little"), None, off
+        return ops.mmio_read(gpa, size), None, off
     pt_pages.append(hpa >> 12)
-    return _U64(page, off)[0], page, off
+    return unpack(page, off)[0], page, off
 
 
 def walk(cpu, va: int, acc: int) -> TlbEntry:
@@ -85,6 +90,11 @@ def walk(cpu, va: int, acc: int) -> TlbEntry:
         page, hpa, ew, ex = ops.translate_gpa(gpa, kind, False)
         return TlbEntry(vpn, page, hpa, gpa, True, True, False, True, False, 0, 12, ew, ex)
 
+    if not cpu.efer & EFER_LMA:
+        # Once per walk, so the 4-level loop below has no per-entry mode test.
+        if cpu.cr4 & CR4_PAE:
+            return walk_pae(cpu, va, acc)
+        return walk_32(cpu, va, acc)
     nxe = cpu.efer & EFER_NXE
     base = cpu.cr3 & ADDR_MASK
     pt_pages = cpu.walk_pt_pages = []     # host pages of the paging structures read
@@ -123,7 +133,15 @@ def walk(cpu, va: int, acc: int) -> TlbEntry:
         page_gpa = pte & ADDR_MASK
     else:
         page_gpa = (pte & ADDR_MASK & ~((1 << size_shift) - 1)) | (va & ((1 << size_shift) - 1) & ~0xFFF)
-    pkey = (pte >> 59) & 0xF
+    return _leaf(cpu, va, acc, used, pte, page_gpa, size_shift, user, writable, nx,
+                 (pte >> 59) & 0xF, 8)
+
+
+def _leaf(cpu, va: int, acc: int, used: list, pte: int, page_gpa: int, size_shift: int,
+          user: bool, writable: bool, nx: bool, pkey: int, size: int) -> TlbEntry:
+    """The end of every paging mode's walk: rights (SDM 4.6), accessed/dirty flags (4.8) in
+    the `size`-byte entries used, and the TLB entry for va's 4 KiB piece of the page."""
+    ops = cpu.ops
     glob = bool(pte & G) and bool(cpu.cr4 & CR4_PGE)
 
     code = access_error(cpu, user, writable, nx, pkey, acc)
@@ -140,17 +158,81 @@ def walk(cpu, va: int, acc: int) -> TlbEntry:
         if new != val:
             wpage, _h, _w, _x = ops.translate_gpa(gpa, WRITE, True)
             if wpage is not None:
-                wpage[off:off + 8] = new.to_bytes(8, "little")
+                wpage[off:off + size] = new.to_bytes(size, "little")
     dirty = write or bool(pte & D)
 
     kind = FETCH if acc & PFERR_FETCH else WRITE if write else READ
     page, hpa, ew, ex = ops.translate_gpa(page_gpa, kind, False)
-    return TlbEntry(vpn, page, hpa, page_gpa, user, writable, nx, dirty, glob, pkey,
+    return TlbEntry(va >> 12, page, hpa, page_gpa, user, writable, nx, dirty, glob, pkey,
                     size_shift, ew, ex)
 
 
 def _fault(cpu, va: int, code: int):
     raise GuestFault(PF, code, va)
+
+
+def walk_pae(cpu, va: int, acc: int) -> TlbEntry:
+    """PAE paging (SDM 4.4.2): bits 31:30 pick a PDPTE register (loaded on CR writes by
+    cpu/system.py, so not read from memory here, and with no R/W, U/S, XD or A bits), then
+    a page directory and a page table of 8-byte entries; PS in a PDE maps 2 MiB."""
+    ops = cpu.ops
+    pdpte = cpu.pdptes[(va >> 30) & 3]
+    if not pdpte & P:
+        _fault(cpu, va, error_bits(cpu, acc))
+    nxe = cpu.efer & EFER_NXE
+    pt_pages = cpu.walk_pt_pages = []
+    base = pdpte & ADDR_MASK
+    user = writable = True
+    nx = False
+    used = []
+    level = 2
+    while True:
+        gpa = base | ((va >> (3 + 9 * level)) & 511) << 3
+        pte, page, off = _read_entry(ops, gpa, pt_pages)
+        if not pte & P:
+            _fault(cpu, va, error_bits(cpu, acc))
+        leaf = level == 1 or bool(pte & PS)
+        if pte & PAE_PTE_RSVD or (pte & XD and not nxe) or (level == 2 and leaf and pte & RSVD_2M):
+            _fault(cpu, va, PFERR_PRESENT | PFERR_RSVD | error_bits(cpu, acc))
+        used.append((page, off, pte, gpa))
+        user = user and bool(pte & US)
+        writable = writable and bool(pte & RW)
+        if nxe and pte & XD:
+            nx = True
+        if leaf:
+            break
+        base = pte & ADDR_MASK
+        level -= 1
+    if level == 1:
+        size_shift, page_gpa = 12, pte & ADDR_MASK
+    else:
+        size_shift, page_gpa = 21, (pte & ADDR_MASK & ~0x1FFFFF) | (va & 0x1FF000)
+    return _leaf(cpu, va, acc, used, pte, page_gpa, size_shift, user, writable, nx, 0, 8)
+
+
+def walk_32(cpu, va: int, acc: int) -> TlbEntry:
+    """32-bit paging (SDM 4.3): a page directory at CR3[31:12] and page tables of 4-byte
+    entries, 4 MiB pages when CR4.PSE and the PDE's PS are set. No XD and no reserved bits,
+    except bits 21:13 of a 4 MiB PDE (the model reports no PSE-36)."""
+    ops = cpu.ops
+    pt_pages = cpu.walk_pt_pages = []
+    pde_gpa = (cpu.cr3 & PT32_ADDR_MASK) | ((va >> 22) & 1023) << 2
+    pde, page, off = _read_entry(ops, pde_gpa, pt_pages, 4, _U32)
+    if not pde & P:
+        _fault(cpu, va, error_bits(cpu, acc))
+    used = [(page, off, pde, pde_gpa)]
+    if pde & PS and cpu.cr4 & CR4_PSE:
+        if pde & PT32_4M_RSVD:
+            _fault(cpu, va, PFERR_PRESENT | PFERR_RSVD | error_bits(cpu, acc))
+        return _leaf(cpu, va, acc, used, pde, (pde & PT32_4M_ADDR_MASK) | (va & 0x3FF000), 22,
+                     bool(pde & US), bool(pde & RW), False, 0, 4)
+    pte_gpa = (pde & PT32_ADDR_MASK) | ((va >> 12) & 1023) << 2
+    pte, page, off = _read_entry(ops, pte_gpa, pt_pages, 4, _U32)
+    if not pte & P:
+        _fault(cpu, va, error_bits(cpu, acc))
+    used.append((page, off, pte, pte_gpa))
+    return _leaf(cpu, va, acc, used, pte, pte & PT32_ADDR_MASK, 12, bool(pde & pte & US),
+                 bool(pde & pte & RW), False, 0, 4)
 
 
 def walk_shadow(cpu, va: int, acc: int) -> TlbEntry:

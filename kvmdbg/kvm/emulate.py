@@ -93,7 +93,7 @@ class _Emulator:
             bool(cpu.get_rflags() & AC), cpu.pkru if cpu.cr4 & CR4_PKE else 0,
             refresh=M.refresh_passthrough_bits(self.vcpu),
             trace=(lambda name, **f: kvm.trace(name, self.vcpu.index, **f)) if kvm.bus.active else None,
-            maxphyaddr=MAXPHYADDR)
+            maxphyaddr=MAXPHYADDR, pdptrs=paging_tmpl.kvm_pdptr_read(self.vcpu))
 
     def fetch(self, rip: int) -> bytes:
         out = b""

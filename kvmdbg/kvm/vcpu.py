@@ -14,8 +14,8 @@ from kvmdbg.cpu import vmx as V
 from kvmdbg.cpu.cpu import Cpu
 from kvmdbg.cpu.faults import PF, GuestFault
 from kvmdbg.cpu.regs import (CR0_TS, CR0_WP, CR4_DE, CR4_FSGSBASE, CR4_OSFXSR, CR4_OSXMMEXCPT,
-                             CR4_PAE, CR4_PCE, CR4_PGE, CR4_PSE, CR4_PVI, CR4_SMEP, CR4_TSD,
-                             EFER_LMA)
+                             CR4_PAE, CR4_PCE, CR4_PDPTR_BITS, CR4_PGE, CR4_PVI, CR4_SMEP,
+                             CR4_TSD, EFER_LMA)
 from kvmdbg.cpu.translate import generate
 from kvmdbg.kvm import x86
 from kvmdbg.errors import UnsupportedMode
@@ -32,7 +32,6 @@ _CR_WRITE_STAT = {0: "kvmdbg_cr0_writes", 3: "kvmdbg_cr3_writes", 4: "kvmdbg_cr4
 POSSIBLE_CR4_GUEST_BITS = (CR4_PVI | CR4_DE | CR4_PCE | CR4_OSFXSR | CR4_OSXMMEXCPT | CR4_PGE
                            | CR4_TSD | CR4_FSGSBASE)
 CR4_TLBFLUSH_BITS = CR4_PGE | (1 << 17) | CR4_PAE | CR4_SMEP
-CR4_PDPTR_BITS = CR4_PGE | CR4_PSE | CR4_PAE | CR4_SMEP
 
 
 class Vcpu:
@@ -108,7 +107,10 @@ class Vcpu:
         return True
 
     def after_set_sregs(self) -> None:
-        """KVM_SET_SREGS: userspace set CR0/CR3/CR4/EFER; reset the MMU context."""
+        """KVM_SET_SREGS: userspace set CR0/CR3/CR4/EFER; reset the MMU context (and, for
+        a PAE guest, load its PDPTEs, as __set_sregs does)."""
+        if x86.is_pae_paging(self):
+            x86.load_pdptrs(self, self.cpu.cr3)
         M.kvm_mmu_reset_context(self)
 
     # --- entry (vcpu_enter_guest) ---

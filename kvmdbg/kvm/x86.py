@@ -13,9 +13,12 @@ from kvmdbg.arch.kvm_host import (KVM_REQ_LOAD_MMU_PGD, KVM_REQ_MMU_FREE_OBSOLET
                                   KVM_REQ_MMU_RELOAD, KVM_REQ_MMU_SYNC, KVM_REQ_SMI,
                                   KVM_REQ_TLB_FLUSH, KVM_REQ_TLB_FLUSH_CURRENT,
                                   KVM_REQ_TLB_FLUSH_GUEST)
+from kvmdbg.arch.pgtable_types import PAE_PDPT_ADDR_MASK, PAE_PDPTE_RSVD, PAGE_PRESENT
+from kvmdbg.bits import UNPACK_FROM
 from kvmdbg.cpu import system
 from kvmdbg.cpu.faults import GP, GuestFault
-from kvmdbg.cpu.regs import CR0_PG, CR0_WP, CR4_PAE, CR4_PCIDE, CR4_PGE, CR4_PKE, CR4_SMEP, EFER_LME, EFER_NXE
+from kvmdbg.cpu.regs import (CR0_PDPTR_BITS, CR0_PG, CR0_WP, CR4_PAE, CR4_PCIDE, CR4_PDPTR_BITS,
+                             CR4_PGE, CR4_PKE, CR4_SMEP, EFER_LMA, EFER_LME, EFER_NXE)
 from kvmdbg.mmu import mmu as M
 
 CR0_ROLE_BITS = M.KVM_MMU_CR0_ROLE_BITS
@@ -76,8 +79,39 @@ def kvm_invalidate_pcid(vcpu, pcid: int) -> None:
     M.kvm_mmu_free_roots(vcpu, mask)
 
 
+def is_pae_paging(vcpu) -> bool:
+    """is_pae_paging (x86.h): paging on, CR4.PAE, not long mode."""
+    cpu = vcpu.cpu
+    return system.pae_paging(cpu.cr0, cpu.cr4, cpu.efer)
+
+
+def load_pdptrs(vcpu, cr3: int) -> bool:
+    """load_pdptrs (x86.c): the four PDPTEs at CR3[31:5], read from guest memory through the
+    memslots; False (the caller injects #GP) if the table is in no memslot or a present
+    PDPTE sets a reserved bit (rsvd_bits_mask[0][2] of a PAE guest: 63:MAXPHYADDR, 8:5,
+    2:1). Shadow paging frees the current root when they changed (its PAE roots were
+    built from them); then KVM_REQ_LOAD_MMU_PGD, and with EPT the values go to the VMCS
+    (GUEST_PDPTRn), whose PDPTE registers the next VM entry loads."""
+    kvm = vcpu.kvm
+    gpa = cr3 & PAE_PDPT_ADDR_MASK
+    if kvm.memslots.lookup(gpa >> 12) is None:
+        return False
+    data = kvm.read_gpa(gpa, 32)
+    pdpte = tuple(UNPACK_FROM[8](data, 8 * i)[0] for i in range(4))
+    if any(e & PAGE_PRESENT and e & PAE_PDPTE_RSVD for e in pdpte):
+        return False
+    mmu = vcpu.mmu
+    if not mmu.ops.direct and pdpte != mmu.pdptrs:
+        M.kvm_mmu_free_roots(vcpu, M.KVM_MMU_ROOT_CURRENT)
+    mmu.pdptrs = pdpte
+    vcpu.make_request(KVM_REQ_LOAD_MMU_PGD)
+    vcpu.cpu.set_pdptes(pdpte)                  # GUEST_PDPTRn, loaded by the VM entry
+    return True
+
+
 def kvm_set_cr3(vcpu, cr3: int) -> None:
-    """kvm_set_cr3 (a MOV to CR3 exit under shadow paging; kvm-mmu-spec 2.5)."""
+    """kvm_set_cr3 (a MOV to CR3 exit under shadow paging; kvm-mmu-spec 2.5). A PAE guest
+    reloads its PDPTEs even when CR3 does not change."""
     cpu = vcpu.cpu
     skip_flush = False
     pcid = 0
@@ -85,10 +119,13 @@ def kvm_set_cr3(vcpu, cr3: int) -> None:
         skip_flush = bool(cr3 >> 63)
         cr3 &= ~(1 << 63)
         pcid = cr3 & 0xFFF
-    if cr3 != cpu.cr3:
+    if cr3 != cpu.cr3 or is_pae_paging(vcpu):
         cr3 = system.check_cr3(cpu, cr3)
-        M.kvm_mmu_new_pgd(vcpu, cr3)
-        cpu.set_cr3(cr3)
+        if is_pae_paging(vcpu) and not load_pdptrs(vcpu, cr3):
+            raise GuestFault(GP, 0)
+        if cr3 != cpu.cr3:
+            M.kvm_mmu_new_pgd(vcpu, cr3)
+            cpu.set_cr3(cr3)
     if not skip_flush:
         kvm_invalidate_pcid(vcpu, pcid)
 
@@ -99,6 +136,9 @@ def kvm_set_cr0(vcpu, cr0: int) -> None:
     cpu = vcpu.cpu
     old = cpu.cr0
     system.check_cr0(cpu, cr0)                 # kvm_is_valid_cr0 and the long-mode rules
+    if (not cpu.efer & EFER_LME and cr0 & CR0_PG and cpu.cr4 & CR4_PAE
+            and (cr0 ^ old) & CR0_PDPTR_BITS and not load_pdptrs(vcpu, cpu.cr3)):
+        raise GuestFault(GP, 0)
     vcpu.write_cr0(cr0)                         # vmx_set_cr0
     kvm_post_set_cr0(vcpu, old, cpu.cr0)
 
@@ -140,6 +180,9 @@ def kvm_set_cr4(vcpu, cr4: int) -> None:
     system.check_cr4(cpu, cr4)
     if cr4 & CR4_PKE and not vcpu.guest_pku:
         raise GuestFault(GP, 0)                 # no PKU in the guest's CPUID
+    if (not cpu.efer & EFER_LMA and cpu.cr0 & CR0_PG and cr4 & CR4_PAE
+            and (cr4 ^ old) & CR4_PDPTR_BITS and not load_pdptrs(vcpu, cpu.cr3)):
+        raise GuestFault(GP, 0)
     vcpu.write_cr4(cr4)                         # vmx_set_cr4: GUEST_CR4 and the read shadow
     vcpu.kvm.policies.post_set_cr4(vcpu, old, cr4)
 

@@ -72,6 +72,7 @@ class KvmMmu:
         self.root_role = 0
         self.permissions = (0,) * 16
         self.pkru_mask = 0
+        self.pdptrs = (0, 0, 0, 0)  # a PAE guest's PDPTEs as load_pdptrs read them
         self.ops = None            # MmuOps: the MMU this context runs on (set by the vCPU)
 
     @property

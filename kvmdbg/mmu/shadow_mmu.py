@@ -23,8 +23,9 @@ emulate (retry_instruction) heuristics.
 
 from __future__ import annotations
 
-from kvmdbg.arch.kvm_host import KVM_REQ_MMU_FREE_OBSOLETE_ROOTS
+from kvmdbg.arch.kvm_host import KVM_REQ_MMU_FREE_OBSOLETE_ROOTS, PT32E_ROOT_LEVEL, PT64_ROOT_4LEVEL
 from kvmdbg.arch.pgtable_types import PTE_ADDR_MASK as CR3_ADDR_MASK
+from kvmdbg.errors import UnsupportedPaging
 from kvmdbg.mmu import mmu as M
 from kvmdbg.mmu import mmu_internal as R
 from kvmdbg.mmu import paging_tmpl as PT
@@ -643,7 +644,12 @@ class ShadowMmuOps(MmuOps):
         return kvm_calc_shadow_root_role(cpu_role)
 
     def alloc_root(self, vcpu) -> RootInfo:
-        """mmu_alloc_shadow_roots, then kvm_mmu_sync_roots."""
+        """mmu_alloc_shadow_roots, then kvm_mmu_sync_roots. A PAE or 32-bit guest would need
+        the four pae_root entries (and quadrants for 4-byte gPTEs), which are not modelled."""
+        base = vcpu.mmu.cpu_role & 0xFFFF_FFFF
+        level = base & R.ROLE_LEVEL_MASK
+        if not base & R.ROLE_DIRECT and level < PT64_ROOT_4LEVEL:
+            raise UnsupportedPaging(vcpu.cpu.rip, "PAE" if level == PT32E_ROOT_LEVEL else "32-bit")
         shadow = self.kvm.shadow
         shadow.make_mmu_pages_available()
         pgd = vcpu.cpu.cr3
