@@ -91,57 +91,53 @@ def walk(cpu, va: int, acc: int) -> TlbEntry:
         return TlbEntry(vpn, page, hpa, gpa, True, True, False, True, False, 0, 12, ew, ex)
 
     if not cpu.efer & EFER_LMA:
-        # Once per walk, so the 4-level loop below has no per-entry mode test.
-        if cpu.cr4 & CR4_PAE:
-            return walk_pae(cpu, va, acc)
-        return walk_32(cpu, va, acc)
-    nxe = cpu.efer & EFER_NXE
-    base = cpu.cr3 & ADDR_MASK
-    pt_pages = cpu.walk_pt_pages = []     # host pages of the paging structures read
-    user = writable = True
-    nx = False
-    used = []                  # (page, offset, value) of every entry used, for A/D updates
-    level = 4
-    while True:
-        shift = 12 + 9 * (level - 1)
-        gpa = base | ((va >> shift) & 511) << 3
-        pte, page, off = _read_entry(ops, gpa, pt_pages)
-        if not pte & P:
-            _fault(cpu, va, error_bits(cpu, acc))
-        rsvd = pte & RSVD_HIGH or (pte & XD and not nxe)
-        leaf = level == 1 or (pte & PS and level < 4)
-        if level == 4 and pte & PS:
-            rsvd = True
-        elif leaf and level == 3 and pte & RSVD_1G:
-            rsvd = True
-        elif leaf and level == 2 and pte & RSVD_2M:
-            rsvd = True
-        if rsvd:
-            _fault(cpu, va, PFERR_PRESENT | PFERR_RSVD | error_bits(cpu, acc))
-        used.append((page, off, pte, gpa))
-        user = user and bool(pte & US)
-        writable = writable and bool(pte & RW)
-        if nxe and pte & XD:
-            nx = True
-        if leaf:
-            break
-        base = pte & ADDR_MASK
-        level -= 1
-
-    size_shift = 12 + 9 * (level - 1)
-    if level == 1:
-        page_gpa = pte & ADDR_MASK
+        # PAE and 32-bit paging walk to their leaf in their own loops (one mode test per
+        # walk, none per entry in the 4-level loop below); what follows the leaf is shared.
+        used, pte, page_gpa, size_shift, user, writable, nx, size = (
+            _walk_pae if cpu.cr4 & CR4_PAE else _walk_32)(cpu, va, acc)
+        pkey = 0
     else:
-        page_gpa = (pte & ADDR_MASK & ~((1 << size_shift) - 1)) | (va & ((1 << size_shift) - 1) & ~0xFFF)
-    return _leaf(cpu, va, acc, used, pte, page_gpa, size_shift, user, writable, nx,
-                 (pte >> 59) & 0xF, 8)
+        nxe = cpu.efer & EFER_NXE
+        base = cpu.cr3 & ADDR_MASK
+        pt_pages = cpu.walk_pt_pages = []     # host pages of the paging structures read
+        user = writable = True
+        nx = False
+        used = []                  # (page, offset, value) of every entry used, for A/D updates
+        level = 4
+        while True:
+            shift = 12 + 9 * (level - 1)
+            gpa = base | ((va >> shift) & 511) << 3
+            pte, page, off = _read_entry(ops, gpa, pt_pages)
+            if not pte & P:
+                _fault(cpu, va, error_bits(cpu, acc))
+            rsvd = pte & RSVD_HIGH or (pte & XD and not nxe)
+            leaf = level == 1 or (pte & PS and level < 4)
+            if level == 4 and pte & PS:
+                rsvd = True
+            elif leaf and level == 3 and pte & RSVD_1G:
+                rsvd = True
+            elif leaf and level == 2 and pte & RSVD_2M:
+                rsvd = True
+            if rsvd:
+                _fault(cpu, va, PFERR_PRESENT | PFERR_RSVD | error_bits(cpu, acc))
+            used.append((page, off, pte, gpa))
+            user = user and bool(pte & US)
+            writable = writable and bool(pte & RW)
+            if nxe and pte & XD:
+                nx = True
+            if leaf:
+                break
+            base = pte & ADDR_MASK
+            level -= 1
 
-
-def _leaf(cpu, va: int, acc: int, used: list, pte: int, page_gpa: int, size_shift: int,
-          user: bool, writable: bool, nx: bool, pkey: int, size: int) -> TlbEntry:
-    """The end of every paging mode's walk: rights (SDM 4.6), accessed/dirty flags (4.8) in
-    the `size`-byte entries used, and the TLB entry for va's 4 KiB piece of the page."""
-    ops = cpu.ops
+        size_shift = 12 + 9 * (level - 1)
+        if level == 1:
+            page_gpa = pte & ADDR_MASK
+        else:
+            page_gpa = ((pte & ADDR_MASK & ~((1 << size_shift) - 1))
+                        | (va & ((1 << size_shift) - 1) & ~0xFFF))
+        pkey = (pte >> 59) & 0xF
+        size = 8
     glob = bool(pte & G) and bool(cpu.cr4 & CR4_PGE)
 
     code = access_error(cpu, user, writable, nx, pkey, acc)
@@ -163,7 +159,7 @@ def _leaf(cpu, va: int, acc: int, used: list, pte: int, page_gpa: int, size_shif
 
     kind = FETCH if acc & PFERR_FETCH else WRITE if write else READ
     page, hpa, ew, ex = ops.translate_gpa(page_gpa, kind, False)
-    return TlbEntry(va >> 12, page, hpa, page_gpa, user, writable, nx, dirty, glob, pkey,
+    return TlbEntry(vpn, page, hpa, page_gpa, user, writable, nx, dirty, glob, pkey,
                     size_shift, ew, ex)
 
 
@@ -171,10 +167,11 @@ def _fault(cpu, va: int, code: int):
     raise GuestFault(PF, code, va)
 
 
-def walk_pae(cpu, va: int, acc: int) -> TlbEntry:
-    """PAE paging (SDM 4.4.2): bits 31:30 pick a PDPTE register (loaded on CR writes by
-    cpu/system.py, so not read from memory here, and with no R/W, U/S, XD or A bits), then
-    a page directory and a page table of 8-byte entries; PS in a PDE maps 2 MiB."""
+def _walk_pae(cpu, va: int, acc: int) -> tuple:
+    """PAE paging (SDM 4.4.2) to the leaf, for walk(): bits 31:30 pick a PDPTE register
+    (loaded on CR writes by cpu/system.py, so not read from memory here, and with no R/W,
+    U/S, XD or A bits), then a page directory and a page table of 8-byte entries; PS in a
+    PDE maps 2 MiB."""
     ops = cpu.ops
     pdpte = cpu.pdptes[(va >> 30) & 3]
     if not pdpte & P:
@@ -204,16 +201,14 @@ def walk_pae(cpu, va: int, acc: int) -> TlbEntry:
         base = pte & ADDR_MASK
         level -= 1
     if level == 1:
-        size_shift, page_gpa = 12, pte & ADDR_MASK
-    else:
-        size_shift, page_gpa = 21, (pte & ADDR_MASK & ~0x1FFFFF) | (va & 0x1FF000)
-    return _leaf(cpu, va, acc, used, pte, page_gpa, size_shift, user, writable, nx, 0, 8)
+        return used, pte, pte & ADDR_MASK, 12, user, writable, nx, 8
+    return used, pte, (pte & ADDR_MASK & ~0x1FFFFF) | (va & 0x1FF000), 21, user, writable, nx, 8
 
 
-def walk_32(cpu, va: int, acc: int) -> TlbEntry:
-    """32-bit paging (SDM 4.3): a page directory at CR3[31:12] and page tables of 4-byte
-    entries, 4 MiB pages when CR4.PSE and the PDE's PS are set. No XD and no reserved bits,
-    except bits 21:13 of a 4 MiB PDE (the model reports no PSE-36)."""
+def _walk_32(cpu, va: int, acc: int) -> tuple:
+    """32-bit paging (SDM 4.3) to the leaf, for walk(): a page directory at CR3[31:12] and
+    page tables of 4-byte entries, 4 MiB pages when CR4.PSE and the PDE's PS are set. No XD
+    and no reserved bits, except bits 21:13 of a 4 MiB PDE (the model reports no PSE-36)."""
     ops = cpu.ops
     pt_pages = cpu.walk_pt_pages = []
     pde_gpa = (cpu.cr3 & PT32_ADDR_MASK) | ((va >> 22) & 1023) << 2
@@ -224,15 +219,15 @@ def walk_32(cpu, va: int, acc: int) -> TlbEntry:
     if pde & PS and cpu.cr4 & CR4_PSE:
         if pde & PT32_4M_RSVD:
             _fault(cpu, va, PFERR_PRESENT | PFERR_RSVD | error_bits(cpu, acc))
-        return _leaf(cpu, va, acc, used, pde, (pde & PT32_4M_ADDR_MASK) | (va & 0x3FF000), 22,
-                     bool(pde & US), bool(pde & RW), False, 0, 4)
+        return (used, pde, (pde & PT32_4M_ADDR_MASK) | (va & 0x3FF000), 22, bool(pde & US),
+                bool(pde & RW), False, 4)
     pte_gpa = (pde & PT32_ADDR_MASK) | ((va >> 12) & 1023) << 2
     pte, page, off = _read_entry(ops, pte_gpa, pt_pages, 4, _U32)
     if not pte & P:
         _fault(cpu, va, error_bits(cpu, acc))
     used.append((page, off, pte, pte_gpa))
-    return _leaf(cpu, va, acc, used, pte, pte & PT32_ADDR_MASK, 12, bool(pde & pte & US),
-                 bool(pde & pte & RW), False, 0, 4)
+    return (used, pte, pte & PT32_ADDR_MASK, 12, bool(pde & pte & US), bool(pde & pte & RW),
+            False, 4)
 
 
 def walk_shadow(cpu, va: int, acc: int) -> TlbEntry:
