@@ -58,12 +58,12 @@ def translate(s, arg: str) -> None:
         s.message(f"gva {gva:#x}: paging is off (CR0.PG=0), gpa = gva")
     for st in w.steps:
         name = f"{guest_walk.LEVEL_NAMES[st.level]}[{st.index}]"
-        s.message(f"  {name:<11} at gpa {st.entry_gpa:#x} = {st.entry:#018x}  "
-                  f"{entry_flags(st.entry, st.level)}")
+        where = "(register)" if st.entry_gpa is None else f"at gpa {st.entry_gpa:#x}"
+        s.message(f"  {name:<11} {where} = {st.entry:#018x}  {entry_flags(st.entry, st.level)}")
     if w.gpa is None:
         s.message(f"  no translation: {w.error}")
         return
-    size = {4096: "4K", 2 << 20: "2M", 1 << 30: "1G"}.get(w.page_size, str(w.page_size))
+    size = {4096: "4K", 2 << 20: "2M", 4 << 20: "4M", 1 << 30: "1G"}.get(w.page_size, str(w.page_size))
     s.message(f"gpa {w.gpa:#x} ({size} page, gfn {w.gpa >> PAGE_SHIFT:#x})")
     slot, hpa = host_page(s, w.gpa)
     if slot is None:

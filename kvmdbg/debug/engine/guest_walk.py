@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kvmdbg.arch.pgtable_types import PAGE_PRESENT as P, PAGE_PSE as PS, PTE_ADDR_MASK as ADDR
+from kvmdbg.arch.msr_index import EFER_LMA
+from kvmdbg.arch.pgtable_types import (PAGE_PRESENT as P, PAGE_PSE as PS, PT32_4M_ADDR_MASK,
+                                       PT32_ADDR_MASK, PTE_ADDR_MASK as ADDR)
+from kvmdbg.arch.processor_flags import CR4_PAE, CR4_PSE
 from kvmdbg.errors import CommandError
 
 LEVEL_NAMES = {4: "PML4E", 3: "PDPTE", 2: "PDE", 1: "PTE"}
@@ -19,7 +22,7 @@ LEVEL_NAMES = {4: "PML4E", 3: "PDPTE", 2: "PDE", 1: "PTE"}
 class WalkStep:
     level: int
     index: int
-    entry_gpa: int
+    entry_gpa: int | None         # None: a PDPTE register (PAE paging), not memory
     entry: int
 
 
@@ -37,24 +40,49 @@ def walk(vm, cpu, va: int) -> GuestWalk:
     if not cpu.cr0 >> 31 & 1:
         w.gpa = va
         return w
+    if not cpu.efer & EFER_LMA:
+        return _walk_legacy(vm, cpu, va, w)
     top = va >> 47
     if top not in (0, 0x1FFFF):
         w.error = "non-canonical address"
         return w
-    table = cpu.cr3 & ADDR
-    level = 4
+    return _walk_tables(vm, va, w, cpu.cr3 & ADDR, 4, 8, 9, True)
+
+
+def _walk_legacy(vm, cpu, va: int, w: GuestWalk) -> GuestWalk:
+    """PAE paging (the PDPTE registers the CPU loaded, then 8-byte PDEs and PTEs) or 32-bit
+    paging (4-byte entries, 4 MiB pages with CR4.PSE); addresses are 32-bit."""
+    if va >> 32:
+        w.error = "address beyond 32 bits (the guest is not in long mode)"
+        return w
+    if not cpu.cr4 & CR4_PAE:
+        return _walk_tables(vm, va, w, cpu.cr3 & PT32_ADDR_MASK, 2, 4, 10, bool(cpu.cr4 & CR4_PSE))
+    index = va >> 30
+    entry = cpu.pdptes[index]
+    w.steps.append(WalkStep(3, index, None, entry))      # a register, not memory
+    if not entry & P:
+        w.error = f"PDPTE[{index}] not present"
+        return w
+    return _walk_tables(vm, va, w, entry & ADDR, 2, 8, 9, True)
+
+
+def _walk_tables(vm, va: int, w: GuestWalk, table: int, level: int, size: int, bits: int,
+                 large: bool) -> GuestWalk:
+    """Walk from `table` at `level`: `size`-byte entries, `bits` index bits a level; PS makes
+    a leaf above level 1 when `large` (always for 8-byte entries, CR4.PSE for 4-byte)."""
     while True:
-        index = (va >> (12 + 9 * (level - 1))) & 511
-        gpa = table + index * 8
-        entry = int.from_bytes(vm.peek_gpa(gpa, 8), "little")
+        index = (va >> (12 + bits * (level - 1))) & ((1 << bits) - 1)
+        gpa = table + index * size
+        entry = int.from_bytes(vm.peek_gpa(gpa, size), "little")
         w.steps.append(WalkStep(level, index, gpa, entry))
         if not entry & P:
             w.error = f"{LEVEL_NAMES[level]}[{index}] not present"
             return w
-        if level == 1 or (entry & PS and level in (2, 3)):
-            shift = 12 + 9 * (level - 1)
+        if level == 1 or (entry & PS and level in (2, 3) and large):
+            shift = 12 + bits * (level - 1)
             w.page_size = 1 << shift
-            w.gpa = (entry & ADDR & ~((1 << shift) - 1)) | (va & ((1 << shift) - 1))
+            mask = PT32_4M_ADDR_MASK if size == 4 and level == 2 else ADDR
+            w.gpa = (entry & mask & ~((1 << shift) - 1)) | (va & ((1 << shift) - 1))
             return w
         table = entry & ADDR
         level -= 1
