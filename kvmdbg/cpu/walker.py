@@ -90,27 +90,41 @@ def walk(cpu, va: int, acc: int) -> TlbEntry:
         page, hpa, ew, ex = ops.translate_gpa(gpa, kind, False)
         return TlbEntry(vpn, page, hpa, gpa, True, True, False, True, False, 0, 12, ew, ex)
 
-    if not cpu.efer & EFER_LMA:
-        # PAE and 32-bit paging walk to their leaf in their own loops (one mode test per
-        # walk, none per entry in the 4-level loop below); what follows the leaf is shared.
-        used, pte, page_gpa, size_shift, user, writable, nx, size = (
-            _walk_pae if cpu.cr4 & CR4_PAE else _walk_32)(cpu, va, acc)
-        pkey = 0
-    else:
-        nxe = cpu.efer & EFER_NXE
+    efer = cpu.efer
+    if efer & EFER_LMA:
         base = cpu.cr3 & ADDR_MASK
+        level = 4
+        rsvd_high = RSVD_HIGH
+    elif cpu.cr4 & CR4_PAE:
+        # PAE paging (SDM 4.4.2): bits 31:30 pick a PDPTE register (loaded on CR writes by
+        # cpu/system.py, not read here; no R/W, U/S, XD or A bits), then a page directory
+        # and page table as 4-level paging's last two levels, with bits 62:MAXPHYADDR
+        # reserved too.
+        pdpte = cpu.pdptes[(va >> 30) & 3]
+        if not pdpte & P:
+            _fault(cpu, va, error_bits(cpu, acc))
+        base = pdpte & ADDR_MASK
+        level = 2
+        rsvd_high = PAE_PTE_RSVD
+    else:
+        level = 0                  # 32-bit paging: 4-byte entries, walked by _walk_32
+    if not level:
+        used, pte, page_gpa, size_shift, user, writable, nx = _walk_32(cpu, va, acc)
+        pkey = 0
+        size = 4
+    else:
+        nxe = efer & EFER_NXE
         pt_pages = cpu.walk_pt_pages = []     # host pages of the paging structures read
         user = writable = True
         nx = False
         used = []                  # (page, offset, value) of every entry used, for A/D updates
-        level = 4
         while True:
             shift = 12 + 9 * (level - 1)
             gpa = base | ((va >> shift) & 511) << 3
             pte, page, off = _read_entry(ops, gpa, pt_pages)
             if not pte & P:
                 _fault(cpu, va, error_bits(cpu, acc))
-            rsvd = pte & RSVD_HIGH or (pte & XD and not nxe)
+            rsvd = pte & rsvd_high or (pte & XD and not nxe)
             leaf = level == 1 or (pte & PS and level < 4)
             if level == 4 and pte & PS:
                 rsvd = True
@@ -167,44 +181,6 @@ def _fault(cpu, va: int, code: int):
     raise GuestFault(PF, code, va)
 
 
-def _walk_pae(cpu, va: int, acc: int) -> tuple:
-    """PAE paging (SDM 4.4.2) to the leaf, for walk(): bits 31:30 pick a PDPTE register
-    (loaded on CR writes by cpu/system.py, so not read from memory here, and with no R/W,
-    U/S, XD or A bits), then a page directory and a page table of 8-byte entries; PS in a
-    PDE maps 2 MiB."""
-    ops = cpu.ops
-    pdpte = cpu.pdptes[(va >> 30) & 3]
-    if not pdpte & P:
-        _fault(cpu, va, error_bits(cpu, acc))
-    nxe = cpu.efer & EFER_NXE
-    pt_pages = cpu.walk_pt_pages = []
-    base = pdpte & ADDR_MASK
-    user = writable = True
-    nx = False
-    used = []
-    level = 2
-    while True:
-        gpa = base | ((va >> (3 + 9 * level)) & 511) << 3
-        pte, page, off = _read_entry(ops, gpa, pt_pages)
-        if not pte & P:
-            _fault(cpu, va, error_bits(cpu, acc))
-        leaf = level == 1 or bool(pte & PS)
-        if pte & PAE_PTE_RSVD or (pte & XD and not nxe) or (level == 2 and leaf and pte & RSVD_2M):
-            _fault(cpu, va, PFERR_PRESENT | PFERR_RSVD | error_bits(cpu, acc))
-        used.append((page, off, pte, gpa))
-        user = user and bool(pte & US)
-        writable = writable and bool(pte & RW)
-        if nxe and pte & XD:
-            nx = True
-        if leaf:
-            break
-        base = pte & ADDR_MASK
-        level -= 1
-    if level == 1:
-        return used, pte, pte & ADDR_MASK, 12, user, writable, nx, 8
-    return used, pte, (pte & ADDR_MASK & ~0x1FFFFF) | (va & 0x1FF000), 21, user, writable, nx, 8
-
-
 def _walk_32(cpu, va: int, acc: int) -> tuple:
     """32-bit paging (SDM 4.3) to the leaf, for walk(): a page directory at CR3[31:12] and
     page tables of 4-byte entries, 4 MiB pages when CR4.PSE and the PDE's PS are set. No XD
@@ -220,14 +196,14 @@ def _walk_32(cpu, va: int, acc: int) -> tuple:
         if pde & PT32_4M_RSVD:
             _fault(cpu, va, PFERR_PRESENT | PFERR_RSVD | error_bits(cpu, acc))
         return (used, pde, (pde & PT32_4M_ADDR_MASK) | (va & 0x3FF000), 22, bool(pde & US),
-                bool(pde & RW), False, 4)
+                bool(pde & RW), False)
     pte_gpa = (pde & PT32_ADDR_MASK) | ((va >> 12) & 1023) << 2
     pte, page, off = _read_entry(ops, pte_gpa, pt_pages, 4, _U32)
     if not pte & P:
         _fault(cpu, va, error_bits(cpu, acc))
     used.append((page, off, pte, pte_gpa))
     return (used, pte, pte & PT32_ADDR_MASK, 12, bool(pde & pte & US), bool(pde & pte & RW),
-            False, 4)
+            False)
 
 
 def walk_shadow(cpu, va: int, acc: int) -> TlbEntry:
