@@ -8,6 +8,7 @@ The TLB invalidations follow SDM Vol. 3A 4.10.4.1 rule by rule.
 from __future__ import annotations
 
 from kvmdbg.bits import M32, canonical, mask
+from kvmdbg.arch.desc_defs import SEG_L
 from kvmdbg.cpu.faults import GP, GuestFault
 from kvmdbg.cpu.regs import (CR0_CD, CR0_ET, CR0_NW, CR0_PE, CR0_PG, CR4_LA57, CR4_PAE,
                              CR4_PCIDE, CR4_PGE, CR4_PKE, CR4_SMAP, CR4_SMEP, EFER_LMA,
@@ -35,7 +36,13 @@ def check_cr0(cpu, value: int) -> None:
         raise GuestFault(GP, 0)
     if value & CR0_PG and not value & CR0_PE:
         raise GuestFault(GP, 0)
-    if not value & CR0_PG and (long_mode(cpu) or cpu.cr4 & CR4_PCIDE):
+    if value & CR0_PG and not cpu.cr0 & CR0_PG and cpu.efer & EFER_LME:
+        # Activating IA-32e mode needs PAE, and is refused from a 64-bit code segment
+        # (SDM Vol. 3A 10.8.5; KVM's kvm_set_cr0 checks both too).
+        if not cpu.cr4 & CR4_PAE or cpu.seg_cache["cs"].attr & SEG_L:
+            raise GuestFault(GP, 0)
+    if not value & CR0_PG and (cpu.code_bits == 64 or cpu.cr4 & CR4_PCIDE):
+        # Paging goes off only from compatibility mode (leaving IA-32e mode) or outside it.
         raise GuestFault(GP, 0)
 
 
@@ -71,6 +78,19 @@ def check_efer(cpu, value: int) -> int:
     return (value & ~EFER_LMA) | (cpu.efer & EFER_LMA)   # LMA is read-only to software
 
 
+def efer_after_cr0(cpu, old: int, new: int) -> int:
+    """EFER with LMA as the processor sets it when CR0.PG changes with EFER.LME set:
+    turning paging on activates IA-32e mode, turning it off leaves it (SDM Vol. 3A 10.8.5,
+    10.8.6; under VMX, KVM's vmx_set_cr0 does it with enter_lmode / exit_lmode)."""
+    efer = cpu.efer
+    if efer & EFER_LME:
+        if new & CR0_PG and not old & CR0_PG:
+            return efer | EFER_LMA
+        if old & CR0_PG and not new & CR0_PG:
+            return efer & ~EFER_LMA
+    return efer
+
+
 def cr0_flush(cpu, old: int, new: int) -> None:
     """MOV to CR0 clearing PG invalidates everything (SDM 4.10.4.1)."""
     if old & CR0_PG and not new & CR0_PG:
@@ -102,6 +122,7 @@ def arch_set_cr(cpu, n: int, value: int) -> None:
         check_cr0(cpu, value)
         old = cpu.cr0
         cpu.set_cr0(value | CR0_ET)
+        cpu.set_efer(efer_after_cr0(cpu, old, cpu.cr0))
         cr0_flush(cpu, old, cpu.cr0)
     elif n == 3:
         stored = check_cr3(cpu, value)

@@ -159,8 +159,6 @@ class Vcpu:
         reason = self.take_stop()                # a catchpoint fired while we were not running
         if reason:
             return reason
-        if not cpu.efer & EFER_LMA and not cpu.halted:
-            raise UnsupportedMode(cpu.rip)       # a multiboot entry (32-bit, paging off)
         if self.in_kvm:
             if cpu.halted:
                 return executor.HALTED
@@ -354,8 +352,12 @@ class Vcpu:
             kvm.trace("kvm_cr", self.index, rw=1, cr=n, val=value)
 
     def write_cr0(self, value: int) -> None:
-        """vmx_set_cr0: GUEST_CR0 and the read shadow; a VMWRITE flushes nothing."""
-        self.cpu.set_cr0(value | 0x10)
+        """vmx_set_cr0: GUEST_CR0 and the read shadow (a VMWRITE flushes nothing), and
+        enter_lmode / exit_lmode when PG changes with EFER.LME set."""
+        cpu = self.cpu
+        old = cpu.cr0
+        cpu.set_cr0(value | 0x10)
+        cpu.set_efer(system.efer_after_cr0(cpu, old, cpu.cr0))
 
     def write_cr4(self, value: int) -> None:
         self.cpu.set_cr4(value)

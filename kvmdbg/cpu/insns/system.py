@@ -111,7 +111,12 @@ def lgdt(g):
     o = g.op(0)
     a = g.addr(o)
     limit = g.load(a, 2, g.uses_ss(o))
-    base = g.load(g.value(f"({a} + 2) & 0xffffffffffffffff"), 8, g.uses_ss(o))
+    # 64-bit code loads an 8-byte base; 32-bit code 4 bytes (24 bits of them with a 66h
+    # prefix) (SDM Vol. 2A LGDT/LIDT).
+    size = 8 if g.d.bits == 64 else 4
+    base = g.load(g.value(f"({a} + 2) & {g.ip_mask:#x}"), size, g.uses_ss(o))
+    if g.d.bits != 64 and 0x66 in g.prefixes():
+        base = g.value(f"{base} & 0xffffff")
     g.emit(f"cpu.{g.d.mnemonic[1:]}r = ({base}, {limit})")
 
 
