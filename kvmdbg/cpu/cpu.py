@@ -138,12 +138,13 @@ class Cpu:
 
     @property
     def mode_name(self) -> str:
-        """The processor mode as a user names it: 64-bit, compat, protected or real."""
+        """The processor mode as the SDM names it (Vol. 3A 2.2): "64-bit mode",
+        "compatibility mode", "32-bit protected mode" (16-bit with a 16-bit CS), "real mode"."""
         if not self.cr0 & CR0_PE:
-            return "real"
+            return "real mode"
         if self.long_mode:
-            return "64-bit" if self.code_bits == 64 else "compat"
-        return "protected"
+            return "64-bit mode" if self.code_bits == 64 else "compatibility mode"
+        return f"{self.code_bits}-bit protected mode"
 
     @property
     def pcid(self) -> int:

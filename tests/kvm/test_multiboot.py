@@ -140,7 +140,7 @@ def test_entry_code_reaches_64_bit_mode_as_cstart64_says():
     assert "Breakpoint 1, " in s.execute("continue")
     cpu = s.vm.vcpus[0].cpu
     assert cpu.rip == sym["start64"]
-    assert cpu.mode_name == "64-bit" and cpu.code_bits == 64
+    assert cpu.mode_name == "64-bit mode" and cpu.code_bits == 64
     assert cpu.cr0 & 0x80000001 == 0x80000001
     assert cpu.cr4 & 0x20 and cpu.cr3 == sym["ptl4"]
     assert cpu.efer & 0x500 == 0x500                    # LME and LMA
@@ -156,12 +156,12 @@ def test_compat_mode_is_passed_through_on_the_way():
     path = kut_image("pku.flat")
     s = Session.load(str(path))
     cpu = s.vm.vcpus[0].cpu
-    assert cpu.mode_name == "protected"
+    assert cpu.mode_name == "32-bit protected mode"
     seen = set()
     while cpu.rip != elf32_symtab(path.read_bytes())["start64"]:
         s.execute("stepi")
         seen.add(cpu.mode_name)
-    assert seen == {"protected", "compat", "64-bit"}
+    assert seen == {"32-bit protected mode", "compatibility mode", "64-bit mode"}
 
 
 # --- small images built here (spec 3.1) ---
