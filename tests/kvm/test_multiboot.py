@@ -126,7 +126,8 @@ def test_break_main_and_info_symbol_on_smap():
     assert s.execute(f"info symbol {main + 4:#x}").startswith("main + 4")
 
 
-def test_entry_code_reaches_64_bit_mode_as_cstart64_says():
+@pytest.mark.parametrize("kvm", ["v6.12", "shadow", "v5.15"])
+def test_entry_code_reaches_64_bit_mode_as_cstart64_says(kvm):
     """x86/cstart64.S's start: GS base = stacktop - per_cpu_size (setup_percpu_area), the
     multiboot info pointer stored at mb_boot_info, CR3 = ptl4, CR4.PAE, EFER.LME, CR0.PE|PG
     (prepare_64), then jmpl to start64: at start64 the CPU is in 64-bit mode with LMA set by
@@ -135,7 +136,7 @@ def test_entry_code_reaches_64_bit_mode_as_cstart64_says():
     from kvmdbg.kvm import multiboot as mb
     path = kut_image("pku.flat")
     sym = elf32_symtab(path.read_bytes())
-    s = Session.load(str(path))
+    s = Session.load(str(path), kvm=kvm)
     s.execute("break start64")
     assert "Breakpoint 1, " in s.execute("continue")
     cpu = s.vm.vcpus[0].cpu
@@ -147,6 +148,22 @@ def test_entry_code_reaches_64_bit_mode_as_cstart64_says():
     assert cpu.gs_base == sym["stacktop"] - sym["per_cpu_size"]
     assert cpu.ss == cpu.ds == cpu.es == 0x10           # KERNEL_DS (setup_segments)
     assert s.vm.read_gpa(sym["mb_boot_info"], 4) == mb.MBI_ADDR.to_bytes(4, "little")
+
+
+def test_shadow_paging_maps_a_nonpaging_guest_one_to_one():
+    """Under shadow paging a guest with CR0.PG=0 runs on direct pages that map each
+    linear address to the same guest-physical one (nonpaging_page_fault -> direct_map;
+    mmu.c), with every right (ACC_ALL)."""
+    from kvmdbg.debug.engine.session import Session
+    s = Session.load(str(kut_image("pku.flat")), kvm="shadow")
+    s.run(max_steps=3)                      # the entry's first stores and fetches fault in
+    vcpu = s.vm.vcpus[0]
+    root = vcpu.mmu.root.sp
+    assert root.direct and vcpu.cpu.cr0 & 0x80000000 == 0
+    entry = s.vm.vcpus[0].cpu.rip & ~0xFFF
+    _sp, _i, spte = s.vm.shadow.leaf_spte(root, entry)
+    assert spte & 1 and spte & 2 and spte & 4             # present, writable, user
+    assert (spte & 0x000F_FFFF_FFFF_F000) == s.vm.gfn_to_page(entry >> 12)[1] << 12
 
 
 def test_compat_mode_is_passed_through_on_the_way():
