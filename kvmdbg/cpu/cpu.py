@@ -31,11 +31,13 @@ from kvmdbg.cpu import flags as _flags
 from kvmdbg.cpu.decoder import Decoder
 from kvmdbg.cpu.faults import (ACC_IMPLICIT, GP, PF, PFERR_FETCH, PFERR_USER, PFERR_WRITE, SS,
                                UD, GuestFault)
+from kvmdbg.arch.cpufeatures import CPUID_FEATURES
 from kvmdbg.cpu.regs import AC, CR0_ET, CR0_PE, CR0_PG, CR4_PCIDE, CR4_PGE, EFER_LMA, RFLAGS_FIXED
 from kvmdbg.cpu.segments import NULL_SEGMENT, Segment, code_bits
 from kvmdbg.cpu.tlb import GLOBAL, Tlb
 from kvmdbg.cpu.translate import form_block, generate, make_handler
 from kvmdbg.cpu.vmx import EXCEPTION_NMI, VmExit
+from kvmdbg.cpu.system import set_features
 from kvmdbg.cpu.walker import access_error, walk
 from kvmdbg.errors import UnsupportedMode
 
@@ -84,6 +86,9 @@ class Cpu:
         self.pkru = 0
         self.pat = 0x0007040600070406
         self.tsc_aux = 0
+        # What CPUID reports (cpu/system.py set_features): every feature the model has,
+        # until whoever builds the CPU says otherwise.
+        set_features(self, CPUID_FEATURES)
         self.steps = 0                 # instructions retired (and exceptions taken)
         self.extra_cycles = 0          # simulated cycles spent outside guest instructions
         self.walks = 0                 # TLB misses that walked the page tables

@@ -7,7 +7,7 @@ The TLB invalidations follow SDM Vol. 3A 4.10.4.1 rule by rule.
 
 from __future__ import annotations
 
-from kvmdbg.bits import M32, canonical, mask
+from kvmdbg.bits import M32, M64, canonical, mask
 from kvmdbg.arch.desc_defs import SEG_L
 from kvmdbg.cpu.faults import GP, GuestFault
 from kvmdbg.cpu.regs import (CR0_CD, CR0_ET, CR0_NW, CR0_PE, CR0_PG, CR4_LA57, CR4_PAE,
@@ -16,13 +16,44 @@ from kvmdbg.cpu.regs import (CR0_CD, CR0_ET, CR0_NW, CR0_PE, CR0_PG, CR4_LA57, C
                              MSR_GS_BASE, MSR_KERNEL_GS_BASE, MSR_PAT, MSR_TSC, MSR_TSC_AUX)
 
 CR0_VALID = M32                     # bits 63:32 reserved (#GP); 31:0 reserved bits are ignored
-# CR4 bits the guest may set: the architectural ones up to OSXMMEXCPT, plus the features
-# the CPUID of design section 3 advertises (PCID, SMEP, SMAP, PKU). The rest (UMIP, LA57,
-# VMXE, SMXE, FSGSBASE, OSXSAVE, ...) are reserved for this guest: #GP, as in KVM's
-# kvm_is_valid_cr4 with that CPUID.
+# CR4 bits the CPU model implements: the architectural ones up to OSXMMEXCPT, plus PCIDE,
+# SMEP, SMAP and PKE when CPUID reports their features (cr4_reserved_bits). The rest (UMIP,
+# LA57, VMXE, SMXE, FSGSBASE, OSXSAVE, ...) are always reserved: #GP, as in KVM's
+# kvm_is_valid_cr4 with a CPUID that lacks them.
 CR4_VALID = 0x7FF | CR4_PCIDE | CR4_SMEP | CR4_SMAP | CR4_PKE
 EFER_VALID = EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE
+# CR4 and EFER bits that are reserved unless CPUID reports the feature (KVM's
+# __cr4_reserved_bits and __kvm_valid_efer; SDM Vol. 3A 2.5 and 2.2.1).
+_CR4_FEATURE_BITS = {"pcid": CR4_PCIDE, "smep": CR4_SMEP, "smap": CR4_SMAP, "pku": CR4_PKE}
+_EFER_FEATURE_BITS = {"nx": EFER_NXE}
 CR3_RSVD = mask(62, MAXPHYADDR)     # bit 63 is the PCID no-flush hint, never stored
+
+
+def cr4_reserved_bits(features) -> int:
+    """__cr4_reserved_bits(guest_cpuid_has, vcpu): CR4 bits a MOV to CR4 may not set."""
+    rsvd = ~CR4_VALID & M64
+    for name, bit in _CR4_FEATURE_BITS.items():
+        if name not in features:
+            rsvd |= bit
+    return rsvd
+
+
+def efer_reserved_bits(features) -> int:
+    """EFER bits WRMSR may not set: efer_reserved_bits plus __kvm_valid_efer's CPUID checks."""
+    rsvd = ~EFER_VALID & M64
+    for name, bit in _EFER_FEATURE_BITS.items():
+        if name not in features:
+            rsvd |= bit
+    return rsvd
+
+
+def set_features(cpu, features) -> None:
+    """The CPU's CPUID features, set by whoever builds it (KVM: KVM_SET_CPUID2, then
+    kvm_vcpu_after_set_cpuid). The reserved-bit masks are computed here, once, so no
+    instruction consults CPUID; instructions that need a feature test cpu.features."""
+    cpu.features = frozenset(features)
+    cpu.cr4_reserved_bits = cr4_reserved_bits(cpu.features)
+    cpu.efer_reserved_bits = efer_reserved_bits(cpu.features)
 
 
 def long_mode(cpu) -> bool:
@@ -47,7 +78,7 @@ def check_cr0(cpu, value: int) -> None:
 
 
 def check_cr4(cpu, value: int) -> None:
-    if value & ~CR4_VALID:
+    if value & cpu.cr4_reserved_bits:
         raise GuestFault(GP, 0)
     old = cpu.cr4
     lma = cpu.efer & EFER_LMA
@@ -71,7 +102,7 @@ def check_cr3(cpu, value: int) -> int:
 
 
 def check_efer(cpu, value: int) -> int:
-    if value & ~EFER_VALID:
+    if value & cpu.efer_reserved_bits:
         raise GuestFault(GP, 0)
     if (value ^ cpu.efer) & EFER_LME and cpu.cr0 & CR0_PG:
         raise GuestFault(GP, 0)
@@ -146,6 +177,8 @@ def arch_set_efer(cpu, value: int) -> None:
 
 
 def rdmsr(cpu, index: int) -> int:
+    """RDMSR of the MSRs the processor holds; any other goes to cpu.ops.rdmsr (the
+    hypervisor's or a device's, e.g. KVM's lapic for IA32_APICBASE): None there is #GP."""
     if index == MSR_EFER:
         return cpu.efer
     if index == MSR_PAT:
@@ -160,7 +193,10 @@ def rdmsr(cpu, index: int) -> int:
         return cpu.tsc_aux
     if index == MSR_TSC:
         return cpu.cycles
-    raise GuestFault(GP, 0)
+    value = cpu.ops.rdmsr(cpu, index)
+    if value is None:
+        raise GuestFault(GP, 0)
+    return value
 
 
 def _pat_valid(value: int) -> bool:
@@ -168,6 +204,7 @@ def _pat_valid(value: int) -> bool:
 
 
 def wrmsr(cpu, index: int, value: int) -> None:
+    """WRMSR; MSRs the processor does not hold go to cpu.ops.wrmsr (False there: #GP)."""
     if index == MSR_EFER:
         cpu.ops.set_efer(cpu, value)
     elif index == MSR_PAT:
@@ -187,8 +224,8 @@ def wrmsr(cpu, index: int, value: int) -> None:
         if value >> 32:
             raise GuestFault(GP, 0)
         cpu.tsc_aux = value
-    else:
-        raise GuestFault(GP, 0)
+    elif not cpu.ops.wrmsr(cpu, index, value):
+        raise GuestFault(GP, 0)         # nobody's MSR, or its owner refused the value
 
 
 def invlpg(cpu, va: int) -> None:

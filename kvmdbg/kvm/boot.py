@@ -174,7 +174,7 @@ def boot(vm, program: Program, arg: int = 0) -> None:
         c = v.cpu
         c.set_cr0(CR0_BOOT)
         c.set_cr4(CR4_BOOT)
-        c.set_efer(EFER_BOOT)
+        c.set_efer(EFER_BOOT & ~c.efer_reserved_bits)   # no NXE if CPUID has no NX
         c.set_cr3(PML4)
         c.gdtr = (GDT, len(GDT_ENTRIES) * 8 - 1)
         c.idtr = (0, 0)
