@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import struct
 
+from kvmdbg.arch.msr_index import APIC_DEFAULT_PHYS_BASE
+from kvmdbg.kvm import lapic
 from kvmdbg.stop_reason import HALTED
 
 
@@ -240,7 +242,6 @@ class ShutdownPort(Device):
 
 # --- local xAPIC, the MMIO page (Intel SDM vol. 3A, 11.4.1 and table 11-1) ---
 
-APIC_DEFAULT_BASE = 0xFEE00000
 APIC_ID, APIC_LVR, APIC_TPR, APIC_PPR, APIC_EOI, APIC_LDR, APIC_DFR, APIC_SPIV = \
     0x20, 0x30, 0x80, 0xA0, 0xB0, 0xD0, 0xE0, 0xF0
 APIC_ESR, APIC_ICR, APIC_ICR2 = 0x280, 0x300, 0x310
@@ -259,12 +260,14 @@ class LocalApic(Device):
     the access picks which). Registers hold what is written to them, with the reset values
     of SDM 11.4.7.1 (LVTs masked, SPIV 0xff, DFR all ones); ID and version are read-only,
     EOI is write-only, the ICR's delivery status always reads idle (an IPI is sent at once;
-    none is delivered, no interrupt is modelled). The APIC_BASE MSR (0x1b) belongs to the
-    CPU's rdmsr/wrmsr and is not modelled here: the page stays at its default base."""
+    none is delivered, no interrupt is modelled). IA32_APICBASE (0x1b) is the vCPU's
+    (kvm/lapic.py): while it says disabled or x2APIC mode the page reads all ones and
+    ignores writes (KVM's apic_mmio_read/write with KVM_X86_QUIRK_LAPIC_MMIO_HOLE); a moved
+    base is not followed: the page stays at 0xfee00000."""
 
     name = "lapic"
     summary = "local xAPIC registers (ID, version, TPR, SPIV, EOI, LVTs, ICR idle)"
-    mmio = (APIC_DEFAULT_BASE, 0x1000)
+    mmio = (APIC_DEFAULT_PHYS_BASE, 0x1000)
 
     def __init__(self, vm, nr_cpus: int):
         super().__init__(vm)
@@ -285,7 +288,15 @@ class LocalApic(Device):
         i = vcpu.index if vcpu is not None and vcpu.index < len(self.regs) else 0
         return self.regs[i]
 
+    @staticmethod
+    def _hole(vcpu) -> bool:
+        """The MMIO page does not answer: the APIC is disabled or in x2APIC mode."""
+        return vcpu is not None and (not lapic.kvm_apic_hw_enabled(vcpu)
+                                     or lapic.apic_x2apic_mode(vcpu))
+
     def read(self, vcpu, offset: int, size: int) -> int:
+        if self._hole(vcpu):
+            return (1 << (8 * size)) - 1
         reg = offset & 0xFF0
         r = self._regs(vcpu)
         if reg == APIC_PPR:
@@ -300,6 +311,8 @@ class LocalApic(Device):
         return value & ((1 << (8 * size)) - 1)
 
     def write(self, vcpu, offset: int, size: int, value: int) -> None:
+        if self._hole(vcpu):
+            return
         reg = offset & 0xFF0
         r = self._regs(vcpu)
         value &= 0xFFFFFFFF

@@ -88,6 +88,7 @@ class Vcpu:
         system.set_features(cpu, cpuid_features(
             lambda leaf, sub: guest_cpuid(leaf, sub, cpu, pku=self.guest_pku, features=features)))
         self.cr4_guest_owned = self.cr4_possible_guest_owned & ~cpu.cr4_reserved_bits
+        self.mmu.guest_gbpages = "pdpe1gb" in cpu.features
 
     def make_request(self, req: str) -> None:
         if req not in self.requests:

@@ -73,6 +73,9 @@ class KvmMmu:
         self.permissions = (0,) * 16
         self.pkru_mask = 0
         self.ops = None            # MmuOps: the MMU this context runs on (set by the vCPU)
+        # guest_rsvd_check's one CPUID input here: PS in a PDPTE is reserved without 1 GiB
+        # pages (reset_guest_rsvds_bits_mask, guest_cpu_cap_has(X86_FEATURE_GBPAGES)).
+        self.guest_gbpages = True
 
     @property
     def cpu_base(self) -> int:

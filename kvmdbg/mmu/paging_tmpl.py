@@ -60,15 +60,16 @@ def gpte_access(gpte: int) -> int:
     return access ^ ((gpte >> 63) & 1)
 
 
-def is_rsvd_gpte(pte: int, level: int, nx: bool, maxphyaddr: int) -> bool:
-    """FNAME(is_rsvd_bits_set) with the 64-bit guest_rsvd_check (gbpages supported)."""
+def is_rsvd_gpte(pte: int, level: int, nx: bool, maxphyaddr: int, gbpages: bool = True) -> bool:
+    """FNAME(is_rsvd_bits_set) with the 64-bit guest_rsvd_check (gbpages: the guest's CPUID
+    has 1 GiB pages; without them PS in a PDPTE is reserved)."""
     if pte & (((1 << 52) - 1) & ~((1 << maxphyaddr) - 1)):
         return True
     if pte & XD and not nx:
         return True
     if level == 4 and pte & PS:
         return True
-    if level == 3 and pte & PS and pte & RSVD_1G:
+    if level == 3 and pte & PS and (pte & RSVD_1G or not gbpages):
         return True
     if level == 2 and pte & PS and pte & RSVD_2M:
         return True
@@ -113,7 +114,7 @@ def walk_addr(mmu: M.KvmMmu, read_gpa, write_gpa, cr3: int, gva: int, pfec: int,
         pte_access = pt_access & (pte ^ XD)        # inverting NX lets it AND like the rest
         if not pte & P:
             _error(0, pfec, nx, smep, gva, trace)
-        if is_rsvd_gpte(pte, level, nx, maxphyaddr):
+        if is_rsvd_gpte(pte, level, nx, maxphyaddr, mmu.guest_gbpages):
             _error(M.PFERR_RSVD | M.PFERR_PRESENT, pfec, nx, smep, gva, trace)
         w.ptes[level - 1] = pte
         w.pt_access[level - 1] = gpte_access(pt_access ^ XD)
