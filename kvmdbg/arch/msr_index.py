@@ -9,6 +9,7 @@ MSR_IA32_APICBASE_ENABLE = 1 << 11
 MSR_IA32_APICBASE_BASE = 0xFFFFF << 12
 X2APIC_ENABLE = 1 << 10                  # apicdef.h: APICBASE bit 10, x2APIC mode
 APIC_DEFAULT_PHYS_BASE = 0xFEE0_0000     # apicdef.h
+APIC_BASE_MSR = 0x800                    # apicdef.h: x2APIC registers, MSR 0x800 + offset / 16
 MSR_IA32_MISC_ENABLE = 0x1A0
 MSR_IA32_MISC_ENABLE_EMON = 1 << 7
 MSR_IA32_MISC_ENABLE_BTS_UNAVAIL = 1 << 11

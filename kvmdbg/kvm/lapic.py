@@ -1,4 +1,5 @@
-"""The local APIC's MSR side (mirrors arch/x86/kvm/lapic.c): IA32_APICBASE.
+"""The local APIC's MSR side (mirrors arch/x86/kvm/lapic.c): IA32_APICBASE and, in x2APIC
+mode, the registers as MSRs 0x800-0x8ff.
 
 The register page itself is the PC machine's LocalApic device (kvm/devices.py), which
 reads the vCPU's apic_base to know whether it answers.
@@ -6,7 +7,7 @@ reads the vCPU's apic_base to know whether it answers.
 
 from __future__ import annotations
 
-from kvmdbg.arch.msr_index import (APIC_DEFAULT_PHYS_BASE, MSR_IA32_APICBASE_BSP,
+from kvmdbg.arch.msr_index import (APIC_BASE_MSR, APIC_DEFAULT_PHYS_BASE, MSR_IA32_APICBASE_BSP,
                                    MSR_IA32_APICBASE_ENABLE, X2APIC_ENABLE)
 from kvmdbg.bits import mask
 from kvmdbg.cpu.regs import MAXPHYADDR
@@ -48,7 +49,33 @@ def kvm_set_apic_base(vcpu, value: int) -> bool:
     if old == LAPIC_MODE_DISABLED and new == LAPIC_MODE_X2APIC:
         return False
     vcpu.apic_base = value
+    apic = _lapic(vcpu)
+    if apic is not None and old != new:
+        if new == LAPIC_MODE_X2APIC:
+            apic.set_x2apic_id(vcpu)
+        elif new == LAPIC_MODE_XAPIC:
+            apic.set_xapic_id(vcpu)
     return True
+
+
+def _lapic(vcpu):
+    """The machine's local APIC device, or None (the raw machine has none)."""
+    return next((d for d in vcpu.kvm.devices if d.name == "lapic"), None)
+
+
+def kvm_x2apic_msr_read(vcpu, index: int):
+    """RDMSR 0x800-0x8ff: None (#GP) unless the APIC is in x2APIC mode."""
+    apic = _lapic(vcpu)
+    if apic is None or not apic_x2apic_mode(vcpu):
+        return None
+    return apic.x2apic_msr_read(vcpu, (index - APIC_BASE_MSR) << 4)
+
+
+def kvm_x2apic_msr_write(vcpu, index: int, value: int) -> bool:
+    apic = _lapic(vcpu)
+    if apic is None or not apic_x2apic_mode(vcpu):
+        return False
+    return apic.x2apic_msr_write(vcpu, (index - APIC_BASE_MSR) << 4, value)
 
 
 def kvm_apic_hw_enabled(vcpu) -> bool:

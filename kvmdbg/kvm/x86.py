@@ -13,7 +13,7 @@ from kvmdbg.arch.kvm_host import (KVM_REQ_LOAD_MMU_PGD, KVM_REQ_MMU_FREE_OBSOLET
                                   KVM_REQ_MMU_RELOAD, KVM_REQ_MMU_SYNC, KVM_REQ_SMI,
                                   KVM_REQ_TLB_FLUSH, KVM_REQ_TLB_FLUSH_CURRENT,
                                   KVM_REQ_TLB_FLUSH_GUEST)
-from kvmdbg.arch.msr_index import (MSR_IA32_APICBASE, MSR_IA32_MISC_ENABLE,
+from kvmdbg.arch.msr_index import (APIC_BASE_MSR, MSR_IA32_APICBASE, MSR_IA32_MISC_ENABLE,
                                    MSR_IA32_MISC_ENABLE_EMON, MSR_IA32_MISC_ENABLE_PMU_RO_MASK)
 from kvmdbg.cpu import system
 from kvmdbg.cpu.regs import CR0_PG, CR0_WP, CR4_PAE, CR4_PCIDE, CR4_PGE, CR4_SMEP, EFER_LME, EFER_NXE
@@ -208,6 +208,8 @@ def kvm_get_msr_common(vcpu, index: int):
         return vcpu.apic_base
     if index == MSR_IA32_MISC_ENABLE:
         return vcpu.ia32_misc_enable_msr
+    if APIC_BASE_MSR <= index <= APIC_BASE_MSR + 0xFF:
+        return lapic.kvm_x2apic_msr_read(vcpu, index)
     return None
 
 
@@ -223,4 +225,6 @@ def kvm_set_msr_common(vcpu, index: int, value: int) -> bool:
         value = (value & ~MSR_IA32_MISC_ENABLE_EMON) | (old & MSR_IA32_MISC_ENABLE_EMON)
         vcpu.ia32_misc_enable_msr = value
         return True
+    if APIC_BASE_MSR <= index <= APIC_BASE_MSR + 0xFF:
+        return lapic.kvm_x2apic_msr_write(vcpu, index, value)
     return False

@@ -125,3 +125,60 @@ def test_disabled_apic_page_reads_all_ones():
     assert apic.read(v, spiv, 4) == 0xFFFF_FFFF
     v.apic_base = 0xFEE0_0900
     assert apic.read(v, spiv, 4) == 0xFF
+
+
+# --- x2APIC mode: the APIC registers as MSRs 0x800 + offset / 16 (SDM 11.12.1) ---
+
+def x2apic_vm(body: str, kvm: str, vcpus: int = 1):
+    """A VM with the PC machine's local APIC, x2apic in CPUID, running body on each vCPU
+    (RDI = its index); exceptions are recorded (the first one halts)."""
+    from kvmdbg.kvm.machine import pc_devices
+    vm, _ = machine(f"{LIDT_INSN}\n{body}\nhlt", kvm=kvm, cpu="max", vcpus=vcpus)
+    vm.devices = pc_devices(vm)
+    vm.vmm.attach(vm.devices)
+    install_recorders(vm, (GP,))
+    run_vm(vm, 100_000)
+    return vm
+
+
+ENABLE_X2APIC = "mov ecx, 0x1b; rdmsr; or eax, 0x400; wrmsr"      # lib/x86/apic.c enable_x2apic
+
+
+@pytest.mark.parametrize("kvm", ["v6.12", "shadow"])
+def test_x2apic_id_and_logical_id(kvm):
+    # SDM 11.12.5.1 / 11.12.10.2: in x2APIC mode the ID register (MSR 0x802) holds the
+    # 32-bit x2APIC ID (here the xAPIC ID, the vCPU index), and the LDR (MSR 0x80d) is
+    # (x2APIC ID[19:4] << 16) | 1 << x2APIC ID[3:0]; lib/x86/apic.c's x2apic_id reads 0x802.
+    vm = x2apic_vm(f"""
+        {ENABLE_X2APIC}
+        mov ecx, 0x802; rdmsr; mov [{OUT:#x} + rdi * 8], eax
+        mov ecx, 0x80d; rdmsr; mov [{OUT + 0x10:#x} + rdi * 8], eax
+    """, kvm, vcpus=2)
+    assert record(vm)["vector"] == 0xDEAD
+    assert [q(vm, OUT), q(vm, OUT + 8)] == [0, 1]
+    assert [q(vm, OUT + 0x10), q(vm, OUT + 0x18)] == [1, 2]
+
+
+@pytest.mark.parametrize("kvm", ["v6.12", "shadow"])
+@pytest.mark.parametrize("body", [
+    "mov ecx, 0x802; rdmsr",                                   # not in x2APIC mode
+    f"{ENABLE_X2APIC}; mov ecx, 0x80e; xor eax, eax; xor edx, edx; wrmsr",   # DFR: xAPIC only
+    f"{ENABLE_X2APIC}; mov ecx, 0x80e; rdmsr",
+    f"{ENABLE_X2APIC}; mov ecx, 0x808; xor eax, eax; mov edx, 1; wrmsr",     # TPR bits 63:32
+    f"{ENABLE_X2APIC}; mov ecx, 0x802; xor eax, eax; xor edx, edx; wrmsr",   # ID: read-only
+])
+def test_x2apic_msr_faults(kvm, body):
+    # SDM 11.12.1.2: x2APIC MSRs #GP outside x2APIC mode, for registers x2APIC mode does
+    # not have (DFR, table 11-6), for writes of read-only registers and of bits 63:32.
+    vm = x2apic_vm(body, kvm)
+    r = record(vm)
+    assert (r["vector"], frame(vm, r["rsp"], True)["error_code"]) == (GP, 0)
+
+
+def test_x2apic_tpr_round_trips():
+    vm = x2apic_vm(f"""
+        {ENABLE_X2APIC}
+        mov ecx, 0x808; mov eax, 0x20; xor edx, edx; wrmsr
+        rdmsr; mov [{OUT:#x}], eax
+    """, "v6.12")
+    assert record(vm)["vector"] == 0xDEAD and q(vm, OUT) == 0x20
