@@ -29,22 +29,23 @@ _EFER_FEATURE_BITS = {"nx": EFER_NXE}
 CR3_RSVD = mask(62, MAXPHYADDR)     # bit 63 is the PCID no-flush hint, never stored
 
 
-def cr4_reserved_bits(features) -> int:
-    """__cr4_reserved_bits(guest_cpuid_has, vcpu): CR4 bits a MOV to CR4 may not set."""
-    rsvd = ~CR4_VALID & M64
-    for name, bit in _CR4_FEATURE_BITS.items():
+def _reserved_bits(valid: int, feature_bits: dict, features) -> int:
+    """Bits outside `valid`, and those whose feature CPUID lacks."""
+    rsvd = ~valid & M64
+    for name, bit in feature_bits.items():
         if name not in features:
             rsvd |= bit
     return rsvd
+
+
+def cr4_reserved_bits(features) -> int:
+    """__cr4_reserved_bits(guest_cpuid_has, vcpu): CR4 bits a MOV to CR4 may not set."""
+    return _reserved_bits(CR4_VALID, _CR4_FEATURE_BITS, features)
 
 
 def efer_reserved_bits(features) -> int:
     """EFER bits WRMSR may not set: efer_reserved_bits plus __kvm_valid_efer's CPUID checks."""
-    rsvd = ~EFER_VALID & M64
-    for name, bit in _EFER_FEATURE_BITS.items():
-        if name not in features:
-            rsvd |= bit
-    return rsvd
+    return _reserved_bits(EFER_VALID, _EFER_FEATURE_BITS, features)
 
 
 def set_features(cpu, features) -> None:
