@@ -239,6 +239,11 @@ def invlpg(cpu, va: int) -> None:
 
 
 def invpcid(cpu, kind: int, desc_lo: int, desc_hi: int) -> None:
+    if cpu.invlpg_exiting:
+        # With "enable INVPCID" and INVLPG exiting (shadow paging) INVPCID exits (SDM Vol.
+        # 3C 26.1.3): the hypervisor checks the descriptor and invalidates.
+        cpu.ops.invpcid(cpu, kind, desc_lo, desc_hi)
+        return
     pcid = desc_lo & 0xFFF
     if kind > 3 or desc_lo >> 12:
         raise GuestFault(GP, 0)

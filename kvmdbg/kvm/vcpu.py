@@ -414,6 +414,11 @@ class Vcpu:
         self.vmexit(V.INVLPG, info1=va)
         M.kvm_mmu_invlpg(self, va)
 
+    def invpcid(self, cpu, kind: int, desc_lo: int, desc_hi: int) -> None:
+        """INVPCID exiting (shadow paging): handle_invpcid -> kvm_handle_invpcid."""
+        self.vmexit(V.INVPCID, info1=kind)
+        x86.kvm_handle_invpcid(self, kind, desc_lo, desc_hi)
+
     def hlt(self, cpu) -> None:
         self.vmexit(V.HLT)
         self.kvm.stats["halt_exits"] += 1

@@ -15,7 +15,9 @@ from kvmdbg.arch.kvm_host import (KVM_REQ_LOAD_MMU_PGD, KVM_REQ_MMU_FREE_OBSOLET
                                   KVM_REQ_TLB_FLUSH_GUEST)
 from kvmdbg.arch.msr_index import (APIC_BASE_MSR, MSR_IA32_APICBASE, MSR_IA32_MISC_ENABLE,
                                    MSR_IA32_MISC_ENABLE_EMON, MSR_IA32_MISC_ENABLE_PMU_RO_MASK)
+from kvmdbg.bits import canonical
 from kvmdbg.cpu import system
+from kvmdbg.cpu.faults import GP, GuestFault
 from kvmdbg.cpu.regs import CR0_PG, CR0_WP, CR4_PAE, CR4_PCIDE, CR4_PGE, CR4_SMEP, EFER_LME, EFER_NXE
 from kvmdbg.kvm import lapic
 from kvmdbg.mmu import mmu as M
@@ -76,6 +78,25 @@ def kvm_invalidate_pcid(vcpu, pcid: int) -> None:
         if info.sp is not None and info.pgd & 0xFFF == pcid:
             mask |= M.KVM_MMU_ROOT_PREVIOUS(i)
     M.kvm_mmu_free_roots(vcpu, mask)
+
+
+def kvm_handle_invpcid(vcpu, kind: int, pcid: int, gla: int) -> None:
+    """kvm_handle_invpcid (x86.c): the descriptor's checks, then the invalidation the type
+    asks for; KVM keeps no global SPTEs, so type 3 (all non-global) flushes like type 2."""
+    cpu = vcpu.cpu
+    pcide = bool(cpu.cr4 & CR4_PCIDE)
+    if pcid >> 12 or kind > 3:
+        raise GuestFault(GP, 0)
+    if kind == 0:                                   # INVPCID_TYPE_INDIV_ADDR
+        if (not pcide and pcid) or not canonical(gla):
+            raise GuestFault(GP, 0)
+        M.kvm_mmu_invpcid_gva(vcpu, gla, pcid)
+    elif kind == 1:                                 # INVPCID_TYPE_SINGLE_CTXT
+        if not pcide and pcid:
+            raise GuestFault(GP, 0)
+        kvm_invalidate_pcid(vcpu, pcid)
+    else:                                           # ALL_NON_GLOBAL, ALL_INCL_GLOBAL
+        vcpu.make_request(KVM_REQ_TLB_FLUSH_GUEST)
 
 
 def kvm_set_cr3(vcpu, cr3: int) -> None:
