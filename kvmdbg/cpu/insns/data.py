@@ -114,6 +114,6 @@ def cwd(g):
     g.reg_write(dst, f"({m:#x} if r[0] >> {bits - 1} & 1 else 0)")
 
 
-@handles("nop", "pause", "endbr64", "prefetchnta", "prefetcht0", "prefetcht1", "prefetcht2")
+@handles("nop", "pause", "endbr64", "endbr32", "prefetchnta", "prefetcht0", "prefetcht1", "prefetcht2")
 def nop(g):
     pass
