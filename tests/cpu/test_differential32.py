@@ -223,13 +223,13 @@ def protected_mode(vm, cpu) -> None:
     cpu.set_cr4(0)
     cpu.set_efer(0)
     _flat32(cpu)
-    assert cpu.mode_name == "protected"
+    assert cpu.mode_name == "32-bit protected mode"
 
 
 def compat_mode(vm, cpu) -> None:
     """The boot contract's IA-32e mode, identity-mapped, with a 32-bit code segment."""
     _flat32(cpu)
-    assert cpu.mode_name == "compat"
+    assert cpu.mode_name == "compatibility mode"
 
 
 def _mode(name: str, seed: int, setup) -> Mode:
