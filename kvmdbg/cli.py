@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the multiboot command line's arguments (QEMU's -append)")
     p.add_argument("--cpu", metavar="[MODEL][,+FEAT,-FEAT]", default=None,
                    help="guest CPUID features, QEMU's spelling: e.g. qemu64,+pcid,-invpcid "
-                        "(features: pcid invpcid smep smap pku nx pdpe1gb x2apic)")
+                        "(features: pcid invpcid smep smap pku nx pdpe1gb x2apic); the CPU "
+                        "obeys them (#GP, #UD, #PF where the SDM says)")
     p.add_argument("--arg", metavar="N", type=_rdx, default=0,
                    help="value placed in RDX at start (-2**63 to 2**64-1)")
     p.add_argument("--color", metavar="WHEN", choices=COLOR_CHOICES, default="auto",

@@ -41,11 +41,11 @@ def patch_loop(passes: int) -> str:
     """
 
 
-def machine(code, mem: int = 16 << 20, vcpus: int = 1, arg: int = 0, kvm=None):
+def machine(code, mem: int = 16 << 20, vcpus: int = 1, arg: int = 0, kvm=None, cpu=None):
     """A VM booted per the boot contract with `code` (asm text or bytes) at 0x100000.
 
     With kvm=None the CPU runs as bare hardware (architecture tests); with a profile
-    name it runs under the KVM model."""
+    name it runs under the KVM model. cpu: --cpu's text (None: the default CPUID)."""
     if isinstance(code, str):
         code = asm(code)
     if kvm is None:
@@ -53,6 +53,9 @@ def machine(code, mem: int = 16 << 20, vcpus: int = 1, arg: int = 0, kvm=None):
     else:
         from kvmdbg.kvm.profiles import get_profile
         vm = Vm(mem, vcpus, profile=get_profile(kvm))
+    if cpu is not None:
+        from kvmdbg.kvm.cpuid import parse_cpu_option
+        vm.cpu_features = parse_cpu_option(cpu)
     boot(vm, Program(code), arg)
     return vm, vm.vcpus[0].cpu
 

@@ -31,11 +31,15 @@ from kvmdbg.cpu import flags as _flags
 from kvmdbg.cpu.decoder import Decoder
 from kvmdbg.cpu.faults import (ACC_IMPLICIT, GP, PF, PFERR_FETCH, PFERR_USER, PFERR_WRITE, SS,
                                UD, GuestFault)
-from kvmdbg.cpu.regs import AC, CR0_ET, CR0_PE, CR0_PG, CR4_PCIDE, CR4_PGE, RFLAGS_FIXED
+from kvmdbg.arch.cpufeatures import CPUID_FEATURES
+from kvmdbg.cpu.regs import AC, CR0_ET, CR0_PE, CR0_PG, CR4_PCIDE, CR4_PGE, EFER_LMA, RFLAGS_FIXED
+from kvmdbg.cpu.segments import NULL_SEGMENT, Segment, code_bits
 from kvmdbg.cpu.tlb import GLOBAL, Tlb
 from kvmdbg.cpu.translate import form_block, generate, make_handler
 from kvmdbg.cpu.vmx import EXCEPTION_NMI, VmExit
+from kvmdbg.cpu.system import set_features
 from kvmdbg.cpu.walker import access_error, walk
+from kvmdbg.errors import UnsupportedMode
 
 _MAX_MEMO_MODES = 64          # modes (each with its walk memo) kept; a bound, not a policy
 
@@ -68,6 +72,13 @@ class Cpu:
         self.cs = 0x08
         self.ss = 0x10
         self.ds = self.es = self.fs = self.gs = 0x10
+        # The hidden parts of the segment registers (cpu/segments.py), and the code size
+        # CS and EFER.LMA give (64, 32 or 16): written only by load_cs / set_segment /
+        # set_efer, which keep the selectors above in step.
+        self.seg_cache = {name: NULL_SEGMENT for name in ("cs", "ss", "ds", "es", "fs", "gs")}
+        self.code_bits = 16
+        self._code_tag = 0             # the code size's mark in decode-cache keys (_fetch_page)
+        self._x_keys: dict[int, int] = {}   # vpn -> the key hpa its cached handlers were made for
         self.fs_base = self.gs_base = self.kernel_gs_base = 0
         self.gdtr = (0, 0)             # (base, limit)
         self.idtr = (0, 0)
@@ -76,6 +87,9 @@ class Cpu:
         self.pdptes = (0, 0, 0, 0)     # the PDPTE registers of PAE paging (set_pdptes)
         self.pat = 0x0007040600070406
         self.tsc_aux = 0
+        # What CPUID reports (cpu/system.py set_features): every feature the model has,
+        # until whoever builds the CPU says otherwise.
+        set_features(self, CPUID_FEATURES)
         self.steps = 0                 # instructions retired (and exceptions taken)
         self.extra_cycles = 0          # simulated cycles spent outside guest instructions
         self.walks = 0                 # TLB misses that walked the page tables
@@ -107,7 +121,7 @@ class Cpu:
         self.decoder = Decoder()
         self.icache: dict[int, object] = {}     # rip -> single handler, valid in this mode
         self.bcache: dict[int, object] = {}     # rip -> block handler, valid in this mode
-        self.fast_x: dict[int, tuple] = {}      # vpn -> (page, hpa, gpa) for fetches
+        self.fast_x: dict[int, tuple] = {}      # vpn -> (page, key, gpa, hpa) for fetches
         self.smc = False                        # a write hit decoded code (see decode_cache)
         # One instruction per handler call, so a stop requested by anything an instruction
         # causes (a debugger catchpoint on an event) is taken right after it, not at the
@@ -123,6 +137,20 @@ class Cpu:
     @property
     def cpl(self) -> int:
         return self.cs & 3
+
+    @property
+    def long_mode(self) -> bool:
+        return bool(self.efer & EFER_LMA)
+
+    @property
+    def mode_name(self) -> str:
+        """The processor mode as the SDM names it (Vol. 3A 2.2): "64-bit mode",
+        "compatibility mode", "32-bit protected mode" (16-bit with a 16-bit CS), "real mode"."""
+        if not self.cr0 & CR0_PE:
+            return "real mode"
+        if self.long_mode:
+            return "64-bit mode" if self.code_bits == 64 else "compatibility mode"
+        return f"{self.code_bits}-bit protected mode"
 
     @property
     def pcid(self) -> int:
@@ -163,6 +191,7 @@ class Cpu:
         if value != self.efer:
             self.efer = value
             self.flush_fast()
+            self._update_code_bits()
 
     def set_pdptes(self, values: tuple) -> None:
         """The four PDPTE registers (SDM Vol. 3A 4.4.1); only cpu/system.py's PDPTE load
@@ -177,10 +206,38 @@ class Cpu:
             self.flush_fast()
 
     def set_cs(self, selector: int) -> None:
-        """CS; a change of CPL (its low bits) changes the mode."""
+        """CS's selector alone (the descriptor cache stays; a debugger's `set $cs`); a
+        change of CPL (its low bits) changes the mode."""
         if (selector ^ self.cs) & 3:
             self.flush_fast()
         self.cs = selector
+        self.seg_cache["cs"] = self.seg_cache["cs"]._replace(selector=selector)
+
+    def load_cs(self, seg: Segment) -> None:
+        """CS with its descriptor (far transfers, interrupts, IRET, boot): CPL and the
+        code size may change."""
+        self.set_cs(seg.selector)
+        self.seg_cache["cs"] = seg
+        self._update_code_bits()
+
+    def set_segment(self, name: str, seg: Segment) -> None:
+        """A segment register with its descriptor; FS and GS load their bases too."""
+        if name == "cs":
+            self.load_cs(seg)
+            return
+        setattr(self, name, seg.selector)
+        self.seg_cache[name] = seg
+        if name == "fs":
+            self.fs_base = seg.base
+        elif name == "gs":
+            self.gs_base = seg.base
+
+    def _update_code_bits(self) -> None:
+        bits = code_bits(self.seg_cache["cs"], self.long_mode)
+        if bits != self.code_bits:
+            self.code_bits = bits
+            self._code_tag = 0 if bits == 64 else bits << 56
+            self.flush_fast()
 
     def set_hw_cr0_on(self, bits: int) -> None:
         if bits != self.hw_cr0_on:
@@ -415,6 +472,16 @@ class Cpu:
         """A supervisor-mode implicit access (GDT/IDT/TSS), whatever the CPL."""
         return self._read_slow(va, size, ACC_IMPLICIT, implicit=True)
 
+    def wr_implicit(self, va: int, size: int, value: int) -> None:
+        """A supervisor-mode implicit write (a descriptor's accessed or busy bit)."""
+        self._check_last_byte(va, size)
+        data = value.to_bytes(size, "little")
+        acc = PFERR_WRITE | ACC_IMPLICIT
+        pieces = [(self.translate(a, acc), a, n) for a, n in self._pieces(va, size)]
+        for e, a, n in pieces:
+            self._store(e, a & 0xFFF, data[:n])
+            data = data[n:]
+
     def _pieces(self, va: int, size: int):
         first = 4096 - (va & 0xFFF)
         if size <= first:
@@ -477,18 +544,32 @@ class Cpu:
     # --- instruction fetch ---
 
     def _fetch_page(self, va: int):
-        """(host page, hpa) of the code page holding va, via the fetch fast path."""
-        got = self.fast_x.get(va >> 12)
+        """(host page, key, gpa, hpa) of the code page holding va, via the fetch fast path.
+
+        key is the page's hpa marked with the code size (decoded code and handlers are
+        keyed by it: the same bytes mean other instructions in 32-bit code). When a page
+        comes back under another key (remapped, or the code size changed), the rip ->
+        handler tables are dropped: the run loop trusts them while their page is in
+        fast_x, and they were made for the old key."""
+        vpn = va >> 12
+        got = self.fast_x.get(vpn)
         if got is None:
+            if self.code_bits == 16:
+                raise UnsupportedMode(self.rip, "16-bit code (real mode or a 16-bit segment)")
             e = self.translate(va, self._acc(PFERR_FETCH))
-            got = self.fast_x[va >> 12] = (e.page, e.hpa, e.gpa)
+            key = e.hpa | self._code_tag
+            if self._x_keys.setdefault(vpn, key) != key:
+                self._x_keys[vpn] = key
+                self.icache.clear()
+                self.bcache.clear()
+            got = self.fast_x[vpn] = (e.page, key, e.gpa, e.hpa)
         return got
 
     def _insn_code(self, rip: int):
         """(key, InsnCode) for the instruction at rip; decodes and generates on a miss."""
-        page, hpa, gpa = self._fetch_page(rip)
+        page, khpa, gpa, hpa = self._fetch_page(rip)
         off = rip & 0xFFF
-        key = (rip, hpa | off)
+        key = (rip, khpa | off)
         dc = self.decode_cache
         code = dc.codes.get(key)
         if code is not None:
@@ -506,17 +587,18 @@ class Cpu:
         else:
             raw = bytes(page[off:off + 15])
         pages = [hpa >> 12]
-        d = self.decoder.decode(raw, rip)
+        bits = self.code_bits
+        d = self.decoder.decode(raw, rip, bits)
         if (d is None or d.length > len(raw)) and len(raw) < 15:
             # The instruction may continue on the next page: fetch that too (may fault).
-            page2, hpa2, _gpa2 = self._fetch_page((rip + len(raw)) & M64)
+            page2, khpa2, _gpa2, hpa2 = self._fetch_page((rip + len(raw)) & M64)
             if page2 is not None:
                 raw += bytes(page2[:15 - len(raw)])
-                d = self.decoder.decode(raw, rip)
+                d = self.decoder.decode(raw, rip, bits)
                 if d is not None and d.length > 4096 - off:
                     pages.append(hpa2 >> 12)
                     dc.crossing.add(key)
-                    key += (hpa2,)
+                    key += (khpa2,)
         if d is None:
             raise GuestFault(UD)
         code = self.translator(d)
@@ -580,4 +662,4 @@ class Cpu:
                 code += self.read_bytes(rip + i, 1)
             except GuestFault:
                 break
-        return self.decoder.decode(code, rip) if code else None
+        return self.decoder.decode(code, rip, self.code_bits) if code else None

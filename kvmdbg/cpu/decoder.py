@@ -39,6 +39,7 @@ class Decoded:
     rep: str = ""             # '', 'rep', 'repne'
     lock: bool = False
     addr_size: int = 8
+    bits: int = 64            # the code size it was decoded for (64 or 32)
 
     @property
     def text(self) -> str:
@@ -58,25 +59,34 @@ _NO_INDEX = frozenset({0, cx.X86_REG_RIZ, cx.X86_REG_EIZ})
 _REG_KIND = {capstone.CS_OP_REG: "reg", capstone.CS_OP_IMM: "imm", capstone.CS_OP_MEM: "mem"}
 
 
-class Decoder:
-    def __init__(self) -> None:
-        self._cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-        self._cs.detail = True
-        self._plain = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+# 16-bit code is decoded for listings only: the interpreter does not run it (Cpu._fetch_page).
+_CS_MODES = {64: capstone.CS_MODE_64, 32: capstone.CS_MODE_32, 16: capstone.CS_MODE_16}
 
-    def decode(self, code: bytes, address: int) -> Decoded | None:
+
+class Decoder:
+    """One capstone instance per code size (64-bit; 32-bit protected and compatibility mode)."""
+
+    def __init__(self) -> None:
+        self._cs = {}
+        self._plain = {}
+        for bits, mode in _CS_MODES.items():
+            self._cs[bits] = capstone.Cs(capstone.CS_ARCH_X86, mode)
+            self._cs[bits].detail = True
+            self._plain[bits] = capstone.Cs(capstone.CS_ARCH_X86, mode)
+
+    def decode(self, code: bytes, address: int, bits: int = 64) -> Decoded | None:
         """Decode one instruction; None when the bytes are not a valid instruction (#UD)."""
-        for insn in self._cs.disasm(code[:MAX_INSN_LEN], address, 1):
-            return self._convert(insn)
+        for insn in self._cs[bits].disasm(code[:MAX_INSN_LEN], address, 1):
+            return self._convert(insn, bits)
         return None
 
-    def disasm(self, code: bytes, address: int, count: int = 0):
+    def disasm(self, code: bytes, address: int, count: int = 0, bits: int = 64):
         """(address, size, mnemonic, op_str) tuples for listings; no detail needed."""
-        for a, size, mnem, ops in self._plain.disasm_lite(code, address, count):
+        for a, size, mnem, ops in self._plain[bits].disasm_lite(code, address, count):
             yield a, size, mnem, ops
 
-    def _convert(self, insn) -> Decoded:
-        cs = self._cs
+    def _convert(self, insn, bits: int) -> Decoded:
+        cs = self._cs[bits]
         mnem = insn.mnemonic
         rep = ""
         lock = False
@@ -117,4 +127,4 @@ class Decoder:
             else:
                 ops.append(Operand("other", o.size))
         return Decoded(insn.address, insn.size, bytes(insn.bytes), mnem, insn.op_str, ops,
-                       rep=rep, lock=lock, addr_size=addr_size)
+                       rep=rep, lock=lock, addr_size=addr_size, bits=bits)

@@ -36,6 +36,7 @@ def run(cpu, max_steps: int, breakpoints=None, skip_first: bool = True) -> str:
     fetch_block = cpu.fetch_block
     reenter = getattr(cpu.ops, "reenter", None)
     first = skip_first
+    start_steps = cpu.steps
     while True:
         if cpu.halted:
             return HALTED
@@ -90,6 +91,8 @@ def run(cpu, max_steps: int, breakpoints=None, skip_first: bool = True) -> str:
             # and the instruction runs again after the next VM entry.
             if h is not None:
                 cpu.steps += h.index.get(cpu.rip, 0)
+            if cpu.steps == start_steps:
+                first = skip_first       # the first instruction runs again: still skip its breakpoint
             reason = _handle_exit(cpu, exit_)
             if reason == VMEXIT and reenter is not None:
                 cpu.pending, cpu.stop_reason = True, VMEXIT

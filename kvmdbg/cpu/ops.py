@@ -40,6 +40,13 @@ class CpuOps(Protocol):
 
     def cpuid(self, cpu, leaf: int, subleaf: int) -> tuple[int, int, int, int]: ...
 
+    def rdmsr(self, cpu, index: int) -> int | None:
+        """RDMSR of an MSR the processor does not hold (cpu/system.py rdmsr): its value,
+        or None if it is nobody's (#GP)."""
+
+    def wrmsr(self, cpu, index: int, value: int) -> bool:
+        """WRMSR of an MSR the processor does not hold: False if nobody's or refused (#GP)."""
+
     def hlt(self, cpu) -> None: ...
 
     def vmcall(self, cpu) -> None: ...

@@ -7,8 +7,9 @@ The TLB invalidations follow SDM Vol. 3A 4.10.4.1 rule by rule.
 
 from __future__ import annotations
 
+from kvmdbg.arch.desc_defs import SEG_L
 from kvmdbg.arch.pgtable_types import PAE_PDPT_ADDR_MASK, PAE_PDPTE_RSVD, PAGE_PRESENT
-from kvmdbg.bits import M32, UNPACK_FROM, canonical, mask
+from kvmdbg.bits import M32, M64, UNPACK_FROM, canonical, mask
 from kvmdbg.cpu.faults import GP, GuestFault
 from kvmdbg.cpu.regs import (CR0_CD, CR0_ET, CR0_NW, CR0_PDPTR_BITS, CR0_PE, CR0_PG, CR4_LA57,
                              CR4_PAE, CR4_PCIDE, CR4_PDPTR_BITS, CR4_PGE, CR4_PKE, CR4_SMAP,
@@ -17,14 +18,46 @@ from kvmdbg.cpu.regs import (CR0_CD, CR0_ET, CR0_NW, CR0_PDPTR_BITS, CR0_PE, CR0
                              MSR_GS_BASE, MSR_KERNEL_GS_BASE, MSR_PAT, MSR_TSC, MSR_TSC_AUX)
 
 CR0_VALID = M32                     # bits 63:32 reserved (#GP); 31:0 reserved bits are ignored
-# CR4 bits the guest may set: the architectural ones up to OSXMMEXCPT, plus the features
-# the CPUID of design section 3 advertises (PCID, SMEP, SMAP, PKU). The rest (UMIP, LA57,
-# VMXE, SMXE, FSGSBASE, OSXSAVE, ...) are reserved for this guest: #GP, as in KVM's
-# kvm_is_valid_cr4 with that CPUID.
+# CR4 bits the CPU model implements: the architectural ones up to OSXMMEXCPT, plus PCIDE,
+# SMEP, SMAP and PKE when CPUID reports their features (cr4_reserved_bits). The rest (UMIP,
+# LA57, VMXE, SMXE, FSGSBASE, OSXSAVE, ...) are always reserved: #GP, as in KVM's
+# kvm_is_valid_cr4 with a CPUID that lacks them.
 CR4_VALID = 0x7FF | CR4_PCIDE | CR4_SMEP | CR4_SMAP | CR4_PKE
 EFER_VALID = EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE
+# CR4 and EFER bits that are reserved unless CPUID reports the feature (KVM's
+# __cr4_reserved_bits and __kvm_valid_efer; SDM Vol. 3A 2.5 and 2.2.1).
+_CR4_FEATURE_BITS = {"pcid": CR4_PCIDE, "smep": CR4_SMEP, "smap": CR4_SMAP, "pku": CR4_PKE}
+_EFER_FEATURE_BITS = {"nx": EFER_NXE}
 CR3_RSVD = mask(62, MAXPHYADDR)     # bit 63 is the PCID no-flush hint, never stored
 _U64 = UNPACK_FROM[8]
+
+
+def _reserved_bits(valid: int, feature_bits: dict, features) -> int:
+    """Bits outside `valid`, and those whose feature CPUID lacks."""
+    rsvd = ~valid & M64
+    for name, bit in feature_bits.items():
+        if name not in features:
+            rsvd |= bit
+    return rsvd
+
+
+def cr4_reserved_bits(features) -> int:
+    """__cr4_reserved_bits(guest_cpuid_has, vcpu): CR4 bits a MOV to CR4 may not set."""
+    return _reserved_bits(CR4_VALID, _CR4_FEATURE_BITS, features)
+
+
+def efer_reserved_bits(features) -> int:
+    """EFER bits WRMSR may not set: efer_reserved_bits plus __kvm_valid_efer's CPUID checks."""
+    return _reserved_bits(EFER_VALID, _EFER_FEATURE_BITS, features)
+
+
+def set_features(cpu, features) -> None:
+    """The CPU's CPUID features, set by whoever builds it (KVM: KVM_SET_CPUID2, then
+    kvm_vcpu_after_set_cpuid). The reserved-bit masks are computed here, once, so no
+    instruction consults CPUID; instructions that need a feature test cpu.features."""
+    cpu.features = frozenset(features)
+    cpu.cr4_reserved_bits = cr4_reserved_bits(cpu.features)
+    cpu.efer_reserved_bits = efer_reserved_bits(cpu.features)
 
 
 def long_mode(cpu) -> bool:
@@ -38,12 +71,18 @@ def check_cr0(cpu, value: int) -> None:
         raise GuestFault(GP, 0)
     if value & CR0_PG and not value & CR0_PE:
         raise GuestFault(GP, 0)
-    if not value & CR0_PG and (long_mode(cpu) or cpu.cr4 & CR4_PCIDE):
+    if value & CR0_PG and not cpu.cr0 & CR0_PG and cpu.efer & EFER_LME:
+        # Activating IA-32e mode needs PAE, and is refused from a 64-bit code segment
+        # (SDM Vol. 3A 10.8.5; KVM's kvm_set_cr0 checks both too).
+        if not cpu.cr4 & CR4_PAE or cpu.seg_cache["cs"].attr & SEG_L:
+            raise GuestFault(GP, 0)
+    if not value & CR0_PG and (cpu.code_bits == 64 or cpu.cr4 & CR4_PCIDE):
+        # Paging goes off only from compatibility mode (leaving IA-32e mode) or outside it.
         raise GuestFault(GP, 0)
 
 
 def check_cr4(cpu, value: int) -> None:
-    if value & ~CR4_VALID:
+    if value & cpu.cr4_reserved_bits:
         raise GuestFault(GP, 0)
     old = cpu.cr4
     lma = cpu.efer & EFER_LMA
@@ -67,11 +106,24 @@ def check_cr3(cpu, value: int) -> int:
 
 
 def check_efer(cpu, value: int) -> int:
-    if value & ~EFER_VALID:
+    if value & cpu.efer_reserved_bits:
         raise GuestFault(GP, 0)
     if (value ^ cpu.efer) & EFER_LME and cpu.cr0 & CR0_PG:
         raise GuestFault(GP, 0)
     return (value & ~EFER_LMA) | (cpu.efer & EFER_LMA)   # LMA is read-only to software
+
+
+def efer_after_cr0(cpu, old: int, new: int) -> int:
+    """EFER with LMA as the processor sets it when CR0.PG changes with EFER.LME set:
+    turning paging on activates IA-32e mode, turning it off leaves it (SDM Vol. 3A 10.8.5,
+    10.8.6; under VMX, KVM's vmx_set_cr0 does it with enter_lmode / exit_lmode)."""
+    efer = cpu.efer
+    if efer & EFER_LME:
+        if new & CR0_PG and not old & CR0_PG:
+            return efer | EFER_LMA
+        if old & CR0_PG and not new & CR0_PG:
+            return efer & ~EFER_LMA
+    return efer
 
 
 # --- the PDPTE registers of PAE paging (SDM Vol. 3A 4.4.1) ---
@@ -161,6 +213,7 @@ def arch_set_cr(cpu, n: int, value: int) -> None:
         old = cpu.cr0
         pdptes = pdptes_for_cr0(cpu, old, value | CR0_ET)
         cpu.set_cr0(value | CR0_ET)
+        cpu.set_efer(efer_after_cr0(cpu, old, cpu.cr0))
         load_pdptes(cpu, pdptes)
         cr0_flush(cpu, old, cpu.cr0)
     elif n == 3:
@@ -189,6 +242,8 @@ def arch_set_efer(cpu, value: int) -> None:
 
 
 def rdmsr(cpu, index: int) -> int:
+    """RDMSR of the MSRs the processor holds; any other goes to cpu.ops.rdmsr (the
+    hypervisor's or a device's, e.g. KVM's lapic for IA32_APICBASE): None there is #GP."""
     if index == MSR_EFER:
         return cpu.efer
     if index == MSR_PAT:
@@ -203,7 +258,10 @@ def rdmsr(cpu, index: int) -> int:
         return cpu.tsc_aux
     if index == MSR_TSC:
         return cpu.cycles
-    raise GuestFault(GP, 0)
+    value = cpu.ops.rdmsr(cpu, index)
+    if value is None:
+        raise GuestFault(GP, 0)
+    return value
 
 
 def _pat_valid(value: int) -> bool:
@@ -211,6 +269,7 @@ def _pat_valid(value: int) -> bool:
 
 
 def wrmsr(cpu, index: int, value: int) -> None:
+    """WRMSR; MSRs the processor does not hold go to cpu.ops.wrmsr (False there: #GP)."""
     if index == MSR_EFER:
         cpu.ops.set_efer(cpu, value)
     elif index == MSR_PAT:
@@ -230,8 +289,8 @@ def wrmsr(cpu, index: int, value: int) -> None:
         if value >> 32:
             raise GuestFault(GP, 0)
         cpu.tsc_aux = value
-    else:
-        raise GuestFault(GP, 0)
+    elif not cpu.ops.wrmsr(cpu, index, value):
+        raise GuestFault(GP, 0)         # nobody's MSR, or its owner refused the value
 
 
 def invlpg(cpu, va: int) -> None:
@@ -244,6 +303,11 @@ def invlpg(cpu, va: int) -> None:
 
 
 def invpcid(cpu, kind: int, desc_lo: int, desc_hi: int) -> None:
+    if cpu.invlpg_exiting:
+        # With "enable INVPCID" and INVLPG exiting (shadow paging) INVPCID exits (SDM Vol.
+        # 3C 26.1.3): the hypervisor checks the descriptor and invalidates.
+        cpu.ops.invpcid(cpu, kind, desc_lo, desc_hi)
+        return
     pcid = desc_lo & 0xFFF
     if kind > 3 or desc_lo >> 12:
         raise GuestFault(GP, 0)

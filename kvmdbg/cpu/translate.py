@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from kvmdbg.bits import M64, MASKS, PACK_INTO, UNPACK_FROM
+from kvmdbg.bits import M32, M64, MASKS, PACK_INTO, UNPACK_FROM
 from kvmdbg.cpu import flags as F
 from kvmdbg.cpu.faults import GuestFault
 from kvmdbg.cpu.regs import SUBREGS
 from kvmdbg.errors import UnsupportedInstruction
+
+LEGACY_PREFIXES = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
 
 EMITTERS: dict = {}           # mnemonic -> (emitter, stops, sync)
 MAX_BLOCK = 32                # instructions per block handler
@@ -43,7 +45,12 @@ class Gen:
 
     def __init__(self, d):
         self.d = d
-        self.next_rip = (d.address + d.length) & M64
+        # 32-bit code (protected or compatibility mode) has a 32-bit EIP and, with the flat
+        # segments kvmdbg runs (SS.B = 1, cpu/segments.py), a 32-bit ESP and stack slots.
+        self.ip_mask = M64 if d.bits == 64 else M32
+        self.sp_mask = self.ip_mask
+        self.word = 8 if d.bits == 64 else 4
+        self.next_rip = (d.address + d.length) & self.ip_mask
         self.lines: list[str] = []
         self._n = 0
         self._addr: dict[int, str] = {}
@@ -110,6 +117,19 @@ class Gen:
         FS/GS override names another segment. In 64-bit mode the CS, DS, ES and SS override
         prefixes are ignored (AMD APM Vol. 3 1.2.4), so the decoder keeps only FS and GS."""
         return o.base in _SS_BASES and not o.segment
+
+    def prefixes(self) -> bytes:
+        """The legacy prefix bytes before the opcode (and REX, in 64-bit code)."""
+        raw = self.d.raw
+        i = 0
+        while i < len(raw) and (raw[i] in LEGACY_PREFIXES
+                                or (self.d.bits == 64 and raw[i] & 0xF0 == 0x40)):
+            i += 1
+        return raw[:i]
+
+    def sp(self) -> str:
+        """The stack pointer as this code size uses it (RSP, or ESP in 32-bit code)."""
+        return "r[4]" if self.word == 8 else "(r[4] & 0xffffffff)"
 
     def reg_read(self, name: str) -> str:
         i, size, shift = SUBREGS[name]
@@ -204,12 +224,12 @@ class Gen:
 
 
 def _globals() -> dict:
-    from kvmdbg.cpu import interrupts, system
+    from kvmdbg.cpu import interrupts, segments, system
     from kvmdbg.bits import sign_extend
     return {
         "GuestFault": GuestFault, "materialize": F.materialize, "carry_in": F.carry_in,
         "inc_dec_src": F.inc_dec_carry_source, "COND": F.CONDITIONS, "sx": sign_extend,
-        "system": system, "interrupts": interrupts,
+        "system": system, "interrupts": interrupts, "segments": segments,
         **{f"U{n}": f for n, f in UNPACK_FROM.items()}, **{f"P{n}": f for n, f in PACK_INTO.items()},
     }
 

@@ -128,8 +128,8 @@ def walk(cpu, va: int, acc: int) -> TlbEntry:
             leaf = level == 1 or (pte & PS and level < 4)
             if level == 4 and pte & PS:
                 rsvd = True
-            elif leaf and level == 3 and pte & RSVD_1G:
-                rsvd = True
+            elif leaf and level == 3 and (pte & RSVD_1G or "pdpe1gb" not in cpu.features):
+                rsvd = True        # PS is reserved in a PDPTE without 1 GiB pages (SDM 4.5.4)
             elif leaf and level == 2 and pte & RSVD_2M:
                 rsvd = True
             if rsvd:

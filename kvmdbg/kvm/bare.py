@@ -10,7 +10,8 @@ from kvmdbg.bits import M64
 from kvmdbg.cpu import executor, system
 from kvmdbg.cpu.cpu import Cpu
 from kvmdbg.cpu.translate import generate
-from kvmdbg.kvm.cpuid import guest_cpuid
+from kvmdbg.kvm import x86
+from kvmdbg.kvm.cpuid import cpuid_features, guest_cpuid
 from kvmdbg.stop_reason import HALTED
 
 KVM_ENOSYS = 1000
@@ -25,6 +26,15 @@ class BareVcpu:
         self.index = index
         self.gpa_generation = vm.gpa_generation    # CpuOps: moves when memslots change
         self.cpu = Cpu(self, vm.decode_cache, index=index, vpid=index + 1, translator=generate)
+        x86.kvm_vcpu_reset_msrs(self)
+        self.set_cpuid(vm.cpu_features)
+
+    def set_cpuid(self, features) -> None:
+        """The processor's CPUID: the --cpu features (None: the boot contract's), obeyed
+        as the SDM says (CR4/EFER reserved bits, #UD for absent instructions)."""
+        cpu = self.cpu
+        system.set_features(cpu, cpuid_features(
+            lambda leaf, sub: guest_cpuid(leaf, sub, cpu, features=features)))
 
     def after_set_sregs(self) -> None:
         pass
@@ -66,7 +76,15 @@ class BareVcpu:
         self.vm.vmm.handle_io(self, port, size, value)
 
     def cpuid(self, cpu, leaf: int, subleaf: int):
-        return guest_cpuid(leaf, subleaf, cpu)
+        return guest_cpuid(leaf, subleaf, cpu, features=self.vm.cpu_features)
+
+    def rdmsr(self, cpu, index: int):
+        """The IA32_APICBASE and MISC_ENABLE of the hardware: the SDM's rules, which KVM's
+        kvm_get_msr_common follows (the same code serves both)."""
+        return x86.kvm_get_msr_common(self, index)
+
+    def wrmsr(self, cpu, index: int, value: int) -> bool:
+        return x86.kvm_set_msr_common(self, index, value)
 
     def hlt(self, cpu) -> None:
         cpu.halted = True

@@ -14,6 +14,7 @@ from kvmdbg.bits import PAGE_SIZE, parse_size
 from kvmdbg.cpu.regs import (CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_OSFXSR,
                              CR4_OSXMMEXCPT, CR4_PAE, EFER_LMA, EFER_LME, EFER_NXE, RBP, RDI,
                              RDX, RSI, RSP)
+from kvmdbg.cpu.segments import from_descriptor
 from kvmdbg.errors import ConfigError
 from kvmdbg.kvm.profiles import DEFAULT, get_profile, with_knob
 from kvmdbg.kvm.vm import Vm
@@ -32,6 +33,8 @@ CR0_BOOT = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG
 CR4_BOOT = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT
 EFER_BOOT = EFER_LME | EFER_LMA | EFER_NXE
 GDT_ENTRIES = (0, 0x00AF9A000000FFFF, 0x00CF92000000FFFF)   # null, code 0x08 (L=1), data 0x10
+# The multiboot entry's: null, flat 32-bit code 0x08 and data 0x10.
+MULTIBOOT_GDT_ENTRIES = (0, 0x00CF9A000000FFFF, 0x00CF92000000FFFF)
 
 
 
@@ -97,8 +100,7 @@ def boot_multiboot(vm, program: Program, cmdline: str = "") -> None:
         vm.write_gpa(gpa, data)
     # A flat GDT beside the contract's: null, 32-bit code 0x08 and data 0x10, base 0, 4 GiB
     # (spec 3.2 requires the segments, not the table: the OS loads its own).
-    vm.write_gpa(GDT, b"".join(e.to_bytes(8, "little")
-                               for e in (0, 0x00CF9A000000FFFF, 0x00CF92000000FFFF)))
+    vm.write_gpa(GDT, b"".join(e.to_bytes(8, "little") for e in MULTIBOOT_GDT_ENTRIES))
     for v in vm.vcpus:
         c = v.cpu
         c.set_cr0(CR0_PE | CR0_ET)       # protected mode, paging off
@@ -107,8 +109,7 @@ def boot_multiboot(vm, program: Program, cmdline: str = "") -> None:
         c.set_cr3(0)
         c.gdtr = (GDT, 3 * 8 - 1)
         c.idtr = (0, 0)
-        c.set_cs(0x08)
-        c.ss = c.ds = c.es = c.fs = c.gs = 0x10
+        _load_segments(c, MULTIBOOT_GDT_ENTRIES)
         c.set_rflags(0x2)                # IF = 0, VM = 0
         c.r[:] = [0] * 16
         c.r[RAX] = mb.MULTIBOOT_BOOTLOADER_MAGIC
@@ -117,6 +118,14 @@ def boot_multiboot(vm, program: Program, cmdline: str = "") -> None:
         if v.index:
             c.halted = True
         v.after_set_sregs()
+
+
+def _load_segments(cpu, gdt) -> None:
+    """CS = 0x08 and the data segments = 0x10 with their descriptors from gdt, as a loader
+    leaves them (the hidden parts loaded, the descriptors' accessed bits as in the table)."""
+    cpu.load_cs(from_descriptor(0x08, gdt[1]))
+    for name in ("ss", "ds", "es", "fs", "gs"):
+        cpu.set_segment(name, from_descriptor(0x10, gdt[2]))
 
 
 def check_machine(mem_size: int, nr_vcpus: int) -> None:
@@ -165,13 +174,11 @@ def boot(vm, program: Program, arg: int = 0) -> None:
         c = v.cpu
         c.set_cr0(CR0_BOOT)
         c.set_cr4(CR4_BOOT)
-        c.set_efer(EFER_BOOT)
+        c.set_efer(EFER_BOOT & ~c.efer_reserved_bits)   # no NXE if CPUID has no NX
         c.set_cr3(PML4)
         c.gdtr = (GDT, len(GDT_ENTRIES) * 8 - 1)
         c.idtr = (0, 0)
-        c.set_cs(0x08)
-        c.ss = 0x10
-        c.ds = c.es = c.fs = c.gs = 0x10
+        _load_segments(c, GDT_ENTRIES)
         c.set_rflags(0x2)
         c.r[:] = [0] * 16
         c.r[RSP] = STACK_TOP - STACK_STRIDE * v.index

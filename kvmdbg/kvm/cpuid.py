@@ -1,20 +1,11 @@
 """The CPUID the guest sees (design section 3: SMEP, SMAP, PCID, INVPCID, PKU, NX, 1 GiB pages)."""
 
+from kvmdbg.arch.cpufeatures import CPUID_FEATURES
 from kvmdbg.cpu.regs import CR4_PKE, MAXPHYADDR
 from kvmdbg.errors import ConfigError
 
-# Features a user may choose with --cpu (QEMU's names): (leaf, register, bit), SDM vol. 2A
-# CPUID, tables 3-8 to 3-10 (leaf 1 ECX, leaf 7 EBX/ECX, leaf 0x80000001 EDX).
-FEATURES = {
-    "pcid": (1, "ecx", 17),
-    "x2apic": (1, "ecx", 21),
-    "smep": (7, "ebx", 7),
-    "invpcid": (7, "ebx", 10),
-    "smap": (7, "ebx", 20),
-    "pku": (7, "ecx", 3),
-    "nx": (0x8000_0001, "edx", 20),
-    "pdpe1gb": (0x8000_0001, "edx", 26),
-}
+# Features a user may choose with --cpu (QEMU's names): (leaf, register, bit).
+FEATURES = CPUID_FEATURES
 # The boot contract's CPUID (design section 3): everything but x2apic.
 DEFAULT_FEATURES = frozenset(FEATURES) - {"x2apic"}
 # CPU models for --cpu MODEL,...: max has every feature here; qemu64 (QEMU's default
@@ -51,6 +42,14 @@ def parse_cpu_option(text: str) -> frozenset:
                               f"{', '.join(FEATURES)}).")
         (feats.add if on else feats.discard)(name)
     return frozenset(feats)
+
+
+def cpuid_features(cpuid) -> frozenset:
+    """The FEATURES a CPUID function (leaf, subleaf) -> (eax, ebx, ecx, edx) reports: what
+    the CPU then obeys (kvm_vcpu_after_set_cpuid derives its checks from the same bits)."""
+    regs = {"eax": 0, "ebx": 1, "ecx": 2, "edx": 3}
+    return frozenset(name for name, (leaf, reg, bit) in FEATURES.items()
+                     if cpuid(leaf, 0)[regs[reg]] >> bit & 1)
 
 
 def _feature_bits(features) -> dict:

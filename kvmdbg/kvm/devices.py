@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import struct
 
+from kvmdbg.arch.msr_index import APIC_DEFAULT_PHYS_BASE
+from kvmdbg.kvm import lapic
 from kvmdbg.stop_reason import HALTED
 
 
@@ -240,7 +242,6 @@ class ShutdownPort(Device):
 
 # --- local xAPIC, the MMIO page (Intel SDM vol. 3A, 11.4.1 and table 11-1) ---
 
-APIC_DEFAULT_BASE = 0xFEE00000
 APIC_ID, APIC_LVR, APIC_TPR, APIC_PPR, APIC_EOI, APIC_LDR, APIC_DFR, APIC_SPIV = \
     0x20, 0x30, 0x80, 0xA0, 0xB0, 0xD0, 0xE0, 0xF0
 APIC_ESR, APIC_ICR, APIC_ICR2 = 0x280, 0x300, 0x310
@@ -248,6 +249,8 @@ APIC_LVTT, APIC_LVTTHMR, APIC_LVTPC, APIC_LVT0, APIC_LVT1, APIC_LVTERR = \
     0x320, 0x330, 0x340, 0x350, 0x360, 0x370
 APIC_LVT_CMCI = 0x2F0
 APIC_TMICT, APIC_TMCCT, APIC_TDCR = 0x380, 0x390, 0x3E0
+APIC_SELF_IPI = 0x3F0                    # x2APIC mode only
+APIC_ISR, APIC_IRR_END = 0x100, 0x270    # ISR, TMR, IRR: 0x100-0x270, read as 0 (no interrupts)
 LVT_MASKED = 1 << 16
 ICR_BUSY = 1 << 12
 APIC_VERSION = 0x14 | (6 << 16)          # version 0x14 (xAPIC), max LVT entry 6 (7 LVTs)
@@ -259,12 +262,14 @@ class LocalApic(Device):
     the access picks which). Registers hold what is written to them, with the reset values
     of SDM 11.4.7.1 (LVTs masked, SPIV 0xff, DFR all ones); ID and version are read-only,
     EOI is write-only, the ICR's delivery status always reads idle (an IPI is sent at once;
-    none is delivered, no interrupt is modelled). The APIC_BASE MSR (0x1b) belongs to the
-    CPU's rdmsr/wrmsr and is not modelled here: the page stays at its default base."""
+    none is delivered, no interrupt is modelled). IA32_APICBASE (0x1b) is the vCPU's
+    (kvm/lapic.py): while it says disabled or x2APIC mode the page reads all ones and
+    ignores writes (KVM's apic_mmio_read/write with KVM_X86_QUIRK_LAPIC_MMIO_HOLE); a moved
+    base is not followed: the page stays at 0xfee00000."""
 
     name = "lapic"
     summary = "local xAPIC registers (ID, version, TPR, SPIV, EOI, LVTs, ICR idle)"
-    mmio = (APIC_DEFAULT_BASE, 0x1000)
+    mmio = (APIC_DEFAULT_PHYS_BASE, 0x1000)
 
     def __init__(self, vm, nr_cpus: int):
         super().__init__(vm)
@@ -285,7 +290,18 @@ class LocalApic(Device):
         i = vcpu.index if vcpu is not None and vcpu.index < len(self.regs) else 0
         return self.regs[i]
 
+    @staticmethod
+    def _hole(vcpu) -> bool:
+        """The MMIO page does not answer: the APIC is disabled or in x2APIC mode."""
+        return vcpu is not None and (not lapic.kvm_apic_hw_enabled(vcpu)
+                                     or lapic.apic_x2apic_mode(vcpu))
+
     def read(self, vcpu, offset: int, size: int) -> int:
+        if self._hole(vcpu):
+            return (1 << (8 * size)) - 1
+        return self._reg_read(vcpu, offset, size)
+
+    def _reg_read(self, vcpu, offset: int, size: int) -> int:
         reg = offset & 0xFF0
         r = self._regs(vcpu)
         if reg == APIC_PPR:
@@ -300,6 +316,11 @@ class LocalApic(Device):
         return value & ((1 << (8 * size)) - 1)
 
     def write(self, vcpu, offset: int, size: int, value: int) -> None:
+        if self._hole(vcpu):
+            return
+        self._reg_write(vcpu, offset, size, value)
+
+    def _reg_write(self, vcpu, offset: int, size: int, value: int) -> None:
         reg = offset & 0xFF0
         r = self._regs(vcpu)
         value &= 0xFFFFFFFF
@@ -318,3 +339,51 @@ class LocalApic(Device):
             self.ipis.append((vcpu.index if vcpu is not None else 0, r[APIC_ICR2], value))
             value &= ~ICR_BUSY
         r[reg] = value
+
+    # --- x2APIC mode: the registers as MSRs 0x800 + offset / 16 (SDM 11.12.1, 11.12.10;
+    # KVM's kvm_x2apic_msr_read / kvm_x2apic_msr_write, v6.12) ---
+
+    _X2APIC_READABLE = frozenset((APIC_ID, APIC_LVR, APIC_TPR, APIC_PPR, APIC_LDR, APIC_SPIV,
+                                  APIC_ESR, APIC_ICR, APIC_TMICT, APIC_TMCCT, APIC_TDCR,
+                                  *LVTS, *range(APIC_ISR, APIC_IRR_END + 1, 0x10)))
+    # kvm_lapic_reg_write in x2APIC mode: ID, LDR, DFR, ICR2 and the read-only registers
+    # refuse writes (#GP); SELF_IPI exists only here.
+    _X2APIC_WRITABLE = frozenset((APIC_TPR, APIC_EOI, APIC_SPIV, APIC_ESR, APIC_ICR,
+                                  APIC_TMICT, APIC_TDCR, APIC_SELF_IPI, *LVTS))
+
+    def set_x2apic_id(self, vcpu) -> None:
+        """kvm_apic_set_x2apic_id on entering x2APIC mode: the 32-bit ID is the vCPU's and
+        the logical ID is derived from it (SDM 11.12.10.2)."""
+        r = self._regs(vcpu)
+        i = vcpu.index
+        r[APIC_ID] = i
+        r[APIC_LDR] = ((i >> 4) << 16) | (1 << (i & 0xF))
+
+    def set_xapic_id(self, vcpu) -> None:
+        """kvm_apic_set_xapic_id on (re-)entering xAPIC mode: ID in bits 31:24."""
+        self._regs(vcpu)[APIC_ID] = vcpu.index << 24
+
+    def x2apic_msr_read(self, vcpu, reg: int):
+        """The register's value, or None (#GP: not readable in x2APIC mode)."""
+        if reg not in self._X2APIC_READABLE:
+            return None
+        if reg == APIC_ICR:
+            r = self._regs(vcpu)
+            return (r[APIC_ICR] & ~ICR_BUSY) | r[APIC_ICR2] << 32     # one 64-bit ICR
+        return self._reg_read(vcpu, reg, 4)
+
+    def x2apic_msr_write(self, vcpu, reg: int, value: int) -> bool:
+        """False is #GP: not writable, bits 63:32 set outside the ICR, or ESR != 0."""
+        if reg not in self._X2APIC_WRITABLE:
+            return False
+        if reg == APIC_ICR:
+            self._regs(vcpu)[APIC_ICR2] = value >> 32         # the destination, 32 bits
+            self._reg_write(vcpu, APIC_ICR, 4, value & 0xFFFFFFFF)
+            return True
+        if value >> 32 or (reg == APIC_ESR and value):
+            return False
+        if reg == APIC_SELF_IPI:
+            self.ipis.append((vcpu.index, vcpu.index, value & 0xFF))   # vector to self
+            return True
+        self._reg_write(vcpu, reg, 4, value)
+        return True

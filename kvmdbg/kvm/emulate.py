@@ -52,7 +52,7 @@ def emulate_instruction(vcpu) -> None:
     em = _Emulator(vcpu)
     try:
         code = em.fetch(cpu.rip)
-        d = cpu.decoder.decode(code, cpu.rip)
+        d = cpu.decoder.decode(code, cpu.rip, cpu.code_bits)
         if d is None:
             raise GuestFault(6)
         handler = make_handler([cpu.translator(d)])

@@ -19,7 +19,7 @@ from kvmdbg.cpu.regs import (CR0_TS, CR0_WP, CR4_DE, CR4_FSGSBASE, CR4_OSFXSR, C
 from kvmdbg.cpu.translate import generate
 from kvmdbg.kvm import x86
 from kvmdbg.errors import UnsupportedMode
-from kvmdbg.kvm.cpuid import guest_cpuid
+from kvmdbg.kvm.cpuid import cpuid_features, guest_cpuid
 from kvmdbg.mmu import mmu as M
 from kvmdbg.mmu.mmu_internal import RetPF
 from kvmdbg.stop_reason import HALTED, VMEXIT
@@ -61,9 +61,11 @@ class Vcpu:
             cr4 &= ~(CR4_TLBFLUSH_BITS | CR4_PDPTR_BITS)
         elif p.cr4_smep_guest_owned:
             cr4 |= CR4_SMEP
-        self.cr4_guest_owned = cr4
+        self.cr4_possible_guest_owned = cr4
         self.guest_pku = p.tdp_enabled      # KVM hides PKU from the guest without TDP
         self.cpu = Cpu(self, vm.decode_cache, index=index, vpid=index + 1, translator=generate)
+        x86.kvm_vcpu_reset_msrs(self)
+        self.set_cpuid(vm.cpu_features)
         self.cpu.walk_cost = vm.costs["tlb_miss"]
         self.host_pages = vm.host.pages
         if not p.tdp_enabled:
@@ -75,6 +77,17 @@ class Vcpu:
             self.cpu.invlpg_exiting = True
 
     # --- bookkeeping ---
+
+    def set_cpuid(self, features) -> None:
+        """KVM_SET_CPUID2 with the --cpu features (None: the boot contract's), then
+        kvm_vcpu_after_set_cpuid: the CPU obeys what the guest's CPUID says, after KVM
+        hid what it hides (PKU without TDP), and CR4 bits reserved for the guest are never
+        guest-owned (vmx_set_cr4_guest_host_mask), so writing them exits and faults."""
+        cpu = self.cpu
+        system.set_features(cpu, cpuid_features(
+            lambda leaf, sub: guest_cpuid(leaf, sub, cpu, pku=self.guest_pku, features=features)))
+        self.cr4_guest_owned = self.cr4_possible_guest_owned & ~cpu.cr4_reserved_bits
+        self.mmu.guest_gbpages = "pdpe1gb" in cpu.features
 
     def make_request(self, req: str) -> None:
         if req not in self.requests:
@@ -161,8 +174,6 @@ class Vcpu:
         reason = self.take_stop()                # a catchpoint fired while we were not running
         if reason:
             return reason
-        if not cpu.efer & EFER_LMA and not cpu.halted:
-            raise UnsupportedMode(cpu.rip)       # a multiboot entry (32-bit, paging off)
         if self.in_kvm:
             if cpu.halted:
                 return executor.HALTED
@@ -356,8 +367,12 @@ class Vcpu:
             kvm.trace("kvm_cr", self.index, rw=1, cr=n, val=value)
 
     def write_cr0(self, value: int) -> None:
-        """vmx_set_cr0: GUEST_CR0 and the read shadow; a VMWRITE flushes nothing."""
-        self.cpu.set_cr0(value | 0x10)
+        """vmx_set_cr0: GUEST_CR0 and the read shadow (a VMWRITE flushes nothing), and
+        enter_lmode / exit_lmode when PG changes with EFER.LME set."""
+        cpu = self.cpu
+        old = cpu.cr0
+        cpu.set_cr0(value | 0x10)
+        cpu.set_efer(system.efer_after_cr0(cpu, old, cpu.cr0))
 
     def write_cr4(self, value: int) -> None:
         self.cpu.set_cr4(value)
@@ -381,10 +396,30 @@ class Vcpu:
         self.vmexit(V.CPUID)
         return guest_cpuid(leaf, subleaf, cpu, pku=self.guest_pku, features=self.kvm.cpu_features)
 
+    def rdmsr(self, cpu, index: int):
+        """RDMSR of an MSR the processor does not hold exits (handle_rdmsr); None: #GP."""
+        self.vmexit(V.MSR_READ, info1=index)
+        value = x86.kvm_get_msr_common(self, index)
+        self.kvm.trace("kvm_msr", self.index, write=0, ecx=index, data=value or 0,
+                       exception=value is None)
+        return value
+
+    def wrmsr(self, cpu, index: int, value: int) -> bool:
+        """WRMSR of an MSR the processor does not hold exits (handle_wrmsr); False: #GP."""
+        self.vmexit(V.MSR_WRITE, info1=index)
+        ok = x86.kvm_set_msr_common(self, index, value)
+        self.kvm.trace("kvm_msr", self.index, write=1, ecx=index, data=value, exception=not ok)
+        return ok
+
     def invlpg(self, cpu, va: int) -> None:
         """INVLPG exiting (shadow paging): handle_invlpg -> kvm_mmu_invlpg."""
         self.vmexit(V.INVLPG, info1=va)
         M.kvm_mmu_invlpg(self, va)
+
+    def invpcid(self, cpu, kind: int, desc_lo: int, desc_hi: int) -> None:
+        """INVPCID exiting (shadow paging): handle_invpcid -> kvm_handle_invpcid."""
+        self.vmexit(V.INVPCID, info1=kind)
+        x86.kvm_handle_invpcid(self, kind, desc_lo, desc_hi)
 
     def hlt(self, cpu) -> None:
         self.vmexit(V.HLT)

@@ -95,12 +95,24 @@ class Vm:
         self.devices: list = []           # the machine's devices (kvm/devices.py)
         self.exit_status = None           # set when a device ended the run (isa-debug-exit)
         self.exit_value = None
-        self.cpu_features = None          # the guest CPUID's features (kvm/cpuid.py); None: default
+        self._cpu_features = None         # the guest CPUID's features (kvm/cpuid.py); None: default
         self.unmodelled: dict[str, set] = {"read": set(), "write": set(), "mmio": set()}
         self.unmodelled_reported: set = set()
         self.vmm = Vmm(self)
         self.bare = bare
         self.vcpus = [(BareVcpu if bare else Vcpu)(self, i) for i in range(nr_vcpus)]
+
+    @property
+    def cpu_features(self):
+        """The --cpu features every vCPU's CPUID reports (None: the boot contract's)."""
+        return self._cpu_features
+
+    @cpu_features.setter
+    def cpu_features(self, features) -> None:
+        # KVM_SET_CPUID2 on each vCPU, which then obeys it (Vcpu.set_cpuid).
+        self._cpu_features = features
+        for v in self.vcpus:
+            v.set_cpuid(features)
 
     def set_profile(self, profile: Profile) -> None:
         """A run-time knob changed (`set kvm`): choose the behaviour again."""

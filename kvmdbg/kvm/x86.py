@@ -13,12 +13,15 @@ from kvmdbg.arch.kvm_host import (KVM_REQ_LOAD_MMU_PGD, KVM_REQ_MMU_FREE_OBSOLET
                                   KVM_REQ_MMU_RELOAD, KVM_REQ_MMU_SYNC, KVM_REQ_SMI,
                                   KVM_REQ_TLB_FLUSH, KVM_REQ_TLB_FLUSH_CURRENT,
                                   KVM_REQ_TLB_FLUSH_GUEST)
+from kvmdbg.arch.msr_index import (APIC_BASE_MSR, MSR_IA32_APICBASE, MSR_IA32_MISC_ENABLE,
+                                   MSR_IA32_MISC_ENABLE_EMON, MSR_IA32_MISC_ENABLE_PMU_RO_MASK)
 from kvmdbg.arch.pgtable_types import PAE_PDPT_ADDR_MASK, PAE_PDPTE_RSVD, PAGE_PRESENT
-from kvmdbg.bits import UNPACK_FROM
+from kvmdbg.bits import UNPACK_FROM, canonical
 from kvmdbg.cpu import system
 from kvmdbg.cpu.faults import GP, GuestFault
 from kvmdbg.cpu.regs import (CR0_PDPTR_BITS, CR0_PG, CR0_WP, CR4_PAE, CR4_PCIDE, CR4_PDPTR_BITS,
-                             CR4_PGE, CR4_PKE, CR4_SMEP, EFER_LMA, EFER_LME, EFER_NXE)
+                             CR4_PGE, CR4_SMEP, EFER_LMA, EFER_LME, EFER_NXE)
+from kvmdbg.kvm import lapic
 from kvmdbg.mmu import mmu as M
 
 CR0_ROLE_BITS = M.KVM_MMU_CR0_ROLE_BITS
@@ -109,6 +112,25 @@ def load_pdptrs(vcpu, cr3: int) -> bool:
     return True
 
 
+def kvm_handle_invpcid(vcpu, kind: int, pcid: int, gla: int) -> None:
+    """kvm_handle_invpcid (x86.c): the descriptor's checks, then the invalidation the type
+    asks for; KVM keeps no global SPTEs, so type 3 (all non-global) flushes like type 2."""
+    cpu = vcpu.cpu
+    pcide = bool(cpu.cr4 & CR4_PCIDE)
+    if pcid >> 12 or kind > 3:
+        raise GuestFault(GP, 0)
+    if kind == 0:                                   # INVPCID_TYPE_INDIV_ADDR
+        if (not pcide and pcid) or not canonical(gla):
+            raise GuestFault(GP, 0)
+        M.kvm_mmu_invpcid_gva(vcpu, gla, pcid)
+    elif kind == 1:                                 # INVPCID_TYPE_SINGLE_CTXT
+        if not pcide and pcid:
+            raise GuestFault(GP, 0)
+        kvm_invalidate_pcid(vcpu, pcid)
+    else:                                           # ALL_NON_GLOBAL, ALL_INCL_GLOBAL
+        vcpu.make_request(KVM_REQ_TLB_FLUSH_GUEST)
+
+
 def kvm_set_cr3(vcpu, cr3: int) -> None:
     """kvm_set_cr3 (a MOV to CR3 exit under shadow paging; kvm-mmu-spec 2.5). A PAE guest
     reloads its PDPTEs even when CR3 does not change."""
@@ -177,9 +199,9 @@ class Cr0WpReinitsOnly:
 def kvm_set_cr4(vcpu, cr4: int) -> None:
     cpu = vcpu.cpu
     old = cpu.cr4
+    # kvm_is_valid_cr4: the CPU's cr4_reserved_bits come from the guest's CPUID
+    # (Vcpu.set_cpuid), so PKE without PKU (hidden without TDP) is #GP here too.
     system.check_cr4(cpu, cr4)
-    if cr4 & CR4_PKE and not vcpu.guest_pku:
-        raise GuestFault(GP, 0)                 # no PKU in the guest's CPUID
     if (not cpu.efer & EFER_LMA and cpu.cr0 & CR0_PG and cr4 & CR4_PAE
             and (cr4 ^ old) & CR4_PDPTR_BITS and not load_pdptrs(vcpu, cpu.cr3)):
         raise GuestFault(GP, 0)
@@ -233,3 +255,39 @@ def kvm_set_efer(vcpu, efer: int) -> None:
     cpu.set_efer(new)
     if (old ^ new) & (EFER_NXE | EFER_LME):
         M.kvm_mmu_reset_context(vcpu)
+
+
+# --- MSRs that are KVM's, not the processor's (kvm_get_msr_common / kvm_set_msr_common) ---
+
+def kvm_vcpu_reset_msrs(vcpu) -> None:
+    """kvm_vcpu_reset's MSR values: the APIC base (kvm_lapic_reset) and MISC_ENABLE."""
+    lapic.kvm_lapic_reset(vcpu)
+    vcpu.ia32_misc_enable_msr = MSR_IA32_MISC_ENABLE_PMU_RO_MASK
+
+
+def kvm_get_msr_common(vcpu, index: int):
+    """The MSR's value, or None: not an MSR KVM has (#GP)."""
+    if index == MSR_IA32_APICBASE:
+        return vcpu.apic_base
+    if index == MSR_IA32_MISC_ENABLE:
+        return vcpu.ia32_misc_enable_msr
+    if APIC_BASE_MSR <= index <= APIC_BASE_MSR + 0xFF:
+        return lapic.kvm_x2apic_msr_read(vcpu, index)
+    return None
+
+
+def kvm_set_msr_common(vcpu, index: int, value: int) -> bool:
+    """A guest WRMSR; False is #GP (an unknown MSR, or a value KVM refuses)."""
+    if index == MSR_IA32_APICBASE:
+        return lapic.kvm_set_apic_base(vcpu, value)
+    if index == MSR_IA32_MISC_ENABLE:
+        old = vcpu.ia32_misc_enable_msr
+        if (old ^ value) & MSR_IA32_MISC_ENABLE_PMU_RO_MASK:
+            return False                    # read-only bits
+        # EMON is read-only but writes to it are ignored, not faulted.
+        value = (value & ~MSR_IA32_MISC_ENABLE_EMON) | (old & MSR_IA32_MISC_ENABLE_EMON)
+        vcpu.ia32_misc_enable_msr = value
+        return True
+    if APIC_BASE_MSR <= index <= APIC_BASE_MSR + 0xFF:
+        return lapic.kvm_x2apic_msr_write(vcpu, index, value)
+    return False

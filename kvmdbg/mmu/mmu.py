@@ -18,7 +18,7 @@ from kvmdbg.arch.kvm_host import (KVM_REQ_LOAD_MMU_PGD, PFERR_FETCH, PFERR_PK,  
 from kvmdbg.bits import canonical
 from kvmdbg.arch.msr_index import EFER_LMA, EFER_NXE as EFER_NX
 from kvmdbg.arch.processor_flags import (CR0_PG, CR0_WP, CR4_LA57, CR4_PAE, CR4_PGE, CR4_PKE,
-                                         CR4_PSE, CR4_SMAP, CR4_SMEP)
+                                         CR4_PCIDE, CR4_PSE, CR4_SMAP, CR4_SMEP)
 from kvmdbg.mmu import mmu_internal as R
 from kvmdbg.mmu import spte as S
 from kvmdbg.mmu.mmu_internal import ACC_ALL, PageFault, RetPF
@@ -74,6 +74,9 @@ class KvmMmu:
         self.pkru_mask = 0
         self.pdptrs = (0, 0, 0, 0)  # a PAE guest's PDPTEs as load_pdptrs read them
         self.ops = None            # MmuOps: the MMU this context runs on (set by the vCPU)
+        # guest_rsvd_check's one CPUID input here: PS in a PDPTE is reserved without 1 GiB
+        # pages (reset_guest_rsvds_bits_mask, guest_cpu_cap_has(X86_FEATURE_GBPAGES)).
+        self.guest_gbpages = True
 
     @property
     def cpu_base(self) -> int:
@@ -478,6 +481,22 @@ def kvm_mmu_invlpg(vcpu, gva: int) -> None:
     mmu.ops.invalidate_addr(vcpu, gva, mmu.root.sp)
     for info in mmu.prev_roots:
         mmu.ops.invalidate_addr(vcpu, gva, info.sp)
+
+
+def kvm_mmu_invpcid_gva(vcpu, gva: int, pcid: int) -> None:
+    """INVPCID of one address: INVVPID for it, and the address synced in the roots whose
+    PCID it names, current or previous (kvm_mmu_invalidate_addr); counted as an INVLPG."""
+    mmu = vcpu.mmu
+    cpu = vcpu.cpu
+    pcide = bool(cpu.cr4 & CR4_PCIDE)
+    pcid_of = lambda pgd: pgd & 0xFFF if pcide else 0          # kvm_get_pcid
+    if pcid == pcid_of(cpu.cr3):
+        vcpu.flush_tlb_gva(gva)
+        mmu.ops.invalidate_addr(vcpu, gva, mmu.root.sp)
+    for info in mmu.prev_roots:
+        if info.sp is not None and pcid == pcid_of(info.pgd):
+            mmu.ops.invalidate_addr(vcpu, gva, info.sp)
+    vcpu.kvm.stats["invlpg"] += 1
 
 
 def kvm_mmu_new_pgd(vcpu, new_pgd: int) -> None:

@@ -68,9 +68,11 @@ def gpte_access(gpte: int) -> int:
     return access ^ ((gpte >> 63) & 1)
 
 
-def is_rsvd_gpte(pte: int, level: int, nx: bool, maxphyaddr: int, root_level: int = 4) -> bool:
-    """FNAME(is_rsvd_bits_set) with the 64-bit guest_rsvd_check (gbpages supported); a PAE
-    guest's PDEs and PTEs reserve bits 62:MAXPHYADDR (reset_guest_rsvds_bits_mask)."""
+def is_rsvd_gpte(pte: int, level: int, nx: bool, maxphyaddr: int, gbpages: bool = True,
+                 root_level: int = 4) -> bool:
+    """FNAME(is_rsvd_bits_set) with the 64-bit guest_rsvd_check (gbpages: the guest's CPUID
+    has 1 GiB pages; without them PS in a PDPTE is reserved); a PAE guest's PDEs and PTEs
+    reserve bits 62:MAXPHYADDR (reset_guest_rsvds_bits_mask)."""
     top = 63 if root_level == PT32E_ROOT_LEVEL else 52
     if pte & (((1 << top) - 1) & ~((1 << maxphyaddr) - 1)):
         return True
@@ -78,7 +80,7 @@ def is_rsvd_gpte(pte: int, level: int, nx: bool, maxphyaddr: int, root_level: in
         return True
     if level == 4 and pte & PS:
         return True
-    if level == 3 and pte & PS and pte & RSVD_1G:
+    if level == 3 and pte & PS and (pte & RSVD_1G or not gbpages):
         return True
     if level == 2 and pte & PS and pte & RSVD_2M:
         return True
@@ -149,7 +151,7 @@ def walk_addr(mmu: M.KvmMmu, read_gpa, write_gpa, cr3: int, gva: int, pfec: int,
         if not pte & P:
             _error(0, pfec, nx, smep, gva, trace)
         if (is_rsvd_gpte32(pte, level, pse) if pt32
-                else is_rsvd_gpte(pte, level, nx, maxphyaddr, root_level)):
+                else is_rsvd_gpte(pte, level, nx, maxphyaddr, mmu.guest_gbpages, root_level)):
             _error(M.PFERR_RSVD | M.PFERR_PRESENT, pfec, nx, smep, gva, trace)
         w.ptes[level - 1] = pte
         w.pt_access[level - 1] = gpte_access(pt_access ^ XD)

@@ -82,6 +82,11 @@ def kvm_calc_shadow_root_role(cpu_role: int) -> int:
     on; so cr0_wp, smep_andnot_wp and smap_andnot_wp are part of it (kvm-mmu-spec 3.6)."""
     base = cpu_role & 0xFFFF_FFFF
     level = max(base & R.ROLE_LEVEL_MASK, 3)
+    if base & R.ROLE_DIRECT:
+        # Guest paging off (nonpaging_init_context): KVM maps guest-physical memory 1:1
+        # with direct pages under a PAE root (four level-2 roots in pae_root); kvmdbg has
+        # no PAE roots and builds one 4-level direct root instead (same SPTEs below it).
+        level = 4
     return (base & ~R.ROLE_LEVEL_MASK) | level | R.ROLE_EFER_NX
 
 
@@ -575,6 +580,16 @@ class ShadowMmu(PageTrack, ShadowSync):
 
 # --- FNAME(page_fault): the #PF intercept ---
 
+def nonpaging_walker(level: int, addr: int) -> PT.GuestWalker:
+    """What nonpaging_page_fault hands direct_map: the guest-physical address is the
+    linear one, with every right (ACC_ALL); fetch() then builds direct pages from the
+    (direct) root down to a 4 KiB leaf."""
+    w = PT.GuestWalker(level)
+    w.gfn = (addr & 0xFFFF_FFFF) >> 12
+    w.pte_access = R.ACC_ALL
+    return w
+
+
 def shadow_page_fault(vcpu, addr: int, error_code: int) -> RetPF:
     """A #PF the hardware raised on KVM's shadow tables: either the guest's own fault
     (injected, as its tables say) or a missing/insufficient SPTE (built from the guest's
@@ -601,10 +616,13 @@ def shadow_page_fault(vcpu, addr: int, error_code: int) -> RetPF:
     if stale:
         return RetPF.RETRY                                   # is_page_fault_stale
     pfec = error_code & (M.PFERR_WRITE | M.PFERR_USER | M.PFERR_FETCH)
-    try:
-        w = PT.walk_vcpu(vcpu, addr, pfec)
-    except PT.WalkFault as f:
-        vcpu.inject_page_fault(f.error_code, f.address)
+    if root.direct:
+        w = nonpaging_walker(root.level, addr)
+    else:
+        try:
+            w = PT.walk_vcpu(vcpu, addr, pfec)
+        except PT.WalkFault as f:
+            vcpu.inject_page_fault(f.error_code, f.address)
     write = bool(error_code & M.PFERR_WRITE)
     gfn = w.gfn
     slot = kvm.memslots.lookup(gfn)
@@ -652,8 +670,13 @@ class ShadowMmuOps(MmuOps):
             raise UnsupportedPaging(vcpu.cpu.rip, "PAE" if level == PT32E_ROOT_LEVEL else "32-bit")
         shadow = self.kvm.shadow
         shadow.make_mmu_pages_available()
+        role = vcpu.mmu.root_role
+        if role & R.ROLE_DIRECT:
+            # Guest paging off: mmu_alloc_direct_roots (see kvm_calc_shadow_root_role).
+            vcpu.mmu.root = RootInfo(0, shadow.alloc_root(vcpu, 0, role))
+            return vcpu.mmu.root
         pgd = vcpu.cpu.cr3
-        root = shadow.alloc_root(vcpu, (pgd & CR3_ADDR_MASK) >> 12, vcpu.mmu.root_role)
+        root = shadow.alloc_root(vcpu, (pgd & CR3_ADDR_MASK) >> 12, role)
         vcpu.mmu.root = RootInfo(pgd, root)
         shadow.sync_root(vcpu, root)
         return vcpu.mmu.root

@@ -41,13 +41,6 @@ def test_append_reaches_the_multiboot_command_line():
     assert out.splitlines()[-1].endswith(f'"{path} -t one two"')
 
 
-def test_continue_at_the_32_bit_entry_is_one_line():
-    rc, out, err = run_cli("-batch", "-ex", "continue", str(kut_image("smap.flat")))
-    assert rc == 1
-    assert err.strip().splitlines()[-1].startswith("32-bit protected mode is not supported yet")
-    assert "Traceback" not in err
-
-
 def test_elf_not_multiboot_refused():
     rc, out, err = run_cli("-batch", "/bin/true")
     assert rc == 1

@@ -31,6 +31,9 @@ comparing registers and defined flags after every instruction, so flags that no
 later instruction reads are checked too. On an end-state mismatch the sequence is
 replayed on both machines step by step to name the first instruction after which
 they differ.
+
+The code size is a Mode (generator, forms, assembler, unicorn mode, registers compared,
+the interpreter's setup); test_differential32.py runs the same machinery on 32-bit code.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from unicorn import x86_const as U
 from kvmdbg.cpu.decoder import Decoder
 from kvmdbg.cpu.executor import HALTED, SHUTDOWN, run
 from kvmdbg.cpu.flags import peek as peek_rflags
+from kvmdbg.errors import KvmdbgError
 from tests.helpers import asm, machine
 
 M64 = (1 << 64) - 1
@@ -71,7 +75,6 @@ R8 = ("al", "cl", "dl", "bl", "spl", "bpl", "sil", "dil") + tuple(f"r{i}b" for i
 HIGH8 = ("ah", "ch", "dh", "bh")
 REGS = {1: R8, 2: R16, 4: R32, 8: R64}
 PTR = {1: "byte", 2: "word", 4: "dword", 8: "qword"}
-UC_GPRS = [getattr(U, f"UC_X86_REG_{n.upper()}") for n in R64]
 RAX, RCX, RDX, RSP, RBP, RSI, RDI = 0, 1, 2, 4, 5, 6, 7
 
 CCS = ("o", "no", "b", "ae", "e", "ne", "be", "a", "s", "ns", "p", "np", "l", "ge", "le", "g")
@@ -114,7 +117,7 @@ def shiftd_effect(size: int, count: int) -> tuple[int, int]:
 
 # Instructions whose effect does not depend on their operands.
 FIXED_EFFECT = {
-    **{mn: (ARITH, 0) for mn in ("add", "adc", "sub", "sbb", "cmp", "neg", "popfq")},
+    **{mn: (ARITH, 0) for mn in ("add", "adc", "sub", "sbb", "cmp", "neg", "popfq", "popfd")},
     **{mn: (ARITH & ~AF, AF) for mn in ("and", "or", "xor", "test")},     # CF=OF=0, AF undefined
     **{mn: (ARITH & ~CF, 0) for mn in ("inc", "dec")},                     # CF unaffected
     **{mn: (CF, OF | SF | AF | PF) for mn in ("bt", "bts", "btr", "btc")},  # ZF unaffected
@@ -158,17 +161,24 @@ class Ins:
 
 @dataclass
 class Branch:
-    """`op target; body...; target:` (a short forward branch over body)."""
+    """`op target; body...; target:` (a short forward branch over body); with via,
+    `setup...; op via; body...; target:`, setup putting the target (its '{target}') where
+    the indirect operand via reads it."""
     op: str
     body: list
     prefix: bytes = b""        # 0x67 (32-bit address size: LOOP counts with ECX)
+    via: str = ""
+    setup: tuple = ()
+    near: bool = False         # the rel32 form (E9, 0F 8x), which assemblers keep for far targets
 
 
 @dataclass
 class Call:
-    """`call L1; jmp L2; L1: body...; ret [n]; L2:`."""
+    """`call L1; jmp L2; L1: body...; ret [n]; L2:` (via and setup as for Branch)."""
     body: list
     ret_imm: int = 0
+    via: str = ""
+    setup: tuple = ()
 
 
 @dataclass
@@ -291,7 +301,7 @@ def forms() -> list[tuple]:
     return out
 
 
-FORMS = forms()
+FORMS = tuple(forms())
 
 # Registers each family writes implicitly (must not be reserved as address registers).
 IMPLICIT = {"mul": {RAX, RDX}, "div": {RAX, RDX}, "implicit": {RAX, RDX}, "loop": {RCX},
@@ -299,7 +309,7 @@ IMPLICIT = {"mul": {RAX, RDX}, "div": {RAX, RDX}, "implicit": {RAX, RDX}, "loop"
 # Forms whose body can go inside a branch snippet (no nested control flow, no setup).
 SIMPLE = {"alu", "unary", "shift", "mov", "xchg", "ext", "lea", "cmov", "movsxd", "setcc",
           "nop", "nop_m", "pause", "push", "imul2", "imul3", "bt", "bitscan", "bswap", "xadd",
-          "shiftd"}
+          "shiftd", "incdec1"}
 NOP_M = (bytes.fromhex("0f1f00"), bytes.fromhex("0f1f4000"), bytes.fromhex("0f1f440000"),
          bytes.fromhex("660f1f440000"), bytes.fromhex("0f1f8000000000"),
          bytes.fromhex("660f1f840000000000"))
@@ -310,6 +320,15 @@ def hexs(v: int) -> str:
 
 
 class Generator:
+    """64-bit sequences; the class attributes say what a subclass for another code size changes."""
+
+    NREGS = 16                # GPRs the code can name
+    WORD = 8                  # stack slot and register width
+    SIZES = (1, 2, 4, 8)      # operand sizes
+    REX = True                # REX-only registers (r8-r15, spl..dil) may be chosen
+    BASES, INDEXES = (1, 3), (1, 2)   # how many registers address memory (ranges)
+    FORMS: tuple = ()         # the forms bodies of branches are drawn from (set below)
+
     def __init__(self, rng: random.Random, forced: list[tuple]):
         self.rng = rng
         self.items: list = []
@@ -317,18 +336,18 @@ class Generator:
         avoid = set()
         for f in forced:
             avoid |= IMPLICIT.get(f[0], set())
-        cands = [i for i in range(16) if i != RSP and i not in avoid]
+        cands = [i for i in range(self.NREGS) if i != RSP and i not in avoid]
         rng.shuffle(cands)
-        nb, ni = rng.randint(1, 3), rng.randint(1, 2)
+        nb, ni = rng.randint(*self.BASES), rng.randint(*self.INDEXES)
         self.bases, self.indexes = cands[:nb], cands[nb:nb + ni]
-        regs = [self.value(8) for _ in range(16)]
+        regs = [self.value(self.WORD) for _ in range(self.NREGS)]
         for b in self.bases:
             regs[b] = DATA + rng.randrange(0x800, 0x1800)
         for x in self.indexes:
-            regs[x] = rng.randint(-0x60, 0x60) & M64
-        regs[RSP] = rng.randrange(0x7E800, 0x7F800, 8)
+            regs[x] = rng.randint(-0x60, 0x60) & ((1 << 8 * self.WORD) - 1)
+        regs[RSP] = rng.randrange(0x7E800, 0x7F800, self.WORD)
         self.regs = regs
-        self.writable = [i for i in range(16) if i != RSP and i not in self.bases + self.indexes]
+        self.writable = [i for i in range(self.NREGS) if i != RSP and i not in self.bases + self.indexes]
         self.rflags = 0x2 | rng.choice((0, ARITH, rng.getrandbits(12) & ARITH)) | rng.choice((0, DF))
 
     # --- values ---
@@ -363,11 +382,11 @@ class Generator:
 
     def reg(self, size: int, write: bool = False, rex: bool = True, high: bool = True) -> Opnd:
         """A register operand. rex/high: whether REX-only or high-byte registers may be chosen."""
-        pool = self.writable if write else [i for i in range(16)]
+        pool = self.writable if write else list(range(self.NREGS))
         choices = []
         for i in pool:
             needs = i >= 8 or size == 8 or (size == 1 and 4 <= i <= 7)
-            if needs and not rex:
+            if needs and not (rex and self.REX):
                 continue
             choices.append(Opnd(REGS[size][i], "reg", needs, False, i))
             if size == 1 and high and i < 4:
@@ -453,7 +472,7 @@ class Generator:
         where the signed/unsigned conditions change their answer."""
         r = self.rng
         out = self.items if into is None else into
-        s = r.choice((1, 2, 4, 8))
+        s = r.choice(self.SIZES)
         a = self.reg(s)
         k = r.random()
         if k < 0.2:
@@ -680,7 +699,8 @@ class Generator:
 
     def f_leave(self, s, into=None):
         """LEAVE (66h: pops BP only); RBP is first pointed near RSP so RSP stays in the stack."""
-        self.emit(f"lea rbp, [rsp{self._disp(self.rng.randrange(-0x40, 0x41))}]", into=into)
+        sp, bp = REGS[self.WORD][RSP], REGS[self.WORD][RBP]
+        self.emit(f"lea {bp}, [{sp}{self._disp(self.rng.randrange(-0x40, 0x41))}]", into=into)
         self.emit(raw=b"\x66\xc9" if s == 2 else b"\xc9", into=into)
 
     def f_mul(self, mn, s, k, into=None):
@@ -786,13 +806,14 @@ class Generator:
     def f_pop_rsp(self, s, into=None):
         """POP RSP / POP SP: RSP takes the popped value (pushed here so it stays in the stack)."""
         w = self.reg(s, True)
-        d = self.rng.randrange(-0x80, 0x80, 2 if s == 2 else 8)
-        self.emit(f"lea {w.text}, [rsp{self._disp(d)}]", into=into)
+        d = self.rng.randrange(-0x80, 0x80, 2 if s == 2 else self.WORD)
+        self.emit(f"lea {w.text}, [{REGS[self.WORD][RSP]}{self._disp(d)}]", into=into)
         self.emit(f"push {w.text}", into=into)
         self.emit(f"pop {REGS[s][RSP]}", into=into)
 
     def f_pushfq(self, into=None):
-        self.emit("pushfq", reads=ARITH, into=into)
+        """PUSHFQ (PUSHFD in 32-bit code)."""
+        self.emit("pushfq" if self.WORD == 8 else "pushfd", reads=ARITH, into=into)
 
     def f_popfq(self, into=None):
         r = self.rng
@@ -802,10 +823,10 @@ class Generator:
         if r.random() < 0.5:
             self.emit(f"push {v:#x}", into=into)
         else:
-            a = self.reg(8, True)
+            a = self.reg(self.WORD, True)
             self.emit(f"mov {REGS[4][a.reg]}, {v:#x}", into=into)
             self.emit(f"push {a.text}", into=into)
-        self.emit("popfq", defines=ARITH, into=into)
+        self.emit("popfq" if self.WORD == 8 else "popfd", defines=ARITH, into=into)
 
     def f_nop(self, into=None):
         self.emit("nop", into=into)
@@ -822,19 +843,21 @@ class Generator:
     def f_std(self, into=None):
         self.emit("std", into=into)
 
-    def body(self) -> list:
-        """One or two simple instructions for the inside of a branch snippet."""
+    def body(self, push: bool = True) -> list:
+        """One or two simple instructions for the inside of a branch snippet (no PUSH in a
+        called body: its RET would return to the pushed value)."""
         out: list = []
-        simple = [f for f in FORMS if f[0] in SIMPLE]
+        simple = [f for f in self.FORMS if f[0] in SIMPLE and (push or f[0] != "push")]
         for _ in range(self.rng.randint(1, 2)):
             self.gen(self.rng.choice(simple), into=out)
         return out
 
-    def branch(self, op: str, reads: int, into=None, prefix: bytes = b"") -> None:
+    def branch(self, op: str, reads: int, into=None, prefix: bytes = b"", via: str = "",
+               setup: tuple = (), near: bool = False) -> None:
         if reads & self.undef:
             self.definer(into)
         before = self.undef
-        b = Branch(op, self.body(), prefix)
+        b = Branch(op, self.body(), prefix, via, setup, near)
         self.undef |= before                       # the body may be skipped
         (self.items if into is None else into).append(b)
 
@@ -843,7 +866,7 @@ class Generator:
         if how == 1:
             self.definer(into)
         elif how == 2:
-            s = self.rng.choice((1, 2, 4, 8))
+            s = self.rng.choice(self.SIZES)
             w = self.reg(s, True)
             self.emit(f"{'movabs' if s == 8 else 'mov'} {w.text}, {self.value(s):#x}", into=into)
             self.emit(f"cmp {w.text}, {self.imm(s)}", defines=ARITH, into=into)
@@ -860,8 +883,12 @@ class Generator:
         self.branch(mn, ZF if mn in ("loope", "loopne") else 0, into, b"\x67" if a32 else b"")
 
     def f_call(self, n, into=None):
-        c = Call(self.body(), n)
+        c = Call(self.body(push=False), n)
         (self.items if into is None else into).append(c)
+
+    def point(self, i: int, addr: int, into=None) -> None:
+        """Register i = addr (RIP-relative, so the listing shows the target)."""
+        self.emit(f"lea {R64[i]}, [rip{{disp}}]", addr, into=into)
 
     def f_string(self, op, s, rep, df, a32, into=None):
         r = self.rng
@@ -882,9 +909,9 @@ class Generator:
                 self.emit(f"movabs rsi, {r.getrandbits(32) << 32 | src:#x}", into=into)
             self.emit(f"movabs rcx, {r.getrandbits(32) << 32 | n:#x}", into=into)
         else:
-            self.emit("lea rdi, [rip{disp}]", dst, into=into)
+            self.point(RDI, dst, into)
             if op == "movs":
-                self.emit("lea rsi, [rip{disp}]", src, into=into)
+                self.point(RSI, src, into)
             self.emit(f"mov ecx, {n}", into=into)
         self.emit("std" if df else "cld", into=into)
         code = (b"\x67" if a32 else b"") + {"": b"", "rep": b"\xf3", "repne": b"\xf2"}[rep]
@@ -912,56 +939,111 @@ def _divides(mn: str, s: int, n: int, d: int) -> bool:
 # Layout (keystone, one instruction at a time so RIP-relative targets are exact)
 # ---------------------------------------------------------------------------
 
-def _asm1(ins: Ins, addr: int) -> bytes:
+def _asm1(ins: Ins, addr: int, assemble=asm) -> bytes:
     if ins.raw:
         return ins.raw
     if ins.rip_target is None:
-        code = asm(ins.text, addr)
+        code = assemble(ins.text, addr)
     else:
-        n = len(asm(ins.text.format(disp=""), addr))
-        code = asm(ins.text.format(disp=Generator._disp(ins.rip_target - (addr + n))), addr)
+        n = len(assemble(ins.text.format(disp=""), addr))
+        code = assemble(ins.text.format(disp=Generator._disp(ins.rip_target - (addr + n))), addr)
         assert len(code) == n, ins.text
     assert code, f"keystone could not assemble {ins.text!r}"
     return code
 
 
-def layout(items: list, addr: int) -> bytes:
+def _setup(it, addr: int, target: int, assemble) -> bytes:
+    """An indirect transfer's setup instructions with the target filled in (their length
+    does not depend on it: imm32 operands)."""
+    out = b""
+    for text in it.setup:
+        out += _asm1(Ins(text.format(target=f"{target:#x}")), addr + len(out), assemble)
+    return out
+
+
+def layout(items: list, addr: int, assemble=asm) -> bytes:
     out = b""
     for it in items:
         a = addr + len(out)
         if isinstance(it, Ins):
-            out += _asm1(it, a)
+            out += _asm1(it, a, assemble)
         elif isinstance(it, Branch):
-            blen = len(it.prefix) + (3 if it.op == "jecxz" else 2)
-            body = layout(it.body, a + blen)
-            br = it.prefix + asm(f"{it.op} {a + blen + len(body):#x}", a + len(it.prefix))
-            assert len(br) == blen, (it.op, br.hex())
-            out += br + body
+            pre = len(_setup(it, a, a, assemble))
+            at = a + pre + len(it.prefix)
+            br = assemble(f"{it.op} {it.via or hex(at)}", at)     # rel8 (or the indirect form)
+            if it.near:
+                br = b"\xe9" if it.op == "jmp" else bytes([0x0F, 0x80 + CCS.index(it.op[1:])])
+            n = len(br) + 4 * it.near
+            body = layout(it.body, at + n, assemble)
+            end = at + n + len(body)
+            setup = _setup(it, a, end, assemble)
+            if it.near:
+                br += (end - (at + n)).to_bytes(4, "little")
+            elif not it.via:
+                br = assemble(f"{it.op} {end:#x}", at)
+            assert len(setup) == pre and len(br) == n, (it.op, br.hex())
+            out += setup + it.prefix + br + body
         else:
-            body_at = a + 7
-            body = layout(it.body, body_at)
-            ret = asm(f"ret {it.ret_imm}" if it.ret_imm else "ret", body_at + len(body))
+            pre = len(_setup(it, a, a, assemble))
+            call = assemble(f"call {it.via or hex(a + pre + 7)}", a + pre)
+            body_at = a + pre + len(call) + 2
+            body = layout(it.body, body_at, assemble)
+            ret = assemble(f"ret {it.ret_imm}" if it.ret_imm else "ret", body_at + len(body))
             end = body_at + len(body) + len(ret)
-            call = asm(f"call {body_at:#x}", a)
-            jmp = asm(f"jmp {end:#x}", a + 5)
-            assert len(call) == 5 and len(jmp) == 2
-            out += call + jmp + body + ret
+            setup = _setup(it, a, body_at, assemble)
+            if not it.via:
+                call = assemble(f"call {body_at:#x}", a)
+            jmp = assemble(f"jmp {end:#x}", a + pre + len(call))
+            assert len(setup) == pre and (it.via or len(call) == 5) and len(jmp) == 2
+            out += setup + call + jmp + body + ret
     return out
 
 
-def make_seq(batch: int, i: int) -> Seq:
+@dataclass(frozen=True, eq=False)
+class Mode:
+    """A code size under test: how sequences are made, how unicorn runs them and how the
+    interpreter is put in that mode. 64-bit here; test_differential32.py adds the 32-bit ones."""
+    name: str
+    generator: type
+    forms: tuple
+    assemble: object              # (source, address) -> bytes
+    bits: int                     # code size, for the decoder
+    uc_mode: int
+    names: tuple                  # the GPRs compared, in encoding order
+    ip: int                       # unicorn's instruction pointer and flags registers
+    flags: int
+    seed: int = SEED
+    setup: object = None          # (vm, cpu) -> None: the interpreter's mode after boot
+
+    @property
+    def gprs(self) -> list:
+        return [getattr(U, f"UC_X86_REG_{n.upper()}") for n in self.names]
+
+    @property
+    def mask(self) -> int:
+        """The bits of each GPR compared."""
+        return (1 << 8 * self.generator.WORD) - 1
+
+
+Generator.FORMS = FORMS
+MODE64 = Mode("64-bit", Generator, FORMS, asm, 64, UC_MODE_64, R64, U.UC_X86_REG_RIP,
+              U.UC_X86_REG_RFLAGS)
+
+
+def make_seq(batch: int, i: int, mode: Mode = MODE64) -> Seq:
     k = batch * PER_BATCH + i
-    rng = random.Random(SEED * 100003 + k)
-    forced = [FORMS[(2 * k) % len(FORMS)], FORMS[(2 * k + 1) % len(FORMS)]]
-    g = Generator(rng, forced)
-    picks = forced + [rng.choice(FORMS) for _ in range(rng.randint(2, 5))]
+    rng = random.Random(mode.seed * 100003 + k)
+    forms = mode.forms
+    forced = [forms[(2 * k) % len(forms)], forms[(2 * k + 1) % len(forms)]]
+    g = mode.generator(rng, forced)
+    picks = forced + [rng.choice(forms) for _ in range(rng.randint(2, 5))]
     rng.shuffle(picks)
     for f in picks:
         if set(IMPLICIT.get(f[0], ())) & set(g.bases + g.indexes):
             continue
         g.gen(f)
     addr = CODE + i * SLOT
-    code = layout(g.items, addr) + b"\xf4"                # hlt: the interpreter stops there
+    code = layout(g.items, addr, mode.assemble) + b"\xf4"   # hlt: the interpreter stops there
     assert len(code) <= SLOT, len(code)
     return Seq(k, addr, code, g.regs, g.rflags, rng.randbytes(DATA_SIZE),
                rng.randbytes(STACK_HI - STACK_CMP), picks)
@@ -974,11 +1056,11 @@ def make_seq(batch: int, i: int) -> Seq:
 _DECODER = Decoder()
 
 
-def listing(seq: Seq) -> list:
+def listing(seq: Seq, bits: int = 64) -> list:
     """Decoded instructions of the sequence, in address order."""
     out, off = [], 0
     while off < len(seq.code):
-        d = _DECODER.decode(seq.code[off:], seq.addr + off)
+        d = _DECODER.decode(seq.code[off:], seq.addr + off, bits)
         assert d is not None, seq.code[off:].hex()
         out.append(d)
         off += d.length
@@ -997,55 +1079,56 @@ class State:
     steps: list = field(default_factory=list)    # (Decoded, GPRs, RIP, RFLAGS, undefined) after each
 
 
-def uc_new() -> Uc:
-    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+def uc_new(mode: Mode = MODE64) -> Uc:
+    uc = Uc(UC_ARCH_X86, mode.uc_mode)
     uc.mem_map(CODE, (PER_BATCH * SLOT + 0xFFF) & ~0xFFF)
     uc.mem_map(STACK_LO, STACK_HI - STACK_LO)
     uc.mem_map(DATA, DATA_SIZE)
     return uc
 
 
-def uc_load(uc: Uc, seq: Seq) -> None:
+def uc_load(uc: Uc, seq: Seq, mode: Mode = MODE64) -> None:
     uc.mem_write(seq.addr, seq.code)
     uc.mem_write(DATA, seq.data)
     uc.mem_write(STACK_CMP, seq.stack)
-    for reg, v in zip(UC_GPRS, seq.regs):
+    for reg, v in zip(mode.gprs, seq.regs):
         uc.reg_write(reg, v)
-    uc.reg_write(U.UC_X86_REG_RFLAGS, seq.rflags)
+    uc.reg_write(mode.flags, seq.rflags)
 
 
-def uc_state(uc: Uc) -> State:
-    return State([uc.reg_read(r) for r in UC_GPRS], uc.reg_read(U.UC_X86_REG_RIP),
-                 uc.reg_read(U.UC_X86_REG_RFLAGS), bytes(uc.mem_read(DATA, DATA_SIZE)),
+def uc_state(uc: Uc, mode: Mode = MODE64) -> State:
+    return State([uc.reg_read(r) for r in mode.gprs], uc.reg_read(mode.ip),
+                 uc.reg_read(mode.flags), bytes(uc.mem_read(DATA, DATA_SIZE)),
                  bytes(uc.mem_read(STACK_CMP, STACK_HI - STACK_CMP)))
 
 
-def uc_step(uc: Uc, rip: int, end: int) -> int:
+def uc_step(uc: Uc, rip: int, end: int, mode: Mode = MODE64) -> int:
     """Execute one instruction (all iterations of a REP string instruction)."""
     while True:
         uc.emu_start(rip, end, count=1)
-        nrip = uc.reg_read(U.UC_X86_REG_RIP)
+        nrip = uc.reg_read(mode.ip)
         if nrip != rip:
             return nrip
 
 
-def uc_run(uc: Uc, seq: Seq, decoded: dict) -> State:
-    uc_load(uc, seq)
+def uc_run(uc: Uc, seq: Seq, decoded: dict, mode: Mode = MODE64) -> State:
+    uc_load(uc, seq, mode)
     end = seq.addr + len(seq.code) - 1          # the HLT
     rip, undef, trace = seq.addr, 0, []
     steps = []
+    cx = mode.gprs[RCX]
     while rip != end:
         d = decoded[rip]
-        rcx = uc.reg_read(U.UC_X86_REG_RCX)
-        fl = uc.reg_read(U.UC_X86_REG_RFLAGS) if d.mnemonic[:4] in ("stos", "movs") else None
+        rcx = uc.reg_read(cx)
+        fl = uc.reg_read(mode.flags) if d.mnemonic[:4] in ("stos", "movs") else None
         trace.append((d, rcx, fl))
-        rip = uc_step(uc, rip, end)
+        rip = uc_step(uc, rip, end, mode)
         defined, und = flag_effect(d, rcx)
         undef = (undef & ~(defined | und)) | und
-        *regs, rflags = uc.reg_read_batch(UC_GPRS + [U.UC_X86_REG_RFLAGS])
+        *regs, rflags = uc.reg_read_batch(mode.gprs + [mode.flags])
         steps.append((d, regs, rip, rflags, undef))
         assert len(trace) < 500, "runaway sequence"
-    st = uc_state(uc)
+    st = uc_state(uc, mode)
     st.rip = end + 1                            # where our HLT leaves RIP
     st.undef, st.trace, st.steps = undef, trace, steps
     return st
@@ -1055,21 +1138,25 @@ def our_load(vm, cpu, seq: Seq) -> None:
     vm.write_gpa(seq.addr, seq.code)
     vm.write_gpa(DATA, seq.data)
     vm.write_gpa(STACK_CMP, seq.stack)
-    cpu.r[:] = seq.regs
+    cpu.r[:] = seq.regs + [0] * (16 - len(seq.regs))
     cpu.rip = seq.addr
     cpu.set_rflags(seq.rflags)
     cpu.halted = False
     cpu.shutdown = ""            # a failed earlier sequence may have triple-faulted
 
 
-def our_state(vm, cpu) -> State:
-    return State(list(cpu.r), cpu.rip, peek_rflags(cpu), vm.read_gpa(DATA, DATA_SIZE),
+def _our_regs(cpu, mode: Mode) -> list:
+    return [v & mode.mask for v in cpu.r[:len(mode.names)]]
+
+
+def our_state(vm, cpu, mode: Mode = MODE64) -> State:
+    return State(_our_regs(cpu, mode), cpu.rip, peek_rflags(cpu), vm.read_gpa(DATA, DATA_SIZE),
                  vm.read_gpa(STACK_CMP, STACK_HI - STACK_CMP))
 
 
-def diff(ours: State, ref: State, undef: int, memory: bool = True) -> list[str]:
+def diff(ours: State, ref: State, undef: int, memory: bool = True, names: tuple = R64) -> list[str]:
     out = []
-    for name, a, b in zip(R64, ours.regs, ref.regs):
+    for name, a, b in zip(names, ours.regs, ref.regs):
         if a != b:
             out.append(f"{name}: ours {a:#018x}  unicorn {b:#018x}")
     if ours.rip != ref.rip:
@@ -1089,30 +1176,30 @@ def diff(ours: State, ref: State, undef: int, memory: bool = True) -> list[str]:
     return out
 
 
-def show(seq: Seq, decoded: list) -> str:
+def show(seq: Seq, decoded: list, names: tuple = R64) -> str:
     lines = [f"sequence #{seq.index} (forms {seq.forms})",
-             "start: " + " ".join(f"{n}={v:#x}" for n, v in zip(R64, seq.regs)) + f" rflags={seq.rflags:#x}"]
+             "start: " + " ".join(f"{n}={v:#x}" for n, v in zip(names, seq.regs)) + f" rflags={seq.rflags:#x}"]
     for d in decoded:
         lines.append(f"  {d.address:#x}: {d.raw.hex():<22} {d.text}")
     return "\n".join(lines)
 
 
-def localize(vm, cpu, uc: Uc, seq: Seq, decoded: dict) -> str:
+def localize(vm, cpu, uc: Uc, seq: Seq, decoded: dict, mode: Mode = MODE64) -> str:
     """Replay one instruction at a time on both; name the first instruction after which they differ."""
     our_load(vm, cpu, seq)
-    uc_load(uc, seq)
+    uc_load(uc, seq, mode)
     end = seq.addr + len(seq.code) - 1
     rip, undef = seq.addr, 0
     while rip != end:
         d = decoded[rip]
-        rcx = uc.reg_read(U.UC_X86_REG_RCX)
-        urip = uc_step(uc, rip, end)
+        rcx = uc.reg_read(mode.gprs[RCX])
+        urip = uc_step(uc, rip, end, mode)
         run(cpu, 1)
         defined, und = flag_effect(d, rcx)
         undef = (undef & ~(defined | und)) | und
-        ref = uc_state(uc)
-        ours = our_state(vm, cpu)
-        problems = diff(ours, ref, undef)
+        ref = uc_state(uc, mode)
+        ours = our_state(vm, cpu, mode)
+        problems = diff(ours, ref, undef, names=mode.names)
         if problems:
             return f"first difference after {d.address:#x} {d.text}:\n    " + "\n    ".join(problems)
         rip = urip
@@ -1120,55 +1207,68 @@ def localize(vm, cpu, uc: Uc, seq: Seq, decoded: dict) -> str:
 
 
 @lru_cache(maxsize=None)
-def batch(b: int):
+def batch(b: int, mode: Mode = MODE64):
     """The batch's sequences, their listings and unicorn's results (shared by the tests)."""
-    uc = uc_new()
+    uc = uc_new(mode)
     out = []
     for i in range(PER_BATCH):
-        seq = make_seq(b, i)
-        dec = listing(seq)
-        ref = uc_run(uc, seq, {d.address: d for d in dec})
+        seq = make_seq(b, i, mode)
+        dec = listing(seq, mode.bits)
+        ref = uc_run(uc, seq, {d.address: d for d in dec}, mode)
         out.append((seq, dec, ref))
     return out
 
 
-def step_compare(vm, cpu, seq: Seq, ref: State) -> list[str]:
+def step_compare(vm, cpu, seq: Seq, ref: State, mode: Mode = MODE64) -> list[str]:
     """Single-step the interpreter; compare GPRs, RIP and the defined flags after each
     instruction (so flags nothing reads later are checked too)."""
     our_load(vm, cpu, seq)
     for d, regs, rip, rflags, undef in ref.steps:
         run(cpu, 1)
-        ours = State(list(cpu.r), cpu.rip, peek_rflags(cpu), b"", b"")
-        problems = diff(ours, State(regs, rip, rflags, b"", b""), undef, memory=False)
+        ours = State(_our_regs(cpu, mode), cpu.rip, peek_rflags(cpu), b"", b"")
+        problems = diff(ours, State(regs, rip, rflags, b"", b""), undef, memory=False, names=mode.names)
         if problems:
             return [f"after {d.address:#x} {d.text}:"] + problems
     return []
 
 
-@pytest.mark.parametrize("b", range(BATCHES))
-def test_against_unicorn(b):
+def check_batch(b: int, mode: Mode = MODE64) -> None:
+    """Run batch b on the interpreter in one go and in single steps against unicorn's results."""
     vm, cpu = machine(b"\xf4")
+    if mode.setup:
+        mode.setup(vm, cpu)
     uc = None
     failures = []
-    for seq, dec, ref in batch(b):
+    for seq, dec, ref in batch(b, mode):
         # 1. the whole sequence in one run() (basic blocks), compared at the end, memory too
         our_load(vm, cpu, seq)
-        reason = run(cpu, 100_000)
-        problems = diff(our_state(vm, cpu), ref, ref.undef)
+        try:
+            reason = run(cpu, 100_000)
+        except KvmdbgError as e:          # an unsupported instruction: one line, not a traceback
+            reason = f"error: {e}"
+        problems = diff(our_state(vm, cpu, mode), ref, ref.undef, names=mode.names)
         if reason != HALTED:
             problems.insert(0, f"run() stopped with {reason!r} {cpu.shutdown}")
         if problems:
-            uc = uc or uc_new()
-            where = localize(vm, cpu, uc, seq, {d.address: d for d in dec})
+            uc = uc or uc_new(mode)
+            try:
+                where = localize(vm, cpu, uc, seq, {d.address: d for d in dec}, mode)
+            except KvmdbgError as e:
+                where = f"single steps stopped: {e}"
             problems = ["at the end:"] + problems + [where]
         else:
             # 2. one instruction at a time, compared after each
-            problems = step_compare(vm, cpu, seq, ref)
+            problems = step_compare(vm, cpu, seq, ref, mode)
         if problems:
-            failures.append(show(seq, dec) + "\n" + "\n    ".join(problems))
+            failures.append(show(seq, dec, mode.names) + "\n" + "\n    ".join(problems))
             if len(failures) == 3:
                 break
-    assert not failures, "\n\n".join(failures)
+    assert not failures, f"{mode.name}:\n" + "\n\n".join(failures)
+
+
+@pytest.mark.parametrize("b", range(BATCHES))
+def test_against_unicorn(b):
+    check_batch(b)
 
 
 # ---------------------------------------------------------------------------

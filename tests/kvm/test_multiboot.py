@@ -126,14 +126,59 @@ def test_break_main_and_info_symbol_on_smap():
     assert s.execute(f"info symbol {main + 4:#x}").startswith("main + 4")
 
 
-def test_entry_state_stops_with_one_line_when_run():
+@pytest.mark.parametrize("kvm", ["v6.12", "shadow", "v5.15"])
+def test_entry_code_reaches_64_bit_mode_as_cstart64_says(kvm):
+    """x86/cstart64.S's start: GS base = stacktop - per_cpu_size (setup_percpu_area), the
+    multiboot info pointer stored at mb_boot_info, CR3 = ptl4, CR4.PAE, EFER.LME, CR0.PE|PG
+    (prepare_64), then jmpl to start64: at start64 the CPU is in 64-bit mode with LMA set by
+    the processor (SDM Vol. 3A 10.8.5). The expectations are the source's, not kvmdbg's."""
     from kvmdbg.debug.engine.session import Session
-    s = Session.load(str(kut_image("pku.flat")))
-    stop = s.run(max_steps=10)
-    assert stop.reason == "unsupported"
-    assert stop.message.startswith("32-bit protected mode is not supported yet")
-    assert "\n" not in stop.message
-    assert s.vm.vcpus[0].cpu.steps == 0
+    from kvmdbg.kvm import multiboot as mb
+    path = kut_image("pku.flat")
+    sym = elf32_symtab(path.read_bytes())
+    s = Session.load(str(path), kvm=kvm)
+    s.execute("break start64")
+    assert "Breakpoint 1, " in s.execute("continue")
+    cpu = s.vm.vcpus[0].cpu
+    assert cpu.rip == sym["start64"]
+    assert cpu.mode_name == "64-bit mode" and cpu.code_bits == 64
+    assert cpu.cr0 & 0x80000001 == 0x80000001
+    assert cpu.cr4 & 0x20 and cpu.cr3 == sym["ptl4"]
+    assert cpu.efer & 0x500 == 0x500                    # LME and LMA
+    assert cpu.gs_base == sym["stacktop"] - sym["per_cpu_size"]
+    assert cpu.ss == cpu.ds == cpu.es == 0x10           # KERNEL_DS (setup_segments)
+    assert s.vm.read_gpa(sym["mb_boot_info"], 4) == mb.MBI_ADDR.to_bytes(4, "little")
+
+
+def test_shadow_paging_maps_a_nonpaging_guest_one_to_one():
+    """Under shadow paging a guest with CR0.PG=0 runs on direct pages that map each
+    linear address to the same guest-physical one (nonpaging_page_fault -> direct_map;
+    mmu.c), with every right (ACC_ALL)."""
+    from kvmdbg.debug.engine.session import Session
+    s = Session.load(str(kut_image("pku.flat")), kvm="shadow")
+    s.run(max_steps=3)                      # the entry's first stores and fetches fault in
+    vcpu = s.vm.vcpus[0]
+    root = vcpu.mmu.root.sp
+    assert root.direct and vcpu.cpu.cr0 & 0x80000000 == 0
+    entry = s.vm.vcpus[0].cpu.rip & ~0xFFF
+    _sp, _i, spte = s.vm.shadow.leaf_spte(root, entry)
+    assert spte & 1 and spte & 2 and spte & 4             # present, writable, user
+    assert (spte & 0x000F_FFFF_FFFF_F000) == s.vm.gfn_to_page(entry >> 12)[1] << 12
+
+
+def test_compat_mode_is_passed_through_on_the_way():
+    """Between MOV CR0 (PG on: IA-32e mode, still the 32-bit CS) and the far jump, the CPU
+    runs in compatibility mode; the stop line and info registers say so."""
+    from kvmdbg.debug.engine.session import Session
+    path = kut_image("pku.flat")
+    s = Session.load(str(path))
+    cpu = s.vm.vcpus[0].cpu
+    assert cpu.mode_name == "32-bit protected mode"
+    seen = set()
+    while cpu.rip != elf32_symtab(path.read_bytes())["start64"]:
+        s.execute("stepi")
+        seen.add(cpu.mode_name)
+    assert seen == {"32-bit protected mode", "compatibility mode", "64-bit mode"}
 
 
 # --- small images built here (spec 3.1) ---

@@ -301,3 +301,32 @@ def test_views_show_shadow_pages_roles_and_gva_paths():
     ept.run(max_steps=200)
     assert "No shadow MMU" in ept.execute("info shadow")
     assert "(r w x) leaf" in ept.execute("info spte gpa:0x300000")
+
+
+@pytest.mark.parametrize("flush", ["invlpg [rbx]", "invpcid rax, [rsi]"])
+def test_invpcid_of_an_address_syncs_its_shadow_entry_like_invlpg(flush):
+    """A guest that edits a PTE and flushes it with INVPCID type 0 must see the new mapping
+    (SDM INVPCID: individual-address invalidation). Under shadow paging the edit lands in
+    an unsync shadow table; INVPCID exits like INVLPG (SDM Vol. 3C 26.1.3, "INVLPG
+    exiting" with "enable INVPCID") and kvm_handle_invpcid -> kvm_mmu_invpcid_gva syncs
+    the entry, as kvm_mmu_invlpg does."""
+    x, other, pte = 0x400000, 0x500000, 0x6000       # boot contract: PT of the third 2 MiB
+    vm, cpu = machine(f"""
+        mov rbx, {x:#x}
+        mov r8, qword ptr [rbx]
+        mov rax, {other | 3:#x}
+        mov qword ptr [{pte:#x}], rax
+        xor eax, eax
+        lea rsi, [rip + desc]
+        {flush}
+        mov r9, qword ptr [rbx]
+        hlt
+    desc:
+        .quad 0
+        .quad {x:#x}
+    """, kvm="shadow")
+    vm.write_gpa(x, (0x1111).to_bytes(8, "little"))
+    vm.write_gpa(other, (0x2222).to_bytes(8, "little"))
+    run_vm(vm, 10_000)
+    assert cpu.r[8] == 0x1111
+    assert cpu.r[9] == 0x2222

@@ -1,20 +1,32 @@
 """Control transfer: jmp, jcc, call, ret, loop family, jrcxz."""
 
-from kvmdbg.bits import M64, NONCANONICAL
+from kvmdbg.bits import M32, M64, NONCANONICAL
 from kvmdbg.cpu.flags import ALIASES, CONDITIONS
 from kvmdbg.cpu.translate import handles
 
 
 def _canonical_check(g, t: str) -> None:
-    # A jump to a non-canonical address faults on the jump itself (RIP stays on it).
-    g.emit(f"if {NONCANONICAL.format(t)}: raise GuestFault(13, 0)")
+    # A jump to a non-canonical address faults on the jump itself (RIP stays on it); 32-bit
+    # code cannot name one.
+    if g.d.bits == 64:
+        g.emit(f"if {NONCANONICAL.format(t)}: raise GuestFault(13, 0)")
+
+
+def _far_form(g) -> bool:
+    """FF /3 (CALL m16:xx) or FF /5 (JMP m16:xx): capstone names some of them like the near
+    forms, so the ModRM byte after the prefixes decides."""
+    raw = g.d.raw
+    i = len(g.prefixes())
+    return i + 1 < len(raw) and raw[i] == 0xFF and (raw[i + 1] >> 3 & 7) in (3, 5)
 
 
 def _target(g) -> str:
     o = g.op(0)
     if o.kind == "imm":
-        return str(o.imm & M64)
-    t = g.value(g.read(o, 8))
+        return str(o.imm & g.ip_mask)
+    if _far_form(g):
+        g.unsupported()          # far through memory: not modelled yet (see ljmp)
+    t = g.value(g.read(o, g.word))
     _canonical_check(g, t)
     return t
 
@@ -36,19 +48,34 @@ for _cc in list(CONDITIONS) + list(ALIASES):
 @handles("call")
 def call(g):
     t = _target(g)
-    sp = g.value(f"(r[4] - 8) & {M64:#x}")
-    g.store(sp, 8, str(g.next_rip), ss=True)      # through SS: #SS(0) if non-canonical
+    w = g.word
+    sp = g.value(f"(r[4] - {w}) & {g.sp_mask:#x}")
+    g.store(sp, w, str(g.next_rip), ss=True)      # through SS: #SS(0) if non-canonical
     g.emit(f"r[4] = {sp}")
     g.jump(t)
 
 
 @handles("ret")
 def ret(g):
-    t = g.load(g.value("r[4]"), 8, ss=True)        # through SS: #SS(0) if non-canonical
+    w = g.word
+    t = g.load(g.value(g.sp()), w, ss=True)   # through SS: #SS(0) if non-canonical
     _canonical_check(g, t)
     extra = g.op(0).imm if g.d.operands else 0
-    g.emit(f"r[4] = (r[4] + {8 + extra}) & {M64:#x}")
+    g.emit(f"r[4] = (r[4] + {w + extra}) & {g.sp_mask:#x}")
     g.jump(t)
+
+
+@handles("ljmp", stops=True)
+def ljmp(g):
+    """JMP ptr16:32 (32-bit code only; 64-bit mode has no direct far jump): a same-privilege
+    far jump to a code segment, which may change the code size (compatibility mode ->
+    64-bit mode is how a kernel finishes entering long mode)."""
+    if len(g.d.operands) != 2 or g.op(0).kind != "imm":
+        g.unsupported()
+    selector, offset = g.op(0).imm & 0xFFFF, g.op(1).imm & M32
+    g.emit(f"seg = segments.far_code_segment(cpu, {selector:#x})")
+    g.emit("cpu.load_cs(seg)")
+    g.jump(str(offset))
 
 
 @handles("loop", "loope", "loopne")

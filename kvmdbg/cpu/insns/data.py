@@ -28,7 +28,8 @@ def mov(g):
         if dst.reg == "cs":
             g.emit("raise GuestFault(6)")
             return
-        g.emit(f"cpu.{dst.reg} = {g.read(src, 2)}")
+        load = "segments.load_ss(cpu, " if dst.reg == "ss" else f"segments.load_data_segment(cpu, '{dst.reg}', "
+        g.emit(f"{load}{g.read(src, 2)})")
         return
     if src.kind == "reg" and src.reg in SEGMENTS:
         g.write(dst, f"cpu.{src.reg}")
@@ -113,6 +114,6 @@ def cwd(g):
     g.reg_write(dst, f"({m:#x} if r[0] >> {bits - 1} & 1 else 0)")
 
 
-@handles("nop", "pause", "endbr64", "prefetchnta", "prefetcht0", "prefetcht1", "prefetcht2")
+@handles("nop", "pause", "endbr64", "endbr32", "prefetchnta", "prefetcht0", "prefetcht1", "prefetcht2")
 def nop(g):
     pass

@@ -14,9 +14,9 @@ POPF_MASK = 0x247FD5
 @handles("push")
 def push(g):
     src = g.op(0)
-    size = 2 if (src.kind != "imm" and src.size == 2) or g.d.raw[:1] == b"\x66" else 8
+    size = 2 if (src.kind != "imm" and src.size == 2) or g.d.raw[:1] == b"\x66" else g.word
     v = g.value(g.read(src, size))
-    sp = g.value(f"(r[4] - {size}) & {M64:#x}")
+    sp = g.value(f"(r[4] - {size}) & {g.sp_mask:#x}")
     g.store(sp, size, v, ss=True)
     g.emit(f"r[4] = {sp}")
 
@@ -25,10 +25,11 @@ def push(g):
 def pop(g):
     dst = g.op(0)
     size = dst.size
-    v = g.load(g.value("r[4]"), size, ss=True)
-    if dst.kind == "reg" and dst.reg in ("rsp", "sp"):
+    m = g.sp_mask
+    v = g.load(g.value(g.sp()), size, ss=True)
+    if dst.kind == "reg" and dst.reg in ("rsp", "esp", "sp"):
         # RSP is incremented before the value is written: POP SP keeps the new upper bits.
-        g.emit(f"r[4] = (r[4] + {size}) & {M64:#x}")
+        g.emit(f"r[4] = (r[4] + {size}) & {m:#x}")
         g.write(dst, v)
         return
     # A memory destination addressed through RSP sees the incremented RSP (SDM: POP).
@@ -41,29 +42,33 @@ def pop(g):
             if dst.segment:
                 a = g.value(f"({a} + cpu.{dst.segment}_base) & {M64:#x}")
         g.store(a, size, v, g.uses_ss(dst))
-        g.emit(f"r[4] = (r[4] + {size}) & {M64:#x}")
+        g.emit(f"r[4] = (r[4] + {size}) & {m:#x}")
         return
-    g.emit(f"r[4] = (r[4] + {size}) & {M64:#x}")
+    g.emit(f"r[4] = (r[4] + {size}) & {m:#x}")
     g.write(dst, v)
 
 
-@handles("pushfq", "pushf")
+# pushfq/popfq in 64-bit code, pushfd/popfd in 32-bit code, pushf/popf with a 66h prefix.
+_FLAGS_SIZE = {"pushfq": 8, "popfq": 8, "pushfd": 4, "popfd": 4, "pushf": 2, "popf": 2}
+
+
+@handles("pushfq", "pushfd", "pushf")
 def pushfq(g):
-    size = 8 if g.d.mnemonic == "pushfq" else 2
-    sp = g.value(f"(r[4] - {size}) & {M64:#x}")
+    size = _FLAGS_SIZE[g.d.mnemonic]
+    sp = g.value(f"(r[4] - {size}) & {g.sp_mask:#x}")
     g.store(sp, size, g.value(f"materialize(cpu) & 0xfcffff & {MASKS[size]:#x}"), ss=True)
     g.emit(f"r[4] = {sp}")
 
 
-@handles("popfq", "popf", stops=True)
+@handles("popfq", "popfd", "popf", stops=True)
 def popfq(g):
-    size = 8 if g.d.mnemonic == "popfq" else 2
-    v = g.load(g.value("r[4]"), size, ss=True)
+    size = _FLAGS_SIZE[g.d.mnemonic]
+    v = g.load(g.value(g.sp()), size, ss=True)
     old = g.value("materialize(cpu)")
     mask = g.value(f"{POPF_MASK:#x} & {MASKS[size]:#x} if cpu.cs & 3 == 0 else "
                    f"({POPF_MASK:#x} & ~0x3000 & ~(0x200 if cpu.cs & 3 > (({old}) >> 12 & 3) else 0)) & {MASKS[size]:#x}")
     new = g.value(f"({old} & ~{mask} & ~0x10000) | ({v} & {mask}) | 2")
-    g.emit(f"r[4] = (r[4] + {size}) & {M64:#x}")
+    g.emit(f"r[4] = (r[4] + {size}) & {g.sp_mask:#x}")
     g.emit(f"cpu.set_rflags({new})")
 
 
@@ -77,10 +82,11 @@ def _operand_size_16(g, opcode_bytes: int) -> bool:
 def leave(g):
     """RSP = RBP, then pop RBP (BP with a 66h prefix; RSP still takes all of RBP) (SDM
     Vol. 2A, LEAVE). The pop reads through SS before either register changes."""
-    size = 2 if _operand_size_16(g, 1) else 8
-    v = g.load(g.value("r[5]"), size, ss=True)
-    g.emit(f"r[4] = (r[5] + {size}) & {M64:#x}")
-    g.reg_write("rbp" if size == 8 else "bp", v)
+    size = 2 if _operand_size_16(g, 1) else g.word
+    m = g.sp_mask
+    v = g.load(g.value("r[5]" if g.word == 8 else "(r[5] & 0xffffffff)"), size, ss=True)
+    g.emit(f"r[4] = (r[5] + {size}) & {m:#x}")
+    g.reg_write({8: "rbp", 4: "ebp", 2: "bp"}[size], v)
 
 
 @handles("enter")
@@ -96,7 +102,7 @@ def enter(g):
     pseudo-code is unclear for it (its nesting loop has no 64-bit-stack case for 16-bit
     operands; RBP or only BP takes FrameTemp?), and emulators disagree on what it writes.
     """
-    if _operand_size_16(g, 4):
+    if _operand_size_16(g, 4) or g.d.bits != 64:
         g.unsupported()
     alloc = g.op(0).imm & 0xFFFF
     level = g.op(1).imm & 31

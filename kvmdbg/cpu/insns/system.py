@@ -96,6 +96,9 @@ def invlpg(g):
 
 @handles("invpcid", stops=True)
 def invpcid(g):
+    # SDM INVPCID: #UD if CPUID.(EAX=07H,ECX=0):EBX.INVPCID[bit 10] = 0; an invalid opcode
+    # is found at decode, before the CPL check's #GP (SDM Vol. 3A 6.9, priorities 7 and 8).
+    g.emit(f"if 'invpcid' not in cpu.features: raise GuestFault({UD})")
     g.require_cpl0()
     kind = g.read(g.op(0))
     o = g.op(1)
@@ -111,7 +114,12 @@ def lgdt(g):
     o = g.op(0)
     a = g.addr(o)
     limit = g.load(a, 2, g.uses_ss(o))
-    base = g.load(g.value(f"({a} + 2) & 0xffffffffffffffff"), 8, g.uses_ss(o))
+    # 64-bit code loads an 8-byte base; 32-bit code 4 bytes (24 bits of them with a 66h
+    # prefix) (SDM Vol. 2A LGDT/LIDT).
+    size = 8 if g.d.bits == 64 else 4
+    base = g.load(g.value(f"({a} + 2) & {g.ip_mask:#x}"), size, g.uses_ss(o))
+    if g.d.bits != 64 and 0x66 in g.prefixes():
+        base = g.value(f"{base} & 0xffffff")
     g.emit(f"cpu.{g.d.mnemonic[1:]}r = ({base}, {limit})")
 
 
@@ -151,10 +159,8 @@ def vmcall(g):
 
 @handles("stac", "clac", stops=True)
 def stac(g):
-    # SDM STAC/CLAC: #UD if CPL > 0 or CPUID.(EAX=7,ECX=0):EBX.SMAP[bit 20] = 0. The guest's
-    # CPUID (kvm/cpuid.py guest_cpuid, for KVM and bare vCPUs alike) always reports SMAP,
-    # so only the CPL is left to check.
-    g.emit(f"if cpu.cs & 3: raise GuestFault({UD})")
+    # SDM STAC/CLAC: #UD if CPL > 0 or CPUID.(EAX=7,ECX=0):EBX.SMAP[bit 20] = 0.
+    g.emit(f"if cpu.cs & 3 or 'smap' not in cpu.features: raise GuestFault({UD})")
     if g.d.mnemonic == "stac":
         g.emit(f"cpu.set_rflags(materialize(cpu) | {AC:#x})")
     else:

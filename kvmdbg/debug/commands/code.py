@@ -27,7 +27,7 @@ def _read_code(s, addr: int, n: int, space: str = "gva") -> bytes:
 
 
 def _decoded(s, addr: int, code: bytes, count: int = 0):
-    return list(s.cpu.decoder.disasm(code, addr, count))
+    return list(s.cpu.decoder.disasm(code, addr, count, s.cpu.code_bits))
 
 
 def insn_lines(s, addr: int, space: str, count: int):

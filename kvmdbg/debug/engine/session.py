@@ -368,7 +368,7 @@ class Session:
                 code += self.read_memory(addr + i, 1)
             except CommandError:
                 break
-        return self.cpu.decoder.decode(code, addr) if code else None
+        return self.cpu.decoder.decode(code, addr, self.cpu.code_bits) if code else None
 
     def location(self, addr: int) -> str:
         sym = self.symbols.lookup(addr)

@@ -84,9 +84,11 @@ def register_rows(cpu, symbols=None, every: bool = False):
     rows.append(("rip", cpu.rip, f"{cpu.rip:#x}" + (f" {sym}" if sym else "")))
     fl = cpu.get_rflags()
     rows.append(("eflags", fl, eflags_text(fl)))
+    mode = cpu.mode_name
     for n in SEGMENT_SELECTORS:
         v = getattr(cpu, n)
-        rows.append((n, v, str(v)))
+        # gdb shows selectors as numbers; outside 64-bit mode CS also names the mode.
+        rows.append((n, v, f"{v} [ {mode} ]" if n == "cs" and mode != "64-bit mode" else str(v)))
     rows.append(("fs_base", cpu.fs_base, str(cpu.fs_base)))
     rows.append(("gs_base", cpu.gs_base, str(cpu.gs_base)))
     rows.append(("k_gs_base", cpu.kernel_gs_base, str(cpu.kernel_gs_base)))

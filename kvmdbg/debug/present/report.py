@@ -53,7 +53,10 @@ def changed_registers(s, vcpu: int) -> set:
 # --- the stop report ---
 
 def where(s, stop) -> str:
-    return f"{s.location(stop.rip)}, vcpu {stop.vcpu}, step {stop.step}"
+    """Where a stop happened; the CPU mode too when it is not 64-bit mode."""
+    text = f"{s.location(stop.rip)}, vcpu {stop.vcpu}, step {stop.step}"
+    mode = s.vm.vcpus[stop.vcpu].cpu.mode_name
+    return text if mode == "64-bit mode" else f"{text} ({mode})"
 
 
 def _unmodelled(s) -> None:
