@@ -182,8 +182,11 @@ def load_pdptes(cpu, pdptes) -> None:
 
 
 def cr0_flush(cpu, old: int, new: int) -> None:
-    """MOV to CR0 clearing PG invalidates everything (SDM 4.10.4.1)."""
-    if old & CR0_PG and not new & CR0_PG:
+    """MOV to CR0 clearing PG invalidates everything (SDM 4.10.4.1). Setting PG drops the
+    entries the model made while paging was off: a processor caches none (TLBs hold only
+    translations by paging, SDM 4.10.2, 4.10.2.3), and kept they would outlive a MOV to CR0
+    that enters 32-bit paging with no flush in between."""
+    if (old ^ new) & CR0_PG:
         cpu.tlb.flush_vpid(cpu.vpid)
 
 
