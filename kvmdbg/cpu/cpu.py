@@ -7,12 +7,17 @@ the EPT root). A miss goes to the TLB, then the page walker.
 Every cache of the simulation, and the one place that invalidates it:
 
 - fast_r / fast_w / fast_x and the selected mode: ``flush_fast``, called by the
-  mode-register setters below (set_cr0/cr3/cr4/efer/pkru/pdptes/cs/hw_cr0_on, set_rflags
-  for AC), by the TLB after every invalidation (Tlb.on_invalidate), by the vCPU
-  when it loads another EPT root (Vcpu.load_mmu_pgd) and by KVM's emulator, which
-  needs every access on its slow path (kvm/emulate.py);
-- icache / bcache (rip -> handler): never dropped; a handler is used only while
-  its code page is in fast_x, so each is re-validated after a flush;
+  mode-register setters below (set_cr0/cr3/cr4/efer/pkru/pdptes/cs/hw_cr0_on, load_cs,
+  set_rflags for AC), by the TLB after every invalidation of more than one page
+  (Tlb.on_invalidate), by the vCPU when it loads another EPT root (Vcpu.load_mmu_pgd)
+  and by KVM's emulator, which needs every access on its slow path (kvm/emulate.py).
+  An invalidation of one page (INVLPG, INVPCID/INVVPID of an address, a #PF) goes to
+  ``flush_fast_page`` (Tlb.on_invalidate_page): that page's copies and those of the
+  large page holding it (_fast_large) go, the rest stays;
+- icache / bcache (rip -> handler): a handler is used only while its code page is
+  in fast_x, so each is re-validated after a flush; both are dropped when a code page
+  comes back under another key (remapped, or the code size changed: _fetch_page) and
+  when decoded code is written (DecodeCache.note_write);
 - the walk memo (per mode in _modes): the decode cache's pt_generation (a write to
   a paging structure) and the shared gpa generation (kvmdbg/generation.py: an SPTE
   or a memslot changed), compared on each TLB miss;
@@ -116,6 +121,11 @@ class Cpu:
         self.delivering = None         # vector being delivered (double-fault rules)
         self.tlb = Tlb()
         self.tlb.on_invalidate = self.flush_fast   # fast paths are copies of TLB entries
+        self.tlb.on_invalidate_page = self.flush_fast_page
+        # (log2 of 4 KiB pieces, large-page number) -> vpns in the fast paths made from a
+        # 2 MiB / 4 MiB / 1 GiB translation, so a page flush can find every piece of its
+        # large page (as the TLB drops them all) even if the TLB evicted some meanwhile.
+        self._fast_large: dict = {}
         self.decode_cache = decode_cache
         self.translator = translator
         self.decoder = Decoder()
@@ -277,7 +287,31 @@ class Cpu:
             self.fast_r.clear()
             self.fast_w.clear()
             self.fast_x.clear()
+            self._fast_large.clear()
             self._mode = None
+
+    def flush_fast_page(self, vpn: int) -> None:
+        """Forget the fast-path copies of one page's translation (INVLPG, INVPCID or
+        INVVPID of an address, the flush a #PF does): the entries for vpn and for every
+        piece of a large page containing it. Everything else stays valid: the mode did
+        not change, and no other translation was invalidated."""
+        if self._mode is None:
+            return                                  # the fast paths are empty
+        fast_r, fast_w, fast_x = self.fast_r, self.fast_w, self.fast_x
+        fast_r.pop(vpn, None)
+        fast_w.pop(vpn, None)
+        fast_x.pop(vpn, None)
+        large = self._fast_large
+        if large:
+            for pieces in (9, 10, 18):
+                for v in large.pop((pieces, vpn >> pieces), ()):
+                    fast_r.pop(v, None)
+                    fast_w.pop(v, None)
+                    fast_x.pop(v, None)
+
+    def _note_large(self, e) -> None:
+        pieces = e.size_shift - 12
+        self._fast_large.setdefault((pieces, e.vpn >> pieces), []).append(e.vpn)
 
     def drop_fast_write(self) -> None:
         self.fast_w.clear()
@@ -414,6 +448,8 @@ class Cpu:
         if page is None:
             return self.ops.mmio_read(e.gpa | off, size)
         self.fast_r[e.vpn] = page
+        if e.size_shift > 12:
+            self._note_large(e)
         return page[off] if size == 1 else _UNPACK_FROM[size](page, off)[0]
 
     def write_miss(self, va: int, size: int, value: int) -> None:
@@ -435,6 +471,8 @@ class Cpu:
             _PACK_INTO[size](page, off, value)
         self.fast_w[e.vpn] = page
         self.fast_r[e.vpn] = page
+        if e.size_shift > 12:
+            self._note_large(e)
 
     # Accesses through SS (pushes, pops, operands based on RSP or RBP) fault #SS(0), not
     # #GP(0), on a non-canonical address (SDM Vol. 3A 6.15, Interrupt 12). The fast paths
@@ -510,6 +548,8 @@ class Cpu:
                 data += bytes(e.page[off:off + n])
                 if not implicit:
                     self.fast_r[e.vpn] = e.page
+                    if e.size_shift > 12:
+                        self._note_large(e)
         return int.from_bytes(data, "little")
 
     def _split_write(self, va: int, size: int, value: int) -> None:
@@ -537,6 +577,8 @@ class Cpu:
         else:
             self.fast_w[e.vpn] = page
             self.fast_r[e.vpn] = page
+            if e.size_shift > 12:
+                self._note_large(e)
 
     def read_bytes(self, va: int, n: int) -> bytes:
         return b"".join(self.rd(a, 1).to_bytes(1, "little") for a in range(va, va + n))
@@ -563,6 +605,8 @@ class Cpu:
                 self.icache.clear()
                 self.bcache.clear()
             got = self.fast_x[vpn] = (e.page, key, e.gpa, e.hpa)
+            if e.size_shift > 12:
+                self._note_large(e)
         return got
 
     def _insn_code(self, rip: int):
