@@ -19,7 +19,7 @@ def std(g):
 
 
 def _iopl_check(g):
-    # CLI/STI/IN/OUT need CPL <= IOPL (no I/O bitmap: there is no TSS).
+    # CLI/STI/IN/OUT need CPL <= IOPL (the TSS's I/O permission bitmap is not consulted).
     g.emit("if cpu.cs & 3 > (cpu.rflags >> 12 & 3): raise GuestFault(13, 0)")
 
 
