@@ -81,13 +81,15 @@ class Cpu:
         # CS and EFER.LMA give (64, 32 or 16): written only by load_cs / set_segment /
         # set_efer, which keep the selectors above in step.
         self.seg_cache = {name: NULL_SEGMENT for name in ("cs", "ss", "ds", "es", "fs", "gs")}
+        # TR and LDTR (cpu/tss.py): selectors and hidden parts like the segment registers'.
+        self.tr = self.ldtr = 0
+        self.seg_cache["tr"] = self.seg_cache["ldtr"] = NULL_SEGMENT
         self.code_bits = 16
         self._code_tag = 0             # the code size's mark in decode-cache keys (_fetch_page)
         self._x_keys: dict[int, int] = {}   # vpn -> the key hpa its cached handlers were made for
         self.fs_base = self.gs_base = self.kernel_gs_base = 0
         self.gdtr = (0, 0)             # (base, limit)
         self.idtr = (0, 0)
-        self.tss_rsp0 = None           # stack for CPL3 -> CPL0 delivery (no TSS modelled)
         self.pkru = 0
         self.pdptes = (0, 0, 0, 0)     # the PDPTE registers of PAE paging (set_pdptes)
         self.pat = 0x0007040600070406
@@ -119,6 +121,7 @@ class Cpu:
         self.pending = False           # set by anything that must end the run loop
         self.stop_reason = None
         self.delivering = None         # vector being delivered (double-fault rules)
+        self.vectoring = None          # an event whose delivery exited, to inject again
         self.tlb = Tlb()
         self.tlb.on_invalidate = self.flush_fast   # fast paths are copies of TLB entries
         self.tlb.on_invalidate_page = self.flush_fast_page
@@ -231,7 +234,8 @@ class Cpu:
         self._update_code_bits()
 
     def set_segment(self, name: str, seg: Segment) -> None:
-        """A segment register with its descriptor; FS and GS load their bases too."""
+        """A segment register (or TR, LDTR) with its descriptor; FS and GS load their bases
+        too."""
         if name == "cs":
             self.load_cs(seg)
             return
