@@ -190,9 +190,8 @@ def main(argv=None) -> int:
     if args.batch:
         session.state.settings.confirm = False       # -batch answers every question yes
     session.unicode_output = (sys.stdout.encoding or "").lower().replace("-", "") == "utf8"
-    if args.gdb is not None:
-        from kvmdbg.gdbstub.commands import register
-        register(session.commands)
+    from kvmdbg.gdbstub.commands import register as register_gdbserver
+    register_gdbserver(session.commands)
     if gdb_fds is not None:
         interactive = tty = False
     if interactive and not args.quiet:

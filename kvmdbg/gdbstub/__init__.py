@@ -40,7 +40,7 @@ def serve(session, device: str, note=_stderr, fds=None) -> str:
     info = session.gdbstub = {"device": device, "state": "listening", "peer": "", "ended": ""}
     if spec[0] == "stdio":
         rfd, wfd = fds if fds is not None else (0, 1)
-        return _serve(session, transport.StdioTransport(rfd, wfd), note, info)
+        return _serve(session, transport.StdioTransport(rfd, wfd), note, info, quiet=True)
     _, host, port, host_given = spec
     if host_given and not transport.is_loopback(host):
         note(f"warning: the gdb stub listens on {host}, not loopback: whoever connects "
@@ -64,7 +64,13 @@ def serve(session, device: str, note=_stderr, fds=None) -> str:
         listener.close()
 
 
-def _serve(session, t, note, info) -> str:
+ENDINGS = {"detach": "gdb detached; kvmdbg has the VM again.",
+           "kill": "gdb killed the program; kvmdbg has the VM again (`run` restarts it).",
+           "disconnect": "gdb went away; kvmdbg has the VM again."}
+
+
+def _serve(session, t, note, info, quiet=False) -> str:
+    """quiet: no closing line (stdio: gdb is the only reader and kvmdbg exits next)."""
     info.update(state="attached", peer=t.describe())
     server = GdbServer(session, t, note)
     try:
@@ -72,9 +78,8 @@ def _serve(session, t, note, info) -> str:
     finally:
         server.conn.close()
     info.update(state="ended", ended=how)
-    note({"detach": "gdb detached; kvmdbg has the VM again.",
-          "kill": "gdb killed the program; kvmdbg has the VM again (`run` restarts it).",
-          "disconnect": "gdb went away; kvmdbg has the VM again."}[how])
+    if not quiet:
+        note(ENDINGS[how])
     return how
 
 
