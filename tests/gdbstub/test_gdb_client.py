@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+
 import pytest
 
-from tests.gdbstub.gdbrun import KUT, TcpStub, gdb, needs_gdb, stdio
+from tests.gdbstub.gdbrun import KUT, ROOT, TcpStub, env, gdb, needs_gdb, stdio
 
 pytestmark = needs_gdb
 
@@ -115,3 +119,19 @@ def test_kvm_unit_tests_image_source_level():
     assert "enabling apic" in out                    # the guest's console, as O packets
     assert "Breakpoint 1, main (ac=1, av=" in out
     assert "#0  main (ac=1, av=" in out and "at x86/smap.c:93" in out
+
+
+def test_repl_gdbserver_then_the_repl_goes_on():
+    p = subprocess.Popen([sys.executable, "-m", "kvmdbg", "-q", "programs/smep_flip.bin"],
+                         cwd=ROOT, env=env(), text=True, stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdin.write("gdbserver tcp::0\ninfo gdbserver\ninfo registers rip\n")
+    p.stdin.flush()
+    m = re.search(r"tcp:127\.0\.0\.1:(\d+)", p.stderr.readline())
+    assert m
+    out = gdb("stepi", "monitor info gdbserver", "detach", target=f"127.0.0.1:{m.group(1)}")
+    assert "attached (tcp from 127.0.0.1:" in out and "gdb drives the VM." in out
+    repl, err = p.communicate("", timeout=60)
+    assert "ended (detach): kvmdbg drives the VM." in repl
+    assert "0x100003 <start+3>" in repl                   # the step gdb made, seen by the REPL
+    assert "gdb detached; kvmdbg has the VM again." in err and "Traceback" not in err
