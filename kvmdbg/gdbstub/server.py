@@ -13,6 +13,7 @@ import sys
 from contextlib import contextmanager
 
 from kvmdbg.debug.engine import stops
+from kvmdbg.debug.engine.evaluate import write_register
 from kvmdbg.debug.present.report import report
 from kvmdbg.errors import KvmdbgError
 from kvmdbg.gdbstub import target_xml
@@ -281,21 +282,31 @@ class GdbServer:
         if not sep or not 0 <= n < len(target_xml.REGISTERS):
             return EINVAL
         try:
-            target_xml.write(self._regs(), n, bytes.fromhex(value))
+            data = bytes.fromhex(value)
         except ValueError:
             raise Bad() from None
+        self._set_reg(n, data)
         return "OK"
+
+    def _set_reg(self, index: int, data: bytes) -> None:
+        """As the REPL's `set $REG = V`: CRs and EFER through the vCPU's CR path. An
+        unchanged value is not written, so a G packet does not send every control
+        register through KVM again."""
+        value = target_xml.decode(index, data)
+        name = target_xml.REGISTERS[index].name
+        if value is not None and self._regs()[name] != value:
+            write_register(self.s, self.g_vcpu, name, value)
 
     def _write_all(self, a: str):
         try:
             data = bytes.fromhex(a)
         except ValueError:
             raise Bad() from None
-        regs, off = self._regs(), 0
+        off = 0
         for i, size in enumerate(target_xml.sizes()):
             if off + size > len(data):
                 break
-            target_xml.write(regs, i, data[off:off + size])
+            self._set_reg(i, data[off:off + size])
             off += size
         return "OK"
 

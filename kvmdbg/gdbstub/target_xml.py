@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kvmdbg.cpu.regs import CR0_BITS, CR4_BITS, RFLAGS_BITS
+from kvmdbg.cpu.regs import CR0_BITS, CR4_BITS, EFER_BITS, RFLAGS_BITS
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,6 @@ REGISTERS: tuple = (
 BY_NAME = {r.name: i for i, r in enumerate(REGISTERS)}
 PC = BY_NAME["rip"]
 
-EFER_BITS = (("SCE", 0), ("LME", 8), ("LMA", 10), ("NXE", 11), ("SVME", 12), ("LMSLE", 13),
-             ("FFXSR", 14), ("TCE", 15))
 CR3_BITS = (("PWT", 3), ("PCD", 4))
 MXCSR_BITS = (("IE", 0), ("DE", 1), ("ZE", 2), ("OE", 3), ("UE", 4), ("PE", 5), ("DAZ", 6),
               ("IM", 7), ("DM", 8), ("ZM", 9), ("OM", 10), ("UM", 11), ("PM", 12), ("FZ", 15))
@@ -113,15 +111,13 @@ def read(regs, index: int) -> bytes:
     return (value & ((1 << r.bits) - 1)).to_bytes(r.bits // 8, "little")
 
 
-def write(regs, index: int, data: bytes) -> None:
-    """Set a register from gdb's bytes; an unchanged value is not written, so a G packet
-    does not send every control register through its setter (and the MMU) again."""
+def decode(index: int, data: bytes):
+    """The value gdb's bytes give register `index`; None for one that is not modelled or
+    bytes of the wrong width."""
     r = REGISTERS[index]
     if not r.modelled or len(data) != r.bits // 8:
-        return
-    value = int.from_bytes(data, "little")
-    if regs[r.name] != value:
-        regs[r.name] = value
+        return None
+    return int.from_bytes(data, "little")
 
 
 def all_bytes(regs) -> bytes:

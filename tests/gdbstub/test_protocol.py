@@ -175,6 +175,9 @@ def test_registers_by_number(stub):
     assert stub.ask(f"P0={(5).to_bytes(8, 'little').hex()}") == b"OK"
     assert stub.session.vcpu(0).regs["rax"] == 5
     assert stub.ask("p999") == b"E22"
+    cr0 = target_xml.BY_NAME["cr0"]
+    assert stub.ask(f"P{cr0:x}={(0).to_bytes(8, 'little').hex()}") == b"E01"   # #GP in long mode
+    assert stub.session.cpu.cr0 >> 31 == 1
 
 
 def test_step_breakpoint_and_threads(stub):
