@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import pty
 import re
+import select
+import shlex
 import subprocess
 import sys
+import time
 
 import pytest
 
-from tests.gdbstub.gdbrun import KUT, ROOT, TcpStub, env, gdb, needs_gdb, stdio
+from tests.gdbstub.gdbrun import GDB, KUT, ROOT, TcpStub, env, gdb, kvmdbg, needs_gdb, stdio
 
 pytestmark = needs_gdb
 
@@ -135,3 +140,44 @@ def test_repl_gdbserver_then_the_repl_goes_on():
     assert "ended (detach): kvmdbg drives the VM." in repl
     assert "0x100003 <start+3>" in repl                   # the step gdb made, seen by the REPL
     assert "gdb detached; kvmdbg has the VM again." in err and "Traceback" not in err
+
+
+def test_ctrl_c_in_gdb_interrupts_a_continue(tmp_path):
+    """gdb on a terminal (a pty): Ctrl-C during `continue` reaches the stub as 0x03."""
+    loop = tmp_path / "loop.bin"
+    loop.write_bytes(bytes.fromhex("ebfe"))           # jmp $
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(ROOT)
+        os.environ.update(env())
+        os.execv(GDB, [GDB, "-nx", "-q", "-ex", "set style enabled off", "-ex",
+                       "target remote | " + kvmdbg("--gdb", "stdio", shlex.quote(str(loop)))])
+    seen = b""
+
+    def until(text: bytes, timeout: float = 30):
+        nonlocal seen
+        end = time.time() + timeout
+        while text not in seen and time.time() < end:
+            if select.select([fd], [], [], 0.2)[0]:
+                try:
+                    seen += os.read(fd, 4096)
+                except OSError:
+                    break
+        return text in seen
+
+    try:
+        assert until(b"(gdb) ")
+        os.write(fd, b"continue\n")
+        assert until(b"Continuing.")
+        time.sleep(0.5)
+        os.write(fd, b"\x03")
+        assert until(b"Program received signal SIGINT, Interrupt.")
+        os.write(fd, b"monitor info registers rip\n")
+        assert until(b"0x100000")
+        os.write(fd, b"detach\n")
+        assert until(b"detached]")
+        os.write(fd, b"quit\n")
+    finally:
+        os.waitpid(pid, 0)
+        os.close(fd)
+    assert b"Traceback" not in seen

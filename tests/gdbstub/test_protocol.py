@@ -267,3 +267,21 @@ def test_second_client_is_refused_while_one_is_attached():
     assert any("refused a second client" in n for n in notes)
     assert notes[-1] == "gdb detached; kvmdbg has the VM again."
     assert session.cpu.steps == 1
+
+
+def test_a_host_that_is_not_loopback_is_warned_about():
+    session = Session.load("programs/smep_flip.bin")
+    notes = []
+    th = threading.Thread(target=lambda: serve(session, "tcp:0.0.0.0:0", note=notes.append),
+                          daemon=True)
+    th.start()
+    for _ in range(200):
+        if any("Waiting" in n for n in notes):
+            break
+        threading.Event().wait(0.02)
+    assert notes[0].startswith("warning: the gdb stub listens on 0.0.0.0, not loopback")
+    port = int(notes[1].split("tcp:0.0.0.0:")[1].split()[0])
+    client = Client(socket.create_connection(("127.0.0.1", port)))
+    assert client.ask("D") == b"OK"
+    th.join(10)
+    assert session.gdbstub["ended"] == "detach"

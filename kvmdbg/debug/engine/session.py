@@ -220,12 +220,12 @@ class Session:
     def redirected(self, out, err):
         """Send output and errors to other sinks for a while (the gdb stub streams them to
         gdb as O packets; then they go back where they went)."""
-        saved = self._out, self._err
-        self._out, self._err = out, err
+        saved = self._out, self._err, self.out_raw
+        self._out, self._err, self.out_raw = out, err, None    # unended text: a line too
         try:
             yield
         finally:
-            self._out, self._err = saved
+            self._out, self._err, self.out_raw = saved
 
     def message(self, text: str, style: str | None = None) -> None:
         """One line of output. style ('disasm', ...) lets a UI colour it; logs stay plain.
