@@ -17,7 +17,7 @@ from kvmdbg.debug.engine.evaluate import write_register
 from kvmdbg.debug.present.report import report
 from kvmdbg.errors import KvmdbgError
 from kvmdbg.gdbstub import target_xml
-from kvmdbg.gdbstub.protocol import MAX_PACKET, Connection, Disconnected, unescape
+from kvmdbg.gdbstub.protocol import MAX_PACKET, Connection, Disconnected, escape, unescape
 from kvmdbg.stop_reason import (BREAKPOINT, CATCHPOINT, HALTED, INTERRUPTED, SHUTDOWN,
                                 UNSUPPORTED, WATCHPOINT)
 
@@ -66,6 +66,7 @@ class GdbServer:
         self.o_ok = False                  # gdb is waiting (stop reply, qRcmd): O packets go
         self.running = False
         self.hung_up = False
+        self._handlers = self._table()
 
     # --- urgent input (reader thread): set flags only ---
 
@@ -94,38 +95,54 @@ class GdbServer:
     # --- the loop ---
 
     def serve(self) -> str:
-        with self._output():
-            while True:
+        try:
+            with self._output():
+                return self._loop()
+        finally:
+            self._forget_points()
+
+    def _forget_points(self) -> None:
+        """gdb removes its breakpoints before it detaches; after a hang-up they would stay
+        in kvmdbg's table, stopping the REPL at places no one asked it to."""
+        for number in self.points.values():
+            try:
+                self.s.breakpoints.delete(number)
+            except KvmdbgError:
+                pass
+        self.points.clear()
+
+    def _loop(self) -> str:
+        while True:
+            try:
+                got = self.conn.receive()
+            except Disconnected:
+                return "disconnect"
+            kind, data = got
+            if kind != "packet":
+                continue               # 0x03 while stopped: nothing runs to interrupt
+            try:
+                reply = self.dispatch(data.decode("latin-1"), data)
+            except Bad as e:
+                reply = e.reply
+            except Disconnected:
+                return "disconnect"
+            except KvmdbgError as e:
+                self.note(f"gdbstub: {e}")
+                reply = "E01"
+            except Exception as e:     # a bug: one line, an error reply, the stub goes on
+                self.note(f"gdbstub: internal error: {type(e).__name__}: {e}")
+                reply = "E01"
+            if isinstance(reply, tuple):           # (reply, then what)
+                reply, end = reply
+            else:
+                end = None
+            if reply is not None:
                 try:
-                    got = self.conn.receive()
+                    self.conn.send(reply if isinstance(reply, bytes) else reply.encode("latin-1"))
                 except Disconnected:
                     return "disconnect"
-                kind, data = got
-                if kind != "packet":
-                    continue               # 0x03 while stopped: nothing runs to interrupt
-                try:
-                    reply = self.dispatch(data.decode("latin-1"), data)
-                except Bad as e:
-                    reply = e.reply
-                except Disconnected:
-                    return "disconnect"
-                except KvmdbgError as e:
-                    self.note(f"gdbstub: {e}")
-                    reply = "E01"
-                except Exception as e:     # a bug: one line, an error reply, the stub goes on
-                    self.note(f"gdbstub: internal error: {type(e).__name__}: {e}")
-                    reply = "E01"
-                if isinstance(reply, tuple):           # (reply, then what)
-                    reply, end = reply
-                else:
-                    end = None
-                if reply is not None:
-                    try:
-                        self.conn.send(reply if isinstance(reply, bytes) else reply.encode("latin-1"))
-                    except Disconnected:
-                        return "disconnect"
-                if end is not None:
-                    return end
+            if end is not None:
+                return end
 
     def dispatch(self, text: str, raw: bytes):
         """The reply to one packet (str or bytes; None for none; (reply, "detach"/"kill"))."""
@@ -134,7 +151,16 @@ class GdbServer:
             return self._query(text)
         if head == "v":
             return self._v(text)
-        handler = {
+        handler = self._handlers.get(head)
+        if head == "X":
+            return self._write_mem_binary(raw[1:])
+        if handler is None:
+            return ""                     # unknown packet: the empty reply
+        return handler(text[1:])
+
+    def _table(self) -> dict:
+        """First character -> handler of the packet's arguments."""
+        return {
             "?": lambda a: self.stop_reply(None),
             "g": lambda a: target_xml.all_bytes(self._regs()).hex(),
             "G": self._write_all,
@@ -152,12 +178,7 @@ class GdbServer:
             "z": lambda a: self._point(a, insert=False),
             "D": lambda a: ("OK", "detach"),
             "k": lambda a: (None, "kill"),
-        }.get(head)
-        if head == "X":
-            return self._write_mem_binary(raw[1:])
-        if handler is None:
-            return ""                     # unknown packet: the empty reply
-        return handler(text[1:])
+        }
 
     # --- queries ---
 
@@ -213,7 +234,6 @@ class GdbServer:
             return ""
         off, n = _addr_len(span)
         data = doc.encode()[off:off + n]
-        from kvmdbg.gdbstub.protocol import escape
         return (b"m" if off + n < len(doc.encode()) else b"l") + escape(data)
 
     def _threads_xml(self) -> str:

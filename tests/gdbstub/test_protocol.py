@@ -215,6 +215,7 @@ def test_interrupt_during_continue(looping):
 
 
 def test_disconnect_during_continue_leaves_the_vm_usable(looping):
+    assert looping.ask("Z0,200000,1") == b"OK"            # never reached
     looping.raw(protocol.frame(b"c"))
     assert looping.ack() == b"+"
     looping.sock.close()
@@ -223,6 +224,7 @@ def test_disconnect_during_continue_leaves_the_vm_usable(looping):
     assert s.cpu.rip == 0x100000 and s.cpu.steps > 0
     assert "rip" in s.execute("info registers rip")
     assert s.step(3).reason == "step-limit"
+    assert len(s.breakpoints) == 0                          # gdb's breakpoint went with it
 
 
 def test_detach_and_kill_end_the_session(stub):
