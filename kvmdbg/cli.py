@@ -67,11 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "PROGRAM.elf beside PROGRAM.bin, when there is one); gdb's -s, not "
                         "QEMU's (QEMU's -s is --gdb tcp::1234 here)")
     p.add_argument("--gdb", metavar="DEV",
-                   help="serve gdb's remote protocol on DEV before anything else runs, QEMU's "
-                        "syntax: stdio (gdb: target remote | kvmdbg --gdb stdio PROGRAM), "
-                        "tcp::PORT (loopback; 0 picks a port, printed on stderr) or "
-                        "tcp:HOST:PORT; stopped before the first instruction until gdb "
-                        "continues; after gdb detaches (tcp) the scripts and the REPL go on")
+                   help="serve gdb's remote protocol on DEV (QEMU's -gdb syntax): stdio "
+                        "(gdb: target remote | kvmdbg --gdb stdio PROGRAM), tcp::PORT "
+                        "(loopback; 0 picks a port, printed on stderr) or tcp:HOST:PORT; "
+                        "after -x/-ex (which may set catchpoints), stopped where they left "
+                        "the guest until gdb continues it; when gdb detaches from tcp, the "
+                        "REPL takes over (-batch: kvmdbg exits)")
     p.add_argument("--compare", metavar="A,B[,...]",
                    help="run PROGRAM under each profile and print the side-by-side table")
     p.add_argument("--kvm", metavar="PROFILE", default=DEFAULT_PROFILE,
