@@ -126,7 +126,8 @@ class Disconnected(Exception):
 class Connection:
     """Packets over a byte transport (transport.py): a reader thread parses what arrives,
     so a 0x03 or a hang-up during a long `continue` is seen while the VM runs (on_urgent
-    is called from that thread for both; it must only set a flag)."""
+    is called from that thread with "interrupt", "eof" and "packet", in the order they
+    arrive; it must only set flags)."""
 
     def __init__(self, transport, on_urgent=lambda kind: None) -> None:
         self.t = transport
@@ -150,8 +151,8 @@ class Connection:
                 self.on_urgent("eof")
                 return
             for ev in parser.feed(chunk):
-                if ev[0] == "interrupt":
-                    self.on_urgent("interrupt")
+                if ev[0] in ("interrupt", "packet"):
+                    self.on_urgent(ev[0])      # in stream order: a 0x03 after `c` is for it
                 self.events.put(ev)
 
     def _write(self, data: bytes) -> None:

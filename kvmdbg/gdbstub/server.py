@@ -66,13 +66,21 @@ class GdbServer:
         self.o_ok = False                  # gdb is waiting (stop reply, qRcmd): O packets go
         self.running = False
         self.hung_up = False
+        self.pending = False               # a 0x03 came after the last packet
         self._handlers = self._table()
 
     # --- urgent input (reader thread): set flags only ---
 
     def _urgent(self, kind: str) -> None:
+        """From the reader thread. A 0x03 that arrives after the `c` it interrupts but
+        before that `c` is handled stays pending until the run starts."""
+        if kind == "packet":
+            self.pending = False
+            return
         if kind == "eof":
             self.hung_up = True
+        else:
+            self.pending = True
         if self.running:
             self.s.interrupt_requested = True
 
@@ -470,9 +478,11 @@ class GdbServer:
         s = self.s
         if scope is None and all(v.cpu.halted or v.cpu.shutdown for v in s.vm.vcpus):
             return self._exited()
-        self.running = True
+        s.interrupt_requested = False
+        self.running = True               # then the flags: see _urgent
         self.o_ok = True
-        s.interrupt_requested = self.hung_up
+        if self.pending or self.hung_up:
+            s.interrupt_requested = True
         try:
             outcome = stops.resume(s, scope=scope, max_steps=max_steps)
             if self.hung_up:

@@ -287,3 +287,28 @@ def test_a_host_that_is_not_loopback_is_warned_about():
     assert client.ask("D") == b"OK"
     th.join(10)
     assert session.gdbstub["ended"] == "detach"
+
+
+READ_THEN_WRITE = bytes.fromhex("488b042500002000" "4889042500002000" "f4")
+
+
+def test_hardware_breakpoint_and_read_access_watchpoints():
+    gen = _stub(Session.from_bytes(READ_THEN_WRITE))
+    c = next(gen)
+    assert c.ask("Z1,100008,1") == b"OK"
+    assert c.ask("c") == b"T05thread:1;hwbreak:;"
+    assert c.ask("z1,100008,1") == b"OK"
+    assert c.ask("Z4,200000,8") == b"OK"          # the write that follows is an access
+    assert c.ask("c") == b"T05thread:1;awatch:200000;"
+    assert c.ask("z4,200000,8") == b"OK"
+    assert c.ask("c") == b"W00"                   # hlt: every vCPU halted, the guest ended
+    gen.close()
+
+
+def test_read_watchpoint():
+    gen = _stub(Session.from_bytes(READ_THEN_WRITE))
+    c = next(gen)
+    assert c.ask("Z3,200000,4") == b"OK"
+    assert c.ask("c") == b"T05thread:1;rwatch:200000;"
+    assert c.session.cpu.rip == 0x100008          # after the reading instruction
+    gen.close()
