@@ -24,8 +24,7 @@ from kvmdbg.stop_reason import (BREAKPOINT, CATCHPOINT, HALTED, INTERRUPTED, SHU
 SIGINT, SIGILL, SIGTRAP, SIGSEGV = 2, 4, 5, 11
 EFAULT = "E14"                 # memory that cannot be read or written (QEMU's answer)
 EINVAL = "E22"
-WATCH_KINDS = {2: ("write", "watch", "watch"), 3: ("read", "rwatch", "rwatch"),
-               4: ("access", "awatch", "awatch")}
+WATCH_KINDS = {2: "watch", 3: "rwatch", 4: "awatch"}     # Z type -> command and stop word
 WATCH_TYPES = {1: "u8", 2: "u16", 4: "u32", 8: "u64"}
 SUPPORTED = (f"PacketSize={MAX_PACKET:x};qXfer:features:read+;qXfer:threads:read+;"
              "swbreak+;hwbreak+;vContSupported+;QStartNoAckMode+")
@@ -419,7 +418,7 @@ class GdbServer:
             return "OK"
         if size not in WATCH_TYPES or addr % size:
             return EINVAL                 # gdb splits other ranges into aligned 1/2/4/8 pieces
-        command = WATCH_KINDS[kind_z][1]
+        command = WATCH_KINDS[kind_z]
         where = f"gpa:{addr:#x}" if self.phys else f"{addr:#x}"
         before = table.last_created
         with self._on_vcpu(), self._quiet():
@@ -439,12 +438,11 @@ class GdbServer:
 
     # --- running ---
 
-    def _resume(self, a: str, step: bool, scope=None):
+    def _resume(self, a: str, step: bool):
+        """c/s [ADDR]: a step is the Hg vCPU's alone, a continue runs them all."""
         if a:
             self._regs()["rip"] = _hex(a)
-        if step:
-            scope = self.g_vcpu if scope is None else scope
-        return self._run(scope, 1 if step else None)
+        return self._run(self.g_vcpu, 1) if step else self._run(None, None)
 
     def _v(self, text: str):
         if text == "vCont?":
@@ -536,6 +534,6 @@ class GdbServer:
             if stop.reason == BREAKPOINT:
                 why = "hwbreak:;" if key[0] == 1 else "swbreak:;"
             elif stop.reason == WATCHPOINT:
-                why = f"{WATCH_KINDS[key[0]][2]}:{key[1]:x};"
+                why = f"{WATCH_KINDS[key[0]]}:{key[1]:x};"
             break
         return f"T{SIGTRAP:02x}{thread}{why}"

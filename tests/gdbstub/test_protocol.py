@@ -312,3 +312,12 @@ def test_read_watchpoint():
     assert c.ask("c") == b"T05thread:1;rwatch:200000;"
     assert c.session.cpu.rip == 0x100008          # after the reading instruction
     gen.close()
+
+
+def test_a_triple_fault_is_sigsegv_with_kvmdbgs_line_first():
+    gen = _stub(Session.from_bytes(bytes.fromhex("0f0b")))     # ud2 with no IDT
+    c = next(gen)
+    assert c.ask("c") == b"T0bthread:1;"
+    assert c.console and c.console[0].startswith("Guest shut down (KVM_EXIT_SHUTDOWN) on vcpu 0")
+    assert c.ask("g")                                        # still inspectable
+    gen.close()
