@@ -20,6 +20,7 @@ from kvmdbg.errors import UnsupportedInstruction
 LEGACY_PREFIXES = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
 
 EMITTERS: dict = {}           # mnemonic -> (emitter, stops, sync)
+EXIT_MARK = "#exit#"          # Gen.call_out's lines, until make_handler places them
 MAX_BLOCK = 32                # instructions per block handler
 
 # Base registers whose memory operands default to the stack segment (SDM Vol. 1 3.7.5).
@@ -72,6 +73,12 @@ class Gen:
 
     def unsupported(self):
         raise UnsupportedInstruction(self.d.address, self.d.text)
+
+    def call_out(self, line: str) -> None:
+        """A statement that hands control to the outside (the hypervisor's exit handler, a
+        device): what it records (an event, a trace line) must see the exact step count,
+        so make_handler adds the instructions the block retired before it (EXIT_MARK)."""
+        self.emit(EXIT_MARK + line)
 
     def stop_block(self) -> None:
         """This form may change the mode: the block ends after it (as handles(stops=True))."""
@@ -326,7 +333,7 @@ def make_handler(codes: list, loop: bool = False) -> object:
     body = []
     n = len(codes)
     for k, c in enumerate(codes):
-        body.extend(c.lines)
+        body.extend(_place_call_outs(c.lines, k))
         if c.writes and k < n - 1:
             body.append(f"if cpu.smc: return {k + 1}")
     first = codes[0].d
@@ -345,6 +352,23 @@ def make_handler(codes: list, loop: bool = False) -> object:
     h.index = {c.d.address: k for k, c in enumerate(codes)}
     h.insns = [c.d for c in codes]
     return h
+
+
+def _place_call_outs(lines: list, k: int) -> list:
+    """The lines of the k-th instruction of a block, each call-out (Gen.call_out) run with
+    cpu.steps counting the k instructions before it (the run loop adds a block's count
+    only when it returns), and the count put back however the call ends."""
+    out = []
+    for line in lines:
+        indent, mark, call = line.partition(EXIT_MARK)
+        if not mark:
+            out.append(line)
+        elif k == 0:
+            out.append(indent + call)
+        else:
+            out += [f"{indent}cpu.steps += {k}", f"{indent}try:", f"{indent}    {call}",
+                    f"{indent}finally:", f"{indent}    cpu.steps -= {k}"]
+    return out
 
 
 def _jumps_to(code: InsnCode, address: int) -> bool:

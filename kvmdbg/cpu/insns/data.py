@@ -18,7 +18,8 @@ def mov(g):
         if n == 2:
             g.emit(f"cpu.cr2 = {g.read(src)}")
         else:
-            g.emit(f"cpu.ops.set_cr(cpu, {n}, {g.read(src)})")
+            v = g.read(src)
+            g.call_out(f"cpu.ops.set_cr(cpu, {n}, {v})")
         return
     if src.kind == "reg" and src.reg.startswith("cr"):
         g.require_cpl0()

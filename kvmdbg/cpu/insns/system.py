@@ -39,7 +39,7 @@ def sti(g):
 def hlt(g):
     g.require_cpl0()
     g.emit(f"cpu.rip = {g.next_rip}")
-    g.emit("cpu.ops.hlt(cpu)")
+    g.call_out("cpu.ops.hlt(cpu)")
     g.ends_block = True
 
 
@@ -70,7 +70,7 @@ def iretq(g):
 
 @handles("cpuid", stops=True)
 def cpuid(g):
-    g.emit("a, b, c, d = cpu.ops.cpuid(cpu, r[0] & 0xffffffff, r[1] & 0xffffffff)")
+    g.call_out("a, b, c, d = cpu.ops.cpuid(cpu, r[0] & 0xffffffff, r[1] & 0xffffffff)")
     g.emit("r[0] = a & 0xffffffff; r[3] = b & 0xffffffff; r[1] = c & 0xffffffff; r[2] = d & 0xffffffff")
 
 
@@ -84,20 +84,20 @@ def rdtsc(g):
 @handles("rdmsr", sync=True)
 def rdmsr(g):
     g.require_cpl0()
-    g.emit("v = system.rdmsr(cpu, r[1] & 0xffffffff)")
+    g.call_out("v = system.rdmsr(cpu, r[1] & 0xffffffff)")
     g.emit("r[0] = v & 0xffffffff; r[2] = v >> 32 & 0xffffffff")
 
 
 @handles("wrmsr", stops=True)
 def wrmsr(g):
     g.require_cpl0()
-    g.emit("system.wrmsr(cpu, r[1] & 0xffffffff, (r[2] & 0xffffffff) << 32 | r[0] & 0xffffffff)")
+    g.call_out("system.wrmsr(cpu, r[1] & 0xffffffff, (r[2] & 0xffffffff) << 32 | r[0] & 0xffffffff)")
 
 
 @handles("invlpg", stops=True)
 def invlpg(g):
     g.require_cpl0()
-    g.emit(f"system.invlpg(cpu, {g.addr(g.op(0))})")
+    g.call_out(f"system.invlpg(cpu, {g.addr(g.op(0))})")
 
 
 @handles("invpcid", stops=True)
@@ -111,7 +111,7 @@ def invpcid(g):
     a = g.addr(o)
     lo = g.load(a, 8, g.uses_ss(o))
     hi = g.load(g.value(f"({a} + 8) & 0xffffffffffffffff"), 8, g.uses_ss(o))
-    g.emit(f"system.invpcid(cpu, {kind}, {lo}, {hi})")
+    g.call_out(f"system.invpcid(cpu, {kind}, {lo}, {hi})")
 
 
 @handles("lgdt", "lidt", stops=True)
@@ -163,7 +163,8 @@ def in_(g):
     dst, port = g.op(0), g.op(1)
     _iopl_check(g)
     p = g.read(port) if port.kind == "reg" else str(port.imm & 0xFF)
-    v = g.value(f"cpu.ops.pio_in(cpu, {p}, {dst.size}) & {MASKS[dst.size]:#x}")
+    v = g.tmp()
+    g.call_out(f"{v} = cpu.ops.pio_in(cpu, {p}, {dst.size}) & {MASKS[dst.size]:#x}")
     g.write(dst, v)
 
 
@@ -173,13 +174,14 @@ def out(g):
     _iopl_check(g)
     p = g.read(port) if port.kind == "reg" else str(port.imm & 0xFF)
     g.emit(f"cpu.rip = {g.next_rip}")
-    g.emit(f"cpu.ops.pio_out(cpu, {p}, {src.size}, {g.read(src)})")
+    v = g.read(src)
+    g.call_out(f"cpu.ops.pio_out(cpu, {p}, {src.size}, {v})")
     g.ends_block = True
 
 
 @handles("vmcall")
 def vmcall(g):
-    g.emit("cpu.ops.vmcall(cpu)")
+    g.call_out("cpu.ops.vmcall(cpu)")
     g.emit(f"if cpu.rip == {g.d.address}: cpu.rip = {g.next_rip}")
     g.ends_block = True
 
