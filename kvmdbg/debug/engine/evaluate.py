@@ -157,6 +157,13 @@ class Evaluator:
         return Value(n.value, STR)
 
     def _symbol(self, n: Symbol) -> Value:
+        from kvmdbg.debug.engine.stack import lookup_variable
+        head, *fields = n.name.split(".")
+        var = lookup_variable(self.s, head) if self.effects else None
+        if var is not None:
+            for name in fields:
+                var = member(var, name)
+            return var
         syms = self.s.symbols
         if n.name in syms:
             return Value(syms[n.name], CODE)
@@ -236,6 +243,8 @@ class Evaluator:
 
     def _field(self, n: Field):
         base = yield n.operand
+        if base.type.kind == "aggregate":
+            return member(base, n.name)
         if base.type is STRUCT:
             ev = base.v
             if n.name in ("seq", "name", "vcpu", "step"):
@@ -296,10 +305,17 @@ class Evaluator:
                 return Value(v.as_int() & M64, CODE)
         else:
             t = U64
-        if t.kind == "ptr":
+        if t.kind == "dfunc":                           # *fnptr is the function
+            return Value(v.as_int() & M64, CODE)
+        if t.kind == "ptr" and t.dtype is None:
             t = Type(t.name, 8, False, "ptr", t.pointee)
         space = v.space or "gva"
         addr = v.as_int() & M64
+        if t.kind == "aggregate":
+            data = self.s.read_memory(addr, t.size, space) if self.effects else bytes(t.size)
+            out = Value(data, t)
+            out.lval = LValue("mem", vcpu=self.vcpu, space=space, address=addr, size=t.size)
+            return out
         if not self.effects:
             raw = 0
         else:
@@ -382,6 +398,34 @@ class Evaluator:
         if not self.effects:
             return Value(target.v, target.type)
         return assign(self.s, target, new, self)
+
+
+def member(base: Value, name: str) -> Value:
+    """A member of a DWARF struct/union value (`at->flags`, `v.arr`)."""
+    from kvmdbg.debug.engine.stack import to_type
+    if base.type.kind != "aggregate":
+        raise ExprError("Attempt to extract a component of a value that is not a structure.")
+    m = base.type.dtype.member(name)
+    if m is None:
+        raise ExprError(f"There is no member named {name}.")
+    t = to_type(m.type)
+    size = max(m.type.byte_size, 1)
+    data = base.v[m.offset:m.offset + size]
+    lv = base.lval
+    if t.kind == "aggregate":
+        out = Value(data, t)
+    else:
+        raw = int.from_bytes(data, "little")
+        if m.bit_size:
+            raw = (raw >> m.bit_offset) & ((1 << m.bit_size) - 1)
+            if m.type.signed and raw >> (m.bit_size - 1):
+                raw -= 1 << m.bit_size
+            return Value(raw, t)
+        out = make_int(raw, t) if t.kind in ("int", "char") else Value(raw, t)
+    if lv is not None and lv.kind == "mem":
+        out.lval = LValue("mem", vcpu=lv.vcpu, space=lv.space, address=lv.address + m.offset,
+                          size=size)
+    return out
 
 
 def _step(t: Type) -> int:

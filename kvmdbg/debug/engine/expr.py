@@ -21,7 +21,7 @@ them values against a Session.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kvmdbg.errors import CommandError
 
@@ -40,6 +40,7 @@ class Type:
     kind: str = "int"         # int, ptr, code, flags, char, str, struct, void
     pointee: "Type | None" = None
     bits: tuple = ()          # for kind 'flags': ((NAME, bit), ...)
+    dtype: object = field(default=None, compare=False, hash=False)   # a DWARF type (DType)
 
     def pointer(self) -> "Type":
         return Type(f"{self.name} *", 8, False, "ptr", self)
@@ -158,7 +159,7 @@ _TOKEN = re.compile(r"""
   | (?P<space>(?:gva|gpa|hpa):)
   | (?P<dollar>\$\$[0-9]*|\$[0-9]+|\$[A-Za-z_][A-Za-z0-9_]*|\$)
   | (?P<ident>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)
-  | (?P<op><<=?|>>=?|<=|>=|==|!=|&&|\|\||[-+*/%&|^~!<>()=.{}])
+  | (?P<op>->|<<=?|>>=?|<=|>=|==|!=|&&|\|\||[-+*/%&|^~!<>()=.{}])
 """, re.X)
 
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", "'": "'", '"': '"',
@@ -386,11 +387,14 @@ class _Parser:
                 return out.pop()
 
     def _postfix(self, out: list) -> None:
-        while self.accept("."):
+        while self.peek() in (("op", "."), ("op", "->")):
+            arrow = self.take()[1] == "->"
             kind, name = self.take()
             if kind != "ident":
-                raise ExprError("A syntax error in expression, near `.'.")
-            out[-1] = Field(out[-1], name)
+                raise ExprError(f"A syntax error in expression, near `{'->' if arrow else '.'}'.")
+            for part in name.split("."):        # a.b.c lexes as one dotted identifier
+                out[-1] = Field(Deref(out[-1]) if arrow else out[-1], part)
+                arrow = False
 
     def _type_name(self) -> Type:
         tk, tname = self.take()
@@ -437,8 +441,8 @@ class _Parser:
         if kind == "ident":
             if val in TYPE_NAMES:
                 raise ExprError("Attempt to use a type name as an expression")
-            # A dotted identifier is a symbol name (assemblers allow dots); fields are
-            # only taken after a $name ($cr4.smep, $_event.root).
+            # A dotted identifier is a symbol name (assemblers allow dots); the evaluator
+            # reads `at.flags` as a member where `at` is a DWARF variable.
             return Symbol(val)
         self.i -= 1
         raise self.syntax_error()

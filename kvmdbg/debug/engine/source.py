@@ -51,6 +51,43 @@ class DebugInfo:
         self.rows = sorted(rows, key=lambda r: r.address)
         self._starts = [r.address for r in self.rows]
         self.units = units
+        self.data = b""                   # the ELF's bytes, for the CFI and .debug_info readers
+        self._cfi = self._scope = None
+        self.dwarf_error = ""             # why they could not be read (one line)
+
+    def _elf(self):
+        import io
+
+        from elftools.elf.elffile import ELFFile
+        return ELFFile(io.BytesIO(self.data))
+
+    @property
+    def cfi(self):
+        """The call-frame information (frames.CallFrameInfo; empty if there is none or it
+        cannot be read, dwarf_error saying why)."""
+        if self._cfi is None:
+            from kvmdbg.debug.engine.frames import CallFrameInfo, read_cfi
+            try:
+                self._cfi = read_cfi(self._elf())
+            except Exception as e:            # noqa: BLE001 - corrupt CFI: one line, no frames
+                self.dwarf_error = f"{os.path.basename(self.path)}: bad call-frame information ({e})"
+                self._cfi = CallFrameInfo([])
+        return self._cfi
+
+    @property
+    def scope(self):
+        """The functions, variables and types of .debug_info (dwarf_scope.DwarfScope), or
+        None when the ELF has none or it cannot be read (dwarf_error says why)."""
+        if self._scope is None:
+            from kvmdbg.debug.engine.dwarf_scope import DwarfScope
+            try:
+                elf = self._elf()
+                self._scope = DwarfScope(elf) if elf.has_dwarf_info() and \
+                    elf.get_section_by_name(".debug_info") is not None else False
+            except Exception as e:            # noqa: BLE001 - corrupt DWARF: one line
+                self.dwarf_error = f"{os.path.basename(self.path)}: bad DWARF ({e})"
+                self._scope = False
+        return self._scope or None
 
     @property
     def has_lines(self) -> bool:
@@ -123,7 +160,10 @@ def read_elf(path: str) -> DebugInfo:
     try:
         with open(path, "rb") as f:
             elf = ELFFile(f)
-            return _read(path, elf)
+            di = _read(path, elf)
+            f.seek(0)
+            di.data = f.read()
+            return di
     except (ELFError, ValueError, KeyError, IndexError) as e:
         if isinstance(e, ELFError) and "Magic number" in str(e):
             raise CommandError(f"`{os.path.abspath(path)}': can't read symbols: "
@@ -200,6 +240,8 @@ def _file_names(lp) -> dict:
         d = fe.dir_index
         if lp.header.version < 5 and d > 0 and d - 1 < len(dirs):
             name = os.path.join(dirs[d - 1], name)
+        elif lp.header.version >= 5 and 0 < d < len(dirs):     # 0 is the unit's directory
+            name = os.path.join(dirs[d], name)
         out[i + base] = name
     return out
 
