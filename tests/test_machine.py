@@ -24,8 +24,14 @@ def test_page_tables_identity_map_with_4k_then_2m_pages():
 
 def test_gdt_and_long_mode_state():
     vm, cpu = machine(b"\xf4")
-    assert [q(vm, GDT + 8 * i) for i in range(3)] == [0, 0x00AF9A000000FFFF, 0x00CF92000000FFFF]
-    assert cpu.gdtr == (GDT, 23) and cpu.idtr == (0, 0)
+    # null, code64 DPL 0, data DPL 0, code64 DPL 3, data DPL 3, all accessed (SDM Vol. 3A
+    # 3.4.5), then the vCPU's 64-bit TSS descriptor: base 0x600, limit 0x67, type 0xB (busy:
+    # TR holds it).
+    assert [q(vm, GDT + 8 * i) for i in range(7)] == [
+        0, 0x00AF9B000000FFFF, 0x00CF93000000FFFF, 0x00AFFB000000FFFF, 0x00CFF3000000FFFF,
+        0x00008B0006000067, 0]
+    assert cpu.gdtr == (GDT, 0x37) and cpu.idtr == (0, 0)
+    assert cpu.tr == 0x28 and q(vm, 0x600 + 4) == 0x80000     # RSP0 = the boot stack
     assert (cpu.cr0, cpu.cr4, cpu.efer, cpu.cr3) == (0x80010033, 0x620, 0xD00, 0x1000)
     assert cpu.get_rflags() == 2 and cpu.cs == 8 and cpu.ss == 0x10
 

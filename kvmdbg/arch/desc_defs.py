@@ -26,3 +26,12 @@ DESC_TRAP_GATE = 0xF
 
 SELECTOR_TI = 0x4                # table indicator: the LDT
 SELECTOR_RPL_MASK = 0x3
+
+# A 64-bit TSS (SDM Vol. 3A 8.7, Figure 8-11): where the stack pointers are.
+TSS_RSP0 = 0x04                  # RSPn at TSS_RSP0 + 8 * n
+TSS_IST1 = 0x24                  # ISTn at TSS_IST1 + 8 * (n - 1)
+TSS64_LIMIT = 0x67               # the limit of a 104-byte TSS without an I/O bitmap
+
+# A 64-bit interrupt or trap gate's IST field (SDM Vol. 3A 6.14.1, Figure 6-8): bits 34:32.
+GATE_IST_SHIFT = 32
+GATE_IST_MASK = 0x7

@@ -7,12 +7,17 @@ the EPT root). A miss goes to the TLB, then the page walker.
 Every cache of the simulation, and the one place that invalidates it:
 
 - fast_r / fast_w / fast_x and the selected mode: ``flush_fast``, called by the
-  mode-register setters below (set_cr0/cr3/cr4/efer/pkru/pdptes/cs/hw_cr0_on, set_rflags
-  for AC), by the TLB after every invalidation (Tlb.on_invalidate), by the vCPU
-  when it loads another EPT root (Vcpu.load_mmu_pgd) and by KVM's emulator, which
-  needs every access on its slow path (kvm/emulate.py);
-- icache / bcache (rip -> handler): never dropped; a handler is used only while
-  its code page is in fast_x, so each is re-validated after a flush;
+  mode-register setters below (set_cr0/cr3/cr4/efer/pkru/pdptes/cs/hw_cr0_on, load_cs,
+  set_rflags for AC), by the TLB after every invalidation of more than one page
+  (Tlb.on_invalidate), by the vCPU when it loads another EPT root (Vcpu.load_mmu_pgd)
+  and by KVM's emulator, which needs every access on its slow path (kvm/emulate.py).
+  An invalidation of one page (INVLPG, INVPCID/INVVPID of an address, a #PF) goes to
+  ``flush_fast_page`` (Tlb.on_invalidate_page): that page's copies and those of the
+  large page holding it (_fast_large) go, the rest stays;
+- icache / bcache (rip -> handler): a handler is used only while its code page is
+  in fast_x, so each is re-validated after a flush; both are dropped when a code page
+  comes back under another key (remapped, or the code size changed: _fetch_page) and
+  when decoded code is written (DecodeCache.note_write);
 - the walk memo (per mode in _modes): the decode cache's pt_generation (a write to
   a paging structure) and the shared gpa generation (kvmdbg/generation.py: an SPTE
   or a memslot changed), compared on each TLB miss;
@@ -76,13 +81,15 @@ class Cpu:
         # CS and EFER.LMA give (64, 32 or 16): written only by load_cs / set_segment /
         # set_efer, which keep the selectors above in step.
         self.seg_cache = {name: NULL_SEGMENT for name in ("cs", "ss", "ds", "es", "fs", "gs")}
+        # TR and LDTR (cpu/tss.py): selectors and hidden parts like the segment registers'.
+        self.tr = self.ldtr = 0
+        self.seg_cache["tr"] = self.seg_cache["ldtr"] = NULL_SEGMENT
         self.code_bits = 16
         self._code_tag = 0             # the code size's mark in decode-cache keys (_fetch_page)
         self._x_keys: dict[int, int] = {}   # vpn -> the key hpa its cached handlers were made for
         self.fs_base = self.gs_base = self.kernel_gs_base = 0
         self.gdtr = (0, 0)             # (base, limit)
         self.idtr = (0, 0)
-        self.tss_rsp0 = None           # stack for CPL3 -> CPL0 delivery (no TSS modelled)
         self.pkru = 0
         self.pdptes = (0, 0, 0, 0)     # the PDPTE registers of PAE paging (set_pdptes)
         self.pat = 0x0007040600070406
@@ -114,8 +121,14 @@ class Cpu:
         self.pending = False           # set by anything that must end the run loop
         self.stop_reason = None
         self.delivering = None         # vector being delivered (double-fault rules)
+        self.vectoring = None          # an event whose delivery exited, to inject again
         self.tlb = Tlb()
         self.tlb.on_invalidate = self.flush_fast   # fast paths are copies of TLB entries
+        self.tlb.on_invalidate_page = self.flush_fast_page
+        # (log2 of 4 KiB pieces, large-page number) -> vpns in the fast paths made from a
+        # 2 MiB / 4 MiB / 1 GiB translation, so a page flush can find every piece of its
+        # large page (as the TLB drops them all) even if the TLB evicted some meanwhile.
+        self._fast_large: dict = {}
         self.decode_cache = decode_cache
         self.translator = translator
         self.decoder = Decoder()
@@ -221,7 +234,8 @@ class Cpu:
         self._update_code_bits()
 
     def set_segment(self, name: str, seg: Segment) -> None:
-        """A segment register with its descriptor; FS and GS load their bases too."""
+        """A segment register (or TR, LDTR) with its descriptor; FS and GS load their bases
+        too."""
         if name == "cs":
             self.load_cs(seg)
             return
@@ -277,7 +291,31 @@ class Cpu:
             self.fast_r.clear()
             self.fast_w.clear()
             self.fast_x.clear()
+            self._fast_large.clear()
             self._mode = None
+
+    def flush_fast_page(self, vpn: int) -> None:
+        """Forget the fast-path copies of one page's translation (INVLPG, INVPCID or
+        INVVPID of an address, the flush a #PF does): the entries for vpn and for every
+        piece of a large page containing it. Everything else stays valid: the mode did
+        not change, and no other translation was invalidated."""
+        if self._mode is None:
+            return                                  # the fast paths are empty
+        fast_r, fast_w, fast_x = self.fast_r, self.fast_w, self.fast_x
+        fast_r.pop(vpn, None)
+        fast_w.pop(vpn, None)
+        fast_x.pop(vpn, None)
+        large = self._fast_large
+        if large:
+            for pieces in (9, 10, 18):
+                for v in large.pop((pieces, vpn >> pieces), ()):
+                    fast_r.pop(v, None)
+                    fast_w.pop(v, None)
+                    fast_x.pop(v, None)
+
+    def _note_large(self, e) -> None:
+        pieces = e.size_shift - 12
+        self._fast_large.setdefault((pieces, e.vpn >> pieces), []).append(e.vpn)
 
     def drop_fast_write(self) -> None:
         self.fast_w.clear()
@@ -414,6 +452,8 @@ class Cpu:
         if page is None:
             return self.ops.mmio_read(e.gpa | off, size)
         self.fast_r[e.vpn] = page
+        if e.size_shift > 12:
+            self._note_large(e)
         return page[off] if size == 1 else _UNPACK_FROM[size](page, off)[0]
 
     def write_miss(self, va: int, size: int, value: int) -> None:
@@ -435,6 +475,8 @@ class Cpu:
             _PACK_INTO[size](page, off, value)
         self.fast_w[e.vpn] = page
         self.fast_r[e.vpn] = page
+        if e.size_shift > 12:
+            self._note_large(e)
 
     # Accesses through SS (pushes, pops, operands based on RSP or RBP) fault #SS(0), not
     # #GP(0), on a non-canonical address (SDM Vol. 3A 6.15, Interrupt 12). The fast paths
@@ -510,6 +552,8 @@ class Cpu:
                 data += bytes(e.page[off:off + n])
                 if not implicit:
                     self.fast_r[e.vpn] = e.page
+                    if e.size_shift > 12:
+                        self._note_large(e)
         return int.from_bytes(data, "little")
 
     def _split_write(self, va: int, size: int, value: int) -> None:
@@ -537,6 +581,8 @@ class Cpu:
         else:
             self.fast_w[e.vpn] = page
             self.fast_r[e.vpn] = page
+            if e.size_shift > 12:
+                self._note_large(e)
 
     def read_bytes(self, va: int, n: int) -> bytes:
         return b"".join(self.rd(a, 1).to_bytes(1, "little") for a in range(va, va + n))
@@ -563,6 +609,8 @@ class Cpu:
                 self.icache.clear()
                 self.bcache.clear()
             got = self.fast_x[vpn] = (e.page, key, e.gpa, e.hpa)
+            if e.size_shift > 12:
+                self._note_large(e)
         return got
 
     def _insn_code(self, rip: int):

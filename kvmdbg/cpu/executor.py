@@ -9,7 +9,7 @@ faulting instruction and ``h.index`` says how many before it retired.
 from __future__ import annotations
 
 from kvmdbg.cpu.translate import MAX_BLOCK
-from kvmdbg.cpu.faults import GuestFault, TripleFault
+from kvmdbg.cpu.faults import GuestFault, SoftwareInterrupt, TripleFault
 from kvmdbg.cpu.interrupts import deliver
 from kvmdbg.cpu.vmx import VmExit
 
@@ -40,6 +40,14 @@ def run(cpu, max_steps: int, breakpoints=None, skip_first: bool = True) -> str:
     while True:
         if cpu.halted:
             return HALTED
+        if cpu.vectoring is not None:
+            # An event whose delivery exited to the hypervisor, injected again at this entry
+            # (once per exit, not per instruction).
+            fault, cpu.vectoring = cpu.vectoring, None
+            reason = _deliver(cpu, fault)
+            if reason is not None:
+                return reason
+            first = False
         h = None
         try:
             if breakpoints or cpu.single_step:
@@ -115,7 +123,13 @@ def run(cpu, max_steps: int, breakpoints=None, skip_first: bool = True) -> str:
         return STEP_LIMIT
 
 
-def _deliver(cpu, fault):
+# Exits one delivery may take, each followed by re-injecting the event, before the event is
+# left to its instruction to raise again (a bound, not a policy: each exit normally maps one
+# page the delivery needs: IDT, GDT, TSS, stack).
+_MAX_REINJECT = 8
+
+
+def _deliver(cpu, fault, reinjected: int = 0):
     """Deliver a guest exception; a reason string if the run must stop."""
     try:
         deliver(cpu, fault)
@@ -123,15 +137,17 @@ def _deliver(cpu, fault):
         cpu.shutdown = f"triple fault: {fault} at rip {cpu.rip:#x}, then {tf}"
         return SHUTDOWN
     except VmExit as exit_:
-        # The delivery itself exited (e.g. the IDT or stack is not mapped in EPT or in the
-        # shadow tables yet). No state changed: after the exit the instruction faults again
-        # and delivers, unless the hypervisor injects a fault, which then arrives while
-        # `fault` was being delivered (the IDT-vectoring information of the exit).
-        return _handle_exit(cpu, exit_, fault)
+        # The delivery itself exited (e.g. the IDT, GDT, TSS or stack is not mapped in EPT
+        # or in the shadow tables yet). No state changed. A fault the hypervisor injects
+        # arrives while `fault` was being delivered (the IDT-vectoring information of the
+        # exit); otherwise `fault` is delivered again, as KVM re-injects the vectoring
+        # event (vmx_complete_interrupts) instead of running the instruction again. A
+        # software interrupt runs again instead (deliver() put RIP back on it).
+        return _handle_exit(cpu, exit_, fault, reinjected)
     return None
 
 
-def _handle_exit(cpu, exit_, vectoring=None):
+def _handle_exit(cpu, exit_, vectoring=None, reinjected: int = 0):
     try:
         cpu.ops.handle_exit(cpu, exit_)
     except GuestFault as fault:      # the hypervisor injected an exception
@@ -141,9 +157,15 @@ def _handle_exit(cpu, exit_, vectoring=None):
         return _deliver(cpu, fault)
     if cpu.shutdown:
         return SHUTDOWN
+    reinject = (vectoring is not None and not isinstance(vectoring, SoftwareInterrupt)
+                and reinjected < _MAX_REINJECT)
     if cpu.pending:
         cpu.pending = False
         reason = cpu.stop_reason or HALTED
         cpu.stop_reason = None
+        if reinject:
+            cpu.vectoring = vectoring           # delivered when the run resumes
         return reason
+    if reinject:
+        return _deliver(cpu, vectoring, reinjected + 1)
     return None

@@ -41,5 +41,20 @@ class GuestFault(Exception):
         return s
 
 
+class SoftwareInterrupt(GuestFault):
+    """INT n, INT3 or INTO, raised with RIP after the instruction (they are traps).
+
+    Unlike an exception it pushes no error code, its gate's DPL is checked against CPL,
+    error codes of faults while delivering it have EXT = 0, and such a fault (or a VM exit)
+    is reported at the instruction itself: length is how far back RIP goes (SDM Vol. 3A
+    6.12.1.1, 6.13)."""
+
+    __slots__ = ("length",)
+
+    def __init__(self, vector: int, length: int):
+        super().__init__(vector)
+        self.length = length
+
+
 class TripleFault(Exception):
     """The guest triple-faulted (KVM_EXIT_SHUTDOWN)."""

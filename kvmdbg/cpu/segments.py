@@ -61,15 +61,16 @@ def code_bits(cs: Segment, long_mode: bool) -> int:
     return 32 if cs.attr & SEG_DB else 16
 
 
-def read_descriptor(cpu, selector: int) -> tuple[int, int]:
+def read_descriptor(cpu, selector: int, ext: int = 0, size: int = 8) -> tuple[int, int]:
     """(descriptor, its linear address) for a selector in the GDT; #GP(selector) if it lies
-    beyond the GDT's limit or names the (null) LDT."""
+    beyond the GDT's limit or names the (null) LDT. ext: the error code's EXT bit (set while
+    delivering an event, SDM Vol. 3A 6.13); size: 16 for a system descriptor in IA-32e mode."""
     index = selector & ~7
     base, limit = cpu.gdtr
-    if selector & SELECTOR_TI or index + 7 > limit:
-        raise GuestFault(GP, selector & 0xFFFC)
+    if selector & SELECTOR_TI or index + size - 1 > limit:
+        raise GuestFault(GP, selector & 0xFFFC | ext)
     address = base + index
-    return cpu.rd_implicit(address, 8), address
+    return cpu.rd_implicit(address, size), address
 
 
 def _mark_accessed(cpu, address: int, raw: int) -> None:
@@ -116,6 +117,13 @@ def load_ss(cpu, selector: int) -> None:
             raise GuestFault(GP, 0)
         cpu.set_segment("ss", Segment(selector, 0, 0, 0))
         return
+    cpu.set_segment("ss", stack_segment(cpu, selector, cpl))
+
+
+def stack_segment(cpu, selector: int, cpl: int) -> Segment:
+    """The stack segment a non-null selector loads for CPL cpl: by MOV or POP (cpl = CPL), or
+    by a return to an outer level (cpl = the return CS's RPL; SDM Vol. 2A IRET and RET,
+    RETURN-TO-OUTER-PRIVILEGE-LEVEL: the same checks)."""
     raw, address = read_descriptor(cpu, selector)
     seg = from_descriptor(selector, raw)
     a = seg.attr
@@ -126,7 +134,7 @@ def load_ss(cpu, selector: int) -> None:
         raise GuestFault(SS, selector & 0xFFFC)
     _require_flat(cpu, seg, "SS")
     _mark_accessed(cpu, address, raw)
-    cpu.set_segment("ss", seg)
+    return seg
 
 
 def far_code_segment(cpu, selector: int) -> Segment:
@@ -156,3 +164,79 @@ def far_code_segment(cpu, selector: int) -> Segment:
         _require_flat(cpu, seg, "CS")
     _mark_accessed(cpu, address, raw)
     return seg
+
+
+def _is_64bit_code(seg: Segment) -> bool:
+    return bool(seg.attr & SEG_L and not seg.attr & SEG_DB)
+
+
+def interrupt_code_segment(cpu, selector: int, ext: int) -> Segment:
+    """The code segment an interrupt or trap gate names, as delivery in IA-32e mode checks
+    it (SDM Vol. 2A INT n, PROTECTED-MODE and INTER-PRIVILEGE-LEVEL-INTERRUPT; Vol. 3A
+    6.12.1.1, 6.14.1): a present 64-bit code segment with DPL <= CPL. Its RPL becomes the
+    new CPL: the DPL, or CPL itself for a conforming segment."""
+    if not selector & ~3:
+        raise GuestFault(GP, ext)
+    raw, address = read_descriptor(cpu, selector, ext)
+    seg = from_descriptor(selector, raw)
+    a = seg.attr
+    code = selector & 0xFFFC | ext
+    cpl = cpu.cs & 3
+    if not a & SEG_S or not a & SEG_TYPE_CODE or seg.dpl > cpl:
+        raise GuestFault(GP, code)
+    if not a & SEG_P:
+        raise GuestFault(NP, code)
+    if not _is_64bit_code(seg):
+        raise GuestFault(GP, code)
+    _mark_accessed(cpu, address, raw)
+    return seg._replace(selector=selector & 0xFFFC | (cpl if a & SEG_TYPE_DC else seg.dpl))
+
+
+def return_code_segment(cpu, selector: int) -> Segment:
+    """The code segment IRET or a far RET returns to (SDM Vol. 2A IRET, PROTECTED-MODE-RETURN;
+    RET, "protected mode ... far return"): its RPL is the new CPL, never below CPL."""
+    if not selector & ~3:
+        raise GuestFault(GP, 0)
+    raw, address = read_descriptor(cpu, selector)
+    seg = from_descriptor(selector, raw)
+    a = seg.attr
+    code = selector & 0xFFFC
+    rpl = selector & 3
+    if not a & SEG_S or not a & SEG_TYPE_CODE or rpl < cpu.cs & 3:
+        raise GuestFault(GP, code)
+    if (seg.dpl > rpl) if a & SEG_TYPE_DC else (seg.dpl != rpl):
+        raise GuestFault(GP, code)
+    if cpu.long_mode and a & SEG_L and a & SEG_DB:
+        raise GuestFault(GP, code)                       # L and D both set: reserved
+    if not a & SEG_P:
+        raise GuestFault(NP, code)
+    if code_bits(seg, cpu.long_mode) != 64 and not seg.flat:
+        raise UnsupportedMode(cpu.rip, f"a CS segment with base {seg.base:#x} and limit "
+                                       f"{seg.limit:#x} (only flat segments)")
+    _mark_accessed(cpu, address, raw)
+    return seg
+
+
+def return_stack_segment(cpu, selector: int, cs: Segment) -> Segment:
+    """The SS a return to cs loads. A null SS is allowed only for 64-bit code below CPL 3
+    (SDM Vol. 2A IRET and RET, RETURN-TO-OUTER-PRIVILEGE-LEVEL); it keeps its RPL."""
+    rpl = cs.selector & 3
+    if not selector & ~3:
+        if not (cpu.long_mode and _is_64bit_code(cs)) or rpl == 3:
+            raise GuestFault(GP, 0)
+        return NULL_SEGMENT._replace(selector=selector)
+    return stack_segment(cpu, selector, rpl)
+
+
+def null_outer_segments(cpu) -> None:
+    """After a return to an outer level, DS, ES, FS and GS that the new CPL may not use
+    (data or non-conforming code with DPL < CPL) get a null selector (SDM Vol. 2A IRET and
+    RET); the FS and GS bases stay, as the SDM changes only the selector."""
+    cpl = cpu.cs & 3
+    for name in ("ds", "es", "fs", "gs"):
+        seg = cpu.seg_cache[name]
+        a = seg.attr
+        conforming_code = a & SEG_TYPE_CODE and a & SEG_TYPE_DC
+        if a & SEG_P and a & SEG_S and not conforming_code and seg.dpl < cpl:
+            base = getattr(cpu, f"{name}_base", seg.base)
+            cpu.set_segment(name, Segment(0, base, 0, 0))

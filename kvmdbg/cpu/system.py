@@ -1,4 +1,4 @@
-"""Architectural system state changes: MOV to CRn, EFER, MSRs, INVLPG, INVPCID.
+"""Architectural system state changes: MOV to CRn, EFER, MSRs, INVLPG, INVPCID, SGDT/SIDT.
 
 The validity checks follow the SDM (and, where KVM is stricter, kvm_is_valid_cr0 /
 kvm_is_valid_cr4, so the same guest behaves alike bare and under the model).
@@ -327,3 +327,12 @@ def invpcid(cpu, kind: int, desc_lo: int, desc_hi: int) -> None:
         tlb.flush_vpid(cpu.vpid, include_global=True)
     else:
         tlb.flush_vpid(cpu.vpid, include_global=False)
+
+
+def store_pseudo_descriptor(cpu, va: int, size: int, table: tuple[int, int], ss: bool) -> None:
+    """SGDT/SIDT's store of (base, limit) as size bytes (limit first), one access: every
+    page is translated before any byte is written, so a fault writes nothing."""
+    if ss:
+        cpu.write_check_ss(va, size)         # #SS(0) rather than #GP(0) through SS
+    base, limit = table
+    cpu._split_write(va, size, (limit & 0xFFFF) | (base & mask(size * 8 - 17, 0)) << 16)

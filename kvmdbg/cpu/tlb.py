@@ -14,7 +14,7 @@ from __future__ import annotations
 GLOBAL = -1          # the PCID tag of global entries (usable with any PCID)
 
 
-def _nothing() -> None:
+def _nothing(*_args) -> None:
     pass
 
 
@@ -49,8 +49,9 @@ class Tlb:
         self.fills = 0
         self.flushes = 0
         # Called after every invalidation: the owner's copies of entries (the CPU's fast
-        # paths) go with them.
+        # paths) go with them; after one page's invalidation only that page's copies.
         self.on_invalidate = _nothing
+        self.on_invalidate_page = _nothing
 
     def __len__(self) -> int:
         return sum(len(c) for c in self.contexts.values())
@@ -128,7 +129,7 @@ class Tlb:
             if tag in self.large_tags:
                 n += self._drop_large(ctx, vpn)
         self.flushes += 1
-        self.on_invalidate()
+        self.on_invalidate_page(vpn)
         return n
 
     @staticmethod

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 from kvmdbg.bits import M32, M64, MASKS, PACK_INTO, UNPACK_FROM
 from kvmdbg.cpu import flags as F
-from kvmdbg.cpu.faults import GuestFault
+from kvmdbg.cpu.faults import GuestFault, SoftwareInterrupt
 from kvmdbg.cpu.regs import SUBREGS
 from kvmdbg.errors import UnsupportedInstruction
 
@@ -224,12 +224,12 @@ class Gen:
 
 
 def _globals() -> dict:
-    from kvmdbg.cpu import interrupts, segments, system
+    from kvmdbg.cpu import interrupts, segments, system, tss
     from kvmdbg.bits import sign_extend
     return {
-        "GuestFault": GuestFault, "materialize": F.materialize, "carry_in": F.carry_in,
+        "GuestFault": GuestFault, "SoftwareInterrupt": SoftwareInterrupt, "materialize": F.materialize, "carry_in": F.carry_in,
         "inc_dec_src": F.inc_dec_carry_source, "COND": F.CONDITIONS, "sx": sign_extend,
-        "system": system, "interrupts": interrupts, "segments": segments,
+        "system": system, "interrupts": interrupts, "segments": segments, "tss": tss,
         **{f"U{n}": f for n, f in UNPACK_FROM.items()}, **{f"P{n}": f for n, f in PACK_INTO.items()},
     }
 

@@ -1,20 +1,24 @@
 """The boot contract (design section 3): the machine state a program starts in.
 
 The same .bin must run unchanged on real KVM, so everything here is plain and
-documented: identity-mapped page tables, a flat GDT, long mode, one stack per vCPU.
+documented: identity-mapped page tables, a flat GDT with user segments, long mode, one
+stack per vCPU and a TSS per vCPU whose RSP0 is that stack.
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kvmdbg.arch.desc_defs import DESC_TSS_AVAIL, DESC_TSS_BUSY, SEG_P, TSS64_LIMIT, TSS_RSP0
 from kvmdbg.arch.pgtable_types import PAGE_PRESENT as P, PAGE_PSE as PS, PAGE_RW as RW
 from kvmdbg.bits import PAGE_SIZE, parse_size
 from kvmdbg.cpu.regs import (CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_OSFXSR,
                              CR4_OSXMMEXCPT, CR4_PAE, EFER_LMA, EFER_LME, EFER_NXE, RBP, RDI,
                              RDX, RSI, RSP)
 from kvmdbg.cpu.segments import from_descriptor
+from kvmdbg.cpu.tss import tss_segment
 from kvmdbg.errors import ConfigError
 from kvmdbg.kvm.profiles import DEFAULT, get_profile, with_knob
 from kvmdbg.kvm.vm import Vm
@@ -32,7 +36,13 @@ MAX_VCPUS = 8
 CR0_BOOT = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG
 CR4_BOOT = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT
 EFER_BOOT = EFER_LME | EFER_LMA | EFER_NXE
-GDT_ENTRIES = (0, 0x00AF9A000000FFFF, 0x00CF92000000FFFF)   # null, code 0x08 (L=1), data 0x10
+# null, kernel code 0x08 (L=1), kernel data 0x10, user code 0x18 (L=1, DPL 3: CS 0x1b),
+# user data 0x20 (DPL 3: SS 0x23); then one 16-byte TSS descriptor per vCPU (tss_selector).
+# All accessed (type bit 0), as loading them leaves them: a load (an interrupt, IRETQ to
+# CPL 3) then writes nothing to the GDT.
+GDT_ENTRIES = (0, 0x00AF9B000000FFFF, 0x00CF93000000FFFF, 0x00AFFB000000FFFF, 0x00CFF3000000FFFF)
+TSS_BASE = 0x600                      # vCPU i's 64-bit TSS at TSS_BASE + TSS_STRIDE * i
+TSS_STRIDE = 0x80
 # The multiboot entry's: null, flat 32-bit code 0x08 and data 0x10.
 MULTIBOOT_GDT_ENTRIES = (0, 0x00CF9A000000FFFF, 0x00CF92000000FFFF)
 
@@ -128,6 +138,32 @@ def _load_segments(cpu, gdt) -> None:
         cpu.set_segment(name, from_descriptor(0x10, gdt[2]))
 
 
+def tss_selector(index: int) -> int:
+    """The selector of vCPU index's TSS descriptor in the contract's GDT."""
+    return len(GDT_ENTRIES) * 8 + 16 * index
+
+
+def tss_descriptor(base: int, limit: int, kind: int = DESC_TSS_AVAIL) -> bytes:
+    """The 16 bytes of a present, DPL-0 64-bit TSS descriptor (SDM Vol. 3A Figure 8-4)."""
+    lo = ((limit & 0xFFFF) | (base & 0xFFFFFF) << 16 | (kind | SEG_P) << 40
+          | (limit >> 16 & 0xF) << 48 | (base >> 24 & 0xFF) << 56)
+    return lo.to_bytes(8, "little") + (base >> 32).to_bytes(8, "little")
+
+
+def _load_tr(vm, cpu, index: int, rsp0: int) -> None:
+    """vCPU index's TSS (RSP0 = rsp0, no IST stacks, no I/O bitmap) and TR loaded with it,
+    the descriptor marked busy as LTR leaves it."""
+    base = TSS_BASE + TSS_STRIDE * index
+    tss = bytearray(TSS64_LIMIT + 1)
+    tss[TSS_RSP0:TSS_RSP0 + 8] = rsp0.to_bytes(8, "little")
+    tss[TSS64_LIMIT - 1:] = (TSS64_LIMIT + 1).to_bytes(2, "little")   # I/O map base: none
+    vm.write_gpa(base, bytes(tss))
+    selector = tss_selector(index)
+    desc = tss_descriptor(base, TSS64_LIMIT, DESC_TSS_BUSY)
+    vm.write_gpa(GDT + selector, desc)
+    cpu.set_segment("tr", tss_segment(selector, *struct.unpack("<QQ", desc)))
+
+
 def check_machine(mem_size: int, nr_vcpus: int) -> None:
     if mem_size < MIN_MEM or mem_size > MAX_MEM:
         raise ConfigError(f"--mem must be between 2M and 1G (got {mem_size} bytes).")
@@ -170,15 +206,17 @@ def boot(vm, program: Program, arg: int = 0) -> None:
     vm.write_gpa(GDT, b"".join(e.to_bytes(8, "little") for e in GDT_ENTRIES))
     vm.write_gpa(program.address, program.code)
     n = len(vm.vcpus)
+    gdt_limit = tss_selector(n) - 1
     for v in vm.vcpus:
         c = v.cpu
         c.set_cr0(CR0_BOOT)
         c.set_cr4(CR4_BOOT)
         c.set_efer(EFER_BOOT & ~c.efer_reserved_bits)   # no NXE if CPUID has no NX
         c.set_cr3(PML4)
-        c.gdtr = (GDT, len(GDT_ENTRIES) * 8 - 1)
+        c.gdtr = (GDT, gdt_limit)
         c.idtr = (0, 0)
         _load_segments(c, GDT_ENTRIES)
+        _load_tr(vm, c, v.index, STACK_TOP - STACK_STRIDE * v.index)
         c.set_rflags(0x2)
         c.r[:] = [0] * 16
         c.r[RSP] = STACK_TOP - STACK_STRIDE * v.index

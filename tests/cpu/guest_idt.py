@@ -37,6 +37,17 @@ def gate(offset: int, selector: int = KERNEL_CS, kind: int = INTERRUPT_GATE, dpl
     return lo.to_bytes(8, "little") + hi.to_bytes(8, "little")
 
 
+def set_tss_rsp0(vm, cpu, rsp0: int) -> None:
+    """RSP0 in the TSS the boot contract loaded into TR (identity-mapped: its base is a gpa;
+    RSP0 at offset 4, SDM Vol. 3A Figure 8-11)."""
+    vm.write_gpa(cpu.seg_cache["tr"].base + 4, rsp0.to_bytes(8, "little"))
+
+
+def set_tss_ist(vm, cpu, n: int, rsp: int) -> None:
+    """ISTn (n = 1..7) in that TSS: offset 0x24 + 8 * (n - 1) (SDM Vol. 3A Figure 8-11)."""
+    vm.write_gpa(cpu.seg_cache["tr"].base + 0x24 + 8 * (n - 1), rsp.to_bytes(8, "little"))
+
+
 def load_idtr(vm, base: int = IDT_BASE, limit: int = 256 * 16 - 1) -> None:
     """Write the pseudo-descriptor LIDT_INSN loads."""
     vm.write_gpa(IDTR_ADDR, limit.to_bytes(2, "little") + base.to_bytes(8, "little"))

@@ -13,7 +13,8 @@ import pytest
 
 from kvmdbg.cpu.executor import run
 from tests.cpu.guest_idt import (IDT_BASE, LIDT_INSN, REC, TRAP_GATE, frame, install,
-                                 install_recorders, load_idtr, program, q, record, recorder)
+                                 install_recorders, load_idtr, program, q, record, recorder,
+                                 set_tss_rsp0)
 from tests.helpers import machine
 
 DE, BP, UD, DF, NP, GP, PF = 0, 3, 6, 8, 11, 13, 14
@@ -324,7 +325,7 @@ def to_user(user_body: str, dpl: int):
         put(vm, boot_pte(page), page | P | RW | US)
     user, _ = program(user_body, address=USER_CODE)
     vm.write_gpa(USER_CODE, user)
-    cpu.tss_rsp0 = 0x70000
+    set_tss_rsp0(vm, cpu, 0x70000)
     return vm, cpu
 
 

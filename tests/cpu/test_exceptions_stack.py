@@ -19,7 +19,7 @@ import pytest
 
 from kvmdbg.cpu.executor import run
 from tests.cpu.guest_idt import (IDT_BASE, LIDT_INSN, frame, install_recorders, load_idtr,
-                                 program, q, record)
+                                 program, q, record, set_tss_rsp0)
 from tests.helpers import machine
 
 NP, DF, SS, GP, UD = 11, 8, 12, 13, 6
@@ -74,7 +74,7 @@ def build_user(overrides: dict, fault, post: str = "ud2", vectors=(SS, GP, UD, N
     fb = fault if isinstance(fault, bytes) else program(fault, address=fault_addr)[0]
     after, _ = program(post, address=fault_addr + len(fb))
     vm.write_gpa(USER_CODE, pre + fb + after)
-    cpu.tss_rsp0 = RSP0
+    set_tss_rsp0(vm, cpu, RSP0)
     return vm, cpu, regs, fault_addr
 
 

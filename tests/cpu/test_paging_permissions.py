@@ -15,7 +15,7 @@ import itertools
 import pytest
 
 from kvmdbg.cpu.faults import ACC_IMPLICIT, PFERR_WRITE, GuestFault
-from tests.cpu.guest_idt import (LIDT_INSN, REC, install, load_idtr, program, q)
+from tests.cpu.guest_idt import (LIDT_INSN, REC, install, load_idtr, program, q, set_tss_rsp0)
 from tests.helpers import machine, run_until_halt
 
 # --- architectural constants, written from the SDM (not imported from kvmdbg) ---
@@ -506,7 +506,7 @@ def test_guest_pf_from_user_mode():
         for page in (user_code, user_stack):
             put(vm, boot_pte(page), page | P | RW | US)
         vm.write_gpa(user_code, bytes.fromhex("488b042500002000"))   # mov rax, [0x200000]
-        cpu.tss_rsp0 = 0x70000
+        set_tss_rsp0(vm, cpu, 0x70000)
 
     vm, cpu, cr2, err = e2e(body, setup)
     assert (cr2, err) == (RO_PAGE, EC_P | EC_U)

@@ -21,7 +21,7 @@ import pytest
 
 from kvmdbg.cpu.executor import run
 from kvmdbg.kvm.scheduler import run_vm
-from tests.cpu.guest_idt import LIDT_INSN, install, load_idtr, q
+from tests.cpu.guest_idt import LIDT_INSN, install, load_idtr, q, set_tss_rsp0
 from tests.helpers import asm, machine
 
 UD, GP, SS, PF, BP = 6, 13, 12, 14, 3
@@ -145,7 +145,7 @@ def build(body: str, *, cpl: int, cr4: int = 0, user_rflags: int = 0x202, skip: 
         put(vm, page, MARK1)
     if user:
         vm.write_gpa(USER_CODE, user)
-    cpu.tss_rsp0 = RSP0
+    set_tss_rsp0(vm, cpu, RSP0)
     return vm, cpu, tags
 
 

@@ -16,7 +16,8 @@ import pytest
 from kvmdbg.cpu.executor import run
 from kvmdbg.cpu.regs import GPR_INDEX
 from kvmdbg.cpu.tlb import Tlb, TlbEntry
-from tests.cpu.guest_idt import (LIDT_INSN, clear_record, frame, install_recorders, q, record)
+from tests.cpu.guest_idt import (LIDT_INSN, clear_record, frame, install_recorders, q, record,
+                                 set_tss_rsp0)
 from tests.helpers import asm, machine
 
 P, RW, US, A, D, PS, G = 1, 2, 4, 0x20, 0x40, 0x80, 0x100
@@ -446,7 +447,7 @@ def test_invpcid_types_2_3_ignore_the_pcid_without_pcide(rig, kind):
 
 def test_invpcid_and_invlpg_need_cpl0(rig):
     cpu = rig.cpu
-    cpu.tss_rsp0 = 0x70000
+    set_tss_rsp0(rig.vm, cpu, 0x70000)
     # CPL 3 code must be able to fetch: make the scratch code page user-accessible
     for gpa in (0x1000, 0x2000, 0x3000):
         rig.put(gpa, q(rig.vm, gpa) | US)

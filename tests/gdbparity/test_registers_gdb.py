@@ -49,7 +49,7 @@ def test_info_all_registers_adds_what_the_cpu_model_holds():
     every = names(out[:38])
     assert every == names(kvmdbg("info registers")[1]) + ["gdtr", "idtr", "pat", "tsc_aux", "pkru"]
     assert out[33:38] == [
-        "gdtr           0x500              {base = 0x500, limit = 0x17}",
+        "gdtr           0x500              {base = 0x500, limit = 0x37}",   # with a TSS
         "idtr           0x0                {base = 0x0, limit = 0x0}",
         "pat            0x7040600070406    [ PA0=WB PA1=WT PA2=UC- PA3=UC PA4=WB PA5=WT PA6=UC- "
         "PA7=UC ]",

@@ -1,4 +1,4 @@
-"""Control transfer: jmp, jcc, call, ret, loop family, jrcxz."""
+"""Control transfer: jmp, jcc, call, ret, far jmp and ret, loop family, jrcxz."""
 
 from kvmdbg.bits import M32, M64, NONCANONICAL
 from kvmdbg.cpu.flags import ALIASES, CONDITIONS
@@ -24,8 +24,6 @@ def _target(g) -> str:
     o = g.op(0)
     if o.kind == "imm":
         return str(o.imm & g.ip_mask)
-    if _far_form(g):
-        g.unsupported()          # far through memory: not modelled yet (see ljmp)
     t = g.value(g.read(o, g.word))
     _canonical_check(g, t)
     return t
@@ -33,6 +31,9 @@ def _target(g) -> str:
 
 @handles("jmp")
 def jmp(g):
+    if _far_form(g):
+        _far_indirect(g)
+        return
     g.jump(_target(g))
 
 
@@ -47,6 +48,9 @@ for _cc in list(CONDITIONS) + list(ALIASES):
 
 @handles("call")
 def call(g):
+    if _far_form(g):
+        _far_indirect(g)
+        return
     t = _target(g)
     w = g.word
     sp = g.value(f"(r[4] - {w}) & {g.sp_mask:#x}")
@@ -65,17 +69,38 @@ def ret(g):
     g.jump(t)
 
 
-@handles("ljmp", stops=True)
+@handles("ljmp", "lcall")
 def ljmp(g):
-    """JMP ptr16:32 (32-bit code only; 64-bit mode has no direct far jump): a same-privilege
-    far jump to a code segment, which may change the code size (compatibility mode ->
-    64-bit mode is how a kernel finishes entering long mode)."""
-    if len(g.d.operands) != 2 or g.op(0).kind != "imm":
+    """JMP/CALL ptr16:32 (32-bit code; 64-bit mode has no direct far form), or capstone's
+    name for a far one through memory (m16:64 with REX.W): a same-privilege far transfer
+    to a code segment, which may change the code size (compatibility mode -> 64-bit mode
+    is how a kernel finishes entering long mode)."""
+    if g.d.operands and g.op(0).kind == "mem":
+        _far_indirect(g)
+        return
+    if len(g.d.operands) != 2 or g.op(0).kind != "imm" or 0x66 in g.prefixes():
         g.unsupported()
     selector, offset = g.op(0).imm & 0xFFFF, g.op(1).imm & M32
-    g.emit(f"seg = segments.far_code_segment(cpu, {selector:#x})")
-    g.emit("cpu.load_cs(seg)")
-    g.jump(str(offset))
+    ret = g.next_rip if g.d.mnemonic == "lcall" else None
+    g.emit(f"interrupts.far_transfer(cpu, {selector:#x}, {offset}, 4, {ret})")
+    g.ends_block = True
+
+
+def _far_indirect(g) -> None:
+    """FF /3 or FF /5: the offset (8 bytes with REX.W, else 4), then the selector, at m16:xx.
+    A 66h prefix (a 2-byte offset) is not modelled."""
+    pre = g.prefixes()
+    if 0x66 in pre:
+        g.unsupported()
+    word = 8 if g.d.bits == 64 and pre and pre[-1] & 0xF8 == 0x48 else 4
+    o = g.op(0)
+    a = g.addr(o)
+    offset = g.load(a, word, g.uses_ss(o))
+    selector = g.load(g.value(f"({a} + {word}) & {M64:#x}"), 2, g.uses_ss(o))
+    call = g.d.raw[len(pre) + 1] >> 3 & 7 == 3
+    ret = g.next_rip if call else None
+    g.emit(f"interrupts.far_transfer(cpu, {selector}, {offset}, {word}, {ret})")
+    g.ends_block = True
 
 
 @handles("loop", "loope", "loopne")
@@ -95,3 +120,16 @@ def loop(g):
 def jrcxz(g):
     reg = "r[1]" if g.d.mnemonic == "jrcxz" else "(r[1] & 0xffffffff)"
     g.jump(f"{_target(g)} if {reg} == 0 else {g.next_rip}")
+
+
+@handles("retf", "retfq")
+def retf(g):
+    """RET far (capstone: retfq with REX.W, 8-byte slots; retf, 4-byte slots), to the same
+    or an outer privilege level (cpu/interrupts.py far_ret). A 66h prefix (2-byte slots)
+    is not modelled."""
+    if 0x66 in g.prefixes():
+        g.unsupported()
+    word = 8 if g.d.mnemonic == "retfq" else 4
+    imm = g.op(0).imm & 0xFFFF if g.d.operands else 0
+    g.emit(f"interrupts.far_ret(cpu, {word}, {imm})")
+    g.ends_block = True

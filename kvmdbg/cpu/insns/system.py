@@ -1,9 +1,9 @@
-"""System instructions: flags control, hlt, int3, iretq, cpuid, rdtsc, MSRs, CR moves
-(in data.py), TLB control, descriptor tables, port I/O, vmcall, ud2, SMAP (stac/clac),
+"""System instructions: flags control, hlt, int3/int n/into, iretq, cpuid, rdtsc, MSRs, CR moves
+(in data.py), TLB control, descriptor tables and TR/LDTR, port I/O, vmcall, ud2, SMAP (stac/clac),
 protection keys (wrpkru/rdpkru), fences and cache-line flushes."""
 
 from kvmdbg.bits import MASKS, NONCANONICAL
-from kvmdbg.cpu.faults import GP, PFERR_USER, SS, UD
+from kvmdbg.cpu.faults import GP, OF_, PFERR_USER, SS, UD
 from kvmdbg.cpu.regs import AC, CR4_PKE
 from kvmdbg.cpu.translate import handles
 
@@ -19,7 +19,7 @@ def std(g):
 
 
 def _iopl_check(g):
-    # CLI/STI/IN/OUT need CPL <= IOPL (no I/O bitmap: there is no TSS).
+    # CLI/STI/IN/OUT need CPL <= IOPL (the TSS's I/O permission bitmap is not consulted).
     g.emit("if cpu.cs & 3 > (cpu.rflags >> 12 & 3): raise GuestFault(13, 0)")
 
 
@@ -43,11 +43,17 @@ def hlt(g):
     g.ends_block = True
 
 
-@handles("int3")
-def int3(g):
-    # A trap: the saved RIP is the next instruction.
-    g.emit(f"cpu.rip = {g.next_rip}")
-    g.emit("raise GuestFault(3)")
+@handles("int3", "int", "into")
+def int_n(g):
+    """INT3, INT imm8 and INTO (32-bit code; #UD in 64-bit mode, which capstone does not
+    decode): traps, so the saved RIP is the next instruction (SDM Vol. 2A INT n)."""
+    m = g.d.mnemonic
+    vector = 3 if m == "int3" else OF_ if m == "into" else g.op(0).imm & 0xFF
+    raise_it = f"cpu.rip = {g.next_rip}; raise SoftwareInterrupt({vector}, {g.d.length})"
+    if m == "into":
+        g.emit(f"if {g.cond('o')}: {raise_it}")
+        return
+    g.emit(raise_it)
     g.ends_block = True
 
 
@@ -121,6 +127,35 @@ def lgdt(g):
     if g.d.bits != 64 and 0x66 in g.prefixes():
         base = g.value(f"{base} & 0xffffff")
     g.emit(f"cpu.{g.d.mnemonic[1:]}r = ({base}, {limit})")
+
+
+@handles("sgdt", "sidt")
+def sgdt(g):
+    """SGDT/SIDT: limit, then base, 8 bytes of it in 64-bit code, 4 in 32-bit code (SDM Vol. 2A
+    SGDT: the full 32 bits also with a 66h prefix). Allowed at any CPL (CR4.UMIP is
+    reserved for this guest). The bytes are written as one access, so a fault on either
+    page writes nothing."""
+    o = g.op(0)
+    a = g.addr(o)
+    size = 2 + (8 if g.d.bits == 64 else 4)
+    g.writes_memory()
+    g.emit(f"system.store_pseudo_descriptor(cpu, {a}, {size}, cpu.{g.d.mnemonic[1:]}r, "
+           f"{g.uses_ss(o)})")
+
+
+@handles("str", "sldt")
+def str_(g):
+    """STR/SLDT: the TR or LDTR selector; a register destination is zero-extended, memory
+    takes 16 bits (SDM Vol. 2A STR, SLDT)."""
+    g.write(g.op(0), "cpu.tr" if g.d.mnemonic == "str" else "cpu.ldtr")
+
+
+@handles("ltr", "lldt", stops=True)
+def ltr(g):
+    """LTR/LLDT r/m16 at CPL 0 (cpu/tss.py)."""
+    g.require_cpl0()
+    selector = g.read(g.op(0), 2)
+    g.emit(f"tss.{g.d.mnemonic}(cpu, {selector})")
 
 
 @handles("in", stops=True)
