@@ -219,20 +219,40 @@ def until(s, arg: str) -> None:
 def finish(s, arg: str) -> None:
     """finish
 
-    Run until the current function returns: to the first return address found on the
-    stack (a word after a CALL; the same heuristic as backtrace, since raw programs have
-    no frame information), with the stack popped past it, so a recursive call of the same
-    function does not count.
+    Run until the selected frame's function returns: to its caller's PC with the stack
+    popped past the frame (so a recursive call of the same function does not count).
+    With DWARF call-frame information the return address and frame come from it, and a
+    function whose DWARF type is not void has its return value (RAX) printed and put in
+    the value history, as gdb does; elsewhere the first return address found on the stack
+    (a word after a CALL; the backtrace heuristic).
     """
     no_arguments(finish, arg)
     _check_runnable(s)
-    from kvmdbg.debug.commands.code import stack_frames
-    frames = stack_frames(s, 2)
-    if len(frames) < 2:
+    from kvmdbg.debug.engine import stack
+    level = stack.selected_level(s)
+    frames = stack.stack(s, level + 2).frames
+    if len(frames) < level + 2:
         raise CommandError('"finish" not meaningful in the outermost frame.')
-    (rip, _), (ret, slot) = frames
-    s.message(f"Run till exit from #0  {s.location(rip)}")
-    report(s, stops.resume(s, target=stops.Target(s.current, ret, (slot + 8) & ((1 << 64) - 1))))
+    this, caller = frames[level], frames[level + 1]
+    cfi = not this.heuristic and this.cfa is not None
+    if cfi:
+        s.message(f"Run till exit from {stack.frame_line(s, this)}")
+        rsp = this.cfa
+    else:
+        s.message(f"Run till exit from #{this.level}  {s.location(this.pc)}")
+        rsp = caller.regs["rsp"]
+    outcome = stops.resume(s, target=stops.Target(s.current, caller.pc, rsp & ((1 << 64) - 1)))
+    returned = outcome.stop.reason == REACHED and not outcome.hits and s.cpu.rip == caller.pc
+    if cfi and returned:
+        s.message(stack.frame_line(s, stack.frame0(s.cpu), print_level=False))
+    report(s, outcome)
+    fn = stack.function_of(s, this) if cfi and returned else None
+    if fn is not None and fn.return_type.strip().kind != "void":
+        val = stack.return_value(s, fn.return_type)
+        if val is not None:
+            from kvmdbg.debug.present.values import format_natural
+            text = format_natural(s, val)
+            s.message(f"Value returned is ${s.history.add(val)} = {text}")
 
 
 def jump(s, arg: str) -> None:

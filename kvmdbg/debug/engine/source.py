@@ -89,6 +89,10 @@ class DebugInfo:
                 self._scope = False
         return self._scope or None
 
+    def is_function(self, name: str) -> bool:
+        """An STT_FUNC symbol (what gdb skips a prologue for; a label is broken at)."""
+        return name in getattr(self, "functions", ())
+
     @property
     def has_lines(self) -> bool:
         return bool(self.rows)
@@ -175,6 +179,7 @@ def read_elf(path: str) -> DebugInfo:
 
 def _read(path: str, elf) -> DebugInfo:
     symbols: dict = {}
+    functions: set = set()
     sections = []
     for sec in elf.iter_sections():
         if sec["sh_flags"] & 2 and sec["sh_size"]:          # SHF_ALLOC
@@ -188,6 +193,8 @@ def _read(path: str, elf) -> DebugInfo:
                     sym["st_shndx"] in ("SHN_UNDEF", "SHN_ABS"):
                 continue
             symbols[sym.name] = sym["st_value"]
+            if kind == "STT_FUNC":
+                functions.add(sym.name)
     rows, units = [], []
     if elf.has_dwarf_info():
         dwarf = elf.get_dwarf_info()
@@ -217,15 +224,23 @@ def _read(path: str, elf) -> DebugInfo:
                 if prev is not None and st.address > prev.address:
                     rows.append(Row(prev.address, st.address, names.get(prev.file, "??"),
                                     prev.line, unit))
-                prev = None if st.end_sequence else _copy(st)
-    return DebugInfo(path, symbols, sections, rows, units)
+                if st.end_sequence:
+                    prev = None
+                elif prev is not None and st.address == prev.address and prev.is_stmt \
+                        and not st.is_stmt:
+                    continue        # gdb: at one address, the last is-statement entry
+                else:
+                    prev = _copy(st)
+    di = DebugInfo(path, symbols, sections, rows, units)
+    di.functions = functions
+    return di
 
 
 def _copy(st):
     class S:
         pass
     c = S()
-    c.address, c.file, c.line = st.address, st.file, st.line
+    c.address, c.file, c.line, c.is_stmt = st.address, st.file, st.line, st.is_stmt
     return c
 
 
@@ -304,7 +319,10 @@ class SourceFinder:
                 dirs.append(os.getcwd())
             else:
                 dirs.append(d)
-        for cand in (name, os.path.basename(name)):
+        # gdb's rule: a relative name is first taken under DWARF's (relative) compilation
+        # directory, so `directory /work/shared/kut` finds kvm-unit-tests/x86/access.c.
+        cands = [os.path.join(cdir, name)] if cdir and not os.path.isabs(cdir) else []
+        for cand in cands + [name, os.path.basename(name)]:
             for d in dirs:
                 p = os.path.join(d, cand)
                 if os.path.isfile(p):

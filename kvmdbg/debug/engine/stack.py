@@ -11,7 +11,7 @@ from kvmdbg.bits import M64
 from kvmdbg.debug.engine import dwarf_types as dt
 from kvmdbg.debug.engine.dwarf_scope import LocationError, reg_name
 from kvmdbg.debug.engine.expr import CHAR, VOID, ExprError, Type
-from kvmdbg.debug.engine.frames import Frame, caller_of, frame0, unwind
+from kvmdbg.debug.engine.frames import Frame, caller_of, frame0, unwind  # noqa: F401
 from kvmdbg.errors import KvmdbgError
 
 OPTIMIZED_OUT = "<optimized out>"
@@ -300,6 +300,19 @@ def frame_base(s, frame: Frame, var) -> int:
     if kind == "reg":
         return frame.regs[x]
     return x
+
+
+def return_value(s, t: dt.DType):
+    """A function's return value by the System V ABI: RAX for scalars and pointers up to
+    8 bytes (None for what kvmdbg does not reconstruct: floats, aggregates)."""
+    from kvmdbg.debug.engine.evaluate import Value, make_int
+    core = t.strip()
+    if core.kind not in ("base", "enum", "ptr") or core.byte_size > 8 or \
+            core.kind == "base" and core.encoding == dt.ATE_FLOAT:
+        return None
+    et = to_type(t)
+    raw = s.cpu.r[0] & ((1 << (8 * core.byte_size)) - 1)
+    return make_int(raw, et) if et.kind in ("int", "char") else Value(raw, et)
 
 
 def lookup_variable(s, name: str):
