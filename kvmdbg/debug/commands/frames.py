@@ -53,12 +53,14 @@ def backtrace(s, arg: str) -> None:
 
 
 def _show_frame(s, frame) -> None:
-    from kvmdbg.debug.present.report import show_source_line
+    from kvmdbg.debug.present.report import show_source_text
     if _has_cfi(s):
         s.message(stack.frame_line(s, frame))
     else:
         s.message(f"#{frame.level:<3}{s.location(frame.pc)}")
-    show_source_line(s, frame.lookup_pc)
+    place = stack.frame_place(s, frame)
+    if place is not None:
+        show_source_text(s, *place)
 
 
 def _select(s, level: int) -> None:
@@ -138,6 +140,7 @@ def info_frame(s, arg: str) -> None:
     inner = frames[f.level - 1] if f.level > 0 else None
     di = stack.debug_info(s)
     row = di.row_at(f.lookup_pc) if di is not None else None
+    place = stack.frame_place(s, f)
     if f.cfa is None and not f.heuristic:
         try:
             stack.cfa_of(s, f)
@@ -145,7 +148,7 @@ def info_frame(s, arg: str) -> None:
             pass
     at = f" {f.cfa:#x}" if f.cfa is not None else ""
     s.message(f"Stack level {f.level}, frame at{at or ' ' + hex(f.regs.get('rsp', 0))}:")
-    where = f" ({row.file}:{row.line})" if row is not None else ""
+    where = f" ({place[0]}:{place[1]})" if place is not None else ""
     saved = f"; saved rip = {outer.pc:#x}" if outer is not None else ""
     s.message(f" rip = {f.pc:#x} in {stack.function_name(s, f)}{where}{saved}")
     links = []
@@ -187,7 +190,7 @@ def _frame_function(s):
         raise CommandError(NO_SYMTAB if stack.debug_info(s) is None
                            else "No symbol table info available.")
     f = stack.selected_frame(s)
-    fn = sc.function_at(f.lookup_pc)
+    fn = stack.function_of(s, f)
     if fn is None:
         raise CommandError("No symbol table info available.")
     return f, fn
@@ -214,7 +217,8 @@ def info_locals(s, arg: str) -> None:
     """
     no_arguments(info_locals, arg)
     f, fn = _frame_function(s)
-    _show_variables(s, f, [v for v in fn.variables(f.lookup_pc, nested=True) if not v.is_arg],
+    _show_variables(s, f, [v for v in fn.variables(f.lookup_pc, nested=True)
+                           if not v.is_arg and not v.is_label],
                     "No locals.")
 
 
@@ -237,6 +241,8 @@ def _function_named(s, text: str):
         from kvmdbg.debug.commands.source import address_of
         addr = address_of(s, text)
         fn = sc.function_at(addr)
+        if fn is None and not text.startswith("*") and text in s.symbols:
+            return None                 # a function without DWARF (assembly): no variables
         if fn is None:
             raise CommandError("No function contains specified address.")
     return fn
@@ -247,14 +253,18 @@ def _describe_location(var, level_indent: str = "") -> list:
     kind, loc = var.location(None)
     if kind == "none":
         return ["optimized out"]
+    if kind == "label":
+        return [f"a label at address {loc:#x}"]
     if kind == "const":
-        return [f"constant {loc}"]
+        return [f"a constant with value {loc} ({loc & ((1 << 64) - 1):#x})"
+                if isinstance(loc, int) else
+                "constant bytes"]
     if kind == "expr":
         d = dwarf_scope.describe(loc)
         return [d] if d else ["a complex DWARF expression:"] + dwarf_scope.disassemble(loc)
     lines = ["multi-location:"]
     for lo, hi, ops in loc:
-        d = dwarf_scope.describe(ops)
+        d = dwarf_scope.describe(ops, in_list=True)
         if d:
             lines.append(f"  Range {lo:#x}-{hi:#x}: {d}")
         else:
@@ -282,15 +292,14 @@ def info_scope(s, arg: str) -> None:
             raise CommandError("No function contains specified address.")
     else:
         fn = _function_named(s, text)
-    variables = fn.variables(None)
+    variables = fn.variables(None) if fn is not None else []
     if not variables:
-        s.message(f"Scope for {text}:")
-        s.message("contains no locals or arguments.")
+        s.message(f"Scope for {text} contains no locals or arguments.")
         return
     s.message(f"Scope for {text}:")
     for v in variables:
         words = _describe_location(v)
-        size = v.type.byte_size
+        size = 8 if v.is_label else v.type.byte_size
         if words == ["optimized out"]:
             s.message(f"Symbol {v.name} is optimized out.")
             continue
@@ -316,7 +325,7 @@ def info_address(s, arg: str) -> None:
     sc = stack.scope(s)
     if sc is not None:
         frame = stack.selected_frame(s)
-        fn = sc.function_at(frame.lookup_pc)
+        fn = stack.function_of(s, frame)
         var = next((v for v in fn.variables(frame.lookup_pc, nested=True) if v.name == name),
                    None) if fn is not None else None
         var = var or sc.globals.get(name)

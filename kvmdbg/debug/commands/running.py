@@ -234,6 +234,9 @@ def finish(s, arg: str) -> None:
     if len(frames) < level + 2:
         raise CommandError('"finish" not meaningful in the outermost frame.')
     this, caller = frames[level], frames[level + 1]
+    if caller.call_site is not None:
+        raise CommandError(f"finish out of {stack.function_name(s, this)}, which is inlined "
+                           "here, is not supported; use until or advance to the line after it.")
     cfi = not this.heuristic and this.cfa is not None
     if cfi:
         s.message(f"Run till exit from {stack.frame_line(s, this)}")
@@ -286,7 +289,24 @@ def advance(s, arg: str) -> None:
 
 def _run_to(s, address: int) -> None:
     _check_runnable(s)
-    report(s, stops.resume(s, target=stops.Target(s.current, address)))
+    from kvmdbg.debug.engine import stack
+    before = _function_here(s)
+    outcome = stops.resume(s, target=stops.Target(s.current, address))
+    if outcome.stop.reason == REACHED and not outcome.hits and s.cpu.rip == address and \
+            _function_here(s) not in (None, before):
+        # gdb's SRC_AND_LOC: in another function, the frame line before the source line
+        s.message(stack.frame_line(s, stack.stack(s, 1).frames[0], print_level=False))
+    report(s, outcome)
+
+
+def _function_here(s):
+    """The function the current PC is in (with CFI and DWARF), else None."""
+    from kvmdbg.debug.engine import stack
+    di = stack.debug_info(s)
+    if di is None or not di.cfi or stack.scope(s) is None:
+        return None
+    f = stack.scope(s).function_at(s.cpu.rip)
+    return f.name if f is not None else None
 
 
 def run(s, arg: str) -> None:

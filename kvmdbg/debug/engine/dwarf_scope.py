@@ -18,6 +18,15 @@ from kvmdbg.debug.engine.dwarf_types import VOID, DType, Member
 from kvmdbg.debug.engine.frames import DWARF_REGS
 
 
+# GCC's DW_AT_name of the C integer types -> the name gdb 13 prints for them.
+GDB_BASE_NAMES = {
+    "long unsigned int": "unsigned long", "long int": "long",
+    "long long unsigned int": "unsigned long long", "long long int": "long long",
+    "short unsigned int": "unsigned short", "short int": "short",
+    "__int128 unsigned": "unsigned __int128",
+}
+
+
 class LocationError(Exception):
     """A location kvmdbg does not evaluate (its text is the reason)."""
 
@@ -32,13 +41,19 @@ class Variable:
 
     @property
     def type(self) -> DType:
-        a = self.die.attributes.get("DW_AT_type")
-        return self.db.type_at(self.die.get_DIE_from_attribute("DW_AT_type").offset) \
-            if a is not None else VOID
+        off = type_die_offset(self.die)
+        return self.db.type_at(off) if off is not None else VOID
+
+    @property
+    def is_label(self) -> bool:
+        return self.die.tag == "DW_TAG_label"
 
     def location(self, pc: int | None):
         """('expr', ops) for the PC (a list of DWARFExprOp), ('none', None) when optimised
-        out there, or ('list', entries) with pc None."""
+        out there, or ('list', entries) with pc None; ('label', address) for a label."""
+        if self.is_label:
+            low = self.die.attributes.get("DW_AT_low_pc")
+            return ("label", low.value) if low is not None else ("none", None)
         attr = self.die.attributes.get("DW_AT_location")
         if attr is None:
             if "DW_AT_const_value" in self.die.attributes:
@@ -68,9 +83,8 @@ class Function:
 
     @property
     def return_type(self) -> DType:
-        if "DW_AT_type" not in self.die.attributes:
-            return VOID
-        return self.db.type_at(self.die.get_DIE_from_attribute("DW_AT_type").offset)
+        off = type_die_offset(self.die)
+        return self.db.type_at(off) if off is not None else VOID
 
     def frame_base_ops(self):
         a = self.die.attributes.get("DW_AT_frame_base")
@@ -84,7 +98,8 @@ class Function:
         """The function's own parameters and variables (DIE order); with nested and a PC,
         those of the lexical blocks holding PC too, innermost first (gdb's info locals)."""
         own = [self._var(d) for d in self.die.iter_children()
-               if d.tag in ("DW_TAG_formal_parameter", "DW_TAG_variable") and _name(d)]
+               if d.tag in ("DW_TAG_formal_parameter", "DW_TAG_variable", "DW_TAG_label")
+               and _name(d)]
         if not nested or pc is None:
             return own
         inner: list = []
@@ -104,8 +119,29 @@ class Function:
         return Variable(_name(d), d, self.cu, d.tag == "DW_TAG_formal_parameter", self.db)
 
 
+def origin(die, name: str):
+    """die's attribute NAME, or that of the DIE it is a concrete instance of
+    (DW_AT_abstract_origin, DW_AT_specification), as gdb reads them; None if neither has it."""
+    for _ in range(4):
+        a = die.attributes.get(name)
+        if a is not None:
+            return die, a
+        ref = next((r for r in ("DW_AT_abstract_origin", "DW_AT_specification")
+                    if r in die.attributes), None)
+        if ref is None:
+            return None
+        die = die.get_DIE_from_attribute(ref)
+    return None
+
+
+def type_die_offset(die):
+    found = origin(die, "DW_AT_type")
+    return found[0].get_DIE_from_attribute("DW_AT_type").offset if found else None
+
+
 def _name(die) -> str:
-    a = die.attributes.get("DW_AT_name")
+    found = origin(die, "DW_AT_name")
+    a = found[1] if found else None
     if a is None:
         return ""
     v = a.value
@@ -145,8 +181,10 @@ class DwarfScope:
                 f = Function(n, rng[0], rng[1], die, cu, self)
                 self.functions.append(f)
                 self.by_name.setdefault(n, f)
-        elif tag == "DW_TAG_variable" and n and "DW_AT_location" in die.attributes:
-            self.globals.setdefault(n, Variable(n, die, cu, False, self))
+        elif tag == "DW_TAG_variable" and n and not die.attributes.get("DW_AT_declaration"):
+            old = self.globals.get(n)       # a definition with a location wins
+            if old is None or "DW_AT_location" not in old.die.attributes:
+                self.globals[n] = Variable(n, die, cu, False, self)
         elif tag in ("DW_TAG_typedef", "DW_TAG_base_type") and n:
             self.type_names.setdefault(n, die.offset)
         elif tag in ("DW_TAG_structure_type", "DW_TAG_union_type", "DW_TAG_enumeration_type") \
@@ -202,6 +240,44 @@ class DwarfScope:
             i -= 1
         return None
 
+    def inline_chain(self, f: Function, pc: int) -> list:
+        """The inlined calls that hold pc in f, outermost first, each as a Function whose
+        die is the DW_TAG_inlined_subroutine (its name from the abstract origin)."""
+        chain: list = []
+        die = f.die
+        while True:
+            nxt = self._inlined_at(die, f.cu, pc)
+            if nxt is None:
+                return chain
+            chain.append(Function(_name(nxt), f.low, f.high, nxt, f.cu, self))
+            die = nxt
+
+    def _inlined_at(self, die, cu, pc: int):
+        todo = list(die.iter_children())
+        while todo:
+            d = todo.pop(0)
+            if d.tag == "DW_TAG_inlined_subroutine" and self.die_contains(d, cu, pc):
+                return d
+            if d.tag == "DW_TAG_lexical_block" and self.die_contains(d, cu, pc):
+                todo[:0] = list(d.iter_children())
+        return None
+
+    def call_site(self, inlined: Function):
+        """(file, line) of an inlined call (DW_AT_call_file/DW_AT_call_line), gdb's names."""
+        a = inlined.die.attributes
+        line = a["DW_AT_call_line"].value if "DW_AT_call_line" in a else 0
+        index = a["DW_AT_call_file"].value if "DW_AT_call_file" in a else None
+        names = self._file_names(inlined.cu)
+        return names.get(index, "??"), line
+
+    def _file_names(self, cu) -> dict:
+        cache = self.__dict__.setdefault("_names", {})
+        if cu.cu_offset not in cache:
+            from kvmdbg.debug.engine.source import _file_names
+            lp = self.dwarf.line_program_for_CU(cu)
+            cache[cu.cu_offset] = _file_names(lp) if lp is not None else {}
+        return cache[cu.cu_offset]
+
     def ops(self, raw, cu) -> list:
         return self._expr_parser(cu.structs).parse_expr(raw)
 
@@ -229,7 +305,11 @@ class DwarfScope:
         return t
 
     def type_named(self, text: str) -> DType | None:
-        off = self.type_names.get(" ".join(text.split()))
+        key = " ".join(text.split())
+        off = self.type_names.get(key)
+        if off is None:
+            gcc = {v: k for k, v in GDB_BASE_NAMES.items()}.get(key)
+            off = self.type_names.get(gcc) if gcc else None
         return self.type_at(off) if off is not None else None
 
     def _target(self, die):
@@ -243,7 +323,7 @@ class DwarfScope:
         size = a["DW_AT_byte_size"].value if "DW_AT_byte_size" in a else 0
         tag = die.tag
         if tag == "DW_TAG_base_type":
-            return DType("base", n, size, a["DW_AT_encoding"].value if "DW_AT_encoding" in a else 0)
+            return DType("base", GDB_BASE_NAMES.get(n, n), size, a["DW_AT_encoding"].value if "DW_AT_encoding" in a else 0)
         if tag == "DW_TAG_unspecified_type":
             return DType("void", n or "void")
         if tag in ("DW_TAG_pointer_type", "DW_TAG_reference_type"):
@@ -309,11 +389,13 @@ class DwarfScope:
 
     def function_type(self, f: Function) -> DType:
         """A function's type (`int (ac_test_t *)`), from its DIE."""
-        t = DType("func", "", _target=self._target(f.die),
-                  prototyped=bool(f.die.attributes.get("DW_AT_prototyped")))
+        off = type_die_offset(f.die)
+        proto = origin(f.die, "DW_AT_prototyped")
+        t = DType("func", "", _target=(self, off) if off is not None else None,
+                  prototyped=bool(proto and proto[1].value))
         for p in f.die.iter_children():
-            if p.tag == "DW_TAG_formal_parameter" and "DW_AT_type" in p.attributes:
-                t.params.append(self.type_at(p.get_DIE_from_attribute("DW_AT_type").offset))
+            if p.tag == "DW_TAG_formal_parameter" and type_die_offset(p) is not None:
+                t.params.append(self.type_at(type_die_offset(p)))
             elif p.tag == "DW_TAG_unspecified_parameters":
                 t.varargs = True
         return t
@@ -325,8 +407,9 @@ def reg_name(n: int) -> str:
     return DWARF_REGS[n] if n < len(DWARF_REGS) else f"dwarf{n}"
 
 
-def describe(ops) -> str | None:
-    """gdb's short description of a simple location expression, else None (complex)."""
+def describe(ops, in_list: bool = False) -> str | None:
+    """gdb's short description of a simple location expression, else None (complex; in a
+    location list, DW_OP_addr too: gdb makes only a lone one LOC_STATIC)."""
     if len(ops) == 1:
         op = ops[0]
         name = op.op_name
@@ -334,12 +417,11 @@ def describe(ops) -> str | None:
             return f"a variable in ${reg_name(int(name[9:]))}"
         if name == "DW_OP_regx":
             return f"a variable in ${reg_name(op.args[0])}"
-        if name == "DW_OP_addr":
+        if name == "DW_OP_addr" and not in_list:
             return f"static storage at address {op.args[0]:#x}"
-    if len(ops) == 2 and ops[1].op_name == "DW_OP_stack_value":
-        v = constant_of(ops[0])
-        if v is not None:
-            return f"the constant {v}"
+    if len(ops) == 2 and ops[1].op_name == "DW_OP_stack_value" and \
+            ops[0].op_name.startswith("DW_OP_lit"):
+        return f"the constant {int(ops[0].op_name[9:])}"
     return None
 
 
@@ -356,7 +438,7 @@ def disassemble(ops, indent: int = 0) -> list:
     """gdb's disassemble_dwarf_expression: `     0: DW_OP_fbreg -65` per operation."""
     out = []
     for op in ops:
-        text = f"  {op.offset:>{indent + 4}x}: {op.op_name}"
+        text = f"  {op.offset:>{indent + 4}}: {op.op_name}"
         name = op.op_name
         if name.startswith("DW_OP_breg") and name != "DW_OP_bregx":
             text += f" {op.args[0]} [${reg_name(int(name[10:]))}]"
@@ -370,6 +452,8 @@ def disassemble(ops, indent: int = 0) -> list:
             base = op.offset + 2
             out.extend(_shift_offsets(sub, base, indent + 2))
             continue
+        elif name in ("DW_OP_bra", "DW_OP_skip"):          # gdb: the target's offset
+            text += f" {op.offset + 3 + op.args[0]}"
         elif op.args:
             text += " " + " ".join(str(a) for a in op.args)
         out.append(text)
@@ -380,6 +464,6 @@ def _shift_offsets(lines, base, indent):
     out = []
     for ln in lines:
         head, _, rest = ln.partition(":")
-        off = int(head.strip(), 16) + base
-        out.append(f"  {off:>{indent + 4}x}:{rest}")
+        off = int(head.strip()) + base
+        out.append(f"  {off:>{indent + 4}}:{rest}")
     return out

@@ -139,10 +139,19 @@ def _base_name(t: DType) -> str:
 # --- ptype ---
 
 def ptype_lines(t: DType, inner: str = "") -> list:
-    """gdb's ptype: typedefs at the top resolved one level, structs/unions/enums expanded."""
-    if t.kind == "typedef":
+    """gdb's ptype: typedefs at the top resolved (through pointers, arrays and qualifiers
+    too), structs/unions/enums expanded; members keep their typedef names."""
+    return _expand(_resolved(t), inner, 0)
+
+
+def _resolved(t: DType) -> DType:
+    while t.kind == "typedef":
         t = t.target if t.target is not None else VOID
-    return _expand(t, inner, 0)
+    if t.kind in ("ptr", "array", "const", "volatile") and t.target is not None:
+        inner = _resolved(t.target)
+        if inner is not t.target:
+            return DType(t.kind, t.name, t.size, _target=inner, count=t.count)
+    return t
 
 
 def _expand(t: DType, inner: str, indent: int) -> list:

@@ -510,7 +510,8 @@ def write_register(s, vcpu: int, name: str, value: int) -> None:
 # --- convenience for commands ---
 
 def evaluate(s, text: str, vcpu: int | None = None, event=None) -> Value:
-    return Evaluator(s, vcpu, event).value(parse(text))
+    from kvmdbg.debug.engine.stack import ProgramTypes
+    return Evaluator(s, vcpu, event).value(parse(text, ProgramTypes.of(s)))
 
 
 def evaluate_node(s, node, vcpu: int | None = None, event=None) -> Value:

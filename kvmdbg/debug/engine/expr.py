@@ -258,8 +258,9 @@ as soon as the next one of no higher precedence arrives."""
 
 
 class _Parser:
-    def __init__(self, text: str):
+    def __init__(self, text: str, types=None):
         self.text = text
+        self.types = types          # name -> Type or None: the program's DWARF types
         self.toks = tokenize(text)
         self.i = 0
 
@@ -402,15 +403,33 @@ class _Parser:
             raise ExprError(f"No type named {tname or '?'}.")
         return TYPE_NAMES[tname]
 
+    def _program_type(self, k: int):
+        """(Type, tokens) of a program type name at token k (`ac_test_t`, `struct foo`)."""
+        if self.types is None:
+            return None, 0
+        kind, name = self.peek(k)
+        if kind != "ident":
+            return None, 0
+        if name in ("struct", "union", "enum") and self.peek(k + 1)[0] == "ident":
+            t = self.types(f"{name} {self.peek(k + 1)[1]}")
+            if t is None:
+                raise ExprError(f"No {name} type named {self.peek(k + 1)[1]}.")
+            return t, 2
+        t = self.types(name)
+        return (t, 1) if t is not None else (None, 0)
+
     def _cast_type(self):
         """At '(' TYPE ['*'...] ')': the Type (pointer if starred), else None without consuming."""
         if self.peek() != ("op", "("):
             return None
         kind, name = self.peek(1)
-        if kind != "ident" or name not in TYPE_NAMES:
+        program, used = self._program_type(1)
+        if program is not None and name not in TYPE_NAMES:
+            t, k = program, 1 + used
+        elif kind != "ident" or name not in TYPE_NAMES:
             return None
-        t = TYPE_NAMES[name]
-        k = 2
+        else:
+            t, k = TYPE_NAMES[name], 2
         if name == "unsigned" and self.peek(2)[0] == "ident" and self.peek(2)[1] in ("char", "short", "int", "long"):
             word = self.peek(2)[1]
             t = _named({"char": U8, "short": U16, "int": U32, "long": U64}[word], f"unsigned {word}")
@@ -423,7 +442,7 @@ class _Parser:
             return None
         self.i += k + 1
         for _ in range(stars):
-            t = t.pointer()
+            t = self.types.pointer(t) if t.dtype is not None else t.pointer()
         return t
 
     def primary(self):
@@ -454,9 +473,10 @@ _PREFIX_NODES = {
 }
 
 
-def parse(text: str):
-    """Parse an expression; ExprError with a one-line message if it is malformed."""
-    return _Parser(text).parse()
+def parse(text: str, types=None):
+    """Parse an expression; ExprError with a one-line message if it is malformed.
+    types(name) gives the Type of a program type name (`ac_test_t`, `struct foo`)."""
+    return _Parser(text, types).parse()
 
 
 def walk(node):

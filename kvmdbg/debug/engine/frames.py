@@ -120,12 +120,15 @@ class Frame:
     cfa: int | None = None
     saved_at: dict = field(default_factory=dict)    # register -> address of its slot
     heuristic: bool = False           # found by the stack scan, not by CFI
+    function: object = None           # the (possibly inlined) function, once known
+    call_site: tuple | None = None    # (file, line) where the function inlined in it is called
+    innermost: bool = True            # the machine frame is #0 (its PC is where it stopped)
 
     @property
     def lookup_pc(self) -> int:
         """The PC that names the frame's function and line: PC-1 in an outer frame (the
         call instruction, which may be the last of its function)."""
-        return self.pc if self.level == 0 or self.heuristic else self.pc - 1
+        return self.pc if self.innermost or self.heuristic else self.pc - 1
 
 
 def frame0(cpu) -> Frame:
@@ -156,7 +159,7 @@ def caller_of(frame: Frame, cfi: CallFrameInfo, read_u64) -> Frame | None:
     ret = regs["rip"]
     if ret == 0:
         return None
-    return Frame(frame.level + 1, ret, regs)
+    return Frame(frame.level + 1, ret, regs, innermost=False)
 
 
 def unwind(cpu, cfi: CallFrameInfo, read_u64, limit: int = MAX_FRAMES) -> list:

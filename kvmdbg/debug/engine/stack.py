@@ -5,7 +5,7 @@ frame/up/down, info frame, info locals/args, finish and `print VAR` share).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kvmdbg.bits import M64
 from kvmdbg.debug.engine import dwarf_types as dt
@@ -15,7 +15,6 @@ from kvmdbg.debug.engine.frames import Frame, caller_of, frame0, unwind  # noqa:
 from kvmdbg.errors import KvmdbgError
 
 OPTIMIZED_OUT = "<optimized out>"
-ERROR = Type("error", 0, False, "error")
 
 
 @dataclass
@@ -50,10 +49,29 @@ def stack(s, limit: int = 256) -> Stack:
     if last.rule is None and len(frames) < limit:
         more = _heuristic(s, last, limit - len(frames) + 1, last.level)[1:]
         if more:
-            note = (f"(no call-frame information at {last.pc:#x}: frames after #{last.level} "
-                    "are return addresses found on the stack)")
+            note = (f"(no call-frame information at {last.pc:#x}: frames after "
+                    f"{function_name(s, last)} are return addresses found on the stack)")
         frames += more
-    return Stack(frames, note)
+    return Stack(_with_inlined(s, frames), note)
+
+
+def _with_inlined(s, frames: list) -> list:
+    """gdb's inline frames: a machine frame whose PC is in inlined code becomes one frame
+    per inlined call (innermost first, at the PC's line) and then its function's frame
+    (at the call site's line); the levels are renumbered."""
+    sc = scope(s)
+    if sc is None:
+        return frames
+    out = []
+    for f in frames:
+        fn = sc.function_at(f.lookup_pc)
+        chain = sc.inline_chain(fn, f.lookup_pc) if fn is not None else []
+        funcs = list(reversed(chain)) + ([fn] if fn is not None else [None])
+        for i, func in enumerate(funcs):
+            g = replace(f, level=len(out), function=func,
+                        call_site=sc.call_site(funcs[i - 1]) if i else None)
+            out.append(g)
+    return out
 
 
 def return_addresses(s, rsp: int, limit: int, span: int = 0x2000) -> list:
@@ -116,8 +134,20 @@ def selected_frame(s) -> Frame:
 # --- functions and frame lines ---
 
 def function_of(s, frame: Frame):
+    if frame.function is not None:
+        return frame.function
     sc = scope(s)
     return sc.function_at(frame.lookup_pc) if sc is not None else None
+
+
+def frame_place(s, frame: Frame):
+    """(file, line) a frame is at: its call site for the caller of inlined code, else the
+    line-table row of its PC; None without line information."""
+    if frame.call_site is not None:
+        return frame.call_site
+    di = debug_info(s)
+    row = di.row_at(frame.lookup_pc) if di is not None else None
+    return (row.file, row.line) if row is not None else None
 
 
 def function_name(s, frame: Frame) -> str:
@@ -135,12 +165,17 @@ def frame_line(s, frame: Frame, print_level: bool = True) -> str:
     row = di.row_at(frame.lookup_pc) if di is not None else None
     f = function_of(s, frame)
     head = f"#{frame.level:<3}" if print_level else ""
-    show_addr = frame.level > 0 and not frame.heuristic or row is None or row.address != frame.pc
+    if frame.call_site is not None:             # gdb: no address for the caller of inlined code
+        show_addr = False
+    else:
+        show_addr = not frame.innermost and not frame.heuristic or row is None or \
+            row.address != frame.pc
     width = 16 if s.cpu.code_bits == 64 else 8
     addr = f"0x{frame.pc:0{width}x} in " if show_addr else ""
     args = ", ".join(f"{v.name}={frame_arg_text(s, frame, v)}" for v in f.arguments()) \
         if f is not None else ""
-    where = f" at {row.file}:{row.line}" if row is not None else ""
+    place = frame_place(s, frame)
+    where = f" at {place[0]}:{place[1]}" if place is not None else ""
     return f"{head}{addr}{function_name(s, frame)} ({args}){where}"
 
 
@@ -180,6 +215,26 @@ def to_type(t: dt.DType) -> Type:
     return VOID
 
 
+class ProgramTypes:
+    """The program's DWARF type names for the expression parser (casts, sizeof)."""
+
+    def __init__(self, sc):
+        self.sc = sc
+
+    @classmethod
+    def of(cls, s):
+        sc = scope(s)
+        return cls(sc) if sc is not None else None
+
+    def __call__(self, name: str):
+        t = self.sc.type_named(name)
+        return to_type(t) if t is not None else None
+
+    @staticmethod
+    def pointer(t: Type) -> Type:
+        return to_type(dt.DType("ptr", "", 8, _target=t.dtype))
+
+
 def value_text(s, val, top: bool = True) -> str:
     """A DWARF-typed value as gdb prints it."""
     t = val.type.dtype
@@ -205,8 +260,8 @@ def variable_value(s, frame: Frame, var):
     size = var.type.byte_size
     try:
         where = locate(s, frame, var)
-    except LocationError:
-        return Value(OPTIMIZED_OUT, ERROR)
+    except LocationError:           # the type stays known (whatis, ptype)
+        return Value(OPTIMIZED_OUT, Type(t.name, 0, False, "error", dtype=var.type))
     kind, x = where
     if kind == "value":
         return make_int(x, t) if t.kind in ("int", "char") else Value(x & M64, t)
@@ -322,7 +377,7 @@ def lookup_variable(s, name: str):
     if sc is None:
         return None
     frame = selected_frame(s)
-    f = sc.function_at(frame.lookup_pc)
+    f = function_of(s, frame)
     if f is not None:
         for v in f.variables(frame.lookup_pc, nested=True):
             if v.name == name:

@@ -185,15 +185,20 @@ def show_source_line(s, rip: int) -> None:
     source text as written), or `42\tin smep_flip.S` when the file cannot be found."""
     di = getattr(s, "debug_info", None)
     row = di.row_at(rip) if di is not None else None
-    if row is None:
-        return
+    if row is not None:
+        show_source_text(s, row.file, row.line)
+
+
+def show_source_text(s, file: str, line: int) -> None:
+    """`42\t<the text of line 42>`, or gdb's one line for a file it cannot find; `list`
+    then centres on it."""
     from kvmdbg.debug.commands import source
-    source.set_current(s, row.file, row.line)
-    text = source.source_text(s, row.file)
-    if text is None or row.line > len(text):
-        source.missing_line(s, row.file, row.line)
+    source.set_current(s, file, line)
+    text = source.source_text(s, file)
+    if text is None or line > len(text):
+        source.missing_line(s, file, line)
     else:
-        s.message(f"{row.line}\t{text[row.line - 1]}")
+        s.message(f"{line}\t{text[line - 1]}")
 
 
 def show_displays(s) -> None:
