@@ -253,12 +253,14 @@ def _describe_location(var, level_indent: str = "") -> list:
     kind, loc = var.location(None)
     if kind == "none":
         return ["optimized out"]
+    if kind == "extern":
+        return [f"static storage at address {loc:#x}"]     # gdb's LOC_UNRESOLVED words
     if kind == "label":
         return [f"a label at address {loc:#x}"]
     if kind == "const":
-        return [f"a constant with value {loc} ({loc & ((1 << 64) - 1):#x})"
-                if isinstance(loc, int) else
-                "constant bytes"]
+        if isinstance(loc, int):
+            return [f"a constant with value {loc} ({loc & ((1 << 64) - 1):#x})"]
+        return ["constant bytes: " + "".join(f" {b:02x}" for b in loc)]
     if kind == "expr":
         d = dwarf_scope.describe(loc)
         return [d] if d else ["a complex DWARF expression:"] + dwarf_scope.disassemble(loc)
@@ -304,7 +306,8 @@ def info_scope(s, arg: str) -> None:
             s.message(f"Symbol {v.name} is optimized out.")
             continue
         if len(words) == 1:
-            w = "in " + words[0] if words[0].startswith("static storage") else words[0]
+            w = "in " + words[0] if words[0].startswith("static storage") and \
+                v.location(None)[0] != "extern" else words[0]
             s.message(f"Symbol {v.name} is {w}, length {size}.")
             continue
         s.message(f"Symbol {v.name} is {words[0]}")

@@ -55,6 +55,11 @@ class Variable:
             low = self.die.attributes.get("DW_AT_low_pc")
             return ("label", low.value) if low is not None else ("none", None)
         attr = self.die.attributes.get("DW_AT_location")
+        if attr is None and self.die.attributes.get("DW_AT_declaration"):
+            # an extern declaration: gdb resolves it through the ELF symbol table
+            address = self.db.elf_symbols.get(self.name)
+            if address is not None:
+                return "extern", address
         if attr is None:
             if "DW_AT_const_value" in self.die.attributes:
                 return "const", self.die.attributes["DW_AT_const_value"].value
@@ -97,22 +102,30 @@ class Function:
     def variables(self, pc: int | None, nested: bool = False) -> list:
         """The function's own parameters and variables (DIE order); with nested and a PC,
         those of the lexical blocks holding PC too, innermost first (gdb's info locals)."""
-        own = [self._var(d) for d in self.die.iter_children()
-               if d.tag in ("DW_TAG_formal_parameter", "DW_TAG_variable", "DW_TAG_label")
-               and _name(d)]
+        own = [self._var(d) for d in self._own(self.die)]
         if not nested or pc is None:
             return own
         inner: list = []
         self._blocks(self.die, pc, inner)
         return inner + own
 
+    def _own(self, die):
+        """The variable DIEs of a scope, in DIE order; a lexical block without an address
+        range is no scope of its own (gdb reads its children into the enclosing one)."""
+        for d in die.iter_children():
+            if d.tag in ("DW_TAG_formal_parameter", "DW_TAG_variable", "DW_TAG_label") and \
+                    _name(d):
+                yield d
+            elif d.tag == "DW_TAG_lexical_block" and "DW_AT_low_pc" not in d.attributes and \
+                    "DW_AT_ranges" not in d.attributes:
+                yield from self._own(d)
+
     def _blocks(self, die, pc: int, out: list) -> None:
         for d in die.iter_children():
             if d.tag == "DW_TAG_lexical_block" and self.db.die_contains(d, self.cu, pc):
                 nested: list = []
                 self._blocks(d, pc, nested)
-                out[:0] = [self._var(v) for v in d.iter_children()
-                           if v.tag == "DW_TAG_variable" and _name(v)]
+                out[:0] = [self._var(v) for v in self._own(d)]
                 out[:0] = nested
 
     def _var(self, d) -> Variable:
@@ -139,6 +152,11 @@ def type_die_offset(die):
     return found[0].get_DIE_from_attribute("DW_AT_type").offset if found else None
 
 
+def _constant_form(attr) -> bool:
+    return attr.form in ("DW_FORM_data1", "DW_FORM_data2", "DW_FORM_data4", "DW_FORM_data8",
+                         "DW_FORM_sdata", "DW_FORM_udata", "DW_FORM_implicit_const")
+
+
 def _name(die) -> str:
     found = origin(die, "DW_AT_name")
     a = found[1] if found else None
@@ -159,6 +177,7 @@ class DwarfScope:
         self.loc_parser = LocationParser(self.dwarf.location_lists())
         self._expr_parser = DWARFExprParser
         self.functions: list = []
+        self.elf_symbols: dict = {}     # name -> address, for extern declarations
         self.by_name: dict = {}
         self.globals: dict = {}
         self.type_names: dict = {}
@@ -365,11 +384,12 @@ class DwarfScope:
             for sub in die.iter_children():
                 if sub.tag == "DW_TAG_subrange_type":
                     sa = sub.attributes
-                    if "DW_AT_count" in sa:
-                        dims.append(sa["DW_AT_count"].value)
-                    elif "DW_AT_upper_bound" in sa and isinstance(sa["DW_AT_upper_bound"].value, int):
-                        dims.append(sa["DW_AT_upper_bound"].value + 1)
-                    else:
+                    count, upper = sa.get("DW_AT_count"), sa.get("DW_AT_upper_bound")
+                    if count is not None and _constant_form(count):
+                        dims.append(count.value)
+                    elif upper is not None and _constant_form(upper):
+                        dims.append(upper.value + 1)
+                    else:                       # no bound, or a variable one (a VLA)
                         dims.append(None)
             t = None
             inner = self._target(die)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 
+from kvmdbg.errors import KvmdbgError
+
 ENDBR64 = bytes.fromhex("f30f1efa")
 PUSH_RBP = 0x55
 MOV_RSP_RBP = (bytes.fromhex("4889e5"), bytes.fromhex("488bec"))
@@ -47,15 +49,17 @@ def locations_valid(sc, cu) -> bool:
 def skip_prologue(s, start: int, end: int | None) -> int:
     """The address past the frame setup at start (gdb's amd64_skip_prologue and the
     mid-line rule after it)."""
-    try:
-        code = s.read_memory(start, 8)
-    except Exception:                   # noqa: BLE001 - unreadable: break at the start
-        return start
+    di = getattr(s, "debug_info", None)
+    code = di.file_bytes(start, 8) if di is not None else None
+    if code is None:
+        try:
+            code = s.read_memory(start, 8)
+        except KvmdbgError:             # unreadable: break at the start
+            return start
     pc = 4 if code.startswith(ENDBR64) else 0
     if code[pc:pc + 1] != bytes([PUSH_RBP]) or code[pc + 1:pc + 4] not in MOV_RSP_RBP:
         return start
     pc = start + pc + 4
-    di = getattr(s, "debug_info", None)
     row = di.row_at(pc) if di is not None else None
     if row is not None and row.address != pc and (end is None or row.end < end):
         return row.end

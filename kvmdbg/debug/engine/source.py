@@ -84,10 +84,21 @@ class DebugInfo:
                 elf = self._elf()
                 self._scope = DwarfScope(elf) if elf.has_dwarf_info() and \
                     elf.get_section_by_name(".debug_info") is not None else False
+                if self._scope:
+                    self._scope.elf_symbols = self.symbols
             except Exception as e:            # noqa: BLE001 - corrupt DWARF: one line
                 self.dwarf_error = f"{os.path.basename(self.path)}: bad DWARF ({e})"
                 self._scope = False
         return self._scope or None
+
+    def file_bytes(self, addr: int, n: int) -> bytes | None:
+        """n bytes at addr as the ELF file holds them (gdb reads code there before the
+        program runs), or None outside its PROGBITS sections."""
+        for start, size, offset in getattr(self, "contents", ()):
+            if start <= addr and addr + n <= start + size:
+                at = offset + addr - start
+                return self.data[at:at + n]
+        return None
 
     def is_function(self, name: str) -> bool:
         """An STT_FUNC symbol (what gdb skips a prologue for; a label is broken at)."""
@@ -181,9 +192,12 @@ def _read(path: str, elf) -> DebugInfo:
     symbols: dict = {}
     functions: set = set()
     sections = []
+    contents = []
     for sec in elf.iter_sections():
         if sec["sh_flags"] & 2 and sec["sh_size"]:          # SHF_ALLOC
             sections.append((sec["sh_addr"], sec["sh_addr"] + sec["sh_size"]))
+            if sec["sh_type"] == "SHT_PROGBITS":
+                contents.append((sec["sh_addr"], sec["sh_size"], sec["sh_offset"]))
     symtab = elf.get_section_by_name(".symtab")
     if symtab is not None:
         for sym in symtab.iter_symbols():
@@ -233,6 +247,7 @@ def _read(path: str, elf) -> DebugInfo:
                     prev = _copy(st)
     di = DebugInfo(path, symbols, sections, rows, units)
     di.functions = functions
+    di.contents = contents
     return di
 
 

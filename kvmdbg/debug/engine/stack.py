@@ -288,6 +288,8 @@ def variable_value(s, frame: Frame, var):
 def locate(s, frame: Frame, var):
     """('reg', name) | ('addr', address) | ('value', int); LocationError if not simple."""
     kind, ops = var.location(frame.lookup_pc)
+    if kind == "extern":
+        return "addr", ops
     if kind == "const":
         if isinstance(ops, int):
             return "value", ops
