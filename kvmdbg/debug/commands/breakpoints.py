@@ -28,6 +28,9 @@ def _breakpoint_address(s, fn, text: str) -> int:
         at = function_breakpoint(s, expr)
         if at is not None:
             return at
+        import re
+        if re.fullmatch(r"[A-Za-z_][\w.]*", expr) and expr not in s.symbols:
+            raise CommandError(f'Function "{expr}" not defined.')
     v = Evaluator(s).value(parse(expr))
     if v.space and v.space != "gva":
         raise CommandError(f"Breakpoints are on guest-virtual addresses; {v.space}:{v.as_int():#x} "

@@ -370,6 +370,9 @@ def _type_of(s, text: str):
         f = sc.by_name.get(t)
         if f is not None:
             return sc.function_type(f), True
+    words = t.split()
+    if len(words) == 2 and words[0] in ("struct", "union", "enum"):
+        raise CommandError(f"No {words[0]} type named {words[1]}.")
     from kvmdbg.debug.engine.evaluate import evaluate
     v = evaluate(s, t)
     if v.type.dtype is not None:

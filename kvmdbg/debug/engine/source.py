@@ -183,7 +183,8 @@ def read_elf(path: str) -> DebugInfo:
         if isinstance(e, ELFError) and "Magic number" in str(e):
             raise CommandError(f"`{os.path.abspath(path)}': can't read symbols: "
                                "file format not recognized.") from None
-        raise CommandError(f"`{os.path.abspath(path)}': can't read symbols: {e}.") from None
+        raise CommandError(f"`{os.path.abspath(path)}': can't read symbols: bad DWARF or ELF "
+                           f"({e}).") from None
     except OSError as e:
         raise CommandError(f"{path}: {e.strerror}.") from None
 
