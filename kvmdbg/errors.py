@@ -23,14 +23,14 @@ class UnsupportedInstruction(KvmdbgError):
 
 
 class UnsupportedMode(UnsupportedInstruction):
-    """The vCPU is in a mode the interpreter cannot run (it runs 64-bit long mode only)."""
+    """The guest needs a processor feature or mode the interpreter does not model (16-bit
+    code, an LDT, call gates, delivery through a 32-bit IDT, non-flat 32-bit segments)."""
 
-    def __init__(self, rip: int, mode: str = "32-bit protected mode"):
-        KvmdbgError.__init__(self, f"{mode} is not supported yet: the vCPU is stopped at "
-                                   f"{rip:#x} (a multiboot entry starts there; kvmdbg runs "
-                                   f"64-bit long mode only).")
+    def __init__(self, rip: int, what: str):
+        KvmdbgError.__init__(self, f"{what} is not supported yet: the vCPU is stopped at "
+                                   f"{rip:#x} before the instruction that needs it.")
         self.rip = rip
-        self.text = mode
+        self.text = what
 
 
 class UnsupportedPaging(UnsupportedInstruction):

@@ -25,8 +25,7 @@ def sessions():
     for doc in DOCS:
         if not doc.exists():
             continue
-        for block in re.findall(r"^```\n(.*?)^```", doc.read_text(), re.S | re.M):
-            lines = block.splitlines()
+        for lines in fenced_blocks(doc.read_text()):
             if not lines or not lines[0].startswith("$ kvmdbg "):
                 continue
             command = lines[0][2:]
@@ -36,6 +35,22 @@ def sessions():
                 i += 1
             out.append((doc.name, command, lines[i:]))
     return out
+
+
+def fenced_blocks(text: str):
+    """The line lists of the plain ``` blocks (a fence with a language, ```python, opens a
+    block too, whose lines are not sessions)."""
+    block, plain = None, False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            if block is None:
+                block, plain = [], line.strip() == "```"
+            else:
+                if plain:
+                    yield block
+                block = None
+        elif block is not None:
+            block.append(line)
 
 
 SESSIONS = sessions()

@@ -1,7 +1,7 @@
 """The run loop: fetch a cached handler, call it, count what retired; deliver faults.
 
-Without breakpoints it runs basic blocks (cpu.fetch_block); with breakpoints, with
-cpu.single_step set, or for the last few steps before a step limit, single instructions. A handler
+It runs basic blocks (cpu.fetch_block); single instructions with cpu.single_step set,
+for the last few steps before a step limit, and for a block that holds a breakpoint. A handler
 returns how many instructions it retired; if one raises, cpu.rip names the
 faulting instruction and ``h.index`` says how many before it retired.
 """
@@ -50,7 +50,35 @@ def run(cpu, max_steps: int, breakpoints=None, skip_first: bool = True) -> str:
             first = False
         h = None
         try:
-            if breakpoints or cpu.single_step:
+            if breakpoints and not cpu.single_step:
+                # Blocks that hold no breakpoint run whole; one that does (or the first
+                # instruction, whose breakpoint is skipped) runs one instruction at a time
+                # up to it, as QEMU keeps translation blocks free of breakpoints.
+                isdisjoint = breakpoints.isdisjoint
+                while True:
+                    rip = cpu.rip
+                    if rip in breakpoints and not first:
+                        return BREAKPOINT
+                    first = False
+                    left = end - cpu.steps
+                    h = None
+                    if left >= MAX_BLOCK:
+                        h = bget(rip)
+                        if h is None or rip >> 12 not in fast_x:
+                            h = fetch_block(rip)
+                        if not isdisjoint(h.index):
+                            h = None
+                    if h is None:
+                        if left <= 0:
+                            break
+                        h = iget(rip)
+                        if h is None or rip >> 12 not in fast_x:
+                            h = fetch(rip)
+                    n = h(cpu, r)
+                    cpu.steps += n
+                    if cpu.pending:
+                        break
+            elif breakpoints or cpu.single_step:
                 while cpu.steps < end:
                     rip = cpu.rip
                     if not first and breakpoints and rip in breakpoints:

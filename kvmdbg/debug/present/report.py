@@ -54,9 +54,12 @@ def changed_registers(s, vcpu: int) -> set:
 
 def where(s, stop) -> str:
     """Where a stop happened; the CPU mode too when it is not 64-bit mode."""
-    text = f"{s.location(stop.rip)}, vcpu {stop.vcpu}, step {stop.step}"
+    return f"{s.location(stop.rip)}, vcpu {stop.vcpu}, step {stop.step}{mode_note(s, stop)}"
+
+
+def mode_note(s, stop) -> str:
     mode = s.vm.vcpus[stop.vcpu].cpu.mode_name
-    return text if mode == "64-bit mode" else f"{text} ({mode})"
+    return "" if mode == "64-bit mode" else f" ({mode})"
 
 
 def _unmodelled(s) -> None:
@@ -142,8 +145,8 @@ def _announce(s, stop, hits) -> None:
             word = "Temporary catchpoint" if cp.temporary else "Catchpoint"
             detail = cp.kind.describe(h.event)
             label = cp.kind.name + (f" {detail}" if detail else "")
-            s.message(f"{word} {cp.number} ({label}), vcpu {stop.vcpu}, step {stop.step}",
-                      style="stop")
+            s.message(f"{word} {cp.number} ({label}), vcpu {stop.vcpu}, step {stop.step}"
+                      f"{mode_note(s, stop)}", style="stop")
     elif stop.reason == INTERRUPTED:
         s.message(f"Interrupted at step {stop.step}, vcpu {stop.vcpu}, {s.location(stop.rip)}",
                   style="stop")
