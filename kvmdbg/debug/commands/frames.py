@@ -134,10 +134,13 @@ def info_frame(s, arg: str) -> None:
     """
     no_arguments(info_frame, arg)
     level = stack.selected_level(s)
-    frames = stack.stack(s, level + 2).frames
+    frames = stack.stack(s, level + 3).frames
     f = frames[min(level, len(frames) - 1)]
     outer = frames[f.level + 1] if f.level + 1 < len(frames) else None
     inner = frames[f.level - 1] if f.level > 0 else None
+    inlined = outer is not None and outer.call_site is not None
+    if inlined:                         # gdb: the saved RIP is the machine caller's
+        caller = next((g for g in frames[f.level + 1:] if g.call_site is None), None)
     di = stack.debug_info(s)
     row = di.row_at(f.lookup_pc) if di is not None else None
     place = stack.frame_place(s, f)
@@ -149,10 +152,14 @@ def info_frame(s, arg: str) -> None:
     at = f" {f.cfa:#x}" if f.cfa is not None else ""
     s.message(f"Stack level {f.level}, frame at{at or ' ' + hex(f.regs.get('rsp', 0))}:")
     where = f" ({place[0]}:{place[1]})" if place is not None else ""
-    saved = f"; saved rip = {outer.pc:#x}" if outer is not None else ""
+    ret = (caller.pc if caller is not None else None) if inlined else \
+        outer.pc if outer is not None else None
+    saved = f"; saved rip = {ret:#x}" if ret is not None else ""
     s.message(f" rip = {f.pc:#x} in {stack.function_name(s, f)}{where}{saved}")
+    if inlined:
+        s.message(f" inlined into frame {outer.level}")
     links = []
-    if outer is not None and outer.cfa is not None:
+    if outer is not None and outer.cfa is not None and not inlined:
         links.append(f"called by frame at {outer.cfa:#x}")
     elif outer is None:
         s.message(" Outermost frame: no call-frame information for its caller")

@@ -211,8 +211,38 @@ def int_of(t: DType, data: bytes) -> int:
 
 
 def char_text(v: int) -> str:
+    """gdb's char: `65 'A'`, `0 '\\000'`."""
     from kvmdbg.debug.present.values import char_repr
-    return f"{v} {char_repr(v & 0xFF)}"
+    return f"{v} '{char_repr(v & 0xFF)}'"
+
+
+def char_array(raw: bytes) -> str:
+    """gdb's printstr for a char array: one trailing NUL dropped, runs of more than
+    REPEAT_THRESHOLD equal characters as `'c' <repeats N times>`, the rest quoted."""
+    from kvmdbg.debug.present.values import c_string, char_repr
+    if raw.endswith(b"\0"):
+        raw = raw[:-1]
+    if not raw:
+        return '""'
+    parts, text, i, shown = [], "", 0, 0
+    while i < len(raw) and shown < PRINT_ELEMENTS:
+        j = i
+        while j < len(raw) and raw[j] == raw[i]:
+            j += 1
+        if j - i > REPEAT_THRESHOLD:
+            if text:
+                parts.append(c_string(text))
+                text = ""
+            parts.append(f"'{char_repr(raw[i])}' <repeats {j - i} times>")
+            shown += REPEAT_THRESHOLD
+            i = j
+        else:
+            text += chr(raw[i])
+            shown += 1
+            i += 1
+    if text:
+        parts.append(c_string(text))
+    return ", ".join(parts) + ("..." if i < len(raw) else "")
 
 
 class Formatter:
@@ -297,12 +327,8 @@ class Formatter:
             return "{}" if t.count == 0 else "0x0"
         items = [self.value(el, data[i * size:(i + 1) * size], top=False)
                  for i in range(min(t.count, PRINT_ELEMENTS))]
-        if el.is_char():
-            from kvmdbg.debug.present.values import c_string
-            raw = data[:t.count * size]
-            end = raw.find(b"\0")
-            if end >= 0 and not raw[end:].strip(b"\0"):
-                return c_string(raw[:end].decode("latin-1"))
+        if el.is_char() and size == 1:
+            return char_array(data[:t.count])
         out, i = [], 0
         while i < len(items):
             j = i
