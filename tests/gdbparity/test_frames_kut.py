@@ -136,7 +136,6 @@ def test_advance_until_and_tbreak_to_lines_of_the_function():
 
 
 def test_bad_input_is_one_line_each(tmp_path):
-    import shutil
     import subprocess
     flat = kut_image("access_test.flat")
     stripped = tmp_path / "stripped.elf"

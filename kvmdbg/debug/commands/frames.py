@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from kvmdbg.debug.commands.registry import no_arguments, usage_error
 from kvmdbg.debug.engine import dwarf_scope, dwarf_types, stack
+from kvmdbg.debug.engine.evaluate import Value, evaluate
 from kvmdbg.debug.engine.source import NO_SYMTAB
 from kvmdbg.errors import CommandError
 
@@ -380,11 +381,25 @@ def _type_of(s, text: str):
     words = t.split()
     if len(words) == 2 and words[0] in ("struct", "union", "enum"):
         raise CommandError(f"No {words[0]} type named {words[1]}.")
-    from kvmdbg.debug.engine.evaluate import evaluate
+    from kvmdbg.debug.engine.expr import TYPE_NAMES
+    if t in TYPE_NAMES:                 # kvmdbg's own type names (u64, int, ...)
+        return None, Value(0, TYPE_NAMES[t])
     v = evaluate(s, t)
     if v.type.dtype is not None:
         return v.type.dtype, True
     return None, v
+
+
+def _type_argument(s, fn, arg: str):
+    """(DType, is_expression) for whatis/ptype; None after printing the type of a value
+    that has no DWARF type (a register, a number)."""
+    if not arg.strip():
+        raise usage_error(fn, "Argument required (one or more choices).")
+    t, expr = _type_of(s, arg)
+    if t is None:
+        s.message(f"type = {expr.type.name}")
+        return None
+    return t, expr
 
 
 def whatis(s, arg: str) -> None:
@@ -393,12 +408,10 @@ def whatis(s, arg: str) -> None:
     The type of EXPR (a variable, `*at`, `at->flags`) or, for a type name, the name one
     typedef level down, as gdb prints it.
     """
-    if not arg.strip():
-        raise usage_error(whatis, "Argument required (one or more choices).")
-    t, expr = _type_of(s, arg)
-    if t is None:
-        s.message(f"type = {expr.type.name}")
+    found = _type_argument(s, whatis, arg)
+    if found is None:
         return
+    t, expr = found
     if expr is False and t.kind == "typedef" and t.target is not None:
         t = t.target
     s.message(f"type = {dwarf_types.name(t)}")
@@ -410,13 +423,10 @@ def ptype(s, arg: str) -> None:
     The type of EXPR or TYPE with typedefs resolved and structs, unions and enums
     expanded (members one a line), as gdb prints it.
     """
-    if not arg.strip():
-        raise usage_error(ptype, "Argument required (one or more choices).")
-    t, expr = _type_of(s, arg)
-    if t is None:
-        s.message(f"type = {expr.type.name}")
+    found = _type_argument(s, ptype, arg)
+    if found is None:
         return
-    lines = dwarf_types.ptype_lines(t)
+    lines = dwarf_types.ptype_lines(found[0])
     s.message("type = " + lines[0])
     for ln in lines[1:]:
         s.message(ln)

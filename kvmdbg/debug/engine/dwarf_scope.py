@@ -445,15 +445,6 @@ def describe(ops, in_list: bool = False) -> str | None:
     return None
 
 
-def constant_of(op):
-    n = op.op_name
-    if n.startswith("DW_OP_lit"):
-        return int(n[9:])
-    if n.startswith("DW_OP_const") and op.args:
-        return op.args[0]
-    return None
-
-
 def disassemble(ops, indent: int = 0) -> list:
     """gdb's disassemble_dwarf_expression: `     0: DW_OP_fbreg -65` per operation."""
     out = []

@@ -182,7 +182,7 @@ def _expand(t: DType, inner: str, indent: int) -> list:
         sub = _expand(mt, m.name, indent + 4) if mt.kind in ("struct", "union") or (
             mt.kind in ("ptr", "array") and _anonymous_core(mt)) else [declarator(mt, m.name)]
         bits = f" : {m.bit_size}" if m.bit_size else ""
-        lines.append(pad + sub[0] if len(sub) == 1 else pad + sub[0])
+        lines.append(pad + sub[0])
         lines.extend(sub[1:])
         lines[-1] += bits + ";"
     lines.append(" " * indent + "}" + rest)

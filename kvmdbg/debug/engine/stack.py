@@ -10,8 +10,8 @@ from dataclasses import dataclass, replace
 from kvmdbg.bits import M64
 from kvmdbg.debug.engine import dwarf_types as dt
 from kvmdbg.debug.engine.dwarf_scope import LocationError, reg_name
-from kvmdbg.debug.engine.expr import CHAR, VOID, ExprError, Type
-from kvmdbg.debug.engine.frames import Frame, caller_of, frame0, unwind  # noqa: F401
+from kvmdbg.debug.engine.expr import VOID, ExprError, Type
+from kvmdbg.debug.engine.frames import Frame, caller_of, frame0, unwind
 from kvmdbg.errors import KvmdbgError
 
 OPTIMIZED_OUT = "<optimized out>"
@@ -391,4 +391,4 @@ def lookup_variable(s, name: str):
 
 
 __all__ = ["stack", "selected_frame", "select", "frame_line", "variable_value", "lookup_variable",
-           "to_type", "value_text", "CHAR"]
+           "to_type", "value_text", "frame0", "return_value"]
