@@ -169,3 +169,29 @@ def test_bad_input_is_one_line_each(tmp_path):
                          'No symbol "ac_test_t" in current context.']
     assert all(len(ln) < 200 for ln in lines)
     assert out.splitlines()[-1] == "$1 = 1"
+
+
+def test_the_callers_struct_is_the_callees_pointer():
+    # ac_test_run passes &at (through ac_test_exec) to ac_test_do_access(at); its loop ran
+    # `++tests` once before the first call.
+    out, err = run("print at", "frame 2", "print &at", "print tests", "print at.pt_levels",
+                   "bt full 1")
+    ptr = out[out.index(next(ln for ln in out if ln.startswith("$1 = ")))].split(" = ")[1]
+    assert f"$2 = {ptr}" in out
+    assert "$3 = 1" in out and "$4 = 4" in out
+    full = out.index(next(ln for ln in out if ln.startswith("#0  ac_test_do_access (")))
+    assert out[full + 1:full + 3] == ["        unique = 42", "        fault = <optimized out>"]
+
+
+def test_advance_to_a_line_never_reached_stops_when_the_frame_returns():
+    # ac_test_show runs only with `verbose`, false in access.c: advancing to a line of it
+    # from ac_test_do_access stops where ac_test_do_access returns (gdb's advance/until),
+    # on `return r;` after the call in ac_test_exec.
+    show = source_line("x86/access.c", "static void ac_test_show(ac_test_t *at)")
+    body = source_line("x86/access.c", "*line = 0;", show)
+    call = source_line("x86/access.c", "r = ac_test_do_access(at);")
+    out, err = run(f"advance {body}", "bt 1")
+    assert err == []
+    assert f"{call + 1}\t\treturn r;" in out
+    assert out[-1] == f"#0  ac_test_run (pt_levels=4, force_emulation=<optimized out>) at " \
+                      f"x86/access.c:{call + 1}"

@@ -25,14 +25,18 @@ def _has_cfi(s) -> bool:
 
 
 def backtrace(s, arg: str) -> None:
-    """backtrace [N]
+    """backtrace [full] [N]
 
     The frames of the current vCPU, innermost first: unwound with the program's DWARF
     call-frame information (.eh_frame/.debug_frame) where it has some, each frame as gdb
     prints it (`#1  0x... in FUNC (ARGS) at FILE:LINE`); where there is none, return
     addresses found on the stack (words that follow a CALL instruction: a heuristic,
-    said once). N shows the innermost N frames, -N the outermost N (gdb's rule).
+    said once). N shows the innermost N frames, -N the outermost N (gdb's rule); `full`
+    adds each frame's local variables.
     """
+    words = arg.split()
+    full = any(w in ("full", "-full") for w in words)
+    arg = " ".join(w for w in words if w not in ("full", "-full"))
     limit = 64
     if arg:
         try:
@@ -47,10 +51,15 @@ def backtrace(s, arg: str) -> None:
     cfi = _has_cfi(s)
     for f in frames:
         s.message(stack.frame_line(s, f) if cfi else f"#{f.level:<3}{s.location(f.pc)}")
+        if full:
+            fn = stack.function_of(s, f)
+            local = [v for v in fn.variables(f.lookup_pc, nested=True)
+                     if not v.is_arg and not v.is_label] if fn is not None else []
+            _show_variables(s, f, local, "No locals.", indent=" " * 8)
     if frames and cfi:
         _say_note(s, st)
-    if cfi and not outermost and 0 < limit < len(st.frames):
-        s.message("(More stack frames follow...)")
+    if cfi and not outermost and 0 < limit < len(st.frames) and not getattr(s, "batch", False):
+        s.message("(More stack frames follow...)")     # gdb: only when typed (from_tty)
 
 
 def _show_frame(s, frame) -> None:
@@ -204,7 +213,7 @@ def _frame_function(s):
     return f, fn
 
 
-def _show_variables(s, frame, variables, none: str) -> None:
+def _show_variables(s, frame, variables, none: str, indent: str = "") -> None:
     if not variables:
         s.message(none)
         return
@@ -214,7 +223,7 @@ def _show_variables(s, frame, variables, none: str) -> None:
             text = val.v if val.type.kind == "error" else stack.value_text(s, val, top=False)
         except CommandError as e:
             text = f"<error: {e}>"
-        s.message(f"{v.name} = {text}")
+        s.message(f"{indent}{v.name} = {text}")
 
 
 def info_locals(s, arg: str) -> None:

@@ -190,6 +190,11 @@ def _location(s, fn, arg: str) -> int:
     from kvmdbg.debug.commands import source
     if source.is_line_spec(s, arg):             # LINE or FILE:LINE: the line's first address
         return source.line_location(s, *source.file_line(s, arg))[0]
+    if not arg.startswith("*"):                 # FUNC: where `break FUNC` would stop
+        from kvmdbg.debug.engine.prologue import function_breakpoint
+        at = function_breakpoint(s, arg.strip())
+        if at is not None:
+            return at
     text = arg[1:] if arg.startswith("*") else arg
     addr, space = evaluate_address(s, text)
     if space != "gva":
@@ -198,10 +203,11 @@ def _location(s, fn, arg: str) -> int:
 
 
 def until(s, arg: str) -> None:
-    """until [ADDR|FILE:LINE|LINE]
+    """until [ADDR|FUNC|FILE:LINE|LINE]
 
-    Run until ADDR (or the first instruction of a source line) is reached on the current
-    vCPU (or another stop comes first).
+    Run until ADDR (or the first instruction of a source line, or FUNC where `break FUNC`
+    would stop) is reached on the current vCPU, or the current frame returns (with
+    call-frame information), or another stop comes first.
     Without ADDR, like nexti. `u` is gdb's abbreviation of it; Bochs's `u/N [ADDR]`
     (a slash and a count: disassemble N instructions) is still understood, and
     `disassemble` is the command for the other forms.
@@ -279,10 +285,11 @@ def jump(s, arg: str) -> None:
 
 
 def advance(s, arg: str) -> None:
-    """advance ADDR|FILE:LINE|LINE
+    """advance ADDR|FUNC|FILE:LINE|LINE
 
-    Run until ADDR (or the first instruction of a source line) is reached on the current
-    vCPU (or another stop comes first).
+    Run until ADDR (or the first instruction of a source line, or FUNC where `break FUNC`
+    would stop) is reached on the current vCPU, or the current frame returns (with
+    call-frame information), or another stop comes first.
     """
     _run_to(s, _location(s, advance, arg))
 
@@ -291,8 +298,10 @@ def _run_to(s, address: int) -> None:
     _check_runnable(s)
     from kvmdbg.debug.engine import stack
     before = _function_here(s)
-    outcome = stops.resume(s, target=stops.Target(s.current, address))
-    if outcome.stop.reason == REACHED and not outcome.hits and s.cpu.rip == address and \
+    ret = stack.caller_return(s)            # gdb: or until the current frame returns
+    outcome = stops.resume(s, target=stops.Target(s.current, address,
+                                                  also=(ret,) if ret is not None else ()))
+    if outcome.stop.reason == REACHED and not outcome.hits and \
             _function_here(s) not in (None, before):
         # gdb's SRC_AND_LOC: in another function, the frame line before the source line
         s.message(stack.frame_line(s, stack.stack(s, 1).frames[0], print_level=False))

@@ -231,15 +231,22 @@ class Evaluator:
 
     def _addrof(self, n: AddrOf):
         if isinstance(n.operand, Symbol):
-            addr = self._symbol(n.operand).v
-            return Value(addr, TEXT_PTR)
-        v = yield n.operand
+            v = self._symbol(n.operand)
+            if v.type is CODE:                          # an ELF symbol: &flip
+                return Value(v.v, TEXT_PTR)
+        else:
+            v = yield n.operand
         lv = v.lval
         if isinstance(n.operand, Deref) and v.type is CODE:   # &*&flip
             return Value(v.v, TEXT_PTR)
         if lv is None or lv.kind != "mem":
             raise ExprError("Attempt to take address of value not located in memory.")
-        return Value(lv.address, v.type.pointer(), space="" if lv.space == "gva" else lv.space)
+        if v.type.dtype is not None:                    # &at: a pointer to its DWARF type
+            from kvmdbg.debug.engine.stack import ProgramTypes
+            t = ProgramTypes.pointer(v.type)
+        else:
+            t = v.type.pointer()
+        return Value(lv.address, t, space="" if lv.space == "gva" else lv.space)
 
     def _field(self, n: Field):
         base = yield n.operand

@@ -110,6 +110,18 @@ def _heuristic(s, start: Frame, limit: int, level: int) -> list:
     return out
 
 
+def caller_return(s):
+    """(return address, stack pointer after the return) of the current machine frame, by
+    its CFI; None without CFI (until/advance then stop only at their place)."""
+    di = debug_info(s)
+    if di is None or not di.cfi:
+        return None
+    frames = unwind(s.cpu, di.cfi, read_u64(s), 2)
+    if len(frames) < 2:
+        return None
+    return frames[1].pc, frames[0].cfa
+
+
 # --- the selected frame (gdb's `frame N`); back to #0 at every stop ---
 
 def _stop_key(s):
