@@ -195,3 +195,17 @@ def test_advance_to_a_line_never_reached_stops_when_the_frame_returns():
     assert f"{call + 1}\t\treturn r;" in out
     assert out[-1] == f"#0  ac_test_run (pt_levels=4, force_emulation=<optimized out>) at " \
                       f"x86/access.c:{call + 1}"
+
+
+def test_finish_out_of_the_inlined_frame_stops_in_its_caller():
+    # Frame 1 is ac_test_exec, inlined into ac_test_run: finish runs ac_test_do_access to
+    # its return, then on out of the inlined block, to the loop's condition (where
+    # ac_test_bump, inlined too, begins: gdb shows the caller there, not the new call).
+    cond = source_line("x86/access.c", "} while (ac_test_bump(&at));")
+    out, err = run("up", "finish")
+    assert err == []
+    assert any(ln.startswith("Run till exit from #1  0x") and " in ac_test_exec (" in ln
+               for ln in out)
+    assert f"ac_test_run (pt_levels=4, force_emulation=<optimized out>) at x86/access.c:{cond}" \
+        in out
+    assert f"{cond}\t\t}} while (ac_test_bump(&at));" in out

@@ -241,8 +241,8 @@ def finish(s, arg: str) -> None:
         raise CommandError('"finish" not meaningful in the outermost frame.')
     this, caller = frames[level], frames[level + 1]
     if caller.call_site is not None:
-        raise CommandError(f"finish out of {stack.function_name(s, this)}, which is inlined "
-                           "here, is not supported; use until or advance to the line after it.")
+        _finish_inlined(s, this, frames)
+        return
     cfi = not this.heuristic and this.cfa is not None
     if cfi:
         s.message(f"Run till exit from {stack.frame_line(s, this)}")
@@ -253,7 +253,7 @@ def finish(s, arg: str) -> None:
     outcome = stops.resume(s, target=stops.Target(s.current, caller.pc, rsp & ((1 << 64) - 1)))
     returned = outcome.stop.reason == REACHED and not outcome.hits and s.cpu.rip == caller.pc
     if cfi and returned:
-        s.message(stack.frame_line(s, stack.frame0(s.cpu), print_level=False))
+        s.message(stack.frame_line(s, stack.stack(s, 1).frames[0], print_level=False))
     report(s, outcome)
     fn = stack.function_of(s, this) if cfi and returned else None
     if fn is not None and fn.return_type.strip().kind != "void":
@@ -262,6 +262,43 @@ def finish(s, arg: str) -> None:
             from kvmdbg.debug.present.values import format_natural
             text = format_natural(s, val)
             s.message(f"Value returned is ${s.history.add(val)} = {text}")
+
+
+def _finish_inlined(s, this, frames) -> None:
+    """finish out of an inlined call (gdb's step out of an inline frame): first back to
+    the machine frame it is inlined in (the CFI return of the frames inside), then run,
+    stepping over calls, until the PC leaves the inlined block with the stack no deeper."""
+    from kvmdbg.debug.engine import stack
+    s.message(f"Run till exit from {stack.frame_line(s, this)}")
+    if not this.innermost:
+        if this.cfa is None or frames[0].cfa is None:
+            raise CommandError("Cannot find the frame the inlined call is in.")
+        inner = next(f for f in reversed(frames[:this.level]) if f.innermost)
+        outcome = stops.resume(s, target=stops.Target(s.current, this.pc, inner.cfa))
+        if outcome.stop.reason != REACHED or outcome.hits or s.cpu.rip != this.pc:
+            report(s, outcome)
+            return
+    sc = stack.scope(s)
+    die, cu = this.function.die, this.function.cu
+    rsp = s.cpu.r[RSP]
+    while True:
+        outcome = _next_one(s)
+        if outcome.stop.reason not in (REACHED, STEP_LIMIT) or outcome.hits or \
+                s.interrupt_requested:
+            break
+        rip = s.cpu.rip
+        if s.cpu.r[RSP] >= rsp and not sc.die_contains(die, cu, rip):
+            # gdb shows the caller, not an inlined call that begins right here
+            shown = next(f for f in stack.stack(s, 1).frames
+                         if f.call_site is not None or f.function is None or
+                         f.function.die.tag != "DW_TAG_inlined_subroutine" or
+                         sc.entry_pc(f.function.die, f.function.cu) != rip)
+            s.message(stack.frame_line(s, shown, print_level=False))
+            place = stack.frame_place(s, shown)
+            if place is not None:               # the report's source line is the caller's too
+                s.state.stop_place = (rip, *place)
+            break
+    report(s, outcome)
 
 
 def jump(s, arg: str) -> None:

@@ -281,6 +281,14 @@ class DwarfScope:
                 todo[:0] = list(d.iter_children())
         return None
 
+    def entry_pc(self, die, cu):
+        """Where an inlined call begins (DW_AT_entry_pc, else DW_AT_low_pc), or None."""
+        a = die.attributes
+        for name in ("DW_AT_entry_pc", "DW_AT_low_pc"):
+            if name in a and a[name].form == "DW_FORM_addr":
+                return a[name].value
+        return None
+
     def call_site(self, inlined: Function):
         """(file, line) of an inlined call (DW_AT_call_file/DW_AT_call_line), gdb's names."""
         a = inlined.die.attributes

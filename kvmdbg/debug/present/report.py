@@ -186,6 +186,11 @@ def show_next_insn(s, rip: int) -> None:
 def show_source_line(s, rip: int) -> None:
     """gdb's frame line when the line table covers rip: `42\t\txor\trax, CR4_SMEP` (the
     source text as written), or `42\tin smep_flip.S` when the file cannot be found."""
+    place = getattr(s.state, "stop_place", None)       # set by finish out of inlined code
+    if place is not None and place[0] == rip:
+        s.state.stop_place = None
+        show_source_text(s, *place[1:])
+        return
     di = getattr(s, "debug_info", None)
     row = di.row_at(rip) if di is not None else None
     if row is not None:
