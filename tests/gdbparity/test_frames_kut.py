@@ -209,3 +209,14 @@ def test_finish_out_of_the_inlined_frame_stops_in_its_caller():
     assert f"ac_test_run (pt_levels=4, force_emulation=<optimized out>) at x86/access.c:{cond}" \
         in out
     assert f"{cond}\t\t}} while (ac_test_bump(&at));" in out
+
+
+def test_registers_in_an_outer_frame_are_the_unwound_ones(bt):
+    # gdb: $pc in frame N is that frame's PC (its line in the backtrace), $sp its CFA-based
+    # stack pointer; back in frame 0 they are the vCPU's again.
+    frames, _out, _err = bt
+    main_pc = int(frames[3][1], 16)
+    out, err = run("up 3", "print/x $pc", "frame 0", "print/x $pc", "print/x $rip")
+    assert next(ln for ln in out if ln.startswith("#3  ")).split()[1] == frames[3][1]
+    assert [ln for ln in out if ln.startswith("$")] == [f"$1 = {main_pc:#x}", "$2 = 0x400f48",
+                                                          "$3 = 0x400f48"]

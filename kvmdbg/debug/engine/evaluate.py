@@ -179,6 +179,10 @@ class Evaluator:
             return s.history.lookup(name)
         reg = REGISTER_ALIASES.get(name, name)
         regs = s.vcpu(self.vcpu).regs
+        if reg in regs and self.vcpu == s.current:
+            framed = _frame_register(s, reg)
+            if framed is not None:
+                return framed
         if reg in regs:
             t = register_type(reg)
             v = make_int(regs[reg], t) if t.kind == "int" else Value(regs[reg], t)
@@ -433,6 +437,20 @@ def member(base: Value, name: str) -> Value:
         out.lval = LValue("mem", vcpu=lv.vcpu, space=lv.space, address=lv.address + m.offset,
                           size=size)
     return out
+
+
+def _frame_register(s, reg: str):
+    """A register as the selected frame sees it (gdb: $pc, $sp and the callee-saved
+    registers of an outer frame come from the unwinder), or None in frame 0; not an
+    lvalue there."""
+    from kvmdbg.debug.engine import stack
+    if stack.selected_level(s) == 0:
+        return None
+    frame = stack.selected_frame(s)
+    if reg not in frame.regs:
+        return None
+    t = register_type(reg)
+    return make_int(frame.regs[reg], t) if t.kind == "int" else Value(frame.regs[reg], t)
 
 
 def _step(t: Type) -> int:
