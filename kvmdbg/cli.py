@@ -64,7 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-nx", "--nx", action="store_true", help="do not read the init file")
     p.add_argument("--symbols", "-s", metavar="FILE",
                    help="read symbols and the DWARF line table from the ELF FILE (default: "
-                        "PROGRAM.elf beside PROGRAM.bin, when there is one)")
+                        "PROGRAM.elf beside PROGRAM.bin, when there is one); gdb's -s, not "
+                        "QEMU's (QEMU's -s is --gdb tcp::1234 here)")
+    p.add_argument("--gdb", metavar="DEV",
+                   help="serve gdb's remote protocol on DEV (QEMU's -gdb syntax): stdio "
+                        "(gdb: target remote | kvmdbg --gdb stdio PROGRAM), tcp::PORT "
+                        "(loopback; 0 picks a port, printed on stderr) or tcp:HOST:PORT; "
+                        "after -x/-ex (which may set catchpoints), stopped where they left "
+                        "the guest until gdb continues it; when gdb detaches from tcp, the "
+                        "REPL takes over (-batch: kvmdbg exits)")
     p.add_argument("--compare", metavar="A,B[,...]",
                    help="run PROGRAM under each profile and print the side-by-side table")
     p.add_argument("--kvm", metavar="PROFILE", default=DEFAULT_PROFILE,
@@ -119,6 +127,18 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(_bare_color(sys.argv[1:] if argv is None else list(argv)))
     from kvmdbg.debug.engine.session import Session
 
+    gdb_fds = None
+    if args.gdb is not None:
+        from kvmdbg.gdbstub import transport
+        try:
+            device = transport.parse_device(args.gdb)
+        except KvmdbgError as e:
+            sys.stderr.write(f"kvmdbg: {e}\n")
+            return 2
+        if device[0] == "stdio":        # stdout carries packets: everything else to stderr
+            from kvmdbg.gdbstub import stdio_fds
+            gdb_fds = stdio_fds()
+            sys.stdout = sys.stderr
     output = Output()
     out = output.out
     if args.kvm == "list":
@@ -171,6 +191,10 @@ def main(argv=None) -> int:
     if args.batch:
         session.state.settings.confirm = False       # -batch answers every question yes
     session.unicode_output = (sys.stdout.encoding or "").lower().replace("-", "") == "utf8"
+    from kvmdbg.gdbstub.commands import register as register_gdbserver
+    register_gdbserver(session.commands)
+    if gdb_fds is not None:
+        interactive = tty = False
     if interactive and not args.quiet:
         n = args.vcpus
         ids = "vcpu 0 = thread 1" if n == 1 else f"vcpus 0-{n - 1} = threads 1-{n}"
@@ -179,14 +203,17 @@ def main(argv=None) -> int:
                if session.program.image is not None else
                f"{args.program} loaded at {session.program.address:#x}"))
         out('Type "help" for a list of commands, "help mmu" for the ideas behind the views.')
+        if args.gdb is not None:
+            out(f"gdb drives the VM first (--gdb {args.gdb}); this prompt takes over when it "
+                "detaches.")
     _install_interrupt(session)
     try:
-        return _run_session(session, args, output, tty, color)
+        return _run_session(session, args, output, tty, color, gdb_fds)
     finally:
         session.flush_output()          # `echo b` at the very end prints b, no newline
 
 
-def _run_session(session, args, output, tty, color) -> int:
+def _run_session(session, args, output, tty, color, gdb_fds=None) -> int:
     from kvmdbg.debug.commands import QuitRequest
     from kvmdbg.debug.engine import script
     failed = False
@@ -198,6 +225,15 @@ def _run_session(session, args, output, tty, color) -> int:
                 failed |= not script.source_file(session, value)
             else:
                 failed |= not session.run_command(value)
+        if args.gdb is not None:
+            from kvmdbg.gdbstub import serve
+            try:
+                serve(session, args.gdb, fds=gdb_fds)
+            except KvmdbgError as e:
+                sys.stderr.write(f"kvmdbg: {e}\n")
+                return 1
+            if gdb_fds is not None:     # stdin was gdb's: nothing more to read
+                return 1 if failed else 0
         if args.batch:
             if failed:
                 return 1

@@ -19,7 +19,9 @@ HEADER = "## Commands"
 def rows() -> list[str]:
     from kvmdbg.debug.commands import build_registry
     from kvmdbg.debug.commands.registry import CLASSES
+    from kvmdbg.gdbstub.commands import register as register_gdbserver
     reg = build_registry()
+    register_gdbserver(reg)             # the CLI adds the stub's commands to every session
     out = ["| command | class | what it does |", "|---|---|---|"]
     for name, cmd in reg.walk():
         usage = cmd.usage.replace("|", "\\|")

@@ -37,7 +37,8 @@ from kvmdbg.cpu.decoder import Decoder
 from kvmdbg.cpu.faults import (ACC_IMPLICIT, GP, PF, PFERR_FETCH, PFERR_USER, PFERR_WRITE, SS,
                                UD, GuestFault)
 from kvmdbg.arch.cpufeatures import CPUID_FEATURES
-from kvmdbg.cpu.regs import AC, CR0_ET, CR0_PE, CR0_PG, CR4_PCIDE, CR4_PGE, EFER_LMA, RFLAGS_FIXED
+from kvmdbg.cpu.regs import (AC, CR0_ET, CR0_PE, CR0_PG, CR4_PCIDE, CR4_PGE, CR4_SMAP, EFER_LMA,
+                             RFLAGS_FIXED)
 from kvmdbg.cpu.segments import NULL_SEGMENT, Segment, code_bits
 from kvmdbg.cpu.tlb import GLOBAL, Tlb
 from kvmdbg.cpu.translate import form_block, generate, make_handler
@@ -511,7 +512,19 @@ class Cpu:
             self.translate(a, acc)
 
     def rd_implicit(self, va: int, size: int) -> int:
-        """A supervisor-mode implicit access (GDT/IDT/TSS), whatever the CPL."""
+        """A supervisor-mode implicit access (GDT/IDT/TSS), whatever the CPL.
+
+        A page in the read fast path serves it when the implicit access has the rights
+        the cached explicit ones had: the two differ only under SMAP, where an implicit
+        access to a user page faults whatever AC says (SDM 4.6.1), so the fast path is
+        used without SMAP, or at CPL 0-2 with AC clear (explicit reads were refused user
+        pages then too). Delivery reads the IDT, GDT and TSS on every exception."""
+        off = va & 0xFFF
+        if off <= 4096 - size and (not self.cr4 & CR4_SMAP
+                                   or (self.cs & 3 != 3 and not self.rflags & AC)):
+            page = self.fast_r.get(va >> 12)
+            if page is not None:
+                return int.from_bytes(page[off:off + size], "little")
         return self._read_slow(va, size, ACC_IMPLICIT, implicit=True)
 
     def wr_implicit(self, va: int, size: int, value: int) -> None:

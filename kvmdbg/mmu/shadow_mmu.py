@@ -127,11 +127,12 @@ class ShadowMmu(PageTrack, ShadowSync):
         sp.spt[o:o + 8] = new.to_bytes(8, "little")
         kvm = self.kvm
         pool = kvm.mmu_pages
-        pool.generation.value += 1        # the CPU's walk memo watches this (gpa_generation)
-        pool.live_sptes += (1 if new else 0) - (1 if old else 0)
-        level = sp.role & R.ROLE_LEVEL_MASK
         was = S.is_shadow_present_pte(old)
         now = S.is_shadow_present_pte(new)
+        if was:
+            pool.generation.value += 1    # the CPU's walk memo watches this (generation.py)
+        pool.live_sptes += (1 if new else 0) - (1 if old else 0)
+        level = sp.role & R.ROLE_LEVEL_MASK
         stats = kvm.stats
         if was != now:
             if now:

@@ -201,7 +201,9 @@ class TdpMmu:
         old = int.from_bytes(sp.spt[o:o + 8], "little")
         self.handle_changed_spte(sp, gfn, old, new, role_level(sp.role))
         sp.spt[o:o + 8] = new.to_bytes(8, "little")
-        self.pool.generation.value += 1
+        if S.is_shadow_present_pte(old):
+            self.pool.generation.value += 1      # see kvmdbg/generation.py: only a present
+                                                 # SPTE's change can undo a memoised walk
 
     def handle_changed_spte(self, sp: MmuPage, gfn: int, old: int, new: int, level: int) -> None:
         """handle_changed_spte: bookkeeping for one SPTE change, with the kernel's checks."""

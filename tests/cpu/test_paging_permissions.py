@@ -514,3 +514,28 @@ def test_guest_pf_from_user_mode():
     assert rsp == 0x70000 - 48
     assert [q(vm, rsp + 8 * i) for i in range(1, 6)] == [user_code, 0x1B, 0x202,
                                                          user_stack + 0x800, 0x23]
+
+
+# --- implicit reads served from the read fast path ---
+
+@pytest.mark.parametrize("cpl", (0, 3))
+def test_implicit_read_after_an_explicit_read_of_the_page(rig, cpl):
+    """An explicit read first puts the page in the CPU's read fast path; an implicit
+    supervisor read of it (what delivery does to the IDT, GDT and TSS) must still follow
+    the implicit rules: with SMAP a user page faults whatever AC says (SDM 4.6.1)."""
+    vm, cpu = rig
+    problems = []
+    for us, smap, ac in itertools.product((0, 1), repeat=3):
+        state = dict(wp=1, smep=0, smap=smap, ac=ac, nxe=1, pke=0, ad=0, wd=0, cpl=cpl)
+        expect = oracle(user_page=us, writable=1, xd_any=0, kind="implicit-read", **state)
+        map_chain(vm, clear={1: 0 if us else US})
+        set_state(cpu, **state)
+        try:
+            cpu.rd(VA, 8)                     # may fault; when it does not, it fills fast_r
+        except GuestFault:
+            pass
+        fault = do_access(vm, cpu, "implicit-read")
+        got = None if fault is None else fault.error_code
+        if got != expect:
+            problems.append(f"us={us} smap={smap} ac={ac} cpl={cpl}: got {got}, want {expect}")
+    report(problems)

@@ -10,7 +10,10 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def _commands():
-    return list(build_registry().walk())
+    from kvmdbg.gdbstub.commands import register as register_gdbserver
+    reg = build_registry()
+    register_gdbserver(reg)            # as the CLI does for every session
+    return list(reg.walk())
 
 
 def test_every_command_has_a_usage_line_naming_it_and_a_description():

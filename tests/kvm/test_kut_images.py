@@ -88,3 +88,19 @@ def test_access_test_slice(kvm):
     assert any(line.startswith("Breakpoint 1, ") for line in lines), out[-2000:]
     assert f"\tbreakpoint already hit {ACCESS_CASES + 1} times" in lines
     assert [line for line in lines if "FAIL" in line] == []
+
+
+def test_compare_of_smap_shows_the_root_lifetime_change():
+    """`--compare v5.15,v6.12` of smap.flat: the image's role-bit writes (CR4.PAE, EFER.LME,
+    CR0.PG in its entry code, CR4.SMAP and CR0.WP in the test) reset the MMU; on v5.15 the
+    vCPU's put of the unloaded root is its last and zaps it (kvm_tdp_mmu_put_root,
+    v5.10-v5.17), on v6.12 the TDP MMU keeps its own reference (edbdb43fc96b, v6.4) and the
+    root is reused (kvm_mmu_find_shadow_page by role). Same guest, same instructions."""
+    rc, out, err = run_cli("--compare", "v5.15,v6.12", str(kut_image("smap.flat")))
+    assert rc == 0, err
+    rows = {line[:29].strip(): line[29:].split() for line in out.splitlines()[1:] if line.strip()}
+    v515, v612 = (int(x.replace(",", "")) for x in rows["SPTEs zapped"][:2])
+    assert v515 > 0 and v612 == 0
+    roots = [int(x.replace(",", "")) for x in rows["roots allocated"][:2]]
+    assert roots[0] > 1 and roots[1] == 1
+    assert rows["instructions"][0] == rows["instructions"][1]

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from kvmdbg.bits import M64, PAGE_SHIFT
@@ -214,6 +215,17 @@ class Session:
             hook(self)
 
     # --- output ---
+
+    @contextmanager
+    def redirected(self, out, err):
+        """Send output and errors to other sinks for a while (the gdb stub streams them to
+        gdb as O packets; then they go back where they went)."""
+        saved = self._out, self._err, self.out_raw
+        self._out, self._err, self.out_raw = out, err, None    # unended text: a line too
+        try:
+            yield
+        finally:
+            self._out, self._err, self.out_raw = saved
 
     def message(self, text: str, style: str | None = None) -> None:
         """One line of output. style ('disasm', ...) lets a UI colour it; logs stay plain.

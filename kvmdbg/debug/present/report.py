@@ -70,8 +70,9 @@ def _unmodelled(s) -> None:
             s.message(line)
 
 
-def report(s, outcome) -> None:
-    """Print a stop and its context, apply dispositions, queue breakpoint commands."""
+def report(s, outcome, context: bool = True) -> None:
+    """Print a stop and its context, apply dispositions, queue breakpoint commands.
+    context False: the stop line alone (the gdb stub, where gdb shows its own context)."""
     stop = outcome.stop
     hits = outcome.hits
     silent = any(h.point.commands[:1] == ["silent"] for h in hits)
@@ -112,7 +113,8 @@ def report(s, outcome) -> None:
             s.error(h.error)
     if not silent:
         _announce(s, stop, hits)
-        show_context(s, stop, changed)
+        if context:
+            show_context(s, stop, changed)
     for h in hits:
         s.breakpoints.after_stop(h.point)
     pending = []
