@@ -45,3 +45,30 @@ def test_struct_enum_and_repeats():
     assert fmt().value(arr, bytes(48)) == "{0 <repeats 12 times>}"
     assert fmt().value(dt.DType("array", "", _target=INT, count=3),
                        b"".join(i.to_bytes(4, "little") for i in (4, 5, 6))) == "{4, 5, 6}"
+
+
+def test_members_in_empty_pieces_are_optimized_out():
+    # gdb prints the members of a value assembled from DW_OP_piece whose bytes no piece
+    # gives as <optimized out> ({a = 4, c = <optimized out>, ch = 65 'A'}).
+    colour = dt.DType("enum", "colour", 4, members=[("RED", 0)])
+    s = dt.DType("struct", "s", 12, members=[dt.Member("a", INT, 0), dt.Member("c", colour, 4),
+                                             dt.Member("ch", CHAR, 8)])
+    data = (4).to_bytes(4, "little") + bytes(4) + b"A\0\0\0"
+    assert fmt().value(s, data, missing=frozenset(range(4, 8))) == \
+        "{a = 4, c = <optimized out>, ch = 65 'A'}"
+    assert fmt().value(s, data, missing=frozenset(range(12))) == "<optimized out>"
+
+
+def test_pieces_assemble_registers_and_constants():
+    from types import SimpleNamespace as NS
+
+    from kvmdbg.debug.engine import stack
+    from kvmdbg.debug.engine.frames import Frame
+    op = lambda name, *args: NS(op_name=name, args=list(args))     # noqa: E731
+    frame = Frame(0, 0x1000, {"rax": 0x1122334455667788, "rdx": 0xAABB})
+    # DW_OP_lit4 DW_OP_stack_value DW_OP_piece 4; DW_OP_piece 4 (empty); DW_OP_reg1 DW_OP_piece 8
+    ops = [op("DW_OP_lit4"), op("DW_OP_stack_value"), op("DW_OP_piece", 4),
+           op("DW_OP_piece", 4), op("DW_OP_reg1"), op("DW_OP_piece", 8)]
+    data, missing = stack._pieces(None, frame, None, ops)
+    assert data == (4).to_bytes(4, "little") + bytes(4) + (0xAABB).to_bytes(8, "little")
+    assert missing == frozenset(range(4, 8))

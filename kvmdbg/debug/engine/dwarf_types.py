@@ -253,9 +253,13 @@ class Formatter:
         self.symbolize = symbolize
         self.read = read
 
-    def value(self, t: DType, data: bytes, top: bool = True) -> str:
+    def value(self, t: DType, data: bytes, top: bool = True, missing=frozenset()) -> str:
+        """missing: byte offsets the value does not have (pieces of a DWARF location
+        that are empty): what lies in them is `<optimized out>`."""
         s = t.strip()
         k = s.kind
+        if missing and set(range(len(data[:max(t.byte_size, 1)]))) <= missing:
+            return "<optimized out>"
         if k == "base":
             if s.encoding == ATE_BOOLEAN:
                 v = int_of(s, data)
@@ -287,7 +291,9 @@ class Formatter:
                         raw -= 1 << m.bit_size
                     text = str(raw)
                 else:
-                    text = self.value(m.type, chunk, top=False)
+                    inner = frozenset(b - m.offset for b in missing
+                                      if m.offset <= b < m.offset + len(chunk))
+                    text = self.value(m.type, chunk, top=False, missing=inner)
                 parts.append(f"{m.name} = {text}" if m.name else text)
             return "{" + ", ".join(parts) + "}"
         if k == "array":

@@ -422,6 +422,9 @@ def member(base: Value, name: str) -> Value:
     t = to_type(m.type)
     size = max(m.type.byte_size, 1)
     data = base.v[m.offset:m.offset + size]
+    missing = getattr(base, "missing", frozenset())
+    if any(m.offset <= b < m.offset + size for b in missing):       # an empty DWARF piece
+        return Value("<optimized out>", Type(t.name, 0, False, "error", dtype=m.type))
     lv = base.lval
     if t.kind == "aggregate":
         out = Value(data, t)

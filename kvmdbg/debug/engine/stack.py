@@ -252,7 +252,7 @@ def value_text(s, val, top: bool = True) -> str:
     t = val.type.dtype
     data = val.v if isinstance(val.v, bytes) else \
         (val.v & ((1 << (8 * max(val.type.size, 1))) - 1)).to_bytes(max(val.type.size, 1), "little")
-    return formatter(s).value(t, data, top)
+    return formatter(s).value(t, data, top, getattr(val, "missing", frozenset()))
 
 
 def formatter(s) -> dt.Formatter:
@@ -275,6 +275,17 @@ def variable_value(s, frame: Frame, var):
     except LocationError:           # the type stays known (whatis, ptype)
         return Value(OPTIMIZED_OUT, Type(t.name, 0, False, "error", dtype=var.type))
     kind, x = where
+    if kind == "bytes":
+        x, missing = x
+        x = x.ljust(size, b"\0")[:size]
+        if missing and (t.kind != "aggregate" or len(missing) >= size):
+            return Value(OPTIMIZED_OUT, Type(t.name, 0, False, "error", dtype=var.type))
+        if t.kind == "aggregate":
+            v = Value(x, t)
+            v.missing = missing
+            return v
+        raw = int.from_bytes(x, "little")
+        return make_int(raw, t) if t.kind in ("int", "char") else Value(raw, t)
     if kind == "value":
         return make_int(x, t) if t.kind in ("int", "char") else Value(x & M64, t)
     if kind == "reg":
@@ -308,7 +319,39 @@ def locate(s, frame: Frame, var):
         raise LocationError("a constant block")
     if kind != "expr" or not ops:
         raise LocationError("optimized out")
+    if any(op.op_name == "DW_OP_piece" for op in ops):
+        return "bytes", _pieces(s, frame, var, ops)
     return _eval_ops(s, frame, var, ops)
+
+
+def _pieces(s, frame: Frame, var, ops):
+    """(bytes, missing byte offsets) of a composite location (DW_OP_piece): each piece
+    from its register, memory or constant; an empty piece is bytes the value does not
+    have (a member lying in them prints `<optimized out>`, as gdb prints it)."""
+    data, part, missing = b"", [], set()
+    for op in ops:
+        if op.op_name != "DW_OP_piece":
+            part.append(op)
+            continue
+        size = op.args[0]
+        if not part:
+            missing.update(range(len(data), len(data) + size))
+            data += bytes(size)
+            continue
+        kind, x = _eval_ops(s, frame, var, part)
+        if kind == "reg":
+            data += (frame.regs[x] & M64).to_bytes(8, "little")[:size].ljust(size, b"\0")
+        elif kind == "value":
+            data += (x & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+        else:
+            try:
+                data += s.read_memory(x, size)
+            except KvmdbgError:
+                raise LocationError("unreadable piece") from None
+        part = []
+    if part:
+        raise LocationError("a location after the last piece")
+    return data, frozenset(missing)
 
 
 def _eval_ops(s, frame: Frame, var, ops):
