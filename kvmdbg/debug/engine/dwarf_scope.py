@@ -6,8 +6,9 @@ Locations are evaluated for the simple cases gdb users meet first: a register
 (DW_OP_regN), an address (DW_OP_addr, DW_OP_bregN, DW_OP_fbreg with the function's
 DW_AT_frame_base, which GCC makes DW_OP_call_frame_cfa), a constant (DW_OP_litN /
 DW_OP_constN with DW_OP_stack_value) and location lists (the entry whose range holds the
-frame's PC). Anything else (DW_OP_entry_value, DW_OP_piece, ...) is `<optimized out>`
-when printed, as gdb prints a value it cannot reconstruct.
+frame's PC), and DW_OP_piece compositions of those (stack.py assembles them). Anything
+else (DW_OP_entry_value, ...) is `<optimized out>` when printed, as gdb prints a value it
+cannot reconstruct.
 """
 
 from __future__ import annotations
