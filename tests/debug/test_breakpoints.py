@@ -110,7 +110,7 @@ def test_bad_arguments_are_one_line_with_usage():
     s = session(LOOP)
     assert run(s, "delete x") == ["Bad breakpoint number 'x'.  Usage: delete [N|M-N]..."]
     assert run(s, "delete 7") == ["No breakpoint number 7."]
-    assert run(s, "break nowhere") == ['No symbol "nowhere" in current context.']
+    assert run(s, "break nowhere") == ['Function "nowhere" not defined.']      # gdb 13's words
     assert run(s, "break gpa:0x1000")[0].startswith("Breakpoints are on guest-virtual addresses")
     assert run(s, "break loop if") == [
         'Argument required (boolean expression after "if").  Usage: break [[*]ADDR|SYMBOL|FILE:LINE|LINE] [if EXPR]']

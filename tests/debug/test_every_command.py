@@ -33,7 +33,7 @@ def test_bare_and_nonsense_arguments(name):
     ("undisplay x", "Bad display number 'x'.  Usage: undisplay [N|M-N]..."),
     ("run now", "run takes no arguments (use --arg on the command line).  Usage: run"),
     ("set confirm maybe", '"on" or "off" expected (got "maybe").  Usage: set confirm on|off'),
-    ("backtrace x", 'Invalid number "x".  Usage: backtrace [N]'),
+    ("backtrace x", 'Invalid number "x".  Usage: backtrace [full] [N]'),
 ])
 def test_bad_arguments_name_the_usage(line, error):
     assert smep().execute(line) == error

@@ -38,7 +38,7 @@ def test_until_and_advance_stop_at_the_location():
     s = session(CALLS)
     assert _core(run(s, "until 0x100014"))[0] == "0x100014 <start+13>, vcpu 0, step 8"
     assert _core(run(s, "advance f"))[0] == "0x100017 <f>, vcpu 0, step 10"
-    assert run(s, "advance") == ["Argument required (a location).  Usage: advance ADDR|FILE:LINE|LINE"]
+    assert run(s, "advance") == ["Argument required (a location).  Usage: advance ADDR|FUNC|FILE:LINE|LINE"]
     assert run(s, "until gpa:0x100000") == [
         "Locations are guest-virtual addresses (got gpa:0x100000)."]
 

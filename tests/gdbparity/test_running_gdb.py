@@ -94,4 +94,4 @@ def test_u_is_until_as_in_gdb_and_bochs_u_slash_n_disassembles(oracle_nested, tm
                         "   0x100000 <start>:\tcall 0x10000d <a>"]
     assert err == ["Bochs's u takes a count: u/N [ADDR] (got \"/q\"); disassemble has the "
                    "other forms."]
-    assert out[6] == "until [ADDR|FILE:LINE|LINE]"
+    assert out[6] == "until [ADDR|FUNC|FILE:LINE|LINE]"

@@ -4,11 +4,11 @@
 (the KVM model's views, say) is one module with register(reg) and one entry here.
 """
 
-from kvmdbg.debug.commands import (breakpoints, code, compare, data, info, kvm, mmu, pictures,
+from kvmdbg.debug.commands import (breakpoints, code, compare, data, frames, info, kvm, mmu, pictures,
                                    running, scripting, setshow, source, support, translate)
 from kvmdbg.debug.commands.registry import QuitRequest, Registry
 
-FAMILIES = (info, setshow, running, breakpoints, data, code, source, translate, mmu, kvm, compare,
+FAMILIES = (info, setshow, running, breakpoints, data, code, frames, source, translate, mmu, kvm, compare,
             pictures, scripting, support)
 
 

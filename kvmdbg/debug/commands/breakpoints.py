@@ -23,6 +23,14 @@ def _breakpoint_address(s, fn, text: str) -> int:
     expr = text[1:].strip() if text.startswith("*") else text
     if not expr:
         raise usage_error(fn, "Argument required (an address).")
+    if not text.startswith("*"):                # FUNC: after its prologue, as gdb does
+        from kvmdbg.debug.engine.prologue import function_breakpoint
+        at = function_breakpoint(s, expr)
+        if at is not None:
+            return at
+        import re
+        if re.fullmatch(r"[A-Za-z_][\w.]*", expr) and expr not in s.symbols:
+            raise CommandError(f'Function "{expr}" not defined.')
     v = Evaluator(s).value(parse(expr))
     if v.space and v.space != "gva":
         raise CommandError(f"Breakpoints are on guest-virtual addresses; {v.space}:{v.as_int():#x} "

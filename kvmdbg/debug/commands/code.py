@@ -1,4 +1,4 @@
-"""Code: disassemble (u), backtrace (bt), info symbol."""
+"""Code: disassemble (u), info symbol (backtrace is in frames.py)."""
 
 from __future__ import annotations
 
@@ -132,56 +132,12 @@ def disassemble(s, arg: str) -> None:
     s.state.next_repeat = f"disassemble{'/r' if raw else ''} {pos:#x},+{length}"
 
 
-def backtrace(s, arg: str) -> None:
-    """backtrace [N]
-
-    The current instruction, then return addresses found on the stack (words that
-    follow a CALL instruction): a heuristic, since the guest has no frame information.
-    N shows the innermost N frames, -N the outermost N (gdb's rule).
-    """
-    limit = 64
-    if arg:
-        try:
-            limit = int(arg, 0)
-        except ValueError:
-            raise usage_error(backtrace, f"Invalid number \"{arg}\".") from None
-        if abs(limit) >= 1 << 64:
-            raise usage_error(backtrace, "Numeric constant too large.")
-    outermost = limit < 0
-    frames = [a for a, _slot in stack_frames(s, 64 if outermost else limit)]
-    shown = list(enumerate(frames))
-    shown = shown[limit:] if outermost else shown[:limit]
-    for i, a in shown:
-        s.message(f"#{i:<3}{s.location(a)}")
-
-
 def stack_frames(s, limit: int = 64) -> list:
     """(address, stack slot) of the current RIP (slot None), then of each return address
     found on the stack (a word that follows a CALL instruction), innermost first."""
+    from kvmdbg.debug.engine.stack import return_addresses
     cpu = s.cpu
-    frames = [(cpu.rip, None)]
-    rsp = cpu.r[4]
-    for off in range(0, 0x2000, 8):
-        if len(frames) >= limit:
-            break
-        try:
-            word = int.from_bytes(s.read_memory(rsp + off, 8), "little")
-        except KvmdbgError:
-            break
-        if word and _follows_call(s, word):
-            frames.append((word, (rsp + off) & M64))
-    return frames[:limit]
-
-
-def _follows_call(s, ret: int) -> bool:
-    for length in (5, 2, 3, 6, 7):
-        code = _read_code(s, ret - length, length)
-        if len(code) != length:
-            continue
-        got = _decoded(s, ret - length, code, 1)
-        if got and got[0][1] == length and got[0][2] == "call":
-            return True
-    return False
+    return ([(cpu.rip, None)] + return_addresses(s, cpu.r[4], limit - 1))[:limit]
 
 
 def bochs_u(s, arg: str) -> None:
@@ -216,5 +172,4 @@ def info_symbol(s, arg: str) -> None:
 
 def register(reg) -> None:
     reg.add("disassemble", disassemble, category="data", repeatable=True)
-    reg.add("backtrace", backtrace, aliases=("bt", "where"), category="status")
     reg.sub("info").add("symbol", info_symbol, category="data")

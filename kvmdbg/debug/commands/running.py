@@ -190,6 +190,11 @@ def _location(s, fn, arg: str) -> int:
     from kvmdbg.debug.commands import source
     if source.is_line_spec(s, arg):             # LINE or FILE:LINE: the line's first address
         return source.line_location(s, *source.file_line(s, arg))[0]
+    if not arg.startswith("*"):                 # FUNC: where `break FUNC` would stop
+        from kvmdbg.debug.engine.prologue import function_breakpoint
+        at = function_breakpoint(s, arg.strip())
+        if at is not None:
+            return at
     text = arg[1:] if arg.startswith("*") else arg
     addr, space = evaluate_address(s, text)
     if space != "gva":
@@ -198,10 +203,11 @@ def _location(s, fn, arg: str) -> int:
 
 
 def until(s, arg: str) -> None:
-    """until [ADDR|FILE:LINE|LINE]
+    """until [ADDR|FUNC|FILE:LINE|LINE]
 
-    Run until ADDR (or the first instruction of a source line) is reached on the current
-    vCPU (or another stop comes first).
+    Run until ADDR (or the first instruction of a source line, or FUNC where `break FUNC`
+    would stop) is reached on the current vCPU, or the current frame returns (with
+    call-frame information), or another stop comes first.
     Without ADDR, like nexti. `u` is gdb's abbreviation of it; Bochs's `u/N [ADDR]`
     (a slash and a count: disassemble N instructions) is still understood, and
     `disassemble` is the command for the other forms.
@@ -219,20 +225,80 @@ def until(s, arg: str) -> None:
 def finish(s, arg: str) -> None:
     """finish
 
-    Run until the current function returns: to the first return address found on the
-    stack (a word after a CALL; the same heuristic as backtrace, since raw programs have
-    no frame information), with the stack popped past it, so a recursive call of the same
-    function does not count.
+    Run until the selected frame's function returns: to its caller's PC with the stack
+    popped past the frame (so a recursive call of the same function does not count).
+    With DWARF call-frame information the return address and frame come from it, and a
+    function whose DWARF type is not void has its return value (RAX) printed and put in
+    the value history, as gdb does; elsewhere the first return address found on the stack
+    (a word after a CALL; the backtrace heuristic).
     """
     no_arguments(finish, arg)
     _check_runnable(s)
-    from kvmdbg.debug.commands.code import stack_frames
-    frames = stack_frames(s, 2)
-    if len(frames) < 2:
+    from kvmdbg.debug.engine import stack
+    level = stack.selected_level(s)
+    frames = stack.stack(s, level + 2).frames
+    if len(frames) < level + 2:
         raise CommandError('"finish" not meaningful in the outermost frame.')
-    (rip, _), (ret, slot) = frames
-    s.message(f"Run till exit from #0  {s.location(rip)}")
-    report(s, stops.resume(s, target=stops.Target(s.current, ret, (slot + 8) & ((1 << 64) - 1))))
+    this, caller = frames[level], frames[level + 1]
+    if caller.call_site is not None:
+        _finish_inlined(s, this, frames)
+        return
+    cfi = not this.heuristic and this.cfa is not None
+    if cfi:
+        s.message(f"Run till exit from {stack.frame_line(s, this)}")
+        rsp = this.cfa
+    else:
+        s.message(f"Run till exit from #{this.level}  {s.location(this.pc)}")
+        rsp = caller.regs["rsp"]
+    outcome = stops.resume(s, target=stops.Target(s.current, caller.pc, rsp & ((1 << 64) - 1)))
+    returned = outcome.stop.reason == REACHED and not outcome.hits and s.cpu.rip == caller.pc
+    if cfi and returned:
+        s.message(stack.frame_line(s, stack.stack(s, 1).frames[0], print_level=False))
+    report(s, outcome)
+    fn = stack.function_of(s, this) if cfi and returned else None
+    if fn is not None and fn.return_type.strip().kind != "void":
+        val = stack.return_value(s, fn.return_type)
+        if val is not None:
+            from kvmdbg.debug.present.values import format_natural
+            text = format_natural(s, val)
+            s.message(f"Value returned is ${s.history.add(val)} = {text}")
+
+
+def _finish_inlined(s, this, frames) -> None:
+    """finish out of an inlined call (gdb's step out of an inline frame): first back to
+    the machine frame it is inlined in (the CFI return of the frames inside), then run,
+    stepping over calls, until the PC leaves the inlined block with the stack no deeper."""
+    from kvmdbg.debug.engine import stack
+    s.message(f"Run till exit from {stack.frame_line(s, this)}")
+    if not this.innermost:
+        if this.cfa is None or frames[0].cfa is None:
+            raise CommandError("Cannot find the frame the inlined call is in.")
+        inner = next(f for f in reversed(frames[:this.level]) if f.innermost)
+        outcome = stops.resume(s, target=stops.Target(s.current, this.pc, inner.cfa))
+        if outcome.stop.reason != REACHED or outcome.hits or s.cpu.rip != this.pc:
+            report(s, outcome)
+            return
+    sc = stack.scope(s)
+    die, cu = this.function.die, this.function.cu
+    rsp = s.cpu.r[RSP]
+    while True:
+        outcome = _next_one(s)
+        if outcome.stop.reason not in (REACHED, STEP_LIMIT) or outcome.hits or \
+                s.interrupt_requested:
+            break
+        rip = s.cpu.rip
+        if s.cpu.r[RSP] >= rsp and not sc.die_contains(die, cu, rip):
+            # gdb shows the caller, not an inlined call that begins right here
+            shown = next(f for f in stack.stack(s, 1).frames
+                         if f.call_site is not None or f.function is None or
+                         f.function.die.tag != "DW_TAG_inlined_subroutine" or
+                         sc.entry_pc(f.function.die, f.function.cu) != rip)
+            s.message(stack.frame_line(s, shown, print_level=False))
+            place = stack.frame_place(s, shown)
+            if place is not None:               # the report's source line is the caller's too
+                s.state.stop_place = (rip, *place)
+            break
+    report(s, outcome)
 
 
 def jump(s, arg: str) -> None:
@@ -256,17 +322,37 @@ def jump(s, arg: str) -> None:
 
 
 def advance(s, arg: str) -> None:
-    """advance ADDR|FILE:LINE|LINE
+    """advance ADDR|FUNC|FILE:LINE|LINE
 
-    Run until ADDR (or the first instruction of a source line) is reached on the current
-    vCPU (or another stop comes first).
+    Run until ADDR (or the first instruction of a source line, or FUNC where `break FUNC`
+    would stop) is reached on the current vCPU, or the current frame returns (with
+    call-frame information), or another stop comes first.
     """
     _run_to(s, _location(s, advance, arg))
 
 
 def _run_to(s, address: int) -> None:
     _check_runnable(s)
-    report(s, stops.resume(s, target=stops.Target(s.current, address)))
+    from kvmdbg.debug.engine import stack
+    before = _function_here(s)
+    ret = stack.caller_return(s)            # gdb: or until the current frame returns
+    outcome = stops.resume(s, target=stops.Target(s.current, address,
+                                                  also=(ret,) if ret is not None else ()))
+    if outcome.stop.reason == REACHED and not outcome.hits and \
+            _function_here(s) not in (None, before):
+        # gdb's SRC_AND_LOC: in another function, the frame line before the source line
+        s.message(stack.frame_line(s, stack.stack(s, 1).frames[0], print_level=False))
+    report(s, outcome)
+
+
+def _function_here(s):
+    """The function the current PC is in (with CFI and DWARF), else None."""
+    from kvmdbg.debug.engine import stack
+    di = stack.debug_info(s)
+    if di is None or not di.cfi or stack.scope(s) is None:
+        return None
+    f = stack.scope(s).function_at(s.cpu.rip)
+    return f.name if f is not None else None
 
 
 def run(s, arg: str) -> None:

@@ -157,6 +157,13 @@ class Evaluator:
         return Value(n.value, STR)
 
     def _symbol(self, n: Symbol) -> Value:
+        from kvmdbg.debug.engine.stack import lookup_variable
+        head, *fields = n.name.split(".")
+        var = lookup_variable(self.s, head) if self.effects else None
+        if var is not None:
+            for name in fields:
+                var = member(var, name)
+            return var
         syms = self.s.symbols
         if n.name in syms:
             return Value(syms[n.name], CODE)
@@ -172,6 +179,10 @@ class Evaluator:
             return s.history.lookup(name)
         reg = REGISTER_ALIASES.get(name, name)
         regs = s.vcpu(self.vcpu).regs
+        if reg in regs and self.vcpu == s.current:
+            framed = _frame_register(s, reg)
+            if framed is not None:
+                return framed
         if reg in regs:
             t = register_type(reg)
             v = make_int(regs[reg], t) if t.kind == "int" else Value(regs[reg], t)
@@ -224,18 +235,27 @@ class Evaluator:
 
     def _addrof(self, n: AddrOf):
         if isinstance(n.operand, Symbol):
-            addr = self._symbol(n.operand).v
-            return Value(addr, TEXT_PTR)
-        v = yield n.operand
+            v = self._symbol(n.operand)
+            if v.type is CODE:                          # an ELF symbol: &flip
+                return Value(v.v, TEXT_PTR)
+        else:
+            v = yield n.operand
         lv = v.lval
         if isinstance(n.operand, Deref) and v.type is CODE:   # &*&flip
             return Value(v.v, TEXT_PTR)
         if lv is None or lv.kind != "mem":
             raise ExprError("Attempt to take address of value not located in memory.")
-        return Value(lv.address, v.type.pointer(), space="" if lv.space == "gva" else lv.space)
+        if v.type.dtype is not None:                    # &at: a pointer to its DWARF type
+            from kvmdbg.debug.engine.stack import ProgramTypes
+            t = ProgramTypes.pointer(v.type)
+        else:
+            t = v.type.pointer()
+        return Value(lv.address, t, space="" if lv.space == "gva" else lv.space)
 
     def _field(self, n: Field):
         base = yield n.operand
+        if base.type.kind == "aggregate":
+            return member(base, n.name)
         if base.type is STRUCT:
             ev = base.v
             if n.name in ("seq", "name", "vcpu", "step"):
@@ -296,10 +316,17 @@ class Evaluator:
                 return Value(v.as_int() & M64, CODE)
         else:
             t = U64
-        if t.kind == "ptr":
+        if t.kind == "dfunc":                           # *fnptr is the function
+            return Value(v.as_int() & M64, CODE)
+        if t.kind == "ptr" and t.dtype is None:
             t = Type(t.name, 8, False, "ptr", t.pointee)
         space = v.space or "gva"
         addr = v.as_int() & M64
+        if t.kind == "aggregate":
+            data = self.s.read_memory(addr, t.size, space) if self.effects else bytes(t.size)
+            out = Value(data, t)
+            out.lval = LValue("mem", vcpu=self.vcpu, space=space, address=addr, size=t.size)
+            return out
         if not self.effects:
             raw = 0
         else:
@@ -384,6 +411,51 @@ class Evaluator:
         return assign(self.s, target, new, self)
 
 
+def member(base: Value, name: str) -> Value:
+    """A member of a DWARF struct/union value (`at->flags`, `v.arr`)."""
+    from kvmdbg.debug.engine.stack import to_type
+    if base.type.kind != "aggregate":
+        raise ExprError("Attempt to extract a component of a value that is not a structure.")
+    m = base.type.dtype.member(name)
+    if m is None:
+        raise ExprError(f"There is no member named {name}.")
+    t = to_type(m.type)
+    size = max(m.type.byte_size, 1)
+    data = base.v[m.offset:m.offset + size]
+    missing = getattr(base, "missing", frozenset())
+    if any(m.offset <= b < m.offset + size for b in missing):       # an empty DWARF piece
+        return Value("<optimized out>", Type(t.name, 0, False, "error", dtype=m.type))
+    lv = base.lval
+    if t.kind == "aggregate":
+        out = Value(data, t)
+    else:
+        raw = int.from_bytes(data, "little")
+        if m.bit_size:
+            raw = (raw >> m.bit_offset) & ((1 << m.bit_size) - 1)
+            if m.type.signed and raw >> (m.bit_size - 1):
+                raw -= 1 << m.bit_size
+            return Value(raw, t)
+        out = make_int(raw, t) if t.kind in ("int", "char") else Value(raw, t)
+    if lv is not None and lv.kind == "mem":
+        out.lval = LValue("mem", vcpu=lv.vcpu, space=lv.space, address=lv.address + m.offset,
+                          size=size)
+    return out
+
+
+def _frame_register(s, reg: str):
+    """A register as the selected frame sees it (gdb: $pc, $sp and the callee-saved
+    registers of an outer frame come from the unwinder), or None in frame 0; not an
+    lvalue there."""
+    from kvmdbg.debug.engine import stack
+    if stack.selected_level(s) == 0:
+        return None
+    frame = stack.selected_frame(s)
+    if reg not in frame.regs:
+        return None
+    t = register_type(reg)
+    return make_int(frame.regs[reg], t) if t.kind == "int" else Value(frame.regs[reg], t)
+
+
 def _step(t: Type) -> int:
     """What one unit of pointer arithmetic is: the pointed-to type's size, 1 for void and code."""
     if t.kind == "ptr" and t.pointee is not None and t.pointee.size:
@@ -466,7 +538,8 @@ def write_register(s, vcpu: int, name: str, value: int) -> None:
 # --- convenience for commands ---
 
 def evaluate(s, text: str, vcpu: int | None = None, event=None) -> Value:
-    return Evaluator(s, vcpu, event).value(parse(text))
+    from kvmdbg.debug.engine.stack import ProgramTypes
+    return Evaluator(s, vcpu, event).value(parse(text, ProgramTypes.of(s)))
 
 
 def evaluate_node(s, node, vcpu: int | None = None, event=None) -> Value:

@@ -21,7 +21,7 @@ them values against a Session.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kvmdbg.errors import CommandError
 
@@ -40,6 +40,7 @@ class Type:
     kind: str = "int"         # int, ptr, code, flags, char, str, struct, void
     pointee: "Type | None" = None
     bits: tuple = ()          # for kind 'flags': ((NAME, bit), ...)
+    dtype: object = field(default=None, compare=False, hash=False)   # a DWARF type (DType)
 
     def pointer(self) -> "Type":
         return Type(f"{self.name} *", 8, False, "ptr", self)
@@ -158,7 +159,7 @@ _TOKEN = re.compile(r"""
   | (?P<space>(?:gva|gpa|hpa):)
   | (?P<dollar>\$\$[0-9]*|\$[0-9]+|\$[A-Za-z_][A-Za-z0-9_]*|\$)
   | (?P<ident>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)
-  | (?P<op><<=?|>>=?|<=|>=|==|!=|&&|\|\||[-+*/%&|^~!<>()=.{}])
+  | (?P<op>->|<<=?|>>=?|<=|>=|==|!=|&&|\|\||[-+*/%&|^~!<>()=.{}])
 """, re.X)
 
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", "'": "'", '"': '"',
@@ -257,8 +258,9 @@ as soon as the next one of no higher precedence arrives."""
 
 
 class _Parser:
-    def __init__(self, text: str):
+    def __init__(self, text: str, types=None):
         self.text = text
+        self.types = types          # name -> Type or None: the program's DWARF types
         self.toks = tokenize(text)
         self.i = 0
 
@@ -386,11 +388,14 @@ class _Parser:
                 return out.pop()
 
     def _postfix(self, out: list) -> None:
-        while self.accept("."):
+        while self.peek() in (("op", "."), ("op", "->")):
+            arrow = self.take()[1] == "->"
             kind, name = self.take()
             if kind != "ident":
-                raise ExprError("A syntax error in expression, near `.'.")
-            out[-1] = Field(out[-1], name)
+                raise ExprError(f"A syntax error in expression, near `{'->' if arrow else '.'}'.")
+            for part in name.split("."):        # a.b.c lexes as one dotted identifier
+                out[-1] = Field(Deref(out[-1]) if arrow else out[-1], part)
+                arrow = False
 
     def _type_name(self) -> Type:
         tk, tname = self.take()
@@ -398,15 +403,33 @@ class _Parser:
             raise ExprError(f"No type named {tname or '?'}.")
         return TYPE_NAMES[tname]
 
+    def _program_type(self, k: int):
+        """(Type, tokens) of a program type name at token k (`ac_test_t`, `struct foo`)."""
+        if self.types is None:
+            return None, 0
+        kind, name = self.peek(k)
+        if kind != "ident":
+            return None, 0
+        if name in ("struct", "union", "enum") and self.peek(k + 1)[0] == "ident":
+            t = self.types(f"{name} {self.peek(k + 1)[1]}")
+            if t is None:
+                raise ExprError(f"No {name} type named {self.peek(k + 1)[1]}.")
+            return t, 2
+        t = self.types(name)
+        return (t, 1) if t is not None else (None, 0)
+
     def _cast_type(self):
         """At '(' TYPE ['*'...] ')': the Type (pointer if starred), else None without consuming."""
         if self.peek() != ("op", "("):
             return None
         kind, name = self.peek(1)
-        if kind != "ident" or name not in TYPE_NAMES:
+        program, used = self._program_type(1)
+        if program is not None and name not in TYPE_NAMES:
+            t, k = program, 1 + used
+        elif kind != "ident" or name not in TYPE_NAMES:
             return None
-        t = TYPE_NAMES[name]
-        k = 2
+        else:
+            t, k = TYPE_NAMES[name], 2
         if name == "unsigned" and self.peek(2)[0] == "ident" and self.peek(2)[1] in ("char", "short", "int", "long"):
             word = self.peek(2)[1]
             t = _named({"char": U8, "short": U16, "int": U32, "long": U64}[word], f"unsigned {word}")
@@ -419,7 +442,7 @@ class _Parser:
             return None
         self.i += k + 1
         for _ in range(stars):
-            t = t.pointer()
+            t = self.types.pointer(t) if t.dtype is not None else t.pointer()
         return t
 
     def primary(self):
@@ -437,8 +460,8 @@ class _Parser:
         if kind == "ident":
             if val in TYPE_NAMES:
                 raise ExprError("Attempt to use a type name as an expression")
-            # A dotted identifier is a symbol name (assemblers allow dots); fields are
-            # only taken after a $name ($cr4.smep, $_event.root).
+            # A dotted identifier is a symbol name (assemblers allow dots); the evaluator
+            # reads `at.flags` as a member where `at` is a DWARF variable.
             return Symbol(val)
         self.i -= 1
         raise self.syntax_error()
@@ -450,9 +473,10 @@ _PREFIX_NODES = {
 }
 
 
-def parse(text: str):
-    """Parse an expression; ExprError with a one-line message if it is malformed."""
-    return _Parser(text).parse()
+def parse(text: str, types=None):
+    """Parse an expression; ExprError with a one-line message if it is malformed.
+    types(name) gives the Type of a program type name (`ac_test_t`, `struct foo`)."""
+    return _Parser(text, types).parse()
 
 
 def walk(node):

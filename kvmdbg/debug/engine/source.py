@@ -51,6 +51,58 @@ class DebugInfo:
         self.rows = sorted(rows, key=lambda r: r.address)
         self._starts = [r.address for r in self.rows]
         self.units = units
+        self.data = b""                   # the ELF's bytes, for the CFI and .debug_info readers
+        self._cfi = self._scope = None
+        self.dwarf_error = ""             # why they could not be read (one line)
+
+    def _elf(self):
+        import io
+
+        from elftools.elf.elffile import ELFFile
+        return ELFFile(io.BytesIO(self.data))
+
+    @property
+    def cfi(self):
+        """The call-frame information (frames.CallFrameInfo; empty if there is none or it
+        cannot be read, dwarf_error saying why)."""
+        if self._cfi is None:
+            from kvmdbg.debug.engine.frames import CallFrameInfo, read_cfi
+            try:
+                self._cfi = read_cfi(self._elf())
+            except Exception as e:            # noqa: BLE001 - corrupt CFI: one line, no frames
+                self.dwarf_error = f"{os.path.basename(self.path)}: bad call-frame information ({e})"
+                self._cfi = CallFrameInfo([])
+        return self._cfi
+
+    @property
+    def scope(self):
+        """The functions, variables and types of .debug_info (dwarf_scope.DwarfScope), or
+        None when the ELF has none or it cannot be read (dwarf_error says why)."""
+        if self._scope is None:
+            from kvmdbg.debug.engine.dwarf_scope import DwarfScope
+            try:
+                elf = self._elf()
+                self._scope = DwarfScope(elf) if elf.has_dwarf_info() and \
+                    elf.get_section_by_name(".debug_info") is not None else False
+                if self._scope:
+                    self._scope.elf_symbols = self.symbols
+            except Exception as e:            # noqa: BLE001 - corrupt DWARF: one line
+                self.dwarf_error = f"{os.path.basename(self.path)}: bad DWARF ({e})"
+                self._scope = False
+        return self._scope or None
+
+    def file_bytes(self, addr: int, n: int) -> bytes | None:
+        """n bytes at addr as the ELF file holds them (gdb reads code there before the
+        program runs), or None outside its PROGBITS sections."""
+        for start, size, offset in getattr(self, "contents", ()):
+            if start <= addr and addr + n <= start + size:
+                at = offset + addr - start
+                return self.data[at:at + n]
+        return None
+
+    def is_function(self, name: str) -> bool:
+        """An STT_FUNC symbol (what gdb skips a prologue for; a label is broken at)."""
+        return name in getattr(self, "functions", ())
 
     @property
     def has_lines(self) -> bool:
@@ -123,22 +175,30 @@ def read_elf(path: str) -> DebugInfo:
     try:
         with open(path, "rb") as f:
             elf = ELFFile(f)
-            return _read(path, elf)
+            di = _read(path, elf)
+            f.seek(0)
+            di.data = f.read()
+            return di
     except (ELFError, ValueError, KeyError, IndexError) as e:
         if isinstance(e, ELFError) and "Magic number" in str(e):
             raise CommandError(f"`{os.path.abspath(path)}': can't read symbols: "
                                "file format not recognized.") from None
-        raise CommandError(f"`{os.path.abspath(path)}': can't read symbols: {e}.") from None
+        raise CommandError(f"`{os.path.abspath(path)}': can't read symbols: bad DWARF or ELF "
+                           f"({e}).") from None
     except OSError as e:
         raise CommandError(f"{path}: {e.strerror}.") from None
 
 
 def _read(path: str, elf) -> DebugInfo:
     symbols: dict = {}
+    functions: set = set()
     sections = []
+    contents = []
     for sec in elf.iter_sections():
         if sec["sh_flags"] & 2 and sec["sh_size"]:          # SHF_ALLOC
             sections.append((sec["sh_addr"], sec["sh_addr"] + sec["sh_size"]))
+            if sec["sh_type"] == "SHT_PROGBITS":
+                contents.append((sec["sh_addr"], sec["sh_size"], sec["sh_offset"]))
     symtab = elf.get_section_by_name(".symtab")
     if symtab is not None:
         for sym in symtab.iter_symbols():
@@ -148,6 +208,8 @@ def _read(path: str, elf) -> DebugInfo:
                     sym["st_shndx"] in ("SHN_UNDEF", "SHN_ABS"):
                 continue
             symbols[sym.name] = sym["st_value"]
+            if kind == "STT_FUNC":
+                functions.add(sym.name)
     rows, units = [], []
     if elf.has_dwarf_info():
         dwarf = elf.get_dwarf_info()
@@ -177,15 +239,24 @@ def _read(path: str, elf) -> DebugInfo:
                 if prev is not None and st.address > prev.address:
                     rows.append(Row(prev.address, st.address, names.get(prev.file, "??"),
                                     prev.line, unit))
-                prev = None if st.end_sequence else _copy(st)
-    return DebugInfo(path, symbols, sections, rows, units)
+                if st.end_sequence:
+                    prev = None
+                elif prev is not None and st.address == prev.address and prev.is_stmt \
+                        and not st.is_stmt:
+                    continue        # gdb: at one address, the last is-statement entry
+                else:
+                    prev = _copy(st)
+    di = DebugInfo(path, symbols, sections, rows, units)
+    di.functions = functions
+    di.contents = contents
+    return di
 
 
 def _copy(st):
     class S:
         pass
     c = S()
-    c.address, c.file, c.line = st.address, st.file, st.line
+    c.address, c.file, c.line, c.is_stmt = st.address, st.file, st.line, st.is_stmt
     return c
 
 
@@ -200,6 +271,8 @@ def _file_names(lp) -> dict:
         d = fe.dir_index
         if lp.header.version < 5 and d > 0 and d - 1 < len(dirs):
             name = os.path.join(dirs[d - 1], name)
+        elif lp.header.version >= 5 and 0 < d < len(dirs):     # 0 is the unit's directory
+            name = os.path.join(dirs[d], name)
         out[i + base] = name
     return out
 
@@ -262,7 +335,10 @@ class SourceFinder:
                 dirs.append(os.getcwd())
             else:
                 dirs.append(d)
-        for cand in (name, os.path.basename(name)):
+        # gdb's rule: a relative name is first taken under DWARF's (relative) compilation
+        # directory, so `directory /work/shared/kut` finds kvm-unit-tests/x86/access.c.
+        cands = [os.path.join(cdir, name)] if cdir and not os.path.isabs(cdir) else []
+        for cand in cands + [name, os.path.basename(name)]:
             for d in dirs:
                 p = os.path.join(d, cand)
                 if os.path.isfile(p):

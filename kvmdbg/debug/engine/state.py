@@ -112,6 +112,8 @@ class DebuggerState:
     user_depth: int = 0
     partial: str = ""                # echo/printf text not yet ended by a newline
     step_hint_shown: bool = False
+    stop_place: tuple | None = None  # (rip, file, line) the next stop report shows instead
+    selected_frame: tuple = (None, 0)   # (stop key, level): gdb's selected frame
     in_breakpoint_commands: bool = False
     source_dirs: list = field(default_factory=list)
     sourcing: int = 0                # command files being read (source, -x, the init file)

@@ -41,6 +41,14 @@ class Target:
     vcpu: int
     address: int
     rsp: int | None = None
+    also: tuple = ()            # more (address, rsp) places: until/advance stop when the
+                                # current frame returns to its caller, as gdb's do
+
+    def places(self):
+        return ((self.address, self.rsp),) + tuple(self.also)
+
+    def addresses(self) -> set:
+        return {a for a, _ in self.places()}
 
 
 @dataclass
@@ -119,8 +127,8 @@ def at_breakpoint(s, v, target: Target | None) -> Outcome | None:
             hits.append(Hit(bp, err))
     if hits:
         return Outcome(s._stop(BREAKPOINT, v.index), hits)
-    if target is not None and v.index == target.vcpu and rip == target.address and \
-            (target.rsp is None or cpu.r[RSP] >= target.rsp):
+    if target is not None and v.index == target.vcpu and any(
+            rip == a and (rsp is None or cpu.r[RSP] >= rsp) for a, rsp in target.places()):
         return Outcome(s._stop(REACHED, v.index))
     return None
 
@@ -128,7 +136,7 @@ def at_breakpoint(s, v, target: Target | None) -> Outcome | None:
 def _breakpoint_set(s, target):
     bps = s.breakpoints.addresses()
     if target is not None:
-        bps.add(target.address)
+        bps |= target.addresses()
     precise = bool(s.breakpoints.catchpoints())
     for v in s.vm.vcpus:
         v.cpu.set_single_step(precise)
@@ -321,7 +329,7 @@ def _resume_stepping(s, scope, limit: int, target) -> Outcome:
     readers = {wp.number: reader_for(s, wp) for wp in wps}
     bps = table.addresses()
     if target is not None:
-        bps.add(target.address)
+        bps |= target.addresses()
     has_readers = any(w.access != "write" for w in wps)
     started = set()
     last = vm.vcpus[s.current if scope is None else scope]

@@ -188,17 +188,27 @@ def show_next_insn(s, rip: int) -> None:
 def show_source_line(s, rip: int) -> None:
     """gdb's frame line when the line table covers rip: `42\t\txor\trax, CR4_SMEP` (the
     source text as written), or `42\tin smep_flip.S` when the file cannot be found."""
+    place = getattr(s.state, "stop_place", None)       # set by finish out of inlined code
+    if place is not None and place[0] == rip:
+        s.state.stop_place = None
+        show_source_text(s, *place[1:])
+        return
     di = getattr(s, "debug_info", None)
     row = di.row_at(rip) if di is not None else None
-    if row is None:
-        return
+    if row is not None:
+        show_source_text(s, row.file, row.line)
+
+
+def show_source_text(s, file: str, line: int) -> None:
+    """`42\t<the text of line 42>`, or gdb's one line for a file it cannot find; `list`
+    then centres on it."""
     from kvmdbg.debug.commands import source
-    source.set_current(s, row.file, row.line)
-    text = source.source_text(s, row.file)
-    if text is None or row.line > len(text):
-        source.missing_line(s, row.file, row.line)
+    source.set_current(s, file, line)
+    text = source.source_text(s, file)
+    if text is None or line > len(text):
+        source.missing_line(s, file, line)
     else:
-        s.message(f"{row.line}\t{text[row.line - 1]}")
+        s.message(f"{line}\t{text[line - 1]}")
 
 
 def show_displays(s) -> None:

@@ -64,6 +64,9 @@ def format_natural(s, val) -> str:
         return c_string(v)
     if t.kind == "error":
         return v
+    if t.dtype is not None:             # a DWARF-typed value (a variable, *at, at->flags)
+        from kvmdbg.debug.engine.stack import value_text
+        return value_text(s, val)
     if t.kind == "struct":
         parts = [f"seq = {v.seq}", f"name = {c_string(v.name)}", f"vcpu = {v.vcpu}",
                  f"step = {v.step}"]
