@@ -52,11 +52,8 @@ def emulate_instruction(vcpu) -> None:
     em = _Emulator(vcpu)
     try:
         code = em.fetch(cpu.rip)
-        d = cpu.decoder.decode(code, cpu.rip, cpu.code_bits)
-        if d is None:
-            raise GuestFault(6)
-        handler = make_handler([cpu.translator(d)])
-        kvm.trace("kvm_emulate_insn", vcpu.index, rip=cpu.rip, insn=d.text)
+        handler = _handler(cpu, code)
+        kvm.trace("kvm_emulate_insn", vcpu.index, rip=cpu.rip, insn=handler.insns[0].text)
         cpu.flush_fast()                         # force every access through the emulator
         cpu.rd = cpu.read_miss = em.read
         cpu.wr = cpu.write_miss = em.write
@@ -67,6 +64,29 @@ def emulate_instruction(vcpu) -> None:
         cpu.steps += 1
     except paging_tmpl.WalkFault as f:
         vcpu.inject_page_fault(f.error_code, f.address)     # kvm_inject_emulated_page_fault
+
+
+_HANDLERS_KEPT = 4096
+# (rip, bytes, code size, translator) -> compiled handler: a pure function of its key (the
+# handler's code depends on nothing else), so it is shared and never invalidated; bounded.
+_handlers: dict = {}
+
+
+def _handler(cpu, code: bytes):
+    """The compiled handler for the instruction at RIP with these bytes, in this code size:
+    a guest that writes its page tables under shadow paging has the same few instructions
+    emulated over and over, and compiling each one again cost more than emulating it."""
+    cache = _handlers
+    key = (cpu.rip, code, cpu.code_bits, cpu.translator)
+    handler = cache.get(key)
+    if handler is None:
+        d = cpu.decoder.decode(code, cpu.rip, cpu.code_bits)
+        if d is None:
+            raise GuestFault(6)
+        if len(cache) >= _HANDLERS_KEPT:
+            cache.clear()
+        handler = cache[key] = make_handler([cpu.translator(d)])
+    return handler
 
 
 class _Emulator:
@@ -96,24 +116,28 @@ class _Emulator:
             maxphyaddr=MAXPHYADDR, pdptrs=paging_tmpl.kvm_pdptr_read(self.vcpu))
 
     def fetch(self, rip: int) -> bytes:
+        """Up to 15 bytes at RIP, translated once per page (__do_insn_fetch_bytes reads
+        through kvm_fetch_guest_virt, one gva_to_gpa per page); a fault on the second page
+        only shortens the fetch."""
         out = b""
-        for i in range(15):
+        for va, n in _pieces(rip, 15):
             try:
-                gpa = self.gva_to_gpa(rip + i, self._pfec(fetch=True))
+                gpa = self.gva_to_gpa(va, self._pfec(fetch=True))
             except paging_tmpl.WalkFault:
                 if out:
                     break
                 raise
-            out += self.kvm.read_gpa(gpa, 1)
+            out += self.kvm.read_gpa(gpa, n)
         return out
 
     def read(self, va: int, size: int) -> int:
+        """A read translated once per page it touches (kvm_read_guest_virt_helper)."""
         data = b""
-        for i in range(size):
-            gpa = self.gva_to_gpa(va + i, self._pfec())
+        for a, n in _pieces(va, size):
+            gpa = self.gva_to_gpa(a, self._pfec())
             if self.kvm.memslots.lookup(gpa >> 12) is None:
                 return self.kvm.vmm.mmio_read(self.vcpu, gpa, size)
-            data += self.kvm.read_gpa(gpa, 1)
+            data += self.kvm.read_gpa(gpa, n)
         return int.from_bytes(data, "little")
 
     def write(self, va: int, size: int, value: int) -> None:
@@ -125,12 +149,21 @@ class _Emulator:
         if (va & 0xFFF) + size <= 4096:
             self._write_phys(gpa, data)
             return
-        for i in range(size):
-            g = self.gva_to_gpa(va + i, self._pfec(write=True))
-            self._write_phys(g, data[i:i + 1])
+        for a, n in _pieces(va, size):
+            g = gpa if a == va else self.gva_to_gpa(a, self._pfec(write=True))
+            self._write_phys(g, data[a - va:a - va + n])
 
     def _write_phys(self, gpa: int, data: bytes) -> None:
         """emulator_write_phys: the write, then the page-track notifier (kvm_mmu_track_write)."""
         self.kvm.write_gpa(gpa, data)
         if self.kvm.shadow is not None:
             self.kvm.shadow.track_write(self.vcpu, gpa, len(data))
+
+
+def _pieces(va: int, size: int):
+    """(address, length) of the parts of [va, va + size) in each 4 KiB page."""
+    while size:
+        n = min(size, 4096 - (va & 0xFFF))
+        yield va, n
+        va += n
+        size -= n

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from kvmdbg.kvm.scheduler import run_vm
-from tests.helpers import machine
+from tests.helpers import machine, run_program
 
 PROGRAM = """
     mov rax, 1
@@ -37,3 +37,16 @@ def test_exits_in_the_middle_of_a_block_carry_the_exact_step(kvm):
              if e.name == "kvm_exit" and e.fields["exit_reason"] not in ("EPT_VIOLATION", "EXCEPTION_NMI")]
     assert exits == EXPECTED
     assert cpu.steps == 11 and cpu.halted
+
+
+def test_the_emulator_translates_once_per_page():
+    """KVM's emulator fetches the instruction and reads or writes its operand through
+    gva_to_gpa once per page they touch (__do_insn_fetch_bytes and the emulator's
+    read/write helpers loop over page-sized pieces): programs/smap_mmio.S's MMIO store is a
+    dword on one page, so each emulation walks the guest tables twice, once for the
+    fetch and once for the store (under EPT only the emulator walks them)."""
+    vm = run_program("smap_mmio", "v6.12", events=True)
+    names = [e.name for e in vm.bus.log]
+    emulations = names.count("kvm_emulate_insn")
+    assert emulations >= 1
+    assert names.count("kvm_mmu_pagetable_walk") == 2 * emulations
