@@ -447,7 +447,14 @@ def _note_shadowed(s, gfns: list, evaluator) -> None:
 
 
 def write_register(s, vcpu: int, name: str, value: int) -> None:
-    """A register write; CRs and EFER go through the vCPU's CR path (KVM's view of a MOV)."""
+    """A register write; CRs and EFER go through the vCPU's CR path (KVM's view of a MOV).
+    The recorded future after this point is discarded (engine/reverse.py)."""
+    _write_register(s, vcpu, name, value)
+    from kvmdbg.debug.engine import reverse
+    reverse.note_change(s)
+
+
+def _write_register(s, vcpu: int, name: str, value: int) -> None:
     view = s.vcpu(vcpu)
     cpu = view.cpu
     value &= M64

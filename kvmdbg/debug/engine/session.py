@@ -315,6 +315,11 @@ class Session:
         return guest_walk.read_gva(self.vm, self.cpu, addr, n)
 
     def write_memory(self, addr: int, data: bytes, space: str = "gva") -> None:
+        self._write_memory(addr, data, space)
+        from kvmdbg.debug.engine import reverse
+        reverse.note_change(self)               # the recorded future no longer follows
+
+    def _write_memory(self, addr: int, data: bytes, space: str = "gva") -> None:
         if space == "hpa":
             return memory.write_hpa(self.vm, addr, bytes(data))
         if space == "gpa":
@@ -379,6 +384,9 @@ class Session:
     def step(self, n: int = 1) -> Stop:
         """Execute n instructions on the current vCPU."""
         from kvmdbg.kvm.scheduler import step_vcpu
+        from kvmdbg.debug.engine import reverse
+        if reverse.replaying(self):             # in the past: the recorded future
+            return reverse.resume(self, self.current, n).stop
         cpu = self.cpu
         if cpu.shutdown:
             return self._stop(SHUTDOWN, self.current, cpu.shutdown)
@@ -393,7 +401,8 @@ class Session:
     def run(self, max_steps: int | None = None, breakpoints=None) -> Stop:
         """Run all vCPUs (smallest clock first) until something stops them: with stop points
         set by commands (break, watch, catch), those too, as `continue` does."""
-        if breakpoints is None and len(self.breakpoints):
+        from kvmdbg.debug.engine import reverse
+        if breakpoints is None and (len(self.breakpoints) or reverse.replaying(self)):
             from kvmdbg.debug.engine.stops import resume
             self.interrupt_requested = False
             return resume(self, max_steps=max_steps).stop
@@ -406,6 +415,23 @@ class Session:
             return self._stop(UNSUPPORTED, v.index, str(e))
         msg = v.cpu.shutdown if reason == SHUTDOWN else ""
         return self._stop(reason, v.index, msg)
+
+    # --- reverse execution (engine/record.py, engine/reverse.py) ---
+
+    def reverse_step(self, n: int = 1) -> Stop:
+        """Back n instructions of the current vCPU (a stop point met on the way stops it)."""
+        from kvmdbg.debug.engine import reverse
+        return reverse.reverse_step(self, n).stop
+
+    def reverse_continue(self) -> Stop:
+        """Back to the most recent earlier breakpoint, watchpoint or catchpoint hit."""
+        from kvmdbg.debug.engine import reverse
+        return reverse.reverse_continue(self).stop
+
+    def goto(self, step: int) -> Stop:
+        """To step `step` of the current vCPU, in either direction."""
+        from kvmdbg.debug.engine import reverse
+        return reverse.goto(self, step).stop
 
     def _stop(self, reason: str, vcpu: int, message: str = "") -> Stop:
         self.flush_console()
