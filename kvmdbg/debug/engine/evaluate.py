@@ -464,7 +464,7 @@ def _write_register(s, vcpu: int, name: str, value: int) -> None:
         elif name == "efer":
             cpu.ops.set_efer(cpu, value)
         else:
-            view.regs[name] = value
+            view.regs._set(name, value)      # noted once, below
             return
     except GuestFault as f:
         raise ExprError(f"Cannot set ${name} to {value:#x}: the CPU refuses it ({f}).") from None

@@ -359,12 +359,12 @@ class Recorder:
             target = self.end
         if target < self.pos:
             self.restore(self._base(target))
-        else:                   # forward: from here, through each state change on the way
-            for sn in self.snapshots:
-                if sn.barrier and self.pos.entry < sn.entry <= target.entry:
-                    self.replay_to(Position(sn.entry))
-                    self.restore(sn)
-        self.replay_to(target)
+        elif self.pos.inside or self.pos.seq:
+            # From the middle of a run call: replay it whole from its snapshot instead.
+            # (Compiled blocks stamp events with the step their block started at, so a
+            # call resumed mid-way would stamp some events differently.)
+            self.restore(self._base(self.pos))
+        self.forward(target, None)
         for v in self.vm.vcpus:
             v.cpu.withdraw_stop(CATCHPOINT)
 
@@ -470,6 +470,21 @@ class Recorder:
             have += e.retired
         return None
 
+    def stop_at_step(self, vcpu: int, steps: int) -> Position | None:
+        """The end of a logged call that stopped at a stop point with vcpu at `steps`
+        (the stop a person saw there: a catchpoint stops in the middle of an exit)."""
+        have = self._steps_at_base(vcpu, self.snapshots[0])
+        found = None
+        for i in range(self.snapshots[0].entry, len(self.log)):
+            e = self.log[i]
+            if e.vcpu == vcpu:
+                have += e.retired
+                if have == steps and e.reason in (BREAKPOINT, CATCHPOINT):
+                    found = Position(i + 1)
+            if have > steps:
+                break
+        return found
+
     def _steps_at_base(self, vcpu: int, base: Snapshot) -> int:
         """Steps vcpu had at the first snapshot: its steps now minus what the log ran."""
         cur = self.vm.vcpus[vcpu].cpu.steps
@@ -552,8 +567,9 @@ class Detector:
         if out is None:
             return False
         if self.collect:
+            key = (sum(x.cpu.steps for x in s.vm.vcpus), s.vm.bus.seq)
             if not self.found or self.found[-1][0] != pos:
-                self.found.append((pos, out))
+                self.found.append((pos, out, key))
             return False
         self.outcome = out
         return True

@@ -101,6 +101,7 @@ def _last_hit(s, rec, here: Position, lower: Position | None = None):
     table = s.breakpoints
     found = None
     upper = here
+    now = (rec.ticks(), s.vm.bus.seq)       # a hit at this very moment is where we are
     try:
         table.running = True
         for sn in reversed([x for x in rec.snapshots if x.entry <= here.entry]):
@@ -112,7 +113,8 @@ def _last_hit(s, rec, here: Position, lower: Position | None = None):
             table.refresh_watch_values()
             det = Detector(s, collect=True)
             rec.replay_to(upper, det)
-            hits = [(p, o) for p, o in det.found if p < here and (lower is None or p >= lower)]
+            hits = [(p, o) for p, o, key in det.found
+                    if key < now and (lower is None or p >= lower)]
             if hits:
                 found = hits[-1]
                 break
@@ -140,7 +142,7 @@ def goto(s, step: int) -> stops.Outcome:
     first = rec.first_position()
     if step < _steps_at(rec, vcpu, first):
         return _no_history(s, rec)
-    pos = rec.position_of_step(vcpu, step)
+    pos = rec.stop_at_step(vcpu, step) or rec.position_of_step(vcpu, step)
     if pos is None:
         raise CommandError(f"Target step {step} is beyond the recorded history "
                            f"(it ends at step {_end_steps(rec, vcpu)}).")
@@ -171,10 +173,14 @@ def resume(s, scope=None, max_steps=None, target=None) -> stops.Outcome:
             limit = rec.position_of_step(scope, s.vm.vcpus[scope].cpu.steps + max_steps)
         else:
             limit = rec.position_of_tick(rec.ticks() + max_steps)
+    before = s.vm.vcpus[scope].cpu.steps if scope is not None else rec.ticks()
     table = s.breakpoints
+    if target is None and not len(table):      # nothing can stop it: exactly as recorded
+        rec.goto(limit or rec.end)
+        if limit is not None or max_steps is None:
+            return _end_of_replay(s, limit, vcpu)
     table.caught.clear()
     table.running = True
-    before = s.vm.vcpus[scope].cpu.steps if scope is not None else rec.ticks()
     try:
         det = Detector(s, target=target, skip=rec.pos)
         hit = rec.forward(limit or rec.end, det)
@@ -185,13 +191,16 @@ def resume(s, scope=None, max_steps=None, target=None) -> stops.Outcome:
     s.breakpoints.refresh_watch_values()
     if hit is not None:
         return det.outcome
-    if limit is not None:
-        return _plain(s, vcpu)
-    if max_steps is not None:
+    if limit is None and max_steps is not None:     # the rest of the count runs live
         now = s.vm.vcpus[scope].cpu.steps if scope is not None else rec.ticks()
         return stops.resume(s, scope, max_steps - (now - before), target)
-    s.message("")
-    s.message(NO_HISTORY)
+    return _end_of_replay(s, limit, vcpu)
+
+
+def _end_of_replay(s, limit, vcpu: int) -> stops.Outcome:
+    if limit is None:
+        s.message("")
+        s.message(NO_HISTORY)
     return _plain(s, vcpu)
 
 

@@ -65,7 +65,14 @@ class Registers:
         raise KeyError(name)
 
     def __setitem__(self, name: str, value: int) -> None:
-        """Raw register write (no KVM CR path; that is the `set $cr4.smep` command's job)."""
+        """Raw register write (no KVM CR path; that is the `set $cr4.smep` command's job).
+        The recorded future after this point is discarded (engine/record.py)."""
+        self._set(name, value)
+        rec = getattr(getattr(self._cpu.ops, "kvm", None), "recorder", None)
+        if rec is not None:
+            rec.changed()
+
+    def _set(self, name: str, value: int) -> None:
         c = self._cpu
         if name in SUBREGS:
             i, size, shift = SUBREGS[name]
