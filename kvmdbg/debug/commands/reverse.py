@@ -178,7 +178,7 @@ def info_record(s, arg: str) -> None:
     s.message(f"Current step is {s.vm.vcpus[v].cpu.steps}.")
     s.message(f"Log of run calls: {len(rec.log)} entries.")
     mem = rec.memory()
-    s.message(f"Snapshots: {len(rec.snapshots)}, every {rec.interval} instructions or more, "
+    s.message(f"Snapshots: {len(rec.snapshots)}, every {rec.interval:,} cycles or more, "
               f"{_size(mem)} (limit {_size(rec.memory_limit)}).")
     for sn in rec.snapshots[-5:]:
         kind = " (after a state change)" if sn.barrier else ""

@@ -27,8 +27,11 @@ from kvmdbg.cpu.decode_cache import DecodeCache
 from kvmdbg.mem.host_memory import _Pages
 from kvmdbg.stop_reason import BREAKPOINT, CATCHPOINT, HALTED, SHUTDOWN, STEP_LIMIT
 
-FIRST_INTERVAL = 50_000        # instructions between snapshots while history is short
-MAX_SNAPSHOTS = 64             # more: every other old one goes and the spacing doubles
+# Snapshots are spaced in simulated cycles, not instructions: replay time follows the
+# work done (a v5.15 flip costs a thousand cycles and as much Python), and cycles/s stays
+# within a few times across profiles while instructions/s differs forty times.
+FIRST_INTERVAL = 2_000_000     # cycles (all vCPUs) between snapshots while history is short
+MAX_SNAPSHOTS = 256            # more: every other old one goes and the spacing doubles
 DEFAULT_MEMORY = 256 << 20     # `set record snapshot-memory`
 NO_HISTORY = "No more reverse-execution history."
 
@@ -248,9 +251,11 @@ class Recorder:
 
     # --- snapshots ---
 
+    def clock(self) -> int:
+        return sum(v.cpu.cycles for v in self.vm.vcpus)
+
     def _maybe_snapshot(self) -> None:
-        last = self.snapshots[-1]
-        if self.ticks() - last.tick >= self.interval:
+        if self.clock() - self.snapshots[-1].clock >= self.interval:
             self.snapshot()
 
     def snapshot(self, barrier: bool = False) -> Snapshot:
@@ -272,6 +277,7 @@ class Recorder:
         f = io.BytesIO()
         _Pickler(f, ids).dump(vm)
         sn = Snapshot(len(self.log), self.ticks(), f.getvalue(), pages, barrier)
+        sn.clock = self.clock()
         sn.session = (self.s.current, self.s.last_stop, self.s.last_event,
                       getattr(self.s, "console_pending", ""))
         if self.snapshots and self.snapshots[-1].entry == sn.entry:
@@ -466,9 +472,16 @@ class Recorder:
             if e.vcpu != vcpu:
                 continue
             if have + e.retired >= steps:
-                return Position(i, steps - have) if steps > have else Position(i)
+                return self._after(i, steps - have, e) if steps > have else Position(i)
             have += e.retired
         return None
+
+    def _after(self, i: int, inside: int, e: Entry) -> Position:
+        """Position(i, inside), or the next entry's start when that is the same count and
+        a state change was made there (the debugger's write is part of that moment)."""
+        if inside == e.retired and any(sn.barrier and sn.entry == i + 1 for sn in self.snapshots):
+            return Position(i + 1)
+        return Position(i, inside)
 
     def stop_at_step(self, vcpu: int, steps: int) -> Position | None:
         """The end of a logged call that stopped at a stop point with vcpu at `steps`
@@ -504,7 +517,7 @@ class Recorder:
         for i in range(base.entry, len(self.log)):
             e = self.log[i]
             if have + e.retired >= ticks and e.retired:
-                return Position(i, ticks - have)
+                return self._after(i, ticks - have, e)
             have += e.retired
         return None
 
