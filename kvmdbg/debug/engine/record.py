@@ -181,7 +181,7 @@ class Recorder:
         self._go_live()
         self._maybe_snapshot()
         cpu = v.cpu
-        e = Entry(v.index, n, frozenset(bps) if bps else None, skip, cpu.single_step,
+        e = Entry(v.index, n, frozenset(bps) if bps else None, skip, cpu.stepping_singly(),
                   tick=self.ticks())
         steps = cpu.steps
         caught = len(self.s.breakpoints.caught)
@@ -412,13 +412,18 @@ class Recorder:
             if full or limit == 0:
                 self.pos = end
                 return None
+        if full and p.inside == e.retired and not p.seq and e.reason in (BREAKPOINT, STEP_LIMIT):
+            self.pos = end                  # stopped where the call ended: nothing follows
+            return None
         start = cpu.steps - p.inside
+        cpu.set_single_step(e.single or (stop is not None and stop.precise))
         bps = e.bps
         extra = stop.addresses if stop is not None else None
         if extra:
             bps = (bps or frozenset()) | extra
         self.stop_seq = seq
-        first = p.inside == 0 and not p.seq
+        # Step off a breakpoint only where one was just met (or as the call did at its start).
+        skip = e.skip if p.inside == 0 and not p.seq else True
         while True:
             done = cpu.steps - start
             n = (e.n if full else limit) - done
@@ -428,8 +433,8 @@ class Recorder:
                 break
             caught = self.s.breakpoints.caught
             before = len(caught)
-            reason = v._run(max(n, 0), bps, e.skip if first and done == 0 else True)
-            first = False
+            reason = v._run(max(n, 0), bps, skip)
+            skip = reason == BREAKPOINT
             done = cpu.steps - start
             here = Position(p.entry, done, vm.bus.seq if reason == CATCHPOINT else 0)
             if stop is not None and reason in (BREAKPOINT, CATCHPOINT, STEP_LIMIT):
@@ -558,6 +563,7 @@ class Detector:
         self.wps = t.watchpoints()
         self.readers = {wp.number: reader_for(s, wp) for wp in self.wps}
         self.each = bool(self.wps)
+        self.precise = bool(t.catchpoints())     # as the live engine: stop right after the event
 
     def __call__(self, v, pos: Position, reason: str) -> bool:
         from kvmdbg.debug.engine import stops
