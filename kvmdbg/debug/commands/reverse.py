@@ -128,7 +128,7 @@ def goto_(s, arg: str) -> None:
         raise usage_error(goto_, "Argument required (a step number).")
     rec = reverse.recorder(s)
     if text in ("begin", "start"):
-        report(s, reverse.goto(s, reverse._steps_at(rec, s.current, rec.first_position())))
+        report(s, reverse.goto(s, reverse._first_steps(rec, s.current)))
         return
     if text == "end":
         report(s, reverse.goto(s, reverse._end_steps(rec, s.current)))
@@ -169,7 +169,7 @@ def info_record(s, arg: str) -> None:
     no_arguments(info_record, arg)
     rec = reverse.recorder(s)
     v = s.current
-    first = reverse._steps_at(rec, v, rec.first_position())
+    first = reverse._first_steps(rec, v)
     last = reverse._end_steps(rec, v)
     s.message("Active record target: record-full (snapshots and replay)")
     s.message("Replay mode:" if not rec.at_end() else "Record mode:")

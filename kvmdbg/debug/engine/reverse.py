@@ -69,7 +69,7 @@ def reverse_step(s, n: int = 1) -> stops.Outcome:
     target = rec.position_of_step(vcpu, steps - n) if steps - n > 0 else first
     if target is None or target < first:
         target = first
-    if steps - n < _steps_at(rec, vcpu, first):
+    if steps - n < _first_steps(rec, vcpu):
         return _no_history(s, rec)
     hit = _last_hit(s, rec, rec.pos, lower=target)
     if hit is not None:
@@ -78,7 +78,7 @@ def reverse_step(s, n: int = 1) -> stops.Outcome:
     return _plain(s, vcpu)
 
 
-def _steps_at(rec, vcpu: int, pos: Position) -> int:
+def _first_steps(rec, vcpu: int) -> int:
     return rec._steps_at_base(vcpu, rec.snapshots[0])
 
 
@@ -140,9 +140,12 @@ def goto(s, step: int) -> stops.Outcome:
     rec = recorder(s)
     vcpu = s.current
     first = rec.first_position()
-    if step < _steps_at(rec, vcpu, first):
+    if step < _first_steps(rec, vcpu):
         return _no_history(s, rec)
-    pos = rec.stop_at_step(vcpu, step) or rec.position_of_step(vcpu, step)
+    if step == _end_steps(rec, vcpu):
+        pos = rec.end                   # where the recorded run stopped, not before its exit
+    else:
+        pos = rec.stop_at_step(vcpu, step) or rec.position_of_step(vcpu, step)
     if pos is None:
         raise CommandError(f"Target step {step} is beyond the recorded history "
                            f"(it ends at step {_end_steps(rec, vcpu)}).")
@@ -152,7 +155,7 @@ def goto(s, step: int) -> stops.Outcome:
 
 def _end_steps(rec, vcpu: int) -> int:
     base = rec.snapshots[0]
-    return _steps_at(rec, vcpu, base) + sum(e.retired for e in rec.log[base.entry:]
+    return _first_steps(rec, vcpu) + sum(e.retired for e in rec.log[base.entry:]
                                             if e.vcpu == vcpu)
 
 
