@@ -83,3 +83,18 @@ def test_info_record_and_goto_ends():
     assert "Replay mode:" in out and "Highest recorded step is 500 (vcpu 0)." in out
     s.execute("goto end")
     assert s.cpu.steps == 500 and "Record mode:" in s.execute("info record")
+
+
+def test_reverse_nexti_steps_back_over_a_call_and_reverse_finish_returns_to_it():
+    s = Session.load("programs/pt_edit.bin")
+    s.step(2)
+    call = s.cpu.rip
+    assert s.decode_at(call).mnemonic == "call"
+    s.execute("nexti")                          # over setup_idt
+    after = s.cpu.steps
+    assert after > 4
+    s.execute("reverse-nexti")
+    assert (s.cpu.steps, s.cpu.rip) == (2, call)
+    s.goto(after - 3)                           # inside setup_idt
+    s.execute("reverse-finish")
+    assert (s.cpu.steps, s.cpu.rip) == (2, call)

@@ -28,11 +28,29 @@ def reverse_stepi(s, arg: str) -> None:
 def reverse_nexti(s, arg: str) -> None:
     """reverse-nexti [N]
 
-    Like reverse-stepi; raw programs have no frame information to step back over a
-    call, so it moves by instructions as reverse-stepi does.
+    Like reverse-stepi, but stepping back over a RET goes on back to its CALL, so a
+    called function is stepped over (gdb's reverse-nexti).
     """
     n = parse_count(reverse_nexti, arg, s)
-    report(s, reverse.reverse_step(s, n))
+    outcome = None
+    for _ in range(n):
+        outcome = _back_one_over_calls(s)
+        if outcome.hits or s.cpu.steps == 0:
+            break
+    report(s, outcome)
+
+
+def _back_one_over_calls(s):
+    from kvmdbg.cpu.regs import RSP
+    rsp = s.cpu.r[RSP]
+    outcome = reverse.reverse_step(s, 1)
+    d = s.decode_at(s.cpu.rip)
+    if outcome.hits or d is None or not d.mnemonic.startswith("ret") or s.cpu.r[RSP] >= rsp:
+        return outcome
+    # Came back into the function that RET left: on to the CALL (the last moment the
+    # stack pointer was where it is after the return).
+    back = reverse.last_where(s, lambda v: v.cpu.r[RSP] >= rsp)
+    return back if back is not None else outcome
 
 
 def reverse_step(s, arg: str) -> None:
@@ -95,9 +113,9 @@ def reverse_continue(s, arg: str) -> None:
 def reverse_finish(s, arg: str) -> None:
     """reverse-finish
 
-    Run backward to the call of the current function: to the last earlier moment the
-    stack pointer was above the return address the current frame returns to (the same
-    heuristic as finish and backtrace).
+    Run backward to the CALL of the current function: the last earlier moment the stack
+    pointer was above the slot of the return address (found on the stack as finish and
+    backtrace find it).
     """
     no_arguments(reverse_finish, arg)
     from kvmdbg.debug.commands.code import stack_frames
@@ -106,13 +124,10 @@ def reverse_finish(s, arg: str) -> None:
         raise CommandError('"finish" not meaningful in the outermost frame.')
     (_rip, _), (_ret, slot) = frames
     from kvmdbg.cpu.regs import RSP
-    outcome = None
-    while s.cpu.r[RSP] <= slot:
-        outcome = reverse.reverse_step(s, 1)
-        if outcome.hits or s.cpu.steps == 0:
-            break
+    s.message(f"Run back to call of #0  {s.location(s.cpu.rip)}")
+    outcome = reverse.last_where(s, lambda v: v.cpu.r[RSP] > slot)
     if outcome is None:
-        raise CommandError('"reverse-finish" found no call to go back to.')
+        raise CommandError('"reverse-finish" found no call to go back to in the history.')
     report(s, outcome)
 
 

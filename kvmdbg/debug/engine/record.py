@@ -547,9 +547,11 @@ class Detector:
     watchpoints, a nexti/finish target). collect: note every hit and go on (reverse
     scans); else the first hit ends the replay with its Outcome in self.outcome."""
 
-    def __init__(self, s, target=None, collect: bool = False, skip: Position | None = None):
+    def __init__(self, s, target=None, collect: bool = False, skip: Position | None = None,
+                 where=None):
         from kvmdbg.debug.engine.watch_reader import reader_for
         self.s = s
+        self.where = where                  # fn(v) -> bool, asked after every instruction
         self.target = target
         self.collect = collect
         self.skip = skip                    # the position we start at: not a hit again
@@ -562,7 +564,7 @@ class Detector:
         self.addresses = frozenset(addrs)
         self.wps = t.watchpoints()
         self.readers = {wp.number: reader_for(s, wp) for wp in self.wps}
-        self.each = bool(self.wps)
+        self.each = bool(self.wps) or where is not None
         self.precise = bool(t.catchpoints())     # as the live engine: stop right after the event
 
     def __call__(self, v, pos: Position, reason: str) -> bool:
@@ -572,7 +574,10 @@ class Detector:
             s.breakpoints.caught.clear()
             return False
         out = None
-        if reason == CATCHPOINT:
+        if self.where is not None:
+            if self.where(v):
+                out = stops.Outcome(s._stop(STEP_LIMIT, v.index))
+        elif reason == CATCHPOINT:
             out = stops._caught(s, v)
             if not out.hits:
                 out = None

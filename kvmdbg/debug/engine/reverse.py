@@ -90,11 +90,19 @@ def reverse_continue(s) -> stops.Outcome:
     return hit if hit is not None else _no_history(s, rec)
 
 
-def _last_hit(s, rec, here: Position, lower: Position | None = None):
+def last_where(s, where) -> stops.Outcome | None:
+    """Back to the last earlier moment where(v) held for the vCPU that ran (None: never)."""
+    rec = recorder(s)
+    vcpu = s.current
+    out = _last_hit(s, rec, rec.pos, where=lambda v: v.index == vcpu and where(v))
+    return out
+
+
+def _last_hit(s, rec, here: Position, lower: Position | None = None, where=None):
     """The last stop point hit before here (and after lower): replay each snapshot's
     stretch, newest first, noting every hit; go to the last one and report it."""
-    if not (s.breakpoints.addresses() or s.breakpoints.catchpoints() or
-            s.breakpoints.watchpoints()):
+    if where is None and not (s.breakpoints.addresses() or s.breakpoints.catchpoints() or
+                              s.breakpoints.watchpoints()):
         return None
     saved = _counts(s)
     vcpu = s.current
@@ -111,7 +119,7 @@ def _last_hit(s, rec, here: Position, lower: Position | None = None):
             rec.restore(sn)
             table.caught.clear()
             table.refresh_watch_values()
-            det = Detector(s, collect=True)
+            det = Detector(s, collect=True, where=where)
             rec.replay_to(upper, det)
             hits = [(p, o) for p, o, key in det.found
                     if key < now and (lower is None or p >= lower)]
