@@ -128,11 +128,16 @@ def _last_hit(s, rec, here: Position, lower: Position | None = None, where=None)
                 break
             if lower is not None and start <= lower:
                 break
+            if s.interrupt_requested:
+                break
             upper = start
     finally:
         table.running = False
         table.caught.clear()
         _put_counts(s, saved)
+    if found is None and s.interrupt_requested:      # Ctrl-C: back where we were
+        _arrive(s, rec, here, vcpu)
+        return stops.Outcome(s._stop(stops.INTERRUPTED, vcpu))
     if found is None:
         return None
     pos, out = found
