@@ -140,7 +140,6 @@ class Recorder:
         self.memory_limit = DEFAULT_MEMORY
         self.stop_seq = None            # (seq, cpu): request a catch stop at that event
         self.shared: dict = {}
-        self.discarded = 0
 
     # --- attaching ---
 
@@ -236,9 +235,9 @@ class Recorder:
                         CATCHPOINT if p.seq else STEP_LIMIT,
                         (p.seq, e.catch[1] if e.catch else e.vcpu) if p.seq else None, e.tick)
             keep.append(cut)
-        self.discarded += len(self.log) - len(keep)
         self.log = keep
-        self.snapshots = [sn for sn in self.snapshots if sn.entry <= len(keep)]
+        last = p.entry                  # a snapshot after the cut call is of the old future
+        self.snapshots = [sn for sn in self.snapshots if sn.entry <= last]
         self.pos = self.end
 
     def changed(self) -> None:
