@@ -44,7 +44,7 @@ class Position:
     seq: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
     """One logged run call. vcpu -1: a worker item. catch: (event seq, cpu index) of
     the catchpoint request that ended it, or None."""
