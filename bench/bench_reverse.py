@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"reverse-stepi at step {at:,} (v6.12): {seconds * 1000:8.0f} ms = "
           f"{ref.loops(seconds):,.1f} reference loops")
     mem = rec.memory()
-    print(f"snapshot memory: {mem / (at / 1e6) / (1 << 20):,.2f} MiB per million instructions "
-          f"({len(rec.snapshots)} snapshots, {mem / (1 << 20):,.1f} MiB for {at:,})")
+    print(f"snapshot memory: {mem / (at / 1e6):,.0f} bytes per million instructions "
+          f"({len(rec.snapshots)} snapshots, {mem / (1 << 20):,.1f} MiB for {at:,} instructions)")
     z = Session.load(PROGRAM, kvm="v5.15", arg=p["flips"])
     z.run()                              # every flip, to the halt
     z.execute("catch root-zap")
