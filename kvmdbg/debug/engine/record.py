@@ -78,9 +78,10 @@ class _Pickler(pickle.Pickler):
 
 
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, f, shared, pages, events, listeners):
+    def __init__(self, f, shared, pages, events, listeners, ept):
         super().__init__(f)
         self.listeners = listeners
+        self.ept = ept
         self.shared = shared
         self.pages = pages
         self.events = events
@@ -94,6 +95,13 @@ class _Unpickler(pickle.Unpickler):
             return self.shared[key]
         if kind == "listeners":
             return self.listeners
+        if kind == "ept":
+            got = self.made.get(pid)
+            if got is None:
+                pages = self.pages
+                got = self.made[pid] = {gfn: (None if pfn is None else pages[pfn], hpa, w, x)
+                                        for gfn, (pfn, hpa, w, x) in self.ept[key].items()}
+            return got
         if kind == "events":
             log = self.events
             while log and log[-1].seq > key:
@@ -139,6 +147,7 @@ class Recorder:
         self.interval = FIRST_INTERVAL
         self.memory_limit = DEFAULT_MEMORY
         self.stop_seq = None            # (seq, cpu): request a catch stop at that event
+        self._ept_memo: dict = {}       # (vcpu, ep4ta) -> (cache dict, its length, stored form)
         self.shared: dict = {}
 
     # --- attaching ---
@@ -273,9 +282,11 @@ class Recorder:
         ids[id(vm.bus.log)] = ("events", vm.bus.seq)
         ids[id(vm.bus._listeners)] = ("listeners", 0)     # the debugger's, not history
         self._share(vm, ids)
+        ept = self._ept_caches(vm, ids)
         f = io.BytesIO()
         _Pickler(f, ids).dump(vm)
         sn = Snapshot(len(self.log), self.ticks(), f.getvalue(), pages, barrier)
+        sn.ept = ept
         sn.clock = self.clock()
         sn.session = (self.s.current, self.s.last_stop, self.s.last_event,
                       getattr(self.s, "console_pending", ""))
@@ -287,6 +298,42 @@ class Recorder:
             self.snapshots.append(sn)
         self._thin()
         return sn
+
+    def _ept_caches(self, vm, ids) -> dict:
+        """The EPT-tagged guest-physical caches, kept apart like pages: one per EP4TA, and
+        KVM versions that free roots leave one behind per root (v5.15: one per CR4 flip),
+        unchanged from then on. Each is stored as {gfn: (pfn, hpa, w, x)}, and one that
+        did not change since the last snapshot is the same object (not pickled again)."""
+        out = {}
+        live = set()
+        for v in vm.vcpus:
+            ept = getattr(v, "ept", None)
+            if ept is None:
+                continue
+            for ep4ta, d in ept.caches.items():
+                key = (v.index, ep4ta)
+                live.add(key)
+                memo = self._ept_memo.get(key)
+                # Only the current EP4TA's cache can change without changing its length.
+                if memo is not None and memo[0] is d and memo[1] == len(d):
+                    rep = memo[2]
+                else:
+                    rep = {}
+                    for gfn, (page, hpa, w, x) in d.items():
+                        pid = None if page is None else ids.get(id(page))
+                        if page is not None and pid is None:
+                            rep = None          # a page the host no longer has: pickle it
+                            break
+                        rep[gfn] = (None if pid is None else pid[1], hpa, w, x)
+                    if rep is None:
+                        continue
+                    if d is not ept.cache:
+                        self._ept_memo[key] = (d, len(d), rep)
+                ids[id(d)] = ("ept", key)
+                out[key] = rep
+        for key in [k for k in self._ept_memo if k not in live]:
+            del self._ept_memo[key]
+        return out
 
     def _share(self, vm, ids) -> None:
         """Debugger objects reachable from the VM (bus listeners, the console sink)."""
@@ -307,6 +354,10 @@ class Recorder:
                 if id(b) not in seen:
                     seen.add(id(b))
                     total += len(b)
+            for rep in getattr(sn, "ept", {}).values():
+                if id(rep) not in seen:
+                    seen.add(id(rep))
+                    total += 100 * len(rep) + 64     # a dict entry and its tuple, about
         return total
 
     def _thin(self) -> None:
@@ -327,7 +378,8 @@ class Recorder:
         s = self.s
         pages = {pfn: bytearray(b) for pfn, b in sn.pages.items()}
         live = self.vm.bus
-        vm = _Unpickler(io.BytesIO(sn.blob), self.shared, pages, live.log, live._listeners).load()
+        vm = _Unpickler(io.BytesIO(sn.blob), self.shared, pages, live.log, live._listeners,
+                          sn.ept).load()
         vm.bus.active = bool(vm.bus._listeners) or vm.bus.keep > 0
         host_pages = vm.host.pages
         host_pages._owner = vm.host
