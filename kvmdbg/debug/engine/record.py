@@ -78,10 +78,11 @@ class _Pickler(pickle.Pickler):
 
 
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, f, shared, pages, events, listeners, ept):
+    def __init__(self, f, shared, pages, events, listeners, ept, reuse):
         super().__init__(f)
         self.listeners = listeners
         self.ept = ept
+        self.reuse = reuse
         self.shared = shared
         self.pages = pages
         self.events = events
@@ -97,6 +98,8 @@ class _Unpickler(pickle.Unpickler):
             return self.listeners
         if kind == "ept":
             got = self.made.get(pid)
+            if got is None:
+                got = self.made[pid] = self.reuse.get(key)
             if got is None:
                 pages = self.pages
                 got = self.made[pid] = {gfn: (None if pfn is None else pages[pfn], hpa, w, x)
@@ -310,6 +313,9 @@ class Recorder:
             ept = getattr(v, "ept", None)
             if ept is None:
                 continue
+            for ep4ta in ept.loaded | {ept.ep4ta}:      # the caches that may have changed
+                self._ept_memo.pop((v.index, ep4ta), None)
+            ept.loaded.clear()
             for ep4ta, d in ept.caches.items():
                 key = (v.index, ep4ta)
                 live.add(key)
@@ -328,7 +334,8 @@ class Recorder:
                     if rep is None:
                         continue
                     if d is not ept.cache:
-                        self._ept_memo[key] = (d, len(d), rep)
+                        pfns = frozenset(e[0] for e in rep.values() if e[0] is not None)
+                        self._ept_memo[key] = (d, len(d), rep, pfns)
                 ids[id(d)] = ("ept", key)
                 out[key] = rep
         for key in [k for k in self._ept_memo if k not in live]:
@@ -376,10 +383,28 @@ class Recorder:
 
     def restore(self, sn: Snapshot) -> None:
         s = self.s
-        pages = {pfn: bytearray(b) for pfn, b in sn.pages.items()}
+        # The live VM is dropped: its page objects take the snapshot's bytes and serve the
+        # restored one, so the EPT caches it left unchanged can serve it too (below).
+        old = self.vm.host.pages
+        pages = {}
+        replaced = set()
+        for pfn, b in sn.pages.items():
+            page = dict.get(old, pfn)
+            if page is None:
+                page = bytearray(b)
+                replaced.add(pfn)
+            elif page != b:
+                page[:] = b
+            pages[pfn] = page
+        reuse = {}
+        for key, rep in sn.ept.items():
+            memo = self._ept_memo.get(key)
+            if memo is not None and memo[2] is rep and len(memo[0]) == memo[1] and \
+                    not memo[3] & replaced:
+                reuse[key] = memo[0]
         live = self.vm.bus
         vm = _Unpickler(io.BytesIO(sn.blob), self.shared, pages, live.log, live._listeners,
-                          sn.ept).load()
+                          sn.ept, reuse).load()
         vm.bus.active = bool(vm.bus._listeners) or vm.bus.keep > 0
         host_pages = vm.host.pages
         host_pages._owner = vm.host
