@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 # How each benchmark runs small; a new benchmark needs an entry here.
 QUICK_ARGS = {"bench_interpreter": ["--quick"], "bench_kvm": ["--quick"], "bench_startup": ["1"],
-              "bench_kut": ["--quick"], "bench_scaling": ["--quick"]}
+              "bench_kut": ["--quick"], "bench_scaling": ["--quick"], "bench_reverse": ["--quick"]}
 BENCHMARKS = sorted(p.stem for p in BENCH.glob("bench_*.py"))
 
 

@@ -277,6 +277,10 @@ class Cpu:
         effect is taken right after it, not at the end of its block."""
         self.single_step = on
 
+    def stepping_singly(self) -> bool:
+        """Whether set_single_step is on (the debugger's history records it per run)."""
+        return self.single_step
+
     # --- fast paths ---
 
     def flush_fast(self) -> None:

@@ -66,10 +66,14 @@ class EptHardware:
         self.caches: dict[int, dict] = {}     # ep4ta -> {gfn: (page, hpa, w, x)}
         self.cache: dict = {}
         self.walks = 0
+        # EP4TAs loaded since the debugger's history last looked (it clears the set): only
+        # their caches can have changed, the others are as its snapshots stored them.
+        self.loaded: set = set()
 
     def load_eptp(self, ep4ta: int) -> None:
         self.ep4ta = ep4ta
         self.cache = self.caches.setdefault(ep4ta, {})
+        self.loaded.add(ep4ta)          # for the debugger's history: caches that may change
 
     def invept_single(self, ep4ta: int) -> None:
         if ep4ta == self.ep4ta:

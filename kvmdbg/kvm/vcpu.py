@@ -168,7 +168,14 @@ class Vcpu:
         M.kvm_mmu_reset_context(self)
 
     def run(self, max_steps: int, breakpoints=None, skip_first: bool = True) -> str:
-        """Enter (if outside guest mode) and run guest code. Returns executor reasons or VMEXIT."""
+        """Enter (if outside guest mode) and run guest code. Returns executor reasons or VMEXIT.
+        With a recorder (debug/engine/record.py) the call is logged, for reverse execution."""
+        rec = self.kvm.recorder
+        if rec is not None:
+            return rec.run(self, max_steps, breakpoints, skip_first)
+        return self._run(max_steps, breakpoints, skip_first)
+
+    def _run(self, max_steps: int, breakpoints=None, skip_first: bool = True) -> str:
         cpu = self.cpu
         self.kvm.current = self
         reason = self.take_stop()                # a catchpoint fired while we were not running

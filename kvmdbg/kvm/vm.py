@@ -100,6 +100,7 @@ class Vm:
         self.unmodelled_reported: set = set()
         self.vmm = Vmm(self)
         self.bare = bare
+        self.recorder = None              # debug/engine/record.py logs runs here, if set
         self.vcpus = [(BareVcpu if bare else Vcpu)(self, i) for i in range(nr_vcpus)]
 
     @property
@@ -161,6 +162,12 @@ class Vm:
         self.trace("kvmdbg:work_queued", self.current_vcpu_index(), work=what)
 
     def run_worker_item(self) -> None:
+        if self.recorder is not None:           # logged, for reverse execution
+            self.recorder.worker(self)
+        else:
+            self._run_worker_item()
+
+    def _run_worker_item(self) -> None:
         w = self.worker
         t, fn, what = w.queue.pop(0)
         w.clock = max(w.clock, t)

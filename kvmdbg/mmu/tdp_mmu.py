@@ -12,6 +12,7 @@ pages are the shadow MMU's (legacy.py, shadow_mmu.py); `sp.tdp_mmu_page` says wh
 
 from __future__ import annotations
 
+from functools import partial
 from itertools import compress
 
 from kvmdbg.mmu import spte as S
@@ -54,7 +55,7 @@ class ZapOnWorker:
         root.root_count = 1
         kvm.stats["kvmdbg_roots_invalidated"] += 1
         kvm.trace("kvmdbg:root_invalidate", who, root=root.number, hpa=root.hpa)
-        kvm.queue_work(lambda worker: tdp._zap_root_work(root, worker), f"zap root #{root.number}")
+        kvm.queue_work(partial(tdp._zap_root_work, root), f"zap root #{root.number}")
         return True
 
 
@@ -73,7 +74,7 @@ class ZapInvalidatedOnWorker:
     and kvm_tdp_mmu_zap_invalidated_roots waits for it (flush_workqueue)."""
 
     def schedule(self, tdp, root: MmuPage) -> None:
-        tdp.kvm.queue_work(lambda worker: tdp._zap_root_work(root, worker),
+        tdp.kvm.queue_work(partial(tdp._zap_root_work, root),   # picklable (snapshots)
                            f"zap root #{root.number}")
 
     def zap_invalidated(self, tdp, payer) -> None:

@@ -21,7 +21,8 @@ def test_commands_with_their_usage_as_description():
 
 def test_info_set_show_subcommands():
     s = smep()
-    assert texts(s, "info re") == ["registers"]
+    assert texts(s, "info reg") == ["registers"]
+    assert texts(s, "info re") == ["record", "registers"]     # as gdb: both exist
     assert "breakpoints" in texts(s, "i ")
     assert texts(s, "set log") == ["logging"]
     assert texts(s, "show ver") == ["version"]

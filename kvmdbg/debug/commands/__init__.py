@@ -5,11 +5,11 @@
 """
 
 from kvmdbg.debug.commands import (breakpoints, code, compare, data, frames, info, kvm, mmu, pictures,
-                                   running, scripting, setshow, source, support, translate)
+                                   reverse, running, scripting, setshow, source, support, translate)
 from kvmdbg.debug.commands.registry import QuitRequest, Registry
 
 FAMILIES = (info, setshow, running, breakpoints, data, code, frames, source, translate, mmu, kvm, compare,
-            pictures, scripting, support)
+            pictures, scripting, support, reverse)
 
 
 def attach(session) -> None:

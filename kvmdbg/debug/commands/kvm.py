@@ -227,6 +227,8 @@ def set_kvm(s, arg: str) -> None:
     except ConfigError as e:
         raise CommandError(str(e)) from None
     s.vm.set_profile(profile)
+    from kvmdbg.debug.engine import reverse
+    reverse.note_change(s)
     s.message(f"{knob} = {value}")
 
 
@@ -250,6 +252,8 @@ def set_cost(s, arg: str) -> None:
     if name == "tlb_miss":
         for v in s.vm.vcpus:
             v.cpu.walk_cost = n
+    from kvmdbg.debug.engine import reverse
+    reverse.note_change(s)
     s.message(f"cost {name} = {n}")
 
 

@@ -519,7 +519,14 @@ def _note_shadowed(s, gfns: list, evaluator) -> None:
 
 
 def write_register(s, vcpu: int, name: str, value: int) -> None:
-    """A register write; CRs and EFER go through the vCPU's CR path (KVM's view of a MOV)."""
+    """A register write; CRs and EFER go through the vCPU's CR path (KVM's view of a MOV).
+    The recorded future after this point is discarded (engine/reverse.py)."""
+    _write_register(s, vcpu, name, value)
+    from kvmdbg.debug.engine import reverse
+    reverse.note_change(s)
+
+
+def _write_register(s, vcpu: int, name: str, value: int) -> None:
     view = s.vcpu(vcpu)
     cpu = view.cpu
     value &= M64
@@ -529,7 +536,7 @@ def write_register(s, vcpu: int, name: str, value: int) -> None:
         elif name == "efer":
             cpu.ops.set_efer(cpu, value)
         else:
-            view.regs[name] = value
+            view.regs._set(name, value)      # noted once, below
             return
     except GuestFault as f:
         raise ExprError(f"Cannot set ${name} to {value:#x}: the CPU refuses it ({f}).") from None

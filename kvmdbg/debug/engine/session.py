@@ -66,7 +66,14 @@ class Registers:
         raise KeyError(name)
 
     def __setitem__(self, name: str, value: int) -> None:
-        """Raw register write (no KVM CR path; that is the `set $cr4.smep` command's job)."""
+        """Raw register write (no KVM CR path; that is the `set $cr4.smep` command's job).
+        The recorded future after this point is discarded (engine/record.py)."""
+        self._set(name, value)
+        rec = getattr(getattr(self._cpu.ops, "kvm", None), "recorder", None)
+        if rec is not None:
+            rec.changed()
+
+    def _set(self, name: str, value: int) -> None:
         c = self._cpu
         if name in SUBREGS:
             i, size, shift = SUBREGS[name]
@@ -327,6 +334,11 @@ class Session:
         return guest_walk.read_gva(self.vm, self.cpu, addr, n)
 
     def write_memory(self, addr: int, data: bytes, space: str = "gva") -> None:
+        self._write_memory(addr, data, space)
+        from kvmdbg.debug.engine import reverse
+        reverse.note_change(self)               # the recorded future no longer follows
+
+    def _write_memory(self, addr: int, data: bytes, space: str = "gva") -> None:
         if space == "hpa":
             return memory.write_hpa(self.vm, addr, bytes(data))
         if space == "gpa":
@@ -391,6 +403,9 @@ class Session:
     def step(self, n: int = 1) -> Stop:
         """Execute n instructions on the current vCPU."""
         from kvmdbg.kvm.scheduler import step_vcpu
+        from kvmdbg.debug.engine import reverse
+        if reverse.replaying(self):             # in the past: the recorded future
+            return reverse.resume(self, self.current, n).stop
         cpu = self.cpu
         if cpu.shutdown:
             return self._stop(SHUTDOWN, self.current, cpu.shutdown)
@@ -405,7 +420,8 @@ class Session:
     def run(self, max_steps: int | None = None, breakpoints=None) -> Stop:
         """Run all vCPUs (smallest clock first) until something stops them: with stop points
         set by commands (break, watch, catch), those too, as `continue` does."""
-        if breakpoints is None and len(self.breakpoints):
+        from kvmdbg.debug.engine import reverse
+        if breakpoints is None and (len(self.breakpoints) or reverse.replaying(self)):
             from kvmdbg.debug.engine.stops import resume
             self.interrupt_requested = False
             return resume(self, max_steps=max_steps).stop
@@ -418,6 +434,23 @@ class Session:
             return self._stop(UNSUPPORTED, v.index, str(e))
         msg = v.cpu.shutdown if reason == SHUTDOWN else ""
         return self._stop(reason, v.index, msg)
+
+    # --- reverse execution (engine/record.py, engine/reverse.py) ---
+
+    def reverse_step(self, n: int = 1) -> Stop:
+        """Back n instructions of the current vCPU (a stop point met on the way stops it)."""
+        from kvmdbg.debug.engine import reverse
+        return reverse.reverse_step(self, n).stop
+
+    def reverse_continue(self) -> Stop:
+        """Back to the most recent earlier breakpoint, watchpoint or catchpoint hit."""
+        from kvmdbg.debug.engine import reverse
+        return reverse.reverse_continue(self).stop
+
+    def goto(self, step: int) -> Stop:
+        """To step `step` of the current vCPU, in either direction."""
+        from kvmdbg.debug.engine import reverse
+        return reverse.goto(self, step).stop
 
     def _stop(self, reason: str, vcpu: int, message: str = "") -> Stop:
         self.flush_console()

@@ -75,6 +75,9 @@ def resume(s, scope: int | None = None, max_steps: int | None = None,
            target: Target | None = None) -> Outcome:
     """Run all vCPUs (scope None) or one, until a stop point, a halt, a fault, Ctrl-C,
     the target, or max_steps instructions in total."""
+    from kvmdbg.debug.engine import reverse
+    if reverse.replaying(s):                # in the past: replay the recorded future
+        return reverse.resume(s, scope, max_steps, target)
     table = s.breakpoints
     limit = s.max_continue_steps if max_steps is None else max_steps
     table.caught.clear()
