@@ -19,7 +19,7 @@ from kvmdbg.errors import KvmdbgError
 from kvmdbg.gdbstub import target_xml
 from kvmdbg.gdbstub.protocol import MAX_PACKET, Connection, Disconnected, escape, unescape
 from kvmdbg.stop_reason import (BREAKPOINT, CATCHPOINT, HALTED, INTERRUPTED, SHUTDOWN,
-                                UNSUPPORTED, WATCHPOINT)
+                                STEP_LIMIT, UNSUPPORTED, WATCHPOINT)
 
 SIGINT, SIGILL, SIGTRAP, SIGSEGV = 2, 4, 5, 11
 EFAULT = "E14"                 # memory that cannot be read or written (QEMU's answer)
@@ -27,7 +27,7 @@ EINVAL = "E22"
 WATCH_KINDS = {2: "watch", 3: "rwatch", 4: "awatch"}     # Z type -> command and stop word
 WATCH_TYPES = {1: "u8", 2: "u16", 4: "u32", 8: "u64"}
 SUPPORTED = (f"PacketSize={MAX_PACKET:x};qXfer:features:read+;qXfer:threads:read+;"
-             "swbreak+;hwbreak+;vContSupported+;QStartNoAckMode+")
+             "swbreak+;hwbreak+;vContSupported+;QStartNoAckMode+;ReverseStep+;ReverseContinue+")
 
 
 class Bad(Exception):
@@ -183,6 +183,7 @@ class GdbServer:
             "T": lambda a: "OK" if self._vcpu_of(a) is not None else "E02",
             "Z": lambda a: self._point(a, insert=True),
             "z": lambda a: self._point(a, insert=False),
+            "b": self._reverse,
             "D": lambda a: ("OK", "detach"),
             "k": lambda a: (None, "kill"),
         }
@@ -481,15 +482,44 @@ class GdbServer:
         self.o_ok = True
         if self.pending or self.hung_up:
             s.interrupt_requested = True
+        from kvmdbg.debug.engine import reverse
+        was_replaying = reverse.replaying(s)
         try:
             outcome = stops.resume(s, scope=scope, max_steps=max_steps)
             if self.hung_up:
                 raise Disconnected()
+            if (was_replaying and max_steps is None and not outcome.hits
+                    and not reverse.replaying(s) and outcome.stop.reason == STEP_LIMIT):
+                # A continue in the past that ran into the end of the recorded future.
+                self.g_vcpu = outcome.stop.vcpu
+                return f"T{SIGTRAP:02x}thread:{outcome.stop.vcpu + 1:x};replaylog:end;"
             return self.stop_reply(outcome)
         finally:
             self.running = False
             self.o_ok = False
             s.interrupt_requested = False
+
+    def _reverse(self, a: str):
+        """bs / bc: gdb's reverse-stepi and reverse-continue (we advertise ReverseStep+ and
+        ReverseContinue+), through kvmdbg's history (debug/engine/reverse.py), for the Hg
+        vCPU. At the start of the history the stop reply says replaylog:begin, which gdb
+        reports as "No more reverse-execution history."."""
+        from kvmdbg.debug.engine import reverse
+        if a not in ("s", "c"):
+            return ""
+        s = self.s
+        s.current = self.g_vcpu
+        if reverse.at_history_start(s):
+            return f"T{SIGTRAP:02x}thread:{self.g_vcpu + 1:x};replaylog:begin;"
+        self.running = True
+        try:
+            outcome = reverse.reverse_step(s, 1) if a == "s" else reverse.reverse_continue(s)
+        finally:
+            self.running = False
+        if a == "c" and not outcome.hits and reverse.at_history_start(s):
+            self.g_vcpu = outcome.stop.vcpu
+            return f"T{SIGTRAP:02x}thread:{outcome.stop.vcpu + 1:x};replaylog:begin;"
+        return self.stop_reply(outcome)
 
     def _exited(self) -> str:
         status = getattr(self.s.vm, "exit_status", None)

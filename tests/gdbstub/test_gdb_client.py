@@ -181,3 +181,20 @@ def test_ctrl_c_in_gdb_interrupts_a_continue(tmp_path):
         os.waitpid(pid, 0)
         os.close(fd)
     assert b"Traceback" not in seen
+
+
+def test_gdbs_own_reverse_commands_through_the_stub():
+    """ReverseStep+/ReverseContinue+: gdb's reverse-stepi and reverse-continue send bs and
+    bc, which go back through kvmdbg's history; at its start the stub answers
+    replaylog:begin and gdb says "No more reverse-execution history." (gdb's manual,
+    Remote Protocol: Stop Reply Packets). The addresses are smep_flip's first three
+    instructions (see test_examine_step_registers_and_detach)."""
+    out = stdio("stepi 3", "reverse-stepi", "p/x $pc", "reverse-stepi", "reverse-stepi",
+                "p/x $pc", "reverse-stepi", "break *0x100007", "continue", "stepi",
+                "reverse-continue", "p/x $pc", "detach")
+    assert "$1 = 0x100007" in out             # three forward, one back
+    assert "$2 = 0x100000" in out             # back to the entry: the start of history
+    assert "No more reverse-execution history." in out
+    assert "Breakpoint 1, 0x0000000000100007 in ?? ()" in out
+    assert "$3 = 0x100007" in out
+    assert "Traceback" not in out

@@ -172,6 +172,12 @@ def _end_steps(rec, vcpu: int) -> int:
                                             if e.vcpu == vcpu)
 
 
+def at_history_start(s) -> bool:
+    """Whether the session stands at the first moment its history holds."""
+    rec = getattr(s.vm, "recorder", None)
+    return rec is not None and bool(rec.snapshots) and rec.pos == rec.first_position()
+
+
 def replaying(s) -> bool:
     """In the past: forward moves replay the recorded future."""
     rec = getattr(s, "recorder", None)
