@@ -222,17 +222,20 @@ class Cpu:
     def set_cs(self, selector: int) -> None:
         """CS's selector alone (the descriptor cache stays; a debugger's `set $cs`); a
         change of CPL (its low bits) changes the mode."""
-        if (selector ^ self.cs) & 3:
-            self.flush_fast()
-        self.cs = selector
+        self._set_cs_selector(selector)
         self.seg_cache["cs"] = self.seg_cache["cs"]._replace(selector=selector)
 
     def load_cs(self, seg: Segment) -> None:
         """CS with its descriptor (far transfers, interrupts, IRET, boot): CPL and the
         code size may change."""
-        self.set_cs(seg.selector)
+        self._set_cs_selector(seg.selector)
         self.seg_cache["cs"] = seg
         self._update_code_bits()
+
+    def _set_cs_selector(self, selector: int) -> None:
+        if (selector ^ self.cs) & 3:
+            self.flush_fast()
+        self.cs = selector
 
     def set_segment(self, name: str, seg: Segment) -> None:
         """A segment register (or TR, LDTR) with its descriptor; FS and GS load their bases
@@ -319,8 +322,10 @@ class Cpu:
                     fast_x.pop(v, None)
 
     def _note_large(self, e) -> None:
-        pieces = e.size_shift - 12
-        self._fast_large.setdefault((pieces, e.vpn >> pieces), []).append(e.vpn)
+        """Called for every fast-path fill: remember the pieces of large pages."""
+        if e.size_shift > 12:
+            pieces = e.size_shift - 12
+            self._fast_large.setdefault((pieces, e.vpn >> pieces), []).append(e.vpn)
 
     def drop_fast_write(self) -> None:
         self.fast_w.clear()
@@ -457,8 +462,7 @@ class Cpu:
         if page is None:
             return self.ops.mmio_read(e.gpa | off, size)
         self.fast_r[e.vpn] = page
-        if e.size_shift > 12:
-            self._note_large(e)
+        self._note_large(e)
         return page[off] if size == 1 else _UNPACK_FROM[size](page, off)[0]
 
     def write_miss(self, va: int, size: int, value: int) -> None:
@@ -480,8 +484,7 @@ class Cpu:
             _PACK_INTO[size](page, off, value)
         self.fast_w[e.vpn] = page
         self.fast_r[e.vpn] = page
-        if e.size_shift > 12:
-            self._note_large(e)
+        self._note_large(e)
 
     # Accesses through SS (pushes, pops, operands based on RSP or RBP) fault #SS(0), not
     # #GP(0), on a non-canonical address (SDM Vol. 3A 6.15, Interrupt 12). The fast paths
@@ -569,8 +572,7 @@ class Cpu:
                 data += bytes(e.page[off:off + n])
                 if not implicit:
                     self.fast_r[e.vpn] = e.page
-                    if e.size_shift > 12:
-                        self._note_large(e)
+                    self._note_large(e)
         return int.from_bytes(data, "little")
 
     def _split_write(self, va: int, size: int, value: int) -> None:
@@ -598,8 +600,7 @@ class Cpu:
         else:
             self.fast_w[e.vpn] = page
             self.fast_r[e.vpn] = page
-            if e.size_shift > 12:
-                self._note_large(e)
+            self._note_large(e)
 
     def read_bytes(self, va: int, n: int) -> bytes:
         return b"".join(self.rd(a, 1).to_bytes(1, "little") for a in range(va, va + n))
@@ -626,8 +627,7 @@ class Cpu:
                 self.icache.clear()
                 self.bcache.clear()
             got = self.fast_x[vpn] = (e.page, key, e.gpa, e.hpa)
-            if e.size_shift > 12:
-                self._note_large(e)
+            self._note_large(e)
         return got
 
     def _insn_code(self, rip: int):

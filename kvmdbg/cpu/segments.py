@@ -79,8 +79,10 @@ def _mark_accessed(cpu, address: int, raw: int) -> None:
         cpu.wr_implicit(address + 5, 1, (raw >> 40 & 0xFF) | SEG_TYPE_ACCESSED)
 
 
-def _require_flat(cpu, seg: Segment, name: str) -> None:
-    if not seg.flat and cpu.code_bits != 64:
+def _require_flat(cpu, seg: Segment, name: str, bits: int | None = None) -> None:
+    """Stop on a non-flat segment used outside 64-bit code (bits: the code size it will be
+    used in, by default the current one; a CS load passes its own)."""
+    if not seg.flat and (cpu.code_bits if bits is None else bits) != 64:
         raise UnsupportedMode(cpu.rip, f"a {name} segment with base {seg.base:#x} and limit "
                                        f"{seg.limit:#x} (only flat segments)")
 
@@ -160,8 +162,7 @@ def far_code_segment(cpu, selector: int) -> Segment:
     if not a & SEG_P:
         raise GuestFault(NP, selector & 0xFFFC)
     seg = seg._replace(selector=(selector & ~3) | cpl)   # RPL := CPL
-    if code_bits(seg, cpu.long_mode) != 64:
-        _require_flat(cpu, seg, "CS")
+    _require_flat(cpu, seg, "CS", code_bits(seg, cpu.long_mode))
     _mark_accessed(cpu, address, raw)
     return seg
 
@@ -210,9 +211,7 @@ def return_code_segment(cpu, selector: int) -> Segment:
         raise GuestFault(GP, code)                       # L and D both set: reserved
     if not a & SEG_P:
         raise GuestFault(NP, code)
-    if code_bits(seg, cpu.long_mode) != 64 and not seg.flat:
-        raise UnsupportedMode(cpu.rip, f"a CS segment with base {seg.base:#x} and limit "
-                                       f"{seg.limit:#x} (only flat segments)")
+    _require_flat(cpu, seg, "CS", code_bits(seg, cpu.long_mode))
     _mark_accessed(cpu, address, raw)
     return seg
 

@@ -138,3 +138,23 @@ def test_lldt_null_is_accepted_and_a_real_ldt_stops_with_one_line():
         run(cpu, 1000)
     assert q(vm, REC) == 0
 
+
+
+def test_far_transfer_to_a_non_flat_32_bit_code_segment_stops_with_one_line():
+    """kvmdbg applies no CS base or limit in 32-bit code (cpu/segments.py), so a far
+    transfer from 64-bit code into a 32-bit code segment with base 0x1000 must stop the run
+    instead of running at the wrong addresses: the check is the target's code size, not
+    the current one."""
+    from kvmdbg.cpu import segments
+    from kvmdbg.errors import UnsupportedMode
+    from kvmdbg.kvm.boot import GDT
+    from tests.helpers import machine
+    vm, cpu = machine("hlt")
+    non_flat_code32 = 0x00CF9A001000FFFF                 # base 0x1000, D=1, L=0, DPL 0
+    base, limit = cpu.gdtr
+    slot = (limit + 1) // 8
+    vm.write_gpa(GDT + slot * 8, non_flat_code32.to_bytes(8, "little"))
+    cpu.gdtr = (base, limit + 8)
+    assert cpu.code_bits == 64
+    with pytest.raises(UnsupportedMode, match="base 0x1000"):
+        segments.far_code_segment(cpu, slot * 8)
