@@ -6,14 +6,15 @@ the EPT root). A miss goes to the TLB, then the page walker.
 
 Every cache of the simulation, and the one place that invalidates it:
 
-- fast_r / fast_w / fast_x and the selected mode: ``flush_fast``, called by the
-  mode-register setters below (set_cr0/cr3/cr4/efer/pkru/pdptes/cs/hw_cr0_on, load_cs,
-  set_rflags for AC), by the TLB after every invalidation of more than one page
+- fast_r / fast_w / fast_x / fast_implicit and the selected mode: ``flush_fast``, called
+  by the mode-register setters below (set_cr0/cr3/cr4/efer/pkru/pdptes/hw_cr0_on), by the TLB after every invalidation of more than one page
   (Tlb.on_invalidate), by the vCPU when it loads another EPT root (Vcpu.load_mmu_pgd)
   and by KVM's emulator, which needs every access on its slow path (kvm/emulate.py).
   An invalidation of one page (INVLPG, INVPCID/INVVPID of an address, a #PF) goes to
   ``flush_fast_page`` (Tlb.on_invalidate_page): that page's copies and those of the
-  large page holding it (_fast_large) go, the rest stays;
+  large page holding it (_fast_large) go, the rest stays. A change of CPL or of RFLAGS.AC
+  (set_cs, load_cs, set_rflags) goes to ``_flush_fast_explicit``, which keeps
+  fast_implicit: the rights of a supervisor-mode implicit access depend on neither;
 - icache / bcache (rip -> handler): a handler is used only while its code page is
   in fast_x, so each is re-validated after a flush; both are dropped when a code page
   comes back under another key (remapped, or the code size changed: _fetch_page) and
@@ -144,6 +145,9 @@ class Cpu:
         self.step_end = 0              # the run loop's step budget; looping blocks honour it
         self.fast_r: dict[int, bytearray] = {}
         self.fast_w: dict[int, bytearray] = {}
+        # vpn -> host page for supervisor-mode implicit reads (the IDT, GDT and TSS an
+        # exception delivery reads): kept across CPL and AC changes (see flush_fast).
+        self.fast_implicit: dict[int, bytearray] = {}
         decode_cache.attach(self)
 
     # --- registers ---
@@ -180,7 +184,7 @@ class Cpu:
     def set_rflags(self, value: int) -> None:
         self.lf = None
         if (value ^ self.rflags) & AC:            # AC is part of the mode (SMAP)
-            self.flush_fast()
+            self._flush_fast_explicit()
         self.rflags = value | RFLAGS_FIXED
 
     # Every write of a register the mode depends on goes through one of these (a test
@@ -234,7 +238,7 @@ class Cpu:
 
     def _set_cs_selector(self, selector: int) -> None:
         if (selector ^ self.cs) & 3:
-            self.flush_fast()
+            self._flush_fast_explicit()
         self.cs = selector
 
     def set_segment(self, name: str, seg: Segment) -> None:
@@ -294,12 +298,22 @@ class Cpu:
         the handler by (rip, hpa), or decodes anew if the page now maps elsewhere.
 
         Every fast-path entry comes from translate(), which selects a mode first, so
-        while no mode is selected they are empty already (a VM exit flushes 3 times)."""
+        while no mode is selected the explicit ones are empty already (a VM exit flushes 3
+        times)."""
+        if self._mode is not None or self.fast_implicit:
+            self.fast_implicit.clear()
+            self._fast_large.clear()
+            self._flush_fast_explicit()
+
+    def _flush_fast_explicit(self) -> None:
+        """flush_fast for a change of CPL or RFLAGS.AC: the explicit accesses' rights
+        changed, a supervisor-mode implicit access's did not (SDM 4.6.1: it is checked as
+        supervisor whatever the CPL, and SMAP refuses it user pages whatever AC says), so
+        fast_implicit stays, with the large-page pieces flush_fast_page must find in it."""
         if self._mode is not None:
             self.fast_r.clear()
             self.fast_w.clear()
             self.fast_x.clear()
-            self._fast_large.clear()
             self._mode = None
 
     def flush_fast_page(self, vpn: int) -> None:
@@ -307,12 +321,14 @@ class Cpu:
         INVVPID of an address, the flush a #PF does): the entries for vpn and for every
         piece of a large page containing it. Everything else stays valid: the mode did
         not change, and no other translation was invalidated."""
-        if self._mode is None:
+        implicit = self.fast_implicit
+        if self._mode is None and not implicit:
             return                                  # the fast paths are empty
         fast_r, fast_w, fast_x = self.fast_r, self.fast_w, self.fast_x
         fast_r.pop(vpn, None)
         fast_w.pop(vpn, None)
         fast_x.pop(vpn, None)
+        implicit.pop(vpn, None)
         large = self._fast_large
         if large:
             for pieces in (9, 10, 18):
@@ -320,12 +336,13 @@ class Cpu:
                     fast_r.pop(v, None)
                     fast_w.pop(v, None)
                     fast_x.pop(v, None)
+                    implicit.pop(v, None)
 
     def _note_large(self, e) -> None:
         """Called for every fast-path fill: remember the pieces of large pages."""
         if e.size_shift > 12:
             pieces = e.size_shift - 12
-            self._fast_large.setdefault((pieces, e.vpn >> pieces), []).append(e.vpn)
+            self._fast_large.setdefault((pieces, e.vpn >> pieces), set()).add(e.vpn)
 
     def drop_fast_write(self) -> None:
         self.fast_w.clear()
@@ -519,17 +536,12 @@ class Cpu:
             self.translate(a, acc)
 
     def rd_implicit(self, va: int, size: int) -> int:
-        """A supervisor-mode implicit access (GDT/IDT/TSS), whatever the CPL.
-
-        A page in the read fast path serves it when the implicit access has the rights
-        the cached explicit ones had: the two differ only under SMAP, where an implicit
-        access to a user page faults whatever AC says (SDM 4.6.1), so the fast path is
-        used without SMAP, or at CPL 0-2 with AC clear (explicit reads were refused user
-        pages then too). Delivery reads the IDT, GDT and TSS on every exception."""
+        """A supervisor-mode implicit access (GDT/IDT/TSS), whatever the CPL: delivery reads
+        the IDT, GDT and TSS on every exception. Its own fast path (fast_implicit) survives
+        the CPL changes around each delivery and IRET."""
         off = va & 0xFFF
-        if off <= 4096 - size and (not self.cr4 & CR4_SMAP
-                                   or (self.cs & 3 != 3 and not self.rflags & AC)):
-            page = self.fast_r.get(va >> 12)
+        if off <= 4096 - size:
+            page = self.fast_implicit.get(va >> 12)
             if page is not None:
                 return int.from_bytes(page[off:off + size], "little")
         return self._read_slow(va, size, ACC_IMPLICIT, implicit=True)
@@ -541,7 +553,7 @@ class Cpu:
         acc = PFERR_WRITE | ACC_IMPLICIT
         pieces = [(self.translate(a, acc), a, n) for a, n in self._pieces(va, size)]
         for e, a, n in pieces:
-            self._store(e, a & 0xFFF, data[:n])
+            self._store(e, a & 0xFFF, data[:n], explicit=False)
             data = data[n:]
 
     def _pieces(self, va: int, size: int):
@@ -570,9 +582,8 @@ class Cpu:
                 data += self.ops.mmio_read(e.gpa | off, n).to_bytes(n, "little")
             else:
                 data += bytes(e.page[off:off + n])
-                if not implicit:
-                    self.fast_r[e.vpn] = e.page
-                    self._note_large(e)
+                (self.fast_implicit if implicit else self.fast_r)[e.vpn] = e.page
+                self._note_large(e)
         return int.from_bytes(data, "little")
 
     def _split_write(self, va: int, size: int, value: int) -> None:
@@ -585,9 +596,10 @@ class Cpu:
             self._store(e, a & 0xFFF, data[:n])
             data = data[n:]
 
-    def _store(self, e, off: int, chunk: bytes) -> None:
+    def _store(self, e, off: int, chunk: bytes, explicit: bool = True) -> None:
         """Write through a translation: MMIO to the device; RAM into the host page, telling
-        the decode cache about code or paging structures, else opening the fast path."""
+        the decode cache about code or paging structures, else (for an explicit access,
+        whose rights the fast paths stand for) opening the fast path."""
         page = e.page
         if page is None:
             self.ops.mmio_write(e.gpa | off, len(chunk), int.from_bytes(chunk, "little"))
@@ -597,7 +609,7 @@ class Cpu:
         dc = self.decode_cache
         if hpn in dc.code_pages or hpn in dc.pt_pages:
             dc.note_write(hpn)
-        else:
+        elif explicit:
             self.fast_w[e.vpn] = page
             self.fast_r[e.vpn] = page
             self._note_large(e)

@@ -354,3 +354,32 @@ def test_int_n_whose_delivery_exits_is_delivered_once(kvm):
     rsp, ss, cs = watched(vm)
     assert rsp == BOOT_RSP - 5 * 8 and (ss, cs) == (KERNEL_SS, KERNEL_CS)
     assert frame(vm, rsp, False)["rip"] == after
+
+
+# --- implicit accesses grant nothing to explicit ones ---
+
+
+def test_a_cpl3_descriptor_load_that_sets_the_accessed_bit_opens_no_user_write_to_the_gdt():
+    """Loading DS at CPL 3 sets the descriptor's accessed bit: an implicit supervisor-mode
+    write to the GDT (SDM Vol. 3A 3.4.5, 6.x; 4.6.1: implicit accesses are supervisor
+    accesses). A user-mode write to the same supervisor page must still fault (#PF with
+    P, W and U set, SDM 4.7) and leave the GDT as it was."""
+    vm, cpu = machine(b"\x90")
+    from kvmdbg.kvm.boot import GDT
+    raw = int.from_bytes(vm.read_gpa(GDT + 0x20, 8), "little")   # the contract's user data
+    user_data = 0x38                   # a copy after _own_gdt's TSS (0x28, 16 bytes), not accessed
+    lgdt = _own_gdt(vm, extra=(raw & ~(1 << 40)).to_bytes(8, "little"))
+    code, _ = program(LIDT_INSN + "\n" + lgdt + "\n" + TO_USER)
+    vm.write_gpa(0x100000, code)
+    install(vm, PF, WATCH)
+    load_idtr(vm)
+    map_user(vm, f"mov ax, {user_data | 3}\nmov ds, ax\n"
+                 f"mov qword ptr [{GDT2:#x}], rax\nud2")
+    set_tss_rsp0(vm, cpu, 0x70000)
+    before = vm.read_gpa(GDT2, 8)
+    assert run(cpu, 1000) == HALTED
+    assert vm.read_gpa(GDT2 + user_data + 5, 1)[0] & 1           # the load set it
+    rsp, _, _ = watched(vm)
+    f = frame(vm, rsp, True)
+    assert f["error_code"] == P | RW | US and cpu.cr2 == GDT2
+    assert vm.read_gpa(GDT2, 8) == before

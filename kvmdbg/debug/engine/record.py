@@ -123,7 +123,7 @@ def _cache_ids(vm) -> dict:
            id(vm.decode_cache): ("decode", 0)}
     for v in vm.vcpus:
         c = v.cpu
-        for name in ("fast_r", "fast_w", "fast_x", "_fast_large", "icache", "bcache",
+        for name in ("fast_r", "fast_w", "fast_x", "fast_implicit", "_fast_large", "icache", "bcache",
                      "_x_keys", "_modes"):
             d = getattr(c, name, None)
             if d is not None:
