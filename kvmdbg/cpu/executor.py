@@ -16,6 +16,25 @@ from kvmdbg.cpu.vmx import VmExit
 from kvmdbg.stop_reason import BREAKPOINT, HALTED, SHUTDOWN, STEP_LIMIT, VMEXIT
 
 
+# Which block handlers hold a breakpoint, for the last set of breakpoints run() was given:
+# a pure function of (handler, set), so one memo serves every CPU; a different set (by
+# value: the debugger builds a new frozenset on each resume) starts it afresh. Plain sets
+# (unhashable, mutable) are not memoised.
+_holds_memo: list = [frozenset(), {}]
+_HOLDS_KEPT = 65536                 # handlers remembered (a bound, not a policy)
+
+
+def _holds_breakpoint(breakpoints) -> dict | None:
+    """handler -> whether a breakpoint is at one of its instructions (filled by run())."""
+    if type(breakpoints) is not frozenset:
+        return None
+    last = _holds_memo[0]
+    if (last is not breakpoints and (hash(last) != hash(breakpoints) or last != breakpoints)
+            or len(_holds_memo[1]) > _HOLDS_KEPT):
+        _holds_memo[0], _holds_memo[1] = breakpoints, {}
+    return _holds_memo[1]
+
+
 def run(cpu, max_steps: int, breakpoints=None, skip_first: bool = True) -> str:
     """Run up to max_steps instructions. Returns why it stopped.
 
@@ -55,6 +74,7 @@ def run(cpu, max_steps: int, breakpoints=None, skip_first: bool = True) -> str:
                 # instruction, whose breakpoint is skipped) runs one instruction at a time
                 # up to it, as QEMU keeps translation blocks free of breakpoints.
                 isdisjoint = breakpoints.isdisjoint
+                holds = _holds_breakpoint(breakpoints)
                 while True:
                     rip = cpu.rip
                     if rip in breakpoints and not first:
@@ -66,8 +86,15 @@ def run(cpu, max_steps: int, breakpoints=None, skip_first: bool = True) -> str:
                         h = bget(rip)
                         if h is None or rip >> 12 not in fast_x:
                             h = fetch_block(rip)
-                        if not isdisjoint(h.index):
-                            h = None
+                        if holds is None:
+                            if not isdisjoint(h.index):
+                                h = None
+                        else:
+                            hit = holds.get(h)
+                            if hit is None:
+                                hit = holds[h] = not isdisjoint(h.index)
+                            if hit:
+                                h = None
                     if h is None:
                         if left <= 0:
                             break

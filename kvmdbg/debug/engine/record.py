@@ -198,7 +198,7 @@ class Recorder:
         caught = len(self.s.breakpoints.caught)
         self.depth += 1
         try:
-            e.reason = v._run(n, bps, skip)
+            e.reason = v._run(n, e.bps, skip)
         finally:
             self.depth -= 1
             e.retired = cpu.steps - steps

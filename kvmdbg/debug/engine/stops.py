@@ -143,7 +143,7 @@ def _breakpoint_set(s, target):
     precise = bool(s.breakpoints.catchpoints())
     for v in s.vm.vcpus:
         v.cpu.set_single_step(precise)
-    return bps or None
+    return frozenset(bps) if bps else None      # a frozenset: the run loop memoises by it
 
 
 def _run_one(s, v, limit: int, bps) -> str:
