@@ -227,7 +227,8 @@ class Cpu:
         """CS's selector alone (the descriptor cache stays; a debugger's `set $cs`); a
         change of CPL (its low bits) changes the mode."""
         self._set_cs_selector(selector)
-        self.seg_cache["cs"] = self.seg_cache["cs"]._replace(selector=selector)
+        old = self.seg_cache["cs"]
+        self.seg_cache["cs"] = Segment(selector, old.base, old.limit, old.attr)
 
     def load_cs(self, seg: Segment) -> None:
         """CS with its descriptor (far transfers, interrupts, IRET, boot): CPL and the

@@ -15,7 +15,7 @@ from kvmdbg.cpu import segments, tss
 from kvmdbg.cpu.faults import (CONTRIBUTORY, DF, GP, HAS_ERROR_CODE, NP, PF, VECTOR_NAMES,
                                GuestFault, SoftwareInterrupt, TripleFault)
 from kvmdbg.cpu.regs import AC, ID, IF, IOPL, NT, RF, TF, VIF, VIP, VM
-from kvmdbg.cpu.segments import NULL_SEGMENT, code_bits
+from kvmdbg.cpu.segments import Segment, code_bits
 from kvmdbg.cpu.vmx import VmExit
 from kvmdbg.errors import UnsupportedMode
 
@@ -108,17 +108,19 @@ def _push_frame(cpu, vector: int, code: int | None, software: bool) -> None:
     # The writes are accesses at the new CPL to the new stack. The CPU's fast paths are
     # per-CPL, so they are dropped around a temporary CPL change.
     saved_cs = cpu.cs
-    cpu.set_cs((cpu.cs & ~3) | new_cpl)
+    if new_cpl != old_cpl:
+        cpu.set_cs((saved_cs & ~3) | new_cpl)
     try:
         for value in frame:
             rsp = (rsp - 8) & M64
             cpu.wr(rsp, 8, value)
     except BaseException:         # a fault, or a VM exit (an EPT violation on the new stack)
-        cpu.set_cs(saved_cs)
+        if new_cpl != old_cpl:
+            cpu.set_cs(saved_cs)
         raise
     cpu.r[4] = rsp
     if new_cpl < old_cpl:
-        cpu.set_segment("ss", NULL_SEGMENT._replace(selector=new_cpl))
+        cpu.set_segment("ss", Segment(new_cpl, 0, 0, 0))     # null, RPL = new CPL
     cpu.load_cs(cs)
     cpu.rip = offset
     keep = ~(TF | NT | RF)

@@ -190,7 +190,7 @@ def interrupt_code_segment(cpu, selector: int, ext: int) -> Segment:
     if not _is_64bit_code(seg):
         raise GuestFault(GP, code)
     _mark_accessed(cpu, address, raw)
-    return seg._replace(selector=selector & 0xFFFC | (cpl if a & SEG_TYPE_DC else seg.dpl))
+    return Segment(selector & 0xFFFC | (cpl if a & SEG_TYPE_DC else seg.dpl), seg.base, seg.limit, a)
 
 
 def return_code_segment(cpu, selector: int) -> Segment:

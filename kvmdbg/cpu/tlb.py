@@ -54,7 +54,7 @@ class Tlb:
         self.on_invalidate_page = _nothing
 
     def __len__(self) -> int:
-        return sum(len(c) for c in self.contexts.values())
+        return sum(map(len, self.contexts.values()))
 
     def entries(self):
         """(tag, entry) pairs in a stable order, for `info tlb` and tests."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import pickle
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from kvmdbg.cpu.decode_cache import DecodeCache
 from kvmdbg.mem.host_memory import _Pages
@@ -36,9 +37,9 @@ DEFAULT_MEMORY = 256 << 20     # `set record snapshot-memory`
 NO_HISTORY = "No more reverse-execution history."
 
 
-@dataclass(frozen=True, order=True)
-class Position:
-    """entries applied, instructions into the next entry, catch event seq (0: none)."""
+class Position(NamedTuple):
+    """entries applied, instructions into the next entry, catch event seq (0: none);
+    ordered as the tuple (a NamedTuple: one is made for every logged run call)."""
     entry: int
     inside: int = 0
     seq: int = 0
@@ -175,14 +176,18 @@ class Recorder:
     # --- where we are ---
 
     def ticks(self) -> int:
-        return sum(v.cpu.steps for v in self.vm.vcpus)
+        vcpus = self.vm.vcpus
+        if len(vcpus) == 1:                 # every logged run call asks
+            return vcpus[0].cpu.steps
+        return sum(v.cpu.steps for v in vcpus)
 
     @property
     def end(self) -> Position:
         return Position(len(self.log))
 
     def at_end(self) -> bool:
-        return self.pos == self.end
+        p = self.pos
+        return p.entry == len(self.log) and not p.inside and not p.seq
 
     # --- recording (the hooks in Vcpu.run and Vm.run_worker_item) ---
 
@@ -263,7 +268,10 @@ class Recorder:
     # --- snapshots ---
 
     def clock(self) -> int:
-        return sum(v.cpu.cycles for v in self.vm.vcpus)
+        vcpus = self.vm.vcpus
+        if len(vcpus) == 1:                 # every logged run call asks
+            return vcpus[0].cpu.cycles
+        return sum(v.cpu.cycles for v in vcpus)
 
     def _maybe_snapshot(self) -> None:
         if self.clock() - self.snapshots[-1].clock >= self.interval:

@@ -68,7 +68,10 @@ class Outcome:
 
 
 def total_steps(vm) -> int:
-    return sum(v.cpu.steps for v in vm.vcpus)
+    vcpus = vm.vcpus
+    if len(vcpus) == 1:                     # several times per breakpoint hit
+        return vcpus[0].cpu.steps
+    return sum(v.cpu.steps for v in vcpus)
 
 
 def resume(s, scope: int | None = None, max_steps: int | None = None,
@@ -195,8 +198,10 @@ def _resume_fast(s, scope, limit: int, target) -> Outcome:
     step_off = _on_reported_breakpoint(s)
     if scope is not None:
         step_off &= {scope}
+    # Nothing below changes the stop points (an ignored hit only counts), so they are
+    # looked up once per resume, not once per hit.
+    bps = _breakpoint_set(s, target)
     while True:
-        bps = _breakpoint_set(s, target)
         before = total_steps(vm)
         again = set()
         for index in sorted(step_off):
