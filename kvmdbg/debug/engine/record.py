@@ -144,7 +144,12 @@ class Recorder:
         self.s = session
         self.vm = None
         self.log: list[Entry] = []
-        self.snapshots: list[Snapshot] = []
+        # id -> [snapshots holding it, its size, the object] for what snapshots hold, and
+        # the sum of the sizes: memory() is asked on every snapshot (_thin), and summing
+        # every page of every snapshot each time made a long recording quadratic.
+        self._held: dict[int, list] = {}
+        self._held_bytes = 0
+        self._snapshots: list[Snapshot] = []
         self.pos = Position(0)
         self.depth = 0                  # inside a logged call: nested ones are part of it
         self.replaying = False          # running the log, not the guest's own future
@@ -304,9 +309,9 @@ class Recorder:
         if self.snapshots and self.snapshots[-1].entry == sn.entry:
             if self.snapshots[-1].barrier and not barrier:
                 return self.snapshots[-1]
-            self.snapshots[-1] = sn
+            self.snapshots = self.snapshots[:-1] + [sn]
         else:
-            self.snapshots.append(sn)
+            self.snapshots = self.snapshots + [sn]
         self._thin()
         return sn
 
@@ -359,21 +364,48 @@ class Recorder:
             self.shared[key] = owner
             ids[id(owner)] = ("shared", key)
 
+    @property
+    def snapshots(self) -> list:
+        """The snapshots, oldest first. Assign a new list to change them (never mutate it in
+        place): the setter keeps memory()'s account of what they hold."""
+        return self._snapshots
+
+    @snapshots.setter
+    def snapshots(self, new: list) -> None:
+        old = self._snapshots
+        new = list(new)
+        kept = {id(sn) for sn in new}
+        for sn in old:
+            if id(sn) not in kept:
+                self._account(sn, -1)
+        had = {id(sn) for sn in old}
+        for sn in new:
+            if id(sn) not in had:
+                self._account(sn, 1)
+        self._snapshots = new
+
+    def _account(self, sn: Snapshot, delta: int) -> None:
+        held = self._held
+        parts = [(sn.blob, len(sn.blob))] + [(b, len(b)) for b in sn.pages.values()]
+        parts += [(rep, 100 * len(rep) + 64)                 # a dict entry and its tuple, about
+                  for rep in getattr(sn, "ept", {}).values()]
+        for obj, size in parts:
+            got = held.get(id(obj))
+            if delta > 0:
+                if got is None:
+                    held[id(obj)] = [1, size, obj]
+                    self._held_bytes += size
+                else:
+                    got[0] += 1
+            else:
+                got[0] -= 1
+                if not got[0]:
+                    del held[id(obj)]
+                    self._held_bytes -= got[1]
+
     def memory(self) -> int:
         """Bytes the snapshots hold (pages shared between snapshots counted once)."""
-        seen = set()
-        total = 0
-        for sn in self.snapshots:
-            total += len(sn.blob)
-            for b in sn.pages.values():
-                if id(b) not in seen:
-                    seen.add(id(b))
-                    total += len(b)
-            for rep in getattr(sn, "ept", {}).values():
-                if id(rep) not in seen:
-                    seen.add(id(rep))
-                    total += 100 * len(rep) + 64     # a dict entry and its tuple, about
-        return total
+        return self._held_bytes
 
     def _thin(self) -> None:
         """Keep the count and the memory bounded: drop every other old snapshot (never
