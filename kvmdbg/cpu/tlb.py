@@ -45,7 +45,11 @@ class Tlb:
         self.max_contexts = max_contexts
         # (vpid, pcid or GLOBAL, ep4ta) -> {vpn: TlbEntry}
         self.contexts: dict[tuple[int, int, int], dict[int, TlbEntry]] = {}
-        self.large_tags: set = set()    # contexts that may hold pieces of large pages
+        # tag -> {(log2 of 4 KiB pieces, large-page number): vpns filled as its pieces}, for
+        # the contexts that may hold pieces of large pages, so a page flush finds them
+        # without scanning the context. Evictions leave it; a vpn replaced by another
+        # entry since is checked when the page goes.
+        self.large: dict = {}
         self.fills = 0
         self.flushes = 0
         # Called after every invalidation: the owner's copies of entries (the CPU's fast
@@ -81,10 +85,14 @@ class Tlb:
             if len(self.contexts) >= self.max_contexts:
                 oldest = next(iter(self.contexts))
                 del self.contexts[oldest]
-                self.large_tags.discard(oldest)
+                self.large.pop(oldest, None)
             ctx = self.contexts[tag] = {}
         elif len(ctx) >= self.capacity and entry.vpn not in ctx:
-            del ctx[next(iter(ctx))]
+            victim = next(iter(ctx))
+            gone = ctx.pop(victim)
+            if gone.size_shift > 12:           # keep the index to what is cached
+                pieces = gone.size_shift - 12
+                self.large.get(tag, {}).get((pieces, victim >> pieces), set()).discard(victim)
         # A page cached as global must not also answer from a stale non-global entry.
         if entry.glob:
             other = self.contexts.get((vpid, pcid, ep4ta))
@@ -92,7 +100,8 @@ class Tlb:
                 other.pop(entry.vpn, None)
         ctx[entry.vpn] = entry
         if entry.size_shift > 12:
-            self.large_tags.add(tag)
+            pieces = entry.size_shift - 12
+            self.large.setdefault(tag, {}).setdefault((pieces, entry.vpn >> pieces), set()).add(entry.vpn)
         self.fills += 1
 
     # --- invalidation primitives; the SDM rules are composed from these by the CPU ---
@@ -102,7 +111,7 @@ class Tlb:
         for tag in list(self.contexts):
             if pred(tag):
                 n += len(self.contexts.pop(tag))
-                self.large_tags.discard(tag)
+                self.large.pop(tag, None)
         self.flushes += 1
         self.on_invalidate()
         return n
@@ -126,20 +135,25 @@ class Tlb:
                 continue
             if ctx.pop(vpn, None) is not None:
                 n += 1
-            if tag in self.large_tags:
-                n += self._drop_large(ctx, vpn)
+            index = self.large.get(tag)
+            if index:
+                n += self._drop_large(ctx, index, vpn)
         self.flushes += 1
         self.on_invalidate_page(vpn)
         return n
 
     @staticmethod
-    def _drop_large(ctx: dict, vpn: int) -> int:
-        """Drop the pieces of any large page containing vpn."""
-        victims = [v for v, e in ctx.items()
-                   if e.size_shift > 12 and v >> (e.size_shift - 12) == vpn >> (e.size_shift - 12)]
-        for v in victims:
-            del ctx[v]
-        return len(victims)
+    def _drop_large(ctx: dict, index: dict, vpn: int) -> int:
+        """Drop the cached pieces of any large page containing vpn (found through the
+        index; a piece counts if it is still cached as a piece of that page)."""
+        n = 0
+        for pieces in (9, 10, 18):
+            for v in index.pop((pieces, vpn >> pieces), ()):
+                e = ctx.get(v)
+                if e is not None and e.size_shift - 12 == pieces:
+                    del ctx[v]
+                    n += 1
+        return n
 
     def flush_pcid(self, vpid: int, pcid: int, include_global: bool = False) -> int:
         """All non-global entries of one PCID of a VPID (optionally globals too)."""
@@ -159,7 +173,7 @@ class Tlb:
         for tag in list(contexts):
             if tag[2] == ep4ta:
                 n += len(contexts.pop(tag))
-                self.large_tags.discard(tag)
+                self.large.pop(tag, None)
         self.flushes += 1
         self.on_invalidate()
         return n
@@ -167,7 +181,7 @@ class Tlb:
     def flush_all(self) -> int:
         n = len(self)
         self.contexts.clear()
-        self.large_tags.clear()
+        self.large.clear()
         self.flushes += 1
         self.on_invalidate()
         return n
