@@ -32,6 +32,8 @@ Every cache of the simulation, and the one place that invalidates it:
 
 from __future__ import annotations
 
+import struct as _struct
+
 from kvmdbg.bits import M64, PACK_INTO as _PACK_INTO, UNPACK_FROM as _UNPACK_FROM, canonical
 from kvmdbg.cpu import flags as _flags
 from kvmdbg.cpu.decoder import Decoder
@@ -51,6 +53,8 @@ from kvmdbg.errors import UnsupportedMode
 _MAX_MEMO_MODES = 64          # modes (each with its walk memo) kept; a bound, not a policy
 
 _materialize = _flags.materialize
+_UNPACK_QWORDS = {n: _struct.Struct(f"<{n}Q").unpack_from for n in range(1, 7)}
+_PACK_QWORDS = {n: _struct.Struct(f"<{n}Q").pack_into for n in range(1, 7)}
 
 
 def _check_ss(va: int, size: int) -> None:
@@ -525,6 +529,33 @@ class Cpu:
         """rd for an access through SS."""
         _check_ss(va, size)
         return self.rd(va, size)
+
+    def pop_qwords(self, va: int, n: int) -> tuple:
+        """n 8-byte reads through SS from va upward (IRETQ's pops), as n rd_ss calls in
+        that order would make them: one fast-path probe when they lie in one cached page
+        (which is canonical, so no #SS check is due)."""
+        off = va & 0xFFF
+        if off <= 4096 - 8 * n:
+            page = self.fast_r.get(va >> 12)
+            if page is not None:
+                return _UNPACK_QWORDS[n](page, off)
+        return tuple(self.rd_ss((va + 8 * i) & M64, 8) for i in range(n))
+
+    def push_qwords(self, va: int, words: list) -> None:
+        """Store words as pushes would, the first at va - 8 and each next one below (an
+        exception frame): one fast-path store when they lie in one cached page, else one
+        write each in that order, so a fault is raised where the pushes would raise it."""
+        n = len(words)
+        low = (va - 8 * n) & M64
+        off = low & 0xFFF
+        if off <= 4096 - 8 * n:
+            page = self.fast_w.get(low >> 12)
+            if page is not None:
+                _PACK_QWORDS[n](page, off, *reversed(words))
+                return
+        for value in words:
+            va = (va - 8) & M64
+            self.wr(va, 8, value)
 
     def write_check_ss(self, va: int, size: int) -> None:
         """Fault as a write of size bytes at va through SS would, without writing: ENTER

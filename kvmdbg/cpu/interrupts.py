@@ -111,14 +111,12 @@ def _push_frame(cpu, vector: int, code: int | None, software: bool) -> None:
     if new_cpl != old_cpl:
         cpu.set_cs((saved_cs & ~3) | new_cpl)
     try:
-        for value in frame:
-            rsp = (rsp - 8) & M64
-            cpu.wr(rsp, 8, value)
+        cpu.push_qwords(rsp, frame)
     except BaseException:         # a fault, or a VM exit (an EPT violation on the new stack)
         if new_cpl != old_cpl:
             cpu.set_cs(saved_cs)
         raise
-    cpu.r[4] = rsp
+    cpu.r[4] = (rsp - 8 * len(frame)) & M64
     if new_cpl < old_cpl:
         cpu.set_segment("ss", Segment(new_cpl, 0, 0, 0))     # null, RPL = new CPL
     cpu.load_cs(cs)
@@ -142,13 +140,9 @@ def iretq(cpu) -> None:
     if old_flags & NT:
         raise GuestFault(GP, 0)   # no task return in IA-32e mode
     # Pops through SS: #SS(0) if the stack address is non-canonical (SDM Vol. 2A, IRET).
-    rsp = cpu.r[4]
-    pop = cpu.rd_ss
-    rip = pop(rsp, 8)
-    cs_selector = pop((rsp + 8) & M64, 8) & 0xFFFF
-    rflags = pop((rsp + 16) & M64, 8)
-    new_rsp = pop((rsp + 24) & M64, 8)
-    ss_selector = pop((rsp + 32) & M64, 8) & 0xFFFF
+    rip, cs_selector, rflags, new_rsp, ss_selector = cpu.pop_qwords(cpu.r[4], 5)
+    cs_selector &= 0xFFFF
+    ss_selector &= 0xFFFF
     cs = segments.return_code_segment(cpu, cs_selector)
     ss = segments.return_stack_segment(cpu, ss_selector, cs)
     _check_return_rip(cpu, cs, rip)

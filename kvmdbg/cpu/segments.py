@@ -13,6 +13,7 @@ a null LDT.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import NamedTuple
 
 from kvmdbg.arch.desc_defs import (SEG_DB, SEG_DPL_SHIFT, SEG_G, SEG_L, SEG_P, SEG_S,
@@ -44,8 +45,10 @@ class Segment(NamedTuple):
 NULL_SEGMENT = Segment(0, 0, 0, 0)        # unusable (attr 0: not present)
 
 
+@lru_cache(maxsize=1024)
 def from_descriptor(selector: int, raw: int) -> Segment:
-    """The Segment an 8-byte code or data descriptor loads."""
+    """The Segment an 8-byte code or data descriptor loads (a pure function, remembered:
+    every delivery and IRET decodes the same few descriptors)."""
     base = (raw >> 16 & 0xFFFFFF) | (raw >> 56 & 0xFF) << 24
     limit = (raw & 0xFFFF) | (raw >> 48 & 0xF) << 16
     attr = raw >> 40 & 0xF0FF
