@@ -57,6 +57,11 @@ class Gen:
         self._n = 0
         self._addr: dict[int, str] = {}
         self.ends_block = False    # set by emitters that set cpu.rip themselves
+        # A direct transfer a block may run on through (see form_block): where it goes on
+        # (a jump's or call's target, a conditional jump's fall-through), and for a
+        # conditional jump (condition, target) of the exit it takes when taken.
+        self.continues_at: int | None = None
+        self.side_exit: tuple | None = None
         self.stops_block = False   # see handles(stops=...); set by stop_block()
         self.writes = False        # writes memory (set by store() and writes_memory())
 
@@ -217,6 +222,18 @@ class Gen:
         self.emit(f"cpu.rip = {target_expr}")
         self.ends_block = True
 
+    def direct_jump(self, target: int) -> None:
+        """A jump to a known address (a block may run on into it)."""
+        self.jump(str(target))
+        self.continues_at = target
+
+    def conditional_jump(self, cond: str, target: int) -> None:
+        """A jump to a known address when cond holds, else on to the next instruction (a
+        block may run on through the fall-through, leaving when the jump is taken)."""
+        self.jump(f"{target} if {cond} else {self.next_rip}")
+        self.continues_at = self.next_rip
+        self.side_exit = (cond, target)
+
     @contextmanager
     def block(self, header: str):
         """Lines emitted inside the with-body are nested under `header` (an if/while)."""
@@ -248,9 +265,10 @@ _GLOBALS: dict | None = None
 class InsnCode:
     """One instruction's generated source and how it may sit in a block."""
 
-    __slots__ = ("d", "lines", "ends", "stops", "sync", "writes", "pages")
+    __slots__ = ("d", "lines", "ends", "stops", "sync", "writes", "pages", "continues_at",
+                 "side_exit")
 
-    def __init__(self, d, lines, ends, stops, sync, writes):
+    def __init__(self, d, lines, ends, stops, sync, writes, continues_at=None, side_exit=None):
         self.d = d
         self.lines = lines
         self.ends = ends          # transfers control itself: the block ends after it
@@ -258,6 +276,8 @@ class InsnCode:
         self.sync = sync          # must be the first instruction of its block
         self.writes = writes      # writes memory (possibly code): check for self-modification
         self.pages = ()           # host page numbers its bytes came from (set by the fetcher)
+        self.continues_at = continues_at    # see Gen.direct_jump / conditional_jump
+        self.side_exit = side_exit
 
 
 def generate(d) -> InsnCode:
@@ -280,21 +300,35 @@ def generate(d) -> InsnCode:
     ends = g.ends_block
     if not ends:
         g.emit(f"cpu.rip = {g.next_rip}")
-    return InsnCode(d, g.lines, ends, stops or g.stops_block, sync, g.writes)
+    return InsnCode(d, g.lines, ends, stops or g.stops_block, sync, g.writes, g.continues_at,
+                    g.side_exit)
 
 
 def form_block(first: InsnCode, code_at) -> list:
-    """The instructions of the block that starts with `first`: straight-line code up to a
+    """The instructions of the block that starts with `first`: code up to an indirect
     control transfer, a mode-changing instruction, the end of the page or MAX_BLOCK.
-    code_at(address) fetches the InsnCode at an address (it may fault: the block then
-    ends before it, and the fault is raised again, precisely, when execution gets there).
-    An instruction that must start its block, or that crosses into another page, starts
-    the next block instead."""
+
+    It runs on through direct transfers that stay on its page: a jump's or call's target,
+    and a conditional jump's fall-through (make_handler makes the taken jump an early
+    return), as QEMU chains translation blocks; a run loop pass per short block was most
+    of the cost of branchy code. It stops at a transfer back to an instruction it holds
+    already (a loop's back edge stays its last instruction, so the loop repeats inside the
+    handler). code_at(address) fetches the InsnCode at an address (it may fault: the block
+    then ends before it, and the fault is raised again, precisely, when execution gets
+    there). An instruction that must start its block, or that crosses into another page,
+    starts the next block instead."""
     codes = [first]
     start = first.d.address
+    seen = {start}
     nxt = (start + first.d.length) & M64
-    while not (codes[-1].ends or codes[-1].stops) and len(codes) < MAX_BLOCK \
-            and nxt >> 12 == start >> 12:
+    while not codes[-1].stops and len(codes) < MAX_BLOCK:
+        last = codes[-1]
+        if last.ends:
+            nxt = last.continues_at
+            if nxt is None or nxt in seen or (last.side_exit and last.side_exit[1] in seen):
+                break
+        if nxt >> 12 != start >> 12:
+            break
         try:
             c = code_at(nxt)
         except (GuestFault, UnsupportedInstruction):
@@ -302,6 +336,7 @@ def form_block(first: InsnCode, code_at) -> list:
         if c.sync or len(c.pages) > 1:
             break
         codes.append(c)
+        seen.add(nxt)
         nxt = (nxt + c.d.length) & M64
     return codes
 
@@ -348,7 +383,14 @@ def make_handler(codes: list, loop: bool = False) -> object:
         lines = _place_call_outs(c.lines, k)
         if k in dead_flags:
             lines = [line for line in lines if not line.startswith("cpu.lf = (")]
-        next_rip = f"cpu.rip = {(c.d.address + c.d.length) & (M64 if c.d.bits == 64 else M32)}"
+        if k < n - 1:
+            next_rip = f"cpu.rip = {codes[k + 1].d.address}"
+            if c.side_exit is not None:
+                # A conditional jump the block runs on through: taken, it leaves early.
+                cond, target = c.side_exit
+                lines = lines[:-1] + [f"if {cond}: cpu.rip = {target}; return {k + 1}", next_rip]
+        else:
+            next_rip = ""
         was_dropped, dropped = dropped, (k < n - 1 and blind[k] and blind[k + 1]
                                          and lines[-1] == next_rip)
         if dropped:

@@ -67,3 +67,51 @@ def test_the_flags_of_an_alu_instruction_before_a_faulting_load_are_pushed():
     _, addrs = program(LIDT_INSN + "\nmov rax, 0x1234\nmov rbx, -3\nmov rcx, 0x80\n"
                        "mov rdx, 0x7fffffffffffffff\ncmp rax, rax", FAULT)
     assert rip == addrs[1]
+
+
+# Blocks run on through direct transfers on their page (translate.form_block): conditional
+# jumps both ways, calls into a function on the same page and back, direct jumps; a fault
+# may sit anywhere along the way.
+JCC = ["je", "jne", "jl", "jge", "jb", "jae", "js", "jns"]
+
+
+@st.composite
+def branchy(draw):
+    """Source of a program of labelled pieces: each runs a few forms, then jumps forward
+    conditionally, calls `fn` or jumps to the next piece; `fn` does a few forms and returns."""
+    pieces = draw(st.integers(2, 6))
+    lines = []
+    for i in range(pieces):
+        lines.append(f"p{i}:")
+        lines += draw(st.lists(st.sampled_from(ALU + MEMORY), max_size=4))
+        if draw(st.integers(0, 9)) == 0:
+            lines.append(FAULT)
+        end = draw(st.sampled_from(["jcc", "call", "jmp", "none"]))
+        target = f"p{draw(st.integers(i + 1, pieces))}"
+        if end == "jcc":
+            lines.append(f"{draw(st.sampled_from(JCC))} {target}")
+        elif end == "call":
+            lines.append("call fn")
+        elif end == "jmp":
+            lines.append(f"jmp {target}")
+    lines += [f"p{pieces}:", "hlt", "fn:"] + draw(st.lists(st.sampled_from(ALU), max_size=3)) + ["ret"]
+    return "\n".join(lines)
+
+
+@settings(max_examples=80, deadline=None)
+@given(branchy())
+def test_blocks_through_direct_transfers_match_single_stepping(source):
+    assert _run(source, single=False) == _run(source, single=True)
+
+
+def test_a_block_runs_on_through_a_fall_through_and_leaves_at_a_taken_jump():
+    """The block starting at the first instruction holds the code on through both
+    conditional jumps to the hlt: the first jne falls through (RAX = RBX), the second is
+    taken, leaving the block before the mov to RCX."""
+    vm, cpu = machine("mov rax, 1\nmov rbx, 1\ncmp rax, rbx\njne out\ninc rax\ncmp rax, rbx\n"
+                      "jne out\nmov rcx, 5\nout: hlt")
+    assert run(cpu, 100) == HALTED
+    assert cpu.r[0] == 2 and cpu.r[3] == 1 and cpu.r[1] == 0      # rcx untouched: jumped
+    block = cpu.bcache[0x100000]
+    assert [d.mnemonic for d in block.insns] == ["mov", "mov", "cmp", "jne", "inc", "cmp", "jne",
+                                                 "mov", "hlt"]

@@ -34,12 +34,15 @@ def jmp(g):
     if _far_form(g):
         _far_indirect(g)
         return
-    g.jump(_target(g))
+    if g.op(0).kind == "imm":
+        g.direct_jump(g.op(0).imm & g.ip_mask)
+    else:
+        g.jump(_target(g))
 
 
 def _jcc(g):
     cc = g.d.mnemonic[1:]
-    g.jump(f"{_target(g)} if {g.cond(cc)} else {g.next_rip}")
+    g.conditional_jump(g.cond(cc), g.op(0).imm & g.ip_mask)
 
 
 for _cc in list(CONDITIONS) + list(ALIASES):
@@ -56,7 +59,10 @@ def call(g):
     sp = g.value(f"(r[4] - {w}) & {g.sp_mask:#x}")
     g.store(sp, w, str(g.next_rip), ss=True)      # through SS: #SS(0) if non-canonical
     g.emit(f"r[4] = {sp}")
-    g.jump(t)
+    if g.op(0).kind == "imm":
+        g.direct_jump(int(t))
+    else:
+        g.jump(t)
 
 
 @handles("ret")
