@@ -7,8 +7,8 @@ the EPT root). A miss goes to the TLB, then the page walker.
 Every cache of the simulation, and the one place that invalidates it:
 
 - fast_r / fast_w / fast_x / fast_implicit and the selected mode: ``flush_fast``, called
-  by the mode-register setters below (set_cr0/cr3/cr4/efer/pkru/pdptes/hw_cr0_on), by the TLB after every invalidation of more than one page
-  (Tlb.on_invalidate), by the vCPU when it loads another EPT root (Vcpu.load_mmu_pgd)
+  by the mode-register setters below (set_cr0/cr3/cr4/efer/pkru/pdptes/hw_cr0_on), by
+  the TLB after every invalidation of more than one page (Tlb.on_invalidate), by the vCPU when it loads another EPT root (Vcpu.load_mmu_pgd)
   and by KVM's emulator, which needs every access on its slow path (kvm/emulate.py).
   An invalidation of one page (INVLPG, INVPCID/INVVPID of an address, a #PF) goes to
   ``flush_fast_page`` (Tlb.on_invalidate_page): that page's copies and those of the
@@ -24,7 +24,10 @@ Every cache of the simulation, and the one place that invalidates it:
   or a memslot changed), compared on each TLB miss;
 - the decode cache (decoded instructions and block handlers per (gva, hpa)):
   DecodeCache.note_write, on a write to a page that holds decoded code;
-- the hardware TLB: only the architectural flushes (SDM 4.10.4, INVEPT/INVVPID);
+- the hardware TLB: only the architectural flushes (SDM 4.10.4, INVEPT/INVVPID); its
+  index of large-page pieces (Tlb.large) goes with the contexts it indexes;
+- which block handlers hold a breakpoint (executor._holds_memo): a pure function of the
+  handler and the breakpoint set, started afresh for another set;
 - outside cpu/: the EPT walk memo (cpu/vmx.py EptHardware: the gpa generation),
   Vm.host_page_of's gfn cache (the memslots' generation), the role memo of
   kvm_init_mmu (a pure function of its key: never invalidated).
