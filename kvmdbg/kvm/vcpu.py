@@ -68,6 +68,10 @@ class Vcpu:
         self.set_cpuid(vm.cpu_features)
         self.cpu.walk_cost = vm.costs["tlb_miss"]
         self.host_pages = vm.host.pages
+        if self.ept is not None:
+            # Under EPT every violation restarts the guest's walk from CR3; what the guest's
+            # own tables said is remembered (cpu/walker.py: GuestWalkMemo, its owner).
+            self.cpu.walk_fn = walker.GuestWalkMemo().walk
         if not p.tdp_enabled:
             # Shadow paging (vmx.c with enable_ept=0): the hardware walks KVM's tables, runs
             # with CR0.WP forced on, and #PF and INVLPG exit.

@@ -66,19 +66,21 @@ def for_each_tdp_pte(pages, root, start: int = 0, end: int = GFN_LIMIT, min_leve
     table's pfn to its MmuPage."""
     it = TdpIter()
     if end - start == 1:
-        # One gfn (the page-fault path): one entry a level, zero entries included.
+        # One gfn (the page-fault path, on every EPT violation): one entry a level, zero
+        # entries included; _steps_down is written out.
         sp = root
         while True:
             level = sp.role & ROLE_LEVEL_MASK
             span = 9 * (level - 1)
             i = (start >> span) & 511
+            spt = sp.spt
             it.sp, it.index, it.gfn, it.level = sp, i, sp.gfn + (i << span), level
-            it.old_spte = _U64(sp.spt, i << 3)[0]
+            it.old_spte = _U64(spt, i << 3)[0]
             yield it
-            if level <= min_level:
+            if level <= min_level or level == 1:
                 return
-            spte = _U64(sp.spt, i << 3)[0]                   # it may have changed
-            if not _steps_down(spte, level):
+            spte = _U64(spt, i << 3)[0]                      # it may have changed
+            if not spte & SPTE_MMU_PRESENT or spte & PT_PAGE_SIZE:
                 return
             sp = pages.get((spte & PFN_MASK) >> 12)          # try_step_down
             if sp is None:
