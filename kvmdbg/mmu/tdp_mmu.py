@@ -13,19 +13,17 @@ pages are the shadow MMU's (legacy.py, shadow_mmu.py); `sp.tdp_mmu_page` says wh
 from __future__ import annotations
 
 from functools import partial
-from itertools import compress
 
 from kvmdbg.bits import PACK_INTO, UNPACK_FROM
 from kvmdbg.mmu import spte as S
 from kvmdbg.mmu.mmu import DirectMmuOps, RootInfo
 from kvmdbg.mmu.mmu_internal import ROLE_INVALID, ROLE_LEVEL_MASK, MmuPage, RetPF, kvm_bug, role_level, role_smm
-from kvmdbg.mmu.tdp_iter import for_each_tdp_pte, nonzero_entries
+from kvmdbg.mmu.tdp_iter import for_each_tdp_pte, nonzero_entries, nonzero_indices
 
 
 
 # --- what each era does with roots, one small class per behaviour (chosen by kvm/policies.py) ---
 
-_INDICES = range(512)
 _U64, _P64 = UNPACK_FROM[8], PACK_INTO[8]
 _PRESENT, _LARGE, _REMOVED = S.SPTE_MMU_PRESENT, S.PT_PAGE_SIZE, S.REMOVED_SPTE
 _PAGES_STAT = (None, "pages_4k", "pages_2m", "pages_1g")       # by level
@@ -265,8 +263,8 @@ class TdpMmu:
         span = 9 * (level - 1)
         removed = S.REMOVED_SPTE
         present_bit, large_bit = S.SPTE_MMU_PRESENT, S.PT_PAGE_SIZE
-        values = memoryview(sp.spt).cast("Q").tolist()
-        live = [i for i in compress(_INDICES, values) if values[i] != removed]
+        values = memoryview(sp.spt).cast("Q")
+        live = [i for i in nonzero_indices(sp.spt) if values[i] != removed]
         as_id = role_smm(sp.role)
         if level == 1:
             # Leaves only (the bulk of a zap): counted at C speed, traced in index order.
