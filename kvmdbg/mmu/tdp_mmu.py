@@ -360,22 +360,36 @@ class TdpMmu:
             kvm.trace("kvm_mmu_spte_requested", vcpu.index, gfn=gfn, pfn=fault.pfn,
                       level=goal_level)
         # tdp_mmu_for_each_pte(iter, mmu, gfn, gfn + 1): a missing table is built where the
-        # walk stands, and the walk then steps down into it.
-        for it in for_each_tdp_pte(self.pages, root, gfn, gfn + 1):
-            spte, level = it.old_spte, it.level
+        # walk stands, and the walk then steps down into it (re-reading the entry, as
+        # tdp_iter_next does). Written out rather than through for_each_tdp_pte: this runs
+        # on every EPT violation (tests/kvm/test_tdp_map_walk.py pins the two together).
+        pages = self.pages
+        sp = root
+        while True:
+            level = sp.role & ROLE_LEVEL_MASK
+            span = 9 * (level - 1)
+            index = (gfn >> span) & 511
+            spt = sp.spt
+            spte = _U64(spt, index << 3)[0]
             if spte == _REMOVED:
                 return RetPF.RETRY
             if level == goal_level:
-                return self._map_target_level(vcpu, it.sp, it.index, spte, level, fault)
-            if spte & _PRESENT and not spte & _LARGE:        # a table: step down into it
-                continue
-            child = alloc_child(it.sp, it.gfn, level - 1)
-            child.parent = it.sp
-            child.parent_index = it.index
-            if spte & _PRESENT:
-                self._split_huge(child, spte, level - 1)
-            self.tdp_mmu_set_spte(it.sp, it.index, S.make_nonleaf_spte(child.pfn), it.gfn)
-            vcpu.cpu.extra_cycles += kvm.costs.values["sp_alloc"]      # kvm.charge, inlined
+                return self._map_target_level(vcpu, sp, index, spte, level, fault)
+            if not spte & _PRESENT or spte & _LARGE:           # no table here: build one
+                entry_gfn = sp.gfn + (index << span)
+                child = alloc_child(sp, entry_gfn, level - 1)
+                child.parent = sp
+                child.parent_index = index
+                if spte & _PRESENT:
+                    self._split_huge(child, spte, level - 1)
+                self.tdp_mmu_set_spte(sp, index, S.make_nonleaf_spte(child.pfn), entry_gfn)
+                vcpu.cpu.extra_cycles += kvm.costs.values["sp_alloc"]      # kvm.charge, inlined
+                spte = _U64(spt, index << 3)[0]
+            if level == 1 or not spte & _PRESENT or spte & _LARGE:
+                break
+            sp = pages.get((spte & S.PFN_MASK) >> 12)              # try_step_down
+            if sp is None:
+                break
         raise AssertionError("the walk ended above the goal level")
 
     def _split_huge(self, child: MmuPage, huge: int, level: int) -> None:
