@@ -33,6 +33,7 @@ _KIND_QUAL = (EPT_QUAL_READ, EPT_QUAL_WRITE, EPT_QUAL_FETCH)
 _BAD_MEMTYPES = (2, 3, 7)
 _U64 = UNPACK_FROM[8]
 _PFN40 = (1 << 40) - 1
+_SHIFTS = (39, 30, 21, 12)          # gpa bits that index each level's table, 4 to 1
 
 
 class VmExit(Exception):
@@ -129,9 +130,7 @@ class EptHardware:
         pfn = self.ep4ta >> 12
         perms = 7                  # R, W, X (bits 0-2) AND-ed over the walk
         accessed = 0x100           # A (bit 8) AND-ed over the walk
-        level = 4
-        shift = 39
-        while True:
+        for shift in _SHIFTS:      # levels 4, 3, 2, 1
             e = _U64(pages[pfn], ((gpa >> shift) & 511) << 3)[0]
             if not e & 7:
                 self._violation(gpa, kind, walk, 0)
@@ -139,11 +138,9 @@ class EptHardware:
                 raise VmExit(EPT_MISCONFIG, 0, gpa)
             perms &= e
             accessed &= e
-            if level == 1 or (e & 0x80 and level < 4):      # a leaf (1 GiB / 2 MiB at 3 / 2)
+            if shift == 12 or (e & 0x80 and shift != 39):   # a leaf (1 GiB / 2 MiB at 3 / 2)
                 break
             pfn = (e >> 12) & _PFN40
-            level -= 1
-            shift -= 9
         if ((e >> 3) & 7) in _BAD_MEMTYPES:
             raise VmExit(EPT_MISCONFIG, 0, gpa)
         if not perms >> kind & 1:                           # READ 0, WRITE 1, FETCH 2
@@ -163,13 +160,11 @@ class EptHardware:
         flag of the leaf for a write (SDM 29.3.5): the same path again, writing."""
         pages = self.host_pages
         pfn = self.ep4ta >> 12
-        level = 4
-        shift = 39
-        while True:
+        for shift in _SHIFTS:
             table = pages[pfn]
             off = ((gpa >> shift) & 511) << 3
             e = _U64(table, off)[0]
-            leaf = level == 1 or (e & 0x80 and level < 4)
+            leaf = shift == 12 or (e & 0x80 and shift != 39)
             new = e | 0x100
             if leaf and kind == WRITE:
                 new |= 0x200
@@ -178,8 +173,6 @@ class EptHardware:
             if leaf:
                 return
             pfn = (e >> 12) & _PFN40
-            level -= 1
-            shift -= 9
 
     def _violation(self, gpa: int, kind: int, walk: bool, rights: int):
         qual = _KIND_QUAL[kind] | rights | EPT_QUAL_GLA_VALID | (0 if walk else EPT_QUAL_GLA_FINAL)
