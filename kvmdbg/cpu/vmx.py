@@ -34,6 +34,7 @@ _BAD_MEMTYPES = (2, 3, 7)
 _U64 = UNPACK_FROM[8]
 _PFN40 = (1 << 40) - 1
 _SHIFTS = (39, 30, 21, 12)          # gpa bits that index each level's table, 4 to 1
+_LAST_LEVEL = (12,)
 
 
 class VmExit(Exception):
@@ -62,6 +63,11 @@ class EptHardware:
         # the same entries and set no new A/D bit, so its answer is remembered.
         self.generation = generation          # a kvmdbg.generation.Generation, or None
         self.memo: dict = {}
+        # ... and so is where a walk's first three levels lead, per 2 MiB of guest-physical
+        # space: (ep4ta, gpa >> 21) -> (last table's pfn, R/W/X and A so far). Only
+        # present, non-leaf entries are remembered, and only a present entry's change
+        # moves the generation; A flags only ever get set without it.
+        self.prefixes: dict = {}
         self.memo_gen = None
         self.ad_enabled = ad_enabled
         self.ep4ta = 0
@@ -108,6 +114,7 @@ class EptHardware:
             gen = self.generation.value
             if gen != self.memo_gen:
                 self.memo.clear()
+                self.prefixes.clear()
                 self.memo_gen = gen
             gfn = gpa >> 12
             key = (self.ep4ta, gfn)
@@ -127,10 +134,20 @@ class EptHardware:
         # that reads the entries and checks them, and a second pass (_set_ad) only when
         # an accessed or dirty flag is still clear, which KVM's presets make rare.
         pages = self.host_pages
-        pfn = self.ep4ta >> 12
-        perms = 7                  # R, W, X (bits 0-2) AND-ed over the walk
-        accessed = 0x100           # A (bit 8) AND-ed over the walk
-        for shift in _SHIFTS:      # levels 4, 3, 2, 1
+        prefixes = self.prefixes if self.generation is not None else None   # see __init__
+        pre = prefix_key = None
+        if prefixes is not None:
+            prefix_key = (self.ep4ta, gpa >> 21)
+            pre = prefixes.get(prefix_key)
+        if pre is None:
+            pfn = self.ep4ta >> 12
+            perms = 7              # R, W, X (bits 0-2) AND-ed over the walk
+            accessed = 0x100       # A (bit 8) AND-ed over the walk
+            shifts = _SHIFTS       # levels 4, 3, 2, 1
+        else:
+            pfn, perms, accessed = pre
+            shifts = _LAST_LEVEL
+        for shift in shifts:
             e = _U64(pages[pfn], ((gpa >> shift) & 511) << 3)[0]
             if not e & 7:
                 self._violation(gpa, kind, walk, 0)
@@ -141,6 +158,8 @@ class EptHardware:
             if shift == 12 or (e & 0x80 and shift != 39):   # a leaf (1 GiB / 2 MiB at 3 / 2)
                 break
             pfn = (e >> 12) & _PFN40
+            if shift == 21 and prefixes is not None:
+                prefixes[prefix_key] = (pfn, perms, accessed)
         if ((e >> 3) & 7) in _BAD_MEMTYPES:
             raise VmExit(EPT_MISCONFIG, 0, gpa)
         if not perms >> kind & 1:                           # READ 0, WRITE 1, FETCH 2
