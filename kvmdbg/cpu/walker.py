@@ -177,8 +177,9 @@ def walk(cpu, va: int, acc: int, memo=None, key=None) -> TlbEntry:
             # the same tables answer the same, whatever the EPT translations do.
             e = _finish(cpu, va, acc, [], size, page_gpa, user, writable, nx, pkey, pte,
                         size_shift)
-            memo.remember(key, (tuple(gpas), tuple(pt_pages), page_gpa, user, writable, nx,
-                                pkey, pte, size_shift))
+            memo.remember(key, (tuple(zip(gpas, [hpn << 12 for hpn in pt_pages])),
+                                tuple(pt_pages), page_gpa, user, writable, nx, pkey, pte,
+                                size_shift))
             return e
     return _finish(cpu, va, acc, used, size, page_gpa, user, writable, nx, pkey, pte, size_shift)
 
@@ -254,17 +255,17 @@ class GuestWalkMemo:
         m = self.entries.get(key)
         if m is None:
             return walk(cpu, va, acc, self, key)
-        gpas, hpns, page_gpa, user, writable, nx, pkey, pte, size_shift = m
+        tables, hpns, page_gpa, user, writable, nx, pkey, pte, size_shift = m
         # Hot (after every EPT violation): the tables' translations, as the walk makes them.
+        # (walk_pt_pages is read only after a walk that returned.)
         translate_gpa = cpu.ops.translate_gpa
-        pt_pages = cpu.walk_pt_pages = []
-        for gpa, hpn in zip(gpas, hpns):
-            if translate_gpa(gpa, READ, True)[1] >> 12 != hpn:
+        cpu.walk_pt_pages = list(hpns)
+        for gpa, hpa in tables:
+            if translate_gpa(gpa, READ, True)[1] != hpa:
                 # Another host page behind a table: walk it. The translations made so far
                 # are made again; the EPT answers them from its cache as it just did.
                 del self.entries[key]
                 return walk(cpu, va, acc, self, key)
-            pt_pages.append(hpn)
         return _finish(cpu, va, acc, [], 8, page_gpa, user, writable, nx, pkey, pte, size_shift)
 
 
