@@ -106,9 +106,8 @@ class EptHardware:
         hit = self.cache.get(gfn)
         if hit is not None and (kind == READ or (kind == WRITE and hit[2]) or (kind == FETCH and hit[3])):
             return hit
-        return self._walk(gpa, kind, walk)
-
-    def _walk(self, gpa: int, kind: int, walk: bool):
+        # A miss (twice per EPT violation): the walk, or the answer it gave while the
+        # tables stood still.
         self.walks += 1
         if self.generation is not None:
             gen = self.generation.value
@@ -116,7 +115,6 @@ class EptHardware:
                 self.memo.clear()
                 self.prefixes.clear()
                 self.memo_gen = gen
-            gfn = gpa >> 12
             key = (self.ep4ta, gfn)
             got = self.memo.get(key)
             if got is not None and (kind == READ or (kind == WRITE and got[2]) or (kind == FETCH and got[3])):
