@@ -10,7 +10,8 @@ installed a table is walked into it.
 One simplification, for speed: over a range wider than one entry the walk visits only the
 entries that are not zero (a zero SPTE has nothing below it and KVM's callers skip it),
 so zapping a root costs its live entries, not 512 per table. Over a one-gfn range (the
-page-fault path) it visits the zero entries too, as kvm_tdp_mmu_map needs.
+page-fault path) it visits the zero entries too, as kvm_tdp_mmu_map needs (tdp_mmu.py
+writes that walk out for speed; tests/kvm/test_tdp_map_walk.py pins the two together).
 """
 
 from __future__ import annotations
@@ -85,21 +86,19 @@ def for_each_tdp_pte(pages, root, start: int = 0, end: int = GFN_LIMIT, min_leve
     table's pfn to its MmuPage."""
     it = TdpIter()
     if end - start == 1:
-        # One gfn (the page-fault path, on every EPT violation): one entry a level, zero
-        # entries included; _steps_down is written out.
+        # One gfn (the page-fault path): one entry a level, zero entries included.
         sp = root
         while True:
             level = sp.role & ROLE_LEVEL_MASK
             span = 9 * (level - 1)
             i = (start >> span) & 511
-            spt = sp.spt
             it.sp, it.index, it.gfn, it.level = sp, i, sp.gfn + (i << span), level
-            it.old_spte = _U64(spt, i << 3)[0]
+            it.old_spte = _U64(sp.spt, i << 3)[0]
             yield it
-            if level <= min_level or level == 1:
+            if level <= min_level:
                 return
-            spte = _U64(spt, i << 3)[0]                      # it may have changed
-            if not spte & SPTE_MMU_PRESENT or spte & PT_PAGE_SIZE:
+            spte = _U64(sp.spt, i << 3)[0]                   # it may have changed
+            if not _steps_down(spte, level):
                 return
             sp = pages.get((spte & PFN_MASK) >> 12)          # try_step_down
             if sp is None:

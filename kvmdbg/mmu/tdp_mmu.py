@@ -17,7 +17,8 @@ from functools import partial
 from kvmdbg.bits import PACK_INTO, UNPACK_FROM
 from kvmdbg.mmu import spte as S
 from kvmdbg.mmu.mmu import DirectMmuOps, RootInfo
-from kvmdbg.mmu.mmu_internal import ROLE_INVALID, ROLE_LEVEL_MASK, MmuPage, RetPF, kvm_bug, role_level, role_smm
+from kvmdbg.mmu.mmu_internal import (ROLE_INVALID, ROLE_LEVEL_MASK, MmuPage, RetPF, kvm_bug,
+                                     role_level, role_smm)
 from kvmdbg.mmu.tdp_iter import for_each_tdp_pte, nonzero_entries, nonzero_indices
 
 

@@ -53,7 +53,8 @@ class World:
             self.pages[pfn] = bytearray(4096)
         for gpa in GPAS:
             for level in (4, 3, 2, 1):
-                self.put(level, gpa, _entry("table", level, 0) if level > 1 else _entry("leaf", 1, 0))
+                kind = "table" if level > 1 else "leaf"
+                self.put(level, gpa, _entry(kind, level, 0))
         self.ept.load_eptp(TABLES[4] << 12)
 
     def put(self, level, gpa, value):

@@ -4,8 +4,9 @@ Two identical worlds run the same random sequence of walks, guest page-table wri
 gpa -> host page remaps, unmapped tables and mode changes: one walks with the memo, the
 other with walker.walk. Every outcome must match: the TLB entry or the fault, the
 second level's translation misses (in order; a hit has no effect, as in EptHardware),
-the pages the walk reports, and memory (accessed/dirty flags). The worlds follow the decode cache's contract as the CPU
-does: pt_generation moves on a write to a host page a successful walk read.
+the pages the walk reports, and memory (accessed/dirty flags). The worlds follow the
+decode cache's contract as the CPU does: pt_generation moves on a write to a host page a
+successful walk read.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ class World:
         self.put(pd, 1, pt1 << 12 | P | RW | A)
         for i in range(8):
             self.put(pt0, i, (8 + i) << 12 | P | RW | US | A | (D if i & 1 else 0))
-            self.put(pt1, i, (8 + i) << 12 | P | (RW if i & 2 else 0) | A | D | (XD if i & 4 else 0))
+            self.put(pt1, i,
+                     (8 + i) << 12 | P | (RW if i & 2 else 0) | A | D | (XD if i & 4 else 0))
 
     def get_rflags(self):
         return 2

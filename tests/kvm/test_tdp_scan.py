@@ -15,8 +15,8 @@ from kvmdbg.mmu import spte as S
 from kvmdbg.mmu.tdp_iter import _SPARSE, nonzero_indices
 
 # Entries whose only non-zero byte is any one of the eight, and full values.
-_value = st.one_of(st.integers(1, 255).flatmap(lambda b: st.integers(0, 7).map(lambda k: b << (8 * k))),
-                   st.integers(1, (1 << 64) - 1))
+_one_byte = st.tuples(st.integers(1, 255), st.integers(0, 7)).map(lambda bk: bk[0] << (8 * bk[1]))
+_value = st.one_of(_one_byte, st.integers(1, (1 << 64) - 1))
 
 
 @settings(max_examples=300, deadline=None, database=None)
