@@ -42,12 +42,19 @@ class TdpIter:
 
 _NONZERO_BYTE = bytes([0] + [1] * 255)     # bytes.translate table: 1 for a non-zero byte
 _SPARSE = 48                               # entries past which a full scan is quicker
+_ZERO_ENTRY = bytes(8)
 
 
-def nonzero_indices(spt) -> list:
-    """The indices of a table's non-zero entries, in order. A zap scans every table, and
-    tables are mostly empty: the bytes are mapped to 0/1 and searched at C speed, one
-    find per entry; a dense table is listed by one pass over all 512 entries instead."""
+def scan_table(spt) -> tuple:
+    """(the indices of a table's non-zero entries in order, as an iterable to go through
+    once, and its entries by index). A zap scans every table, and tables are mostly
+    empty: the bytes are mapped to 0/1 and searched at C speed, one find per entry, the
+    entries read through a memoryview. A table that looks dense (its first and last
+    entries in use), or turns out so, is read whole into a list and listed in one pass
+    over its 512 entries instead. Either way the answer is the same; only the time is not."""
+    if not (spt[:8] == _ZERO_ENTRY or spt[-8:] == _ZERO_ENTRY):
+        values = memoryview(spt).cast("Q").tolist()
+        return compress(_INDICES, values), values
     find = spt.translate(_NONZERO_BYTE).find
     out = []
     pos = find(1)
@@ -55,9 +62,15 @@ def nonzero_indices(spt) -> list:
         i = pos >> 3
         out.append(i)
         if len(out) > _SPARSE:
-            return list(compress(_INDICES, memoryview(spt).cast("Q").tolist()))
+            values = memoryview(spt).cast("Q").tolist()
+            return compress(_INDICES, values), values
         pos = find(1, (i + 1) << 3)
-    return out
+    return out, memoryview(spt).cast("Q")
+
+
+def nonzero_indices(spt) -> list:
+    """The indices of a table's non-zero entries, in order (scan_table)."""
+    return list(scan_table(spt)[0])
 
 
 def nonzero_entries(sp):

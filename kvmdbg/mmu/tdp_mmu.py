@@ -19,7 +19,7 @@ from kvmdbg.mmu import spte as S
 from kvmdbg.mmu.mmu import DirectMmuOps, RootInfo
 from kvmdbg.mmu.mmu_internal import (ROLE_INVALID, ROLE_LEVEL_MASK, MmuPage, RetPF, kvm_bug,
                                      role_level, role_smm)
-from kvmdbg.mmu.tdp_iter import for_each_tdp_pte, nonzero_entries, nonzero_indices
+from kvmdbg.mmu.tdp_iter import for_each_tdp_pte, nonzero_entries, scan_table
 
 
 
@@ -264,8 +264,8 @@ class TdpMmu:
         span = 9 * (level - 1)
         removed = S.REMOVED_SPTE
         present_bit, large_bit = S.SPTE_MMU_PRESENT, S.PT_PAGE_SIZE
-        values = memoryview(sp.spt).cast("Q")
-        live = [i for i in nonzero_indices(sp.spt) if values[i] != removed]
+        indices, values = scan_table(sp.spt)
+        live = [i for i in indices if values[i] != removed]
         as_id = role_smm(sp.role)
         if level == 1:
             # Leaves only (the bulk of a zap): counted at C speed, traced in index order.

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvmdbg.mmu import spte as S
-from kvmdbg.mmu.tdp_iter import _SPARSE, nonzero_indices
+from kvmdbg.mmu.tdp_iter import _SPARSE, nonzero_indices, scan_table
 
 # Entries whose only non-zero byte is any one of the eight, and full values.
 _one_byte = st.tuples(st.integers(1, 255), st.integers(0, 7)).map(lambda bk: bk[0] << (8 * bk[1]))
@@ -26,7 +26,22 @@ def test_nonzero_indices_is_every_nonzero_entry(entries):
     spt = bytearray(4096)
     for i, v in entries.items():
         spt[i * 8:i * 8 + 8] = v.to_bytes(8, "little")
-    assert nonzero_indices(spt) == [i for i in range(512) if any(spt[i * 8:i * 8 + 8])]
+    want = [i for i in range(512) if any(spt[i * 8:i * 8 + 8])]
+    assert nonzero_indices(spt) == want
+    indices, values = scan_table(spt)
+    assert list(indices) == want
+    assert [values[i] for i in range(512)] == [int.from_bytes(spt[i * 8:i * 8 + 8], "little")
+                                               for i in range(512)]
+
+
+def test_scan_table_each_way():
+    """Sparse, sparse with both ends in use (read as dense), and dense past _SPARSE."""
+    for used in ([3], [0, 511], [0, 5, 511], list(range(0, 512, 7)), list(range(1, 100))):
+        spt = bytearray(4096)
+        for i in used:
+            spt[i * 8 + 5] = 1
+        indices, values = scan_table(spt)
+        assert list(indices) == used and all(values[i] == 1 << 40 for i in used)
 
 
 _spte = st.one_of(st.just(0), st.just(S.REMOVED_SPTE),
