@@ -103,10 +103,24 @@ class ZapInvalidatedInPlace:
                 tdp.put_root(root, None)
 
 
+class _EmptyWhenPickled(dict):
+    """A memo that snapshots do not carry: it unpickles empty."""
+
+    def __reduce__(self):
+        return (type(self), ())
+
+
 class TdpMmu:
     """kvm->arch.tdp_mmu_roots and the TDP MMU's table code (map, zap, teardown). The
     table code also builds the legacy direct MMU's tables (legacy.py). Pages come from the
-    VM's pool (mmu_pages.py), which every MMU shares."""
+    VM's pool (mmu_pages.py), which every MMU shares.
+
+    One memo, owned here: last_tables, (root pfn, gfn >> 9) -> the 4 KiB table a 4 KiB
+    fault's walk reached from that root, so map() starts there. Only a path of present,
+    non-leaf SPTEs is remembered, and it is emptied whenever the pool's generation moves
+    (a present SPTE changed or a table went: kvmdbg/generation.py); a table built where
+    one was missing does not move it and cannot change a remembered path. Root pfns are
+    never reused. Unpickles empty."""
 
     def __init__(self, kvm, root_put=None, invalidated_zap=None):
         self.kvm = kvm
@@ -115,6 +129,8 @@ class TdpMmu:
         self.roots: list[MmuPage] = []        # tdp_mmu_roots, newest first (list_add_rcu)
         self.pool = kvm.mmu_pages
         self.pages = self.pool.pages          # pfn -> page, for walking tables
+        self.last_tables = _EmptyWhenPickled()
+        self.last_tables_gen = None
 
     # --- roots (tdp_mmu.c) ---
 
@@ -364,6 +380,21 @@ class TdpMmu:
         # walk stands, and the walk then steps down into it (re-reading the entry, as
         # tdp_iter_next does). Written out rather than through for_each_tdp_pte: this runs
         # on every EPT violation (tests/kvm/test_tdp_map_walk.py pins the two together).
+        key = None
+        if goal_level == 1:
+            # The path to this gfn's 4 KiB table, as the walk found it (see the class).
+            gen = self.pool.generation.value
+            if gen != self.last_tables_gen:
+                self.last_tables.clear()
+                self.last_tables_gen = gen
+            key = (root.pfn, gfn >> 9)
+            sp = self.last_tables.get(key)
+            if sp is not None:
+                index = gfn & 511
+                spte = _U64(sp.spt, index << 3)[0]
+                if spte == _REMOVED:
+                    return RetPF.RETRY
+                return self._map_target_level(vcpu, sp, index, spte, 1, fault)
         pages = self.pages
         sp = root
         while True:
@@ -375,6 +406,8 @@ class TdpMmu:
             if spte == _REMOVED:
                 return RetPF.RETRY
             if level == goal_level:
+                if key is not None:
+                    self.last_tables[key] = sp
                 return self._map_target_level(vcpu, sp, index, spte, level, fault)
             if not spte & _PRESENT or spte & _LARGE:           # no table here: build one
                 entry_gfn = sp.gfn + (index << span)
