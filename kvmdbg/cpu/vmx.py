@@ -32,6 +32,9 @@ READ, WRITE, FETCH = 0, 1, 2       # access kinds, as cpu/walker.py passes them
 _KIND_QUAL = (EPT_QUAL_READ, EPT_QUAL_WRITE, EPT_QUAL_FETCH)
 _BAD_MEMTYPES = (2, 3, 7)
 _U64 = UNPACK_FROM[8]
+_PFN40 = (1 << 40) - 1
+_SHIFTS = (39, 30, 21, 12)          # gpa bits that index each level's table, 4 to 1
+_LAST_LEVEL = (12,)
 
 
 class VmExit(Exception):
@@ -60,6 +63,11 @@ class EptHardware:
         # the same entries and set no new A/D bit, so its answer is remembered.
         self.generation = generation          # a kvmdbg.generation.Generation, or None
         self.memo: dict = {}
+        # ... and so is where a walk's first three levels lead, per 2 MiB of guest-physical
+        # space: (ep4ta, gpa >> 21) -> (last table's pfn, R/W/X and A so far). Only
+        # present, non-leaf entries are remembered, and only a present entry's change
+        # moves the generation; A flags only ever get set without it.
+        self.prefixes: dict = {}
         self.memo_gen = None
         self.ad_enabled = ad_enabled
         self.ep4ta = 0
@@ -98,72 +106,90 @@ class EptHardware:
         hit = self.cache.get(gfn)
         if hit is not None and (kind == READ or (kind == WRITE and hit[2]) or (kind == FETCH and hit[3])):
             return hit
-        return self._walk(gpa, kind, walk)
-
-    def _walk(self, gpa: int, kind: int, walk: bool):
+        # A miss (twice per EPT violation): the walk, or the answer it gave while the
+        # tables stood still.
         self.walks += 1
         if self.generation is not None:
             gen = self.generation.value
             if gen != self.memo_gen:
                 self.memo.clear()
+                self.prefixes.clear()
                 self.memo_gen = gen
-            key = (self.ep4ta, gpa >> 12)
+            key = (self.ep4ta, gfn)
             got = self.memo.get(key)
             if got is not None and (kind == READ or (kind == WRITE and got[2]) or (kind == FETCH and got[3])):
                 if kind != WRITE or got[4]:
-                    self.cache[gpa >> 12] = got[:4]
-                    return got[:4]
+                    got = got[:4]
+                    self.cache[gfn] = got
+                    return got
             got = self._real_walk(gpa, kind, walk)
             self.memo[key] = got + (kind == WRITE,)
             return got
         return self._real_walk(gpa, kind, walk)
 
     def _real_walk(self, gpa: int, kind: int, walk: bool):
+        # Runs on every EPT TLB miss (twice per EPT violation): one pass of plain locals
+        # that reads the entries and checks them, and a second pass (_set_ad) only when
+        # an accessed or dirty flag is still clear, which KVM's presets make rare.
         pages = self.host_pages
-        pfn = self.ep4ta >> 12
-        r = w = x = True
-        used = []
-        level = 4
-        while True:
-            table = pages[pfn]
-            off = ((gpa >> (12 + 9 * (level - 1))) & 511) << 3
-            e = _U64(table, off)[0]
-            perm = e & 7
-            if perm == 0:
+        prefixes = self.prefixes if self.generation is not None else None   # see __init__
+        pre = prefix_key = None
+        if prefixes is not None:
+            prefix_key = (self.ep4ta, gpa >> 21)
+            pre = prefixes.get(prefix_key)
+        if pre is None:
+            pfn = self.ep4ta >> 12
+            perms = 7              # R, W, X (bits 0-2) AND-ed over the walk
+            accessed = 0x100       # A (bit 8) AND-ed over the walk
+            shifts = _SHIFTS       # levels 4, 3, 2, 1
+        else:
+            pfn, perms, accessed = pre
+            shifts = _LAST_LEVEL
+        for shift in shifts:
+            e = _U64(pages[pfn], ((gpa >> shift) & 511) << 3)[0]
+            if not e & 7:
                 self._violation(gpa, kind, walk, 0)
-            if (e & 2 and not e & 1) or (e & 4 and not e & 1):
+            if e & 6 and not e & 1:                         # W or X without R
                 raise VmExit(EPT_MISCONFIG, 0, gpa)
-            leaf = level == 1 or (e & 0x80 and level in (2, 3))
-            if leaf and ((e >> 3) & 7) in _BAD_MEMTYPES:
-                raise VmExit(EPT_MISCONFIG, 0, gpa)
-            r = r and bool(e & 1)
-            w = w and bool(e & 2)
-            x = x and bool(e & 4)
-            used.append((table, off, e))
-            if leaf:
+            perms &= e
+            accessed &= e
+            if shift == 12 or (e & 0x80 and shift != 39):   # a leaf (1 GiB / 2 MiB at 3 / 2)
                 break
-            pfn = (e >> 12) & ((1 << 40) - 1)
-            level -= 1
-        perms = (r, w, x)
-        if not perms[kind]:
-            self._violation(gpa, kind, walk, (r and EPT_QUAL_READABLE) | (w and EPT_QUAL_WRITABLE)
-                            | (x and EPT_QUAL_EXECUTABLE))
-        if self.ad_enabled:
-            last = len(used) - 1
-            for i, (table, off, e) in enumerate(used):
-                new = e | 0x100
-                if i == last and kind == WRITE:
-                    new |= 0x200
-                if new != e:
-                    table[off:off + 8] = new.to_bytes(8, "little")
-        size_shift = 12 + 9 * (level - 1)
-        base_pfn = (e >> 12) & ((1 << 40) - 1) & ~((1 << (size_shift - 12)) - 1)
-        leaf_pfn = base_pfn + ((gpa >> 12) & ((1 << (size_shift - 12)) - 1))
-        got = (pages[leaf_pfn], leaf_pfn << 12, w, x)
+            pfn = (e >> 12) & _PFN40
+            if shift == 21 and prefixes is not None:
+                prefixes[prefix_key] = (pfn, perms, accessed)
+        if ((e >> 3) & 7) in _BAD_MEMTYPES:
+            raise VmExit(EPT_MISCONFIG, 0, gpa)
+        if not perms >> kind & 1:                           # READ 0, WRITE 1, FETCH 2
+            self._violation(gpa, kind, walk, (perms & 7) << 3)   # readable/writable/executable
+        if self.ad_enabled and (not accessed or (kind == WRITE and not e & 0x200)):
+            self._set_ad(gpa, kind)
+        span = shift - 12                                   # pfn bits the leaf's offset spans
+        leaf_pfn = ((e >> 12) & _PFN40 & ~((1 << span) - 1)) + ((gpa >> 12) & ((1 << span) - 1))
+        got = (pages[leaf_pfn], leaf_pfn << 12, bool(perms & 2), bool(perms & 4))
         # Read-only or non-executable translations are cached too; translate() re-walks
         # (and so exits) when an access needs a right the cached entry lacks.
         self.cache[gpa >> 12] = got
         return got
+
+    def _set_ad(self, gpa: int, kind: int) -> None:
+        """A successful walk sets the accessed flag of every entry it used, and the dirty
+        flag of the leaf for a write (SDM 29.3.5): the same path again, writing."""
+        pages = self.host_pages
+        pfn = self.ep4ta >> 12
+        for shift in _SHIFTS:
+            table = pages[pfn]
+            off = ((gpa >> shift) & 511) << 3
+            e = _U64(table, off)[0]
+            leaf = shift == 12 or (e & 0x80 and shift != 39)
+            new = e | 0x100
+            if leaf and kind == WRITE:
+                new |= 0x200
+            if new != e:
+                table[off:off + 8] = new.to_bytes(8, "little")
+            if leaf:
+                return
+            pfn = (e >> 12) & _PFN40
 
     def _violation(self, gpa: int, kind: int, walk: bool, rights: int):
         qual = _KIND_QUAL[kind] | rights | EPT_QUAL_GLA_VALID | (0 if walk else EPT_QUAL_GLA_FINAL)

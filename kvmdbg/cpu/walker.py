@@ -80,8 +80,10 @@ def _read_entry(ops, gpa: int, pt_pages: list, size: int = 8, unpack=_U64):
     return unpack(page, off)[0], page, off
 
 
-def walk(cpu, va: int, acc: int) -> TlbEntry:
-    """Translate va for an access, or raise #PF. Returns a TLB entry for va's 4 KiB page."""
+def walk(cpu, va: int, acc: int, memo=None, key=None) -> TlbEntry:
+    """Translate va for an access, or raise #PF. Returns a TLB entry for va's 4 KiB page.
+    With a GuestWalkMemo (and its key for this walk), a 4-level walk that succeeds without
+    an accessed/dirty update is remembered there."""
     ops = cpu.ops
     vpn = va >> 12
     if not cpu.cr0 & CR0_PG:
@@ -113,36 +115,54 @@ def walk(cpu, va: int, acc: int) -> TlbEntry:
         pkey = 0
         size = 4
     else:
+        # Hot (every TLB miss): the entries' reads are written out (not _read_entry), the
+        # rights are AND-ed / OR-ed as bit masks, and only the entries whose accessed or
+        # dirty flag this walk must set are kept for the update below.
         nxe = efer & EFER_NXE
+        translate_gpa = ops.translate_gpa
         pt_pages = cpu.walk_pt_pages = []     # host pages of the paging structures read
-        user = writable = True
-        nx = False
-        used = []                  # (page, offset, value) of every entry used, for A/D updates
+        anded = US | RW            # U/S and R/W AND-ed over the walk
+        ored = 0                   # XD OR-ed over the walk
+        write = acc & PFERR_WRITE
+        used = []                  # (offset, new value, gpa) of every entry to update
+        gpas = []                  # the entries' guest-physical addresses (for a memo)
         while True:
             shift = 12 + 9 * (level - 1)
             gpa = base | ((va >> shift) & 511) << 3
-            pte, page, off = _read_entry(ops, gpa, pt_pages)
+            page, hpa, _w, _x = translate_gpa(gpa, READ, True)
+            if page is None:
+                pte = ops.mmio_read(gpa, 8)
+                memo = None        # a table in MMIO: nothing to remember
+            else:
+                pt_pages.append(hpa >> 12)
+                gpas.append(gpa)
+                pte = _U64(page, gpa & 0xFFF)[0]
             if not pte & P:
                 _fault(cpu, va, error_bits(cpu, acc))
             rsvd = pte & rsvd_high or (pte & XD and not nxe)
-            leaf = level == 1 or (pte & PS and level < 4)
-            if level == 4 and pte & PS:
-                rsvd = True
-            elif leaf and level == 3 and (pte & RSVD_1G or "pdpe1gb" not in cpu.features):
-                rsvd = True        # PS is reserved in a PDPTE without 1 GiB pages (SDM 4.5.4)
-            elif leaf and level == 2 and pte & RSVD_2M:
-                rsvd = True
+            leaf = level == 1
+            if pte & PS and not leaf:
+                leaf = True
+                if level == 4:
+                    rsvd = True
+                elif level == 3 and (pte & RSVD_1G or "pdpe1gb" not in cpu.features):
+                    rsvd = True    # PS is reserved in a PDPTE without 1 GiB pages (SDM 4.5.4)
+                elif level == 2 and pte & RSVD_2M:
+                    rsvd = True
             if rsvd:
                 _fault(cpu, va, PFERR_PRESENT | PFERR_RSVD | error_bits(cpu, acc))
-            used.append((page, off, pte, gpa))
-            user = user and bool(pte & US)
-            writable = writable and bool(pte & RW)
-            if nxe and pte & XD:
-                nx = True
+            anded &= pte
+            ored |= pte
+            new = pte | A | (D if leaf and write else 0)
+            if new != pte:
+                used.append((gpa & 0xFFF, new, gpa))
             if leaf:
                 break
             base = pte & ADDR_MASK
             level -= 1
+        user = bool(anded & US)
+        writable = bool(anded & RW)
+        nx = bool(nxe and ored & XD)
 
         size_shift = 12 + 9 * (level - 1)
         if level == 1:
@@ -152,29 +172,101 @@ def walk(cpu, va: int, acc: int) -> TlbEntry:
                         | (va & ((1 << size_shift) - 1) & ~0xFFF))
         pkey = (pte >> 59) & 0xF
         size = 8
-    glob = bool(pte & G) and bool(cpu.cr4 & CR4_PGE)
+        if memo is not None and not used and level != 3 and efer & EFER_LMA:
+            # Nothing to write and no 1 GiB leaf (whose check reads the CPUID features):
+            # the same tables answer the same, whatever the EPT translations do.
+            e = _finish(cpu, va, acc, [], size, page_gpa, user, writable, nx, pkey, pte,
+                        size_shift)
+            memo.remember(key, (tuple(zip(gpas, [hpn << 12 for hpn in pt_pages])),
+                                tuple(pt_pages), page_gpa, user, writable, nx, pkey, pte,
+                                size_shift))
+            return e
+    return _finish(cpu, va, acc, used, size, page_gpa, user, writable, nx, pkey, pte, size_shift)
 
+
+def _finish(cpu, va: int, acc: int, used: list, size: int, page_gpa: int, user: bool,
+            writable: bool, nx: bool, pkey: int, pte: int, size_shift: int) -> TlbEntry:
+    """The end of every walk: the rights check, the accessed/dirty updates (only after the
+    check passed), the final page's translation and the TLB entry."""
     code = access_error(cpu, user, writable, nx, pkey, acc)
     if code:
         _fault(cpu, va, code)
 
     # Accessed flags on every entry used, dirty on the leaf for a write (SDM 4.8).
-    write = bool(acc & PFERR_WRITE)
-    last = len(used) - 1
-    for i, (page, off, val, gpa) in enumerate(used):
-        new = val | A
-        if i == last and write:
-            new |= D
-        if new != val:
-            wpage, _h, _w, _x = ops.translate_gpa(gpa, WRITE, True)
-            if wpage is not None:
-                wpage[off:off + size] = new.to_bytes(size, "little")
-    dirty = write or bool(pte & D)
+    translate_gpa = cpu.ops.translate_gpa
+    for off, new, gpa in used:
+        wpage = translate_gpa(gpa, WRITE, True)[0]
+        if wpage is not None:
+            wpage[off:off + size] = new.to_bytes(size, "little")
+    write = acc & PFERR_WRITE
+    dirty = bool(write) or bool(pte & D)
+    glob = bool(pte & G) and bool(cpu.cr4 & CR4_PGE)
 
     kind = FETCH if acc & PFERR_FETCH else WRITE if write else READ
-    page, hpa, ew, ex = ops.translate_gpa(page_gpa, kind, False)
-    return TlbEntry(vpn, page, hpa, page_gpa, user, writable, nx, dirty, glob, pkey,
+    page, hpa, ew, ex = translate_gpa(page_gpa, kind, False)
+    return TlbEntry(va >> 12, page, hpa, page_gpa, user, writable, nx, dirty, glob, pkey,
                     size_shift, ew, ex)
+
+
+class GuestWalkMemo:
+    """What the guest's own tables said in a vCPU's successful 4-level walks, so that the
+    walk after each EPT violation (the hardware restarts it from CR3) need not check every
+    entry again. kvm/vcpu.py makes one per vCPU under EPT and makes its `walk` the CPU's
+    walk_fn.
+
+    An entry holds the entries' gpas and the host pages they were read from, and what the
+    walk derived from them (rights, leaf, final gpa); only walks that set no accessed or
+    dirty flag and end below 1 GiB are kept. Replaying one does everything the walk does
+    with the EPT (each table's translation, in order, then the final page's) and
+    everything that depends on the mode (the rights check, G with CR4.PGE); it falls back
+    to the full walk when a table's translation names another host page.
+
+    Owner and invalidation: this object. Emptied when the decode cache's pt_generation
+    moves (a write to a page the CPU walked: DecodeCache.note_write, which every guest,
+    KVM and debugger write reaches); keyed by (page, access, CR3, EFER) and bounded; set
+    A/D flags never undo an entry. Pickles empty (snapshots rebuild the decode cache)."""
+
+    __slots__ = ("entries", "pt_generation")
+
+    MAX_ENTRIES = 4096             # a bound, not a policy
+
+    def __init__(self) -> None:
+        self.entries: dict = {}
+        self.pt_generation = None
+
+    def __reduce__(self):
+        return (GuestWalkMemo, ())
+
+    def remember(self, key, entry) -> None:
+        if len(self.entries) >= self.MAX_ENTRIES:
+            self.entries.clear()
+        self.entries[key] = entry
+
+    def walk(self, cpu, va: int, acc: int) -> TlbEntry:
+        """walk(), replayed from memory when the guest's tables cannot have changed."""
+        efer = cpu.efer
+        if not (efer & EFER_LMA and cpu.cr0 & CR0_PG):
+            return walk(cpu, va, acc)
+        gen = cpu.decode_cache.pt_generation
+        if gen != self.pt_generation:
+            self.entries.clear()
+            self.pt_generation = gen
+        key = (va >> 12, acc, cpu.cr3, efer)
+        m = self.entries.get(key)
+        if m is None:
+            return walk(cpu, va, acc, self, key)
+        tables, hpns, page_gpa, user, writable, nx, pkey, pte, size_shift = m
+        # Hot (after every EPT violation): the tables' translations, as the walk makes them.
+        # (walk_pt_pages is read only after a walk that returned.)
+        translate_gpa = cpu.ops.translate_gpa
+        cpu.walk_pt_pages = list(hpns)
+        for gpa, hpa in tables:
+            if translate_gpa(gpa, READ, True)[1] != hpa:
+                # Another host page behind a table: walk it. The translations made so far
+                # are made again; the EPT answers them from its cache as it just did.
+                del self.entries[key]
+                return walk(cpu, va, acc, self, key)
+        return _finish(cpu, va, acc, [], 8, page_gpa, user, writable, nx, pkey, pte, size_shift)
 
 
 def _fault(cpu, va: int, code: int):
@@ -184,24 +276,31 @@ def _fault(cpu, va: int, code: int):
 def _walk_32(cpu, va: int, acc: int) -> tuple:
     """32-bit paging (SDM 4.3) to the leaf, for walk(): a page directory at CR3[31:12] and
     page tables of 4-byte entries, 4 MiB pages when CR4.PSE and the PDE's PS are set. No XD
-    and no reserved bits, except bits 21:13 of a 4 MiB PDE (the model reports no PSE-36)."""
+    and no reserved bits, except bits 21:13 of a 4 MiB PDE (the model reports no PSE-36).
+    `used` lists (offset, new value, gpa) of the entries whose A (or the leaf's D, for a
+    write) the walk must set, as walk() does for the other modes."""
     ops = cpu.ops
     pt_pages = cpu.walk_pt_pages = []
+    d_if_write = D if acc & PFERR_WRITE else 0
     pde_gpa = (cpu.cr3 & PT32_ADDR_MASK) | ((va >> 22) & 1023) << 2
-    pde, page, off = _read_entry(ops, pde_gpa, pt_pages, 4, _U32)
+    pde, _page, off = _read_entry(ops, pde_gpa, pt_pages, 4, _U32)
     if not pde & P:
         _fault(cpu, va, error_bits(cpu, acc))
-    used = [(page, off, pde, pde_gpa)]
     if pde & PS and cpu.cr4 & CR4_PSE:
         if pde & PT32_4M_RSVD:
             _fault(cpu, va, PFERR_PRESENT | PFERR_RSVD | error_bits(cpu, acc))
+        new = pde | A | d_if_write
+        used = [(off, new, pde_gpa)] if new != pde else []
         return (used, pde, (pde & PT32_4M_ADDR_MASK) | (va & 0x3FF000), 22, bool(pde & US),
                 bool(pde & RW), False)
+    used = [(off, pde | A, pde_gpa)] if not pde & A else []
     pte_gpa = (pde & PT32_ADDR_MASK) | ((va >> 12) & 1023) << 2
-    pte, page, off = _read_entry(ops, pte_gpa, pt_pages, 4, _U32)
+    pte, _page, off = _read_entry(ops, pte_gpa, pt_pages, 4, _U32)
     if not pte & P:
         _fault(cpu, va, error_bits(cpu, acc))
-    used.append((page, off, pte, pte_gpa))
+    new = pte | A | d_if_write
+    if new != pte:
+        used.append((off, new, pte_gpa))
     return (used, pte, pte & PT32_ADDR_MASK, 12, bool(pde & pte & US), bool(pde & pte & RW),
             False)
 

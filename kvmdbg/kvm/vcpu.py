@@ -17,7 +17,7 @@ from kvmdbg.cpu.regs import (CR0_TS, CR0_WP, CR4_DE, CR4_FSGSBASE, CR4_OSFXSR, C
                              CR4_PAE, CR4_PCE, CR4_PDPTR_BITS, CR4_PGE, CR4_PVI, CR4_SMEP,
                              CR4_TSD, EFER_LMA)
 from kvmdbg.cpu.translate import generate
-from kvmdbg.kvm import x86
+from kvmdbg.kvm import emulate, x86
 from kvmdbg.errors import UnsupportedMode
 from kvmdbg.kvm.cpuid import cpuid_features, guest_cpuid
 from kvmdbg.mmu import mmu as M
@@ -68,6 +68,10 @@ class Vcpu:
         self.set_cpuid(vm.cpu_features)
         self.cpu.walk_cost = vm.costs["tlb_miss"]
         self.host_pages = vm.host.pages
+        if self.ept is not None:
+            # Under EPT every violation restarts the guest's walk from CR3; what the guest's
+            # own tables said is remembered (cpu/walker.py: GuestWalkMemo, its owner).
+            self.cpu.walk_fn = walker.GuestWalkMemo().walk
         if not p.tdp_enabled:
             # Shadow paging (vmx.c with enable_ept=0): the hardware walks KVM's tables, runs
             # with CR0.WP forced on, and #PF and INVLPG exit.
@@ -310,7 +314,6 @@ class Vcpu:
     def handle_exit(self, cpu, exit_: V.VmExit) -> None:
         """Exits raised in the middle of an instruction (EPT violation / misconfig, and the
         #PF intercept of shadow paging)."""
-        from kvmdbg.kvm import emulate
         kvm = self.kvm
         gpa = exit_.gpa
         if exit_.reason == V.EXCEPTION_NMI:
@@ -329,9 +332,10 @@ class Vcpu:
         if exit_.reason == V.EPT_VIOLATION:
             self.vmexit(V.EPT_VIOLATION, info1=exit_.qualification, info2=gpa)
             kvm.stats["kvmdbg_ept_violations"] += 1
-            kvm.charge(self, "ept_violation")
-            kvm.trace("kvm_page_fault", self.index, guest_rip=cpu.rip, fault_address=gpa,
-                      error_code=exit_.qualification)
+            cpu.extra_cycles += kvm.costs.values["ept_violation"]      # kvm.charge, inlined
+            if kvm.bus.active:
+                kvm.trace("kvm_page_fault", self.index, guest_rip=cpu.rip, fault_address=gpa,
+                          error_code=exit_.qualification)
             ret = M.kvm_mmu_page_fault(self, gpa, M.ept_violation_error_code(exit_.qualification))
         else:
             self.vmexit(V.EPT_MISCONFIG, info2=gpa)

@@ -10,7 +10,8 @@ installed a table is walked into it.
 One simplification, for speed: over a range wider than one entry the walk visits only the
 entries that are not zero (a zero SPTE has nothing below it and KVM's callers skip it),
 so zapping a root costs its live entries, not 512 per table. Over a one-gfn range (the
-page-fault path) it visits the zero entries too, as kvm_tdp_mmu_map needs.
+page-fault path) it visits the zero entries too, as kvm_tdp_mmu_map needs (tdp_mmu.py
+writes that walk out for speed; tests/kvm/test_tdp_map_walk.py pins the two together).
 """
 
 from __future__ import annotations
@@ -39,14 +40,46 @@ class TdpIter:
                 f"old_spte={self.old_spte:#x})")
 
 
+_NONZERO_BYTE = bytes([0] + [1] * 255)     # bytes.translate table: 1 for a non-zero byte
+_SPARSE = 48                               # entries past which a full scan is quicker
+_ZERO_ENTRY = bytes(8)
+
+
+def scan_table(spt) -> tuple:
+    """(the indices of a table's non-zero entries in order, as an iterable to go through
+    once, and its entries by index). A zap scans every table, and tables are mostly
+    empty: the bytes are mapped to 0/1 and searched at C speed, one find per entry, the
+    entries read through a memoryview. A table that looks dense (its first and last
+    entries in use), or turns out so, is read whole into a list and listed in one pass
+    over its 512 entries instead. Either way the answer is the same; only the time is not."""
+    if not (spt[:8] == _ZERO_ENTRY or spt[-8:] == _ZERO_ENTRY):
+        values = memoryview(spt).cast("Q").tolist()
+        return compress(_INDICES, values), values
+    find = spt.translate(_NONZERO_BYTE).find
+    out = []
+    pos = find(1)
+    while pos >= 0:
+        i = pos >> 3
+        out.append(i)
+        if len(out) > _SPARSE:
+            values = memoryview(spt).cast("Q").tolist()
+            return compress(_INDICES, values), values
+        pos = find(1, (i + 1) << 3)
+    return out, memoryview(spt).cast("Q")
+
+
+def nonzero_indices(spt) -> list:
+    """The indices of a table's non-zero entries, in order (scan_table)."""
+    return list(scan_table(spt)[0])
+
+
 def nonzero_entries(sp):
     """(index, spte) of every entry of one table that is not zero (present, MMIO and
-    removed SPTEs alike), in index order. The table is scanned for non-zero entries once,
-    at C speed (tables are mostly empty, and a zap visits every table); each entry is read
-    again as the walk reaches it, so one a caller zeroed meanwhile is skipped. (No caller
-    creates entries in a table it is walking.)"""
+    removed SPTEs alike), in index order. The table is scanned for non-zero entries once
+    (nonzero_indices); each entry is read again as the walk reaches it, so one a caller
+    zeroed meanwhile is skipped. (No caller creates entries in a table it is walking.)"""
     mv = memoryview(sp.spt).cast("Q")
-    for i in compress(_INDICES, mv.tolist()):
+    for i in nonzero_indices(sp.spt):
         v = mv[i]
         if v:
             yield i, v

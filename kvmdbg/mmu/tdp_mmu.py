@@ -13,18 +13,21 @@ pages are the shadow MMU's (legacy.py, shadow_mmu.py); `sp.tdp_mmu_page` says wh
 from __future__ import annotations
 
 from functools import partial
-from itertools import compress
 
+from kvmdbg.bits import PACK_INTO, UNPACK_FROM
 from kvmdbg.mmu import spte as S
 from kvmdbg.mmu.mmu import DirectMmuOps, RootInfo
-from kvmdbg.mmu.mmu_internal import ROLE_INVALID, MmuPage, RetPF, kvm_bug, role_level, role_smm
-from kvmdbg.mmu.tdp_iter import for_each_tdp_pte, nonzero_entries
+from kvmdbg.mmu.mmu_internal import (ROLE_INVALID, ROLE_LEVEL_MASK, MmuPage, RetPF, kvm_bug,
+                                     role_level, role_smm)
+from kvmdbg.mmu.tdp_iter import for_each_tdp_pte, nonzero_entries, scan_table
 
 
 
 # --- what each era does with roots, one small class per behaviour (chosen by kvm/policies.py) ---
 
-_INDICES = range(512)
+_U64, _P64 = UNPACK_FROM[8], PACK_INTO[8]
+_PRESENT, _LARGE, _REMOVED = S.SPTE_MMU_PRESENT, S.PT_PAGE_SIZE, S.REMOVED_SPTE
+_PAGES_STAT = (None, "pages_4k", "pages_2m", "pages_1g")       # by level
 
 
 class ZapOnLastPut:
@@ -100,10 +103,24 @@ class ZapInvalidatedInPlace:
                 tdp.put_root(root, None)
 
 
+class _EmptyWhenPickled(dict):
+    """A memo that snapshots do not carry: it unpickles empty."""
+
+    def __reduce__(self):
+        return (type(self), ())
+
+
 class TdpMmu:
     """kvm->arch.tdp_mmu_roots and the TDP MMU's table code (map, zap, teardown). The
     table code also builds the legacy direct MMU's tables (legacy.py). Pages come from the
-    VM's pool (mmu_pages.py), which every MMU shares."""
+    VM's pool (mmu_pages.py), which every MMU shares.
+
+    One memo, owned here: last_tables, (root pfn, gfn >> 9) -> the 4 KiB table a 4 KiB
+    fault's walk reached from that root, so map() starts there. Only a path of present,
+    non-leaf SPTEs is remembered, and it is emptied whenever the pool's generation moves
+    (a present SPTE changed or a table went: kvmdbg/generation.py); a table built where
+    one was missing does not move it and cannot change a remembered path. Root pfns are
+    never reused. Unpickles empty."""
 
     def __init__(self, kvm, root_put=None, invalidated_zap=None):
         self.kvm = kvm
@@ -112,6 +129,8 @@ class TdpMmu:
         self.roots: list[MmuPage] = []        # tdp_mmu_roots, newest first (list_add_rcu)
         self.pool = kvm.mmu_pages
         self.pages = self.pool.pages          # pfn -> page, for walking tables
+        self.last_tables = _EmptyWhenPickled()
+        self.last_tables_gen = None
 
     # --- roots (tdp_mmu.c) ---
 
@@ -198,47 +217,48 @@ class TdpMmu:
         """The single place an SPTE changes; bookkeeping hangs on handle_changed_spte.
         It runs before the store, so a change the kernel would BUG() on leaves the table
         as it was (nothing reads the entry in between in this single-threaded model)."""
+        spt = sp.spt
         o = index << 3
-        old = int.from_bytes(sp.spt[o:o + 8], "little")
-        self.handle_changed_spte(sp, gfn, old, new, role_level(sp.role))
-        sp.spt[o:o + 8] = new.to_bytes(8, "little")
-        if S.is_shadow_present_pte(old):
+        old = _U64(spt, o)[0]
+        self.handle_changed_spte(sp, gfn, old, new, sp.role & ROLE_LEVEL_MASK)
+        _P64(spt, o, new)
+        if old & _PRESENT:
             self.pool.generation.value += 1      # see kvmdbg/generation.py: only a present
                                                  # SPTE's change can undo a memoised walk
 
     def handle_changed_spte(self, sp: MmuPage, gfn: int, old: int, new: int, level: int) -> None:
-        """handle_changed_spte: bookkeeping for one SPTE change, with the kernel's checks."""
+        """handle_changed_spte: bookkeeping for one SPTE change, with the kernel's checks.
+        (Runs for every SPTE installed: the spte.py predicates are written out as bit tests.)"""
         if old == new:
             return
         kvm = self.kvm
-        was_present = S.is_shadow_present_pte(old)
-        is_present = S.is_shadow_present_pte(new)
-        was_leaf = was_present and S.is_last_spte(old, level)
-        is_leaf = is_present and S.is_last_spte(new, level)
-        if was_leaf and is_leaf and S.spte_to_pfn(old) != S.spte_to_pfn(new):
+        was_present = bool(old & _PRESENT)                  # is_shadow_present_pte
+        is_present = bool(new & _PRESENT)
+        was_leaf = was_present and (level == 1 or bool(old & _LARGE))     # is_last_spte
+        is_leaf = is_present and (level == 1 or bool(new & _LARGE))
+        if was_leaf and is_leaf and (old ^ new) & S.PFN_MASK:
             # KVM BUG()s: a present leaf is never pointed at another pfn without a zap first.
             kvm_bug(f"present leaf SPTE at gfn {gfn:#x} level {level} replaced: "
                     f"{old:#x} -> {new:#x}")
         if not was_present and not is_present:
             # WARN_ON_ONCE: non-present to non-present happens only to or from MMIO, or
             # while a table is being removed (the SPTE frozen).
-            if not (S.is_mmio_spte(old) or S.is_mmio_spte(new) or new == S.REMOVED_SPTE):
+            if not (S.is_mmio_spte(old) or S.is_mmio_spte(new) or new == _REMOVED):
                 kvm_bug(f"non-present SPTE at gfn {gfn:#x} changed: {old:#x} -> {new:#x}")
         if kvm.bus.active:
             if sp.tdp_mmu_page:
                 kvm.trace("kvm_tdp_mmu_spte_changed", kvm.current_vcpu_index(), gfn=gfn,
                           old_spte=old, new_spte=new, level=level, as_id=role_smm(sp.role))
-        self.pool.live_sptes += (1 if new and new != S.REMOVED_SPTE else 0) - (1 if old and old != S.REMOVED_SPTE else 0)
+        self.pool.live_sptes += (1 if new and new != _REMOVED else 0) - (1 if old and old != _REMOVED else 0)
         stats = kvm.stats
         if was_leaf != is_leaf:
-            key = ("pages_4k", "pages_2m", "pages_1g")[level - 1]
-            stats[key] += 1 if is_leaf else -1
+            stats[_PAGES_STAT[level]] += 1 if is_leaf else -1
         if was_present and not is_present:
             stats["kvmdbg_sptes_zapped"] += 1
         elif is_present and not was_present:
             stats["kvmdbg_sptes_created"] += 1
         if was_present and not was_leaf and (not is_present or is_leaf):
-            child = self.pages.get(S.spte_to_pfn(old))
+            child = self.pages.get((old & S.PFN_MASK) >> 12)
             if child is not None:
                 self.handle_removed_pt(child)
 
@@ -260,8 +280,8 @@ class TdpMmu:
         span = 9 * (level - 1)
         removed = S.REMOVED_SPTE
         present_bit, large_bit = S.SPTE_MMU_PRESENT, S.PT_PAGE_SIZE
-        values = memoryview(sp.spt).cast("Q").tolist()
-        live = [i for i in compress(_INDICES, values) if values[i] != removed]
+        indices, values = scan_table(sp.spt)
+        live = [i for i in indices if values[i] != removed]
         as_id = role_smm(sp.role)
         if level == 1:
             # Leaves only (the bulk of a zap): counted at C speed, traced in index order.
@@ -352,24 +372,58 @@ class TdpMmu:
         """Walk from the root to fault.goal_level, building tables, and install the leaf."""
         kvm = self.kvm
         gfn = fault.gfn
-        kvm.trace("kvm_mmu_spte_requested", vcpu.index, gfn=gfn, pfn=fault.pfn, level=fault.goal_level)
+        goal_level = fault.goal_level
+        if kvm.bus.active:
+            kvm.trace("kvm_mmu_spte_requested", vcpu.index, gfn=gfn, pfn=fault.pfn,
+                      level=goal_level)
         # tdp_mmu_for_each_pte(iter, mmu, gfn, gfn + 1): a missing table is built where the
-        # walk stands, and the walk then steps down into it.
-        for it in for_each_tdp_pte(self.pages, root, gfn, gfn + 1):
-            spte, level = it.old_spte, it.level
-            if spte == S.REMOVED_SPTE:
+        # walk stands, and the walk then steps down into it (re-reading the entry, as
+        # tdp_iter_next does). Written out rather than through for_each_tdp_pte: this runs
+        # on every EPT violation (tests/kvm/test_tdp_map_walk.py pins the two together).
+        key = None
+        if goal_level == 1:
+            # The path to this gfn's 4 KiB table, as the walk found it (see the class).
+            gen = self.pool.generation.value
+            if gen != self.last_tables_gen:
+                self.last_tables.clear()
+                self.last_tables_gen = gen
+            key = (root.pfn, gfn >> 9)
+            sp = self.last_tables.get(key)
+            if sp is not None:
+                index = gfn & 511
+                spte = _U64(sp.spt, index << 3)[0]
+                if spte == _REMOVED:
+                    return RetPF.RETRY
+                return self._map_target_level(vcpu, sp, index, spte, 1, fault)
+        pages = self.pages
+        sp = root
+        while True:
+            level = sp.role & ROLE_LEVEL_MASK
+            span = 9 * (level - 1)
+            index = (gfn >> span) & 511
+            spt = sp.spt
+            spte = _U64(spt, index << 3)[0]
+            if spte == _REMOVED:
                 return RetPF.RETRY
-            if level == fault.goal_level:
-                return self._map_target_level(vcpu, it.sp, it.index, spte, level, fault)
-            if S.is_shadow_present_pte(spte) and not S.is_large_pte(spte):
-                continue
-            child = alloc_child(it.sp, it.gfn, level - 1)
-            child.parent = it.sp
-            child.parent_index = it.index
-            if S.is_shadow_present_pte(spte):
-                self._split_huge(child, spte, level - 1)
-            self.tdp_mmu_set_spte(it.sp, it.index, S.make_nonleaf_spte(child.pfn), it.gfn)
-            kvm.charge(vcpu, "sp_alloc")
+            if level == goal_level:
+                if key is not None:
+                    self.last_tables[key] = sp
+                return self._map_target_level(vcpu, sp, index, spte, level, fault)
+            if not spte & _PRESENT or spte & _LARGE:           # no table here: build one
+                entry_gfn = sp.gfn + (index << span)
+                child = alloc_child(sp, entry_gfn, level - 1)
+                child.parent = sp
+                child.parent_index = index
+                if spte & _PRESENT:
+                    self._split_huge(child, spte, level - 1)
+                self.tdp_mmu_set_spte(sp, index, S.make_nonleaf_spte(child.pfn), entry_gfn)
+                vcpu.cpu.extra_cycles += kvm.costs.values["sp_alloc"]      # kvm.charge, inlined
+                spte = _U64(spt, index << 3)[0]
+            if level == 1 or not spte & _PRESENT or spte & _LARGE:
+                break
+            sp = pages.get((spte & S.PFN_MASK) >> 12)              # try_step_down
+            if sp is None:
+                break
         raise AssertionError("the walk ended above the goal level")
 
     def _split_huge(self, child: MmuPage, huge: int, level: int) -> None:
@@ -393,12 +447,13 @@ class TdpMmu:
         new = S.make_spte(fault.pfn, level, writable=fault.map_writable)
         if new == old:
             return RetPF.SPURIOUS
-        if S.is_shadow_present_pte(old) and not S.is_last_spte(old, level):
+        if old & _PRESENT and not (level == 1 or old & _LARGE):
             # Replacing a table with a huge leaf: the removed table goes, then flush.
             kvm.flush_remote_tlbs()
         self.tdp_mmu_set_spte(sp, index, new, fault.gfn)
-        kvm.trace("kvm_mmu_set_spte", vcpu.index, gfn=fault.gfn, spte=new, level=level,
-                  r=True, x=True, u=True)
+        if kvm.bus.active:
+            kvm.trace("kvm_mmu_set_spte", vcpu.index, gfn=fault.gfn, spte=new, level=level,
+                      r=True, x=True, u=True)
         return RetPF.FIXED
 
 
@@ -413,6 +468,7 @@ class TdpMmuOps(DirectMmuOps):
         self.kvm.tdp_mmu.put_root(sp, vcpu)
 
     def map_fault(self, vcpu, root, fault):
-        tdp = self.kvm.tdp_mmu
-        return tdp.map(vcpu, root, fault,
-                       lambda parent, gfn, level: tdp.pool.alloc_page((parent.role & ~0xF) | level, gfn, True))
+        return self.kvm.tdp_mmu.map(vcpu, root, fault, self._alloc_child)
+
+    def _alloc_child(self, parent, gfn: int, level: int):
+        return self.kvm.tdp_mmu.pool.alloc_page((parent.role & ~0xF) | level, gfn, True)

@@ -1,0 +1,95 @@
+"""The C-speed scans of the TDP MMU's hot paths against their plain definitions.
+
+nonzero_indices (tdp_iter.py) finds a table's non-zero entries by searching bytes; the
+definition is every index whose 8-byte entry is not zero. handle_changed_spte
+(tdp_mmu.py) writes spte.py's predicates out as bit tests; its bookkeeping must be what
+the predicates say.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kvmdbg.mmu import spte as S
+from kvmdbg.mmu.tdp_iter import _SPARSE, nonzero_indices, scan_table
+
+# Entries whose only non-zero byte is any one of the eight, and full values.
+_one_byte = st.tuples(st.integers(1, 255), st.integers(0, 7)).map(lambda bk: bk[0] << (8 * bk[1]))
+_value = st.one_of(_one_byte, st.integers(1, (1 << 64) - 1))
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.dictionaries(st.integers(0, 511), _value, max_size=_SPARSE + 20)
+       | st.dictionaries(st.integers(0, 511), _value, min_size=100, max_size=512))
+def test_nonzero_indices_is_every_nonzero_entry(entries):
+    spt = bytearray(4096)
+    for i, v in entries.items():
+        spt[i * 8:i * 8 + 8] = v.to_bytes(8, "little")
+    want = [i for i in range(512) if any(spt[i * 8:i * 8 + 8])]
+    assert nonzero_indices(spt) == want
+    indices, values = scan_table(spt)
+    assert list(indices) == want
+    assert [values[i] for i in range(512)] == [int.from_bytes(spt[i * 8:i * 8 + 8], "little")
+                                               for i in range(512)]
+
+
+def test_scan_table_each_way():
+    """Sparse, sparse with both ends in use (read as dense), and dense past _SPARSE."""
+    for used in ([3], [0, 511], [0, 5, 511], list(range(0, 512, 7)), list(range(1, 100))):
+        spt = bytearray(4096)
+        for i in used:
+            spt[i * 8 + 5] = 1
+        indices, values = scan_table(spt)
+        assert list(indices) == used and all(values[i] == 1 << 40 for i in used)
+
+
+_spte = st.one_of(st.just(0), st.just(S.REMOVED_SPTE),
+                  st.builds(S.make_mmio_spte, st.integers(0, 1 << 20), st.integers(0, 100)),
+                  st.builds(S.make_nonleaf_spte, st.integers(1, 1 << 20)),
+                  st.builds(lambda pfn, level, w: S.make_spte(pfn, level, writable=w),
+                            st.integers(1, 1 << 20), st.integers(1, 3), st.booleans()))
+
+
+def _expected(old, new, level):
+    """handle_changed_spte's stat changes, from spte.py's predicates."""
+    was_present, is_present = S.is_shadow_present_pte(old), S.is_shadow_present_pte(new)
+    was_leaf = was_present and S.is_last_spte(old, level)
+    is_leaf = is_present and S.is_last_spte(new, level)
+    out = {}
+    if was_leaf != is_leaf:
+        out[("pages_4k", "pages_2m", "pages_1g")[level - 1]] = 1 if is_leaf else -1
+    if was_present and not is_present:
+        out["kvmdbg_sptes_zapped"] = 1
+    elif is_present and not was_present:
+        out["kvmdbg_sptes_created"] = 1
+    removes_table = was_present and not was_leaf and (not is_present or is_leaf)
+    bug = ((was_leaf and is_leaf and S.spte_to_pfn(old) != S.spte_to_pfn(new))
+           or (not was_present and not is_present
+               and not (S.is_mmio_spte(old) or S.is_mmio_spte(new) or new == S.REMOVED_SPTE)))
+    return out, removes_table, bug
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(_spte, _spte, st.integers(1, 3))
+def test_handle_changed_spte_follows_the_predicates(old, new, level):
+    from kvmdbg.kvm.profiles import get_profile
+    from kvmdbg.kvm.vm import Vm
+    from kvmdbg.mmu.mmu_internal import KvmBug
+    vm = Vm(1 << 20, 1, profile=get_profile("v5.15"))
+    tdp = vm.tdp_mmu
+    sp = tdp.pool.alloc_page(level, 0, True)
+    removed = []
+    tdp.handle_removed_pt = removed.append
+    before = dict(vm.stats)
+    want, removes_table, bug = _expected(old, new, level) if old != new else ({}, False, False)
+    try:
+        tdp.handle_changed_spte(sp, 0, old, new, level)
+    except KvmBug:
+        assert bug
+        return
+    assert not bug
+    got = {k: v - before.get(k, 0) for k, v in vm.stats.items() if v != before.get(k, 0)}
+    assert got == want
+    # A removed table is handed on only if one is behind the old SPTE (none here).
+    assert removed == [] and (not removes_table or tdp.pages.get(S.spte_to_pfn(old)) is None)
