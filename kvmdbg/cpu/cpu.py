@@ -28,7 +28,10 @@ Every cache of the simulation, and the one place that invalidates it:
   index of large-page pieces (Tlb.large) goes with the contexts it indexes;
 - which block handlers hold a breakpoint (executor._holds_memo): a pure function of the
   handler and the breakpoint set, started afresh for another set;
-- outside cpu/: the EPT walk memo (cpu/vmx.py EptHardware: the gpa generation),
+- the guest walk memo under EPT (walker.GuestWalkMemo, the walk_fn KVM installs): the
+  decode cache's pt_generation; a table found behind another host page walks again;
+- outside cpu/: the EPT walk memo and its prefixes per 2 MiB (cpu/vmx.py EptHardware:
+  the gpa generation), TdpMmu.last_tables (the pool's generation),
   Vm.host_page_of's gfn cache (the memslots' generation), the role memo of
   kvm_init_mmu (a pure function of its key: never invalidated).
 """
