@@ -761,8 +761,14 @@ class Cpu:
         if h is None and len(code.pages) > 1:
             h = dc.blocks[key] = make_handler([code])    # crosses a page: alone, never in bcache
         elif h is None:
-            codes = form_block(code, lambda a: self._insn_code(a)[1])
-            h = dc.blocks[key] = make_handler(codes, loop=True)
+            # A block first stops at its first transfer; one that could run on through it
+            # (translate.form_block) and runs HOT_RUNS times is compiled again, running on:
+            # code that runs once is not compiled along paths it may never take.
+            code_at = lambda a: self._insn_code(a)[1]                 # noqa: E731
+            hot = key in dc.hot
+            codes, more = form_block(code, code_at, run_on=hot)
+            on_hot = None if hot or not more else (lambda cpu: dc.make_hot(key, rip))
+            h = dc.blocks[key] = make_handler(codes, loop=True, on_hot=on_hot)
             dc.track(key, sorted({p for c in codes for p in c.pages}))
         if len(code.pages) == 1:        # the run loop re-validates only a bcache entry's first page
             self.bcache[rip] = h

@@ -17,6 +17,7 @@ class DecodeCache:
         self.codes: dict = {}        # key -> InsnCode
         self.singles: dict = {}      # key -> handler
         self.blocks: dict = {}       # key -> handler
+        self.hot: set = set()        # keys of blocks that ran often: compiled running on
         self.code_pages: dict[int, list] = {}     # host page number -> keys of entries on it
         # (gva, hpa) of instructions that continue on the next page: their entries are keyed
         # (gva, hpa, hpa of the next page), since that page can be remapped on its own.
@@ -46,6 +47,14 @@ class DecodeCache:
                     cpu.drop_fast_write()
             else:
                 keys.append(key)
+
+    def make_hot(self, key, rip: int) -> None:
+        """A basic block ran often: drop its handler, so the next fetch compiles the block
+        running on through its direct transfers (Cpu.fetch_block)."""
+        self.hot.add(key)
+        self.blocks.pop(key, None)
+        for cpu in self.cpus:
+            cpu.bcache.pop(rip, None)
 
     def track_pt(self, hpns) -> None:
         new = [h for h in hpns if h not in self.pt_pages]

@@ -23,6 +23,7 @@ LEGACY_PREFIXES = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF
 EMITTERS: dict = {}           # mnemonic -> (emitter, stops, sync)
 EXIT_MARK = "#exit#"          # Gen.call_out's lines, until make_handler places them
 MAX_BLOCK = 32                # instructions per block handler
+HOT_RUNS = 8                  # runs of a basic block before it is compiled again running on
 
 # Base registers whose memory operands default to the stack segment (SDM Vol. 1 3.7.5).
 _SS_BASES = frozenset({"rsp", "rbp", "esp", "ebp"})
@@ -266,7 +267,7 @@ class InsnCode:
     """One instruction's generated source and how it may sit in a block."""
 
     __slots__ = ("d", "lines", "ends", "stops", "sync", "writes", "pages", "continues_at",
-                 "side_exit")
+                 "side_exit", "facts")
 
     def __init__(self, d, lines, ends, stops, sync, writes, continues_at=None, side_exit=None):
         self.d = d
@@ -278,6 +279,7 @@ class InsnCode:
         self.pages = ()           # host page numbers its bytes came from (set by the fetcher)
         self.continues_at = continues_at    # see Gen.direct_jump / conditional_jump
         self.side_exit = side_exit
+        self.facts = None         # (rip-blind, quiet, sets the flags): see _facts
 
 
 def generate(d) -> InsnCode:
@@ -304,7 +306,7 @@ def generate(d) -> InsnCode:
                     g.side_exit)
 
 
-def form_block(first: InsnCode, code_at) -> list:
+def form_block(first: InsnCode, code_at, run_on: bool = True) -> tuple[list, bool]:
     """The instructions of the block that starts with `first`: code up to an indirect
     control transfer, a mode-changing instruction, the end of the page or MAX_BLOCK.
 
@@ -316,7 +318,11 @@ def form_block(first: InsnCode, code_at) -> list:
     handler). code_at(address) fetches the InsnCode at an address (it may fault: the block
     then ends before it, and the fault is raised again, precisely, when execution gets
     there). An instruction that must start its block, or that crosses into another page,
-    starts the next block instead."""
+    starts the next block instead.
+
+    Returns (codes, more): with run_on=False the block stops at its first transfer, and
+    more says whether it could have run on there (compiling the longer block pays only
+    for code that runs often: Cpu.fetch_block)."""
     codes = [first]
     start = first.d.address
     seen = {start}
@@ -327,6 +333,8 @@ def form_block(first: InsnCode, code_at) -> list:
             nxt = last.continues_at
             if nxt is None or nxt in seen or (last.side_exit and last.side_exit[1] in seen):
                 break
+            if not run_on:
+                return codes, nxt >> 12 == start >> 12
         if nxt >> 12 != start >> 12:
             break
         try:
@@ -338,19 +346,21 @@ def form_block(first: InsnCode, code_at) -> list:
         codes.append(c)
         seen.add(nxt)
         nxt = (nxt + c.d.length) & M64
-    return codes
+    return codes, False
 
 
-def _compile(src: str, name: str):
+def _compile(src: str, name: str, extra: dict | None = None):
     global _GLOBALS
     if _GLOBALS is None:
         _GLOBALS = _globals()
     ns = dict(_GLOBALS)
+    if extra:
+        ns.update(extra)
     exec(compile(src, name, "exec"), ns)
     return ns["h"]
 
 
-def make_handler(codes: list, loop: bool = False) -> object:
+def make_handler(codes: list, loop: bool = False, on_hot=None) -> object:
     """Compile one or more consecutive instructions into h(cpu, r) -> instructions retired.
 
     Each instruction leaves cpu.rip at the next one, so if instruction k raises,
@@ -366,6 +376,8 @@ def make_handler(codes: list, loop: bool = False) -> object:
     the whole block. Measured (bench_interpreter.py, paired runs): the ALU loop 13.6 -> 15.5
     M instructions/s, the memory loop 8.2 -> 8.5 M.
 
+    on_hot: called (with the CPU) when the handler starts its HOT_RUNS-th run, once.
+
     With loop=True, a block whose last instruction jumps back to its first runs again
     inside the handler (QEMU chains translation blocks for the same reason: the run
     loop's overhead per block is most of a short loop's cost). Before each repeat it
@@ -375,8 +387,9 @@ def make_handler(codes: list, loop: bool = False) -> object:
     so a fault in a later pass counts exactly as it would without the loop.
     """
     n = len(codes)
-    blind = [_rip_blind(c) for c in codes]
-    dead_flags = _dead_flag_writes(codes, blind)
+    facts = [c.facts or _facts(c) for c in codes]
+    blind = [f[0] for f in facts]
+    dead_flags = _dead_flag_writes(facts)
     body = []
     dropped = False
     for k, c in enumerate(codes):
@@ -413,6 +426,11 @@ def make_handler(codes: list, loop: bool = False) -> object:
     if prologue:
         body = [line.replace("cpu.fast_r.", "fast_r.").replace("cpu.fast_w.", "fast_w.")
                 for line in body]
+    extra = None
+    if on_hot is not None:
+        # Counts its runs until the HOT_RUNS-th, which asks for the longer block.
+        extra = {"_runs": [HOT_RUNS], "_on_hot": on_hot}
+        prologue = ["_runs[0] -= 1", "if not _runs[0]: _on_hot(cpu)"] + prologue
     first = codes[0].d
     if loop and _jumps_to(codes[-1], first.address):
         smc = " or cpu.smc" if codes[-1].writes else ""
@@ -424,7 +442,7 @@ def make_handler(codes: list, loop: bool = False) -> object:
     else:
         body = prologue + body + [f"return {n}"]
     name = f"<{first.address:#x}: {first.text}>" if n == 1 else f"<block {first.address:#x} +{n}>"
-    h = _compile("def h(cpu, r):\n    " + "\n    ".join(body) + "\n", name)
+    h = _compile("def h(cpu, r):\n    " + "\n    ".join(body) + "\n", name, extra)
     h.n = n
     h.index = {c.d.address: k for k, c in enumerate(codes)}
     h.insns = [c.d for c in codes]
@@ -437,30 +455,39 @@ def make_handler(codes: list, loop: bool = False) -> object:
 _RIP_BLIND_ATTRS = frozenset({"fast_r", "fast_w", "read_miss", "read_miss_ss", "write_miss",
                               "write_miss_ss", "rd", "wr", "rd_ss", "lf", "rflags", "smc",
                               "fs_base", "gs_base"})
-_CPU_USE = re.compile(r"(\w+\()?\bcpu\b(?:\.(\w+))?")
+_CPU_ATTR = re.compile(r"\bcpu\.(\w+)")                 # cpu.<attr>
+_CPU_BARE = re.compile(r"(\w*\(?)\bcpu\b(?!\.)")          # cpu itself, and the call it is passed to
 _FLAG_HELPERS = frozenset({"materialize(", "carry_in(", "inc_dec_src("})
 _FLAG_READS = re.compile(r"cpu\.lf\b(?! = )|cpu\.rflags|materialize\(|carry_in\(|inc_dec_src\(")
 _MAY_RAISE = re.compile(r"\braise\b|cpu\.(?:rd|wr|read_miss|write_miss)|fast_[rw]\b|[\w\]]\(")
 
 
-def _dead_flag_writes(codes: list, blind: list) -> set:
+def _facts(code: InsnCode) -> tuple:
+    """(rip-blind, quiet, sets the flags) of an instruction, worked out once (the InsnCode is
+    shared by every block that holds it). Quiet: rip-blind, and it neither reads the flags
+    nor can raise. Sets the flags: an unconditional `cpu.lf = (...)` line."""
+    blind = _rip_blind(code)
+    text = "\n".join(code.lines)
+    quiet = (blind and not _FLAG_READS.search(text)
+             and not _MAY_RAISE.search(text.replace("cpu.rip = ", "")))
+    code.facts = (blind, quiet, any(line.startswith("cpu.lf = (") for line in code.lines))
+    return code.facts
+
+
+def _dead_flag_writes(facts: list) -> set:
     """Indices of instructions whose flags (their `cpu.lf = (...)` line) nothing can see: a
     later instruction of the block sets cpu.lf without reading the flags, and neither it
     nor any between them reads the flags, can raise (delivery would push RFLAGS) or hands
     control to anything outside. Building the lazy-flags tuple is most of a register ALU
     instruction's cost."""
-    quiet = [blind[j] and not _FLAG_READS.search(text)
-             and not _MAY_RAISE.search(text.replace("cpu.rip = ", ""))
-             for j, text in enumerate("\n".join(c.lines) for c in codes)]
-    sets = [any(line.startswith("cpu.lf = (") for line in c.lines) for c in codes]
     dead = set()
-    for k in range(len(codes) - 1):
-        if not sets[k]:
+    for k in range(len(facts) - 1):
+        if not facts[k][2]:
             continue
-        for j in range(k + 1, len(codes)):
-            if not quiet[j]:
+        for j in range(k + 1, len(facts)):
+            if not facts[j][1]:
                 break
-            if sets[j]:
+            if facts[j][2]:
                 dead.add(k)
                 break
     return dead
@@ -469,19 +496,16 @@ def _dead_flag_writes(codes: list, blind: list) -> set:
 def _rip_blind(code: InsnCode) -> bool:
     """Whether the instruction's code touches cpu.rip only to set it, last: it touches the
     CPU only through _RIP_BLIND_ATTRS and hands control to nothing outside (no call-out)."""
-    last = len(code.lines) - 1
-    for i, line in enumerate(code.lines):
-        if EXIT_MARK in line:
-            return False
-        text = line.strip()
-        if i == last and text.startswith("cpu.rip = ") and ";" not in text:
-            text = text[len("cpu.rip = "):]     # its own update, last (a trap sets it first)
-        if "cpu.rip" in text:
-            return False
-        for call, attr in _CPU_USE.findall(text):
-            if attr not in _RIP_BLIND_ATTRS and (attr or call not in _FLAG_HELPERS):
-                return False
-    return True
+    lines = code.lines
+    last = lines[-1].strip() if lines else ""
+    if last.startswith("cpu.rip = ") and ";" not in last:
+        lines = lines[:-1] + [last[len("cpu.rip = "):]]     # its own update, last (a trap
+    text = "\n".join(lines)                                 # sets it before raising)
+    if EXIT_MARK in text or "cpu.rip" in text:
+        return False
+    if not _RIP_BLIND_ATTRS.issuperset(_CPU_ATTR.findall(text)):
+        return False
+    return all(call in _FLAG_HELPERS for call in _CPU_BARE.findall(text))
 
 
 def _place_call_outs(lines: list, k: int) -> list:

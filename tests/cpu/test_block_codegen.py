@@ -33,10 +33,20 @@ RECORD = "\n".join(f"mov qword ptr [{REC + 8 * i:#x}], {reg}" for i, reg in enum
     ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp"])) + "\nhlt"
 
 
-def _run(source: str, single: bool):
+class _Everything(set):
+    """A decode cache's `hot` set that holds every block: each is compiled running on through
+    its direct transfers from its first run (as if it had run HOT_RUNS times)."""
+
+    def __contains__(self, key) -> bool:
+        return True
+
+
+def _run(source: str, single: bool, hot: bool = False):
     code, _ = program(LIDT_INSN + "\nmov rax, 0x1234\nmov rbx, -3\nmov rcx, 0x80\n"
                       "mov rdx, 0x7fffffffffffffff\n" + source + "\nhlt")
     vm, cpu = machine(code)
+    if hot:
+        vm.decode_cache.hot = _Everything()
     install(vm, PF, RECORD)
     load_idtr(vm)
     cpu.set_single_step(single)
@@ -99,19 +109,25 @@ def branchy(draw):
 
 
 @settings(max_examples=80, deadline=None)
-@given(branchy())
-def test_blocks_through_direct_transfers_match_single_stepping(source):
-    assert _run(source, single=False) == _run(source, single=True)
+@given(branchy(), st.booleans())
+def test_blocks_through_direct_transfers_match_single_stepping(source, hot):
+    assert _run(source, single=False, hot=hot) == _run(source, single=True)
 
 
-def test_a_block_runs_on_through_a_fall_through_and_leaves_at_a_taken_jump():
-    """The block starting at the first instruction holds the code on through both
-    conditional jumps to the hlt: the first jne falls through (RAX = RBX), the second is
-    taken, leaving the block before the mov to RCX."""
-    vm, cpu = machine("mov rax, 1\nmov rbx, 1\ncmp rax, rbx\njne out\ninc rax\ncmp rax, rbx\n"
-                      "jne out\nmov rcx, 5\nout: hlt")
-    assert run(cpu, 100) == HALTED
-    assert cpu.r[0] == 2 and cpu.r[3] == 1 and cpu.r[1] == 0      # rcx untouched: jumped
-    block = cpu.bcache[0x100000]
+def test_a_hot_block_runs_on_through_a_fall_through_and_leaves_at_a_taken_jump():
+    """A loop body of three conditional jumps: the first falls through (RAX = RBX), the
+    second is taken (leaving before the mov to RDX), the third goes back. It runs first as
+    basic blocks; after HOT_RUNS runs the block at the loop's top is compiled again,
+    running on through both fall-throughs to the back edge, and loops inside its handler."""
+    from kvmdbg.cpu.translate import HOT_RUNS
+    top = 0x100002                     # after the 2-byte xor
+    vm, cpu = machine("xor ecx, ecx\ntop: mov rax, 1\nmov rbx, 1\ncmp rax, rbx\njne out\n"
+                      "inc rax\ncmp rax, rbx\njne skip\nmov rdx, 5\nskip: inc rcx\n"
+                      "cmp rcx, 30\njne top\nout: hlt")
+    assert run(cpu, 1000) == HALTED
+    assert cpu.r[1] == 30 and cpu.r[0] == 2 and cpu.r[2] == 0     # rdx untouched: jumped
+    block = cpu.bcache[top]
+    assert block.insns[0].address == top
     assert [d.mnemonic for d in block.insns] == ["mov", "mov", "cmp", "jne", "inc", "cmp", "jne",
-                                                 "mov", "hlt"]
+                                                 "mov", "inc", "cmp", "jne"]
+    assert HOT_RUNS < 30
