@@ -57,6 +57,8 @@ class DecodeCache:
             cpu.bcache.pop(rip, None)
 
     def track_pt(self, hpns) -> None:
+        if self.pt_pages.issuperset(hpns):      # every walk calls this; nearly always known
+            return
         new = [h for h in hpns if h not in self.pt_pages]
         if new:
             self.pt_pages.update(new)

@@ -332,7 +332,7 @@ class Vcpu:
         if exit_.reason == V.EPT_VIOLATION:
             self.vmexit(V.EPT_VIOLATION, info1=exit_.qualification, info2=gpa)
             kvm.stats["kvmdbg_ept_violations"] += 1
-            cpu.extra_cycles += kvm.costs.values["ept_violation"]      # kvm.charge, inlined
+            kvm.charge(self, "ept_violation")
             if kvm.bus.active:
                 kvm.trace("kvm_page_fault", self.index, guest_rip=cpu.rip, fault_address=gpa,
                           error_code=exit_.qualification)

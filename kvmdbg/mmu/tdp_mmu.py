@@ -417,7 +417,7 @@ class TdpMmu:
                 if spte & _PRESENT:
                     self._split_huge(child, spte, level - 1)
                 self.tdp_mmu_set_spte(sp, index, S.make_nonleaf_spte(child.pfn), entry_gfn)
-                vcpu.cpu.extra_cycles += kvm.costs.values["sp_alloc"]      # kvm.charge, inlined
+                kvm.charge(vcpu, "sp_alloc")
                 spte = _U64(spt, index << 3)[0]
             if level == 1 or not spte & _PRESENT or spte & _LARGE:
                 break
