@@ -18,9 +18,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.reference_loop import Reference  # noqa: E402
+from kvmdbg import collector  # noqa: E402
 from kvmdbg.cpu.executor import run  # noqa: E402
 from kvmdbg.kvm.boot import Program, boot  # noqa: E402
 from kvmdbg.kvm.vm import Vm  # noqa: E402
+
+collector.tune()        # the collector settings of the command line, whose speed this times
 
 # Hand-assembled so the benchmark needs nothing but kvmdbg; the sources are below (and
 # tests/test_bench_smoke.py assembles them to check the bytes).

@@ -22,7 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.reference_loop import Reference  # noqa: E402
+from kvmdbg import collector  # noqa: E402
 from kvmdbg.debug.engine.session import Session  # noqa: E402
+
+collector.tune()        # the collector settings of the command line, whose speed this times
 
 FULL = {"cases": 20_000, "images": ("smap", "pku", "pcid")}
 QUICK = {"cases": 300, "images": ("pcid",)}

@@ -22,11 +22,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.reference_loop import Reference  # noqa: E402
+from kvmdbg import collector  # noqa: E402
 from kvmdbg.kvm.boot import Program, boot, load_program  # noqa: E402
 from kvmdbg.kvm.profiles import get_profile  # noqa: E402
 from kvmdbg.kvm.scheduler import run_vm  # noqa: E402
 from kvmdbg.kvm.vm import Vm  # noqa: E402
 from kvmdbg.mmu import mmu as M  # noqa: E402
+
+collector.tune()        # the collector settings of the command line, whose speed this times
 
 # mov rbx, rdx; mov rax, cr4; l: xor rax, 1 << 20; mov cr4, rax; dec rbx; jnz l; hlt
 BARE_FLIP_LOOP = bytes.fromhex("4889d30f20e04835000010000f22e048ffcb75f2f4")

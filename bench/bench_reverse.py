@@ -20,7 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.reference_loop import Reference  # noqa: E402
+from kvmdbg import collector  # noqa: E402
 from kvmdbg.debug.engine.session import Session  # noqa: E402
+
+collector.tune()        # the collector settings of the command line, whose speed this times
 
 FULL = {"steps": 10_000_000, "flips": 100_000}
 QUICK = {"steps": 200_000, "flips": 2_000}

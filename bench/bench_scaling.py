@@ -21,10 +21,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.reference_loop import Reference  # noqa: E402
+from kvmdbg import collector  # noqa: E402
 from kvmdbg.kvm.boot import boot, load_program  # noqa: E402
 from kvmdbg.kvm.profiles import get_profile  # noqa: E402
 from kvmdbg.kvm.scheduler import run_vm  # noqa: E402
 from kvmdbg.kvm.vm import Vm  # noqa: E402
+
+collector.tune()        # the collector settings of the command line, whose speed this times
 
 PAGES = (16, 64, 256, 1024)
 VCPUS = (1, 2, 4, 8)

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from kvmdbg import collector
 from kvmdbg.version import __version__
 from kvmdbg.errors import KvmdbgError
 
@@ -125,6 +126,7 @@ def _init_file() -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(_bare_color(sys.argv[1:] if argv is None else list(argv)))
+    collector.tune()
     from kvmdbg.debug.engine.session import Session
 
     gdb_fds = None
