@@ -490,7 +490,8 @@ class Cpu:
         if page is None:
             return self.ops.mmio_read(e.gpa | off, size)
         self.fast_r[e.vpn] = page
-        self._note_large(e)
+        if e.size_shift > 12:                           # _note_large's test, inlined
+            self._note_large(e)
         return page[off] if size == 1 else _UNPACK_FROM[size](page, off)[0]
 
     def write_miss(self, va: int, size: int, value: int) -> None:
@@ -510,9 +511,11 @@ class Cpu:
             page[off] = value
         else:
             _PACK_INTO[size](page, off, value)
-        self.fast_w[e.vpn] = page
-        self.fast_r[e.vpn] = page
-        self._note_large(e)
+        vpn = e.vpn
+        self.fast_w[vpn] = page
+        self.fast_r[vpn] = page
+        if e.size_shift > 12:                           # _note_large's test, inlined
+            self._note_large(e)
 
     # Accesses through SS (pushes, pops, operands based on RSP or RBP) fault #SS(0), not
     # #GP(0), on a non-canonical address (SDM Vol. 3A 6.15, Interrupt 12). The fast paths

@@ -104,7 +104,8 @@ class EptHardware:
         """(host page, hpa, writable, executable) for gpa's 4 KiB page, or raise VmExit."""
         gfn = gpa >> 12
         hit = self.cache.get(gfn)
-        if hit is not None and (kind == READ or (kind == WRITE and hit[2]) or (kind == FETCH and hit[3])):
+        # READ (0) needs no right the entry records; WRITE (1) needs hit[2], FETCH (2) hit[3].
+        if hit is not None and (not kind or hit[kind + 1]):
             return hit
         # A miss (twice per EPT violation): the walk, or the answer it gave while the
         # tables stood still.
@@ -117,7 +118,7 @@ class EptHardware:
                 self.memo_gen = gen
             key = (self.ep4ta, gfn)
             got = self.memo.get(key)
-            if got is not None and (kind == READ or (kind == WRITE and got[2]) or (kind == FETCH and got[3])):
+            if got is not None and (not kind or got[kind + 1]):
                 if kind != WRITE or got[4]:
                     got = got[:4]
                     self.cache[gfn] = got
@@ -148,7 +149,7 @@ class EptHardware:
         for shift in shifts:
             e = _U64(pages[pfn], ((gpa >> shift) & 511) << 3)[0]
             if not e & 7:
-                self._violation(gpa, kind, walk, 0)
+                raise self._violation(gpa, kind, walk, 0)
             if e & 6 and not e & 1:                         # W or X without R
                 raise VmExit(EPT_MISCONFIG, 0, gpa)
             perms &= e
@@ -161,7 +162,7 @@ class EptHardware:
         if ((e >> 3) & 7) in _BAD_MEMTYPES:
             raise VmExit(EPT_MISCONFIG, 0, gpa)
         if not perms >> kind & 1:                           # READ 0, WRITE 1, FETCH 2
-            self._violation(gpa, kind, walk, (perms & 7) << 3)   # readable/writable/executable
+            raise self._violation(gpa, kind, walk, (perms & 7) << 3)   # readable/writable/executable
         if self.ad_enabled and (not accessed or (kind == WRITE and not e & 0x200)):
             self._set_ad(gpa, kind)
         span = shift - 12                                   # pfn bits the leaf's offset spans
@@ -191,8 +192,10 @@ class EptHardware:
                 return
             pfn = (e >> 12) & _PFN40
 
-    def _violation(self, gpa: int, kind: int, walk: bool, rights: int):
+    def _violation(self, gpa: int, kind: int, walk: bool, rights: int) -> VmExit:
+        """The EPT violation for the walk to raise (returned, so that raising it does not
+        unwind one more frame)."""
         qual = _KIND_QUAL[kind] | rights | EPT_QUAL_GLA_VALID | (0 if walk else EPT_QUAL_GLA_FINAL)
         # An EPT violation invalidates the guest-physical mappings of the faulting address.
         self.cache.pop(gpa >> 12, None)
-        raise VmExit(EPT_VIOLATION, qual, gpa)
+        return VmExit(EPT_VIOLATION, qual, gpa)

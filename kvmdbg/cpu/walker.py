@@ -178,8 +178,8 @@ def walk(cpu, va: int, acc: int, memo=None, key=None) -> TlbEntry:
             e = _finish(cpu, va, acc, [], size, page_gpa, user, writable, nx, pkey, pte,
                         size_shift)
             memo.remember(key, (tuple(zip(gpas, [hpn << 12 for hpn in pt_pages])),
-                                tuple(pt_pages), page_gpa, user, writable, nx, pkey, pte,
-                                size_shift))
+                                tuple(pt_pages), page_gpa, user, writable, nx, pkey,
+                                bool(pte & D), bool(pte & G), size_shift))
             return e
     return _finish(cpu, va, acc, used, size, page_gpa, user, writable, nx, pkey, pte, size_shift)
 
@@ -255,18 +255,27 @@ class GuestWalkMemo:
         m = self.entries.get(key)
         if m is None:
             return walk(cpu, va, acc, self, key)
-        tables, hpns, page_gpa, user, writable, nx, pkey, pte, size_shift = m
+        tables, hpns, page_gpa, user, writable, nx, pkey, pte_dirty, pte_global, size_shift = m
         # Hot (after every EPT violation): the tables' translations, as the walk makes them.
         # (walk_pt_pages is read only after a walk that returned.)
         translate_gpa = cpu.ops.translate_gpa
-        cpu.walk_pt_pages = list(hpns)
         for gpa, hpa in tables:
             if translate_gpa(gpa, READ, True)[1] != hpa:
                 # Another host page behind a table: walk it. The translations made so far
                 # are made again; the EPT answers them from its cache as it just did.
                 del self.entries[key]
                 return walk(cpu, va, acc, self, key)
-        return _finish(cpu, va, acc, [], 8, page_gpa, user, writable, nx, pkey, pte, size_shift)
+        cpu.walk_pt_pages = hpns
+        # _finish, written out for a walk with no accessed/dirty flag to set: the rights
+        # check, the final page's translation and the TLB entry.
+        code = access_error(cpu, user, writable, nx, pkey, acc)
+        if code:
+            _fault(cpu, va, code)
+        write = acc & PFERR_WRITE
+        page, hpa, ew, ex = translate_gpa(page_gpa, FETCH if acc & PFERR_FETCH else WRITE if write else READ,
+                                          False)
+        return TlbEntry(va >> 12, page, hpa, page_gpa, user, writable, nx, bool(write) or pte_dirty,
+                        pte_global and bool(cpu.cr4 & CR4_PGE), pkey, size_shift, ew, ex)
 
 
 def _fault(cpu, va: int, code: int):

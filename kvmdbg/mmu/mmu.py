@@ -563,7 +563,9 @@ def direct_page_fault(vcpu, gpa: int, error_code: int, map_fault) -> RetPF:
     if root is None or is_obsolete_root(kvm, root):
         return RetPF.RETRY                                  # is_page_fault_stale
     ret = map_fault(vcpu, root, fault)
-    count_outcome(kvm, ret)
+    stat = _OUTCOME_STATS.get(ret)                          # count_outcome, inlined
+    if stat is not None:
+        kvm.stats[stat] += 1
     return ret
 
 
