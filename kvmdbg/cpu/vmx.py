@@ -80,7 +80,10 @@ class EptHardware:
 
     def load_eptp(self, ep4ta: int) -> None:
         self.ep4ta = ep4ta
-        self.cache = self.caches.setdefault(ep4ta, {})
+        cache = self.caches.get(ep4ta)
+        if cache is None:
+            cache = self.caches[ep4ta] = {}
+        self.cache = cache
         self.loaded.add(ep4ta)          # for the debugger's history: caches that may change
 
     def invept_single(self, ep4ta: int) -> None:

@@ -228,11 +228,16 @@ class Vcpu:
     # --- VMX TLB operations (vmx_flush_tlb_*) and the EPT pointer ---
 
     def load_mmu_pgd(self, root) -> None:
-        """vmx_load_mmu_pgd: EPTP = the root's hpa."""
-        self.ep4ta = root.hpa
+        """vmx_load_mmu_pgd: EPTP = the root's hpa. The CPU's fast paths hold translations
+        made through the EPTP in use, so they go when it changes (reloading the same root,
+        as every v6.4+ SMEP flip does, leaves every translation as it was)."""
+        hpa = root.hpa
+        changed = hpa != self.ep4ta
+        self.ep4ta = hpa
         if self.ept is not None:
-            self.ept.load_eptp(root.hpa)
-        self.cpu.flush_fast()
+            self.ept.load_eptp(hpa)
+        if changed:
+            self.cpu.flush_fast()
 
     def flush_tlb_current(self) -> None:
         root = self.mmu.root.sp

@@ -386,8 +386,9 @@ def kvm_mmu_free_roots(vcpu, roots_to_free: int) -> None:
             if info.sp is not None and roots_to_free & (2 << i):
                 ops.free_root(vcpu, info.sp, invalid)
                 prev[i] = INVALID_ROOT
-    if roots_to_free & KVM_MMU_ROOT_CURRENT and mmu.root.sp is not None:
-        ops.free_root(vcpu, mmu.root.sp, invalid)
+    sp = mmu.root.sp
+    if roots_to_free & KVM_MMU_ROOT_CURRENT and sp is not None:
+        ops.free_root(vcpu, sp, invalid)
         mmu.root = INVALID_ROOT
     if invalid:
         vcpu.kvm.shadow_mmu.commit_zap_page(invalid)

@@ -126,7 +126,7 @@ class MmuPage:
 
     __slots__ = ("role", "gfn", "pfn", "hpa", "spt", "tdp_mmu_page", "root_count", "parent",
                  "parent_index", "tdp_mmu_scheduled_root_to_zap", "mmu_valid_gen",
-                 "created_step", "number", "freed")
+                 "created_step", "number", "freed", "root_info")
 
     def __init__(self, role: int, gfn: int, pfn: int, spt: bytearray, tdp_mmu_page: bool):
         self.role = role
@@ -143,6 +143,9 @@ class MmuPage:
         self.created_step = 0
         self.number = 0                  # root number shown to users (#1, #2, ...)
         self.freed = False
+        # The TDP MMU's RootInfo(0, self) for this root, made once (RootInfo is never
+        # changed in place, so every load of the root can share it: TdpMmuOps.alloc_root).
+        self.root_info = None
 
     @property
     def level(self) -> int:

@@ -475,7 +475,11 @@ class TdpMmuOps(DirectMmuOps):
     through kvm_tdp_mmu_map."""
 
     def alloc_root(self, vcpu) -> RootInfo:
-        return RootInfo(0, self.kvm.tdp_mmu.get_vcpu_root(vcpu, vcpu.mmu.root_role))
+        sp = self.kvm.tdp_mmu.get_vcpu_root(vcpu, vcpu.mmu.root_role)
+        info = sp.root_info
+        if info is None:
+            info = sp.root_info = RootInfo(0, sp)
+        return info
 
     def free_root(self, vcpu, sp, invalid: list) -> None:
         self.kvm.tdp_mmu.put_root(sp, vcpu)
