@@ -116,7 +116,7 @@ class TdpMmu:
     table code also builds the legacy direct MMU's tables (legacy.py). Pages come from the
     VM's pool (mmu_pages.py), which every MMU shares.
 
-    One memo, owned here: last_tables, (root pfn, gfn >> 9) -> the 4 KiB table a 4 KiB
+    One memo, owned here: last_tables, root pfn << 31 | gfn >> 9 -> the 4 KiB table a 4 KiB
     fault's walk reached from that root, so map() starts there. Only a path of present,
     non-leaf SPTEs is remembered, and it is emptied whenever the pool's generation moves
     (a present SPTE changed or a table went: kvmdbg/generation.py); a table built where
@@ -400,7 +400,7 @@ class TdpMmu:
             if gen != self.last_tables_gen:
                 self.last_tables.clear()
                 self.last_tables_gen = gen
-            key = (root.pfn, gfn >> 9)
+            key = root.pfn << 31 | gfn >> 9           # (root pfn, gfn >> 9) as one int
             sp = self.last_tables.get(key)
             if sp is not None:
                 index = gfn & 511
