@@ -500,7 +500,32 @@ class Cpu:
         if off > 4096 - size:
             self._split_write(va, size, value)
             return
-        e = self.translate(va, PFERR_WRITE | PFERR_USER if self.cs & 3 == 3 else PFERR_WRITE)
+        acc = PFERR_WRITE | PFERR_USER if self.cs & 3 == 3 else PFERR_WRITE
+        # translate()'s commonest case after a TLB flush, written out (a write to each page
+        # of a working set after every INVEPT): the page is not in the TLB, this mode's
+        # walk memo holds its 4 KiB non-global entry for this access, the context exists,
+        # has room and there is no global one. The same effects as translate() (a walk
+        # counted and charged, the TLB filled); anything else goes to translate().
+        # tests/cpu/test_write_miss_fill.py pins the two together.
+        mode = self._mode
+        e = None
+        if mode is not None and mode[1] is None and not (va + 0x800000000000) >> 48 & 0xFFFF:
+            vpn = va >> 12
+            tlb = self.tlb
+            ctx = tlb.contexts.get(mode[0])
+            if (ctx is not None and vpn not in ctx and len(ctx) < tlb.capacity
+                    and self.decode_cache.pt_generation == self._memo_pt_gen
+                    and self._gpa_generation.value == self._memo_gpa_gen):
+                e = mode[2].get(vpn << 17 | acc)
+                if e is not None and not e.glob and e.size_shift == 12:
+                    self.walks += 1
+                    self.extra_cycles += self.walk_cost
+                    ctx[vpn] = e
+                    tlb.fills += 1
+                else:
+                    e = None
+        if e is None:
+            e = self.translate(va, acc)
         page = e.page
         hpn = e.hpa >> 12
         dc = self.decode_cache
