@@ -417,9 +417,13 @@ class Cpu:
                             raise VmExit(EXCEPTION_NMI, f.cr2, error_code=f.error_code) from None
                     raise
                 mode[2][key] = e
-                self.decode_cache.track_pt(self.walk_pt_pages)
-            elif not e.glob and e.size_shift == 12:
-                # Tlb.fill's common cases: a 4 KiB non-global entry, no eviction.
+                pts = self.walk_pt_pages
+                dc = self.decode_cache
+                if not dc.pt_pages.issuperset(pts):         # track_pt's test, inlined
+                    dc.track_pt(pts)
+            if not e.glob and e.size_shift == 12:
+                # Tlb.fill's common cases: a 4 KiB non-global entry, no eviction. (The walk
+                # changed no TLB context, so ctx is still the one the lookup found.)
                 if ctx is not None and len(ctx) < tlb.capacity:
                     ctx[vpn] = e
                     tlb.fills += 1
