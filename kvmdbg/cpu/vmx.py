@@ -42,7 +42,8 @@ class VmExit(Exception):
     __slots__ = ("reason", "qualification", "gpa", "error_code")
 
     def __init__(self, reason: int, qualification: int = 0, gpa: int = 0, error_code: int = 0):
-        super().__init__(reason)
+        # No super().__init__: BaseException.__new__ already keeps the positional arguments
+        # as args (raised once per EPT violation, so the call is worth leaving out).
         self.reason = reason
         self.qualification = qualification     # #PF exits: the faulting linear address
         self.gpa = gpa

@@ -573,7 +573,12 @@ def direct_page_fault(vcpu, gpa: int, error_code: int, map_fault) -> RetPF:
 # --- faults (5.1, 5.3) ---
 
 def ept_violation_error_code(qual: int) -> int:
-    """__vmx_handle_ept_violation: exit qualification -> KVM page-fault error code."""
+    """__vmx_handle_ept_violation: exit qualification -> KVM page-fault error code (only
+    bits 5:0 of the qualification matter: looked up in the table _ept_error_code made)."""
+    return _EPT_ERROR_CODES[qual & 0x3F]
+
+
+def _ept_error_code(qual: int) -> int:
     code = 0
     if qual & 1:
         code |= PFERR_USER          # KVM piggybacks U to mean "read"
@@ -584,6 +589,9 @@ def ept_violation_error_code(qual: int) -> int:
     if qual & (0x8 | 0x10 | 0x20):
         code |= PFERR_PRESENT
     return code
+
+
+_EPT_ERROR_CODES = tuple(_ept_error_code(q) for q in range(64))
 
 
 __all__ = ["KvmMmu", "RootInfo", "RetPF", "S", "kvm_calc_cpu_role", "kvm_calc_tdp_mmu_root_page_role",

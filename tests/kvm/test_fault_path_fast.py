@@ -170,3 +170,18 @@ def test_reloading_the_same_root_keeps_translations_exact():
         out.append((sorted(vm.stats.items()), c.steps, c.cycles, c.walks, list(c.r), c.rip,
                     bytes(vm.console), len(vm.bus.log)))
     assert out[0] == out[1]
+
+
+def test_ept_violation_error_code_table_matches_the_rule():
+    from kvmdbg.mmu.mmu import _ept_error_code, ept_violation_error_code
+    for qual in range(1 << 12):          # bits 5:0 decide; the higher ones must not matter
+        assert ept_violation_error_code(qual) == _ept_error_code(qual)
+
+
+def test_vm_exit_keeps_its_fields():
+    """VmExit no longer calls BaseException.__init__: its fields, str and args stay sound."""
+    from kvmdbg.cpu.vmx import EPT_VIOLATION, VmExit
+    e = VmExit(EPT_VIOLATION, 0x182, 0x205000, error_code=3)
+    assert (e.reason, e.qualification, e.gpa, e.error_code) == (EPT_VIOLATION, 0x182, 0x205000, 3)
+    assert str(e) == "VM exit EPT_VIOLATION gpa 0x205000"
+    assert e.args[0] == EPT_VIOLATION
