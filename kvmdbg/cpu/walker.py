@@ -240,7 +240,8 @@ class GuestWalkMemo:
     def remember(self, key, entry) -> None:
         if len(self.entries) >= self.MAX_ENTRIES:
             self.entries.clear()
-        self.entries[key] = entry
+        # The walk's fields, then the TLB entry a replay made last (see walk).
+        self.entries[key] = [*entry, None]
 
     def walk(self, cpu, va: int, acc: int) -> TlbEntry:
         """walk(), replayed from memory when the guest's tables cannot have changed."""
@@ -255,7 +256,7 @@ class GuestWalkMemo:
         m = self.entries.get(key)
         if m is None:
             return walk(cpu, va, acc, self, key)
-        tables, hpns, page_gpa, user, writable, nx, pkey, pte_dirty, pte_global, size_shift = m
+        tables, hpns, page_gpa, user, writable, nx, pkey, pte_dirty, pte_global, size_shift, made = m
         # Hot (after every EPT violation): the tables' translations, as the walk makes them.
         # (walk_pt_pages is read only after a walk that returned.)
         translate_gpa = cpu.ops.translate_gpa
@@ -274,8 +275,16 @@ class GuestWalkMemo:
         write = acc & PFERR_WRITE
         page, hpa, ew, ex = translate_gpa(page_gpa, FETCH if acc & PFERR_FETCH else WRITE if write else READ,
                                           False)
-        return TlbEntry(va >> 12, page, hpa, page_gpa, user, writable, nx, bool(write) or pte_dirty,
-                        pte_global and bool(cpu.cr4 & CR4_PGE), pkey, size_shift, ew, ex)
+        glob = pte_global and bool(cpu.cr4 & CR4_PGE)
+        # A TLB entry is never changed once made, so the replay hands out the one it made
+        # last when all of its fields would be the same (the key fixes the page and the
+        # access, the memo the walk's fields; the rest are compared here).
+        if (made is not None and made.hpa == hpa and made.page is page and made.ept_w == ew
+                and made.ept_x == ex and made.glob == glob):
+            return made
+        e = m[10] = TlbEntry(va >> 12, page, hpa, page_gpa, user, writable, nx,
+                             bool(write) or pte_dirty, glob, pkey, size_shift, ew, ex)
+        return e
 
 
 def _fault(cpu, va: int, code: int):

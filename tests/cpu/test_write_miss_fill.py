@@ -61,3 +61,40 @@ def _run(profile: str, program: str, arg: int, reference: bool):
                                          ("cr0_wp_flip", 5)])
 def test_write_miss_fill_matches_translate(profile, program, arg):
     assert _run(profile, program, arg, False) == _run(profile, program, arg, True)
+
+
+def _run_memo(profile: str, program: str, arg: int, reuse: bool):
+    """A run whose guest walk memo hands out its last TLB entry again (reuse) or always
+    makes a new one."""
+    from kvmdbg.cpu.walker import GuestWalkMemo
+
+    class NoReuse(GuestWalkMemo):
+        __slots__ = ()
+
+        def walk(self, cpu, va, acc):
+            for m in self.entries.values():
+                m[10] = None
+            return super().walk(cpu, va, acc)
+
+    vm = Vm(16 << 20, 2 if "2vcpu" in program else 1, profile=get_profile(profile))
+    boot(vm, load_program(str(PROGRAMS / f"{program}.bin")), arg)
+    if not reuse:
+        for v in vm.vcpus:
+            v.cpu.walk_fn = NoReuse().walk
+    vm.bus.set_keep(10**6)
+    run_vm(vm, 200_000)
+    out = [sorted(vm.stats.items()), [(e.name, e.step, e.cycles, sorted(e.fields.items()))
+                                      for e in vm.bus.log]]
+    for v in vm.vcpus:
+        c = v.cpu
+        out.append((c.steps, c.cycles, c.walks, list(c.r), c.tlb.fills,
+                    sorted((t, sorted((k, e.hpa, e.dirty, e.glob, e.ept_w) for k, e in ctx.items()))
+                           for t, ctx in c.tlb.contexts.items())))
+    return out
+
+
+@pytest.mark.parametrize("profile", ["v5.15", "v6.1", "v6.12"])
+@pytest.mark.parametrize("program,arg", [("smep_flip", 0x0800000010), ("smep_flip_2vcpu", 6),
+                                         ("pt_edit", 0), ("cr0_wp_flip", 5), ("upper_half", 0)])
+def test_guest_walk_memo_entry_reuse_matches_fresh_entries(profile, program, arg):
+    assert _run_memo(profile, program, arg, True) == _run_memo(profile, program, arg, False)
