@@ -179,7 +179,7 @@ def walk(cpu, va: int, acc: int, memo=None, key=None) -> TlbEntry:
                         size_shift)
             memo.remember(key, (tuple(zip(gpas, [hpn << 12 for hpn in pt_pages])),
                                 tuple(pt_pages), page_gpa, user, writable, nx, pkey,
-                                bool(pte & D), bool(pte & G), size_shift))
+                                bool(pte & G), size_shift))
             return e
     return _finish(cpu, va, acc, used, size, page_gpa, user, writable, nx, pkey, pte, size_shift)
 
@@ -256,17 +256,23 @@ class GuestWalkMemo:
         m = self.entries.get(key)
         if m is None:
             return walk(cpu, va, acc, self, key)
-        tables, hpns, page_gpa, user, writable, nx, pkey, pte_dirty, pte_global, size_shift, made = m
+        tables, hpns, page_gpa, user, writable, nx, pkey, pte_global, size_shift, made = m
         # Hot (after every EPT violation): the tables' translations, as the walk makes them.
         # (walk_pt_pages is read only after a walk that returned.)
         translate_gpa = cpu.ops.translate_gpa
         for gpa, hpa in tables:
-            if translate_gpa(gpa, READ, True)[1] != hpa:
+            got = translate_gpa(gpa, READ, True)
+            if got[1] != hpa:
                 # Another host page behind a table: walk it. The translations made so far
                 # are made again; the EPT answers them from its cache as it just did.
                 del self.entries[key]
                 return walk(cpu, va, acc, self, key)
         cpu.walk_pt_pages = hpns
+        # The leaf's dirty flag is read now, as the walk reads it: a walk for a write may
+        # have set it since this entry was remembered (the walker's own accessed/dirty
+        # writes do not move pt_generation). The leaf is the last table's entry.
+        gpa = tables[-1][0]
+        dirty = bool(acc & PFERR_WRITE) or bool(_U64(got[0], gpa & 0xFFF)[0] & D)
         # _finish, written out for a walk with no accessed/dirty flag to set: the rights
         # check, the final page's translation and the TLB entry.
         code = access_error(cpu, user, writable, nx, pkey, acc)
@@ -280,10 +286,10 @@ class GuestWalkMemo:
         # last when all of its fields would be the same (the key fixes the page and the
         # access, the memo the walk's fields; the rest are compared here).
         if (made is not None and made.hpa == hpa and made.page is page and made.ept_w == ew
-                and made.ept_x == ex and made.glob == glob):
+                and made.ept_x == ex and made.glob == glob and made.dirty == dirty):
             return made
-        e = m[10] = TlbEntry(va >> 12, page, hpa, page_gpa, user, writable, nx,
-                             bool(write) or pte_dirty, glob, pkey, size_shift, ew, ex)
+        e = m[9] = TlbEntry(va >> 12, page, hpa, page_gpa, user, writable, nx, dirty, glob, pkey,
+                            size_shift, ew, ex)
         return e
 
 

@@ -73,7 +73,7 @@ def _run_memo(profile: str, program: str, arg: int, reuse: bool):
 
         def walk(self, cpu, va, acc):
             for m in self.entries.values():
-                m[10] = None
+                m[9] = None
             return super().walk(cpu, va, acc)
 
     vm = Vm(16 << 20, 2 if "2vcpu" in program else 1, profile=get_profile(profile))
