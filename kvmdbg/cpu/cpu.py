@@ -417,9 +417,13 @@ class Cpu:
                             raise VmExit(EXCEPTION_NMI, f.cr2, error_code=f.error_code) from None
                     raise
                 mode[2][key] = e
-                self.decode_cache.track_pt(self.walk_pt_pages)
-            elif not e.glob and e.size_shift == 12:
-                # Tlb.fill's common cases: a 4 KiB non-global entry, no eviction.
+                pts = self.walk_pt_pages
+                dc = self.decode_cache
+                if not dc.pt_pages.issuperset(pts):         # track_pt's test, inlined
+                    dc.track_pt(pts)
+            if not e.glob and e.size_shift == 12:
+                # Tlb.fill's common cases: a 4 KiB non-global entry, no eviction. (The walk
+                # changed no TLB context, so ctx is still the one the lookup found.)
                 if ctx is not None and len(ctx) < tlb.capacity:
                     ctx[vpn] = e
                     tlb.fills += 1
@@ -490,7 +494,8 @@ class Cpu:
         if page is None:
             return self.ops.mmio_read(e.gpa | off, size)
         self.fast_r[e.vpn] = page
-        self._note_large(e)
+        if e.size_shift > 12:                           # _note_large's test, inlined
+            self._note_large(e)
         return page[off] if size == 1 else _UNPACK_FROM[size](page, off)[0]
 
     def write_miss(self, va: int, size: int, value: int) -> None:
@@ -499,7 +504,32 @@ class Cpu:
         if off > 4096 - size:
             self._split_write(va, size, value)
             return
-        e = self.translate(va, PFERR_WRITE | PFERR_USER if self.cs & 3 == 3 else PFERR_WRITE)
+        acc = PFERR_WRITE | PFERR_USER if self.cs & 3 == 3 else PFERR_WRITE
+        # translate()'s commonest case after a TLB flush, written out (a write to each page
+        # of a working set after every INVEPT): the page is not in the TLB, this mode's
+        # walk memo holds its 4 KiB non-global entry for this access, the context exists,
+        # has room and there is no global one. The same effects as translate() (a walk
+        # counted and charged, the TLB filled); anything else goes to translate().
+        # tests/cpu/test_write_miss_fill.py pins the two together.
+        mode = self._mode
+        e = None
+        if mode is not None and mode[1] is None and not (va + 0x800000000000) >> 48 & 0xFFFF:
+            vpn = va >> 12
+            tlb = self.tlb
+            ctx = tlb.contexts.get(mode[0])
+            if (ctx is not None and vpn not in ctx and len(ctx) < tlb.capacity
+                    and self.decode_cache.pt_generation == self._memo_pt_gen
+                    and self._gpa_generation.value == self._memo_gpa_gen):
+                e = mode[2].get(vpn << 17 | acc)
+                if e is not None and not e.glob and e.size_shift == 12:
+                    self.walks += 1
+                    self.extra_cycles += self.walk_cost
+                    ctx[vpn] = e
+                    tlb.fills += 1
+                else:
+                    e = None
+        if e is None:
+            e = self.translate(va, acc)
         page = e.page
         hpn = e.hpa >> 12
         dc = self.decode_cache
@@ -510,9 +540,11 @@ class Cpu:
             page[off] = value
         else:
             _PACK_INTO[size](page, off, value)
-        self.fast_w[e.vpn] = page
-        self.fast_r[e.vpn] = page
-        self._note_large(e)
+        vpn = e.vpn
+        self.fast_w[vpn] = page
+        self.fast_r[vpn] = page
+        if e.size_shift > 12:                           # _note_large's test, inlined
+            self._note_large(e)
 
     # Accesses through SS (pushes, pops, operands based on RSP or RBP) fault #SS(0), not
     # #GP(0), on a non-canonical address (SDM Vol. 3A 6.15, Interrupt 12). The fast paths

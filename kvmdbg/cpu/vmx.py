@@ -34,7 +34,6 @@ _BAD_MEMTYPES = (2, 3, 7)
 _U64 = UNPACK_FROM[8]
 _PFN40 = (1 << 40) - 1
 _SHIFTS = (39, 30, 21, 12)          # gpa bits that index each level's table, 4 to 1
-_LAST_LEVEL = (12,)
 
 
 class VmExit(Exception):
@@ -43,7 +42,8 @@ class VmExit(Exception):
     __slots__ = ("reason", "qualification", "gpa", "error_code")
 
     def __init__(self, reason: int, qualification: int = 0, gpa: int = 0, error_code: int = 0):
-        super().__init__(reason)
+        # No super().__init__: BaseException.__new__ already keeps the positional arguments
+        # as args (raised once per EPT violation, so the call is worth leaving out).
         self.reason = reason
         self.qualification = qualification     # #PF exits: the faulting linear address
         self.gpa = gpa
@@ -64,7 +64,7 @@ class EptHardware:
         self.generation = generation          # a kvmdbg.generation.Generation, or None
         self.memo: dict = {}
         # ... and so is where a walk's first three levels lead, per 2 MiB of guest-physical
-        # space: (ep4ta, gpa >> 21) -> (last table's pfn, R/W/X and A so far). Only
+        # space: ep4ta << 31 | gpa >> 21 -> (last table's pfn, R/W/X and A so far). Only
         # present, non-leaf entries are remembered, and only a present entry's change
         # moves the generation; A flags only ever get set without it.
         self.prefixes: dict = {}
@@ -80,7 +80,10 @@ class EptHardware:
 
     def load_eptp(self, ep4ta: int) -> None:
         self.ep4ta = ep4ta
-        self.cache = self.caches.setdefault(ep4ta, {})
+        cache = self.caches.get(ep4ta)
+        if cache is None:
+            cache = self.caches[ep4ta] = {}
+        self.cache = cache
         self.loaded.add(ep4ta)          # for the debugger's history: caches that may change
 
     def invept_single(self, ep4ta: int) -> None:
@@ -104,26 +107,30 @@ class EptHardware:
         """(host page, hpa, writable, executable) for gpa's 4 KiB page, or raise VmExit."""
         gfn = gpa >> 12
         hit = self.cache.get(gfn)
-        if hit is not None and (kind == READ or (kind == WRITE and hit[2]) or (kind == FETCH and hit[3])):
+        # READ (0) needs no right the entry records; WRITE (1) needs hit[2], FETCH (2) hit[3].
+        if hit is not None and (not kind or hit[kind + 1]):
             return hit
         # A miss (twice per EPT violation): the walk, or the answer it gave while the
         # tables stood still.
         self.walks += 1
-        if self.generation is not None:
-            gen = self.generation.value
+        generation = self.generation
+        if generation is not None:
+            gen = generation.value
             if gen != self.memo_gen:
                 self.memo.clear()
                 self.prefixes.clear()
                 self.memo_gen = gen
-            key = (self.ep4ta, gfn)
-            got = self.memo.get(key)
-            if got is not None and (kind == READ or (kind == WRITE and got[2]) or (kind == FETCH and got[3])):
-                if kind != WRITE or got[4]:
-                    got = got[:4]
+            # Keyed by one int, ep4ta << 40 | gfn (a gfn has at most 40 bits), not a tuple;
+            # an entry is (the walk's answer, whether that walk was a write's).
+            key = self.ep4ta << 40 | gfn
+            m = self.memo.get(key)
+            if m is not None:
+                got = m[0]
+                if (not kind or got[kind + 1]) and (kind != WRITE or m[1]):
                     self.cache[gfn] = got
                     return got
             got = self._real_walk(gpa, kind, walk)
-            self.memo[key] = got + (kind == WRITE,)
+            self.memo[key] = (got, kind == WRITE)
             return got
         return self._real_walk(gpa, kind, walk)
 
@@ -135,37 +142,47 @@ class EptHardware:
         prefixes = self.prefixes if self.generation is not None else None   # see __init__
         pre = prefix_key = None
         if prefixes is not None:
-            prefix_key = (self.ep4ta, gpa >> 21)
+            prefix_key = self.ep4ta << 31 | gpa >> 21      # (ep4ta, gpa >> 21) as one int
             pre = prefixes.get(prefix_key)
         if pre is None:
             pfn = self.ep4ta >> 12
             perms = 7              # R, W, X (bits 0-2) AND-ed over the walk
             accessed = 0x100       # A (bit 8) AND-ed over the walk
-            shifts = _SHIFTS       # levels 4, 3, 2, 1
+            for shift in _SHIFTS:  # levels 4, 3, 2, 1
+                e = _U64(pages[pfn], ((gpa >> shift) & 511) << 3)[0]
+                if not e & 7:
+                    raise self._violation(gpa, kind, walk, 0)
+                if e & 6 and not e & 1:                     # W or X without R
+                    raise VmExit(EPT_MISCONFIG, 0, gpa)
+                perms &= e
+                accessed &= e
+                if shift == 12 or (e & 0x80 and shift != 39):   # a leaf (1 GiB / 2 MiB at 3 / 2)
+                    break
+                pfn = (e >> 12) & _PFN40
+                if shift == 21 and prefixes is not None:
+                    prefixes[prefix_key] = (pfn, perms, accessed)
         else:
+            # The first three levels remembered: the loop's last pass, written out.
             pfn, perms, accessed = pre
-            shifts = _LAST_LEVEL
-        for shift in shifts:
-            e = _U64(pages[pfn], ((gpa >> shift) & 511) << 3)[0]
+            shift = 12
+            e = _U64(pages[pfn], ((gpa >> 12) & 511) << 3)[0]
             if not e & 7:
-                self._violation(gpa, kind, walk, 0)
-            if e & 6 and not e & 1:                         # W or X without R
+                raise self._violation(gpa, kind, walk, 0)
+            if e & 6 and not e & 1:
                 raise VmExit(EPT_MISCONFIG, 0, gpa)
             perms &= e
             accessed &= e
-            if shift == 12 or (e & 0x80 and shift != 39):   # a leaf (1 GiB / 2 MiB at 3 / 2)
-                break
-            pfn = (e >> 12) & _PFN40
-            if shift == 21 and prefixes is not None:
-                prefixes[prefix_key] = (pfn, perms, accessed)
         if ((e >> 3) & 7) in _BAD_MEMTYPES:
             raise VmExit(EPT_MISCONFIG, 0, gpa)
         if not perms >> kind & 1:                           # READ 0, WRITE 1, FETCH 2
-            self._violation(gpa, kind, walk, (perms & 7) << 3)   # readable/writable/executable
+            raise self._violation(gpa, kind, walk, (perms & 7) << 3)   # readable/writable/executable
         if self.ad_enabled and (not accessed or (kind == WRITE and not e & 0x200)):
             self._set_ad(gpa, kind)
-        span = shift - 12                                   # pfn bits the leaf's offset spans
-        leaf_pfn = ((e >> 12) & _PFN40 & ~((1 << span) - 1)) + ((gpa >> 12) & ((1 << span) - 1))
+        if shift == 12:
+            leaf_pfn = (e >> 12) & _PFN40
+        else:
+            span = shift - 12                               # pfn bits the leaf's offset spans
+            leaf_pfn = ((e >> 12) & _PFN40 & ~((1 << span) - 1)) + ((gpa >> 12) & ((1 << span) - 1))
         got = (pages[leaf_pfn], leaf_pfn << 12, bool(perms & 2), bool(perms & 4))
         # Read-only or non-executable translations are cached too; translate() re-walks
         # (and so exits) when an access needs a right the cached entry lacks.
@@ -191,8 +208,10 @@ class EptHardware:
                 return
             pfn = (e >> 12) & _PFN40
 
-    def _violation(self, gpa: int, kind: int, walk: bool, rights: int):
+    def _violation(self, gpa: int, kind: int, walk: bool, rights: int) -> VmExit:
+        """The EPT violation for the walk to raise (returned, so that raising it does not
+        unwind one more frame)."""
         qual = _KIND_QUAL[kind] | rights | EPT_QUAL_GLA_VALID | (0 if walk else EPT_QUAL_GLA_FINAL)
         # An EPT violation invalidates the guest-physical mappings of the faulting address.
         self.cache.pop(gpa >> 12, None)
-        raise VmExit(EPT_VIOLATION, qual, gpa)
+        return VmExit(EPT_VIOLATION, qual, gpa)

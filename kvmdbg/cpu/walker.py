@@ -178,8 +178,8 @@ def walk(cpu, va: int, acc: int, memo=None, key=None) -> TlbEntry:
             e = _finish(cpu, va, acc, [], size, page_gpa, user, writable, nx, pkey, pte,
                         size_shift)
             memo.remember(key, (tuple(zip(gpas, [hpn << 12 for hpn in pt_pages])),
-                                tuple(pt_pages), page_gpa, user, writable, nx, pkey, pte,
-                                size_shift))
+                                tuple(pt_pages), page_gpa, user, writable, nx, pkey,
+                                bool(pte & G), size_shift))
             return e
     return _finish(cpu, va, acc, used, size, page_gpa, user, writable, nx, pkey, pte, size_shift)
 
@@ -240,7 +240,8 @@ class GuestWalkMemo:
     def remember(self, key, entry) -> None:
         if len(self.entries) >= self.MAX_ENTRIES:
             self.entries.clear()
-        self.entries[key] = entry
+        # The walk's fields, then the TLB entry a replay made last (see walk).
+        self.entries[key] = [*entry, None]
 
     def walk(self, cpu, va: int, acc: int) -> TlbEntry:
         """walk(), replayed from memory when the guest's tables cannot have changed."""
@@ -255,18 +256,41 @@ class GuestWalkMemo:
         m = self.entries.get(key)
         if m is None:
             return walk(cpu, va, acc, self, key)
-        tables, hpns, page_gpa, user, writable, nx, pkey, pte, size_shift = m
+        tables, hpns, page_gpa, user, writable, nx, pkey, pte_global, size_shift, made = m
         # Hot (after every EPT violation): the tables' translations, as the walk makes them.
         # (walk_pt_pages is read only after a walk that returned.)
         translate_gpa = cpu.ops.translate_gpa
-        cpu.walk_pt_pages = list(hpns)
         for gpa, hpa in tables:
-            if translate_gpa(gpa, READ, True)[1] != hpa:
+            got = translate_gpa(gpa, READ, True)
+            if got[1] != hpa:
                 # Another host page behind a table: walk it. The translations made so far
                 # are made again; the EPT answers them from its cache as it just did.
                 del self.entries[key]
                 return walk(cpu, va, acc, self, key)
-        return _finish(cpu, va, acc, [], 8, page_gpa, user, writable, nx, pkey, pte, size_shift)
+        cpu.walk_pt_pages = hpns
+        # The leaf's dirty flag is read now, as the walk reads it: a walk for a write may
+        # have set it since this entry was remembered (the walker's own accessed/dirty
+        # writes do not move pt_generation). The leaf is the last table's entry.
+        gpa = tables[-1][0]
+        dirty = bool(acc & PFERR_WRITE) or bool(_U64(got[0], gpa & 0xFFF)[0] & D)
+        # _finish, written out for a walk with no accessed/dirty flag to set: the rights
+        # check, the final page's translation and the TLB entry.
+        code = access_error(cpu, user, writable, nx, pkey, acc)
+        if code:
+            _fault(cpu, va, code)
+        write = acc & PFERR_WRITE
+        page, hpa, ew, ex = translate_gpa(page_gpa, FETCH if acc & PFERR_FETCH else WRITE if write else READ,
+                                          False)
+        glob = pte_global and bool(cpu.cr4 & CR4_PGE)
+        # A TLB entry is never changed once made, so the replay hands out the one it made
+        # last when all of its fields would be the same (the key fixes the page and the
+        # access, the memo the walk's fields; the rest are compared here).
+        if (made is not None and made.hpa == hpa and made.page is page and made.ept_w == ew
+                and made.ept_x == ex and made.glob == glob and made.dirty == dirty):
+            return made
+        e = m[9] = TlbEntry(va >> 12, page, hpa, page_gpa, user, writable, nx, dirty, glob, pkey,
+                            size_shift, ew, ex)
+        return e
 
 
 def _fault(cpu, va: int, code: int):

@@ -32,6 +32,8 @@ _CR_WRITE_STAT = {0: "kvmdbg_cr0_writes", 3: "kvmdbg_cr3_writes", 4: "kvmdbg_cr4
 POSSIBLE_CR4_GUEST_BITS = (CR4_PVI | CR4_DE | CR4_PCE | CR4_OSFXSR | CR4_OSXMMEXCPT | CR4_PGE
                            | CR4_TSD | CR4_FSGSBASE)
 CR4_TLBFLUSH_BITS = CR4_PGE | (1 << 17) | CR4_PAE | CR4_SMEP
+_ABSENT = object()         # an exit information field the exit does not report (vmexit)
+_EPT_VIOLATION, _EMULATE = V.EPT_VIOLATION, RetPF.EMULATE
 
 
 class Vcpu:
@@ -99,14 +101,20 @@ class Vcpu:
             if self.kvm.bus.active:
                 self.kvm.trace("kvmdbg:request", self.index, request=req)
 
-    def vmexit(self, reason: int, **info) -> None:
-        """Leave guest mode: count, charge and trace the exit; stop the run loop."""
+    def vmexit(self, reason: int, info1=_ABSENT, info2=_ABSENT, intr_info=_ABSENT,
+               error_code=_ABSENT) -> None:
+        """Leave guest mode: count, charge and trace the exit; stop the run loop. The exit
+        information fields a caller gives go into the kvm_exit event, in this order (named
+        parameters rather than **info: no dict is built for an exit nobody traces)."""
         kvm = self.kvm
         cpu = self.cpu
         kvm.stats["exits"] += 1
-        kvm.exit_reasons[reason] = kvm.exit_reasons.get(reason, 0) + 1
+        reasons = kvm.exit_reasons
+        reasons[reason] = reasons.get(reason, 0) + 1
         cpu.extra_cycles += kvm.costs.values["vmexit"]
         if kvm.bus.active:
+            info = {k: v for k, v in (("info1", info1), ("info2", info2), ("intr_info", intr_info),
+                                      ("error_code", error_code)) if v is not _ABSENT}
             kvm.trace("kvm_exit", self.index, exit_reason=V.EXIT_NAMES.get(reason, str(reason)),
                       guest_rip=cpu.rip, isa=1, **info)
         self.in_kvm = True
@@ -220,11 +228,16 @@ class Vcpu:
     # --- VMX TLB operations (vmx_flush_tlb_*) and the EPT pointer ---
 
     def load_mmu_pgd(self, root) -> None:
-        """vmx_load_mmu_pgd: EPTP = the root's hpa."""
-        self.ep4ta = root.hpa
+        """vmx_load_mmu_pgd: EPTP = the root's hpa. The CPU's fast paths hold translations
+        made through the EPTP in use, so they go when it changes (reloading the same root,
+        as every v6.4+ SMEP flip does, leaves every translation as it was)."""
+        hpa = root.hpa
+        changed = hpa != self.ep4ta
+        self.ep4ta = hpa
         if self.ept is not None:
-            self.ept.load_eptp(root.hpa)
-        self.cpu.flush_fast()
+            self.ept.load_eptp(hpa)
+        if changed:
+            self.cpu.flush_fast()
 
     def flush_tlb_current(self) -> None:
         root = self.mmu.root.sp
@@ -316,7 +329,19 @@ class Vcpu:
         #PF intercept of shadow paging)."""
         kvm = self.kvm
         gpa = exit_.gpa
-        if exit_.reason == V.EXCEPTION_NMI:
+        reason = exit_.reason
+        if reason == _EPT_VIOLATION:               # the common exit first
+            qual = exit_.qualification
+            self.vmexit(_EPT_VIOLATION, qual, gpa)
+            kvm.stats["kvmdbg_ept_violations"] += 1
+            kvm.charge(self, "ept_violation")
+            if kvm.bus.active:
+                kvm.trace("kvm_page_fault", self.index, guest_rip=cpu.rip, fault_address=gpa,
+                          error_code=qual)
+            if M.kvm_mmu_page_fault(self, gpa, M.ept_violation_error_code(qual)) == _EMULATE:
+                emulate.emulate_instruction(self)
+            return
+        if reason == V.EXCEPTION_NMI:
             # handle_exception_nmi -> kvm_handle_page_fault: a #PF on KVM's shadow tables.
             addr, code = exit_.qualification, exit_.error_code
             self.vmexit(V.EXCEPTION_NMI, info1=addr, intr_info=0x80000B0E, error_code=code)
@@ -329,18 +354,9 @@ class Vcpu:
             if ret == RetPF.EMULATE:
                 emulate.emulate_instruction(self)
             return
-        if exit_.reason == V.EPT_VIOLATION:
-            self.vmexit(V.EPT_VIOLATION, info1=exit_.qualification, info2=gpa)
-            kvm.stats["kvmdbg_ept_violations"] += 1
-            kvm.charge(self, "ept_violation")
-            if kvm.bus.active:
-                kvm.trace("kvm_page_fault", self.index, guest_rip=cpu.rip, fault_address=gpa,
-                          error_code=exit_.qualification)
-            ret = M.kvm_mmu_page_fault(self, gpa, M.ept_violation_error_code(exit_.qualification))
-        else:
-            self.vmexit(V.EPT_MISCONFIG, info2=gpa)
-            kvm.stats["kvmdbg_ept_misconfigs"] += 1
-            ret = emulate.handle_mmio_page_fault(self, gpa)
+        self.vmexit(V.EPT_MISCONFIG, info2=gpa)
+        kvm.stats["kvmdbg_ept_misconfigs"] += 1
+        ret = emulate.handle_mmio_page_fault(self, gpa)
         if ret == RetPF.EMULATE:
             emulate.emulate_instruction(self)
 

@@ -36,6 +36,10 @@ class Memslots:
         self._starts: list[int] = []
         self.generation = 0
         self.changes = changes if changes is not None else Generation()   # shared, see Vm
+        # The slot the last lookup found (every EPT violation looks one up, nearly always
+        # the same RAM slot): owned here, forgotten by create and delete, the only writers
+        # of the slot list (slots themselves never change in place).
+        self._last: Memslot | None = None
 
     def __iter__(self):
         return iter(self._slots)
@@ -44,10 +48,18 @@ class Memslots:
         return len(self._slots)
 
     def lookup(self, gfn: int) -> Memslot | None:
+        last = self._last
+        if last is not None and last.base_gfn <= gfn < last.base_gfn + last.npages:
+            return last
+        return self._lookup(gfn)
+
+    def _lookup(self, gfn: int) -> Memslot | None:
+        """lookup by bisection (no memo)."""
         i = bisect.bisect_right(self._starts, gfn) - 1
         if i >= 0:
             slot = self._slots[i]
             if gfn < slot.base_gfn + slot.npages:
+                self._last = slot
                 return slot
         return None
 
@@ -68,6 +80,7 @@ class Memslots:
         i = bisect.bisect_right(self._starts, slot.base_gfn)
         self._slots.insert(i, slot)
         self._starts.insert(i, slot.base_gfn)
+        self._last = None
         self.generation += 1
         self.changes.value += 1
 
@@ -76,6 +89,7 @@ class Memslots:
             if s.id == slot_id:
                 del self._slots[i]
                 del self._starts[i]
+                self._last = None
                 self.generation += 1
                 self.changes.value += 1
                 return s

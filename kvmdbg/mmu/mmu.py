@@ -386,8 +386,9 @@ def kvm_mmu_free_roots(vcpu, roots_to_free: int) -> None:
             if info.sp is not None and roots_to_free & (2 << i):
                 ops.free_root(vcpu, info.sp, invalid)
                 prev[i] = INVALID_ROOT
-    if roots_to_free & KVM_MMU_ROOT_CURRENT and mmu.root.sp is not None:
-        ops.free_root(vcpu, mmu.root.sp, invalid)
+    sp = mmu.root.sp
+    if roots_to_free & KVM_MMU_ROOT_CURRENT and sp is not None:
+        ops.free_root(vcpu, sp, invalid)
         mmu.root = INVALID_ROOT
     if invalid:
         vcpu.kvm.shadow_mmu.commit_zap_page(invalid)
@@ -563,14 +564,21 @@ def direct_page_fault(vcpu, gpa: int, error_code: int, map_fault) -> RetPF:
     if root is None or is_obsolete_root(kvm, root):
         return RetPF.RETRY                                  # is_page_fault_stale
     ret = map_fault(vcpu, root, fault)
-    count_outcome(kvm, ret)
+    stat = _OUTCOME_STATS.get(ret)                          # count_outcome, inlined
+    if stat is not None:
+        kvm.stats[stat] += 1
     return ret
 
 
 # --- faults (5.1, 5.3) ---
 
 def ept_violation_error_code(qual: int) -> int:
-    """__vmx_handle_ept_violation: exit qualification -> KVM page-fault error code."""
+    """__vmx_handle_ept_violation: exit qualification -> KVM page-fault error code (only
+    bits 5:0 of the qualification matter: looked up in the table _ept_error_code made)."""
+    return _EPT_ERROR_CODES[qual & 0x3F]
+
+
+def _ept_error_code(qual: int) -> int:
     code = 0
     if qual & 1:
         code |= PFERR_USER          # KVM piggybacks U to mean "read"
@@ -581,6 +589,9 @@ def ept_violation_error_code(qual: int) -> int:
     if qual & (0x8 | 0x10 | 0x20):
         code |= PFERR_PRESENT
     return code
+
+
+_EPT_ERROR_CODES = tuple(_ept_error_code(q) for q in range(64))
 
 
 __all__ = ["KvmMmu", "RootInfo", "RetPF", "S", "kvm_calc_cpu_role", "kvm_calc_tdp_mmu_root_page_role",

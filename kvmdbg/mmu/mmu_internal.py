@@ -126,7 +126,7 @@ class MmuPage:
 
     __slots__ = ("role", "gfn", "pfn", "hpa", "spt", "tdp_mmu_page", "root_count", "parent",
                  "parent_index", "tdp_mmu_scheduled_root_to_zap", "mmu_valid_gen",
-                 "created_step", "number", "freed")
+                 "created_step", "number", "freed", "root_info")
 
     def __init__(self, role: int, gfn: int, pfn: int, spt: bytearray, tdp_mmu_page: bool):
         self.role = role
@@ -143,6 +143,9 @@ class MmuPage:
         self.created_step = 0
         self.number = 0                  # root number shown to users (#1, #2, ...)
         self.freed = False
+        # The TDP MMU's RootInfo(0, self) for this root, made once (RootInfo is never
+        # changed in place, so every load of the root can share it: TdpMmuOps.alloc_root).
+        self.root_info = None
 
     @property
     def level(self) -> int:
@@ -154,11 +157,12 @@ class MmuPage:
 
 
 class PageFault:
-    """struct kvm_page_fault, grouped by where each field comes from."""
+    """struct kvm_page_fault, grouped by where each field comes from. The fields derived
+    from the error code are read from it when asked (properties): one is made per EPT
+    violation and the fault path reads none of them."""
 
-    __slots__ = ("addr", "error_code", "prefetch", "gfn", "write", "exec", "present", "user",
-                 "rsvd", "is_tdp", "max_level", "req_level", "goal_level", "slot", "pfn",
-                 "map_writable")
+    __slots__ = ("addr", "error_code", "prefetch", "gfn", "is_tdp", "max_level", "req_level",
+                 "goal_level", "slot", "pfn", "map_writable")
 
     def __init__(self, addr: int, error_code: int, is_tdp: bool = True):
         # --- inputs (from the exit) ---
@@ -166,13 +170,8 @@ class PageFault:
         self.error_code = error_code
         self.prefetch = False
         self.is_tdp = is_tdp
-        # --- derived from error_code ---
+        # --- derived from addr (and, below, from error_code) ---
         self.gfn = addr >> 12
-        self.present = bool(error_code & 1)
-        self.write = bool(error_code & 2)
-        self.user = bool(error_code & 4)
-        self.rsvd = bool(error_code & 8)
-        self.exec = bool(error_code & 16)
         # --- set by kvm_mmu_hugepage_adjust / faultin ---
         self.max_level = 1
         self.req_level = 1
@@ -180,3 +179,23 @@ class PageFault:
         self.slot = None
         self.pfn = 0
         self.map_writable = True
+
+    @property
+    def present(self) -> bool:
+        return bool(self.error_code & 1)
+
+    @property
+    def write(self) -> bool:
+        return bool(self.error_code & 2)
+
+    @property
+    def user(self) -> bool:
+        return bool(self.error_code & 4)
+
+    @property
+    def rsvd(self) -> bool:
+        return bool(self.error_code & 8)
+
+    @property
+    def exec(self) -> bool:
+        return bool(self.error_code & 16)

@@ -54,6 +54,14 @@ def make_spte(pfn: int, level: int, writable: bool = True, host_writable: bool =
               accessed: bool = True, mt: int = EPT_MT_WB) -> int:
     """A present leaf for ACC_ALL: R|X always, W when writable, WB memory type, A (and D
     when writable) preset because KVM's TDP MMU sets them at fault time with A/D enabled."""
+    if host_writable and accessed and mt == EPT_MT_WB:
+        # The TDP fault path's case (every EPT violation): the bits below, precomputed.
+        return _LEAF_BITS[level > 1][bool(writable)] | (pfn << 12)
+    return _make_spte(pfn, level, writable, host_writable, accessed, mt)
+
+
+def _make_spte(pfn: int, level: int, writable: bool, host_writable: bool, accessed: bool,
+               mt: int) -> int:
     spte = SPTE_MMU_PRESENT | EPT_R | EPT_X | (mt << EPT_MT_SHIFT) | (pfn << 12)
     if level > 1:
         spte |= PT_PAGE_SIZE
@@ -64,6 +72,11 @@ def make_spte(pfn: int, level: int, writable: bool = True, host_writable: bool =
     if writable:
         spte |= EPT_W | EPT_SPTE_MMU_WRITABLE | EPT_DIRTY
     return spte
+
+
+# make_spte's bits for (level > 1, writable) with the defaults, from the general builder.
+_LEAF_BITS = tuple(tuple(_make_spte(0, 2 if large else 1, w, True, True, EPT_MT_WB) for w in (False, True))
+                   for large in (False, True))
 
 
 def make_nonleaf_spte(child_pfn: int) -> int:

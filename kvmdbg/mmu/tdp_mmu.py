@@ -28,6 +28,7 @@ from kvmdbg.mmu.tdp_iter import for_each_tdp_pte, nonzero_entries, scan_table
 _U64, _P64 = UNPACK_FROM[8], PACK_INTO[8]
 _PRESENT, _LARGE, _REMOVED = S.SPTE_MMU_PRESENT, S.PT_PAGE_SIZE, S.REMOVED_SPTE
 _PAGES_STAT = (None, "pages_4k", "pages_2m", "pages_1g")       # by level
+_FIXED = RetPF.FIXED
 
 
 class ZapOnLastPut:
@@ -115,7 +116,7 @@ class TdpMmu:
     table code also builds the legacy direct MMU's tables (legacy.py). Pages come from the
     VM's pool (mmu_pages.py), which every MMU shares.
 
-    One memo, owned here: last_tables, (root pfn, gfn >> 9) -> the 4 KiB table a 4 KiB
+    One memo, owned here: last_tables, root pfn << 31 | gfn >> 9 -> the 4 KiB table a 4 KiB
     fault's walk reached from that root, so map() starts there. Only a path of present,
     non-leaf SPTEs is remembered, and it is emptied whenever the pool's generation moves
     (a present SPTE changed or a table went: kvmdbg/generation.py); a table built where
@@ -232,6 +233,18 @@ class TdpMmu:
         if old == new:
             return
         kvm = self.kvm
+        if not old and new & _PRESENT:
+            # An empty entry made present (every EPT violation, every table built): the
+            # general case below with was_present and was_leaf false, written out.
+            if kvm.bus.active and sp.tdp_mmu_page:
+                kvm.trace("kvm_tdp_mmu_spte_changed", kvm.current_vcpu_index(), gfn=gfn,
+                          old_spte=old, new_spte=new, level=level, as_id=role_smm(sp.role))
+            self.pool.live_sptes += 1
+            stats = kvm.stats
+            if level == 1 or new & _LARGE:
+                stats[_PAGES_STAT[level]] += 1
+            stats["kvmdbg_sptes_created"] += 1
+            return
         was_present = bool(old & _PRESENT)                  # is_shadow_present_pte
         is_present = bool(new & _PRESENT)
         was_leaf = was_present and (level == 1 or bool(old & _LARGE))     # is_last_spte
@@ -387,7 +400,7 @@ class TdpMmu:
             if gen != self.last_tables_gen:
                 self.last_tables.clear()
                 self.last_tables_gen = gen
-            key = (root.pfn, gfn >> 9)
+            key = root.pfn << 31 | gfn >> 9           # (root pfn, gfn >> 9) as one int
             sp = self.last_tables.get(key)
             if sp is not None:
                 index = gfn & 511
@@ -444,7 +457,7 @@ class TdpMmu:
             kvm.trace("mark_mmio_spte", vcpu.index, gfn=fault.gfn, access=7,
                       gen=kvm.memslots.generation)
             return RetPF.EMULATE
-        new = S.make_spte(fault.pfn, level, writable=fault.map_writable)
+        new = S.make_spte(fault.pfn, level, fault.map_writable)
         if new == old:
             return RetPF.SPURIOUS
         if old & _PRESENT and not (level == 1 or old & _LARGE):
@@ -454,7 +467,7 @@ class TdpMmu:
         if kvm.bus.active:
             kvm.trace("kvm_mmu_set_spte", vcpu.index, gfn=fault.gfn, spte=new, level=level,
                       r=True, x=True, u=True)
-        return RetPF.FIXED
+        return _FIXED
 
 
 class TdpMmuOps(DirectMmuOps):
@@ -462,7 +475,11 @@ class TdpMmuOps(DirectMmuOps):
     through kvm_tdp_mmu_map."""
 
     def alloc_root(self, vcpu) -> RootInfo:
-        return RootInfo(0, self.kvm.tdp_mmu.get_vcpu_root(vcpu, vcpu.mmu.root_role))
+        sp = self.kvm.tdp_mmu.get_vcpu_root(vcpu, vcpu.mmu.root_role)
+        info = sp.root_info
+        if info is None:
+            info = sp.root_info = RootInfo(0, sp)
+        return info
 
     def free_root(self, vcpu, sp, invalid: list) -> None:
         self.kvm.tdp_mmu.put_root(sp, vcpu)
