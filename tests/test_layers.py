@@ -1,6 +1,6 @@
 """Imports point down only (design section 4), checked by parsing every module.
 
-cli -> repl -> gdbstub -> debug -> kvm -> (cpu | mmu) -> mem -> events -> bits/errors/generation/stop_reason; cpu and
+cli -> repl -> gdbstub -> debug -> kvm -> (cpu | mmu) -> mem -> events -> bits/errors/generation/stop_reason/collector; cpu and
 mmu never import each other; capstone only in cpu/decoder.py; prompt_toolkit and
 pygments only in repl/.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "kvmdbg"
 
-RANK = {"arch": 0.5, "bits": 0, "errors": 0, "version": 0, "generation": 0, "stop_reason": 0, "events": 1, "mem": 2, "cpu": 3, "mmu": 3, "kvm": 4,
+RANK = {"arch": 0.5, "bits": 0, "errors": 0, "version": 0, "generation": 0, "stop_reason": 0, "collector": 0, "events": 1, "mem": 2, "cpu": 3, "mmu": 3, "kvm": 4,
         "debug": 5, "gdbstub": 5.5, "repl": 6, "cli": 7, "__init__": 8, "__main__": 8}
 
 
