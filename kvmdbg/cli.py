@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from kvmdbg import collector
+from kvmdbg.collector import tune as tune_collector
 from kvmdbg.version import __version__
 from kvmdbg.errors import KvmdbgError
 
@@ -126,7 +126,7 @@ def _init_file() -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(_bare_color(sys.argv[1:] if argv is None else list(argv)))
-    collector.tune()
+    tune_collector()
     from kvmdbg.debug.engine.session import Session
 
     gdb_fds = None
