@@ -158,16 +158,20 @@ def update_permission_bitmask(mmu: KvmMmu, ept: bool = False) -> None:
 
     The tables are a pure function of a few role bits, so they are computed once per
     combination (KVM recomputes them; the result is the same)."""
-    key = (mmu.cpu_role & _BITMASK_INPUTS, ept)
+    mmu.permissions, mmu.pkru_mask = permission_tables(mmu.cpu_role, ept)
+
+
+def permission_tables(cpu_role: int, ept: bool = False) -> tuple:
+    """(permissions, pkru_mask) for a cpu_role: update_permission_bitmask's result."""
+    key = (cpu_role & _BITMASK_INPUTS, ept)
     hit = _BITMASK_MEMO.get(key)
     if hit is None:
-        _compute_permission_bitmask(mmu, ept)
-        hit = _BITMASK_MEMO[key] = (mmu.permissions, mmu.pkru_mask)
-    mmu.permissions, mmu.pkru_mask = hit
+        hit = _BITMASK_MEMO[key] = _compute_permission_bitmask(cpu_role & 0xFFFF_FFFF,
+                                                               cpu_role >> 32, ept)
+    return hit
 
 
-def _compute_permission_bitmask(mmu: KvmMmu, ept: bool) -> None:
-    base, ext = mmu.cpu_base, mmu.cpu_ext
+def _compute_permission_bitmask(base: int, ext: int, ept: bool) -> tuple:
     cr4_smep = bool(ext & R.EXT_CR4_SMEP)
     cr4_smap = bool(ext & R.EXT_CR4_SMAP)
     cr0_wp = bool(base & R.ROLE_CR0_WP)
@@ -199,8 +203,7 @@ def _compute_permission_bitmask(mmu: KvmMmu, ept: bool) -> None:
             if wfault or ufault or ffault or smapf:
                 bits |= 1 << access
         permissions[byte] = bits
-    mmu.permissions = tuple(permissions)
-    mmu.pkru_mask = 0
+    pkru_mask = 0
     if ext & R.EXT_CR4_PKE:
         # Which pfec values PKRU applies to: data accesses; for supervisor writes only with WP.
         mask = 0
@@ -211,7 +214,8 @@ def _compute_permission_bitmask(mmu: KvmMmu, ept: bool) -> None:
             applies_ad = 1
             applies_wd = 1 if pfec & PFERR_WRITE and (pfec & PFERR_USER or cr0_wp) else 0
             mask |= (applies_ad | applies_wd << 1) << (byte * 2)
-        mmu.pkru_mask = mask
+        pkru_mask = mask
+    return tuple(permissions), pkru_mask
 
 
 def permission_fault(mmu: KvmMmu, pte_access: int, pte_pkey: int, pfec: int, rflags_ac: bool,
@@ -344,13 +348,16 @@ def kvm_init_mmu(vcpu) -> None:
         cpu_role = kvm_calc_cpu_role(cpu.cr0, cpu.cr4, cpu.efer, smm=vcpu.smm)
         if len(ops.roles_memo) >= 4096:
             ops.roles_memo.clear()
-        roles = ops.roles_memo[key] = (cpu_role, ops.root_role(cpu_role))
-    cpu_role, root_role = roles
+        # The permission tables are a function of cpu_role (see update_permission_bitmask),
+        # so they are remembered with it: a SMEP flip then costs no call for them.
+        roles = ops.roles_memo[key] = (cpu_role, ops.root_role(cpu_role),
+                                       permission_tables(cpu_role))
+    cpu_role, root_role, tables = roles
     if cpu_role == mmu.cpu_role and root_role == mmu.root_role:
         return
     mmu.cpu_role = cpu_role
     mmu.root_role = root_role
-    update_permission_bitmask(mmu, ept=False)
+    mmu.permissions, mmu.pkru_mask = tables
     kvm = vcpu.kvm
     if kvm.bus.active:
         kvm.trace("kvmdbg:init_mmu", vcpu.index, cpu_role=cpu_role, root_role=root_role)
