@@ -511,9 +511,11 @@ class Cpu:
         # has room and there is no global one. The same effects as translate() (a walk
         # counted and charged, the TLB filled); anything else goes to translate().
         # tests/cpu/test_write_miss_fill.py pins the two together.
+        # (No canonical check here: the TLB and the walk memo only ever hold canonical
+        # pages, so a non-canonical va misses both and translate() raises its #GP.)
         mode = self._mode
         e = None
-        if mode is not None and mode[1] is None and not (va + 0x800000000000) >> 48 & 0xFFFF:
+        if mode is not None and mode[1] is None:
             vpn = va >> 12
             tlb = self.tlb
             ctx = tlb.contexts.get(mode[0])

@@ -131,3 +131,23 @@ def test_a_hot_block_runs_on_through_a_fall_through_and_leaves_at_a_taken_jump()
     assert [d.mnemonic for d in block.insns] == ["mov", "mov", "cmp", "jne", "inc", "cmp", "jne",
                                                  "mov", "inc", "cmp", "jne"]
     assert HOT_RUNS < 30
+
+
+def test_inc_and_dec_keep_the_carry_of_the_instruction_before_them_in_a_block():
+    """INC and DEC leave CF as it was (SDM Vol. 2A, INC/DEC: "The CF flag is not affected").
+    In a block, an INC/DEC right after a flag-setting instruction takes its CF source from
+    the tuple that instruction just built instead of calling inc_dec_carry_source; chains
+    of them keep the first CF. Each program ends with the CF it must leave in RSI (SETC)."""
+    for setter, cf in (("mov rax, -1\nadd rax, 1", 1), ("mov rax, 5\nsub rax, 3", 0),
+                       ("mov rax, 1\nsub rax, 2", 1), ("mov rax, 1\ncmp rax, 2", 1),
+                       ("mov rcx, 3\nneg rcx", 1),
+                       ("xor rax, rax", 0)):
+        for chain in ("dec rbx", "inc rcx\ndec rdx", "dec rbx\ninc rbx\ndec rcx\ninc rdx"):
+            source = f"{setter}\n{chain}\nsetc sil"
+            vm, cpu = machine(source + "\nhlt")
+            assert run(cpu, 100) == HALTED
+            assert cpu.r[6] & 0xFF == cf, source
+            assert cpu.get_rflags() & 1 == cf, source
+            assert _run(source, single=False) == _run(source, single=True), source
+            blocks = [h for h in cpu.bcache.values() if {"inc", "dec"} & {d.mnemonic for d in h.insns}]
+            assert blocks and all("inc_dec_src" not in h.__code__.co_names for h in blocks), source
