@@ -134,6 +134,7 @@ def _cache_ids(vm) -> dict:
         ept = getattr(v, "ept", None)
         if ept is not None:
             ids[id(ept.memo)] = ("dict", id(ept.memo))
+            ids[id(ept.prefixes)] = ("dict", id(ept.prefixes))
     return ids
 
 
