@@ -75,12 +75,24 @@ def run(cpu, max_steps: int, breakpoints=None, skip_first: bool = True) -> str:
                 # up to it, as QEMU keeps translation blocks free of breakpoints.
                 isdisjoint = breakpoints.isdisjoint
                 holds = _holds_breakpoint(breakpoints)
+                no_holds = {} if holds is None else holds
                 while True:
                     rip = cpu.rip
+                    left = end - cpu.steps
+                    if left >= MAX_BLOCK and not first:
+                        # A block already known to hold no breakpoint (so none at rip
+                        # either) whose page is still in the fetch fast path: run it. Any
+                        # other case takes the full path below, which checks rip first.
+                        h = bget(rip)
+                        if h is not None and no_holds.get(h) is False and rip >> 12 in fast_x:
+                            n = h(cpu, r)
+                            cpu.steps += n
+                            if cpu.pending:
+                                break
+                            continue
                     if rip in breakpoints and not first:
                         return BREAKPOINT
                     first = False
-                    left = end - cpu.steps
                     h = None
                     if left >= MAX_BLOCK:
                         h = bget(rip)

@@ -59,3 +59,46 @@ def test_continuing_from_a_breakpoint_inside_a_loop_stops_at_its_next_pass():
         assert run(cpu, 10_000, {top}, skip_first=True) == BREAKPOINT
         assert cpu.steps == 2 + 6 * n and cpu.r[1] == 200 - n
     assert run(cpu, 10_000, {top}, skip_first=True) == HALTED
+
+
+BRANCHY = """
+    mov rcx, 60
+top:
+    add rax, 1
+    test rax, 3
+    jz skip
+    add rbx, rax
+skip:
+    dec rcx
+    jnz top
+    hlt
+"""
+
+
+def _stops(source: str, sets: list, single: bool) -> list:
+    """Every stop of `continue` repeated from the entry until the guest halts, the k-th
+    continue with the breakpoint set sets[k % len(sets)] (a user adding and deleting
+    breakpoints between continues: the debugger passes a new frozenset each time)."""
+    vm, cpu = machine(source)
+    cpu.set_single_step(single)
+    stops, first = [], False
+    while True:
+        reason = run(cpu, 100_000, sets[len(stops) % len(sets)], skip_first=first)
+        stops.append((reason, cpu.rip, cpu.steps, list(cpu.r)))
+        if reason != BREAKPOINT:
+            return stops
+        first = True
+
+
+def test_repeated_continues_with_frozen_breakpoint_sets_stop_where_single_steps_stop():
+    """For a frozenset the run loop remembers which blocks hold no breakpoint and runs
+    those without checking each one's first address; the memo is per set, so stops after
+    it is warm, and after the set changes, must still be single-stepping's."""
+    import capstone
+    rng = random.Random(11)
+    cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    for source in (LOOP, BRANCHY):
+        addrs = [i.address for i in cs.disasm(asm(source), 0x100000)]
+        for _ in range(15):
+            sets = [frozenset(rng.sample(addrs, rng.randint(1, 2))) for _ in range(rng.randint(1, 3))]
+            assert _stops(source, sets, False) == _stops(source, sets, True), sets
