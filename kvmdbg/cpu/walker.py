@@ -208,6 +208,9 @@ def _finish(cpu, va: int, acc: int, used: list, size: int, page_gpa: int, user: 
                     size_shift, ew, ex)
 
 
+_NO_CACHE: dict = {}
+
+
 class GuestWalkMemo:
     """What the guest's own tables said in a vCPU's successful 4-level walks, so that the
     walk after each EPT violation (the hardware restarts it from CR3) need not check every
@@ -226,16 +229,20 @@ class GuestWalkMemo:
     KVM and debugger write reaches); keyed by (page, access, CR3, EFER) and bounded; set
     A/D flags never undo an entry. Pickles empty (snapshots rebuild the decode cache)."""
 
-    __slots__ = ("entries", "pt_generation")
+    __slots__ = ("entries", "pt_generation", "ept")
 
     MAX_ENTRIES = 4096             # a bound, not a policy
 
-    def __init__(self) -> None:
+    def __init__(self, ept=None) -> None:
         self.entries: dict = {}
         self.pt_generation = None
+        # The vCPU's EptHardware, whose cache of guest-physical translations answers a
+        # table's READ as its translate() would on a hit (no side effect): probed here
+        # directly, a call saved per table per replay. None: always translate().
+        self.ept = ept
 
     def __reduce__(self):
-        return (GuestWalkMemo, ())
+        return (GuestWalkMemo, (self.ept,))
 
     def remember(self, key, entry) -> None:
         if len(self.entries) >= self.MAX_ENTRIES:
@@ -260,8 +267,9 @@ class GuestWalkMemo:
         # Hot (after every EPT violation): the tables' translations, as the walk makes them.
         # (walk_pt_pages is read only after a walk that returned.)
         translate_gpa = cpu.ops.translate_gpa
+        cache = self.ept.cache if self.ept is not None else _NO_CACHE
         for gpa, hpa in tables:
-            got = translate_gpa(gpa, READ, True)
+            got = cache.get(gpa >> 12) or translate_gpa(gpa, READ, True)
             if got[1] != hpa:
                 # Another host page behind a table: walk it. The translations made so far
                 # are made again; the EPT answers them from its cache as it just did.

@@ -73,7 +73,7 @@ class Vcpu:
         if self.ept is not None:
             # Under EPT every violation restarts the guest's walk from CR3; what the guest's
             # own tables said is remembered (cpu/walker.py: GuestWalkMemo, its owner).
-            self.cpu.walk_fn = walker.GuestWalkMemo().walk
+            self.cpu.walk_fn = walker.GuestWalkMemo(self.ept).walk
         if not p.tdp_enabled:
             # Shadow paging (vmx.c with enable_ept=0): the hardware walks KVM's tables, runs
             # with CR0.WP forced on, and #PF and INVLPG exit.
