@@ -2,7 +2,7 @@
 """kvm-unit-tests benchmarks: access-test cases per second under v6.12 and shadow (issue
 #15's first figures), and the wall time of whole smap, pku and pcid runs per profile.
 
-Run: python bench/bench_kut.py          (a few minutes on the project's 2-core machine)
+Run: python bench/bench_kut.py          (about 30 s on the project's 2-core machine)
      python bench/bench_kut.py --quick  (small parameters: checks the figures run)
 The images come from $KVMDBG_KUT_DIR, else ../shared/kut/bin beside the project. A case is
 one call of access.c's ac_test_do_access (ac_test_exec, which runs each case, is inlined):

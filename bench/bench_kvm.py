@@ -3,7 +3,7 @@
 second, bytes per SPTE, and under shadow paging SMEP flips and guest page faults handled
 per second.
 
-Run: python bench/bench_kvm.py          (about a minute on the project's 2-core machine)
+Run: python bench/bench_kvm.py          (about 15 s on the project's 2-core machine)
      python bench/bench_kvm.py --quick  (small parameters, one run each: checks the figures run)
 Prints the reference loop's time (bench/reference_loop.py), then one line per figure with
 the work it measured and, for speeds, the figure divided by the reference loop's. Flip rates

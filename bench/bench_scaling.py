@@ -3,7 +3,7 @@
 working set grows (16, 64, 256, 1,024 pages) and as vCPUs grow (1, 2, 4, 8), under v6.12
 and v5.15, and boot time as --mem grows (16 MiB to 1 GiB).
 
-Run: python bench/bench_scaling.py          (a few minutes on the project's 2-core machine)
+Run: python bench/bench_scaling.py          (about 15 s on the project's 2-core machine)
      python bench/bench_scaling.py --quick  (small parameters: checks the figures run)
 Each flip figure is programs/smep_flip.bin with `--arg (pages << 32) | flips` on every
 vCPU, timed from boot to the last vCPU's halt, divided by the flips of all vCPUs. Prints
