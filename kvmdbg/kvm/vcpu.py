@@ -113,10 +113,16 @@ class Vcpu:
         reasons[reason] = reasons.get(reason, 0) + 1
         cpu.extra_cycles += kvm.costs.values["vmexit"]
         if kvm.bus.active:
-            info = {k: v for k, v in (("info1", info1), ("info2", info2), ("intr_info", intr_info),
-                                      ("error_code", error_code)) if v is not _ABSENT}
-            kvm.trace("kvm_exit", self.index, exit_reason=V.EXIT_NAMES.get(reason, str(reason)),
-                      guest_rip=cpu.rip, isa=1, **info)
+            info = {"exit_reason": V.EXIT_NAMES.get(reason, str(reason)), "guest_rip": cpu.rip, "isa": 1}
+            if info1 is not _ABSENT:
+                info["info1"] = info1
+            if info2 is not _ABSENT:
+                info["info2"] = info2
+            if intr_info is not _ABSENT:
+                info["intr_info"] = intr_info
+            if error_code is not _ABSENT:
+                info["error_code"] = error_code
+            kvm.trace("kvm_exit", self.index, **info)
         self.in_kvm = True
         cpu.pending = True
         if not cpu.stop_reason:

@@ -17,6 +17,8 @@ plus W and U from the access, and I/D for fetches when EFER.NX or CR4.SMEP is on
 
 from __future__ import annotations
 
+from functools import partial
+
 from kvmdbg.arch.pgtable_types import (PAGE_ACCESSED as A, PAGE_DIRTY as D, PAGE_NX as XD,
                                        PAGE_PRESENT as P, PAGE_PSE as PS, PTE_ADDR_MASK as ADDR)
 from kvmdbg.arch.kvm_host import PT32E_ROOT_LEVEL
@@ -229,7 +231,7 @@ def walk_vcpu(vcpu, gva: int, pfec: int) -> GuestWalker:
     lazy CR0.WP refresh and tracing when anyone listens."""
     kvm = vcpu.kvm
     cpu = vcpu.cpu
-    trace = (lambda name, **f: kvm.trace(name, vcpu.index, **f)) if kvm.bus.active else None
+    trace = partial(kvm.trace, vcpu=vcpu.index) if kvm.bus.active else None   # no frame per event
     return walk_addr(vcpu.mmu, kvm.read_gpa, kvm.write_gpa, cpu.cr3, gva, pfec,
                      bool(cpu.get_rflags() & AC), cpu.pkru if cpu.cr4 & CR4_PKE else 0,
                      M.refresh_passthrough_bits(vcpu), trace, MAXPHYADDR, kvm_pdptr_read(vcpu))
