@@ -78,14 +78,6 @@ class KvmMmu:
         # pages (reset_guest_rsvds_bits_mask, guest_cpu_cap_has(X86_FEATURE_GBPAGES)).
         self.guest_gbpages = True
 
-    @property
-    def cpu_base(self) -> int:
-        return self.cpu_role & 0xFFFF_FFFF
-
-    @property
-    def cpu_ext(self) -> int:
-        return self.cpu_role >> 32
-
 
 # --- roles (3.4 - 3.6) ---
 
