@@ -133,6 +133,10 @@ class Cpu:
         self.pending = False           # set by anything that must end the run loop
         self.stop_reason = None
         self.delivering = None         # vector being delivered (double-fault rules)
+        # A walk of translate() is under way / an event (exception, INT n) is being
+        # delivered: what a hypervisor handling an exit in place needs to know.
+        self.in_walk = False
+        self.in_delivery = False
         self.vectoring = None          # an event whose delivery exited, to inject again
         self.tlb = Tlb()
         self.tlb.on_invalidate = self.flush_fast   # fast paths are copies of TLB entries
@@ -408,6 +412,7 @@ class Cpu:
                 mode = self._forget_walks()
             e = mode[2].get(key)
             if e is None:
+                self.in_walk = True        # for an exit handled in place (CpuOps.translate_gpa)
                 try:
                     e = self.walk_fn(self, va, acc)
                 except GuestFault as f:
@@ -416,6 +421,8 @@ class Cpu:
                         if self.pf_exiting:
                             raise VmExit(EXCEPTION_NMI, f.cr2, error_code=f.error_code) from None
                     raise
+                finally:
+                    self.in_walk = False
                 mode[2][key] = e
                 pts = self.walk_pt_pages
                 dc = self.decode_cache

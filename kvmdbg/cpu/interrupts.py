@@ -48,6 +48,7 @@ def deliver(cpu, fault: GuestFault) -> None:
         if not _benign_pair(first, vector):
             vector, code = DF, 0
     cpu.delivering = None if software else vector
+    cpu.in_delivery = True
     try:
         _push_frame(cpu, vector, code, software)
     except GuestFault as nested:
@@ -60,6 +61,7 @@ def deliver(cpu, fault: GuestFault) -> None:
         raise
     finally:
         cpu.delivering = None
+        cpu.in_delivery = False
 
 
 def _push_frame(cpu, vector: int, code: int | None, software: bool) -> None:

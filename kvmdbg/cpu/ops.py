@@ -22,7 +22,10 @@ class CpuOps(Protocol):
         """(host page or None for MMIO, hpa of the page, writable, executable) for a 4 KiB gpa.
 
         kind is walker.READ/WRITE/FETCH; walk is True for the CPU's own
-        paging-structure accesses. Raise to refuse (an EPT violation)."""
+        paging-structure accesses. Raise to refuse (an EPT violation). A hypervisor may
+        instead handle the exit and enter again where nothing could tell the difference,
+        and answer: the walk goes on as the restarted instruction's would (cpu.in_walk and
+        cpu.in_delivery say whether it may; kvm/vcpu.py says when it does)."""
 
     def mmio_read(self, gpa: int, size: int) -> int: ...
 

@@ -39,7 +39,7 @@ _SHIFTS = (39, 30, 21, 12)          # gpa bits that index each level's table, 4 
 class VmExit(Exception):
     """The processor leaves the guest in the middle of an instruction (nothing of it retired)."""
 
-    __slots__ = ("reason", "qualification", "gpa", "error_code")
+    __slots__ = ("reason", "qualification", "gpa", "error_code", "handled")
 
     def __init__(self, reason: int, qualification: int = 0, gpa: int = 0, error_code: int = 0):
         # No super().__init__: BaseException.__new__ already keeps the positional arguments
@@ -48,6 +48,9 @@ class VmExit(Exception):
         self.qualification = qualification     # #PF exits: the faulting linear address
         self.gpa = gpa
         self.error_code = error_code           # VM-exit interruption error code (#PF)
+        # False; or the hypervisor already handled the exit where it happened (CpuOps.
+        # exit_in_place) and could not enter again: what its handling left to do.
+        self.handled = False
 
     def __str__(self) -> str:
         return f"VM exit {EXIT_NAMES.get(self.reason, self.reason)} gpa {self.gpa:#x}"

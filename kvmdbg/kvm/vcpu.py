@@ -53,9 +53,9 @@ class Vcpu:
         self.ept = (V.EptHardware(vm.host.pages, generation=vm.gpa_generation)
                     if p.tdp_enabled else None)
         if self.ept is not None:
-            # CpuOps.translate_gpa is the EPT translation itself: the page walker calls it
-            # for every paging-structure read, so skip the method in between.
-            self.translate_gpa = self.ept.translate
+            # CpuOps.translate_gpa is the EPT's: the page walker calls it for every
+            # paging-structure read, so skip the method in between.
+            self.translate_gpa = self.ept_translate_gpa
         # vmx_l1_guest_owned_cr0_bits / set_cr4_guest_host_mask (kvm-mmu-spec 2.2)
         self.cr0_guest_owned = CR0_TS | (CR0_WP if p.tdp_enabled and p.cr0_wp_guest_owned else 0)
         cr4 = POSSIBLE_CR4_GUEST_BITS
@@ -315,8 +315,20 @@ class Vcpu:
 
     def translate_gpa(self, gpa: int, kind: int, walk: bool):
         if self.ept is not None:
-            return self.ept.translate(gpa, kind, walk)
+            return self.ept_translate_gpa(gpa, kind, walk)
         return self.vm.host_page_of(gpa)
+
+    def ept_translate_gpa(self, gpa: int, kind: int, walk: bool):
+        """CpuOps.translate_gpa under EPT: the EPT's translation. An EPT violation is
+        raised, unless exit_in_place handled it and entered again: then the walk goes on
+        with the translation that the restarted instruction's walk would have made."""
+        translate = self.ept.translate
+        while True:
+            try:
+                return translate(gpa, kind, walk)
+            except V.VmExit as exit_:
+                if not self.exit_in_place(exit_):
+                    raise
 
     def hpa_to_gpa(self, hpa: int) -> int:
         """The guest-physical address behind a host page the shadow tables map (bookkeeping
@@ -333,20 +345,21 @@ class Vcpu:
     def handle_exit(self, cpu, exit_: V.VmExit) -> None:
         """Exits raised in the middle of an instruction (EPT violation / misconfig, and the
         #PF intercept of shadow paging)."""
-        kvm = self.kvm
-        gpa = exit_.gpa
-        reason = exit_.reason
-        if reason == _EPT_VIOLATION:               # the common exit first
-            qual = exit_.qualification
-            self.vmexit(_EPT_VIOLATION, qual, gpa)
-            kvm.stats["kvmdbg_ept_violations"] += 1
-            kvm.charge(self, "ept_violation")
-            if kvm.bus.active:
-                kvm.trace("kvm_page_fault", self.index, guest_rip=cpu.rip, fault_address=gpa,
-                          error_code=qual)
-            if M.kvm_mmu_page_fault(self, gpa, M.ept_violation_error_code(qual)) == _EMULATE:
+        done = exit_.handled
+        if done is not False:
+            # exit_in_place handled it and could not enter again: what it left to do.
+            if isinstance(done, GuestFault):
+                raise done                         # the exception KVM injected
+            if done == _EMULATE:
                 emulate.emulate_instruction(self)
             return
+        kvm = self.kvm
+        reason = exit_.reason
+        if reason == _EPT_VIOLATION:               # the common exit first
+            if self.handle_ept_violation(cpu, exit_) == _EMULATE:
+                emulate.emulate_instruction(self)
+            return
+        gpa = exit_.gpa
         if reason == V.EXCEPTION_NMI:
             # handle_exception_nmi -> kvm_handle_page_fault: a #PF on KVM's shadow tables.
             addr, code = exit_.qualification, exit_.error_code
@@ -365,6 +378,65 @@ class Vcpu:
         ret = emulate.handle_mmio_page_fault(self, gpa)
         if ret == RetPF.EMULATE:
             emulate.emulate_instruction(self)
+
+    def handle_ept_violation(self, cpu, exit_: V.VmExit) -> RetPF:
+        """handle_ept_violation: the exit, counted and charged, then KVM's page fault
+        (the instruction's emulation, if that asks for it, is the caller's)."""
+        kvm = self.kvm
+        gpa = exit_.gpa
+        qual = exit_.qualification
+        self.vmexit(_EPT_VIOLATION, qual, gpa)
+        kvm.stats["kvmdbg_ept_violations"] += 1
+        kvm.charge(self, "ept_violation")
+        if kvm.bus.active:
+            kvm.trace("kvm_page_fault", self.index, guest_rip=cpu.rip, fault_address=gpa,
+                      error_code=qual)
+        return M.kvm_mmu_page_fault(self, gpa, M.ept_violation_error_code(qual))
+
+    def exit_in_place(self, exit_: V.VmExit) -> bool:
+        """Handle an EPT violation that a walk raised, and enter again, where nothing could
+        tell that from the exit that unwinds to the run loop (which is most of a violation's
+        cost: the unwinding, the run loop, the instruction's start and its walk again; a
+        v5.15 SMEP flip takes 22 violations). False: raise it; if it was handled already,
+        exit_.handled holds what is left (emulation, an injected exception) for the run
+        loop, with RIP and the step count exact by then.
+
+        Nothing can tell when: nobody records events (they carry RIP and the step count,
+        which a block makes exact only when it unwinds) or the run (reverse execution);
+        the vCPU runs alone with no queued work (the run loop would enter at once too,
+        Vcpu.reenter); no event is being delivered (its restart is a re-injection); and the
+        handling reads neither (KVM's page fault does not: it allocates tables, which only
+        roots stamp with a step) and changed nothing the instruction already used: no TLB
+        flush, no present SPTE changed (the generation), no request for the entry, no stop
+        asked for, the root in place. The restarted instruction would walk this access once
+        more; that walk is counted and charged here. tests/kvm/test_exit_in_place.py runs
+        the programs and kvm-unit-tests both ways (kvm.exits_in_place) and compares."""
+        kvm = self.kvm
+        cpu = self.cpu
+        if (exit_.reason != _EPT_VIOLATION or not cpu.in_walk or cpu.in_delivery
+                or not kvm.exits_in_place or kvm.bus.active or kvm.recorder is not None
+                or self.in_kvm or cpu.pending or len(kvm.vcpus) != 1 or kvm.worker.queue):
+            return False
+        tlb = cpu.tlb
+        flushes = tlb.flushes
+        generation = self.gpa_generation
+        before = generation.value
+        try:
+            ret = self.handle_ept_violation(cpu, exit_)
+        except GuestFault as fault:
+            exit_.handled = fault
+            return False
+        if (ret == _EMULATE or cpu.stop_reason != VMEXIT or cpu.shutdown or cpu.halted
+                or self.requests or self.mmu.root.sp is None or kvm.worker.queue
+                or generation.value != before or tlb.flushes != flushes):
+            exit_.handled = ret
+            return False
+        cpu.pending = False
+        cpu.stop_reason = None
+        self.enter_guest()
+        cpu.walks += 1
+        cpu.extra_cycles += cpu.walk_cost
+        return True
 
     # --- CpuOps: control registers ---
 

@@ -36,7 +36,7 @@ def get_shadow_page(kvm, vcpu, gfn: int, role: int) -> tuple[MmuPage, bool]:
 def mmu_alloc_root(kvm, vcpu, role: int) -> MmuPage:
     sp, created = get_shadow_page(kvm, vcpu, 0, role)
     if created:
-        sp.number = kvm.mmu_pages.new_root_number()
+        kvm.mmu_pages.number_root(sp)
         kvm.stats["kvmdbg_roots_allocated"] += 1
         kvm.charge(vcpu, "root_alloc")
     sp.root_count += 1

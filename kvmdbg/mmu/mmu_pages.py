@@ -20,10 +20,13 @@ class MmuPages:
         self.generation = kvm.gpa_generation  # bumped on every SPTE change (kvmdbg/generation.py)
         self.next_root_number = 1
 
-    def new_root_number(self) -> int:
-        n = self.next_root_number
+    def number_root(self, sp: MmuPage) -> None:
+        """A page becomes a root: the number users see (#1, #2, ...) and the step it
+        became one at. (Only roots: a table made in the middle of an instruction, by an
+        EPT violation handled in place, would be stamped before the step count is exact.)"""
+        sp.number = self.next_root_number
         self.next_root_number += 1
-        return n
+        sp.created_step = self.kvm.now_step()
 
     def alloc_page(self, role: int, gfn: int, tdp: bool = True, cls=None) -> MmuPage:
         """A fresh host page made a page-table page: an MmuPage (tdp says whose), or a cls
@@ -33,7 +36,6 @@ class MmuPages:
         spt = kvm.host.pages[pfn]
         sp = MmuPage(role, gfn, pfn, spt, tdp) if cls is None else cls(role, gfn, pfn, spt)
         sp.mmu_valid_gen = kvm.mmu_valid_gen
-        sp.created_step = kvm.now_step()
         self.pages[pfn] = sp
         kvm.stats["kvmdbg_tables_allocated"] += 1
         return sp

@@ -522,7 +522,7 @@ class ShadowMmu(PageTrack, ShadowSync):
         kvm = self.kvm
         sp, created = self.get_shadow_page(vcpu, gfn, role)
         if not sp.number:
-            sp.number = kvm.mmu_pages.new_root_number()
+            kvm.mmu_pages.number_root(sp)
         sp.root_count += 1
         if created:
             kvm.stats["kvmdbg_roots_allocated"] += 1

@@ -148,7 +148,7 @@ class TdpMmu:
                               root_count=root.root_count)
                 return root
         root = self.pool.alloc_page(role, 0, True)
-        root.number = self.pool.new_root_number()
+        self.pool.number_root(root)
         # edbdb43fc96b: the TDP MMU itself holds a reference until the root is invalidated.
         root.root_count = 2 if self.root_put.mmu_holds_a_reference else 1
         self.roots.insert(0, root)

@@ -57,8 +57,9 @@ HANDLER = f"""
 """
 
 
-def source(ops) -> str:
-    """Every access that can fault is a 3-byte `mov` through RBX (the handler skips 3)."""
+def source(ops, op_lines=None) -> str:
+    """Every access that can fault is a 3-byte `mov` through RBX (the handler skips 3).
+    op_lines: the lines of the ops this module does not know (another test's)."""
     lines = [LIDT_INSN, f"mov r15, {LOGP:#x}"]     # (keystone can mis-encode [abs] as [rip+abs])
     for o in ops:
         if o[0] == "read":
@@ -71,14 +72,17 @@ def source(ops) -> str:
             lines += [f"mov rax, {FRAMES[o[2]] | o[3]:#x}", f"mov qword ptr [{SMALL_PTE[o[1]]:#x}], rax"]
         elif o[0] == "pde":
             lines += [f"mov rax, {LARGE_FRAMES[o[1]] | o[2] | PS:#x}", f"mov qword ptr [{PDE3:#x}], rax"]
-        else:
+        elif o[0] == "invlpg":
             lines += [f"mov rbx, {o[1]:#x}", "invlpg [rbx]"]
+        else:
+            lines += op_lines(o)
     lines.append("hlt")
     return "\n".join(lines)
 
 
-def run(ops, kvm, wholesale: bool):
-    vm, cpu = machine(source(ops), kvm=kvm)
+def build(ops, kvm, op_lines=None):
+    """The VM with the program, its #PF handler, its log and its frames' contents."""
+    vm, _cpu = machine(source(ops, op_lines), kvm=kvm)
     load_idtr(vm)
     install(vm, PF, HANDLER)
     vm.write_gpa(LOGP, LOG.to_bytes(8, "little"))
@@ -86,6 +90,12 @@ def run(ops, kvm, wholesale: bool):
         for k in range(0, 0x200000 if frame in LARGE_FRAMES else 0x1000, 0x1000):
             vm.write_gpa(frame + k, (0x1000 * (j + 1) + k // 0x1000).to_bytes(8, "little"))
     vm.write_gpa(PDE3, (LARGE_FRAMES[0] | P | RW | PS).to_bytes(8, "little"))
+    return vm
+
+
+def run(ops, kvm, wholesale: bool):
+    vm = build(ops, kvm)
+    cpu = vm.vcpus[0].cpu
     if wholesale:
         for v in vm.vcpus:
             v.cpu.tlb.on_invalidate_page = lambda vpn, c=v.cpu: c.flush_fast()
