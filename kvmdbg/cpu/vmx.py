@@ -77,6 +77,9 @@ class EptHardware:
         self.caches: dict[int, dict] = {}     # ep4ta -> {gfn: (page, hpa, w, x)}
         self.cache: dict = {}
         self.walks = 0
+        # The hypervisor's handler of an EPT violation where it happens: True if it handled
+        # it and entered again without anyone able to tell (kvm/vcpu.py); None: raise.
+        self.exit_in_place = None
         # EP4TAs loaded since the debugger's history last looked (it clears the set): only
         # their caches can have changed, the others are as its snapshots stored them.
         self.loaded: set = set()
@@ -103,9 +106,6 @@ class EptHardware:
         self.caches.clear()
         self.cache = self.caches.setdefault(self.ep4ta, {})
 
-    def drop_gpa(self, gfn: int) -> None:
-        self.cache.pop(gfn, None)
-
     def translate(self, gpa: int, kind: int, walk: bool):
         """(host page, hpa, writable, executable) for gpa's 4 KiB page, or raise VmExit."""
         gfn = gpa >> 12
@@ -113,11 +113,16 @@ class EptHardware:
         # READ (0) needs no right the entry records; WRITE (1) needs hit[2], FETCH (2) hit[3].
         if hit is not None and (not kind or hit[kind + 1]):
             return hit
-        # A miss (twice per EPT violation): the walk, or the answer it gave while the
-        # tables stood still.
-        self.walks += 1
-        generation = self.generation
-        if generation is not None:
+        while True:
+            # A miss (twice per EPT violation): the walk, or the answer it gave while the
+            # tables stood still.
+            self.walks += 1
+            generation = self.generation
+            if generation is None:
+                got = self._real_walk(gpa, kind, walk)
+                if got is not None:
+                    return got
+                continue
             gen = generation.value
             if gen != self.memo_gen:
                 self.memo.clear()
@@ -133,9 +138,11 @@ class EptHardware:
                     self.cache[gfn] = got
                     return got
             got = self._real_walk(gpa, kind, walk)
-            self.memo[key] = (got, kind == WRITE)
-            return got
-        return self._real_walk(gpa, kind, walk)
+            if got is not None:
+                self.memo[key] = (got, kind == WRITE)
+                return got
+            # None: the hypervisor handled an EPT violation in place (see _exit), and
+            # the walk is made again, as the restarted instruction's would be.
 
     def _real_walk(self, gpa: int, kind: int, walk: bool):
         # Runs on every EPT TLB miss (twice per EPT violation): one pass of plain locals
@@ -154,7 +161,7 @@ class EptHardware:
             for shift in _SHIFTS:  # levels 4, 3, 2, 1
                 e = _U64(pages[pfn], ((gpa >> shift) & 511) << 3)[0]
                 if not e & 7:
-                    raise self._violation(gpa, kind, walk, 0)
+                    return self._exit(gpa, kind, walk, 0)
                 if e & 6 and not e & 1:                     # W or X without R
                     raise VmExit(EPT_MISCONFIG, 0, gpa)
                 perms &= e
@@ -170,7 +177,7 @@ class EptHardware:
             shift = 12
             e = _U64(pages[pfn], ((gpa >> 12) & 511) << 3)[0]
             if not e & 7:
-                raise self._violation(gpa, kind, walk, 0)
+                return self._exit(gpa, kind, walk, 0)
             if e & 6 and not e & 1:
                 raise VmExit(EPT_MISCONFIG, 0, gpa)
             perms &= e
@@ -178,7 +185,7 @@ class EptHardware:
         if ((e >> 3) & 7) in _BAD_MEMTYPES:
             raise VmExit(EPT_MISCONFIG, 0, gpa)
         if not perms >> kind & 1:                           # READ 0, WRITE 1, FETCH 2
-            raise self._violation(gpa, kind, walk, (perms & 7) << 3)   # readable/writable/executable
+            return self._exit(gpa, kind, walk, (perms & 7) << 3)   # readable/writable/executable
         if self.ad_enabled and (not accessed or (kind == WRITE and not e & 0x200)):
             self._set_ad(gpa, kind)
         if shift == 12:
@@ -211,10 +218,15 @@ class EptHardware:
                 return
             pfn = (e >> 12) & _PFN40
 
-    def _violation(self, gpa: int, kind: int, walk: bool, rights: int) -> VmExit:
-        """The EPT violation for the walk to raise (returned, so that raising it does not
-        unwind one more frame)."""
+    def _exit(self, gpa: int, kind: int, walk: bool, rights: int) -> None:
+        """An EPT violation. The hypervisor may take it where it happens (exit_in_place:
+        it handled it and entered again; None is returned and the walk is made again);
+        otherwise it is raised, for the run loop to take."""
         qual = _KIND_QUAL[kind] | rights | EPT_QUAL_GLA_VALID | (0 if walk else EPT_QUAL_GLA_FINAL)
         # An EPT violation invalidates the guest-physical mappings of the faulting address.
         self.cache.pop(gpa >> 12, None)
-        return VmExit(EPT_VIOLATION, qual, gpa)
+        exit_ = VmExit(EPT_VIOLATION, qual, gpa)
+        in_place = self.exit_in_place
+        if in_place is not None and in_place(exit_):
+            return None
+        raise exit_

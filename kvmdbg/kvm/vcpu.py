@@ -53,9 +53,10 @@ class Vcpu:
         self.ept = (V.EptHardware(vm.host.pages, generation=vm.gpa_generation)
                     if p.tdp_enabled else None)
         if self.ept is not None:
-            # CpuOps.translate_gpa is the EPT's: the page walker calls it for every
-            # paging-structure read, so skip the method in between.
-            self.translate_gpa = self.ept_translate_gpa
+            # CpuOps.translate_gpa is the EPT translation itself: the page walker calls it
+            # for every paging-structure read, so skip the method in between.
+            self.translate_gpa = self.ept.translate
+            self.ept.exit_in_place = self.exit_in_place
         # vmx_l1_guest_owned_cr0_bits / set_cr4_guest_host_mask (kvm-mmu-spec 2.2)
         self.cr0_guest_owned = CR0_TS | (CR0_WP if p.tdp_enabled and p.cr0_wp_guest_owned else 0)
         cr4 = POSSIBLE_CR4_GUEST_BITS
@@ -315,20 +316,8 @@ class Vcpu:
 
     def translate_gpa(self, gpa: int, kind: int, walk: bool):
         if self.ept is not None:
-            return self.ept_translate_gpa(gpa, kind, walk)
+            return self.ept.translate(gpa, kind, walk)
         return self.vm.host_page_of(gpa)
-
-    def ept_translate_gpa(self, gpa: int, kind: int, walk: bool):
-        """CpuOps.translate_gpa under EPT: the EPT's translation. An EPT violation is
-        raised, unless exit_in_place handled it and entered again: then the walk goes on
-        with the translation that the restarted instruction's walk would have made."""
-        translate = self.ept.translate
-        while True:
-            try:
-                return translate(gpa, kind, walk)
-            except V.VmExit as exit_:
-                if not self.exit_in_place(exit_):
-                    raise
 
     def hpa_to_gpa(self, hpa: int) -> int:
         """The guest-physical address behind a host page the shadow tables map (bookkeeping
@@ -394,10 +383,11 @@ class Vcpu:
         return M.kvm_mmu_page_fault(self, gpa, M.ept_violation_error_code(qual))
 
     def exit_in_place(self, exit_: V.VmExit) -> bool:
-        """Handle an EPT violation that a walk raised, and enter again, where nothing could
-        tell that from the exit that unwinds to the run loop (which is most of a violation's
-        cost: the unwinding, the run loop, the instruction's start and its walk again; a
-        v5.15 SMEP flip takes 22 violations). False: raise it; if it was handled already,
+        """EptHardware's hook: handle an EPT violation where the walk meets it, and enter
+        again, when nothing could tell that from the exit that unwinds to the run loop
+        (which is most of a violation's cost: the unwinding, the run loop, the instruction's
+        start and its walk again; a v5.15 SMEP flip takes 22 violations). The walk is then
+        made again, as after the entry. False: raise it; if it was handled already,
         exit_.handled holds what is left (emulation, an injected exception) for the run
         loop, with RIP and the step count exact by then.
 
