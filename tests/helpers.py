@@ -126,3 +126,34 @@ def kut_image(name: str):
     if os.environ.get("CI"):
         pytest.fail(why)
     pytest.skip(why)
+
+
+def vm_fingerprint(vm) -> tuple:
+    """Everything a user or the guest can see of a VM, for comparing two runs that must not
+    differ: registers, steps, cycles, walks, the TLB and the EPT cache, KVM's counters (in
+    the order they were first counted), every MMU page, memory and the console."""
+    import hashlib
+
+    from kvmdbg.cpu import flags
+    out = []
+    for v in vm.vcpus:
+        c = v.cpu
+        out.append((list(c.r), c.rip, flags.peek(c), c.cr0, c.cr2, c.cr3, c.cr4, c.efer,
+                    c.steps, c.extra_cycles, c.walks, c.halted, c.shutdown, v.in_kvm,
+                    sorted(v.requests)))
+        out.append([(tag, e.vpn, e.hpa, e.gpa, e.user, e.writable, e.nx, e.dirty, e.glob,
+                     e.pkey, e.size_shift, e.ept_w, e.ept_x) for tag, e in c.tlb.entries()])
+        out.append((c.tlb.fills, c.tlb.flushes))
+        if v.ept is not None:
+            out.append((v.ept.walks, v.ept.ep4ta, sorted(v.ept.caches),
+                        sorted((gfn, t[1], t[2], t[3]) for gfn, t in v.ept.cache.items())))
+    out.append(list(vm.stats.items()))
+    out.append(list(vm.exit_reasons.items()))
+    out.append([(pfn, sp.role, sp.gfn, sp.number, sp.created_step, sp.root_count,
+                 hashlib.sha256(sp.spt).hexdigest()) for pfn, sp in sorted(vm.mmu_pages.pages.items())])
+    memory = hashlib.sha256()
+    for pfn in sorted(vm.host.pages):
+        memory.update(pfn.to_bytes(8, "little") + vm.host.pages[pfn])
+    out.append(memory.hexdigest())
+    out.append(bytes(vm.console))
+    return tuple(out)

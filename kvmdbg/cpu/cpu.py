@@ -520,17 +520,20 @@ class Cpu:
         # tests/cpu/test_write_miss_fill.py pins the two together.
         # (No canonical check here: the TLB and the walk memo only ever hold canonical
         # pages, so a non-canonical va misses both and translate() raises its #GP.)
+        # (The memo is asked first: after a flush of the walk memos it misses, and the
+        # rest need not be looked at.)
         mode = self._mode
         e = None
         if mode is not None and mode[1] is None:
             vpn = va >> 12
-            tlb = self.tlb
-            ctx = tlb.contexts.get(mode[0])
-            if (ctx is not None and vpn not in ctx and len(ctx) < tlb.capacity
-                    and self.decode_cache.pt_generation == self._memo_pt_gen
-                    and self._gpa_generation.value == self._memo_gpa_gen):
-                e = mode[2].get(vpn << 17 | acc)
-                if e is not None and not e.glob and e.size_shift == 12:
+            e = mode[2].get(vpn << 17 | acc)
+            if e is not None:
+                tlb = self.tlb
+                ctx = tlb.contexts.get(mode[0])
+                if (ctx is not None and vpn not in ctx and len(ctx) < tlb.capacity
+                        and self.decode_cache.pt_generation == self._memo_pt_gen
+                        and self._gpa_generation.value == self._memo_gpa_gen
+                        and not e.glob and e.size_shift == 12):
                     self.walks += 1
                     self.extra_cycles += self.walk_cost
                     ctx[vpn] = e

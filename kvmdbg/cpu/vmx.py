@@ -69,13 +69,18 @@ class EptHardware:
         # ... and so is where a walk's first three levels lead, per 2 MiB of guest-physical
         # space: ep4ta << 31 | gpa >> 21 -> (last table's pfn, R/W/X and A so far). Only
         # present, non-leaf entries are remembered, and only a present entry's change
-        # moves the generation; A flags only ever get set without it.
+        # moves the generation; A flags only ever get set without it. (Without a
+        # generation nothing is remembered, and it stays empty.)
         self.prefixes: dict = {}
         self.memo_gen = None
         self.ad_enabled = ad_enabled
         self.ep4ta = 0
         self.caches: dict[int, dict] = {}     # ep4ta -> {gfn: (page, hpa, w, x)}
         self.cache: dict = {}
+        # Bumped whenever a cached translation may go or change (INVEPT, the flush an EPT
+        # violation does, a walk that replaces an entry): while it stands still and
+        # `cache` is the same dict, what a reader found in it is still there.
+        self.evictions = 0
         self.walks = 0
         # The hypervisor's handler of an EPT violation where it happens: True if it handled
         # it and entered again without anyone able to tell (kvm/vcpu.py); None: raise.
@@ -93,6 +98,7 @@ class EptHardware:
         self.loaded.add(ep4ta)          # for the debugger's history: caches that may change
 
     def invept_single(self, ep4ta: int) -> None:
+        self.evictions += 1
         if ep4ta == self.ep4ta:
             self.cache.clear()                  # the current EPTP's cache stays, emptied
             return
@@ -101,6 +107,7 @@ class EptHardware:
             c.clear()
 
     def invept_all(self) -> None:
+        self.evictions += 1
         for c in self.caches.values():
             c.clear()
         self.caches.clear()
@@ -113,6 +120,8 @@ class EptHardware:
         # READ (0) needs no right the entry records; WRITE (1) needs hit[2], FETCH (2) hit[3].
         if hit is not None and (not kind or hit[kind + 1]):
             return hit
+        if hit is not None:
+            self.evictions += 1             # the walk below replaces the entry
         while True:
             # A miss (twice per EPT violation): the walk, or the answer it gave while the
             # tables stood still.
@@ -149,11 +158,9 @@ class EptHardware:
         # that reads the entries and checks them, and a second pass (_set_ad) only when
         # an accessed or dirty flag is still clear, which KVM's presets make rare.
         pages = self.host_pages
-        prefixes = self.prefixes if self.generation is not None else None   # see __init__
-        pre = prefix_key = None
-        if prefixes is not None:
-            prefix_key = self.ep4ta << 31 | gpa >> 21      # (ep4ta, gpa >> 21) as one int
-            pre = prefixes.get(prefix_key)
+        prefixes = self.prefixes            # see __init__ (empty without a generation)
+        prefix_key = self.ep4ta << 31 | gpa >> 21          # (ep4ta, gpa >> 21) as one int
+        pre = prefixes.get(prefix_key)
         if pre is None:
             pfn = self.ep4ta >> 12
             perms = 7              # R, W, X (bits 0-2) AND-ed over the walk
@@ -169,7 +176,7 @@ class EptHardware:
                 if shift == 12 or (e & 0x80 and shift != 39):   # a leaf (1 GiB / 2 MiB at 3 / 2)
                     break
                 pfn = (e >> 12) & _PFN40
-                if shift == 21 and prefixes is not None:
+                if shift == 21 and self.generation is not None:
                     prefixes[prefix_key] = (pfn, perms, accessed)
         else:
             # The first three levels remembered: the loop's last pass, written out.
@@ -224,7 +231,8 @@ class EptHardware:
         otherwise it is raised, for the run loop to take."""
         qual = _KIND_QUAL[kind] | rights | EPT_QUAL_GLA_VALID | (0 if walk else EPT_QUAL_GLA_FINAL)
         # An EPT violation invalidates the guest-physical mappings of the faulting address.
-        self.cache.pop(gpa >> 12, None)
+        if self.cache.pop(gpa >> 12, None) is not None:
+            self.evictions += 1
         exit_ = VmExit(EPT_VIOLATION, qual, gpa)
         in_place = self.exit_in_place
         if in_place is not None and in_place(exit_):

@@ -229,12 +229,13 @@ class GuestWalkMemo:
     KVM and debugger write reaches); keyed by (page, access, CR3, EFER) and bounded; set
     A/D flags never undo an entry. Pickles empty (snapshots rebuild the decode cache)."""
 
-    __slots__ = ("entries", "pt_generation", "ept")
+    __slots__ = ("entries", "paths", "pt_generation", "ept")
 
     MAX_ENTRIES = 4096             # a bound, not a policy
 
     def __init__(self, ept=None) -> None:
         self.entries: dict = {}
+        self.paths: dict = {}          # ((gpa, hpa) of each table) -> its TablePath
         self.pt_generation = None
         # The vCPU's EptHardware, whose cache of guest-physical translations answers a
         # table's READ as its translate() would on a hit (no side effect): probed here
@@ -247,8 +248,14 @@ class GuestWalkMemo:
     def remember(self, key, entry) -> None:
         if len(self.entries) >= self.MAX_ENTRIES:
             self.entries.clear()
-        # The walk's fields, then the TLB entry a replay made last (see walk).
-        self.entries[key] = [*entry, None]
+            self.paths.clear()
+        # The walk's fields, a TablePath shared by every entry whose walk read the same
+        # table pages, then the TLB entry a replay made last (see walk).
+        pages = tuple((gpa >> 12, hpa) for gpa, hpa in entry[0])
+        path = self.paths.get(pages)
+        if path is None:
+            path = self.paths[pages] = TablePath()
+        self.entries[key] = [*entry, path, None]
 
     def walk(self, cpu, va: int, acc: int) -> TlbEntry:
         """walk(), replayed from memory when the guest's tables cannot have changed."""
@@ -258,29 +265,39 @@ class GuestWalkMemo:
         gen = cpu.decode_cache.pt_generation
         if gen != self.pt_generation:
             self.entries.clear()
+            self.paths.clear()
             self.pt_generation = gen
         key = (va >> 12, acc, cpu.cr3, efer)
         m = self.entries.get(key)
         if m is None:
             return walk(cpu, va, acc, self, key)
-        tables, hpns, page_gpa, user, writable, nx, pkey, pte_global, size_shift, made = m
+        tables, hpns, page_gpa, user, writable, nx, pkey, pte_global, size_shift, path, made = m
         # Hot (after every EPT violation): the tables' translations, as the walk makes them.
         # (walk_pt_pages is read only after a walk that returned.)
         translate_gpa = cpu.ops.translate_gpa
-        cache = self.ept.cache if self.ept is not None else _NO_CACHE
-        for gpa, hpa in tables:
-            got = cache.get(gpa >> 12) or translate_gpa(gpa, READ, True)
-            if got[1] != hpa:
-                # Another host page behind a table: walk it. The translations made so far
-                # are made again; the EPT answers them from its cache as it just did.
-                del self.entries[key]
-                return walk(cpu, va, acc, self, key)
+        ept = self.ept
+        if ept is not None and path.cache is ept.cache and path.evictions == ept.evictions:
+            # Every table was found in the EPT's cache when the path was last replayed and
+            # nothing has left it since: the translations are cache hits (no side effect).
+            leaf_table = path.leaf_table
+        else:
+            cache = ept.cache if ept is not None else _NO_CACHE
+            for gpa, hpa in tables:
+                got = cache.get(gpa >> 12) or translate_gpa(gpa, READ, True)
+                if got[1] != hpa:
+                    # Another host page behind a table: walk it. The translations made so
+                    # far are made again; the EPT answers them from its cache as it just did.
+                    del self.entries[key]
+                    return walk(cpu, va, acc, self, key)
+            leaf_table = got[0]
+            if ept is not None:
+                # Each translation just made is in the cache now (a miss fills it).
+                path.cache, path.evictions, path.leaf_table = ept.cache, ept.evictions, leaf_table
         cpu.walk_pt_pages = hpns
         # The leaf's dirty flag is read now, as the walk reads it: a walk for a write may
         # have set it since this entry was remembered (the walker's own accessed/dirty
         # writes do not move pt_generation). The leaf is the last table's entry.
-        gpa = tables[-1][0]
-        dirty = bool(acc & PFERR_WRITE) or bool(_U64(got[0], gpa & 0xFFF)[0] & D)
+        dirty = bool(acc & PFERR_WRITE) or bool(_U64(leaf_table, tables[-1][0] & 0xFFF)[0] & D)
         # _finish, written out for a walk with no accessed/dirty flag to set: the rights
         # check, the final page's translation and the TLB entry.
         code = access_error(cpu, user, writable, nx, pkey, acc)
@@ -296,9 +313,23 @@ class GuestWalkMemo:
         if (made is not None and made.hpa == hpa and made.page is page and made.ept_w == ew
                 and made.ept_x == ex and made.glob == glob and made.dirty == dirty):
             return made
-        e = m[9] = TlbEntry(va >> 12, page, hpa, page_gpa, user, writable, nx, dirty, glob, pkey,
+        e = m[10] = TlbEntry(va >> 12, page, hpa, page_gpa, user, writable, nx, dirty, glob, pkey,
                             size_shift, ew, ex)
         return e
+
+
+class TablePath:
+    """Where the table pages of remembered walks (the same pages, in order, at the same
+    host pages) were last all found in the EPT's guest-physical cache: that cache, its
+    evictions count then, and the last table's host page. GuestWalkMemo.walk skips
+    looking them up again while that cache has lost nothing."""
+
+    __slots__ = ("cache", "evictions", "leaf_table")
+
+    def __init__(self) -> None:
+        self.cache = None
+        self.evictions = -1
+        self.leaf_table = None
 
 
 def _fault(cpu, va: int, code: int):

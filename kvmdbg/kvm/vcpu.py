@@ -376,7 +376,7 @@ class Vcpu:
         qual = exit_.qualification
         self.vmexit(_EPT_VIOLATION, qual, gpa)
         kvm.stats["kvmdbg_ept_violations"] += 1
-        kvm.charge(self, "ept_violation")
+        cpu.extra_cycles += kvm.costs.values["ept_violation"]       # kvm.charge, written out
         if kvm.bus.active:
             kvm.trace("kvm_page_fault", self.index, guest_rip=cpu.rip, fault_address=gpa,
                       error_code=qual)
@@ -403,9 +403,9 @@ class Vcpu:
         the programs and kvm-unit-tests both ways (kvm.exits_in_place) and compares."""
         kvm = self.kvm
         cpu = self.cpu
-        if (exit_.reason != _EPT_VIOLATION or not cpu.in_walk or cpu.in_delivery
+        if (not cpu.in_walk or cpu.in_delivery or cpu.pending or self.in_kvm
                 or not kvm.exits_in_place or kvm.bus.active or kvm.recorder is not None
-                or self.in_kvm or cpu.pending or len(kvm.vcpus) != 1 or kvm.worker.queue):
+                or kvm.worker.queue or len(kvm.vcpus) != 1):
             return False
         tlb = cpu.tlb
         flushes = tlb.flushes

@@ -126,7 +126,7 @@ class MmuPage:
 
     __slots__ = ("role", "gfn", "pfn", "hpa", "spt", "tdp_mmu_page", "root_count", "parent",
                  "parent_index", "tdp_mmu_scheduled_root_to_zap", "mmu_valid_gen",
-                 "created_step", "number", "freed", "root_info")
+                 "created_step", "number", "freed", "root_info", "touched")
 
     def __init__(self, role: int, gfn: int, pfn: int, spt: bytearray, tdp_mmu_page: bool):
         self.role = role
@@ -146,6 +146,11 @@ class MmuPage:
         # The TDP MMU's RootInfo(0, self) for this root, made once (RootInfo is never
         # changed in place, so every load of the root can share it: TdpMmuOps.alloc_root).
         self.root_info = None
+        # Bit i set for every entry i that may be non-zero (each SPTE writer sets it), or
+        # -1: unknown (a page made over a table of any contents, or written from outside
+        # KVM, by the debugger). A zap then reads the few entries a table ever had instead
+        # of scanning its 4 KiB (tdp_iter.scan_page). MmuPages.alloc_page's pages start at 0.
+        self.touched = -1
 
     @property
     def level(self) -> int:

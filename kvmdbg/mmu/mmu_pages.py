@@ -36,9 +36,17 @@ class MmuPages:
         spt = kvm.host.pages[pfn]
         sp = MmuPage(role, gfn, pfn, spt, tdp) if cls is None else cls(role, gfn, pfn, spt)
         sp.mmu_valid_gen = kvm.mmu_valid_gen
+        sp.touched = 0                        # a zeroed page: no entry in use
         self.pages[pfn] = sp
         kvm.stats["kvmdbg_tables_allocated"] += 1
         return sp
+
+    def note_write(self, pfn: int) -> None:
+        """A write to host memory from outside KVM (the debugger's write_hpa): if it hit a
+        table, which of its entries are non-zero is no longer known (MmuPage.touched)."""
+        sp = self.pages.get(pfn)
+        if sp is not None:
+            sp.touched = -1
 
     def free_page(self, sp: MmuPage) -> None:
         sp.freed = True

@@ -125,6 +125,8 @@ class ShadowMmu(PageTrack, ShadowSync):
         if old == new:
             return old
         sp.spt[o:o + 8] = new.to_bytes(8, "little")
+        if new:
+            sp.touched |= 1 << i
         kvm = self.kvm
         pool = kvm.mmu_pages
         was = S.is_shadow_present_pte(old)

@@ -68,6 +68,23 @@ def scan_table(spt) -> tuple:
     return out, memoryview(spt).cast("Q")
 
 
+def scan_page(sp) -> tuple:
+    """scan_table for an MMU page: its touched entries read one by one when they are few
+    (what a zap meets: tables hold a handful of entries), else the scan. The same answer."""
+    touched = sp.touched
+    if touched < 0 or touched.bit_count() > _SPARSE:
+        return scan_table(sp.spt)
+    spt = sp.spt
+    out = []
+    while touched:
+        low = touched & -touched
+        i = low.bit_length() - 1
+        if _U64(spt, i << 3)[0]:
+            out.append(i)
+        touched ^= low
+    return out, memoryview(spt).cast("Q")
+
+
 def nonzero_indices(spt) -> list:
     """The indices of a table's non-zero entries, in order (scan_table)."""
     return list(scan_table(spt)[0])
@@ -76,10 +93,10 @@ def nonzero_indices(spt) -> list:
 def nonzero_entries(sp):
     """(index, spte) of every entry of one table that is not zero (present, MMIO and
     removed SPTEs alike), in index order. The table is scanned for non-zero entries once
-    (nonzero_indices); each entry is read again as the walk reaches it, so one a caller
+    (scan_page); each entry is read again as the walk reaches it, so one a caller
     zeroed meanwhile is skipped. (No caller creates entries in a table it is walking.)"""
-    mv = memoryview(sp.spt).cast("Q")
-    for i in nonzero_indices(sp.spt):
+    indices, mv = scan_page(sp)
+    for i in indices:
         v = mv[i]
         if v:
             yield i, v

@@ -11,7 +11,7 @@ successful walk read.
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from kvmdbg.cpu import walker
@@ -44,7 +44,12 @@ class Ops:
         self.host = {}                # hpn -> page
         self.gfn_to_hpn = {}
         self.cache = {}
+        self.evictions = 0            # EptHardware's: bumped whenever the cache loses entries
         self.log = []
+
+    def flush(self):
+        self.cache.clear()
+        self.evictions += 1
 
     def translate_gpa(self, gpa, kind, walk):
         got = self.cache.get(gpa >> 12)
@@ -145,10 +150,10 @@ def _apply(world, op, walk_fn):
         if hpn not in world.ops.host:
             world.ops.host[hpn] = bytearray(world.ops.host[0x100 + TABLE_GFNS[b % 5]])
         world.ops.gfn_to_hpn[a] = hpn
-        world.ops.cache.clear()
+        world.ops.flush()
     elif kind == "unmap":
         world.ops.gfn_to_hpn.pop(a, None)
-        world.ops.cache.clear()
+        world.ops.flush()
     elif a == "nxe":
         world.efer ^= EFER_NXE
     elif a == "smep":
@@ -160,11 +165,20 @@ def _apply(world, op, walk_fn):
     return None
 
 
+# A replay that checked its tables, then a table remapped (its cache entry goes): the next
+# replay must look the tables up again, not trust what it found before.
+REPLAY_AFTER_REMAP = [("walk", 0x1000, 0), ("walk", 0x1000, 0), ("remap", 3, 1), ("walk", 0x1000, 0)]
+
+
 @settings(max_examples=400, deadline=None, database=None)
-@given(st.lists(_op, min_size=1, max_size=60))
-def test_memo_walks_as_the_walker(ops):
+@given(st.lists(_op, min_size=1, max_size=60), st.booleans())
+@example(REPLAY_AFTER_REMAP, True)
+def test_memo_walks_as_the_walker(ops, probe_cache):
+    """probe_cache: the memo is given the second level's cache and evictions count, as
+    the vCPU gives it its EptHardware, so it also skips the tables' lookups while that
+    cache has lost nothing (TablePath)."""
     plain, memoised = World(), World()
-    memo = walker.GuestWalkMemo()
+    memo = walker.GuestWalkMemo(memoised.ops if probe_cache else None)
     for op in ops:
         assert _apply(memoised, op, memo.walk) == _apply(plain, op, walker.walk), op
         assert memoised.snapshot() == plain.snapshot()

@@ -14,13 +14,11 @@ MMU page (root numbers and the step each became a root), memory and the console.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from kvmdbg.cpu import flags
 from kvmdbg.cpu.faults import PF, GuestFault
 from kvmdbg.kvm import x86
 from kvmdbg.kvm import vcpu as vcpu_module
@@ -29,36 +27,11 @@ from kvmdbg.kvm.scheduler import run_vm
 from kvmdbg.mmu.mmu_internal import RetPF
 from tests.cpu import test_page_invalidation as inval
 from tests.cpu.guest_idt import install
-from tests.helpers import kut_image
+from tests.helpers import kut_image, vm_fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 PROGRAMS = sorted(p.stem for p in (ROOT / "programs").glob("*.bin"))
 EPT_PROFILES = ("v5.15", "v6.1", "v6.12", "legacy-mmu")
-
-
-def fingerprint(vm) -> tuple:
-    out = []
-    for v in vm.vcpus:
-        c = v.cpu
-        out.append((list(c.r), c.rip, flags.peek(c), c.cr0, c.cr2, c.cr3, c.cr4, c.efer,
-                    c.steps, c.extra_cycles, c.walks, c.halted, c.shutdown, v.in_kvm,
-                    sorted(v.requests)))
-        out.append([(tag, e.vpn, e.hpa, e.gpa, e.user, e.writable, e.nx, e.dirty, e.glob,
-                     e.pkey, e.size_shift, e.ept_w, e.ept_x) for tag, e in c.tlb.entries()])
-        out.append((c.tlb.fills, c.tlb.flushes))
-        if v.ept is not None:
-            out.append((v.ept.walks, v.ept.ep4ta, sorted(v.ept.caches),
-                        sorted((gfn, t[1], t[2], t[3]) for gfn, t in v.ept.cache.items())))
-    out.append(sorted(vm.stats.items()))
-    out.append(sorted(vm.exit_reasons.items()))
-    out.append([(pfn, sp.role, sp.gfn, sp.number, sp.created_step, sp.root_count,
-                 hashlib.sha256(sp.spt).hexdigest()) for pfn, sp in sorted(vm.mmu_pages.pages.items())])
-    memory = hashlib.sha256()
-    for pfn in sorted(vm.host.pages):
-        memory.update(pfn.to_bytes(8, "little") + vm.host.pages[pfn])
-    out.append(memory.hexdigest())
-    out.append(bytes(vm.console))
-    return tuple(out)
 
 
 @pytest.fixture
@@ -84,7 +57,7 @@ def both_ways(build, steps: int):
         vm = build()
         vm.exits_in_place = in_place
         run_vm(vm, steps)
-        prints.append(fingerprint(vm))
+        prints.append(vm_fingerprint(vm))
     return prints
 
 

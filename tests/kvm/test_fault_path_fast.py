@@ -7,12 +7,16 @@
 - Memslots.lookup's memory of the last slot found against bisection, across creates and
   deletes;
 - Vcpu.load_mmu_pgd reloading the root already loaded (no fast-path flush): the CPU
-  translates as one whose fast paths were flushed.
+  translates as one whose fast paths were flushed;
+- TdpMmu.fast_leaf_fault (a 4 KiB fault into a table the root has, written out) against
+  the general direct_page_fault -> kvm_tdp_mmu_map, on programs and the access test.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import pytest
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -185,3 +189,56 @@ def test_vm_exit_keeps_its_fields():
     assert (e.reason, e.qualification, e.gpa, e.error_code) == (EPT_VIOLATION, 0x182, 0x205000, 3)
     assert str(e) == "VM exit EPT_VIOLATION gpa 0x205000"
     assert e.args[0] == EPT_VIOLATION
+
+
+# TdpMmu.fast_leaf_fault (the commonest EPT violation written out) against the general
+# direct_page_fault -> kvm_tdp_mmu_map: the same programs run with it and with it refused
+# (returning None, "not that case") must end the same in everything the fingerprint holds,
+# KVM's counters in the order they were first counted included.
+_PROGRAMS = Path(__file__).resolve().parent.parent.parent / "programs"
+
+
+def _run_both(build, steps, monkeypatch, counts):
+    from kvmdbg.kvm.scheduler import run_vm
+    from kvmdbg.mmu.tdp_mmu import TdpMmu
+    from tests.helpers import vm_fingerprint
+    real = TdpMmu.fast_leaf_fault
+
+    def counting(self, vcpu, gfn):
+        ret = real(self, vcpu, gfn)
+        counts[0] += ret is not None
+        return ret
+    prints = []
+    for fast in (counting, lambda self, vcpu, gfn: None):
+        monkeypatch.setattr(TdpMmu, "fast_leaf_fault", fast)
+        vm = build()
+        run_vm(vm, steps)
+        prints.append(vm_fingerprint(vm))
+    return prints
+
+
+@pytest.mark.parametrize("kvm", ["v5.15", "v6.1", "v6.12"])
+@pytest.mark.parametrize("name", ["smep_flip", "smep_flip_2vcpu", "pt_edit", "memslot_overlay",
+                                  "smap_mmio", "cr0_wp_flip", "upper_half"])
+def test_fast_leaf_fault_ends_programs_as_the_general_path(name, kvm, monkeypatch):
+    from kvmdbg.kvm.boot import load_program, make_vm
+    program = load_program(str(_PROGRAMS / f"{name}.bin"))
+    vcpus = 2 if "2vcpu" in name else 1
+    counts = [0]
+    ours, theirs = _run_both(lambda: make_vm(program, kvm, (), vcpus, 16 << 20, 0), 40_000,
+                             monkeypatch, counts)
+    assert ours == theirs
+    if name == "smep_flip":
+        assert counts[0] > 0
+
+
+@pytest.mark.parametrize("knobs", [(), ("huge_pages=1",)])
+def test_fast_leaf_fault_ends_the_access_test_as_the_general_path(knobs, monkeypatch):
+    from kvmdbg.kvm.boot import load_program, make_vm
+    from tests.helpers import kut_image
+    path = str(kut_image("access_test.flat"))
+    counts = [0]
+    ours, theirs = _run_both(lambda: make_vm(load_program(path), "v5.15", knobs), 300_000,
+                             monkeypatch, counts)
+    assert ours == theirs
+    assert (counts[0] > 0) == (not knobs)        # with huge pages it always steps aside

@@ -8,6 +8,7 @@ the predicates say.
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -93,3 +94,56 @@ def test_handle_changed_spte_follows_the_predicates(old, new, level):
     assert got == want
     # A removed table is handed on only if one is behind the old SPTE (none here).
     assert removed == [] and (not removes_table or tdp.pages.get(S.spte_to_pfn(old)) is None)
+
+
+# scan_page reads only the entries an MMU page's writers marked (MmuPage.touched): against
+# the definition (every non-zero entry), on pages the real fault, zap and debugger-write
+# paths made, under the TDP MMU, the legacy MMU and shadow paging.
+_gfn = st.integers(0x100, 0x100 + 3000)
+_mmu_op = st.one_of(st.tuples(st.just("fault"), _gfn),
+                    st.tuples(st.just("zap"), _gfn, st.integers(1, 600)),
+                    st.tuples(st.just("poke"), st.integers(0, 50), st.integers(0, 511),
+                              st.sampled_from([0, 1, 0x1234 << 12 | 7])))
+
+
+def _scans_agree(vm):
+    from kvmdbg.mmu.tdp_iter import scan_page
+    for sp in vm.mmu_pages.pages.values():
+        assert list(scan_page(sp)[0]) == nonzero_indices(sp.spt), f"page {sp.pfn:#x}"
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(st.lists(_mmu_op, max_size=40))
+def test_scan_page_finds_every_nonzero_entry_the_mmu_and_debugger_wrote(ops):
+    from kvmdbg.debug.engine.memory import write_hpa
+    from kvmdbg.kvm.boot import Program, boot
+    from kvmdbg.kvm.profiles import get_profile
+    from kvmdbg.kvm.vm import Vm
+    from kvmdbg.mmu import mmu as M
+    vm = Vm(16 << 20, 1, profile=get_profile("v5.15"))
+    boot(vm, Program(b"\xf4"))
+    v = vm.current = vm.vcpus[0]
+    v.enter_guest()
+    poked = False
+    for op in ops:
+        if op[0] == "fault" and not poked:
+            M.kvm_mmu_page_fault(v, op[1] << 12, 2)
+        elif op[0] == "zap" and not poked:
+            vm.tdp_mmu.zap_leafs(op[1], op[1] + op[2])
+        elif op[0] == "poke":
+            pages = sorted(vm.mmu_pages.pages)
+            write_hpa(vm, pages[op[1] % len(pages)] << 12 | op[2] << 3, op[3].to_bytes(8, "little"))
+            poked = True            # KVM's own paths are not run over a debugger's garbage
+        _scans_agree(vm)
+    if not poked:
+        vm.tdp_mmu.zap_root(v.mmu.root.sp, payer=v)
+        assert vm.mmu_pages.live_sptes == 0
+
+
+@pytest.mark.parametrize("kvm", ["v5.15", "v6.12", "legacy-mmu", "shadow"])
+@pytest.mark.parametrize("name", ["smep_flip", "pt_edit", "memslot_overlay", "cr0_wp_flip"])
+def test_scan_page_agrees_on_the_pages_programs_leave(name, kvm):
+    from tests.helpers import run_program
+    vm = run_program(name, kvm, arg=40, max_steps=60_000)
+    assert vm.mmu_pages.pages
+    _scans_agree(vm)

@@ -38,10 +38,12 @@ def read_hpa(vm, hpa: int, n: int) -> bytes:
 
 
 def write_hpa(vm, hpa: int, data: bytes) -> None:
-    """A write behind everybody's back (host memory): the decode cache is told, nothing else."""
+    """A write behind everybody's back (host memory): the decode cache and the MMU pages'
+    bookkeeping of which entries are in use are told, nothing else."""
     pos = 0
     for a, chunk in pieces(hpa, len(data)):
         off = a & 0xFFF
         _page(vm, a)[off:off + chunk] = data[pos:pos + chunk]
         vm.decode_cache.note_write(a >> PAGE_SHIFT)
+        vm.mmu_pages.note_write(a >> PAGE_SHIFT)
         pos += chunk
