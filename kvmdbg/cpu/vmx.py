@@ -82,8 +82,9 @@ class EptHardware:
         # `cache` is the same dict, what a reader found in it is still there.
         self.evictions = 0
         self.walks = 0
-        # The hypervisor's handler of an EPT violation where it happens: True if it handled
-        # it and entered again without anyone able to tell (kvm/vcpu.py); None: raise.
+        # The hypervisor's handler of an EPT violation where it happens, given its gpa and
+        # exit qualification: True if it handled it and entered again without anyone able
+        # to tell (kvm/vcpu.py), else what the raised exit's `handled` says. None: raise.
         self.exit_in_place = None
         # EP4TAs loaded since the debugger's history last looked (it clears the set): only
         # their caches can have changed, the others are as its snapshots stored them.
@@ -182,9 +183,18 @@ class EptHardware:
             # The first three levels remembered: the loop's last pass, written out.
             pfn, perms, accessed = pre
             shift = 12
-            e = _U64(pages[pfn], ((gpa >> 12) & 511) << 3)[0]
-            if not e & 7:
-                return self._exit(gpa, kind, walk, 0)
+            table = pages[pfn]
+            off = ((gpa >> 12) & 511) << 3
+            e = _U64(table, off)[0]
+            while not e & 7:
+                self._exit(gpa, kind, walk, 0)
+                # Handled in place: the walk is made again (and counted, as translate
+                # counts one). While no SPTE that was present changed, its first three
+                # levels read as they just did, so it goes on from the leaf.
+                if self.generation.value != self.memo_gen:
+                    return None                         # translate walks from the top
+                self.walks += 1
+                e = _U64(table, off)[0]
             if e & 6 and not e & 1:
                 raise VmExit(EPT_MISCONFIG, 0, gpa)
             perms &= e
@@ -233,8 +243,12 @@ class EptHardware:
         # An EPT violation invalidates the guest-physical mappings of the faulting address.
         if self.cache.pop(gpa >> 12, None) is not None:
             self.evictions += 1
-        exit_ = VmExit(EPT_VIOLATION, qual, gpa)
         in_place = self.exit_in_place
-        if in_place is not None and in_place(exit_):
-            return None
+        handled = False
+        if in_place is not None:
+            handled = in_place(gpa, qual)
+            if handled is True:
+                return None
+        exit_ = VmExit(EPT_VIOLATION, qual, gpa)
+        exit_.handled = handled
         raise exit_

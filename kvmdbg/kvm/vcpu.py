@@ -345,7 +345,7 @@ class Vcpu:
         kvm = self.kvm
         reason = exit_.reason
         if reason == _EPT_VIOLATION:               # the common exit first
-            if self.handle_ept_violation(cpu, exit_) == _EMULATE:
+            if self.handle_ept_violation(cpu, exit_.gpa, exit_.qualification) == _EMULATE:
                 emulate.emulate_instruction(self)
             return
         gpa = exit_.gpa
@@ -368,12 +368,10 @@ class Vcpu:
         if ret == RetPF.EMULATE:
             emulate.emulate_instruction(self)
 
-    def handle_ept_violation(self, cpu, exit_: V.VmExit) -> RetPF:
+    def handle_ept_violation(self, cpu, gpa: int, qual: int) -> RetPF:
         """handle_ept_violation: the exit, counted and charged, then KVM's page fault
         (the instruction's emulation, if that asks for it, is the caller's)."""
         kvm = self.kvm
-        gpa = exit_.gpa
-        qual = exit_.qualification
         self.vmexit(_EPT_VIOLATION, qual, gpa)
         kvm.stats["kvmdbg_ept_violations"] += 1
         cpu.extra_cycles += kvm.costs.values["ept_violation"]       # kvm.charge, written out
@@ -382,14 +380,14 @@ class Vcpu:
                       error_code=qual)
         return M.kvm_mmu_page_fault(self, gpa, M.ept_violation_error_code(qual))
 
-    def exit_in_place(self, exit_: V.VmExit) -> bool:
+    def exit_in_place(self, gpa: int, qual: int):
         """EptHardware's hook: handle an EPT violation where the walk meets it, and enter
         again, when nothing could tell that from the exit that unwinds to the run loop
         (which is most of a violation's cost: the unwinding, the run loop, the instruction's
-        start and its walk again; a v5.15 SMEP flip takes 22 violations). The walk is then
-        made again, as after the entry. False: raise it; if it was handled already,
-        exit_.handled holds what is left (emulation, an injected exception) for the run
-        loop, with RIP and the step count exact by then.
+        start and its walk again; a v5.15 SMEP flip takes 22 violations). True: the walk is
+        then made again, as after the entry. False: raise it; if it was handled already,
+        what is left (emulation, an injected exception) for the run loop, with RIP and the
+        step count exact by then: the raised exit's `handled`.
 
         Nothing can tell when: nobody records events (they carry RIP and the step count,
         which a block makes exact only when it unwinds) or the run (reverse execution);
@@ -412,15 +410,13 @@ class Vcpu:
         generation = self.gpa_generation
         before = generation.value
         try:
-            ret = self.handle_ept_violation(cpu, exit_)
+            ret = self.handle_ept_violation(cpu, gpa, qual)
         except GuestFault as fault:
-            exit_.handled = fault
-            return False
+            return fault
         if (ret == _EMULATE or cpu.stop_reason != VMEXIT or cpu.shutdown or cpu.halted
                 or self.requests or self.mmu.root.sp is None or kvm.worker.queue
                 or generation.value != before or tlb.flushes != flushes):
-            exit_.handled = ret
-            return False
+            return ret
         cpu.pending = False
         cpu.stop_reason = None
         self.enter_guest()

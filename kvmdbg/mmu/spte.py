@@ -77,6 +77,7 @@ def _make_spte(pfn: int, level: int, writable: bool, host_writable: bool, access
 # make_spte's bits for (level > 1, writable) with the defaults, from the general builder.
 _LEAF_BITS = tuple(tuple(_make_spte(0, 2 if large else 1, w, True, True, EPT_MT_WB) for w in (False, True))
                    for large in (False, True))
+LEAF_4K_BITS = _LEAF_BITS[0]       # [writable]: a 4 KiB leaf's bits but the pfn's
 
 
 def make_nonleaf_spte(child_pfn: int) -> int:

@@ -16,7 +16,7 @@ from functools import partial
 
 from kvmdbg.bits import PACK_INTO, UNPACK_FROM
 from kvmdbg.mmu import spte as S
-from kvmdbg.mmu.mmu import DirectMmuOps, RootInfo, direct_page_fault, is_obsolete_root
+from kvmdbg.mmu.mmu import DirectMmuOps, RootInfo, direct_page_fault
 from kvmdbg.mmu.mmu_internal import (ROLE_INVALID, ROLE_LEVEL_MASK, MmuPage, RetPF, kvm_bug,
                                      role_level, role_smm)
 from kvmdbg.mmu.tdp_iter import for_each_tdp_pte, nonzero_entries, scan_page
@@ -453,7 +453,9 @@ class TdpMmu:
         if kvm.bus.active or kvm.huge_pages:
             return None
         root = vcpu.mmu.root.sp
-        if root is None or is_obsolete_root(kvm, root) or self.pool.generation.value != self.last_tables_gen:
+        # (is_obsolete_root of a TDP MMU root: invalid or freed.)
+        if (root is None or root.role & ROLE_INVALID or root.freed
+                or self.pool.generation.value != self.last_tables_gen):
             return None
         sp = self.last_tables.get(root.pfn << 31 | gfn >> 9)
         if sp is None:
@@ -469,7 +471,7 @@ class TdpMmu:
         stats = kvm.stats
         stats["pf_taken"] += 1
         pfn = kvm.host.hva_to_pfn(slot.gfn_to_hva(gfn))
-        _P64(spt, o, S.make_spte(pfn, 1, not slot.flags & 2))     # KVM_MEM_READONLY
+        _P64(spt, o, S.LEAF_4K_BITS[not slot.flags & 2] | pfn << 12)   # make_spte(pfn, 1, !READONLY)
         sp.touched |= 1 << index
         self.pool.live_sptes += 1
         stats["pages_4k"] += 1

@@ -41,10 +41,10 @@ def in_place_count(monkeypatch):
     counts = [0, 0]
     real = vcpu_module.Vcpu.exit_in_place
 
-    def counting(self, exit_):
-        done = real(self, exit_)
-        counts[0] += done
-        counts[1] += not done and exit_.handled is not False
+    def counting(self, gpa, qual):
+        done = real(self, gpa, qual)
+        counts[0] += done is True
+        counts[1] += done is not True and done is not False
         return done
     monkeypatch.setattr(vcpu_module.Vcpu, "exit_in_place", counting)
     return counts
@@ -135,9 +135,9 @@ def test_the_comparison_catches_a_walk_not_counted(monkeypatch):
     charged; an in-place handling that forgot it must fail the comparison."""
     real = vcpu_module.Vcpu.exit_in_place
 
-    def forgetful(self, exit_):
-        done = real(self, exit_)
-        if done:
+    def forgetful(self, gpa, qual):
+        done = real(self, gpa, qual)
+        if done is True:
             self.cpu.walks -= 1
             self.cpu.extra_cycles -= self.cpu.walk_cost
         return done
@@ -179,8 +179,8 @@ def test_handling_left_to_the_run_loop_ends_the_same(perturbation, monkeypatch, 
     real = vcpu_module.Vcpu.handle_ept_violation
     calls = [0]
 
-    def perturbed(self, cpu, exit_):
-        ret = real(self, cpu, exit_)
+    def perturbed(self, cpu, gpa, qual):
+        ret = real(self, cpu, gpa, qual)
         calls[0] += 1
         if calls[0] % 3 == 0:
             if perturbation == "inject":
