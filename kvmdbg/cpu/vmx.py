@@ -67,7 +67,7 @@ class EptHardware:
         self.generation = generation          # a kvmdbg.generation.Generation, or None
         self.memo: dict = {}
         # ... and so is where a walk's first three levels lead, per 2 MiB of guest-physical
-        # space: ep4ta << 31 | gpa >> 21 -> (last table's pfn, R/W/X and A so far). Only
+        # space: ep4ta << 31 | gpa >> 21 -> (last table's page, R/W/X and A so far). Only
         # present, non-leaf entries are remembered, and only a present entry's change
         # moves the generation; A flags only ever get set without it. (Without a
         # generation nothing is remembered, and it stays empty.)
@@ -178,12 +178,11 @@ class EptHardware:
                     break
                 pfn = (e >> 12) & _PFN40
                 if shift == 21 and self.generation is not None:
-                    prefixes[prefix_key] = (pfn, perms, accessed)
+                    prefixes[prefix_key] = (pages[pfn], perms, accessed)
         else:
             # The first three levels remembered: the loop's last pass, written out.
-            pfn, perms, accessed = pre
+            table, perms, accessed = pre
             shift = 12
-            table = pages[pfn]
             off = ((gpa >> 12) & 511) << 3
             e = _U64(table, off)[0]
             while not e & 7:
@@ -210,7 +209,7 @@ class EptHardware:
         else:
             span = shift - 12                               # pfn bits the leaf's offset spans
             leaf_pfn = ((e >> 12) & _PFN40 & ~((1 << span) - 1)) + ((gpa >> 12) & ((1 << span) - 1))
-        got = (pages[leaf_pfn], leaf_pfn << 12, bool(perms & 2), bool(perms & 4))
+        got = (pages[leaf_pfn], leaf_pfn << 12, perms & 2 != 0, perms & 4 != 0)
         # Read-only or non-executable translations are cached too; translate() re-walks
         # (and so exits) when an access needs a right the cached entry lacks.
         self.cache[gpa >> 12] = got

@@ -70,19 +70,23 @@ def scan_table(spt) -> tuple:
 
 def scan_page(sp) -> tuple:
     """scan_table for an MMU page: its touched entries read one by one when they are few
-    (what a zap meets: tables hold a handful of entries), else the scan. The same answer."""
+    (what a zap meets: tables hold a handful of entries), else the scan. The same answer,
+    but for the entries by index: here the non-zero ones as they were read, in a dict."""
     touched = sp.touched
     if touched < 0 or touched.bit_count() > _SPARSE:
         return scan_table(sp.spt)
     spt = sp.spt
     out = []
+    values = {}
     while touched:
         low = touched & -touched
         i = low.bit_length() - 1
-        if _U64(spt, i << 3)[0]:
+        v = _U64(spt, i << 3)[0]
+        if v:
             out.append(i)
+            values[i] = v
         touched ^= low
-    return out, memoryview(spt).cast("Q")
+    return out, values
 
 
 def nonzero_indices(spt) -> list:
@@ -95,9 +99,9 @@ def nonzero_entries(sp):
     removed SPTEs alike), in index order. The table is scanned for non-zero entries once
     (scan_page); each entry is read again as the walk reaches it, so one a caller
     zeroed meanwhile is skipped. (No caller creates entries in a table it is walking.)"""
-    indices, mv = scan_page(sp)
-    for i in indices:
-        v = mv[i]
+    spt = sp.spt
+    for i in scan_page(sp)[0]:
+        v = _U64(spt, i << 3)[0]
         if v:
             yield i, v
 

@@ -305,7 +305,7 @@ class TdpMmu:
                     kvm.trace("kvm_tdp_mmu_spte_changed", kvm.current_vcpu_index(),
                               gfn=sp.gfn + i, old_spte=values[i], new_spte=removed,
                               level=1, as_id=as_id)
-            zapped = leaves = sum(1 for i in live if values[i] & present_bit)
+            zapped = leaves = len([i for i in live if values[i] & present_bit])
         else:
             # As the kernel: each entry's change, then the table below it.
             zapped = leaves = 0
@@ -470,7 +470,7 @@ class TdpMmu:
             return None
         stats = kvm.stats
         stats["pf_taken"] += 1
-        pfn = kvm.host.hva_to_pfn(slot.gfn_to_hva(gfn))
+        pfn = kvm.host.hva_to_pfn(slot.userspace_addr + ((gfn - slot.base_gfn) << 12))  # gfn_to_hva
         _P64(spt, o, S.LEAF_4K_BITS[not slot.flags & 2] | pfn << 12)   # make_spte(pfn, 1, !READONLY)
         sp.touched |= 1 << index
         self.pool.live_sptes += 1

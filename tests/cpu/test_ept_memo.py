@@ -110,7 +110,7 @@ def test_prefix_is_used():
     test above can fail)."""
     w = World(True)
     assert w.translate(0x1000, V.READ, True)[0] == "ok"
-    assert list(w.ept.prefixes.values()) == [(TABLES[1], 7, 0x100)]
+    assert list(w.ept.prefixes.values()) == [(w.pages[TABLES[1]], 7, 0x100)]
     # Break the upper levels behind the memo's back: the memo still answers.
     w.pages[TABLES[4]][0:8] = bytes(8)
     assert w.translate(0x2000, V.READ, True)[0] == "ok"

@@ -109,7 +109,11 @@ _mmu_op = st.one_of(st.tuples(st.just("fault"), _gfn),
 def _scans_agree(vm):
     from kvmdbg.mmu.tdp_iter import scan_page
     for sp in vm.mmu_pages.pages.values():
-        assert list(scan_page(sp)[0]) == nonzero_indices(sp.spt), f"page {sp.pfn:#x}"
+        indices, values = scan_page(sp)
+        indices = list(indices)
+        assert indices == nonzero_indices(sp.spt), f"page {sp.pfn:#x}"
+        assert [values[i] for i in indices] == [int.from_bytes(sp.spt[i * 8:i * 8 + 8], "little")
+                                                for i in indices]
 
 
 @settings(max_examples=60, deadline=None, database=None)
