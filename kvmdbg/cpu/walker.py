@@ -297,7 +297,7 @@ class GuestWalkMemo:
         # The leaf's dirty flag is read now, as the walk reads it: a walk for a write may
         # have set it since this entry was remembered (the walker's own accessed/dirty
         # writes do not move pt_generation). The leaf is the last table's entry.
-        dirty = bool(acc & PFERR_WRITE) or bool(_U64(leaf_table, tables[-1][0] & 0xFFF)[0] & D)
+        dirty = acc & PFERR_WRITE != 0 or _U64(leaf_table, tables[-1][0] & 0xFFF)[0] & D != 0
         # _finish, written out for a walk with no accessed/dirty flag to set: the rights
         # check, the final page's translation and the TLB entry.
         code = access_error(cpu, user, writable, nx, pkey, acc)
@@ -306,7 +306,7 @@ class GuestWalkMemo:
         write = acc & PFERR_WRITE
         page, hpa, ew, ex = translate_gpa(page_gpa, FETCH if acc & PFERR_FETCH else WRITE if write else READ,
                                           False)
-        glob = pte_global and bool(cpu.cr4 & CR4_PGE)
+        glob = pte_global and cpu.cr4 & CR4_PGE != 0
         # A TLB entry is never changed once made, so the replay hands out the one it made
         # last when all of its fields would be the same (the key fixes the page and the
         # access, the memo the walk's fields; the rest are compared here).

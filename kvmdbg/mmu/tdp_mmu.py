@@ -291,13 +291,13 @@ class TdpMmu:
                       mmu_valid_gen=sp.mmu_valid_gen, gfn=sp.gfn, role=sp.role,
                       root_count=sp.root_count, unsync=False)
             trace = sp.tdp_mmu_page
-        level = role_level(sp.role)
+        level = sp.role & ROLE_LEVEL_MASK                         # role_level
         span = 9 * (level - 1)
         removed = S.REMOVED_SPTE
         present_bit, large_bit = S.SPTE_MMU_PRESENT, S.PT_PAGE_SIZE
         indices, values = scan_page(sp)
         live = [i for i in indices if values[i] != removed]
-        as_id = role_smm(sp.role)
+        as_id = role_smm(sp.role) if trace else 0
         if level == 1:
             # Leaves only (the bulk of a zap): counted at C speed, traced in index order.
             if trace:
