@@ -24,8 +24,9 @@ class CpuOps(Protocol):
         kind is walker.READ/WRITE/FETCH; walk is True for the CPU's own
         paging-structure accesses. Raise to refuse (an EPT violation). A hypervisor may
         instead handle the exit and enter again where nothing could tell the difference,
-        and answer: the walk goes on as the restarted instruction's would (cpu.in_walk and
-        cpu.in_delivery say whether it may; kvm/vcpu.py says when it does)."""
+        and answer: the walk goes on as the restarted instruction's would (EptHardware's
+        exit_in_place hook; cpu.in_walk and cpu.in_delivery say whether it may, and
+        Vcpu.exit_in_place says when it does)."""
 
     def mmio_read(self, gpa: int, size: int) -> int: ...
 

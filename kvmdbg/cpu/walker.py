@@ -235,7 +235,7 @@ class GuestWalkMemo:
 
     def __init__(self, ept=None) -> None:
         self.entries: dict = {}
-        self.paths: dict = {}          # ((gpa, hpa) of each table) -> its TablePath
+        self.paths: dict = {}          # ((gfn, hpa) of each table page) -> its TablePath
         self.pt_generation = None
         # The vCPU's EptHardware, whose cache of guest-physical translations answers a
         # table's READ as its translate() would on a hit (no side effect): probed here

@@ -16,7 +16,7 @@ from functools import partial
 
 from kvmdbg.bits import PACK_INTO, UNPACK_FROM
 from kvmdbg.mmu import spte as S
-from kvmdbg.mmu.mmu import DirectMmuOps, RootInfo, direct_page_fault
+from kvmdbg.mmu.mmu import DirectMmuOps, RootInfo
 from kvmdbg.mmu.mmu_internal import (ROLE_INVALID, ROLE_LEVEL_MASK, MmuPage, RetPF, kvm_bug,
                                      role_level, role_smm)
 from kvmdbg.mmu.tdp_iter import for_each_tdp_pte, nonzero_entries, scan_page
@@ -527,7 +527,7 @@ class TdpMmuOps(DirectMmuOps):
     def page_fault(self, vcpu, addr: int, error_code: int) -> RetPF:
         ret = self.kvm.tdp_mmu.fast_leaf_fault(vcpu, addr >> 12)
         if ret is None:
-            ret = direct_page_fault(vcpu, addr, error_code, self.map_fault)
+            ret = super().page_fault(vcpu, addr, error_code)      # direct_page_fault
         return ret
 
     def map_fault(self, vcpu, root, fault):
