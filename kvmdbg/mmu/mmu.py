@@ -278,6 +278,8 @@ class MmuOps:
     every vCPU's struct kvm_mmu points at it (mmu.ops)."""
 
     direct = True
+    # page_fault is TdpMmu's, whose commonest case Vcpu.exit_in_place takes written out
+    tdp_mmu_faults = False
 
     def __init__(self) -> None:
         # (cr0, cr4, efer, smm) -> (cpu_role, root_role): a pure function of the registers
