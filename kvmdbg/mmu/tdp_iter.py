@@ -43,6 +43,7 @@ class TdpIter:
 _NONZERO_BYTE = bytes([0] + [1] * 255)     # bytes.translate table: 1 for a non-zero byte
 _SPARSE = 48                               # entries past which a full scan is quicker
 _ZERO_ENTRY = bytes(8)
+_FEW = 8                                   # entries count_entries reads one by one
 
 
 def scan_table(spt) -> tuple:
@@ -87,6 +88,41 @@ def scan_page(sp) -> tuple:
             values[i] = v
         touched ^= low
     return out, values
+
+
+# The byte of an SPTE that holds SPTE_MMU_PRESENT, and a bytes.translate table that maps
+# that byte to 1 when the bit is set (count_entries counts present SPTEs at C speed).
+_PRESENT_BYTE = (SPTE_MMU_PRESENT.bit_length() - 1) >> 3
+_PRESENT_IN_BYTE = bytes(int(b & (SPTE_MMU_PRESENT >> (8 * _PRESENT_BYTE)) != 0) for b in range(256))
+
+
+def count_entries(sp, removed: int) -> tuple:
+    """(entries neither zero nor `removed`, those of them present) of an MMU page: what a
+    zap of a 4 KiB table counts, with nobody tracing its entries. A few touched entries
+    are read one by one; more, as the span from the first to the last touched one (the
+    others are zero), at C speed."""
+    touched = sp.touched
+    if touched < 0:
+        lo, hi = 0, 512
+    elif touched.bit_count() <= _FEW:
+        spt = sp.spt
+        live = present = 0
+        while touched:
+            low = touched & -touched
+            v = _U64(spt, (low.bit_length() - 1) << 3)[0]
+            touched ^= low
+            if v & SPTE_MMU_PRESENT:
+                present += 1
+            elif not v or v == removed:
+                continue
+            live += 1
+        return live, present
+    else:
+        lo, hi = (touched & -touched).bit_length() - 1, touched.bit_length()
+    span = sp.spt[lo << 3:hi << 3]
+    values = memoryview(span).cast("Q").tolist()
+    live = len(values) - values.count(0) - values.count(removed)
+    return live, span[_PRESENT_BYTE::8].translate(_PRESENT_IN_BYTE).count(1)
 
 
 def nonzero_indices(spt) -> list:
