@@ -60,6 +60,8 @@ class VmExit(Exception):
 class EptHardware:
     """Per logical processor: the EPTP in use and the guest-physical cache per EP4TA."""
 
+    MAX_EP4TAS = 16                 # EP4TAs with cached translations (the TLB's contexts)
+
     def __init__(self, host_pages: dict, ad_enabled: bool = True, generation=None):
         self.host_pages = host_pages          # pfn -> bytearray (the host's physical memory)
         # A walk's result depends only on the tables; while their writer's generation
@@ -95,6 +97,12 @@ class EptHardware:
         self.ep4ta = ep4ta
         cache = self.caches.get(ep4ta)
         if cache is None:
+            if len(self.caches) >= self.MAX_EP4TAS:
+                # A processor may drop cached translations at any time (SDM Vol. 3C 29.4.1):
+                # the oldest EP4TA's go, as a real cache's capacity would see to. (Under
+                # v5.15 every CR4 write loads a new root, whose EP4TA is never used again.)
+                self.caches.pop(next(iter(self.caches))).clear()
+                self.evictions += 1
             cache = self.caches[ep4ta] = {}
         self.cache = cache
         self.loaded.add(ep4ta)          # for the debugger's history: caches that may change

@@ -116,3 +116,40 @@ def test_prefix_is_used():
     assert w.translate(0x2000, V.READ, True)[0] == "ok"
     w.generation.value += 1
     assert w.translate(0x0, V.READ, True)[0] == "exit"
+
+
+def test_cached_ep4tas_are_bounded_like_the_tlbs_contexts():
+    """v5.15 loads a new root, so a new EP4TA, on every CR4 write, and never uses the old
+    one again: the processor keeps translations for a bounded number of EP4TAs (it may
+    drop any at any time, SDM Vol. 3C 29.4.1), not one cache per flip forever (which
+    grew a million-flip run by gigabytes). The oldest goes, and the current one stays."""
+    from pathlib import Path
+
+    from kvmdbg.kvm.boot import boot, load_program
+    from kvmdbg.kvm.profiles import get_profile
+    from kvmdbg.kvm.scheduler import run_vm
+    from kvmdbg.kvm.vm import Vm
+    program = Path(__file__).resolve().parent.parent.parent / "programs" / "smep_flip.bin"
+    vm = Vm(16 << 20, 1, profile=get_profile("v5.15"))
+    boot(vm, load_program(str(program)), 3 * V.EptHardware.MAX_EP4TAS)
+    run_vm(vm, 10**7)
+    assert vm.stats["kvmdbg_cr4_writes"] == 3 * V.EptHardware.MAX_EP4TAS
+    ept = vm.vcpus[0].ept
+    assert len(ept.caches) == V.EptHardware.MAX_EP4TAS
+    assert ept.caches[ept.ep4ta] is ept.cache
+    # The ones kept are the newest: each flip's root has a higher address than the last.
+    assert sorted(ept.caches) == list(ept.caches) and max(ept.caches) == ept.ep4ta
+
+
+def test_evicting_an_ep4ta_cache_empties_it_and_counts():
+    ept = V.EptHardware({})
+    for n in range(V.EptHardware.MAX_EP4TAS):
+        ept.load_eptp((n + 1) << 12)
+        ept.cache[n] = ("page", n << 12, True, True)
+    first = ept.caches[1 << 12]
+    before = ept.evictions
+    ept.load_eptp(0x100 << 12)
+    assert (1 << 12) not in ept.caches and first == {}
+    assert ept.evictions == before + 1 and len(ept.caches) == V.EptHardware.MAX_EP4TAS
+    ept.load_eptp(2 << 12)                     # still cached: nothing goes
+    assert ept.cache == {1: ("page", 1 << 12, True, True)} and ept.evictions == before + 1
