@@ -31,6 +31,8 @@ EPT_QUAL_GLA_VALID, EPT_QUAL_GLA_FINAL = 1 << 7, 1 << 8
 READ, WRITE, FETCH = 0, 1, 2       # access kinds, as cpu/walker.py passes them
 _KIND_QUAL = (EPT_QUAL_READ, EPT_QUAL_WRITE, EPT_QUAL_FETCH)
 _BAD_MEMTYPES = (2, 3, 7)
+# By a leaf entry's bits 5:0 (X W R and the memory type): whether it is misconfigured.
+_LEAF_MISCONFIG = tuple((e & 6 and not e & 1) or (e >> 3) in _BAD_MEMTYPES for e in range(64))
 _U64 = UNPACK_FROM[8]
 _PFN40 = (1 << 40) - 1
 _SHIFTS = (39, 30, 21, 12)          # gpa bits that index each level's table, 4 to 1
@@ -127,10 +129,10 @@ class EptHardware:
         """(host page, hpa, writable, executable) for gpa's 4 KiB page, or raise VmExit."""
         gfn = gpa >> 12
         hit = self.cache.get(gfn)
-        # READ (0) needs no right the entry records; WRITE (1) needs hit[2], FETCH (2) hit[3].
-        if hit is not None and (not kind or hit[kind + 1]):
-            return hit
         if hit is not None:
+            # READ (0) needs no right the entry records; WRITE (1) needs hit[2], FETCH (2) hit[3].
+            if not kind or hit[kind + 1]:
+                return hit
             self.evictions += 1             # the walk below replaces the entry
         while True:
             # A miss (twice per EPT violation): the walk, or the answer it gave while the
@@ -188,6 +190,8 @@ class EptHardware:
                 pfn = (e >> 12) & _PFN40
                 if shift == 21 and self.generation is not None:
                     prefixes[prefix_key] = (pages[pfn], perms, accessed)
+            if ((e >> 3) & 7) in _BAD_MEMTYPES:            # the leaf's memory type
+                raise VmExit(EPT_MISCONFIG, 0, gpa)
         else:
             # The first three levels remembered: the loop's last pass, written out.
             table, perms, accessed = pre
@@ -203,12 +207,10 @@ class EptHardware:
                     return None                         # translate walks from the top
                 self.walks += 1
                 e = _U64(table, off)[0]
-            if e & 6 and not e & 1:
+            if _LEAF_MISCONFIG[e & 0x3F]:                   # W or X without R; memory type
                 raise VmExit(EPT_MISCONFIG, 0, gpa)
             perms &= e
             accessed &= e
-        if ((e >> 3) & 7) in _BAD_MEMTYPES:
-            raise VmExit(EPT_MISCONFIG, 0, gpa)
         if not perms >> kind & 1:                           # READ 0, WRITE 1, FETCH 2
             return self._exit(gpa, kind, walk, (perms & 7) << 3)   # readable/writable/executable
         if self.ad_enabled and (not accessed or (kind == WRITE and not e & 0x200)):

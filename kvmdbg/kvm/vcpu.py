@@ -390,20 +390,21 @@ class Vcpu:
         step count exact by then: the raised exit's `handled`.
 
         Nothing can tell when: nobody records events (they carry RIP and the step count,
-        which a block makes exact only when it unwinds) or the run (reverse execution);
-        the vCPU runs alone with no queued work (the run loop would enter at once too,
-        Vcpu.reenter); no event is being delivered (its restart is a re-injection); and the
-        handling reads neither (KVM's page fault does not: it allocates tables, which only
-        roots stamp with a step) and changed nothing the instruction already used: no TLB
-        flush, no present SPTE changed (the generation), no request for the entry, no stop
-        asked for, the root in place. The restarted instruction would walk this access once
-        more; that walk is counted and charged here. tests/kvm/test_exit_in_place.py runs
-        the programs and kvm-unit-tests both ways (kvm.exits_in_place) and compares."""
+        which a block makes exact only when it unwinds) or the run (reverse execution); the
+        vCPU runs alone (kvm.exits_in_place is set only then) with no queued work (the run
+        loop would enter at once too, Vcpu.reenter); no event is being delivered (its
+        restart is a re-injection); and the handling reads neither (KVM's page fault does
+        not: it allocates tables, which only roots stamp with a step) and changed nothing
+        the instruction already used: no TLB flush, no present SPTE changed (the
+        generation), no request for the entry, no stop asked for, the root in place. The
+        restarted instruction would walk this access once more; that walk is counted and
+        charged here. tests/kvm/test_exit_in_place.py runs the programs and kvm-unit-tests
+        both ways (kvm.exits_in_place) and compares."""
         kvm = self.kvm
         cpu = self.cpu
         if (not cpu.in_walk or cpu.in_delivery or cpu.pending or self.in_kvm
                 or not kvm.exits_in_place or kvm.bus.active or kvm.recorder is not None
-                or kvm.worker.queue or len(kvm.vcpus) != 1):
+                or kvm.worker.queue):
             return False
         if self.mmu.ops.tdp_mmu_faults and not self.requests and not cpu.stop_reason:
             # The commonest violation (TdpMmu.fast_leaf_fault's case) written out: what

@@ -102,8 +102,9 @@ class Vm:
         self.bare = bare
         self.recorder = None              # debug/engine/record.py logs runs here, if set
         # EPT violations handled where the walk raises them when nothing can tell
-        # (Vcpu.exit_in_place); False takes every exit through the run loop.
-        self.exits_in_place = True
+        # (Vcpu.exit_in_place): only with one vCPU (with more, the scheduler may run
+        # another before this one enters again); False takes every exit through the run loop.
+        self.exits_in_place = nr_vcpus == 1
         self.vcpus = [(BareVcpu if bare else Vcpu)(self, i) for i in range(nr_vcpus)]
 
     @property

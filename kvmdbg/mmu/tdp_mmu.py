@@ -351,8 +351,9 @@ class TdpMmu:
                 kvm.flush_remote_tlbs()
         n = kvm.stats["kvmdbg_sptes_zapped"] - before
         kvm.charge(payer, "spte_zap", n)
-        kvm.trace("kvmdbg:root_zap", payer.index if hasattr(payer, "index") else -1,
-                  root=root.number, hpa=root.hpa, sptes=n)
+        if kvm.bus.active:
+            kvm.trace("kvmdbg:root_zap", payer.index if hasattr(payer, "index") else -1,
+                      root=root.number, hpa=root.hpa, sptes=n)
         return n
 
     def zap_leafs(self, start_gfn: int, end_gfn: int, roots=None) -> bool:

@@ -41,6 +41,9 @@ def _entry(kind, level, arg):
         spte &= ~(S.EPT_ACCESSED | S.EPT_DIRTY)
     if arg & 8:
         spte &= ~S.EPT_X
+    if kind == "bad":
+        # Misconfigured (SDM Vol. 3C 29.3.3.1): a reserved memory type, or W / X without R.
+        spte = (spte & ~0x38) | ((2, 3, 7)[arg % 3] << 3) if arg & 1 else spte & ~1
     return spte
 
 
@@ -77,7 +80,8 @@ _op = st.one_of(
     st.tuples(st.just("translate"), st.sampled_from(GPAS),
               st.sampled_from([V.READ, V.WRITE, V.FETCH]), st.booleans()),
     st.tuples(st.just("put"), st.sampled_from(GPAS), st.integers(1, 4),
-              st.tuples(st.sampled_from(["zero", "removed", "mmio", "table", "table", "leaf"]),
+              st.tuples(st.sampled_from(["zero", "removed", "mmio", "table", "table", "leaf",
+                                         "bad"]),
                         st.integers(0, 15))),
     st.tuples(st.just("invept"), st.just(0), st.just(0), st.booleans()),
 )
@@ -153,3 +157,21 @@ def test_evicting_an_ep4ta_cache_empties_it_and_counts():
     assert ept.evictions == before + 1 and len(ept.caches) == V.EptHardware.MAX_EP4TAS
     ept.load_eptp(2 << 12)                     # still cached: nothing goes
     assert ept.cache == {1: ("page", 1 << 12, True, True)} and ept.evictions == before + 1
+
+
+def test_a_misconfigured_leaf_behind_a_remembered_prefix_is_one():
+    """An empty leaf made misconfigured moves no generation (it was not present), so the
+    walk starts from the remembered prefix and must check the leaf as the full walk does
+    (SDM Vol. 3C 29.3.3.1): W or X without R, or a reserved memory type."""
+    for arg in (0, 1, 3, 5):        # R cleared; memory types 3, 2 and 7 (see _entry)
+        memo, plain = World(True), World(False)
+        for w in (memo, plain):
+            w.put(1, 0x2000, 0)
+            assert w.translate(0x1000, V.READ, True)[0] == "ok"        # the prefix
+            w.ept.invept_all()
+            before = w.generation.value if w.generation else None
+            w.put(1, 0x2000, _entry("bad", 1, arg))
+            assert (w.generation.value if w.generation else None) == before
+        assert memo.ept.prefixes
+        got = memo.translate(0x2000, V.READ, True)
+        assert got == plain.translate(0x2000, V.READ, True) == ("exit", V.EPT_MISCONFIG, 0, 0x2000)
