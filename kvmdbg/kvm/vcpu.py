@@ -406,24 +406,22 @@ class Vcpu:
                 or not kvm.exits_in_place or kvm.bus.active or kvm.recorder is not None
                 or kvm.worker.queue):
             return False
-        if self.mmu.ops.tdp_mmu_faults and not self.requests and not cpu.stop_reason:
+        if (self.mmu.ops.tdp_mmu_faults and not self.requests and not cpu.stop_reason
+                and kvm.tdp_mmu.fast_leaf_fault(self, gpa >> 12) is not None):
             # The commonest violation (TdpMmu.fast_leaf_fault's case) written out: what
-            # vmexit, handle_ept_violation, the fault and the entry count and charge, in
-            # their order; it changes nothing the checks below look at.
-            gfn = gpa >> 12
-            tdp = kvm.tdp_mmu
-            target = tdp.fast_leaf_target(self, gfn)
-            if target is not None:
-                stats = kvm.stats
-                stats["exits"] += 1
-                reasons = kvm.exit_reasons
-                reasons[_EPT_VIOLATION] = reasons.get(_EPT_VIOLATION, 0) + 1
-                stats["kvmdbg_ept_violations"] += 1
-                tdp.fast_leaf_install(target[0], target[1], gfn)
-                costs = kvm.costs.values
-                cpu.extra_cycles += costs["vmexit"] + costs["ept_violation"] + cpu.walk_cost
-                cpu.walks += 1
-                return True
+            # vmexit, handle_ept_violation and the entry count and charge around the fault,
+            # which changes nothing the checks below look at. (Counted after the fault's
+            # counters, not before: only the order in which the counters were first made
+            # could tell, and a root's first violation never takes this way.)
+            stats = kvm.stats
+            stats["exits"] += 1
+            reasons = kvm.exit_reasons
+            reasons[_EPT_VIOLATION] = reasons.get(_EPT_VIOLATION, 0) + 1
+            stats["kvmdbg_ept_violations"] += 1
+            costs = kvm.costs.values
+            cpu.extra_cycles += costs["vmexit"] + costs["ept_violation"] + cpu.walk_cost
+            cpu.walks += 1
+            return True
         tlb = cpu.tlb
         flushes = tlb.flushes
         generation = self.gpa_generation

@@ -453,16 +453,8 @@ class TdpMmu:
         set's EPT violations after each root is rebuilt. The same effects in the same order
         as the general path (pf_taken, the pfn faulted in, the leaf made as make_spte makes
         it with handle_changed_spte's bookkeeping, pf_fixed). None: another case, nothing
-        done. tests/kvm/test_fault_path_fast.py runs programs with and without it."""
-        target = self.fast_leaf_target(vcpu, gfn)
-        if target is None:
-            return None
-        self.fast_leaf_install(target[0], target[1], gfn)
-        return _FIXED
-
-    def fast_leaf_target(self, vcpu, gfn: int):
-        """fast_leaf_fault's test, with no side effect: (the table, the memslot) when gfn's
-        fault is that case, else None. Vcpu.exit_in_place asks it before counting the exit."""
+        done. Vcpu.exit_in_place and TdpMmuOps.page_fault call it;
+        tests/kvm/test_fault_path_fast.py runs programs with and without it."""
         kvm = self.kvm
         if kvm.bus.active or kvm.huge_pages:
             return None
@@ -472,25 +464,26 @@ class TdpMmu:
                 or self.pool.generation.value != self.last_tables_gen):
             return None
         sp = self.last_tables.get(root.pfn << 31 | gfn >> 9)
-        if sp is None or _U64(sp.spt, (gfn & 511) << 3)[0]:
+        if sp is None:
+            return None
+        index = gfn & 511
+        o = index << 3
+        spt = sp.spt
+        if _U64(spt, o)[0]:
             return None
         slot = kvm.memslots.lookup(gfn)
         if slot is None:
             return None
-        return sp, slot
-
-    def fast_leaf_install(self, sp: MmuPage, slot, gfn: int) -> None:
-        """fast_leaf_fault's work, for the table and memslot fast_leaf_target found."""
-        stats = self.kvm.stats
+        stats = kvm.stats
         stats["pf_taken"] += 1
-        pfn = self.kvm.host.hva_to_pfn(slot.userspace_addr + ((gfn - slot.base_gfn) << 12))  # gfn_to_hva
-        index = gfn & 511
-        _P64(sp.spt, index << 3, S.LEAF_4K_BITS[not slot.flags & 2] | pfn << 12)   # make_spte(pfn, 1, !READONLY)
+        pfn = kvm.host.hva_to_pfn(slot.userspace_addr + ((gfn - slot.base_gfn) << 12))  # gfn_to_hva
+        _P64(spt, o, S.LEAF_4K_BITS[not slot.flags & 2] | pfn << 12)   # make_spte(pfn, 1, !READONLY)
         sp.touched |= 1 << index
         self.pool.live_sptes += 1
         stats["pages_4k"] += 1
         stats["kvmdbg_sptes_created"] += 1
         stats["pf_fixed"] += 1
+        return _FIXED
 
     def _split_huge(self, child: MmuPage, huge: int, level: int) -> None:
         """kvm_mmu_split_huge_page: fill the new table with 512 smaller leaves."""

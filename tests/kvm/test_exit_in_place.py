@@ -194,8 +194,8 @@ def test_handling_left_to_the_run_loop_ends_the_same(perturbation, monkeypatch, 
         return ret
     monkeypatch.setattr(vcpu_module.Vcpu, "handle_ept_violation", perturbed)
     # Every violation through handle_ept_violation: exit_in_place's written-out leaf fault
-    # (fast_leaf_target's case) would skip it, and with it the perturbation.
-    monkeypatch.setattr(TdpMmu, "fast_leaf_target", lambda self, vcpu, gfn: None)
+    # (fast_leaf_fault's case) would skip it, and with it the perturbation.
+    monkeypatch.setattr(TdpMmu, "fast_leaf_fault", lambda self, vcpu, gfn: None)
 
     def build():
         calls[0] = 0

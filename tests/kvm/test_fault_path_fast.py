@@ -202,17 +202,17 @@ def _run_both(build, steps, monkeypatch, counts):
     from kvmdbg.kvm.scheduler import run_vm
     from kvmdbg.mmu.tdp_mmu import TdpMmu
     from tests.helpers import vm_fingerprint
-    real = TdpMmu.fast_leaf_target
+    real = TdpMmu.fast_leaf_fault
 
     def counting(self, vcpu, gfn):
         ret = real(self, vcpu, gfn)
         counts[0] += ret is not None
         return ret
     prints = []
-    # Refusing its test refuses both users of the written-out fault: TdpMmuOps.page_fault
-    # (fast_leaf_fault) and Vcpu.exit_in_place's violation handled whole.
+    # Refused, it is refused to both of its users: TdpMmuOps.page_fault and
+    # Vcpu.exit_in_place's violation handled whole.
     for fast in (counting, lambda self, vcpu, gfn: None):
-        monkeypatch.setattr(TdpMmu, "fast_leaf_target", fast)
+        monkeypatch.setattr(TdpMmu, "fast_leaf_fault", fast)
         vm = build()
         run_vm(vm, steps)
         prints.append(vm_fingerprint(vm))
