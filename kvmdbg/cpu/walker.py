@@ -299,10 +299,14 @@ class GuestWalkMemo:
         # writes do not move pt_generation). The leaf is the last table's entry.
         dirty = acc & PFERR_WRITE != 0 or _U64(leaf_table, tables[-1][0] & 0xFFF)[0] & D != 0
         # _finish, written out for a walk with no accessed/dirty flag to set: the rights
-        # check, the final page's translation and the TLB entry.
-        code = access_error(cpu, user, writable, nx, pkey, acc)
-        if code:
-            _fault(cpu, va, code)
+        # check, the final page's translation and the TLB entry. (A supervisor-mode data
+        # access to a supervisor-mode page that is writable, or a read of one, is always
+        # allowed, whatever WP, SMEP, SMAP and PKRU say (SDM Vol. 3A 4.6.1; protection keys
+        # apply to user-mode pages only): the kernel's commonest case, without the call.)
+        if user or acc & (PFERR_USER | PFERR_FETCH) or not (writable or not acc & PFERR_WRITE):
+            code = access_error(cpu, user, writable, nx, pkey, acc)
+            if code:
+                _fault(cpu, va, code)
         write = acc & PFERR_WRITE
         page, hpa, ew, ex = translate_gpa(page_gpa, FETCH if acc & PFERR_FETCH else WRITE if write else READ,
                                           False)

@@ -18,7 +18,8 @@ from kvmdbg.cpu import walker
 from kvmdbg.cpu.faults import GuestFault, PFERR_FETCH, PFERR_USER, PFERR_WRITE
 
 CR0 = 1 | (1 << 16) | (1 << 31)                     # PE, WP, PG
-CR4_PAE, CR4_PGE, CR4_SMEP = 1 << 5, 1 << 7, 1 << 20
+CR4_PAE, CR4_PGE, CR4_SMEP, CR4_SMAP, CR4_PKE = 1 << 5, 1 << 7, 1 << 20, 1 << 21, 1 << 22
+CR0_WP, RFLAGS_AC = 1 << 16, 1 << 18
 EFER_LME, EFER_LMA, EFER_NXE = 1 << 8, 1 << 10, 1 << 11
 P, RW, US, A, D, PS, G, XD = 1, 2, 4, 0x20, 0x40, 0x80, 0x100, 1 << 63
 
@@ -73,6 +74,7 @@ class World:
         self.cr0, self.cr4, self.efer, self.cr3 = CR0, CR4_PAE, EFER_LME | EFER_LMA, 1 << 12
         self.hw_cr0_on = 0
         self.pkru = 0
+        self.rflags = 2
         self.features = frozenset()
         self.walk_pt_pages = []
         for gfn in range(0x10):
@@ -90,7 +92,7 @@ class World:
                      (8 + i) << 12 | P | (RW if i & 2 else 0) | A | D | (XD if i & 4 else 0))
 
     def get_rflags(self):
-        return 2
+        return self.rflags
 
     def page(self, gfn):
         return self.ops.host[self.ops.gfn_to_hpn[gfn]]
@@ -131,11 +133,13 @@ _entry = st.builds(lambda gfn, flags, extra: gfn << 12 | flags | extra,
 
 _op = st.one_of(
     st.tuples(st.just("walk"), st.sampled_from(VAS),
-              st.sampled_from([0, PFERR_WRITE, PFERR_USER | PFERR_FETCH])),
+              st.sampled_from([0, PFERR_WRITE, PFERR_FETCH, PFERR_USER, PFERR_USER | PFERR_WRITE,
+                               PFERR_USER | PFERR_FETCH])),
     st.tuples(st.just("write"), st.sampled_from(TABLE_GFNS), st.sampled_from([0, 1, 7]), _entry),
     st.tuples(st.just("remap"), st.sampled_from(TABLE_GFNS), st.integers(0, 0x1F)),
     st.tuples(st.just("unmap"), st.sampled_from(TABLE_GFNS), st.just(0)),
-    st.tuples(st.just("mode"), st.sampled_from(["nxe", "smep", "pge", "cr3"]), st.just(0)),
+    st.tuples(st.just("mode"), st.sampled_from(["nxe", "smep", "pge", "cr3", "wp", "smap", "ac",
+                                                "pke"]), st.just(0)),
 )
 
 
@@ -160,6 +164,15 @@ def _apply(world, op, walk_fn):
         world.cr4 ^= CR4_SMEP
     elif a == "pge":
         world.cr4 ^= CR4_PGE
+    elif a == "wp":
+        world.cr0 ^= CR0_WP
+    elif a == "smap":
+        world.cr4 ^= CR4_SMAP
+    elif a == "ac":
+        world.rflags ^= RFLAGS_AC
+    elif a == "pke":
+        world.cr4 ^= CR4_PKE
+        world.pkru ^= 0x3                 # key 0 (every page here): access- and write-disable
     else:
         world.cr3 ^= 3 << 12          # between gfn 1 and gfn 2 as the PML4
     return None
@@ -170,9 +183,22 @@ def _apply(world, op, walk_fn):
 REPLAY_AFTER_REMAP = [("walk", 0x1000, 0), ("walk", 0x1000, 0), ("remap", 3, 1), ("walk", 0x1000, 0)]
 
 
+# A walk remembered in a mode that allowed it, replayed in one that does not: SMAP and a
+# supervisor read of a user page, SMEP and a supervisor fetch from one, WP and a
+# supervisor write to a read-only page (PT1[0]), and the same with AC set (SMAP allows).
+SMAP_AFTER = [("walk", 0x0, 0), ("mode", "smap", 0), ("walk", 0x0, 0), ("mode", "ac", 0),
+              ("walk", 0x0, 0)]
+SMEP_AFTER = [("walk", 0x0, PFERR_FETCH), ("mode", "smep", 0), ("walk", 0x0, PFERR_FETCH)]
+WP_AFTER = [("mode", "wp", 0), ("walk", 0x200000, PFERR_WRITE), ("mode", "wp", 0),
+            ("walk", 0x200000, PFERR_WRITE), ("walk", 0x200000, 0)]
+
+
 @settings(max_examples=400, deadline=None, database=None)
 @given(st.lists(_op, min_size=1, max_size=60), st.booleans())
 @example(REPLAY_AFTER_REMAP, True)
+@example(SMAP_AFTER, True)
+@example(SMEP_AFTER, False)
+@example(WP_AFTER, True)
 def test_memo_walks_as_the_walker(ops, probe_cache):
     """probe_cache: the memo is given the second level's cache and evictions count, as
     the vCPU gives it its EptHardware, so it also skips the tables' lookups while that
