@@ -130,8 +130,10 @@ def kut_image(name: str):
 
 def vm_fingerprint(vm) -> tuple:
     """Everything a user or the guest can see of a VM, for comparing two runs that must not
-    differ: registers, steps, cycles, walks, the TLB and the EPT cache, KVM's counters (in
-    the order they were first counted), every MMU page, memory and the console."""
+    differ: registers, steps, cycles, walks, the TLB and the EPT cache, KVM's counters, every
+    MMU page, memory and the console. (The counters by name: the order in which they were
+    first made shows nowhere, `info stats` sorts them, and an EPT violation handled in
+    place counts its exit after the fault it brought.)"""
     import hashlib
 
     from kvmdbg.cpu import flags
@@ -147,10 +149,13 @@ def vm_fingerprint(vm) -> tuple:
         if v.ept is not None:
             out.append((v.ept.walks, v.ept.ep4ta, sorted(v.ept.caches),
                         sorted((gfn, t[1], t[2], t[3]) for gfn, t in v.ept.cache.items())))
-    out.append(list(vm.stats.items()))
-    out.append(list(vm.exit_reasons.items()))
+    out.append(sorted(vm.stats.items()))
+    out.append(sorted(vm.exit_reasons.items()))
     out.append([(pfn, sp.role, sp.gfn, sp.number, sp.created_step, sp.root_count,
-                 hashlib.sha256(sp.spt).hexdigest()) for pfn, sp in sorted(vm.mmu_pages.pages.items())])
+                 sp.parent.pfn if sp.parent is not None else None, sp.parent_index,
+                 sp.mmu_valid_gen, sp.touched, hashlib.sha256(sp.spt).hexdigest())
+                for pfn, sp in sorted(vm.mmu_pages.pages.items())])
+    out.append(vm.mmu_pages.live_sptes)
     memory = hashlib.sha256()
     for pfn in sorted(vm.host.pages):
         memory.update(pfn.to_bytes(8, "little") + vm.host.pages[pfn])

@@ -408,11 +408,11 @@ class Vcpu:
             return False
         if (self.mmu.ops.tdp_mmu_faults and not self.requests and not cpu.stop_reason
                 and kvm.tdp_mmu.fast_leaf_fault(self, gpa >> 12) is not None):
-            # The commonest violation (TdpMmu.fast_leaf_fault's case) written out: what
+            # The commonest violations (TdpMmu.fast_leaf_fault's cases) written out: what
             # vmexit, handle_ept_violation and the entry count and charge around the fault,
             # which changes nothing the checks below look at. (Counted after the fault's
             # counters, not before: only the order in which the counters were first made
-            # could tell, and a root's first violation never takes this way.)
+            # could tell, which nothing shows.)
             stats = kvm.stats
             stats["exits"] += 1
             reasons = kvm.exit_reasons

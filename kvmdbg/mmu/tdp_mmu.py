@@ -29,6 +29,7 @@ _U64, _P64 = UNPACK_FROM[8], PACK_INTO[8]
 _PRESENT, _LARGE, _REMOVED = S.SPTE_MMU_PRESENT, S.PT_PAGE_SIZE, S.REMOVED_SPTE
 _PAGES_STAT = (None, "pages_4k", "pages_2m", "pages_1g")       # by level
 _FIXED = RetPF.FIXED
+_NONLEAF_BITS = S.make_nonleaf_spte(0)          # a table's SPTE without its pfn
 
 
 class ZapOnLastPut:
@@ -447,29 +448,50 @@ class TdpMmu:
         raise AssertionError("the walk ended above the goal level")
 
     def fast_leaf_fault(self, vcpu, gfn: int):
-        """direct_page_fault -> kvm_tdp_mmu_map for the commonest fault, written out: a 4 KiB
-        page of a RAM memslot (no huge pages), whose entry is empty in a 4 KiB table this
-        root's walk already reached (last_tables), with nobody tracing; most of a working
-        set's EPT violations after each root is rebuilt. The same effects in the same order
-        as the general path (pf_taken, the pfn faulted in, the leaf made as make_spte makes
-        it with handle_changed_spte's bookkeeping, pf_fixed). None: another case, nothing
-        done. Vcpu.exit_in_place and TdpMmuOps.page_fault call it;
-        tests/kvm/test_fault_path_fast.py runs programs with and without it."""
+        """direct_page_fault -> kvm_tdp_mmu_map for the commonest faults, written out: a
+        4 KiB page of a RAM memslot (no huge pages), with nobody tracing, whose entry is
+        empty, in a 4 KiB table this root's walk already reached (last_tables) or in
+        tables built for it where the walk from the root meets an empty entry; every EPT
+        violation of a working set after each root is rebuilt. The same effects in the same
+        order as the general path (pf_taken, the pfn faulted in, each table allocated,
+        linked as tdp_mmu_link_sp links it with handle_changed_spte's bookkeeping and
+        charged, the leaf made as make_spte makes it, pf_fixed). None: another case (a
+        huge, removed or MMIO entry on the way, another slot), nothing done. Vcpu.
+        exit_in_place and TdpMmuOps.page_fault call it; tests/kvm/test_fault_path_fast.py
+        runs programs and the access test with and without it."""
         kvm = self.kvm
         if kvm.bus.active or kvm.huge_pages:
             return None
         root = vcpu.mmu.root.sp
         # (is_obsolete_root of a TDP MMU root: invalid or freed.)
-        if (root is None or root.role & ROLE_INVALID or root.freed
-                or self.pool.generation.value != self.last_tables_gen):
+        if root is None or root.role & ROLE_INVALID or root.freed:
             return None
-        sp = self.last_tables.get(root.pfn << 31 | gfn >> 9)
+        gen = self.pool.generation.value
+        if gen != self.last_tables_gen:            # map's memo rule (see the class)
+            self.last_tables.clear()
+            self.last_tables_gen = gen
+        key = root.pfn << 31 | gfn >> 9
+        sp = self.last_tables.get(key)
+        level = 1
         if sp is None:
-            return None
+            # tdp_mmu_for_each_pte from the root, down present tables, to the 4 KiB table
+            # or to the empty entry below which the tables are to be built.
+            sp = root
+            pages = self.pages
+            while True:
+                level = sp.role & ROLE_LEVEL_MASK
+                if level == 1:
+                    break
+                spte = _U64(sp.spt, ((gfn >> (9 * (level - 1))) & 511) << 3)[0]
+                if not spte:
+                    break
+                if not spte & _PRESENT or spte & _LARGE:
+                    return None                    # removed, MMIO or huge: the general path
+                sp = pages.get((spte & S.PFN_MASK) >> 12)
+                if sp is None:
+                    return None
         index = gfn & 511
-        o = index << 3
-        spt = sp.spt
-        if _U64(spt, o)[0]:
+        if level == 1 and _U64(sp.spt, index << 3)[0]:
             return None
         slot = kvm.memslots.lookup(gfn)
         if slot is None:
@@ -477,9 +499,26 @@ class TdpMmu:
         stats = kvm.stats
         stats["pf_taken"] += 1
         pfn = kvm.host.hva_to_pfn(slot.userspace_addr + ((gfn - slot.base_gfn) << 12))  # gfn_to_hva
-        _P64(spt, o, S.LEAF_4K_BITS[not slot.flags & 2] | pfn << 12)   # make_spte(pfn, 1, !READONLY)
+        pool = self.pool
+        while level > 1:
+            # A missing table: allocated, linked (tdp_mmu_link_sp: an empty entry made
+            # present, handle_changed_spte's case written out) and charged, as map does.
+            span = 9 * (level - 1)
+            i = (gfn >> span) & 511
+            child = pool.alloc_page((sp.role & ~0xF) | (level - 1), sp.gfn + (i << span), True)
+            child.parent = sp
+            child.parent_index = i
+            _P64(sp.spt, i << 3, _NONLEAF_BITS | child.pfn << 12)       # make_nonleaf_spte
+            sp.touched |= 1 << i
+            pool.live_sptes += 1
+            stats["kvmdbg_sptes_created"] += 1
+            kvm.charge(vcpu, "sp_alloc")
+            sp = child
+            level -= 1
+        self.last_tables[key] = sp
+        _P64(sp.spt, index << 3, S.LEAF_4K_BITS[not slot.flags & 2] | pfn << 12)   # make_spte(pfn, 1, !READONLY)
         sp.touched |= 1 << index
-        self.pool.live_sptes += 1
+        pool.live_sptes += 1
         stats["pages_4k"] += 1
         stats["kvmdbg_sptes_created"] += 1
         stats["pf_fixed"] += 1

@@ -193,8 +193,7 @@ def test_vm_exit_keeps_its_fields():
 
 # TdpMmu.fast_leaf_fault (the commonest EPT violation written out) against the general
 # direct_page_fault -> kvm_tdp_mmu_map: the same programs run with it and with it refused
-# (returning None, "not that case") must end the same in everything the fingerprint holds,
-# KVM's counters in the order they were first counted included.
+# (returning None, "not that case") must end the same in everything the fingerprint holds.
 _PROGRAMS = Path(__file__).resolve().parent.parent.parent / "programs"
 
 
