@@ -158,9 +158,14 @@ class EptHardware:
                 if (not kind or got[kind + 1]) and (kind != WRITE or m[1]):
                     self.cache[gfn] = got
                     return got
+            walks = self.walks
             got = self._real_walk(gpa, kind, walk)
             if got is not None:
-                self.memo[key] = (got, kind == WRITE)
+                # Not remembered right after a violation handled in place (the walk went on
+                # from the leaf and counted itself): the next miss of this page remembers
+                # it, if the tables still stand then (after a root's rebuild, they never do).
+                if self.walks == walks:
+                    self.memo[key] = (got, kind == WRITE)
                 return got
             # None: the hypervisor handled an EPT violation in place (see _exit), and
             # the walk is made again, as the restarted instruction's would be.
