@@ -278,7 +278,8 @@ class MmuOps:
     every vCPU's struct kvm_mmu points at it (mmu.ops)."""
 
     direct = True
-    # page_fault is TdpMmu's, whose commonest case Vcpu.exit_in_place takes written out
+    # True when page_fault tries TdpMmu.fast_leaf_fault first: Vcpu.exit_in_place then
+    # calls it itself, around it only the exit's and the entry's counting.
     tdp_mmu_faults = False
 
     def __init__(self) -> None:

@@ -559,7 +559,7 @@ class TdpMmuOps(DirectMmuOps):
     """init_kvm_tdp_mmu with the TDP MMU on: roots from tdp_mmu_roots by role, faults
     through kvm_tdp_mmu_map."""
 
-    tdp_mmu_faults = True       # page_fault is TdpMmu.fast_leaf_fault's (Vcpu.exit_in_place)
+    tdp_mmu_faults = True       # page_fault tries TdpMmu.fast_leaf_fault first (see MmuOps)
 
     def alloc_root(self, vcpu) -> RootInfo:
         sp = self.kvm.tdp_mmu.get_vcpu_root(vcpu, vcpu.mmu.root_role)
