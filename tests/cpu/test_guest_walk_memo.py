@@ -158,24 +158,18 @@ def _apply(world, op, walk_fn):
     elif kind == "unmap":
         world.ops.gfn_to_hpn.pop(a, None)
         world.ops.flush()
-    elif a == "nxe":
-        world.efer ^= EFER_NXE
-    elif a == "smep":
-        world.cr4 ^= CR4_SMEP
-    elif a == "pge":
-        world.cr4 ^= CR4_PGE
-    elif a == "wp":
-        world.cr0 ^= CR0_WP
-    elif a == "smap":
-        world.cr4 ^= CR4_SMAP
-    elif a == "ac":
-        world.rflags ^= RFLAGS_AC
-    elif a == "pke":
-        world.cr4 ^= CR4_PKE
-        world.pkru ^= 0x3                 # key 0 (every page here): access- and write-disable
     else:
-        world.cr3 ^= 3 << 12          # between gfn 1 and gfn 2 as the PML4
+        for register, bits in MODE_FLIPS[a]:
+            setattr(world, register, getattr(world, register) ^ bits)
     return None
+
+
+# What each "mode" op flips: (the World's register, its bits).
+MODE_FLIPS = {"nxe": [("efer", EFER_NXE)], "smep": [("cr4", CR4_SMEP)], "pge": [("cr4", CR4_PGE)],
+              "wp": [("cr0", CR0_WP)], "smap": [("cr4", CR4_SMAP)], "ac": [("rflags", RFLAGS_AC)],
+              # key 0 (every page here): access- and write-disable
+              "pke": [("cr4", CR4_PKE), ("pkru", 0x3)],
+              "cr3": [("cr3", 3 << 12)]}          # between gfn 1 and gfn 2 as the PML4
 
 
 # A replay that checked its tables, then a table remapped (its cache entry goes): the next
