@@ -473,7 +473,8 @@ class TdpMmu:
         key = root.pfn << 31 | gfn >> 9
         sp = self.last_tables.get(key)
         level = 1
-        if sp is None:
+        walked = sp is None
+        if walked:
             # tdp_mmu_for_each_pte from the root, down present tables, to the 4 KiB table
             # or to the empty entry below which the tables are to be built.
             sp = root
@@ -515,7 +516,8 @@ class TdpMmu:
             kvm.charge(vcpu, "sp_alloc")
             sp = child
             level -= 1
-        self.last_tables[key] = sp
+        if walked:
+            self.last_tables[key] = sp
         _P64(sp.spt, index << 3, S.LEAF_4K_BITS[not slot.flags & 2] | pfn << 12)   # make_spte(pfn, 1, !READONLY)
         sp.touched |= 1 << index
         pool.live_sptes += 1
