@@ -303,7 +303,7 @@ class GuestWalkMemo:
         # access to a supervisor-mode page that is writable, or a read of one, is always
         # allowed, whatever WP, SMEP, SMAP and PKRU say (SDM Vol. 3A 4.6.1; protection keys
         # apply to user-mode pages only): the kernel's commonest case, without the call.)
-        if user or acc & (PFERR_USER | PFERR_FETCH) or not (writable or not acc & PFERR_WRITE):
+        if user or acc & (PFERR_USER | PFERR_FETCH) or (acc & PFERR_WRITE and not writable):
             code = access_error(cpu, user, writable, nx, pkey, acc)
             if code:
                 _fault(cpu, va, code)
