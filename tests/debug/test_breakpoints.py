@@ -146,3 +146,26 @@ def test_delete_all_asks_then_answers_yes_without_a_terminal():
     s.state.settings.confirm = False
     run(s, "break loop")
     assert run(s, "delete") == []
+
+
+# Each pass stores to a page the guest has not touched yet: under EPT the store is an EPT
+# violation, an exit before the instruction retires, and the instruction runs again after
+# the entry.
+TOUCH = "start: mov rsi, 0x400000; mov rcx, 6; touch: mov [rsi], rcx; add rsi, 4096; dec rcx; jnz touch; hlt"
+
+
+def test_continue_retires_a_breakpoint_instruction_that_exits_before_retiring():
+    s = session(TOUCH, kvm="v6.12")
+    run(s, "break touch")
+    seen = []
+    for _ in range(4):
+        out = run(s, "continue")
+        assert out[1].startswith("Breakpoint 1, 0x10000e <touch>"), out
+        seen.append(run(s, "print $rcx")[-1])
+    # one stop per pass (the same crossing is never reported twice), each after the exit
+    assert seen == ["$1 = 6", "$2 = 5", "$3 = 4", "$4 = 3"]
+    assert s.vm.exit_reasons.get(48, 0) >= 4                 # EXIT_REASON_EPT_VIOLATION
+    assert run(s, "ignore 1 1") == ["Will ignore next crossing of breakpoint 1."]
+    run(s, "continue")
+    assert run(s, "print $rcx")[-1] == "$5 = 1"
+    assert "breakpoint already hit 6 times" in "\n".join(run(s, "info breakpoints"))
