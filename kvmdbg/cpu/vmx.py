@@ -186,17 +186,17 @@ class EptHardware:
                 e = _U64(pages[pfn], ((gpa >> shift) & 511) << 3)[0]
                 if not e & 7:
                     return self._exit(gpa, kind, walk, 0)
-                if e & 6 and not e & 1:                     # W or X without R
-                    raise VmExit(EPT_MISCONFIG, 0, gpa)
                 perms &= e
                 accessed &= e
                 if shift == 12 or (e & 0x80 and shift != 39):   # a leaf (1 GiB / 2 MiB at 3 / 2)
+                    if _LEAF_MISCONFIG[e & 0x3F]:           # W or X without R; memory type
+                        raise VmExit(EPT_MISCONFIG, 0, gpa)
                     break
+                if e & 6 and not e & 1:                     # W or X without R
+                    raise VmExit(EPT_MISCONFIG, 0, gpa)
                 pfn = (e >> 12) & _PFN40
                 if shift == 21 and self.generation is not None:
                     prefixes[prefix_key] = (pages[pfn], perms, accessed)
-            if ((e >> 3) & 7) in _BAD_MEMTYPES:            # the leaf's memory type
-                raise VmExit(EPT_MISCONFIG, 0, gpa)
         else:
             # The first three levels remembered: the loop's last pass, written out.
             table, perms, accessed = pre
